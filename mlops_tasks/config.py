@@ -1,0 +1,428 @@
+"""Typed pipeline configuration, loaded from ``configs/<pipeline>.yaml``.
+
+One YAML file describes one pipeline. Every value is validated when the file is loaded, and every
+problem is reported as ``<file>: <field path>: <what is wrong> (got <value>)`` so the error can be
+fixed without reading a traceback. Unknown keys are errors: a typo must never silently fall back to a
+default. Secrets never live here; the config only names Airflow connection ids.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+CONFIG_DIR_ENV = "MLOPS_TASKS_CONFIG_DIR"
+DEFAULT_CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+_IDENTIFIER = r"^[a-z][a-z0-9_]{0,62}$"
+# An object-store prefix segment: no "..", no leading "/", no backslashes, no URL schemes.
+_SAFE_PREFIX = re.compile(r"^(?!.*\.\.)(?!/)[A-Za-z0-9_\-./]*$")
+
+
+class ConfigError(ValueError):
+    """A pipeline config is missing, unreadable or invalid. The message names file and field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+ColumnType = Literal["int", "float", "string", "category", "bool", "timestamp"]
+
+
+class ColumnSpec(_Strict):
+    """One column of the raw data and the rules it must obey."""
+
+    name: Annotated[str, Field(min_length=1, description="Column name as it appears in the raw files.")]
+    type: ColumnType = Field(description="Logical type the column is normalised to on ingest.")
+    nullable: bool = Field(True, description="False: a null value quarantines the row.")
+    min: float | None = Field(None, description="Smallest allowed value (numeric columns).")
+    max: float | None = Field(None, description="Largest allowed value (numeric columns).")
+    allowed: list[str] | None = Field(
+        None, description="Allowed values (category/string columns); anything else quarantines the row."
+    )
+
+    @model_validator(mode="after")
+    def _range_is_ordered(self) -> ColumnSpec:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
+        if (self.min is not None or self.max is not None) and self.type not in ("int", "float"):
+            raise ValueError(f"min/max only apply to int/float columns, not {self.type}")
+        return self
+
+
+class SourceSpec(_Strict):
+    """Which raw files under ``landing/date=YYYY-MM-DD/`` hold the main table."""
+
+    file_pattern: str = Field("*", description="Glob matched against file names in a landing partition.")
+    csv_delimiter: str = Field(",", min_length=1, max_length=1)
+    encoding: str = Field("utf-8", description="Text encoding of CSV files.")
+
+
+class JoinSpec(_Strict):
+    """A side table landed next to the main files and left-joined onto them (e.g. hourly weather)."""
+
+    name: Annotated[str, Field(pattern=_IDENTIFIER)]
+    file_pattern: str = Field(description="Glob matched against file names in the same landing partition.")
+    on: list[str] = Field(min_length=1, description="Join key columns, present in both tables.")
+    columns: list[ColumnSpec] = Field(min_length=1, description="Columns of the side table, typed.")
+
+
+class ExpectationSpec(_Strict):
+    """Any Great Expectations 1.x expectation, by its snake_case type name and keyword arguments."""
+
+    type: Annotated[str, Field(pattern=r"^expect_[a-z0-9_]+$")]
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class DataSpec(_Strict):
+    source: SourceSpec = SourceSpec()
+    columns: list[ColumnSpec] = Field(min_length=1)
+    key: list[str] = Field(default_factory=list, description="Columns that identify a row uniquely.")
+    joins: list[JoinSpec] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _names_are_consistent(self) -> DataSpec:
+        names = [c.name for c in self.columns]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate column names {dupes}")
+        missing_key = [k for k in self.key if k not in names]
+        if missing_key:
+            raise ValueError(f"key columns {missing_key} are not declared in columns")
+        for join in self.joins:
+            join_names = {c.name for c in join.columns}
+            for col in join.on:
+                if col not in names:
+                    raise ValueError(f"join '{join.name}': key column '{col}' is not a main column")
+                if col not in join_names:
+                    raise ValueError(f"join '{join.name}': key column '{col}' is not in its columns")
+        return self
+
+    def all_columns(self) -> list[ColumnSpec]:
+        """Main columns plus the columns every join adds (join keys once)."""
+        cols = list(self.columns)
+        seen = {c.name for c in cols}
+        for join in self.joins:
+            for c in join.columns:
+                if c.name not in seen:
+                    cols.append(c)
+                    seen.add(c.name)
+        return cols
+
+
+class ValidationSpec(_Strict):
+    max_bad_row_fraction: float = Field(
+        0.05, ge=0, le=1, description="Fail the gate when more than this share of rows is quarantined."
+    )
+    min_rows: int = Field(1, ge=0, description="Table rule: fewer rows in a day fails the gate.")
+    max_rows: int | None = Field(None, ge=1, description="Table rule: more rows in a day fails the gate.")
+    expectations: list[ExpectationSpec] = Field(
+        default_factory=list, description="Extra Great Expectations expectations to run."
+    )
+
+
+class PositiveWhen(_Strict):
+    greater_than: float
+
+
+class TargetSpec(_Strict):
+    task: Literal["binary", "multiclass", "regression"]
+    column: str = Field(description="Raw column the label comes from.")
+    positive_when: PositiveWhen | None = Field(
+        None, description="Binary tasks on a numeric column: the rule that makes a row positive."
+    )
+
+    @model_validator(mode="after")
+    def _rule_matches_task(self) -> TargetSpec:
+        if self.positive_when is not None and self.task != "binary":
+            raise ValueError("positive_when only applies to task 'binary'")
+        return self
+
+
+class FeatureSpec(_Strict):
+    numeric: list[str] = Field(default_factory=list)
+    categorical: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> FeatureSpec:
+        if not self.numeric and not self.categorical:
+            raise ValueError("at least one numeric or categorical feature is required")
+        both = sorted(set(self.numeric) & set(self.categorical))
+        if both:
+            raise ValueError(f"features {both} are listed as both numeric and categorical")
+        return self
+
+    @property
+    def all(self) -> list[str]:
+        return [*self.numeric, *self.categorical]
+
+
+class ModelSpec(_Strict):
+    hidden_layers: list[Annotated[int, Field(ge=1, le=4096)]] = Field(default_factory=lambda: [128, 64])
+    embedding_dim: int | None = Field(None, ge=1, le=256, description="None: min(16, (vocab+1)//2).")
+    dropout: float = Field(0.1, ge=0, lt=1)
+    epochs: int = Field(10, ge=1, le=1000)
+    batch_size: int = Field(1024, ge=1)
+    learning_rate: float = Field(1e-3, gt=0, le=1)
+    weight_decay: float = Field(0.0, ge=0)
+    early_stopping_patience: int = Field(3, ge=1)
+    seed: int = 42
+    threads: int = Field(2, ge=1, description="torch intra-op threads during training.")
+
+
+class TrainingSpec(_Strict):
+    schedule: str | None = Field("@monthly", description="Cron/preset; the DAG also runs on drift events.")
+    window_days: int = Field(60, ge=1, description="Days of curated data the model is trained on.")
+    evaluation_days: int = Field(7, ge=1, description="Last days of the window held out for the gate.")
+    validation_fraction: float = Field(
+        0.1, gt=0, lt=0.5, description="Share of training rows used for early stopping."
+    )
+    max_rows: int | None = Field(None, ge=1, description="Cap on training rows (seeded sample).")
+
+    @model_validator(mode="after")
+    def _eval_inside_window(self) -> TrainingSpec:
+        if self.evaluation_days >= self.window_days:
+            raise ValueError(
+                f"evaluation_days ({self.evaluation_days}) must be smaller than window_days ({self.window_days})"
+            )
+        return self
+
+
+class ExportSpec(_Strict):
+    parity_tolerance: float = Field(1e-4, gt=0, description="Max abs diff between torch and onnxruntime.")
+    parity_rows: int = Field(2048, ge=1)
+    quantize: bool = Field(False, description="Try dynamic int8 quantisation.")
+    quantize_metric_tolerance: float = Field(
+        0.005, ge=0, description="Accept the int8 model only if the gate metric drops less than this."
+    )
+
+
+MetricName = Literal["roc_auc", "pr_auc", "log_loss", "accuracy", "f1", "rmse", "mae"]
+
+
+class GateSpec(_Strict):
+    primary_metric: MetricName = "roc_auc"
+    min_value: float | None = Field(None, description="Absolute floor (ceiling for losses).")
+    min_improvement: float = Field(0.0, ge=0, description="Margin by which the challenger must beat the champion.")
+    max_onnx_bytes: int | None = Field(None, ge=1)
+    max_p95_batch_latency_ms: float | None = Field(None, gt=0)
+    latency_batch_rows: int = Field(1024, ge=1)
+
+
+class InferenceSpec(_Strict):
+    schedule: str | None = "@daily"
+    batch_rows: int = Field(65536, ge=1, description="Rows per onnxruntime call.")
+    part_rows: int = Field(500_000, ge=1, description="Rows per output part (and per mapped task).")
+    intra_op_threads: int = Field(0, ge=0, description="0 lets onnxruntime pick.")
+    graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
+
+
+class DriftSpec(_Strict):
+    schedule: str | None = Field(None, description="Optional cron in addition to the predictions asset.")
+    window_days: int = Field(7, ge=1)
+    drift_share_threshold: float = Field(0.3, gt=0, le=1)
+    critical_columns: list[str] = Field(default_factory=list)
+    column_p_value: float = Field(0.05, gt=0, lt=1)
+    sample_rows: int = Field(50_000, ge=1000)
+    min_rows: int = Field(1000, ge=1)
+    cooldown_days: int = Field(7, ge=0)
+    seed: int = 42
+
+
+class StorageSpec(_Strict):
+    connection_id: str = Field("mlops_s3", description="Airflow connection (type aws) of the object store.")
+    bucket: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")] = "mlops"
+    prefix: str | None = Field(None, description="Key prefix of this pipeline; defaults to its name.")
+
+    @field_validator("prefix")
+    @classmethod
+    def _safe_prefix(cls, value: str | None) -> str | None:
+        if value is not None and (not value or not _SAFE_PREFIX.match(value)):
+            raise ValueError("prefix must be a relative key path without '..', '\\' or a leading '/'")
+        return value.strip("/") if value else value
+
+
+class MlflowSpec(_Strict):
+    connection_id: str = Field(
+        "mlops_mlflow", description="Airflow connection whose host (URL) is the MLflow tracking URI."
+    )
+    experiment: str | None = Field(None, description="Defaults to the pipeline name.")
+    registered_model: str | None = Field(None, description="Defaults to the pipeline name.")
+
+
+class PipelineConfig(_Strict):
+    name: Annotated[str, Field(pattern=_IDENTIFIER, description="Pipeline id; DAG ids start with it.")]
+    description: str = ""
+    start_date: dt.date = Field(description="First logical date of every DAG of this pipeline.")
+    owner: str = "mlops"
+    retries: int = Field(2, ge=0, le=10)
+    storage: StorageSpec = StorageSpec()
+    mlflow: MlflowSpec = MlflowSpec()
+    data: DataSpec
+    validation: ValidationSpec = ValidationSpec()
+    target: TargetSpec
+    features: FeatureSpec
+    model: ModelSpec = ModelSpec()
+    training: TrainingSpec = TrainingSpec()
+    export: ExportSpec = ExportSpec()
+    gate: GateSpec = GateSpec()
+    inference: InferenceSpec = InferenceSpec()
+    drift: DriftSpec = DriftSpec()
+
+    @model_validator(mode="after")
+    def _columns_exist(self) -> PipelineConfig:
+        known = {c.name for c in self.data.all_columns()}
+        unknown = [f for f in self.features.all if f not in known]
+        if unknown:
+            raise ValueError(f"features {unknown} are not columns of data.columns or a join")
+        if self.target.column not in known:
+            raise ValueError(f"target column '{self.target.column}' is not a column of data.columns")
+        if self.target.column in self.features.all:
+            raise ValueError(f"target column '{self.target.column}' is also a feature (label leak)")
+        unknown_critical = [c for c in self.drift.critical_columns if c not in known]
+        if unknown_critical:
+            raise ValueError(f"drift.critical_columns {unknown_critical} are not known columns")
+        loss_like = self.gate.primary_metric in ("log_loss", "rmse", "mae")
+        if self.target.task == "regression" and self.gate.primary_metric not in ("rmse", "mae"):
+            raise ValueError("regression pipelines gate on rmse or mae")
+        if self.target.task != "regression" and loss_like and self.gate.primary_metric != "log_loss":
+            raise ValueError(f"{self.target.task} pipelines cannot gate on {self.gate.primary_metric}")
+        return self
+
+    # Derived names, in one place so DAGs, CLI and UI agree.
+    @property
+    def prefix(self) -> str:
+        return self.storage.prefix or self.name
+
+    @property
+    def experiment_name(self) -> str:
+        return self.mlflow.experiment or self.name
+
+    @property
+    def registered_model_name(self) -> str:
+        return self.mlflow.registered_model or self.name
+
+    @property
+    def label_column(self) -> str:
+        return "label"
+
+    def dag_id(self, kind: Literal["training", "batch_inference", "drift_monitor"]) -> str:
+        return f"{self.name}_{kind}"
+
+
+def _format_errors(path: Path, err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
+        msg = e["msg"].removeprefix("Value error, ")
+        got = e.get("input")
+        shown = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
+        lines.append(f"field '{loc}': {msg}{shown}")
+    return f"{path}: invalid pipeline config: " + "; ".join(lines)
+
+
+def load_config(path: str | Path) -> PipelineConfig:
+    """Load and validate one pipeline config; raise :class:`ConfigError` naming file and field."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: pipeline config file does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read pipeline config: {exc}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a pipeline config must be a YAML mapping, got {type(raw).__name__}")
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(path, exc)) from None
+
+
+def config_dir() -> Path:
+    import os
+
+    return Path(os.environ.get(CONFIG_DIR_ENV) or DEFAULT_CONFIG_DIR)
+
+
+def config_paths(directory: Path | None = None) -> list[Path]:
+    directory = directory or config_dir()
+    return sorted(p for p in directory.glob("*.y*ml") if p.suffix in (".yaml", ".yml"))
+
+
+def load_all(directory: Path | None = None) -> list[PipelineConfig]:
+    """Every pipeline config in the directory; names must be unique."""
+    configs = [load_config(p) for p in config_paths(directory)]
+    names = [c.name for c in configs]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"{directory or config_dir()}: pipeline names used twice: {dupes}")
+    return configs
+
+
+def load_pipeline(name: str, directory: Path | None = None) -> PipelineConfig:
+    """The config of pipeline ``name`` (file stem or ``name:`` field)."""
+    for path in config_paths(directory):
+        if path.stem == name:
+            return load_config(path)
+    for cfg in load_all(directory):
+        if cfg.name == name:
+            return cfg
+    raise ConfigError(f"no pipeline named '{name}' in {directory or config_dir()}")
+
+
+def json_schema() -> dict[str, Any]:
+    return PipelineConfig.model_json_schema()
+
+
+def render_reference() -> str:
+    """Markdown reference of every config field, generated from the models (docs/configuration.md)."""
+    schema = json_schema()
+    defs = schema.get("$defs", {})
+    out = [
+        "# Pipeline configuration reference",
+        "",
+        "Generated from `mlops_tasks/config.py` by `mlops-tasks config-reference`; do not edit by hand.",
+        "One YAML file per pipeline in `configs/` (or `$MLOPS_TASKS_CONFIG_DIR`). Unknown keys are errors.",
+        "Secrets never go here: the config names Airflow connection ids only.",
+        "",
+    ]
+
+    def describe(section: str, node: dict[str, Any]) -> None:
+        out.extend([f"## `{section}`", "", "| field | type | default | description |", "|---|---|---|---|"])
+        required = set(node.get("required", []))
+        for field, prop in node.get("properties", {}).items():
+            typ = _type_name(prop)
+            default = "required" if field in required else json.dumps(prop.get("default"))
+            out.append(f"| `{field}` | {typ} | {default} | {prop.get('description', '')} |")
+        out.append("")
+
+    describe("(top level)", schema)
+    for name, node in defs.items():
+        describe(name, node)
+    out.extend(["## JSON schema", "", "```json", json.dumps(schema, indent=1), "```", ""])
+    return "\n".join(out)
+
+
+def _type_name(prop: dict[str, Any]) -> str:
+    if "$ref" in prop:
+        return prop["$ref"].rsplit("/", 1)[-1]
+    if "enum" in prop:
+        return " \\| ".join(json.dumps(v) for v in prop["enum"])
+    if "const" in prop:
+        return json.dumps(prop["const"])
+    if "anyOf" in prop:
+        return " \\| ".join(_type_name(p) for p in prop["anyOf"])
+    if prop.get("type") == "array":
+        return f"list[{_type_name(prop.get('items', {}))}]"
+    return str(prop.get("type", "any"))

@@ -1,0 +1,358 @@
+"""Object store: one thin, safe layer over an S3-compatible endpoint (AWS S3, MinIO, the local stack).
+
+Why our own layer instead of calling boto3 everywhere:
+
+* **Atomic publication.** A single S3 PUT is atomic, a directory of parts is not. Multi-part outputs
+  are published with :class:`PartitionWriter`: parts get content-addressed names, then one
+  ``_SUCCESS`` manifest (part keys, row counts, sha256) is written last and is the only switch
+  readers honour, and finally parts the manifest does not list are deleted. A rerun with the same
+  input produces the same part names and the same manifest bytes, so reruns are byte-identical and
+  never duplicate rows; a killed attempt leaves only unlisted parts behind.
+* **Bounded memory.** Parquet is read by record batch from a local spool file, never whole.
+* **Clear errors.** Endpoint unreachable, bucket missing, credentials rejected: one sentence
+  naming the endpoint, bucket and key, instead of a botocore traceback.
+
+Nothing here imports Airflow; :mod:`mlops_tasks.airflow.hooks` builds :class:`S3Settings` from an
+Airflow connection.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+MANIFEST_NAME = "_SUCCESS"
+
+# Areas of a pipeline's key space (DESIGN.md, "Object layout").
+AREAS = (
+    "landing",
+    "curated",
+    "quarantine",
+    "predictions",
+    "predictions_shadow",
+    "reports/validation",
+    "reports/drift",
+    "reports/gate",
+    "reports/shadow",
+    "lineage",
+    "models",
+    "state",
+)
+
+
+class StorageError(RuntimeError):
+    """The object store could not do what was asked; the message says where and why."""
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    """How to reach the store. Credentials come from an Airflow connection or the environment."""
+
+    bucket: str
+    endpoint_url: str | None = None
+    region_name: str = "us-east-1"
+    aws_access_key_id: str | None = field(default=None, repr=False)
+    aws_secret_access_key: str | None = field(default=None, repr=False)
+    max_attempts: int = 8
+    connect_timeout: float = 5.0
+    read_timeout: float = 60.0
+
+    def where(self) -> str:
+        return f"bucket '{self.bucket}' at {self.endpoint_url or 'AWS S3'}"
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    etag: str
+
+
+def partition_prefix(pipeline_prefix: str, area: str, day: dt.date) -> str:
+    """``<prefix>/<area>/date=YYYY-MM-DD/`` (always with a trailing slash)."""
+    if area not in AREAS:
+        raise ValueError(f"unknown storage area '{area}'; known: {', '.join(AREAS)}")
+    return f"{pipeline_prefix}/{area}/date={day.isoformat()}/"
+
+
+def parse_partition_date(key: str) -> dt.date | None:
+    """The date of a ``.../date=YYYY-MM-DD/...`` key, or None."""
+    for segment in key.split("/"):
+        if segment.startswith("date="):
+            try:
+                return dt.date.fromisoformat(segment[5:])
+            except ValueError:
+                return None
+    return None
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class ObjectStore:
+    """Keys in one bucket. Every method maps botocore failures to :class:`StorageError`."""
+
+    def __init__(self, settings: S3Settings, client: Any | None = None) -> None:
+        self.settings = settings
+        self.bucket = settings.bucket
+        self._client = client
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = boto3.client(
+                "s3",
+                endpoint_url=self.settings.endpoint_url,
+                region_name=self.settings.region_name,
+                aws_access_key_id=self.settings.aws_access_key_id,
+                aws_secret_access_key=self.settings.aws_secret_access_key,
+                config=Config(
+                    retries={"max_attempts": self.settings.max_attempts, "mode": "standard"},
+                    connect_timeout=self.settings.connect_timeout,
+                    read_timeout=self.settings.read_timeout,
+                    s3={"addressing_style": "path"},
+                ),
+            )
+        return self._client
+
+    def uri(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key}"
+
+    def key_of(self, uri_or_key: str) -> str:
+        """Accept ``s3://bucket/key`` or a bare key; refuse URIs of another bucket."""
+        if uri_or_key.startswith("s3://"):
+            bucket, _, key = uri_or_key[5:].partition("/")
+            if bucket != self.bucket:
+                raise StorageError(f"{uri_or_key} is not in {self.settings.where()}")
+            return key
+        return uri_or_key
+
+    # -- errors ---------------------------------------------------------------------------------
+
+    @contextmanager
+    def _explain(self, action: str, key: str = "") -> Iterator[None]:
+        where = self.settings.where()
+        target = f"s3://{self.bucket}/{key}" if key else where
+        try:
+            yield
+        except EndpointConnectionError:
+            raise StorageError(
+                f"Cannot {action} {target}: the S3 endpoint {self.settings.endpoint_url or 'AWS'} is not "
+                "reachable. Check the endpoint_url in the connection extra and that the service is up."
+            ) from None
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in ("NoSuchBucket",):
+                raise StorageError(
+                    f"Cannot {action} {target}: {where} does not exist. Create it (mlops-tasks up does) "
+                    "or fix storage.bucket in the pipeline config."
+                ) from None
+            if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403"):
+                raise StorageError(
+                    f"Cannot {action} {target}: the credentials were rejected ({code}). Check the "
+                    "login/password of the Airflow connection for the object store."
+                ) from None
+            if code in ("NoSuchKey", "404", "NotFound"):
+                raise FileNotFoundError(f"{target} does not exist") from None
+            raise StorageError(f"Cannot {action} {target}: {code or exc}") from None
+        except BotoCoreError as exc:
+            raise StorageError(f"Cannot {action} {target}: {exc}") from None
+
+    # -- bucket ---------------------------------------------------------------------------------
+
+    def check(self) -> None:
+        """Fail with a clear message unless the endpoint answers and the bucket exists."""
+        with self._explain("reach"):
+            self.client.head_bucket(Bucket=self.bucket)
+
+    def ensure_bucket(self) -> None:
+        with self._explain("create"):
+            try:
+                self.client.head_bucket(Bucket=self.bucket)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket", "NotFound"):
+                    raise
+                self.client.create_bucket(Bucket=self.bucket)
+
+    # -- objects --------------------------------------------------------------------------------
+
+    def list(self, prefix: str) -> list[ObjectInfo]:
+        out: list[ObjectInfo] = []
+        with self._explain("list", prefix):
+            paginator = self.client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                for obj in page.get("Contents", []):
+                    out.append(ObjectInfo(obj["Key"], int(obj["Size"]), obj.get("ETag", "").strip('"')))
+        return sorted(out, key=lambda o: o.key)
+
+    def list_partition_dates(self, prefix: str) -> list[dt.date]:
+        """Dates of the ``date=YYYY-MM-DD/`` folders directly under ``prefix``."""
+        dates: set[dt.date] = set()
+        with self._explain("list", prefix):
+            paginator = self.client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix, Delimiter="/"):
+                for cp in page.get("CommonPrefixes", []):
+                    day = parse_partition_date(cp["Prefix"])
+                    if day:
+                        dates.add(day)
+        return sorted(dates)
+
+    def exists(self, key: str) -> bool:
+        try:
+            with self._explain("read", key):
+                self.client.head_object(Bucket=self.bucket, Key=key)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def get_bytes(self, key: str) -> bytes:
+        with self._explain("read", key):
+            return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+
+    def get_json(self, key: str) -> Any:
+        return json.loads(self.get_bytes(key))
+
+    def download(self, key: str, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with self._explain("download", key):
+            self.client.download_file(self.bucket, key, str(path))
+        return path
+
+    def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> str:
+        """One PUT: S3 makes the object visible whole or not at all. Returns the URI."""
+        with self._explain("write", key):
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
+        return self.uri(key)
+
+    def put_json(self, key: str, obj: Any) -> str:
+        data = json.dumps(obj, indent=1, sort_keys=True, default=str).encode()
+        return self.put_bytes(key, data, "application/json")
+
+    def upload(self, path: str | Path, key: str, content_type: str = "application/octet-stream") -> str:
+        with self._explain("upload", key):
+            self.client.upload_file(str(path), self.bucket, key, ExtraArgs={"ContentType": content_type})
+        return self.uri(key)
+
+    def delete(self, keys: list[str]) -> None:
+        with self._explain("delete", keys[0] if keys else ""):
+            for i in range(0, len(keys), 1000):
+                chunk = [{"Key": k} for k in keys[i : i + 1000]]
+                self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": chunk, "Quiet": True})
+
+    def delete_prefix(self, prefix: str) -> int:
+        keys = [o.key for o in self.list(prefix)]
+        if keys:
+            self.delete(keys)
+        return len(keys)
+
+    # -- manifests and parquet ------------------------------------------------------------------
+
+    def read_manifest(self, partition: str) -> dict[str, Any] | None:
+        """The published manifest of a partition, or None if nothing was published there."""
+        try:
+            return self.get_json(partition.rstrip("/") + "/" + MANIFEST_NAME)
+        except FileNotFoundError:
+            return None
+
+    def published_parts(self, partition: str) -> list[str]:
+        manifest = self.read_manifest(partition)
+        return [p["key"] for p in manifest["parts"]] if manifest else []
+
+    @contextmanager
+    def spooled(self, key: str) -> Iterator[Path]:
+        """Download an object to a temporary file that is removed afterwards."""
+        suffix = "".join(Path(key).suffixes[-2:])
+        fd, name = tempfile.mkstemp(prefix="mlops-", suffix=suffix)
+        os.close(fd)
+        try:
+            yield self.download(key, name)
+        finally:
+            Path(name).unlink(missing_ok=True)
+
+    def iter_parquet_batches(
+        self, key: str, batch_rows: int = 65536, columns: list[str] | None = None
+    ) -> Iterator[pa.RecordBatch]:
+        """Stream a parquet object as record batches; memory stays bounded by ``batch_rows``."""
+        import pyarrow.parquet as pq
+
+        with self.spooled(key) as path:
+            parquet = pq.ParquetFile(path)
+            yield from parquet.iter_batches(batch_size=batch_rows, columns=columns)
+
+    def partition_writer(self, partition: str, **manifest_extra: Any) -> PartitionWriter:
+        return PartitionWriter(self, partition, manifest_extra)
+
+
+class PartitionWriter:
+    """Publish a partition of parts atomically and idempotently (see module docstring).
+
+    Use as a context manager; the manifest is written only if the block finishes without error.
+    """
+
+    def __init__(self, store: ObjectStore, partition: str, extra: dict[str, Any]) -> None:
+        self.store = store
+        self.partition = partition.rstrip("/") + "/"
+        self.extra = extra
+        self.parts: list[dict[str, Any]] = []
+
+    def write_part(self, name: str, data: bytes | IO[bytes] | Path, rows: int) -> str:
+        """Upload one part under a content-addressed name; returns its key."""
+        if isinstance(data, Path):
+            digest, size = sha256_file(data), data.stat().st_size
+        else:
+            payload = data if isinstance(data, bytes) else data.read()
+            digest, size = sha256_bytes(payload), len(payload)
+        stem, dot, ext = name.partition(".")
+        key = f"{self.partition}{stem}-{digest[:16]}{dot}{ext}"
+        if isinstance(data, Path):
+            self.store.upload(data, key)
+        else:
+            self.store.put_bytes(key, payload)
+        self.parts.append({"key": key, "rows": int(rows), "sha256": digest, "bytes": size})
+        return key
+
+    def publish(self) -> dict[str, Any]:
+        manifest = {
+            "partition": self.partition,
+            "parts": sorted(self.parts, key=lambda p: p["key"]),
+            "rows": sum(p["rows"] for p in self.parts),
+            **self.extra,
+        }
+        self.store.put_json(self.partition + MANIFEST_NAME, manifest)
+        listed = {p["key"] for p in self.parts} | {self.partition + MANIFEST_NAME}
+        stale = [o.key for o in self.store.list(self.partition) if o.key not in listed]
+        if stale:
+            self.store.delete(stale)
+        return manifest
+
+    def __enter__(self) -> PartitionWriter:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self.manifest = self.publish()

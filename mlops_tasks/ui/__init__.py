@@ -1,0 +1,1 @@
+"""The FastAPI app behind the Airflow UI plugin ("ML models" view)."""

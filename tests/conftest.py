@@ -1,0 +1,78 @@
+"""Shared fixtures: real services over loopback, started once per test session.
+
+* ``s3_endpoint``: moto's S3 server as a child process (real HTTP, real boto3 wire protocol).
+* ``store``: an :class:`ObjectStore` on a fresh bucket per test, so tests never see each other's keys.
+* ``mlflow_server``: a real ``mlflow server`` (SQLite store, artifacts in the S3 endpoint).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mlops_tasks import stack
+from mlops_tasks.config import PipelineConfig, load_config
+from mlops_tasks.storage import ObjectStore, S3Settings
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE_CONFIG = REPO / "configs" / "flights_delay.yaml"
+
+
+def require_service(name: str, host: str, port: int) -> None:
+    """Skip (laptop) or fail (CI=true) when a system service is not listening."""
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return
+    except OSError:
+        message = f"{name} is not reachable on {host}:{port}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{message}; CI requires it")
+        pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def stack_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("stack")
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(stack_dir: Path) -> Iterator[str]:
+    service = stack.start_s3(stack_dir)
+    yield service.url
+    service.stop()
+
+
+def make_store(endpoint: str, bucket: str | None = None) -> ObjectStore:
+    settings = S3Settings(
+        bucket=bucket or f"t-{uuid.uuid4().hex[:12]}",
+        endpoint_url=endpoint,
+        aws_access_key_id=stack.LOCAL_ACCESS_KEY,
+        aws_secret_access_key=stack.LOCAL_SECRET_KEY,
+        max_attempts=2,
+    )
+    store = ObjectStore(settings)
+    store.ensure_bucket()
+    return store
+
+
+@pytest.fixture
+def store(s3_endpoint: str) -> ObjectStore:
+    return make_store(s3_endpoint)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(stack_dir: Path, s3_endpoint: str) -> Iterator[str]:
+    make_store(s3_endpoint, "mlops")
+    service = stack.start_mlflow(stack_dir, s3_endpoint, "mlops")
+    yield service.url
+    service.stop()
+
+
+@pytest.fixture
+def example_config() -> PipelineConfig:
+    return load_config(EXAMPLE_CONFIG)
