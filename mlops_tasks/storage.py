@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 import boto3
 from botocore.config import Config
@@ -308,51 +308,66 @@ class ObjectStore:
         return PartitionWriter(self, partition, manifest_extra)
 
 
-class PartitionWriter:
-    """Publish a partition of parts atomically and idempotently (see module docstring).
+def write_part(store: ObjectStore, partition: str, name: str, data: bytes | Path, rows: int) -> dict[str, Any]:
+    """Upload one part of a partition under a content-addressed name; not visible to manifest readers
+    until :func:`publish_manifest` lists it. Returns the part's manifest entry. Safe to call from
+    several (mapped) tasks for one partition."""
+    partition = partition.rstrip("/") + "/"
+    if isinstance(data, Path):
+        digest, size = sha256_file(data), data.stat().st_size
+    else:
+        digest, size = sha256_bytes(data), len(data)
+    stem, dot, ext = name.partition(".")
+    key = f"{partition}{stem}-{digest[:16]}{dot}{ext}"
+    if isinstance(data, Path):
+        store.upload(data, key)
+    else:
+        store.put_bytes(key, data)
+    return {"key": key, "rows": int(rows), "sha256": digest, "bytes": size}
 
-    Use as a context manager; the manifest is written only if the block finishes without error.
+
+def publish_manifest(
+    store: ObjectStore, partition: str, parts: list[dict[str, Any]], **extra: Any
+) -> dict[str, Any]:
+    """Make ``parts`` the partition's content in one PUT, then delete every unlisted object.
+
+    ``extra`` goes into the manifest; keep it deterministic (no wall-clock times) so reruns are
+    byte-identical.
     """
+    partition = partition.rstrip("/") + "/"
+    manifest = {
+        "partition": partition,
+        "parts": sorted(parts, key=lambda p: p["key"]),
+        "rows": sum(p["rows"] for p in parts),
+        **extra,
+    }
+    store.put_json(partition + MANIFEST_NAME, manifest)
+    listed = {p["key"] for p in parts} | {partition + MANIFEST_NAME}
+    stale = [o.key for o in store.list(partition) if o.key not in listed]
+    if stale:
+        store.delete(stale)
+    return manifest
+
+
+class PartitionWriter:
+    """Single-process convenience over :func:`write_part` + :func:`publish_manifest`; the manifest
+    is published only if the ``with`` block finishes without error."""
 
     def __init__(self, store: ObjectStore, partition: str, extra: dict[str, Any]) -> None:
         self.store = store
-        self.partition = partition.rstrip("/") + "/"
+        self.partition = partition
         self.extra = extra
         self.parts: list[dict[str, Any]] = []
+        self.manifest: dict[str, Any] | None = None
 
-    def write_part(self, name: str, data: bytes | IO[bytes] | Path, rows: int) -> str:
-        """Upload one part under a content-addressed name; returns its key."""
-        if isinstance(data, Path):
-            digest, size = sha256_file(data), data.stat().st_size
-        else:
-            payload = data if isinstance(data, bytes) else data.read()
-            digest, size = sha256_bytes(payload), len(payload)
-        stem, dot, ext = name.partition(".")
-        key = f"{self.partition}{stem}-{digest[:16]}{dot}{ext}"
-        if isinstance(data, Path):
-            self.store.upload(data, key)
-        else:
-            self.store.put_bytes(key, payload)
-        self.parts.append({"key": key, "rows": int(rows), "sha256": digest, "bytes": size})
-        return key
-
-    def publish(self) -> dict[str, Any]:
-        manifest = {
-            "partition": self.partition,
-            "parts": sorted(self.parts, key=lambda p: p["key"]),
-            "rows": sum(p["rows"] for p in self.parts),
-            **self.extra,
-        }
-        self.store.put_json(self.partition + MANIFEST_NAME, manifest)
-        listed = {p["key"] for p in self.parts} | {self.partition + MANIFEST_NAME}
-        stale = [o.key for o in self.store.list(self.partition) if o.key not in listed]
-        if stale:
-            self.store.delete(stale)
-        return manifest
+    def write_part(self, name: str, data: bytes | Path, rows: int) -> str:
+        part = write_part(self.store, self.partition, name, data, rows)
+        self.parts.append(part)
+        return part["key"]
 
     def __enter__(self) -> PartitionWriter:
         return self
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         if exc_type is None:
-            self.manifest = self.publish()
+            self.manifest = publish_manifest(self.store, self.partition, self.parts, **self.extra)
