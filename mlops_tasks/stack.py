@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 LOCAL_ACCESS_KEY = "mlops-local"
-LOCAL_SECRET_KEY = "mlops-local-secret"  # noqa: S105 - the throwaway local stack's own credential
+LOCAL_SECRET_KEY = "mlops-local-secret"  # the throwaway local stack's own credential
 
 
 class StackError(RuntimeError):
@@ -95,12 +95,16 @@ def start_process(
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not service.alive():
-            raise StackError(f"{name} exited with code {process.returncode}; log {log_path}:\n{service.log_tail()}")
+            raise StackError(
+                f"{name} exited with code {process.returncode}; log {log_path}:\n{service.log_tail()}"
+            )
         if ready():
             return service
         time.sleep(0.25)
     service.stop()
-    raise StackError(f"{name} did not become ready within {timeout:.0f}s; log {log_path}:\n{service.log_tail()}")
+    raise StackError(
+        f"{name} did not become ready within {timeout:.0f}s; log {log_path}:\n{service.log_tail()}"
+    )
 
 
 def http_ok(url: str) -> Callable[[], bool]:

@@ -308,7 +308,9 @@ class ObjectStore:
         return PartitionWriter(self, partition, manifest_extra)
 
 
-def write_part(store: ObjectStore, partition: str, name: str, data: bytes | Path, rows: int) -> dict[str, Any]:
+def write_part(
+    store: ObjectStore, partition: str, name: str, data: bytes | Path, rows: int
+) -> dict[str, Any]:
     """Upload one part of a partition under a content-addressed name; not visible to manifest readers
     until :func:`publish_manifest` lists it. Returns the part's manifest entry. Safe to call from
     several (mapped) tasks for one partition."""
