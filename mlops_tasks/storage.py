@@ -41,6 +41,7 @@ MANIFEST_NAME = "_SUCCESS"
 # Areas of a pipeline's key space (DESIGN.md, "Object layout").
 AREAS = (
     "landing",
+    "staging",
     "curated",
     "quarantine",
     "predictions",
@@ -52,6 +53,7 @@ AREAS = (
     "lineage",
     "models",
     "state",
+    "data_versions",
 )
 
 
