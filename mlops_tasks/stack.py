@@ -162,3 +162,22 @@ def start_mlflow(
     ]
     env = {**s3_env(s3_endpoint), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     return start_process("mlflow", argv, url, log_dir, http_ok(url + "/health"), env=env, timeout=120)
+
+
+def connection_env(
+    s3_endpoint: str, mlflow_url: str, s3_conn_id: str = "mlops_s3", mlflow_conn_id: str = "mlops_mlflow"
+) -> dict[str, str]:
+    """``AIRFLOW_CONN_*`` variables for the local stack (the only place its credentials appear)."""
+    import json
+
+    s3 = {
+        "conn_type": "aws",
+        "login": LOCAL_ACCESS_KEY,
+        "password": LOCAL_SECRET_KEY,
+        "extra": {"endpoint_url": s3_endpoint, "region_name": "us-east-1"},
+    }
+    mlflow = {"conn_type": "mlflow", "host": mlflow_url}
+    return {
+        f"AIRFLOW_CONN_{s3_conn_id.upper()}": json.dumps(s3),
+        f"AIRFLOW_CONN_{mlflow_conn_id.upper()}": json.dumps(mlflow),
+    }
