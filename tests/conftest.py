@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,12 @@ from mlops_tasks.config import PipelineConfig, load_config
 from mlops_tasks.storage import ObjectStore, S3Settings
 
 REPO = Path(__file__).resolve().parent.parent
+
+# Airflow reads its home at import time: give the test session its own, never the user's.
+os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="mlops-tests-airflow-")
+os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(REPO / "dags"))
+os.environ.setdefault("MLOPS_TASKS_CONFIG_DIR", str(REPO / "configs"))
 EXAMPLE_CONFIG = REPO / "configs" / "flights_delay.yaml"
 
 

@@ -1,0 +1,94 @@
+"""Hooks own connections: they turn an Airflow connection into the settings the stage modules use.
+
+Secrets stay in the connection (``AIRFLOW_CONN_*`` or a secrets backend): they are passed to
+clients in memory, never logged, never put in XCom.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseHook
+
+if TYPE_CHECKING:
+    from mlops_tasks.storage import ObjectStore, S3Settings
+
+
+class ObjectStoreHook(BaseHook):
+    """S3-compatible object store from an ``aws`` connection.
+
+    login / password: access key id / secret key (empty: boto3's default chain, e.g. an IAM role);
+    extra ``endpoint_url`` for MinIO or the local stack, ``region_name`` (default us-east-1).
+
+    :param conn_id: Airflow connection id (``storage.connection_id`` of the pipeline config).
+    :param bucket: bucket to work in.
+    """
+
+    conn_name_attr = "conn_id"
+    default_conn_name = "mlops_s3"
+    conn_type = "aws"
+    hook_name = "mlops_tasks object store"
+
+    def __init__(self, conn_id: str = default_conn_name, bucket: str = "mlops") -> None:
+        super().__init__()
+        self.conn_id = conn_id
+        self.bucket = bucket
+
+    def get_settings(self) -> S3Settings:
+        from mlops_tasks.storage import S3Settings
+
+        conn = self.get_connection(self.conn_id)
+        extra: dict[str, Any] = conn.extra_dejson or {}
+        return S3Settings(
+            bucket=self.bucket,
+            endpoint_url=extra.get("endpoint_url") or extra.get("host") or None,
+            region_name=extra.get("region_name", "us-east-1"),
+            aws_access_key_id=conn.login or extra.get("aws_access_key_id"),
+            aws_secret_access_key=conn.password or extra.get("aws_secret_access_key"),
+        )
+
+    def get_store(self) -> ObjectStore:
+        from mlops_tasks.storage import ObjectStore
+
+        return ObjectStore(self.get_settings())
+
+
+class MlflowHook(BaseHook):
+    """MLflow tracking server from an ``mlflow`` connection.
+
+    host: the tracking URI (``http://mlflow:5000``), or host + port (+ schema ``https``);
+    login / password: basic-auth credentials of the tracking server, if it uses them.
+
+    :param conn_id: Airflow connection id (``mlflow.connection_id`` of the pipeline config).
+    """
+
+    conn_name_attr = "conn_id"
+    default_conn_name = "mlops_mlflow"
+    conn_type = "mlflow"
+    hook_name = "MLflow tracking server"
+
+    def __init__(self, conn_id: str = default_conn_name) -> None:
+        super().__init__()
+        self.conn_id = conn_id
+
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        return {
+            "hidden_fields": ["extra"],
+            "relabeling": {"host": "Tracking URI or host", "schema": "Scheme (http/https)"},
+            "placeholders": {"host": "http://mlflow:5000"},
+        }
+
+    def get_tracking_uri(self) -> str:
+        conn = self.get_connection(self.conn_id)
+        host = (conn.host or "").rstrip("/")
+        if not host:
+            raise ValueError(f"Airflow connection '{self.conn_id}' has no host (the MLflow tracking URI)")
+        if "://" not in host:
+            host = f"{conn.schema or 'http'}://{host}" + (f":{conn.port}" if conn.port else "")
+        if conn.login:
+            # MLflow's client reads basic-auth credentials from the environment only.
+            os.environ["MLFLOW_TRACKING_USERNAME"] = conn.login
+            os.environ["MLFLOW_TRACKING_PASSWORD"] = conn.password or ""
+        return host

@@ -1,0 +1,79 @@
+"""Extra links on task instances: reports, the MLflow run, the registered model version.
+
+Airflow 3 stores each link's final URL in XCom under the link's ``xcom_key`` when the task runs; the
+UI reads it from there. Reports live in the (private) bucket, so their links point at the
+"ML models" app mounted in the Airflow API server, which serves them to logged-in users only -
+never a public S3 URL.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+import attrs
+from airflow.sdk import BaseOperatorLink
+from airflow.sdk.execution_time.xcom import XCom
+
+if TYPE_CHECKING:
+    from airflow.sdk import BaseOperator, Context
+    from airflow.sdk.types import TaskInstanceKey
+
+UI_APP_PREFIX = "/mlops"
+
+
+def report_url(uri: str | None) -> str | None:
+    """Link to a report in the bucket, served through the authenticated UI app."""
+    if not uri:
+        return None
+    return f"{UI_APP_PREFIX}/reports?uri={quote(uri, safe='')}"
+
+
+@attrs.define()
+class _StoredLink(BaseOperatorLink):
+    label: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.label
+
+    def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
+        return XCom.get_value(key=self.xcom_key, ti_key=ti_key) or ""
+
+    @classmethod
+    def persist(cls, context: Context, url: str | None) -> None:
+        if url:
+            context["ti"].xcom_push(key=cls().xcom_key, value=url)
+
+
+@attrs.define()
+class ValidationReportLink(_StoredLink):
+    label: str = "Validation report"
+
+
+@attrs.define()
+class MlflowRunLink(_StoredLink):
+    label: str = "MLflow run"
+
+
+@attrs.define()
+class RegisteredModelLink(_StoredLink):
+    label: str = "Registered model version"
+
+
+@attrs.define()
+class GateReportLink(_StoredLink):
+    label: str = "Gate report"
+
+
+@attrs.define()
+class DriftReportLink(_StoredLink):
+    label: str = "Drift report"
+
+
+def mlflow_run_url(tracking_uri: str, result: dict[str, Any]) -> str:
+    return f"{tracking_uri}/#/experiments/{result['experiment_id']}/runs/{result['run_id']}"
+
+
+def model_version_url(tracking_uri: str, result: dict[str, Any]) -> str:
+    return f"{tracking_uri}/#/models/{result['model_name']}/versions/{result['version']}"

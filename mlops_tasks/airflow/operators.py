@@ -1,0 +1,668 @@
+"""Thin, reusable operators: each stores its arguments, builds hooks in ``execute`` and calls one stage
+function. Heavy libraries are imported inside ``execute`` so DAG files parse fast.
+
+Every operator names its pipeline (the ``name`` in ``configs/<pipeline>.yaml``); dates are templated
+and default to the run's logical date, never the wall clock. Return values (XCom) are small dicts.
+Data problems raise :class:`AirflowFailException` (retrying bad data is pointless); infrastructure
+problems raise ordinary exceptions so Airflow retries with backoff.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+from mlops_tasks.airflow.hooks import MlflowHook, ObjectStoreHook
+from mlops_tasks.airflow.links import (
+    DriftReportLink,
+    GateReportLink,
+    MlflowRunLink,
+    RegisteredModelLink,
+    ValidationReportLink,
+    mlflow_run_url,
+    model_version_url,
+    report_url,
+)
+from mlops_tasks.config import PipelineConfig, load_pipeline
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+    from mlops_tasks.storage import ObjectStore
+
+
+def as_date(value: str | dt.date | dt.datetime) -> dt.date:
+    if isinstance(value, dt.datetime):
+        return value.date()
+    if isinstance(value, dt.date):
+        return value
+    return dt.date.fromisoformat(str(value)[:10])
+
+
+def window_days(cfg: PipelineConfig, window_end: dt.date) -> list[dt.date]:
+    """The training window: ``training.window_days`` days ending with ``window_end`` (inclusive)."""
+    start = window_end - dt.timedelta(days=cfg.training.window_days - 1)
+    return [start + dt.timedelta(days=i) for i in range(cfg.training.window_days)]
+
+
+def retrain_window_end(context: Context) -> tuple[dt.date, str]:
+    """End of the training window and what started the run.
+
+    A drift (or external) retrain event carries ``window_end`` in its extra: the example's data is
+    from 2013 while the event is emitted today, so the event, not the wall clock, says which data is
+    current. Scheduled runs train up to the last day of their data interval.
+    """
+    events = context.get("triggering_asset_events") or {}
+    for asset_events in events.values():
+        for event in reversed(list(asset_events)):
+            extra = event.extra or {}
+            if extra.get("window_end"):
+                reason = extra.get("reason", "asset event")
+                return as_date(extra["window_end"]), f"asset:{extra.get('source', 'external')}: {reason}"
+    interval_end = context.get("data_interval_end") or context["logical_date"]
+    trigger = "schedule" if context["dag_run"].run_type == "scheduled" else str(context["dag_run"].run_type)
+    return as_date(interval_end) - dt.timedelta(days=1), trigger
+
+
+class PipelineOperator(BaseOperator):
+    """Base of every mlops_tasks operator: resolves the pipeline config and its connections.
+
+    :param pipeline: pipeline name (file stem or ``name:`` of a config in ``$MLOPS_TASKS_CONFIG_DIR``).
+    """
+
+    ui_color = "#e8f4fd"
+
+    def __init__(self, *, pipeline: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.pipeline = pipeline
+
+    @cached_property
+    def config(self) -> PipelineConfig:
+        return load_pipeline(self.pipeline)
+
+    @cached_property
+    def store(self) -> ObjectStore:
+        cfg = self.config
+        return ObjectStoreHook(cfg.storage.connection_id, cfg.storage.bucket).get_store()
+
+    @cached_property
+    def tracking_uri(self) -> str:
+        return MlflowHook(self.config.mlflow.connection_id).get_tracking_uri()
+
+
+# -- data stage ---------------------------------------------------------------------------------------
+
+
+class PlanIngestionOperator(PipelineOperator):
+    """Days of the training window that landed but are not curated yet (the ingest map's input).
+
+    :param window_end: last day of the window (templated); default: from the run (see
+        :func:`retrain_window_end`).
+    """
+
+    template_fields: Sequence[str] = ("window_end",)
+
+    def __init__(self, *, window_end: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.window_end = window_end
+
+    def execute(self, context: Context) -> list[str]:
+        from mlops_tasks.storage import MANIFEST_NAME, partition_prefix
+
+        cfg, store = self.config, self.store
+        end, trigger = (
+            (as_date(self.window_end), "manual") if self.window_end else retrain_window_end(context)
+        )
+        days = window_days(cfg, end)
+        landed = set(store.list_partition_dates(f"{cfg.prefix}/landing/"))
+        todo, done, missing = [], [], []
+        for day in days:
+            if store.exists(partition_prefix(cfg.prefix, "curated", day) + MANIFEST_NAME):
+                done.append(day)
+            elif day in landed:
+                todo.append(day)
+            else:
+                missing.append(day)
+        self.log.info(
+            "Training window %s..%s (trigger: %s): %d day(s) to ingest, %d already curated, %d without "
+            "landing data%s",
+            days[0],
+            days[-1],
+            trigger,
+            len(todo),
+            len(done),
+            len(missing),
+            f" ({', '.join(d.isoformat() for d in missing[:10])}{'...' if len(missing) > 10 else ''})"
+            if missing
+            else "",
+        )
+        context["ti"].xcom_push(key="window", value={"end": end.isoformat(), "trigger": trigger})
+        return [d.isoformat() for d in todo]
+
+
+class IngestDayOperator(PipelineOperator):
+    """Raw files of one day under ``landing/date=.../`` -> typed staging parquet.
+
+    :param day: the day to ingest (templated, default the logical date).
+    """
+
+    template_fields: Sequence[str] = ("day",)
+
+    def __init__(self, *, day: str = "{{ ds }}", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.day = day
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from mlops_tasks.ingestion import ingest_day
+
+        day = as_date(self.day)
+        result = ingest_day(self.store, self.config, day)
+        if result["status"] == "no_data":
+            self.log.warning("No landing files for %s under %s: nothing to ingest.", day, self.config.prefix)
+        else:
+            self.log.info(
+                "Ingested %s: %d rows from %d file(s) into %s; rejected files: %s; malformed lines: %d",
+                day,
+                result["rows"],
+                result["files"],
+                result["staged_uri"],
+                result["rejected_files"] or "none",
+                result["malformed_lines"],
+            )
+        return result
+
+
+class ValidateDayOperator(PipelineOperator):
+    """Great Expectations gate over one staged day: good rows -> curated, bad rows -> quarantine.
+
+    A failed gate fails the task (no retry) with a one-paragraph reason; nothing downstream runs.
+
+    :param ingest_result: the ingest task's return value (mapped per day), or None with ``day``.
+    :param day: the day to validate (templated) when no ingest result is given.
+    """
+
+    template_fields: Sequence[str] = ("day", "ingest_result")
+    operator_extra_links = (ValidationReportLink(),)
+
+    def __init__(
+        self, *, ingest_result: dict[str, Any] | None = None, day: str = "{{ ds }}", **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self.ingest_result = ingest_result
+        self.day = day
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from mlops_tasks.validation import ValidationGateError, validate_day
+
+        if self.ingest_result is not None and self.ingest_result.get("status") == "no_data":
+            raise AirflowSkipException(
+                f"No data landed for {self.ingest_result['date']}: nothing to validate."
+            )
+        day = as_date(self.ingest_result["date"] if self.ingest_result else self.day)
+        try:
+            result = validate_day(self.store, self.config, day)
+        except ValidationGateError as exc:
+            ValidationReportLink.persist(context, report_url(exc.result.get("report_html_uri")))
+            raise AirflowFailException(str(exc)) from None
+        ValidationReportLink.persist(context, report_url(result["report_html_uri"]))
+        self.log.info(
+            "Validation of %s passed: %d good, %d quarantined (%.2f%%). Report: %s",
+            day,
+            result["good_rows"],
+            result["bad_rows"],
+            100 * result["bad_fraction"],
+            result["report_html_uri"],
+        )
+        return result
+
+
+class DataVersionOperator(PipelineOperator):
+    """The window's curated partitions -> one DVC data version (its content hash).
+
+    :param window: ``{"end": "YYYY-MM-DD", "trigger": ...}`` from the planning task (templated XCom).
+    """
+
+    template_fields: Sequence[str] = ("window",)
+
+    def __init__(self, *, window: dict[str, str] | str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.window = window
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from mlops_tasks.storage import MANIFEST_NAME, partition_prefix
+        from mlops_tasks.versioning import create_data_version
+
+        cfg, store = self.config, self.store
+        window = _as_dict(self.window)
+        days = [
+            d
+            for d in window_days(cfg, as_date(window["end"]))
+            if store.exists(partition_prefix(cfg.prefix, "curated", d) + MANIFEST_NAME)
+        ]
+        if not days:
+            raise AirflowSkipException(
+                f"No curated data in the training window ending {window['end']}: nothing to train on."
+            )
+        result = create_data_version(store, cfg, days)
+        self.log.info(
+            "Data version %s: %d rows over %d day(s) (%s upload)",
+            result["data_version"],
+            result["rows"],
+            len(days),
+            "new" if result["uploaded"] else "no",
+        )
+        return {**result, "trigger": window.get("trigger", "unknown"), "window_end": window["end"]}
+
+
+def _as_dict(value: dict[str, Any] | str) -> dict[str, Any]:
+    """XComArgs resolve to dicts; a Jinja-rendered value arrives as its repr."""
+    if isinstance(value, dict):
+        return value
+    import ast
+
+    return ast.literal_eval(value)
+
+
+# -- model stage --------------------------------------------------------------------------------------
+
+
+class _DataVersionInput(PipelineOperator):
+    """Operators that read the rows of a data version and split them into train/evaluation."""
+
+    template_fields: Sequence[str] = ("data_version",)
+
+    def __init__(self, *, data_version: dict[str, Any], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.data_version = data_version
+
+    def splits(self) -> tuple[Any, Any]:
+        from mlops_tasks.training import split_window
+        from mlops_tasks.versioning import load_data_version
+
+        frame = load_data_version(self.store, self.config, self.data_version["data_version"])
+        return split_window(frame, self.config)
+
+
+class TrainModelOperator(_DataVersionInput):
+    """PyTorch training on the data version's training split, tracked in MLflow.
+
+    :param data_version: the DataVersionOperator's result.
+    """
+
+    operator_extra_links = (MlflowRunLink(),)
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from mlops_tasks.training import train
+
+        train_frame, _ = self.splits()
+        result = train(
+            self.config,
+            train_frame,
+            tracking_uri=self.tracking_uri,
+            data_version=self.data_version["data_version"],
+            trigger=self.data_version.get("trigger", "unknown"),
+            run_name=f"{self.config.name}-{context['run_id']}",
+            tags={"airflow_dag_id": self.dag_id, "airflow_run_id": context["run_id"]},
+        )
+        MlflowRunLink.persist(context, mlflow_run_url(self.tracking_uri, result))
+        self.log.info("Trained run %s: %s", result["run_id"], result)
+        return result
+
+
+class ExportModelOperator(_DataVersionInput):
+    """ONNX export with a torch-vs-onnxruntime parity check (optional int8 quantisation).
+
+    :param training: the TrainModelOperator's result.
+    """
+
+    template_fields: Sequence[str] = ("data_version", "training")
+
+    def __init__(self, *, training: dict[str, Any], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.training = training
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from mlops_tasks.export import ParityError, export_run
+
+        _, eval_frame = self.splits()
+        try:
+            result = export_run(
+                self.config, self.training["run_id"], tracking_uri=self.tracking_uri, sample_frame=eval_frame
+            )
+        except ParityError as exc:
+            raise AirflowFailException(str(exc)) from None
+        self.log.info("Exported %s", result)
+        return result
+
+
+class EvaluateGateOperator(_DataVersionInput):
+    """Challenger vs champion on the current evaluation split; writes the gate report.
+
+    The decision is returned, never raised: a rejected challenger is a normal outcome.
+
+    :param export: the ExportModelOperator's result.
+    """
+
+    template_fields: Sequence[str] = ("data_version", "export")
+    operator_extra_links = (GateReportLink(),)
+
+    def __init__(self, *, export: dict[str, Any], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.export = export
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from mlops_tasks.evaluation import evaluate_and_gate
+
+        _, eval_frame = self.splits()
+        decision = evaluate_and_gate(
+            self.config,
+            self.export["run_id"],
+            eval_frame,
+            tracking_uri=self.tracking_uri,
+            store=self.store,
+            day=as_date(self.data_version["window_end"]),
+        )
+        GateReportLink.persist(context, report_url(decision["report_html_uri"]))
+        self.log.info(
+            "Gate decision: %s. %s Report: %s",
+            "PROMOTE" if decision["promote"] else "REJECT",
+            decision["reason"],
+            decision["report_html_uri"],
+        )
+        return decision
+
+
+class RegisterModelOperator(PipelineOperator):
+    """Register the model version; move the ``champion`` alias last, only if the gate promoted it.
+
+    :param decision: the EvaluateGateOperator's result.
+    :param export: the ExportModelOperator's result.
+    :param data_version: the DataVersionOperator's result.
+    """
+
+    template_fields: Sequence[str] = ("decision", "export", "data_version")
+    operator_extra_links = (RegisteredModelLink(),)
+
+    def __init__(
+        self, *, decision: dict[str, Any], export: dict[str, Any], data_version: dict[str, Any], **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self.decision = decision
+        self.export = export
+        self.data_version = data_version
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from mlops_tasks.registry import register
+
+        result = register(
+            self.config,
+            self.export["run_id"],
+            tracking_uri=self.tracking_uri,
+            decision=self.decision,
+            data_version=self.data_version["data_version"],
+        )
+        RegisteredModelLink.persist(context, model_version_url(self.tracking_uri, result))
+        self.log.info("Registry: %s", result)
+        return result
+
+
+class LineageOperator(PipelineOperator):
+    """One lineage record per model version: landing files -> ... -> gate decision.
+
+    :param upstream: results of the upstream tasks, keyed by step name (templated XComs).
+    """
+
+    template_fields: Sequence[str] = ("upstream",)
+
+    def __init__(self, *, upstream: dict[str, Any], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.upstream = upstream
+
+    def execute(self, context: Context) -> str:
+        from mlops_tasks.lineage import build_record, write_record
+
+        record = build_record(self.store, self.config, airflow_run_id=context["run_id"], **self.upstream)
+        uri = write_record(self.store, self.config, record)
+        self.log.info("Lineage record: %s", uri)
+        return uri
+
+
+# -- batch inference ----------------------------------------------------------------------------------
+
+
+class ResolveChampionOperator(PipelineOperator):
+    """Resolve the ``champion`` (and optional ``challenger``) version once per run.
+
+    Every mapped scoring task then loads that exact version, so a promotion mid-run cannot mix models.
+    """
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from mlops_tasks.registry import alias_info
+
+        champion = alias_info(self.config, "champion", tracking_uri=self.tracking_uri)
+        if champion is None:
+            raise AirflowFailException(
+                f"Model '{self.config.registered_model_name}' has no 'champion' alias in the registry at "
+                f"{self.tracking_uri}: run {self.config.dag_id('training')} first. Nothing was written."
+            )
+        challenger = alias_info(self.config, "challenger", tracking_uri=self.tracking_uri)
+        self.log.info(
+            "Scoring with champion v%s (challenger: %s)",
+            champion["version"],
+            challenger and challenger["version"],
+        )
+        return {"champion": champion, "challenger": challenger}
+
+
+class PlanScoringOperator(PipelineOperator):
+    """Split the day's curated data into work units, one mapped scoring task each.
+
+    :param day: the day to score (templated, default the logical date).
+    """
+
+    template_fields: Sequence[str] = ("day",)
+
+    def __init__(self, *, day: str = "{{ ds }}", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.day = day
+
+    def execute(self, context: Context) -> list[dict[str, Any]]:
+        from mlops_tasks.inference import plan_parts
+
+        units = plan_parts(self.store, self.config, as_date(self.day))
+        if not units:
+            raise AirflowSkipException(f"No curated data for {self.day}: nothing to score.")
+        self.log.info("%d work unit(s) for %s", len(units), self.day)
+        return units
+
+
+class ScorePartOperator(PipelineOperator):
+    """Score one work unit with onnxruntime into an unpublished part.
+
+    :param unit: one element of PlanScoringOperator's result (mapped).
+    :param models: ResolveChampionOperator's result.
+    :param role: ``champion`` (published predictions) or ``challenger`` (shadow scoring).
+    """
+
+    template_fields: Sequence[str] = ("unit", "models")
+
+    def __init__(
+        self, *, unit: dict[str, Any], models: dict[str, Any], role: str = "champion", **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self.unit = unit
+        self.models = models
+        self.role = role
+
+    def execute(self, context: Context) -> dict[str, Any] | None:
+        import tempfile
+
+        from mlops_tasks.inference import score_part
+        from mlops_tasks.registry import download_onnx
+
+        model = self.models.get(self.role)
+        if model is None:
+            raise AirflowSkipException(f"No '{self.role}' model: nothing to shadow-score.")
+        with tempfile.TemporaryDirectory() as tmp:
+            path = download_onnx(
+                self.config, tracking_uri=self.tracking_uri, version=model["version"], dest_dir=tmp
+            )
+            result = score_part(
+                self.store,
+                self.config,
+                self.unit,
+                model_path=str(path),
+                model_name=self.config.registered_model_name,
+                model_version=str(model["version"]),
+                run_id=context["run_id"],
+                output_area="predictions" if self.role == "champion" else "predictions_shadow",
+            )
+        self.log.info("Scored %d rows: %s", result["rows"], result["seconds"])
+        return result
+
+
+class PublishPredictionsOperator(PipelineOperator):
+    """Publish the day's parts atomically (manifest last); emits the predictions asset.
+
+    :param day: the scored day (templated).
+    :param part_results: the mapped ScorePartOperator results.
+    :param models: ResolveChampionOperator's result.
+    :param role: ``champion`` or ``challenger``.
+    """
+
+    template_fields: Sequence[str] = ("day", "part_results", "models")
+
+    def __init__(
+        self,
+        *,
+        part_results: list[dict[str, Any]],
+        models: dict[str, Any],
+        day: str = "{{ ds }}",
+        role: str = "champion",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.part_results = part_results
+        self.models = models
+        self.day = day
+        self.role = role
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from mlops_tasks.inference import publish_predictions
+
+        model = self.models.get(self.role)
+        if model is None:
+            raise AirflowSkipException(f"No '{self.role}' model: nothing to publish.")
+        day = as_date(self.day)
+        result = publish_predictions(
+            self.store,
+            self.config,
+            day,
+            [r for r in self.part_results if r],
+            model_name=self.config.registered_model_name,
+            model_version=str(model["version"]),
+            run_id=context["run_id"],
+            output_area="predictions" if self.role == "champion" else "predictions_shadow",
+        )
+        for asset in self.outlets:
+            context["outlet_events"][asset].extra = {
+                "day": day.isoformat(),
+                "rows": result["rows"],
+                "uri": result["uri"],
+            }
+        self.log.info("Published %s", result)
+        return result
+
+
+class ShadowReportOperator(PipelineOperator):
+    """Champion vs challenger agreement on the day's rows (nothing shadow touches predictions/)."""
+
+    template_fields: Sequence[str] = ("day", "models")
+
+    def __init__(self, *, models: dict[str, Any], day: str = "{{ ds }}", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.models = models
+        self.day = day
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from mlops_tasks.inference import shadow_report
+
+        if not self.models.get("challenger"):
+            raise AirflowSkipException("No challenger: no shadow report.")
+        report = shadow_report(
+            self.store,
+            self.config,
+            as_date(self.day),
+            champion=self.models["champion"],
+            challenger=self.models["challenger"],
+        )
+        self.log.info("Shadow report: %s", report)
+        return report
+
+
+# -- drift --------------------------------------------------------------------------------------------
+
+
+class DriftCheckOperator(PipelineOperator):
+    """Scored inputs of the window vs the champion's training data; decides whether to retrain.
+
+    :param day: last day of the monitored window (templated); asset-triggered runs use the day of
+        the triggering predictions event.
+    """
+
+    template_fields: Sequence[str] = ("day",)
+    operator_extra_links = (DriftReportLink(),)
+
+    def __init__(self, *, day: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.day = day
+
+    def _day(self, context: Context) -> dt.date:
+        if self.day:
+            return as_date(self.day)
+        events = context.get("triggering_asset_events") or {}
+        days = [e.extra["day"] for evs in events.values() for e in evs if (e.extra or {}).get("day")]
+        return as_date(max(days)) if days else as_date(context["logical_date"])
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from mlops_tasks.monitoring import run_drift_monitor
+
+        day = self._day(context)
+        result = run_drift_monitor(self.store, self.config, day, tracking_uri=self.tracking_uri)
+        DriftReportLink.persist(context, report_url(result.get("report_html_uri")))
+        self.log.info("Drift check for %s: %s", day, result)
+        return result
+
+
+class TriggerRetrainingOperator(PipelineOperator):
+    """Emit the retrain asset event (reason and window in its extra) when the drift check says so.
+
+    Skipped (no event) otherwise, so one drift episode triggers one retraining.
+
+    :param decision: DriftCheckOperator's result.
+    """
+
+    template_fields: Sequence[str] = ("decision",)
+
+    def __init__(self, *, decision: dict[str, Any], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.decision = decision
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        if not self.decision.get("retrain"):
+            raise AirflowSkipException(f"No retraining: {self.decision.get('status')}.")
+        extra = {
+            "source": "drift_monitor",
+            "reason": "; ".join(self.decision.get("reasons", [])) or "drift",
+            "window_end": self.decision["day"],
+            "report": self.decision.get("report_html_uri"),
+        }
+        for asset in self.outlets:
+            context["outlet_events"][asset].extra = extra
+        self.log.warning("Retraining requested: %s", extra)
+        return extra
