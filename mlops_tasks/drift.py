@@ -1,0 +1,634 @@
+"""Drift monitoring: is the data the champion scores today still like the data it was trained on?
+
+Three layers, cheapest first, all pure functions of their inputs:
+
+* :func:`compare` - per-column statistics on seeded samples of both sides (numpy/scipy, seconds on
+  millions of rows). This is what the retrain decision is made from.
+* :func:`evidently_report` - an Evidently 0.7 ``DataDriftPreset`` report on the *same* samples with
+  the *same* per-column tests and thresholds, for humans (HTML) and the record (JSON summary). It is
+  never the only source of truth because Evidently on millions of rows is slow and memory hungry,
+  and it refuses all-empty columns.
+* :func:`decide` - the retrain policy (drift share, critical columns, prediction drift, live metric
+  drop, new data volume), with a cooldown kept in a small JSON state (:func:`next_state`).
+
+Statistical test per column (Evidently's defaults, reproduced so that both layers agree):
+
+* more than 1000 non-missing reference values (the normal case): numeric columns use the
+  Wasserstein distance normalised by the reference standard deviation, categorical columns (and
+  numeric columns with at most 5 distinct values, which are compared as categories) use the
+  Jensen-Shannon distance. Distances, unlike p-values, do not turn every tiny difference into
+  "drift" when samples are large. Drift when the distance >= its threshold.
+* at most 1000 reference values: Kolmogorov-Smirnov (numeric), chi-squared (categorical, > 2
+  values) or a two-proportion z-test (2 values); drift when the p-value is below
+  ``drift.column_p_value`` (KS: at or below, as in Evidently).
+
+Sampling: when a side has more than ``drift.sample_rows`` rows, ``sample_rows`` positions are drawn
+uniformly without replacement by ``numpy.random.default_rng(drift.seed)`` and kept in input order,
+so the same input frames give the same sample, statistics and decision on every run. Values are
+typed (numeric coerced, non-numeric strings rejected) on the sample only: the validation stage owns
+row-level type rules.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+from scipy.spatial import distance
+
+from mlops_tasks.features import SCORE_OUTPUT
+from mlops_tasks.storage import partition_prefix
+
+if TYPE_CHECKING:
+    from mlops_tasks.config import PipelineConfig
+    from mlops_tasks.storage import ObjectStore
+
+log = logging.getLogger(__name__)
+
+PREDICTION_COLUMN = SCORE_OUTPUT
+# Evidently's switch from p-value tests to distances, and its "few values: compare as categories".
+SMALL_SAMPLE_ROWS = 1000
+FEW_VALUES = 5
+# Triggers remembered in the state; only the ones inside the cooldown matter, the rest is history.
+MAX_REMEMBERED_TRIGGERS = 32
+
+# Policy knobs this module reads from ``cfg.drift`` that DriftSpec does not declare yet; the values
+# are the defaults (Evidently's for the two distance thresholds). Once DriftSpec declares them,
+# the config value is read and these only document the defaults.
+PROPOSED_KNOBS: dict[str, float | int | None] = {
+    "wasserstein_threshold": 0.1,
+    "jensenshannon_threshold": 0.1,
+    "max_metric_drop": 0.05,
+    "retrain_after_new_rows": None,
+}
+
+
+class DriftInputError(ValueError):
+    """The frames handed to drift monitoring cannot be compared; the message names frame and column."""
+
+
+def _knob(cfg: PipelineConfig, name: str) -> Any:
+    return getattr(cfg.drift, name, PROPOSED_KNOBS[name])
+
+
+# -- input preparation ----------------------------------------------------------------------------
+
+
+def _monitored_kinds(cfg: PipelineConfig) -> dict[str, str]:
+    """Column -> "numeric" | "categorical": the features, then critical columns that are not features."""
+    kinds = dict.fromkeys(cfg.features.numeric, "numeric") | dict.fromkeys(
+        cfg.features.categorical, "categorical"
+    )
+    types = {c.name: c.type for c in cfg.data.all_columns()}
+    for col in cfg.drift.critical_columns:
+        if col not in kinds:
+            kinds[col] = "numeric" if types.get(col) in ("int", "float") else "categorical"
+    return kinds
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """Sampled, typed frames (monitored columns + the score column when scores were given)."""
+
+    reference: pd.DataFrame
+    current: pd.DataFrame
+    kinds: dict[str, str]
+    monitored: list[str]
+    rows: dict[str, int]
+    names: dict[str, str]
+    has_scores: bool
+
+
+def _sample_positions(n: int, limit: int, seed: int) -> np.ndarray | None:
+    if n <= limit:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(n, size=limit, replace=False))
+
+
+def _typed(values: pd.Series, kind: str, source: str) -> pd.Series:
+    """Numeric -> float64 with NaN for missing/inf; categorical -> str values with NaN for missing."""
+    if kind == "numeric":
+        if pd.api.types.is_bool_dtype(values) or not pd.api.types.is_numeric_dtype(values):
+            converted = pd.to_numeric(values, errors="coerce")
+            bad = converted.isna() & values.notna()
+            if bad.any():
+                raise DriftInputError(
+                    f"{source}: column '{values.name}' must be numeric; {int(bad.sum())} sampled value(s) "
+                    f"are not, e.g. {values[bad].iloc[0]!r}"
+                )
+            values = converted
+        out = values.astype("float64")
+        return out.where(np.isfinite(out))
+    return values.astype(object).where(values.notna(), np.nan).map(str, na_action="ignore")
+
+
+def _prepare(
+    cfg: PipelineConfig,
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+    reference_scores: Sequence[float] | np.ndarray | pd.Series | None,
+    current_scores: Sequence[float] | np.ndarray | pd.Series | None,
+    reference_name: str,
+    current_name: str,
+) -> _Prepared:
+    kinds = _monitored_kinds(cfg)
+    names = {"reference": reference_name, "current": current_name}
+    columns = list(kinds)
+    missing_ref = [c for c in columns if c not in reference.columns]
+    missing_cur = [c for c in columns if c not in current.columns]
+    if missing_ref or missing_cur:
+        parts = [
+            f"missing from {names[side]} ({side}): {cols}"
+            for side, cols in (("reference", missing_ref), ("current", missing_cur))
+            if cols
+        ]
+        raise DriftInputError(
+            "drift: the monitored columns (features + drift.critical_columns) must exist on both sides; "
+            + "; ".join(parts)
+        )
+    if (reference_scores is None) != (current_scores is None):
+        raise DriftInputError(
+            "drift: prediction drift needs both reference_scores and current_scores (got only one)"
+        )
+    has_scores = reference_scores is not None
+    if has_scores and PREDICTION_COLUMN in kinds:
+        raise DriftInputError(
+            f"drift: '{PREDICTION_COLUMN}' is both a monitored column and the prediction score column"
+        )
+    seed, limit = cfg.drift.seed, cfg.drift.sample_rows
+    sides = {}
+    for side, frame, scores in (
+        ("reference", reference, reference_scores),
+        ("current", current, current_scores),
+    ):
+        positions = _sample_positions(len(frame), limit, seed)
+        picked = frame[columns] if positions is None else frame[columns].iloc[positions]
+        typed = {c: _typed(picked[c], kinds[c], names[side]).to_numpy() for c in columns}
+        if scores is not None:
+            values = np.asarray(scores, dtype="float64")
+            if values.shape != (len(frame),):
+                raise DriftInputError(
+                    f"{names[side]}: {side}_scores has shape {values.shape}, expected ({len(frame)},) "
+                    "- one score per row"
+                )
+            values = values if positions is None else values[positions]
+            typed[PREDICTION_COLUMN] = np.where(np.isfinite(values), values, np.nan)
+        sides[side] = pd.DataFrame(typed)
+    return _Prepared(
+        reference=sides["reference"],
+        current=sides["current"],
+        kinds=kinds | ({PREDICTION_COLUMN: "numeric"} if has_scores else {}),
+        monitored=columns,
+        rows={
+            "reference": len(reference),
+            "current": len(current),
+            "reference_compared": len(sides["reference"]),
+            "current_compared": len(sides["current"]),
+        },
+        names=names,
+        has_scores=has_scores,
+    )
+
+
+# -- statistics -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Plan:
+    kind: str  # the kind the column is compared as ("categorical" for few-valued numerics)
+    stat_test: str  # Evidently's registry name of the test
+    threshold: float
+
+
+def _plan(cfg: PipelineConfig, kind: str, ref: pd.Series, cur: pd.Series) -> _Plan:
+    """Evidently's default test choice for this column (see module docstring), with our thresholds."""
+    n_values = pd.concat([ref, cur], ignore_index=True).nunique()
+    kind = "categorical" if n_values <= FEW_VALUES else kind
+    if len(ref) > SMALL_SAMPLE_ROWS:
+        if kind == "numeric":
+            return _Plan(kind, "wasserstein", float(_knob(cfg, "wasserstein_threshold")))
+        return _Plan(kind, "jensenshannon", float(_knob(cfg, "jensenshannon_threshold")))
+    if kind == "numeric":
+        return _Plan(kind, "ks", cfg.drift.column_p_value)
+    return _Plan(kind, "chisquare" if n_values > 2 else "z", cfg.drift.column_p_value)
+
+
+def _shares(ref: pd.Series, cur: pd.Series) -> tuple[list[Any], np.ndarray, np.ndarray]:
+    """Value counts of both sides over the union of their values, in a deterministic order."""
+    rc, cc = ref.value_counts(), cur.value_counts()
+    keys = sorted(set(rc.index) | set(cc.index), key=lambda v: (str(type(v)), v))
+    return (
+        keys,
+        rc.reindex(keys, fill_value=0).to_numpy(float),
+        cc.reindex(keys, fill_value=0).to_numpy(float),
+    )
+
+
+def _wasserstein(ref: pd.Series, cur: pd.Series) -> tuple[float, None]:
+    norm = max(float(np.std(ref.to_numpy())), 0.001)
+    return float(stats.wasserstein_distance(ref.to_numpy(), cur.to_numpy())) / norm, None
+
+
+def _jensenshannon(ref: pd.Series, cur: pd.Series) -> tuple[float, None]:
+    _, rc, cc = _shares(ref, cur)
+    return float(distance.jensenshannon(rc / len(ref), cc / len(cur))), None
+
+
+def _ks(ref: pd.Series, cur: pd.Series) -> tuple[float, float]:
+    result = stats.ks_2samp(ref.to_numpy(), cur.to_numpy())
+    return float(result.statistic), float(result.pvalue)
+
+
+def _chisquare(ref: pd.Series, cur: pd.Series) -> tuple[float, float]:
+    _, rc, cc = _shares(ref, cur)
+    with np.errstate(divide="ignore", invalid="ignore"):  # a value unseen in reference: infinite chi2
+        result = stats.chisquare(cc, rc * (len(cur) / len(ref)))
+    return float(result.statistic), float(result.pvalue)
+
+
+def _z(ref: pd.Series, cur: pd.Series) -> tuple[float, float]:
+    keys, rc, cc = _shares(ref, cur)
+    if len(keys) == 1:
+        return 0.0, 1.0
+    p1, p2 = 1 - rc[0] / len(ref), 1 - cc[0] / len(cur)
+    pooled = (p1 * len(ref) + p2 * len(cur)) / (len(ref) + len(cur))
+    z = (p1 - p2) / math.sqrt(pooled * (1 - pooled) * (1 / len(ref) + 1 / len(cur)))
+    return z, float(2 * (1 - stats.norm.cdf(abs(z))))
+
+
+_TESTS: dict[str, Callable[[pd.Series, pd.Series], tuple[float, float | None]]] = {
+    "wasserstein": _wasserstein,
+    "jensenshannon": _jensenshannon,
+    "ks": _ks,
+    "chisquare": _chisquare,
+    "z": _z,
+}
+
+
+def _drifted(plan: _Plan, statistic: float, p_value: float | None) -> bool:
+    """Evidently's rule per test: distance >= threshold; KS p <= threshold; other p-values < threshold."""
+    if p_value is None:
+        return statistic >= plan.threshold
+    return p_value <= plan.threshold if plan.stat_test == "ks" else p_value < plan.threshold
+
+
+def _num(value: float | None) -> float | None:
+    """Rounded so JSON bytes are stable; non-finite values (e.g. chi2 with a new category) -> None."""
+    return round(float(value), 6) if value is not None and math.isfinite(value) else None
+
+
+def _empty_reason(ref: pd.Series, cur: pd.Series, names: dict[str, str]) -> str | None:
+    empty = [
+        f"{side} ({names[side]})" for side, values in (("reference", ref), ("current", cur)) if values.empty
+    ]
+    return f"all values are missing in {' and '.join(empty)}" if empty else None
+
+
+def _compare_column(
+    cfg: PipelineConfig, kind: str, ref: pd.Series, cur: pd.Series, names: dict[str, str]
+) -> dict:
+    ref, cur = ref.dropna(), cur.dropna()
+    reason = _empty_reason(ref, cur, names)
+    if reason:
+        return {
+            "kind": kind,
+            "stat_test": None,
+            "statistic": None,
+            "p_value": None,
+            "threshold": None,
+            "drifted": True,
+            "reason": reason,
+        }
+    plan = _plan(cfg, kind, ref, cur)
+    statistic, p_value = _TESTS[plan.stat_test](ref, cur)
+    return {
+        "kind": plan.kind,
+        "stat_test": plan.stat_test,
+        "statistic": _num(statistic),
+        "p_value": _num(p_value),
+        "threshold": plan.threshold,
+        "drifted": bool(_drifted(plan, statistic, p_value)),
+        "reason": None,
+    }
+
+
+def _summary(cfg: PipelineConfig, data: _Prepared, columns: dict[str, dict], engine: str) -> dict[str, Any]:
+    monitored = data.monitored
+    drifted = [c for c in monitored if columns[c]["drifted"]]
+    return {
+        "engine": engine,
+        "columns": {c: columns[c] for c in monitored},
+        "share_drifted": _num(len(drifted) / len(monitored)),
+        "drifted_columns": drifted,
+        "drifted_critical": [c for c in cfg.drift.critical_columns if columns[c]["drifted"]],
+        "prediction_drift": columns.get(PREDICTION_COLUMN) if data.has_scores else None,
+        "rows": data.rows,
+        "sources": data.names,
+        "sample": {"rows": cfg.drift.sample_rows, "seed": cfg.drift.seed},
+    }
+
+
+def compare(
+    cfg: PipelineConfig,
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+    *,
+    reference_scores: Sequence[float] | np.ndarray | pd.Series | None = None,
+    current_scores: Sequence[float] | np.ndarray | pd.Series | None = None,
+    reference_name: str = "reference",
+    current_name: str = "current",
+) -> dict[str, Any]:
+    """Fast per-column drift of ``current`` against ``reference`` on seeded samples (module docstring).
+
+    Returns ``columns`` ({column: {kind, stat_test, statistic, p_value, threshold, drifted, reason}}),
+    ``share_drifted``, ``drifted_columns``, ``drifted_critical``, ``prediction_drift`` (the score
+    column's entry, or None without scores), ``rows`` (input and compared counts), ``sources`` and
+    ``sample``. A column with no values on a side is reported as drifted with the reason.
+    ``*_name`` name the frames (e.g. their S3 keys) in errors and in the result.
+    """
+    data = _prepare(cfg, reference, current, reference_scores, current_scores, reference_name, current_name)
+    columns = {
+        col: _compare_column(cfg, kind, data.reference[col], data.current[col], data.names)
+        for col, kind in data.kinds.items()
+    }
+    return _summary(cfg, data, columns, "fast")
+
+
+# -- Evidently report -----------------------------------------------------------------------------
+
+# Evidently renders random ids (uuid4 hex, uuid7) into the HTML; renumbering them in order of
+# appearance makes the bytes a function of the data only. Links between widgets are preserved.
+_RANDOM_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|\b[0-9a-f]{32}\b")
+
+
+def _stable_ids(html: str) -> str:
+    ids: dict[str, str] = {}
+    return _RANDOM_ID.sub(lambda m: ids.setdefault(m.group(0), f"{len(ids):032x}"), html)
+
+
+def evidently_report(
+    cfg: PipelineConfig,
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+    *,
+    day: dt.date,
+    reference_scores: Sequence[float] | np.ndarray | pd.Series | None = None,
+    current_scores: Sequence[float] | np.ndarray | pd.Series | None = None,
+    reference_name: str = "reference",
+    current_name: str = "current",
+) -> tuple[str, dict[str, Any]]:
+    """Evidently 0.7 ``DataDriftPreset`` (+ ``ValueDrift`` on the score) on the same seeded samples and
+    with the same per-column tests and thresholds as :func:`compare`.
+
+    Returns the standalone HTML (ids renumbered, so equal inputs give equal bytes) and a summary with
+    the same keys as :func:`compare`'s result (``engine`` = "evidently"), so :func:`decide` accepts
+    either. Columns without values on a side cannot go through Evidently; they are listed as drifted
+    with the reason, as in :func:`compare`.
+    """
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.metrics import ValueDrift
+    from evidently.presets import DataDriftPreset
+
+    data = _prepare(cfg, reference, current, reference_scores, current_scores, reference_name, current_name)
+    plans: dict[str, _Plan] = {}
+    columns: dict[str, dict] = {}
+    for col, kind in data.kinds.items():
+        ref, cur = data.reference[col].dropna(), data.current[col].dropna()
+        reason = _empty_reason(ref, cur, data.names)
+        if reason:
+            columns[col] = {
+                "kind": kind,
+                "stat_test": None,
+                "statistic": None,
+                "p_value": None,
+                "threshold": None,
+                "drifted": True,
+                "reason": reason,
+            }
+        else:
+            plans[col] = _plan(cfg, kind, ref, cur)
+    if not plans:
+        raise DriftInputError(
+            f"drift: no monitored column has values in both {data.names['reference']} and "
+            f"{data.names['current']}; nothing for Evidently to compare"
+        )
+    features = [c for c in data.monitored if c in plans]
+    metrics: list[Any] = []
+    if features:
+        metrics.append(
+            DataDriftPreset(
+                columns=features,
+                drift_share=cfg.drift.drift_share_threshold,
+                per_column_method={c: plans[c].stat_test for c in features},
+                per_column_threshold={c: plans[c].threshold for c in features},
+            )
+        )
+    if data.has_scores and PREDICTION_COLUMN in plans:
+        plan = plans[PREDICTION_COLUMN]
+        metrics.append(ValueDrift(column=PREDICTION_COLUMN, method=plan.stat_test, threshold=plan.threshold))
+    definition = DataDefinition(
+        numerical_columns=[c for c in plans if plans[c].kind == "numeric"],
+        categorical_columns=[c for c in plans if plans[c].kind == "categorical"],
+    )
+    used = list(plans)
+    snapshot = Report(metrics, include_tests=True).run(
+        Dataset.from_pandas(data.current[used], data_definition=definition),
+        Dataset.from_pandas(data.reference[used], data_definition=definition),
+        timestamp=dt.datetime.combine(day, dt.time()),
+    )
+    result = snapshot.dict()
+    scores = {
+        m["config"]["column"]: m["value"]
+        for m in result["metrics"]
+        if m["config"]["type"].endswith(":ValueDrift")
+    }
+    failed = {
+        t["metric_config"]["params"]["column"]
+        for t in result["tests"]
+        if t["metric_config"]["params"]["type"].endswith(":ValueDrift") and t["status"] == "FAIL"
+    }
+    for col, plan in plans.items():
+        distance_test = plan.stat_test in ("wasserstein", "jensenshannon")
+        columns[col] = {
+            "kind": plan.kind,
+            "stat_test": plan.stat_test,
+            "statistic": _num(scores[col]) if distance_test else None,
+            "p_value": None if distance_test else _num(scores[col]),
+            "threshold": plan.threshold,
+            "drifted": col in failed,
+            "reason": None,
+        }
+    return _stable_ids(snapshot.get_html_str(as_iframe=False)), _summary(cfg, data, columns, "evidently")
+
+
+# -- policy ---------------------------------------------------------------------------------------
+
+
+def _recent_trigger(state: dict | None, day: dt.date, cooldown_days: int) -> dt.date | None:
+    """The latest trigger strictly before ``day`` and less than ``cooldown_days`` before it. A trigger on
+    ``day`` itself is this run's own (a rerun), so it does not block: reruns reproduce the decision."""
+    recent = [
+        t
+        for t in (dt.date.fromisoformat(s) for s in (state or {}).get("triggers", []))
+        if 0 < (day - t).days < cooldown_days
+    ]
+    return max(recent, default=None)
+
+
+def _describe(column: str, entry: dict) -> str:
+    if entry["stat_test"] is None:
+        return f"'{column}' ({entry['reason']})"
+    value = entry["statistic"] if entry["p_value"] is None else entry["p_value"]
+    label = "distance" if entry["p_value"] is None else "p-value"
+    return f"'{column}' ({entry['stat_test']} {label} {value} vs threshold {entry['threshold']})"
+
+
+def decide(
+    cfg: PipelineConfig,
+    comparison: dict[str, Any],
+    *,
+    day: dt.date,
+    state: dict | None,
+    new_rows_since_training: int | None = None,
+    live_metric_drop: float | None = None,
+) -> dict[str, Any]:
+    """The retrain policy on a :func:`compare` (or :func:`evidently_report` summary) result.
+
+    Retrain when the drifted share >= ``drift.drift_share_threshold``, a critical column drifted, the
+    score distribution drifted, the live primary metric dropped by more than ``max_metric_drop``
+    (``live_metric_drop`` = champion's metric minus live metric, oriented so that positive is worse),
+    or ``new_rows_since_training`` reached ``retrain_after_new_rows``. Fewer than ``drift.min_rows``
+    rows on a side: "insufficient_data", no trigger. A trigger less than ``drift.cooldown_days`` before
+    ``day`` (per ``state``): "cooldown", reasons reported, no trigger.
+    """
+    drift = cfg.drift
+    rows = comparison["rows"]
+    prediction = comparison["prediction_drift"]
+    base = {
+        "day": day.isoformat(),
+        "share_drifted": comparison["share_drifted"],
+        "drifted_columns": comparison["drifted_columns"],
+        "drifted_critical": comparison["drifted_critical"],
+        "prediction_drift": bool(prediction and prediction["drifted"]),
+        "rows": {"reference": rows["reference"], "current": rows["current"]},
+    }
+    too_few = [side for side in ("reference", "current") if rows[side] < drift.min_rows]
+    if too_few:
+        reasons = [
+            f"{side} has {rows[side]} rows, fewer than drift.min_rows={drift.min_rows}" for side in too_few
+        ]
+        log.warning("drift check of %s: insufficient data, no decision: %s", day, "; ".join(reasons))
+        return {**base, "retrain": False, "status": "insufficient_data", "reasons": reasons}
+
+    columns = comparison["columns"]
+    reasons = []
+    if comparison["share_drifted"] >= drift.drift_share_threshold:
+        reasons.append(
+            f"{comparison['share_drifted']:.0%} of monitored columns drifted "
+            f"(drift.drift_share_threshold {drift.drift_share_threshold:.0%}): "
+            + ", ".join(comparison["drifted_columns"])
+        )
+    reasons += [f"critical column {_describe(c, columns[c])} drifted" for c in comparison["drifted_critical"]]
+    if base["prediction_drift"]:
+        reasons.append(f"prediction drift: {_describe(PREDICTION_COLUMN, prediction)}")
+    max_drop = _knob(cfg, "max_metric_drop")
+    if live_metric_drop is not None and live_metric_drop > max_drop:
+        reasons.append(f"live {cfg.gate.primary_metric} dropped by {live_metric_drop:.4f} (> {max_drop})")
+    enough_rows = _knob(cfg, "retrain_after_new_rows")
+    if (
+        new_rows_since_training is not None
+        and enough_rows is not None
+        and new_rows_since_training >= enough_rows
+    ):
+        reasons.append(f"{new_rows_since_training} new validated rows since training (>= {enough_rows})")
+
+    blocker = _recent_trigger(state, day, drift.cooldown_days) if reasons else None
+    if not reasons:
+        decision = {**base, "retrain": False, "status": "no_drift", "reasons": []}
+    elif blocker is not None:
+        until = blocker + dt.timedelta(days=drift.cooldown_days)
+        decision = {
+            **base,
+            "retrain": False,
+            "status": "cooldown",
+            "reasons": reasons,
+            "cooldown_until": until.isoformat(),
+        }
+    else:
+        decision = {**base, "retrain": True, "status": "drift", "reasons": reasons}
+    log.info(
+        "drift check of %s: %s, retrain=%s; %s",
+        day,
+        decision["status"],
+        decision["retrain"],
+        "; ".join(reasons) or "no reason to retrain",
+    )
+    return decision
+
+
+def next_state(state: dict | None, decision: dict[str, Any], day: dt.date) -> dict[str, Any]:
+    """The state after ``decision`` on ``day``: the trigger days (a rerun of ``day`` replaces its own
+    entry) and the latest check. Deterministic, so storing it is idempotent."""
+    state = state or {}
+    triggers = {t for t in state.get("triggers", []) if t != day.isoformat()}
+    if decision["retrain"]:
+        triggers.add(day.isoformat())
+    check = {"day": day.isoformat(), "status": decision["status"], "retrain": decision["retrain"]}
+    previous = state.get("last_check")
+    if previous and previous["day"] > check["day"]:
+        check = previous
+    return {"triggers": sorted(triggers)[-MAX_REMEMBERED_TRIGGERS:], "last_check": check}
+
+
+# -- the whole check ------------------------------------------------------------------------------
+
+
+def run_check(
+    store: ObjectStore,
+    cfg: PipelineConfig,
+    day: dt.date,
+    *,
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+    state: dict | None,
+    reference_scores: Sequence[float] | np.ndarray | pd.Series | None = None,
+    current_scores: Sequence[float] | np.ndarray | pd.Series | None = None,
+    new_rows_since_training: int | None = None,
+    live_metric_drop: float | None = None,
+    reference_name: str = "reference",
+    current_name: str = "current",
+) -> dict[str, Any]:
+    """compare + Evidently report + decide for ``day``; writes ``drift.json`` (decision, comparison,
+    Evidently summary) and ``drift.html`` under ``reports/drift/date=<day>/`` with one PUT each.
+
+    Returns the decision plus ``report_uri`` and ``html_uri`` (None when there was too little data to
+    decide: no Evidently report is rendered then). The caller stores :func:`next_state`.
+    """
+    scores = {"reference_scores": reference_scores, "current_scores": current_scores}
+    names = {"reference_name": reference_name, "current_name": current_name}
+    comparison = compare(cfg, reference, current, **scores, **names)
+    decision = decide(
+        cfg,
+        comparison,
+        day=day,
+        state=state,
+        new_rows_since_training=new_rows_since_training,
+        live_metric_drop=live_metric_drop,
+    )
+    prefix = partition_prefix(cfg.prefix, "reports/drift", day)
+    html_uri = summary = None
+    if decision["status"] != "insufficient_data":
+        html, summary = evidently_report(cfg, reference, current, day=day, **scores, **names)
+        html_uri = store.put_bytes(prefix + "drift.html", html.encode(), "text/html; charset=utf-8")
+    report_uri = store.put_json(
+        prefix + "drift.json", {"decision": decision, "comparison": comparison, "evidently": summary}
+    )
+    return {**decision, "report_uri": report_uri, "html_uri": html_uri}
