@@ -1,0 +1,144 @@
+"""The object store layer against a real S3 endpoint over HTTP (moto's server mode)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from mlops_tasks import stack
+from mlops_tasks.storage import (
+    MANIFEST_NAME,
+    ObjectStore,
+    S3Settings,
+    StorageError,
+    parse_partition_date,
+    partition_prefix,
+    publish_manifest,
+    write_part,
+)
+
+DAY = dt.date(2013, 3, 1)
+
+
+def test_partition_prefix_and_date_round_trip() -> None:
+    prefix = partition_prefix("flights_delay", "curated", DAY)
+    assert prefix == "flights_delay/curated/date=2013-03-01/"
+    assert parse_partition_date(prefix + "part-0.parquet") == DAY
+
+
+def test_unknown_area_is_rejected() -> None:
+    with pytest.raises(ValueError, match="unknown storage area 'curatd'"):
+        partition_prefix("p", "curatd", DAY)
+
+
+def test_partition_is_invisible_until_the_manifest_is_published(store: ObjectStore) -> None:
+    partition = partition_prefix("p", "predictions", DAY)
+    part = write_part(store, partition, "part-0.parquet", b"rows", rows=3)
+    assert store.read_manifest(partition) is None
+    assert store.published_parts(partition) == []
+    publish_manifest(store, partition, [part])
+    assert store.published_parts(partition) == [part["key"]]
+
+
+def test_rerun_with_same_content_is_byte_identical(store: ObjectStore) -> None:
+    partition = partition_prefix("p", "curated", DAY)
+    snapshots = []
+    for _ in range(2):
+        with store.partition_writer(partition, source="unit") as writer:
+            writer.write_part("part-0.parquet", b"a" * 10, rows=10)
+            writer.write_part("part-1.parquet", b"b" * 5, rows=5)
+        snapshots.append({o.key: store.get_bytes(o.key) for o in store.list(partition)})
+    assert snapshots[0] == snapshots[1]
+    assert store.read_manifest(partition)["rows"] == 15
+
+
+def test_publishing_removes_parts_of_earlier_attempts(store: ObjectStore) -> None:
+    partition = partition_prefix("p", "curated", DAY)
+    write_part(store, partition, "part-0.parquet", b"killed attempt", rows=1)
+    with store.partition_writer(partition) as writer:
+        kept = writer.write_part("part-0.parquet", b"final", rows=1)
+    assert [o.key for o in store.list(partition)] == sorted([kept, partition + MANIFEST_NAME])
+
+
+def test_failed_block_publishes_nothing(store: ObjectStore) -> None:
+    partition = partition_prefix("p", "curated", DAY)
+    with pytest.raises(RuntimeError), store.partition_writer(partition) as writer:
+        writer.write_part("part-0.parquet", b"half", rows=1)
+        raise RuntimeError("task killed")
+    assert store.read_manifest(partition) is None
+
+
+def test_parquet_streams_in_bounded_batches(store: ObjectStore, tmp_path: Path) -> None:
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"x": list(range(10_000))}), path, row_group_size=1000)
+    store.upload(path, "p/t.parquet")
+    sizes = [b.num_rows for b in store.iter_parquet_batches("p/t.parquet", batch_rows=2500)]
+    assert sum(sizes) == 10_000
+    assert max(sizes) <= 2500
+
+
+def test_list_partition_dates(store: ObjectStore) -> None:
+    for day in (DAY, DAY + dt.timedelta(days=1)):
+        store.put_bytes(partition_prefix("p", "landing", day) + "f.csv", b"a\n1\n")
+    assert store.list_partition_dates("p/landing/") == [DAY, DAY + dt.timedelta(days=1)]
+
+
+def test_uri_of_another_bucket_is_refused(store: ObjectStore) -> None:
+    with pytest.raises(StorageError, match="is not in bucket"):
+        store.key_of("s3://someone-else/key")
+
+
+def test_missing_object_is_file_not_found(store: ObjectStore) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        store.get_bytes("p/nothing-here")
+
+
+def test_missing_bucket_says_which_bucket_and_what_to_do(s3_endpoint: str) -> None:
+    settings = S3Settings(
+        bucket="no-such-bucket", endpoint_url=s3_endpoint, aws_access_key_id="k", aws_secret_access_key="s"
+    )
+    with pytest.raises(
+        StorageError, match=r"bucket 'no-such-bucket' at http://127\.0\.0\.1:\d+ does not exist"
+    ):
+        ObjectStore(settings).get_bytes("k")
+
+
+def test_unreachable_endpoint_names_the_endpoint() -> None:
+    port = stack.free_port()
+    settings = S3Settings(
+        bucket="b",
+        endpoint_url=f"http://127.0.0.1:{port}",
+        max_attempts=1,
+        connect_timeout=1,
+        aws_access_key_id="k",
+        aws_secret_access_key="s",
+    )
+    with pytest.raises(StorageError, match=rf"endpoint http://127\.0\.0\.1:{port} is not reachable"):
+        ObjectStore(settings).check()
+
+
+def test_rejected_credentials_are_reported_as_such(tmp_path: Path) -> None:
+    # moto enforces IAM authentication when INITIAL_NO_AUTH_ACTION_COUNT is 0: unknown keys are refused.
+    port = stack.free_port()
+    url = f"http://127.0.0.1:{port}"
+    service = stack.start_process(
+        "s3-auth",
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        url,
+        tmp_path,
+        stack.http_ok(url + "/moto-api/"),
+        env={"INITIAL_NO_AUTH_ACTION_COUNT": "0"},
+    )
+    try:
+        settings = S3Settings(
+            bucket="b", endpoint_url=url, aws_access_key_id="wrong", aws_secret_access_key="x"
+        )
+        with pytest.raises(StorageError, match="credentials were rejected"):
+            ObjectStore(settings).check()
+    finally:
+        service.stop()
