@@ -1,0 +1,553 @@
+"""Batch inference: one day of curated rows -> the champion's ONNX model -> predictions in S3.
+
+The work is split so Airflow can map it and every step is a transaction:
+
+1. :func:`plan_parts` reads only parquet footers (ranged GETs) and cuts the day's curated parts into
+   units of at most ``inference.part_rows`` rows along row groups: one mapped task per unit, and the
+   plan is the same on every retry.
+2. :func:`score_part` streams one unit by record batch, builds the model inputs with the shared
+   :func:`mlops_tasks.features.onnx_inputs` (no training/serving skew), scores them with onnxruntime
+   and appends each batch to a local parquet file, so memory depends on ``batch_rows``, not on the
+   size of the day. The file is uploaded as one content-addressed part that nobody reads yet.
+3. :func:`publish_predictions` publishes every part in one manifest PUT, which makes the day visible
+   at once and deletes parts of earlier attempts: a rerun replaces the day, it never adds rows.
+
+Same curated bytes + same model + same run id -> same keys and same bytes. :func:`shadow_report`
+compares a challenger scored into ``predictions_shadow`` with the champion, without touching
+``predictions``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import struct
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import onnxruntime as ort
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mlops_tasks import features as F
+from mlops_tasks.storage import ObjectStore, partition_prefix, publish_manifest, sha256_file, write_part
+
+if TYPE_CHECKING:
+    from mlops_tasks.config import PipelineConfig
+
+PART_NAME = "part-{index:05d}.parquet"
+SHADOW_REPORT_NAME = "shadow.json"
+BINARY_THRESHOLD = 0.5
+_FOOTER_GUESS = 64 * 1024  # one ranged GET usually covers the whole parquet footer
+_OPTIMIZATION = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+class InferenceInputError(F.FeatureError):
+    """Curated rows cannot be scored: a key/feature column is missing or has the wrong type."""
+
+
+class ModelContractError(ValueError):
+    """The ONNX model does not follow the contract of :mod:`mlops_tasks.features` for this config."""
+
+
+class PredictionsError(ValueError):
+    """Published predictions are missing, inconsistent or were written by another model."""
+
+
+# -- model ------------------------------------------------------------------------------------------
+
+
+def make_session(model_path: str | Path, cfg: PipelineConfig) -> ort.InferenceSession:
+    """An onnxruntime CPU session tuned by ``cfg.inference`` (threads, graph optimisation level)."""
+    path = Path(model_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ONNX model file {path} does not exist")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = cfg.inference.intra_op_threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = _OPTIMIZATION[cfg.inference.graph_optimization]
+    opts.log_severity_level = 3  # warnings (e.g. unused initialisers) are noise in task logs
+    try:
+        return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own pybind exception types
+        raise ModelContractError(f"{path}: onnxruntime cannot load the model: {exc}") from None
+
+
+@dataclass(frozen=True)
+class _Model:
+    """A loaded session and what its metadata says about its outputs."""
+
+    session: ort.InferenceSession
+    task: str
+    classes: list[Any] | None
+
+    @classmethod
+    def load(cls, model_path: str | Path, cfg: PipelineConfig) -> _Model:
+        session = make_session(model_path, cfg)
+        meta = session.get_modelmeta().custom_metadata_map
+        task = meta.get(F.META_TASK, cfg.target.task)
+        if task != cfg.target.task:
+            raise ModelContractError(
+                f"{model_path}: the model was trained for task '{task}' but the pipeline "
+                f"'{cfg.name}' predicts '{cfg.target.task}'"
+            )
+        expected = {"numeric": cfg.features.numeric, "categorical": cfg.features.categorical}
+        if F.META_FEATURES in meta and json.loads(meta[F.META_FEATURES]) != expected:
+            raise ModelContractError(
+                f"{model_path}: the model's features {meta[F.META_FEATURES]} differ from the config's "
+                f"{json.dumps(expected)}; retrain or fix features in the pipeline config"
+            )
+        wanted = {name for name, cols in expected.items() if cols}
+        have = {i.name for i in session.get_inputs()}
+        if have != wanted:
+            raise ModelContractError(
+                f"{model_path}: the model's inputs are {sorted(have)}, expected {sorted(wanted)}"
+            )
+        classes = json.loads(meta[F.META_CLASSES]) if F.META_CLASSES in meta else None
+        if task == "binary" and classes is not None and len(classes) != 2:
+            raise ModelContractError(f"{model_path}: a binary model needs 2 classes, has {classes}")
+        if task == "multiclass" and not classes:
+            raise ModelContractError(f"{model_path}: a multiclass model must list its classes in metadata")
+        return cls(session, task, classes if task != "binary" else (classes or [0, 1]))
+
+    def output_fields(self) -> list[pa.Field]:
+        fields = [pa.field("prediction", self._label_type()), pa.field("score", pa.float32())]
+        if self.task == "multiclass":
+            fields += [pa.field(f"probability_{_label_text(c)}", pa.float32()) for c in self.classes or []]
+        return fields
+
+    def _label_type(self) -> pa.DataType:
+        if self.task == "regression":
+            return pa.float32()
+        integral = all(
+            isinstance(c, bool | int) or (isinstance(c, float) and c.is_integer()) for c in self.classes
+        )
+        return pa.int64() if integral else pa.string()
+
+    def predict(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Arrays in the order of :meth:`output_fields`."""
+        if self.task != "multiclass":
+            (score,) = self.session.run([F.SCORE_OUTPUT], inputs)
+            if self.task == "regression":
+                return [score, score]
+            return [self._labels((score >= BINARY_THRESHOLD).astype(np.int64)), score]
+        score, proba = self.session.run([F.SCORE_OUTPUT, F.PROBABILITIES_OUTPUT], inputs)
+        return [self._labels(proba.argmax(axis=1)), score, *proba.T]
+
+    def _labels(self, index: np.ndarray) -> np.ndarray:
+        values = np.asarray(self.classes, dtype=object)[index]
+        return values.astype(np.int64) if self._label_type() == pa.int64() else values.astype(str)
+
+
+def _label_text(value: Any) -> str:
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+
+# -- plan -------------------------------------------------------------------------------------------
+
+
+def _parquet_metadata(store: ObjectStore, key: str, size: int) -> pq.FileMetaData:
+    """A parquet object's footer, read with ranged GETs instead of downloading the object."""
+
+    def tail(length: int) -> bytes:
+        with store._explain("read the parquet footer of", key):
+            return store.client.get_object(Bucket=store.bucket, Key=key, Range=f"bytes=-{length}")[
+                "Body"
+            ].read()
+
+    data = tail(min(size, _FOOTER_GUESS))
+    if size < 12 or data[-4:] != b"PAR1":
+        raise InferenceInputError(f"{store.uri(key)}: not a parquet file (no PAR1 footer)")
+    footer_len = struct.unpack("<I", data[-8:-4])[0]
+    if footer_len + 8 > len(data):
+        data = tail(footer_len + 8)
+    return pq.read_metadata(pa.BufferReader(b"PAR1" + data[-footer_len - 8 :]))
+
+
+def split_row_groups(group_rows: list[int], limit: int) -> list[tuple[list[int], int, int]]:
+    """Cut a parquet file with row groups of ``group_rows`` rows into units of at most ``limit``
+    rows: ``(row_groups, row_offset, rows)``. Whole row groups are packed greedily; a row group
+    bigger than ``limit`` becomes several row ranges of its own."""
+    units: list[tuple[list[int], int, int]] = []
+    groups: list[int] = []
+    rows = 0
+    for index, n in enumerate(group_rows):
+        if groups and (rows + n > limit or n > limit):
+            units.append((groups, 0, rows))
+            groups, rows = [], 0
+        if n > limit:
+            units += [([index], start, min(limit, n - start)) for start in range(0, n, limit)]
+        elif n:
+            groups.append(index)
+            rows += n
+    if groups:
+        units.append((groups, 0, rows))
+    return units
+
+
+def plan_parts(store: ObjectStore, cfg: PipelineConfig, day: dt.date) -> list[dict[str, Any]]:
+    """Work units over the day's published curated parts (see :func:`split_row_groups`), one per
+    mapped task, read from parquet footers only. An unpublished or empty day plans nothing."""
+    manifest = store.read_manifest(partition_prefix(cfg.prefix, "curated", day))
+    units: list[dict[str, Any]] = []
+    for part in manifest["parts"] if manifest else []:
+        if part["rows"] == 0:
+            continue
+        meta = _parquet_metadata(store, part["key"], part["bytes"])
+        if meta.num_rows != part["rows"]:
+            raise InferenceInputError(
+                f"{store.uri(part['key'])}: the curated manifest says {part['rows']} rows but the "
+                f"parquet footer says {meta.num_rows}; the partition is corrupt, re-run ingestion"
+            )
+        group_rows = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+        for groups, offset, rows in split_row_groups(group_rows, cfg.inference.part_rows):
+            units.append(
+                {
+                    "day": day.isoformat(),
+                    "part_index": len(units),
+                    "source_key": part["key"],
+                    "row_groups": groups,
+                    "row_offset": offset,
+                    "rows": rows,
+                }
+            )
+    return units
+
+
+# -- score ------------------------------------------------------------------------------------------
+
+
+def _check_schema(schema: pa.Schema, cfg: PipelineConfig, where: str) -> None:
+    missing = [c for c in dict.fromkeys([*cfg.data.key, *cfg.features.all]) if c not in schema.names]
+    if missing:
+        raise InferenceInputError(
+            f"{where}: column(s) {missing} needed for scoring (data.key + features) are missing; the part "
+            f"has {schema.names}. The curated data does not match the pipeline config '{cfg.name}'."
+        )
+    numeric_ok = (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean, pa.types.is_decimal)
+    categorical_ok = (
+        pa.types.is_string,
+        pa.types.is_large_string,
+        pa.types.is_dictionary,
+        pa.types.is_integer,
+    )
+    for columns, allowed, kind in (
+        (cfg.features.numeric, numeric_ok, "numeric (int/float)"),
+        (cfg.features.categorical, categorical_ok, "categorical (string/category/int)"),
+    ):
+        for col in columns:
+            col_type = schema.field(col).type
+            if not (pa.types.is_null(col_type) or any(ok(col_type) for ok in allowed)):
+                raise InferenceInputError(
+                    f"{where}: feature column '{col}' must be {kind} but has type {col_type}; the curated "
+                    f"data does not match the pipeline config '{cfg.name}'."
+                )
+
+
+def _unit_batches(
+    parquet: pq.ParquetFile, unit: dict[str, Any], batch_rows: int, columns: list[str]
+) -> Iterator[pa.RecordBatch]:
+    """The unit's rows (row groups, then the ``row_offset``/``rows`` window) by record batch."""
+    start, stop = unit["row_offset"], unit["row_offset"] + unit["rows"]
+    position = 0
+    for batch in parquet.iter_batches(batch_size=batch_rows, row_groups=unit["row_groups"], columns=columns):
+        lo, hi = max(start - position, 0), min(stop - position, batch.num_rows)
+        position += batch.num_rows
+        if hi > lo:
+            yield batch.slice(lo, hi - lo)
+        if position >= stop:
+            return
+
+
+def score_part(
+    store: ObjectStore,
+    cfg: PipelineConfig,
+    unit: dict[str, Any],
+    *,
+    model_path: str,
+    model_name: str,
+    model_version: str,
+    run_id: str,
+    output_area: str = "predictions",
+) -> dict[str, Any]:
+    """Score one planned unit and upload its predictions as an unpublished part.
+
+    Returns ``{"part": <manifest entry>, "part_index", "rows", "model_version", "run_id",
+    "seconds": {"read", "preprocess", "score", "write"}}``.
+    """
+    day = dt.date.fromisoformat(unit["day"])
+    output = partition_prefix(cfg.prefix, output_area, day)
+    model = _Model.load(model_path, cfg)
+    key = unit["source_key"]
+    where = store.uri(key)
+    keys = list(cfg.data.key)
+    seconds = dict.fromkeys(("read", "preprocess", "score", "write"), 0.0)
+    rows = 0
+    with tempfile.TemporaryDirectory(prefix="mlops-inference-") as tmp:
+        local = Path(tmp) / "predictions.parquet"
+        clock = time.perf_counter()
+        with store.spooled(key) as source:
+            parquet = pq.ParquetFile(source)
+            _check_schema(parquet.schema_arrow, cfg, where)
+            schema = pa.schema(
+                [parquet.schema_arrow.field(k) for k in keys]
+                + model.output_fields()
+                + [pa.field(name, pa.string()) for name in ("model_name", "model_version", "run_id")]
+            )
+            columns = list(dict.fromkeys([*keys, *cfg.features.all]))
+            batches = _unit_batches(parquet, unit, cfg.inference.batch_rows, columns)
+            with pq.ParquetWriter(local, schema, compression="zstd") as writer:
+                seconds["read"] += time.perf_counter() - clock
+                for batch in _timed(batches, seconds, "read"):
+                    clock = time.perf_counter()
+                    try:
+                        inputs = F.onnx_inputs(
+                            batch.select(cfg.features.all).to_pandas(), cfg.features, where
+                        )
+                    except F.FeatureError as exc:
+                        raise InferenceInputError(str(exc)) from None
+                    seconds["preprocess"] += time.perf_counter() - clock
+                    clock = time.perf_counter()
+                    outputs = model.predict(inputs)
+                    seconds["score"] += time.perf_counter() - clock
+                    clock = time.perf_counter()
+                    n = batch.num_rows
+                    constants = [
+                        pa.repeat(v, n).cast(pa.string()) for v in (model_name, model_version, run_id)
+                    ]
+                    arrays = [batch.column(k) for k in keys] + [pa.array(o) for o in outputs] + constants
+                    writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
+                    rows += n
+                    seconds["write"] += time.perf_counter() - clock
+        clock = time.perf_counter()
+        part = write_part(store, output, PART_NAME.format(index=unit["part_index"]), local, rows)
+        seconds["write"] += time.perf_counter() - clock
+    if rows != unit["rows"]:
+        raise InferenceInputError(f"{where}: the plan expected {unit['rows']} rows, the part gave {rows}")
+    return {
+        "part": part,
+        "part_index": unit["part_index"],
+        "rows": rows,
+        "model_version": str(model_version),
+        "run_id": run_id,
+        "seconds": {k: round(v, 4) for k, v in seconds.items()},
+    }
+
+
+def _timed(
+    batches: Iterator[pa.RecordBatch], seconds: dict[str, float], name: str
+) -> Iterator[pa.RecordBatch]:
+    """Yield from ``batches``, adding the time spent producing each item to ``seconds[name]``."""
+    while True:
+        clock = time.perf_counter()
+        batch = next(batches, None)
+        seconds[name] += time.perf_counter() - clock
+        if batch is None:
+            return
+        yield batch
+
+
+# -- publish and read -------------------------------------------------------------------------------
+
+
+def publish_predictions(
+    store: ObjectStore,
+    cfg: PipelineConfig,
+    day: dt.date,
+    part_results: list[dict[str, Any]],
+    *,
+    model_name: str,
+    model_version: str,
+    run_id: str,
+    output_area: str = "predictions",
+) -> dict[str, Any]:
+    """Make the day's predictions visible in one manifest PUT and drop parts of earlier attempts.
+
+    Refuses results of another model version or run, and two results for one unit, so a day never
+    mixes models or counts rows twice. Returns ``{"uri", "rows", "parts", "model_version"}``.
+    """
+    partition = partition_prefix(cfg.prefix, output_area, day)
+    indexes = [r["part_index"] for r in part_results]
+    duplicated = sorted({i for i in indexes if indexes.count(i) > 1})
+    if duplicated:
+        raise PredictionsError(f"{store.uri(partition)}: several results for unit(s) {duplicated}")
+    for result in part_results:
+        if (result["model_version"], result["run_id"]) != (str(model_version), run_id):
+            raise PredictionsError(
+                f"{store.uri(result['part']['key'])} was scored by model version {result['model_version']} "
+                f"in run {result['run_id']!r}, not version {model_version} in run {run_id!r}"
+            )
+        if not result["part"]["key"].startswith(partition):
+            raise PredictionsError(f"{store.uri(result['part']['key'])} is not in {store.uri(partition)}")
+    manifest = publish_manifest(
+        store,
+        partition,
+        [r["part"] for r in part_results],
+        day=day.isoformat(),
+        model_name=model_name,
+        model_version=str(model_version),
+        run_id=run_id,
+    )
+    return {
+        "uri": store.uri(partition),
+        "rows": manifest["rows"],
+        "parts": len(manifest["parts"]),
+        "model_version": str(model_version),
+    }
+
+
+def read_predictions(
+    store: ObjectStore,
+    cfg: PipelineConfig,
+    day: dt.date,
+    area: str = "predictions",
+    columns: list[str] | None = None,
+) -> pd.DataFrame:
+    """The published predictions of ``day`` (only the parts its manifest lists, checksums verified);
+    FileNotFoundError when the day is not published."""
+    frame, _ = _read_published(store, partition_prefix(cfg.prefix, area, day), columns)
+    return frame
+
+
+def _read_published(
+    store: ObjectStore, partition: str, columns: list[str] | None
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    manifest = store.read_manifest(partition)
+    if manifest is None:
+        raise FileNotFoundError(f"{store.uri(partition)}: nothing is published there (no manifest)")
+    tables = []
+    for part in manifest["parts"]:
+        with store.spooled(part["key"]) as path:
+            if sha256_file(path) != part["sha256"]:
+                raise PredictionsError(
+                    f"{store.uri(part['key'])}: content does not match its manifest sha256"
+                )
+            tables.append(pq.read_table(path, columns=columns))
+    if not tables:
+        return pd.DataFrame(columns=columns), manifest
+    return pa.concat_tables(tables).to_pandas(), manifest
+
+
+# -- shadow -----------------------------------------------------------------------------------------
+
+
+def _float(value: Any) -> float | None:
+    value = float(value)
+    return None if math.isnan(value) else value
+
+
+def _same(a: pd.Series, b: pd.Series) -> pd.Series:
+    """Equality of class labels that may be stored as 1, 1.0 or "1" on either side."""
+    na, nb = pd.to_numeric(a, errors="coerce"), pd.to_numeric(b, errors="coerce")
+    if na.notna().all() and nb.notna().all():
+        return na == nb
+    return a.astype(str) == b.astype(str)
+
+
+def _metrics(task: str, label: pd.Series, prediction: pd.Series, score: pd.Series) -> dict[str, float | None]:
+    from sklearn import metrics
+
+    if task == "regression":
+        return {
+            "rmse": float(np.sqrt(metrics.mean_squared_error(label, score))),
+            "mae": float(metrics.mean_absolute_error(label, score)),
+        }
+    out: dict[str, float | None] = {"accuracy": float(_same(prediction, label).mean())}
+    if task == "binary":
+        # The positive class is the one predicted where score >= threshold (numeric labels: 1).
+        positive = prediction[score >= BINARY_THRESHOLD]
+        y = _same(label, pd.Series(positive.iloc[0] if len(positive) else 1, index=label.index))
+        p = score.astype(float).to_numpy()
+        out["roc_auc"] = float(metrics.roc_auc_score(y, p)) if y.nunique() == 2 else None
+        out["log_loss"] = float(metrics.log_loss(y, np.clip(p, 1e-7, 1 - 1e-7), labels=[False, True]))
+    return out
+
+
+def shadow_report(
+    store: ObjectStore,
+    cfg: PipelineConfig,
+    day: dt.date,
+    *,
+    champion: dict[str, Any],
+    challenger: dict[str, Any],
+) -> dict[str, Any]:
+    """Compare the challenger's shadow predictions with the champion's for one day; write JSON.
+
+    ``champion``/``challenger`` describe the models (model_name, model_version, run id...); where
+    they name a model the manifests disagree with, the report refuses to compare the wrong outputs.
+    Metrics use the labels derived from the day's curated rows, where present.
+    """
+    keys = list(cfg.data.key)
+    if not keys:
+        raise PredictionsError(f"pipeline '{cfg.name}': shadow comparison joins on data.key, which is empty")
+    sides = {}
+    for role, area, described in (
+        ("champion", "predictions", champion),
+        ("challenger", "predictions_shadow", challenger),
+    ):
+        frame, manifest = _read_published(
+            store, partition_prefix(cfg.prefix, area, day), [*keys, "prediction", "score"]
+        )
+        for field in ("model_name", "model_version"):
+            if field in described and str(described[field]) != str(manifest.get(field)):
+                raise PredictionsError(
+                    f"{store.uri(manifest['partition'])}: published by {field} {manifest.get(field)!r}, "
+                    f"but the {role} is {described[field]!r}"
+                )
+        sides[role] = frame
+    both = sides["champion"].merge(sides["challenger"], on=keys, suffixes=("_champion", "_challenger"))
+    curated = partition_prefix(cfg.prefix, "curated", day)
+    truth, _ = _read_published(store, curated, [*keys, cfg.target.column])
+    truth["label"] = F.derive_label(truth, cfg.target)
+    labelled = both.merge(truth[[*keys, "label"]], on=keys).dropna(subset=["label"])
+    task = cfg.target.task
+    champ_s, chall_s = both["score_champion"].astype(float), both["score_challenger"].astype(float)
+    metrics = (
+        {
+            role: _metrics(task, labelled["label"], labelled[f"prediction_{role}"], labelled[f"score_{role}"])
+            for role in ("champion", "challenger")
+        }
+        if len(labelled)
+        else {"champion": {}, "challenger": {}}
+    )
+    metrics["delta"] = {
+        name: metrics["challenger"][name] - value
+        for name, value in metrics["champion"].items()
+        if value is not None and metrics["challenger"][name] is not None
+    }
+    report = {
+        "day": day.isoformat(),
+        "champion": champion,
+        "challenger": challenger,
+        "rows": {
+            "champion": len(sides["champion"]),
+            "challenger": len(sides["challenger"]),
+            "compared": len(both),
+            "labelled": len(labelled),
+        },
+        "agreement_rate": _float(_same(both["prediction_champion"], both["prediction_challenger"]).mean())
+        if len(both)
+        else None,
+        "score_correlation": {
+            "pearson": _float(champ_s.corr(chall_s, method="pearson")) if len(both) > 1 else None,
+            "spearman": _float(champ_s.corr(chall_s, method="spearman")) if len(both) > 1 else None,
+        },
+        "mean_abs_score_difference": _float((champ_s - chall_s).abs().mean()) if len(both) else None,
+        "metrics": metrics,
+    }
+    key = partition_prefix(cfg.prefix, "reports/shadow", day) + SHADOW_REPORT_NAME
+    report["uri"] = store.put_json(key, report)
+    return report

@@ -1,0 +1,320 @@
+"""Batch inference against the real moto S3 endpoint: plan, score, publish, read, shadow."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from mlops_tasks import inference
+from mlops_tasks.config import PipelineConfig
+from mlops_tasks.storage import ObjectStore, partition_prefix, sha256_bytes, write_part
+
+from .onnx_fixtures import (
+    EXAMPLE_VOCAB,
+    build_model,
+    curated_frame,
+    publish_curated,
+    random_params,
+    threshold_params,
+)
+
+DAY = dt.date(2013, 3, 1)
+IDENTITY = {
+    "model_name": "flights_delay",
+    "model_version": "3",
+    "run_id": "scheduled__2013-03-01T00:00:00+00:00",
+}
+
+
+@pytest.fixture
+def cfg(example_config: PipelineConfig) -> PipelineConfig:
+    small = example_config.inference.model_copy(
+        update={"part_rows": 300, "batch_rows": 128, "intra_op_threads": 1}
+    )
+    return example_config.model_copy(update={"inference": small})
+
+
+@pytest.fixture
+def mlp_path(tmp_path: Path, cfg: PipelineConfig) -> str:
+    params = random_params(cfg.features, EXAMPLE_VOCAB, hidden=[32, 16], seed=7)
+    return str(build_model(tmp_path / "mlp.onnx", cfg.features, params, classes=[0.0, 1.0]))
+
+
+def threshold_model(tmp_path: Path, cfg: PipelineConfig, threshold: float, name: str) -> str:
+    params = threshold_params(cfg.features, "hour", threshold, steepness=1.0)  # no float32 ties
+    return str(build_model(tmp_path / f"{name}.onnx", cfg.features, params, classes=[0.0, 1.0]))
+
+
+def score_day(
+    store: ObjectStore, cfg: PipelineConfig, model_path: str, area: str = "predictions", **identity: str
+) -> dict:
+    ident = {**IDENTITY, **identity}
+    results = [
+        inference.score_part(store, cfg, unit, model_path=model_path, output_area=area, **ident)
+        for unit in inference.plan_parts(store, cfg, DAY)
+    ]
+    return inference.publish_predictions(store, cfg, DAY, results, output_area=area, **ident)
+
+
+def contents(store: ObjectStore, prefix: str) -> dict[str, bytes]:
+    return {o.key: store.get_bytes(o.key) for o in store.list(prefix)}
+
+
+def two_parts(store: ObjectStore, cfg: PipelineConfig) -> None:
+    frames = [curated_frame(DAY, 700), curated_frame(DAY, 250, seed=1, first_flight=1000)]
+    publish_curated(store, cfg, DAY, frames, row_group_size=200)
+
+
+def test_plan_of_a_day_without_curated_data_is_empty(store: ObjectStore, cfg: PipelineConfig) -> None:
+    assert inference.plan_parts(store, cfg, DAY) == []
+
+
+def test_plan_packs_row_groups_of_every_part_into_units_of_at_most_part_rows(
+    store: ObjectStore, cfg: PipelineConfig
+) -> None:
+    two_parts(store, cfg)  # row groups 200,200,200,100 and 200,50; part_rows 300
+
+    units = inference.plan_parts(store, cfg, DAY)
+
+    assert [(u["row_groups"], u["row_offset"], u["rows"]) for u in units] == [
+        ([0], 0, 200),
+        ([1], 0, 200),
+        ([2, 3], 0, 300),
+        ([0, 1], 0, 250),
+    ]
+    assert [u["part_index"] for u in units] == [0, 1, 2, 3]
+    assert json.loads(json.dumps(units)) == units
+
+
+def test_published_manifest_lists_every_part_with_its_rows_and_sha256(
+    store: ObjectStore, cfg: PipelineConfig, mlp_path: str
+) -> None:
+    two_parts(store, cfg)
+
+    result = score_day(store, cfg, mlp_path)
+
+    partition = partition_prefix(cfg.prefix, "predictions", DAY)
+    manifest = store.read_manifest(partition)
+    assert result == {"uri": store.uri(partition), "rows": 950, "parts": 4, "model_version": "3"}
+    assert (
+        manifest["rows"] == 950
+        and manifest["model_version"] == "3"
+        and manifest["run_id"] == IDENTITY["run_id"]
+    )
+    for part in manifest["parts"]:
+        data = store.get_bytes(part["key"])
+        assert sha256_bytes(data) == part["sha256"]
+        assert pq.read_metadata(pa.BufferReader(data)).num_rows == part["rows"]
+
+
+def test_predictions_carry_keys_threshold_labels_scores_and_model_identity(
+    store: ObjectStore, cfg: PipelineConfig, tmp_path: Path
+) -> None:
+    frame = curated_frame(DAY, 400)
+    publish_curated(store, cfg, DAY, [frame], row_group_size=100)
+
+    score_day(store, cfg, threshold_model(tmp_path, cfg, 12.0, "t12"))
+
+    out = inference.read_predictions(store, cfg, DAY)
+    assert list(out.columns) == [
+        *cfg.data.key,
+        "prediction",
+        "score",
+        "model_name",
+        "model_version",
+        "run_id",
+    ]
+    joined = out.merge(frame[["flight", "hour"]], on="flight")  # flight numbers are unique here
+    assert len(joined) == 400
+    assert (joined["prediction"] == (joined["hour"] >= 12).astype(int)).all()
+    assert ((joined["score"] >= 0.5) == (joined["hour"] >= 12)).all()
+    assert set(zip(out.model_name, out.model_version, out.run_id, strict=True)) == {tuple(IDENTITY.values())}
+
+
+def test_units_cut_from_one_big_row_group_score_each_row_exactly_once(
+    store: ObjectStore, cfg: PipelineConfig, mlp_path: str
+) -> None:
+    frame = curated_frame(DAY, 700)
+    publish_curated(store, cfg, DAY, [frame], row_group_size=1000)  # one row group > part_rows
+
+    assert [(u["row_offset"], u["rows"]) for u in inference.plan_parts(store, cfg, DAY)] == [
+        (0, 300),
+        (300, 300),
+        (600, 100),
+    ]
+    score_day(store, cfg, mlp_path)
+
+    out = inference.read_predictions(store, cfg, DAY)
+    assert sorted(out["flight"]) == sorted(frame["flight"])
+
+
+def test_rerun_writes_the_same_keys_and_bytes(store: ObjectStore, cfg: PipelineConfig, mlp_path: str) -> None:
+    two_parts(store, cfg)
+    prefix = partition_prefix(cfg.prefix, "predictions", DAY)
+
+    score_day(store, cfg, mlp_path)
+    first = contents(store, prefix)
+    score_day(store, cfg, mlp_path)
+
+    assert contents(store, prefix) == first
+
+
+def test_killed_attempt_is_invisible_and_the_retry_publishes_each_row_once(
+    store: ObjectStore, cfg: PipelineConfig, mlp_path: str
+) -> None:
+    two_parts(store, cfg)
+    partition = partition_prefix(cfg.prefix, "predictions", DAY)
+    units = inference.plan_parts(store, cfg, DAY)
+    for unit in units[:2]:  # the attempt dies after two units and half an upload
+        inference.score_part(store, cfg, unit, model_path=mlp_path, **IDENTITY)
+    stray = write_part(store, partition, "part-00002.parquet", b"PAR1 truncated", 1)["key"]
+
+    with pytest.raises(FileNotFoundError, match="nothing is published"):
+        inference.read_predictions(store, cfg, DAY)
+
+    score_day(store, cfg, mlp_path)
+
+    out = inference.read_predictions(store, cfg, DAY)
+    assert len(out) == 950
+    assert not out.duplicated(cfg.data.key).any()
+    assert stray not in {o.key for o in store.list(partition)}
+
+
+def test_rerun_with_a_new_model_version_replaces_the_day(
+    store: ObjectStore, cfg: PipelineConfig, mlp_path: str, tmp_path: Path
+) -> None:
+    two_parts(store, cfg)
+    score_day(store, cfg, mlp_path)
+
+    score_day(store, cfg, threshold_model(tmp_path, cfg, 12.0, "v4"), model_version="4")
+
+    out = inference.read_predictions(store, cfg, DAY)
+    assert len(out) == 950
+    assert set(out["model_version"]) == {"4"}
+
+
+def test_publish_refuses_parts_scored_by_another_model_version(
+    store: ObjectStore, cfg: PipelineConfig, mlp_path: str
+) -> None:
+    two_parts(store, cfg)
+    unit = inference.plan_parts(store, cfg, DAY)[0]
+    result = inference.score_part(store, cfg, unit, model_path=mlp_path, **{**IDENTITY, "model_version": "2"})
+
+    with pytest.raises(inference.PredictionsError, match="model version 2"):
+        inference.publish_predictions(store, cfg, DAY, [result], **IDENTITY)
+
+
+def test_missing_feature_column_is_reported_with_key_and_column(
+    store: ObjectStore, cfg: PipelineConfig, mlp_path: str
+) -> None:
+    (key,) = publish_curated(store, cfg, DAY, [curated_frame(DAY, 50).drop(columns=["temp"])], 100)
+    unit = inference.plan_parts(store, cfg, DAY)[0]
+
+    with pytest.raises(inference.InferenceInputError, match=r"missing") as err:
+        inference.score_part(store, cfg, unit, model_path=mlp_path, **IDENTITY)
+    assert store.uri(key) in str(err.value) and "'temp'" in str(err.value)
+
+
+def test_feature_column_of_the_wrong_type_is_reported_with_key_and_column(
+    store: ObjectStore, cfg: PipelineConfig, mlp_path: str
+) -> None:
+    (key,) = publish_curated(store, cfg, DAY, [curated_frame(DAY, 50).assign(humid="high")], 100)
+    unit = inference.plan_parts(store, cfg, DAY)[0]
+
+    with pytest.raises(inference.InferenceInputError, match=r"'humid' must be numeric") as err:
+        inference.score_part(store, cfg, unit, model_path=mlp_path, **IDENTITY)
+    assert store.uri(key) in str(err.value)
+
+
+def test_shadow_report_compares_agreement_correlation_and_labelled_metrics(
+    store: ObjectStore, cfg: PipelineConfig, tmp_path: Path
+) -> None:
+    # Ten flights at hours 5..14, late (label 1) from hour 10 on. The champion predicts late from
+    # hour 10 (all right), the challenger from hour 12 (wrong at 10 and 11): agreement 0.8.
+    frame = curated_frame(DAY, 10).assign(hour=range(5, 15))
+    frame["dep_delay"] = (frame["hour"] >= 10) * 30.0
+    publish_curated(store, cfg, DAY, [frame], row_group_size=100)
+    champion = {**IDENTITY, "model_version": "3"}
+    challenger = {**IDENTITY, "model_version": "4"}
+    score_day(store, cfg, threshold_model(tmp_path, cfg, 9.5, "champion"), **champion)
+    predictions = contents(store, partition_prefix(cfg.prefix, "predictions", DAY))
+    score_day(
+        store, cfg, threshold_model(tmp_path, cfg, 11.5, "challenger"), "predictions_shadow", **challenger
+    )
+
+    report = inference.shadow_report(store, cfg, DAY, champion=champion, challenger=challenger)
+
+    assert report["rows"] == {"champion": 10, "challenger": 10, "compared": 10, "labelled": 10}
+    assert report["agreement_rate"] == pytest.approx(0.8)
+    assert report["score_correlation"]["spearman"] == pytest.approx(1.0)
+    assert 0.5 < report["score_correlation"]["pearson"] < 1.0
+    assert report["metrics"]["champion"]["accuracy"] == 1.0
+    assert report["metrics"]["challenger"]["accuracy"] == pytest.approx(0.8)
+    assert report["metrics"]["delta"]["accuracy"] == pytest.approx(-0.2)
+    assert report["metrics"]["delta"]["roc_auc"] == pytest.approx(0.0)
+    stored = store.get_json(partition_prefix(cfg.prefix, "reports/shadow", DAY) + "shadow.json")
+    assert stored == {k: v for k, v in report.items() if k != "uri"}
+    assert contents(store, partition_prefix(cfg.prefix, "predictions", DAY)) == predictions
+
+
+def test_shadow_report_refuses_predictions_of_another_champion_version(
+    store: ObjectStore, cfg: PipelineConfig, mlp_path: str
+) -> None:
+    two_parts(store, cfg)
+    score_day(store, cfg, mlp_path)
+    score_day(store, cfg, mlp_path, "predictions_shadow", model_version="4")
+
+    with pytest.raises(inference.PredictionsError, match="model_version '3'"):
+        inference.shadow_report(
+            store,
+            cfg,
+            DAY,
+            champion={**IDENTITY, "model_version": "2"},
+            challenger={**IDENTITY, "model_version": "4"},
+        )
+
+
+MEMORY_PROBE = """
+import json, resource, sys
+from mlops_tasks import inference, stack
+from mlops_tasks.config import PipelineConfig
+from mlops_tasks.storage import ObjectStore, S3Settings
+endpoint, bucket, cfg_json, unit_json, model = sys.argv[1:]
+keys = {"aws_access_key_id": stack.LOCAL_ACCESS_KEY, "aws_secret_access_key": stack.LOCAL_SECRET_KEY}
+store = ObjectStore(S3Settings(bucket=bucket, endpoint_url=endpoint, **keys))
+cfg = PipelineConfig.model_validate_json(cfg_json)
+import onnxruntime, pandas, pyarrow.parquet  # imports are not what we measure
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+inference.score_part(store, cfg, json.loads(unit_json), model_path=model, **{IDENTITY!r})
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
+"""
+
+
+@pytest.mark.slow
+def test_peak_memory_of_scoring_does_not_grow_with_the_rows_of_a_unit(
+    store: ObjectStore, cfg: PipelineConfig, mlp_path: str, s3_endpoint: str
+) -> None:
+    big = cfg.model_copy(
+        update={"inference": cfg.inference.model_copy(update={"part_rows": 10**6, "batch_rows": 2048})}
+    )
+    frames = [curated_frame(DAY, 4_000), curated_frame(DAY, 160_000, seed=1, first_flight=10_000)]
+    publish_curated(store, big, DAY, frames, row_group_size=8192)
+    small_unit, big_unit = inference.plan_parts(store, big, DAY)
+
+    def growth_kib(unit: dict) -> int:
+        argv = [store.settings.endpoint_url, store.bucket, big.model_dump_json(), json.dumps(unit), mlp_path]
+        script = MEMORY_PROBE.replace("{IDENTITY!r}", repr(IDENTITY))
+        done = subprocess.run(
+            [sys.executable, "-c", script, *argv], capture_output=True, text=True, check=True
+        )
+        return int(done.stdout.split()[-1])
+
+    small, large = growth_kib(small_unit), growth_kib(big_unit)
+    assert large < small + 40 * 1024, f"scoring 40x the rows grew peak RSS from +{small} KiB to +{large} KiB"
