@@ -1,0 +1,239 @@
+"""Drift comparison and retrain policy on small synthetic frames."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mlops_tasks import drift
+from mlops_tasks.config import DriftSpec, PipelineConfig
+
+DAY = dt.date(2013, 7, 10)
+
+
+def make_config(**drift_knobs: object) -> PipelineConfig:
+    """A 3-feature pipeline; knobs DriftSpec does not declare yet (drift.PROPOSED_KNOBS) are set on a copy."""
+    declared = {k: v for k, v in drift_knobs.items() if k in DriftSpec.model_fields}
+    proposed = {k: v for k, v in drift_knobs.items() if k not in DriftSpec.model_fields}
+    cfg = PipelineConfig.model_validate(
+        {
+            "name": "toy",
+            "start_date": "2013-01-01",
+            "data": {
+                "columns": [
+                    {"name": "x", "type": "float"},
+                    {"name": "y", "type": "float"},
+                    {"name": "c", "type": "category"},
+                    {"name": "target", "type": "float"},
+                ]
+            },
+            "target": {"task": "regression", "column": "target"},
+            "gate": {"primary_metric": "rmse"},
+            "features": {"numeric": ["x", "y"], "categorical": ["c"]},
+            "drift": {"min_rows": 100, "sample_rows": 5000, "critical_columns": ["x"], **declared},
+        }
+    )
+    return cfg.model_copy(update={"drift": cfg.drift.model_copy(update=proposed)}) if proposed else cfg
+
+
+def frame(n: int, seed: int, x_shift: float = 0.0, c_probs: tuple[float, float, float] = (0.6, 0.3, 0.1)):
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame(
+        {
+            "x": rng.normal(x_shift, 1.0, n),
+            "y": rng.uniform(0, 10, n),
+            "c": rng.choice(["a", "b", "z"], n, p=list(c_probs)),
+            "target": rng.normal(size=n),
+        }
+    )
+
+
+def test_same_distribution_is_not_drift():
+    result = drift.compare(make_config(), frame(3000, 1), frame(3000, 2))
+    assert result["drifted_columns"] == []
+    assert result["share_drifted"] == 0.0
+
+
+def test_shifted_numeric_column_drifts_by_normalised_wasserstein():
+    result = drift.compare(make_config(), frame(3000, 1), frame(3000, 2, x_shift=1.0))
+    x = result["columns"]["x"]
+    assert (x["stat_test"], x["drifted"]) == ("wasserstein", True)
+    assert x["statistic"] == pytest.approx(1.0, abs=0.1)
+    assert result["drifted_critical"] == ["x"]
+    assert result["drifted_columns"] == ["x"]
+
+
+def test_new_category_mix_drifts_by_jensen_shannon():
+    result = drift.compare(make_config(), frame(3000, 1), frame(3000, 2, c_probs=(0.1, 0.3, 0.6)))
+    c = result["columns"]["c"]
+    assert (c["stat_test"], c["drifted"]) == ("jensenshannon", True)
+    assert result["drifted_columns"] == ["c"]
+
+
+def test_small_reference_uses_p_value_tests():
+    result = drift.compare(make_config(), frame(500, 1), frame(500, 2, x_shift=1.0))
+    assert result["columns"]["x"]["stat_test"] == "ks"
+    assert result["columns"]["x"]["p_value"] < 0.05
+    assert result["columns"]["c"]["stat_test"] == "chisquare"
+    assert result["columns"]["c"]["drifted"] is False
+
+
+def test_numeric_column_with_few_values_is_compared_as_categories():
+    ref, cur = frame(3000, 1), frame(3000, 2)
+    ref["y"], cur["y"] = ref["y"].round() % 3, cur["y"].round() % 3
+    column = drift.compare(make_config(), ref, cur)["columns"]["y"]
+    assert (column["kind"], column["stat_test"]) == ("categorical", "jensenshannon")
+
+
+def test_all_missing_column_in_current_is_reported_as_drifted_with_reason():
+    current = frame(3000, 2)
+    current["y"] = np.nan
+    result = drift.compare(make_config(), frame(3000, 1), current, current_name="s3://b/p/predictions/x")
+    y = result["columns"]["y"]
+    assert y["drifted"] is True
+    assert y["stat_test"] is None
+    assert "all values are missing in current (s3://b/p/predictions/x)" == y["reason"]
+
+
+def test_column_missing_on_one_side_is_an_error_naming_it():
+    with pytest.raises(drift.DriftInputError, match=r"missing from today\.parquet \(current\): \['c'\]"):
+        drift.compare(
+            make_config(), frame(3000, 1), frame(3000, 2).drop(columns="c"), current_name="today.parquet"
+        )
+
+
+def test_non_numeric_values_in_a_numeric_feature_are_an_error_naming_column():
+    current = frame(3000, 2)
+    current["x"] = current["x"].astype(object)
+    current.loc[5, "x"] = "n/a"
+    with pytest.raises(drift.DriftInputError, match=r"current: column 'x' must be numeric.*'n/a'"):
+        drift.compare(make_config(), frame(3000, 1), current)
+
+
+def test_large_inputs_are_sampled_to_sample_rows_with_the_seed():
+    result = drift.compare(make_config(sample_rows=1000), frame(4000, 1), frame(2500, 2))
+    assert result["rows"] == {
+        "reference": 4000,
+        "current": 2500,
+        "reference_compared": 1000,
+        "current_compared": 1000,
+    }
+
+
+def test_comparison_is_deterministic_for_the_seed_and_changes_with_it():
+    ref, cur = frame(8000, 1), frame(8000, 2, x_shift=0.05)
+    first = drift.compare(make_config(sample_rows=1500), ref, cur)
+    assert drift.compare(make_config(sample_rows=1500), ref, cur) == first
+    other = drift.compare(make_config(sample_rows=1500, seed=7), ref, cur)
+    assert other["columns"]["x"]["statistic"] != first["columns"]["x"]["statistic"]
+
+
+def test_shifted_scores_are_prediction_drift():
+    rng = np.random.default_rng(0)
+    result = drift.compare(
+        make_config(),
+        frame(3000, 1),
+        frame(3000, 2),
+        reference_scores=rng.beta(2, 5, 3000),
+        current_scores=rng.beta(5, 2, 3000),
+    )
+    assert result["prediction_drift"]["drifted"] is True
+    assert "score" not in result["columns"]
+
+
+def test_scores_of_the_wrong_length_are_an_error():
+    with pytest.raises(drift.DriftInputError, match=r"current_scores has shape \(10,\), expected \(3000,\)"):
+        drift.compare(
+            make_config(),
+            frame(3000, 1),
+            frame(3000, 2),
+            reference_scores=np.zeros(3000),
+            current_scores=np.zeros(10),
+        )
+
+
+# -- decide ---------------------------------------------------------------------------------------
+
+
+def drifted_comparison():
+    return drift.compare(make_config(), frame(3000, 1), frame(3000, 2, x_shift=1.0))
+
+
+def test_critical_column_drift_triggers_retrain():
+    decision = drift.decide(make_config(drift_share_threshold=0.5), drifted_comparison(), day=DAY, state=None)
+    assert (decision["retrain"], decision["status"]) == (True, "drift")
+    assert len(decision["reasons"]) == 1
+    assert decision["reasons"][0].startswith("critical column 'x' (wasserstein distance")
+
+
+def test_drifted_share_at_threshold_triggers_retrain_without_critical_columns():
+    cfg = make_config(critical_columns=[], drift_share_threshold=0.3)
+    decision = drift.decide(
+        cfg, drift.compare(cfg, frame(3000, 1), frame(3000, 2, x_shift=1.0)), day=DAY, state=None
+    )
+    assert decision["retrain"] is True
+    assert decision["reasons"] == ["33% of monitored columns drifted (drift.drift_share_threshold 30%): x"]
+
+
+def test_no_drift_means_no_retrain():
+    cfg = make_config()
+    decision = drift.decide(cfg, drift.compare(cfg, frame(3000, 1), frame(3000, 2)), day=DAY, state=None)
+    assert (decision["retrain"], decision["status"], decision["reasons"]) == (False, "no_drift", [])
+
+
+def test_too_few_current_rows_is_insufficient_data_without_trigger():
+    cfg = make_config(min_rows=1000)
+    decision = drift.decide(
+        cfg, drift.compare(cfg, frame(3000, 1), frame(400, 2, x_shift=3.0)), day=DAY, state=None
+    )
+    assert (decision["retrain"], decision["status"]) == (False, "insufficient_data")
+    assert decision["reasons"] == ["current has 400 rows, fewer than drift.min_rows=1000"]
+
+
+def test_drift_twice_inside_the_cooldown_triggers_once():
+    cfg, comparison = make_config(cooldown_days=7), drifted_comparison()
+    state = None
+    decisions = []
+    for day in (DAY, DAY + dt.timedelta(days=3), DAY + dt.timedelta(days=7)):
+        decision = drift.decide(cfg, comparison, day=day, state=state)
+        state = drift.next_state(state, decision, day)
+        decisions.append((decision["status"], decision["retrain"]))
+    assert decisions == [("drift", True), ("cooldown", False), ("drift", True)]
+    assert state["triggers"] == [DAY.isoformat(), (DAY + dt.timedelta(days=7)).isoformat()]
+
+
+def test_rerun_of_the_trigger_day_reproduces_the_decision():
+    cfg, comparison = make_config(cooldown_days=7), drifted_comparison()
+    first = drift.decide(cfg, comparison, day=DAY, state=None)
+    state = drift.next_state(None, first, DAY)
+    assert drift.decide(cfg, comparison, day=DAY, state=state) == first
+    assert drift.next_state(state, first, DAY) == state
+
+
+def test_live_metric_drop_beyond_threshold_triggers_retrain():
+    cfg = make_config(max_metric_drop=0.02)
+    comparison = drift.compare(cfg, frame(3000, 1), frame(3000, 2))
+    decision = drift.decide(cfg, comparison, day=DAY, state=None, live_metric_drop=0.03)
+    assert decision["retrain"] is True
+    assert decision["reasons"] == ["live rmse dropped by 0.0300 (> 0.02)"]
+
+
+def test_enough_new_rows_since_training_triggers_retrain():
+    cfg = make_config(retrain_after_new_rows=50_000)
+    comparison = drift.compare(cfg, frame(3000, 1), frame(3000, 2))
+    assert (
+        drift.decide(cfg, comparison, day=DAY, state=None, new_rows_since_training=49_999)["retrain"] is False
+    )
+    assert (
+        drift.decide(cfg, comparison, day=DAY, state=None, new_rows_since_training=50_000)["retrain"] is True
+    )
+
+
+def test_decisions_are_deterministic_for_the_seed():
+    cfg = make_config(sample_rows=1000)
+    ref, cur = frame(6000, 1), frame(6000, 2, x_shift=0.3)
+    runs = [drift.decide(cfg, drift.compare(cfg, ref, cur), day=DAY, state=None) for _ in range(2)]
+    assert runs[0] == runs[1]
