@@ -65,7 +65,10 @@ def retrain_window_end(context: Context) -> tuple[dt.date, str]:
                 reason = extra.get("reason", "asset event")
                 return as_date(extra["window_end"]), f"asset:{extra.get('source', 'external')}: {reason}"
     interval_end = context.get("data_interval_end") or context["logical_date"]
-    trigger = "schedule" if context["dag_run"].run_type == "scheduled" else str(context["dag_run"].run_type)
+    run_type = context["dag_run"].run_type
+    trigger = {"scheduled": "schedule"}.get(
+        str(getattr(run_type, "value", run_type)), str(getattr(run_type, "value", run_type))
+    )
     return as_date(interval_end) - dt.timedelta(days=1), trigger
 
 

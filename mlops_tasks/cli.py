@@ -1,0 +1,244 @@
+"""``mlops-tasks``: the command line of the package.
+
+Every command resolves pipelines from ``configs/`` (or ``$MLOPS_TASKS_CONFIG_DIR``) and connections
+the way Airflow tasks do (``AIRFLOW_CONN_*`` or the secrets backend). While ``mlops-tasks up`` runs,
+it writes the local stack's connections to ``.stack/connections.env``; other commands read that file
+when the variables are not set, so they work from a second terminal without copying secrets around.
+Errors print one clear line to stderr and exit 1; no traceback wall.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from mlops_tasks.config import (
+    ConfigError,
+    PipelineConfig,
+    load_all,
+    load_config,
+    load_pipeline,
+    render_reference,
+)
+
+STACK_DIR = Path(os.environ.get("MLOPS_TASKS_STACK_DIR", ".stack"))
+CONNECTIONS_FILE = "connections.env"
+
+
+class CliError(RuntimeError):
+    """A user-facing failure: printed as one line, exit code 1."""
+
+
+def load_stack_connections(stack_dir: Path = STACK_DIR) -> None:
+    """Fill missing ``AIRFLOW_CONN_*`` variables from a running local stack's connections file."""
+    path = stack_dir / CONNECTIONS_FILE
+    if not path.exists():
+        return
+    for line in path.read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.startswith("AIRFLOW_CONN_"):
+            os.environ.setdefault(key, value)
+
+
+def write_stack_connections(env: dict[str, str], stack_dir: Path = STACK_DIR) -> Path:
+    stack_dir.mkdir(parents=True, exist_ok=True)
+    path = stack_dir / CONNECTIONS_FILE
+    path.write_text("".join(f"{k}={v}\n" for k, v in env.items() if k.startswith("AIRFLOW_CONN_")))
+    path.chmod(0o600)
+    return path
+
+
+def _store(cfg: PipelineConfig) -> Any:
+    from mlops_tasks.airflow.hooks import ObjectStoreHook
+
+    load_stack_connections()
+    return ObjectStoreHook(cfg.storage.connection_id, cfg.storage.bucket).get_store()
+
+
+def _tracking_uri(cfg: PipelineConfig) -> str:
+    from mlops_tasks.airflow.hooks import MlflowHook
+
+    load_stack_connections()
+    return MlflowHook(cfg.mlflow.connection_id).get_tracking_uri()
+
+
+def _print(obj: Any, as_json: bool) -> None:
+    print(json.dumps(obj, indent=2, default=str) if as_json else obj)
+
+
+# -- commands -----------------------------------------------------------------------------------------
+
+
+def cmd_config_validate(args: argparse.Namespace) -> int:
+    paths = [Path(p) for p in args.files] or None
+    configs = [load_config(p) for p in paths] if paths else load_all()
+    for cfg in configs:
+        print(
+            f"ok: {cfg.name} ({', '.join(cfg.dag_id(k) for k in ('training', 'batch_inference', 'drift_monitor'))})"
+        )
+    return 0
+
+
+def cmd_config_reference(args: argparse.Namespace) -> int:
+    text = render_reference()
+    if args.output:
+        Path(args.output).write_text(text)
+        print(f"wrote {args.output}")
+    else:
+        print(text)
+    return 0
+
+
+def cmd_seed(args: argparse.Namespace) -> int:
+    from mlops_tasks.example import seed_landing
+
+    cfg = load_pipeline(args.pipeline)
+    store = _store(cfg)
+    store.ensure_bucket()
+    result = seed_landing(store, cfg, dt.date.fromisoformat(args.start), dt.date.fromisoformat(args.end))
+    print(
+        f"seeded {result['days']} day(s), {result['rows']} rows in {result['objects']} object(s) under "
+        f"s3://{cfg.storage.bucket}/{cfg.prefix}/landing/"
+    )
+    return 0
+
+
+def cmd_data_checkout(args: argparse.Namespace) -> int:
+    from mlops_tasks.versioning import checkout_data_version
+
+    cfg = load_pipeline(args.pipeline)
+    target = checkout_data_version(_store(cfg), cfg, args.version, Path(args.target_dir))
+    files = [p for p in Path(target).rglob("*") if p.is_file()]
+    print(f"restored data version {args.version}: {len(files)} file(s) in {target}")
+    return 0
+
+
+def cmd_model_rollback(args: argparse.Namespace) -> int:
+    from mlops_tasks.registry import rollback
+
+    cfg = load_pipeline(args.pipeline)
+    result = rollback(cfg, tracking_uri=_tracking_uri(cfg))
+    print(f"{cfg.registered_model_name}: champion is now version {result['champion_version']} ({result})")
+    return 0
+
+
+def cmd_lineage(args: argparse.Namespace) -> int:
+    from mlops_tasks.lineage import format_record, read_record
+
+    cfg = load_pipeline(args.pipeline)
+    record = read_record(_store(cfg), cfg, version=args.version)
+    _print(record if args.json else format_record(record), args.json)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from mlops_tasks.status import format_status, pipeline_status
+
+    configs = [load_pipeline(args.pipeline)] if args.pipeline else load_all()
+    rows = [pipeline_status(_store(cfg), cfg, tracking_uri=_tracking_uri(cfg)) for cfg in configs]
+    _print(rows if args.json else format_status(rows), args.json)
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from mlops_tasks.stack import LocalStack
+
+    with LocalStack(state_dir=Path(args.state_dir), airflow=not args.no_airflow) as local:
+        write_stack_connections(local.airflow_env(), Path(args.state_dir))
+        if not args.no_seed:
+            from mlops_tasks.example import seed_landing
+
+            for cfg in load_all():
+                if cfg.name == "flights_delay":
+                    seed_landing(
+                        local.store(cfg.storage.bucket), cfg, dt.date(2013, 1, 1), dt.date(2013, 12, 31)
+                    )
+        print(local.describe(), flush=True)
+        print("Press Ctrl-C to stop every service.", flush=True)
+        local.wait()
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from mlops_tasks.demo import run_demo
+
+    return run_demo(state_dir=Path(args.state_dir), keep_running=args.keep_running)
+
+
+# -- wiring -------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mlops-tasks", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, func: Callable[[argparse.Namespace], int], help_text: str, parent: Any = sub) -> Any:
+        p = parent.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(func=func)
+        return p
+
+    p = add("up", cmd_up, "Start the embedded local stack (S3, MLflow, Airflow) until Ctrl-C.")
+    p.add_argument("--state-dir", default=str(STACK_DIR))
+    p.add_argument("--no-airflow", action="store_true", help="Only S3 and MLflow.")
+    p.add_argument("--no-seed", action="store_true", help="Do not land the example data.")
+
+    p = add("demo", cmd_demo, "Run the whole ML lifecycle on the embedded stack and print a summary.")
+    p.add_argument("--state-dir", default=".demo")
+    p.add_argument("--keep-running", action="store_true", help="Leave the stack up at the end.")
+
+    p = add("seed", cmd_seed, "Land example raw files (one flights + one weather CSV per day).")
+    p.add_argument("pipeline", nargs="?", default="flights_delay")
+    p.add_argument("--start", default="2013-01-01")
+    p.add_argument("--end", default="2013-12-31")
+
+    data = sub.add_parser("data", help="Data versions.").add_subparsers(dest="data_command", required=True)
+    p = add("checkout", cmd_data_checkout, "Restore the exact bytes of a DVC data version.", data)
+    p.add_argument("pipeline")
+    p.add_argument("version")
+    p.add_argument("target_dir")
+
+    model = sub.add_parser("model", help="Registered models.").add_subparsers(
+        dest="model_command", required=True
+    )
+    p = add("rollback", cmd_model_rollback, "Move 'champion' back to 'previous_champion'.", model)
+    p.add_argument("pipeline")
+
+    p = add("lineage", cmd_lineage, "Print a model version's lineage (latest by default).")
+    p.add_argument("pipeline")
+    p.add_argument("version", nargs="?")
+    p.add_argument("--json", action="store_true")
+
+    p = add("status", cmd_status, "Champion, last gate, drift and inference per pipeline.")
+    p.add_argument("pipeline", nargs="?")
+    p.add_argument("--json", action="store_true")
+
+    config = sub.add_parser("config", help="Pipeline configs.").add_subparsers(
+        dest="config_command", required=True
+    )
+    p = add("validate", cmd_config_validate, "Validate pipeline configs (default: every config).", config)
+    p.add_argument("files", nargs="*")
+    p = add("config-reference", cmd_config_reference, "Render docs/configuration.md from the config models.")
+    p.add_argument("--output")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ConfigError, CliError, FileNotFoundError, ValueError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
