@@ -3,23 +3,34 @@
 * S3: moto's server mode (a real HTTP S3 endpoint). It keeps objects in memory: the stack is
   ephemeral by design, and ``mlops-tasks up`` says so. Use MinIO (docker-compose.yaml) to keep data.
 * MLflow: ``mlflow server`` with a SQLite backend store and artifacts proxied into the S3 bucket.
+* Airflow 3 (optional): api-server, scheduler, dag-processor and triggerer as separate processes,
+  each with its own log, so one can be restarted alone (:class:`LocalStack`).
 
 The same launchers serve the test suite, so tests run against exactly what users run.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mlops_tasks.storage import ObjectStore, S3Settings
+
+if TYPE_CHECKING:
+    from mlops_tasks.config import PipelineConfig
 
 LOCAL_ACCESS_KEY = "mlops-local"
 LOCAL_SECRET_KEY = "mlops-local-secret"  # the throwaway local stack's own credential
@@ -54,13 +65,17 @@ class Service:
     def alive(self) -> bool:
         return self.process.poll() is None
 
+    def terminate(self) -> None:
+        """Ask the whole process group to exit (SIGTERM) without waiting."""
+        if self.alive():
+            try:
+                os.killpg(self.process.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
     def stop(self, timeout: float = 15) -> None:
-        if not self.alive():
-            return
-        try:
-            os.killpg(self.process.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
+        """SIGTERM, then SIGKILL after ``timeout`` seconds."""
+        self.terminate()
         try:
             self.process.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -168,8 +183,6 @@ def connection_env(
     s3_endpoint: str, mlflow_url: str, s3_conn_id: str = "mlops_s3", mlflow_conn_id: str = "mlops_mlflow"
 ) -> dict[str, str]:
     """``AIRFLOW_CONN_*`` variables for the local stack (the only place its credentials appear)."""
-    import json
-
     s3 = {
         "conn_type": "aws",
         "login": LOCAL_ACCESS_KEY,
@@ -181,3 +194,320 @@ def connection_env(
         f"AIRFLOW_CONN_{s3_conn_id.upper()}": json.dumps(s3),
         f"AIRFLOW_CONN_{mlflow_conn_id.upper()}": json.dumps(mlflow),
     }
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_STATE_DIR = REPO_ROOT / ".stack"
+AIRFLOW_COMPONENTS = ("scheduler", "dag-processor", "triggerer", "api-server")
+UI_USER = "admin"
+
+
+def _local_secret(path: Path, nbytes: int = 24) -> str:
+    """A random secret generated once per state dir (owner-only file), so restarts keep logins and tokens."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(nbytes))
+    return path.read_text().strip()
+
+
+def _get_json(url: str, token: str | None = None) -> Any:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5) as resp:
+        return json.loads(resp.read())
+
+
+def airflow_health(base_url: str) -> dict[str, str]:
+    """Component -> status from the api-server's ``/api/v2/monitor/health`` ({} while it is not up)."""
+    try:
+        body = _get_json(base_url + "/api/v2/monitor/health")
+    except (OSError, ValueError):
+        return {}
+    return {name: (info or {}).get("status") or "unknown" for name, info in body.items()}
+
+
+class LocalStack:
+    """S3 endpoint + MLflow server (+ optionally the four Airflow 3 components), as child processes.
+
+    Use it as a context manager, or call :meth:`start` / :meth:`stop`; every process it started is
+    stopped on exit, on exceptions, and on SIGINT/SIGTERM (the handlers are installed by
+    :meth:`start` when called from the main thread). Ports default to free ones; the CLI passes fixed
+    ports. S3 is moto's in-memory server, so each start begins with empty buckets; the MLflow store
+    points into it and is therefore reset at each start too. Airflow's SQLite database is kept.
+
+    Airflow runs with LocalExecutor on SQLite (what ``airflow standalone`` uses; Airflow 3 accepts it)
+    and SimpleAuthManager, one ``admin`` user whose password is generated once per state dir.
+    """
+
+    def __init__(
+        self,
+        state_dir: Path | str | None = None,
+        *,
+        airflow: bool = False,
+        config_dir: Path | str | None = None,
+        dags_dir: Path | str | None = None,
+        plugins_dir: Path | str | None = None,
+        s3_port: int | None = None,
+        mlflow_port: int | None = None,
+        airflow_port: int | None = None,
+        timeout: float = 180,
+    ) -> None:
+        self.state_dir = Path(state_dir or DEFAULT_STATE_DIR).resolve()
+        self.log_dir = self.state_dir / "logs"
+        self.airflow_home = self.state_dir / "airflow"
+        self.with_airflow = airflow
+        self.config_dir = Path(config_dir or REPO_ROOT / "configs").resolve()
+        self.dags_dir = Path(dags_dir or REPO_ROOT / "dags").resolve()
+        self.plugins_dir = Path(plugins_dir or REPO_ROOT / "plugins").resolve()
+        self.timeout = timeout
+        self._ports = {"s3": s3_port, "mlflow": mlflow_port, "airflow": airflow_port or free_port()}
+        self.services: dict[str, Service] = {}
+        self.buckets: list[str] = []
+        self._previous_handlers: dict[int, Any] = {}
+
+    # -- addresses and settings ---------------------------------------------------------------------
+
+    @property
+    def s3_url(self) -> str:
+        return self.services["s3"].url
+
+    @property
+    def mlflow_url(self) -> str:
+        return self.services["mlflow"].url
+
+    @property
+    def airflow_url(self) -> str:
+        return f"http://127.0.0.1:{self._ports['airflow']}"
+
+    @property
+    def ui_login(self) -> tuple[str, str]:
+        """(user, password) of the Airflow UI admin."""
+        return UI_USER, json.loads(self._passwords_file.read_text())[UI_USER]
+
+    @property
+    def _passwords_file(self) -> Path:
+        return self.airflow_home / "simple_auth_manager_passwords.json"
+
+    def _configs(self) -> list[PipelineConfig]:
+        from mlops_tasks.config import load_all
+
+        return load_all(self.config_dir)
+
+    def connection_env(self) -> dict[str, str]:
+        """``AIRFLOW_CONN_*`` for every connection id the pipeline configs name."""
+        env: dict[str, str] = {}
+        for cfg in self._configs():
+            env |= connection_env(
+                self.s3_url, self.mlflow_url, cfg.storage.connection_id, cfg.mlflow.connection_id
+            )
+        return env or connection_env(self.s3_url, self.mlflow_url)
+
+    def store(self, bucket: str = "mlops") -> ObjectStore:
+        """An :class:`ObjectStore` on one of the stack's buckets (e.g. to seed the landing area)."""
+        return ObjectStore(
+            S3Settings(
+                bucket=bucket,
+                endpoint_url=self.s3_url,
+                aws_access_key_id=LOCAL_ACCESS_KEY,
+                aws_secret_access_key=LOCAL_SECRET_KEY,
+            )
+        )
+
+    def airflow_env(self) -> dict[str, str]:
+        """Environment for Airflow processes and ``airflow`` CLI calls against this stack.
+
+        Tasks reach S3 and MLflow only through the connections, exactly as under docker-compose
+        (no AWS_* variables), so a task that bypasses its hook fails here and not first in production.
+        """
+        return {**self.connection_env(), **self._airflow_settings()}
+
+    def _airflow_settings(self) -> dict[str, str]:
+        home = self.airflow_home
+        secrets_dir = home / "secrets"
+        return {
+            "AIRFLOW_HOME": str(home),
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            "MLOPS_TASKS_CONFIG_DIR": str(self.config_dir),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__PARALLELISM": "2",
+            "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags_dir),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(self.plugins_dir),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__AUTH_MANAGER": (
+                "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
+            ),
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{UI_USER}:admin",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(self._passwords_file),
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.airflow_url}/execution/",
+            "AIRFLOW__API__BASE_URL": self.airflow_url,
+            "AIRFLOW__API__SECRET_KEY": _local_secret(secrets_dir / "api_secret_key"),
+            "AIRFLOW__API_AUTH__JWT_SECRET": _local_secret(secrets_dir / "jwt_secret"),
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
+            "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "10",
+            "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
+        }
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+
+    def start(self) -> LocalStack:
+        """Start every service and wait until each answers; on any failure stop what was started.
+
+        ``airflow db migrate`` runs while the MLflow server starts: the two are independent and
+        each takes seconds of CPU, so overlapping them shortens ``up``.
+        """
+        self._install_signal_handlers()
+        try:
+            self.services["s3"] = start_s3(self.log_dir, self._ports["s3"])
+            configs = self._configs()
+            self.buckets = sorted({"mlops", *(cfg.storage.bucket for cfg in configs)})
+            for bucket in self.buckets:
+                self.store(bucket).ensure_bucket()
+            migrate = self._begin_airflow_migrate() if self.with_airflow else None
+            mlflow_db = self.state_dir / "mlflow.db"
+            mlflow_db.unlink(missing_ok=True)  # its artifacts lived in the previous, in-memory S3
+            self.services["mlflow"] = start_mlflow(
+                self.log_dir,
+                self.s3_url,
+                configs[0].storage.bucket if configs else "mlops",
+                backend_uri=f"sqlite:///{mlflow_db}",
+                port=self._ports["mlflow"],
+            )
+            if migrate is not None:
+                self._finish_airflow_migrate(migrate)
+                env = self.airflow_env()
+                for component in AIRFLOW_COMPONENTS:
+                    self._start_airflow_component(component, env)
+                self.wait_airflow_healthy()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _begin_airflow_migrate(self) -> Service:
+        self.airflow_home.mkdir(parents=True, exist_ok=True)
+        if not self._passwords_file.exists():
+            self._passwords_file.write_text(json.dumps({UI_USER: secrets.token_urlsafe(12)}))
+            self._passwords_file.chmod(0o600)
+        argv = [_bin("airflow"), "db", "migrate"]
+        migrate = start_process(
+            "airflow-db-migrate", argv, "", self.log_dir, lambda: True, env=self._airflow_settings()
+        )
+        self.services[migrate.name] = migrate  # so that stop() ends it if a later step fails
+        return migrate
+
+    def _finish_airflow_migrate(self, migrate: Service) -> None:
+        try:
+            code = migrate.process.wait(self.timeout)
+        except subprocess.TimeoutExpired:
+            code = None
+        del self.services[migrate.name]
+        if code != 0:
+            migrate.stop()
+            raise StackError(
+                f"airflow db migrate failed (exit {code}); log {migrate.log_path}:\n{migrate.log_tail()}"
+            )
+
+    def _start_airflow_component(self, component: str, env: dict[str, str]) -> None:
+        argv = [_bin("airflow"), component]
+        if component == "api-server":
+            argv += ["--host", "127.0.0.1", "--port", str(self._ports["airflow"]), "--workers", "1"]
+        # Started without waiting: the four import Airflow in parallel; wait_airflow_healthy() checks them.
+        self.services[component] = start_process(
+            f"airflow-{component}", argv, self.airflow_url, self.log_dir, lambda: True, env=env
+        )
+
+    def wait_airflow_healthy(self) -> None:
+        """Block until the api-server reports its database, scheduler, triggerer and dag-processor
+        healthy; fail naming the component that is not, with its log tail."""
+        expected = ("metadatabase", "scheduler", "triggerer", "dag_processor")
+        deadline = time.monotonic() + self.timeout
+        health: dict[str, str] = {}
+        while time.monotonic() < deadline:
+            for component in AIRFLOW_COMPONENTS:
+                service = self.services[component]
+                if not service.alive():
+                    raise StackError(
+                        f"airflow {component} exited with code {service.process.returncode}; "
+                        f"log {service.log_path}:\n{service.log_tail()}"
+                    )
+            health = airflow_health(self.airflow_url)
+            if health and all(health.get(name) == "healthy" for name in expected):
+                return
+            time.sleep(0.5)
+        unhealthy = [name for name in expected if health.get(name) != "healthy"] or ["api-server"]
+        raise StackError(
+            f"Airflow did not become healthy within {self.timeout:.0f}s (not healthy: "
+            f"{', '.join(unhealthy)}; last health {health}); logs in {self.log_dir}"
+        )
+
+    def restart(self, component: str) -> None:
+        """Stop and start one Airflow component (e.g. the dag-processor after changing plugins)."""
+        if component not in AIRFLOW_COMPONENTS or component not in self.services:
+            raise ValueError(f"no running Airflow component '{component}'; known: {AIRFLOW_COMPONENTS}")
+        self.services.pop(component).stop()
+        self._start_airflow_component(component, self.airflow_env())
+        self.wait_airflow_healthy()
+
+    def wait(self, poll: float = 1.0) -> None:
+        """Block while every service runs (``mlops-tasks up``); raise when one of them dies."""
+        while True:
+            for service in self.services.values():
+                if not service.alive():
+                    raise StackError(
+                        f"{service.name} exited with code {service.process.returncode}; "
+                        f"log {service.log_path}:\n{service.log_tail()}"
+                    )
+            time.sleep(poll)
+
+    def stop(self) -> None:
+        """Stop every process this stack started; safe to call twice. Airflow's components are
+        signalled together (each takes seconds to shut down), then MLflow, then S3 last."""
+        airflow = [self.services.pop(n) for n in list(self.services) if n not in ("s3", "mlflow")]
+        for service in airflow:
+            service.terminate()
+        for service in [*airflow, *(self.services.pop(n) for n in ("mlflow", "s3") if n in self.services)]:
+            service.stop()
+        self._restore_signal_handlers()
+
+    def __enter__(self) -> LocalStack:
+        return self.start()
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self.stop()
+
+    def _install_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def terminate(signum: int, frame: object) -> None:
+            raise SystemExit(128 + signum)  # unwinds through __exit__ / start()'s cleanup
+
+        self._previous_handlers = {sig: signal.signal(sig, terminate) for sig in (signal.SIGTERM,)}
+
+    def _restore_signal_handlers(self) -> None:
+        for sig, handler in self._previous_handlers.items():
+            signal.signal(sig, handler)
+        self._previous_handlers = {}
+
+    # -- reporting ----------------------------------------------------------------------------------
+
+    def describe(self) -> str:
+        """What runs where, how to log in, where the logs are (printed by ``mlops-tasks up``)."""
+        lines = [
+            "mlops-tasks local stack",
+            f"  S3 endpoint    {self.s3_url}  (buckets: {', '.join(self.buckets)}; "
+            f"access key {LOCAL_ACCESS_KEY})",
+            "                 IN-MEMORY and EPHEMERAL by design: everything in it is gone when the stack",
+            "                 stops. Use docker-compose.yaml (MinIO) to keep data.",
+            f"  MLflow         {self.mlflow_url}  (store reset at each start; artifacts in the S3 endpoint)",
+        ]
+        if "api-server" in self.services:
+            user, password = self.ui_login
+            lines += [
+                f"  Airflow UI     {self.airflow_url}  login {user} / {password}",
+                f"  Airflow home   {self.airflow_home}  (LocalExecutor, SQLite; dags {self.dags_dir})",
+            ]
+        lines.append(f"  Logs           {self.log_dir}/<service>.log")
+        return "\n".join(lines)
