@@ -66,9 +66,8 @@ def retrain_window_end(context: Context) -> tuple[dt.date, str]:
                 return as_date(extra["window_end"]), f"asset:{extra.get('source', 'external')}: {reason}"
     interval_end = context.get("data_interval_end") or context["logical_date"]
     run_type = context["dag_run"].run_type
-    trigger = {"scheduled": "schedule"}.get(
-        str(getattr(run_type, "value", run_type)), str(getattr(run_type, "value", run_type))
-    )
+    run_type = str(getattr(run_type, "value", run_type))
+    trigger = "schedule" if run_type == "scheduled" else run_type
     return as_date(interval_end) - dt.timedelta(days=1), trigger
 
 
