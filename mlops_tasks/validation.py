@@ -1,0 +1,520 @@
+"""Validate: the staged partition of a day -> curated (good rows) + quarantine (bad rows) + reports.
+
+The rules come from the config: column presence and type, not-null for ``nullable: false``,
+between for ``min``/``max``, in-set for ``allowed``, compound uniqueness of ``data.key``, the table
+row count, "no ingest error", and every ``validation.expectations`` entry. They are Great
+Expectations 1.x expectation objects; GX (ephemeral context, pandas, result format SUMMARY) gives
+the official verdict and the report figures.
+
+GX's SUMMARY result says *how many* rows break a rule, not *which*. Asking GX for every unexpected
+index costs memory proportional to the bad rows on every rule, so the row split is computed from the
+same expectation objects with vectorised pandas that mirrors GX's own pandas metrics (nulls are not
+checked by value rules; duplicated keys mark every copy). The report shows both counts per rule
+(they must agree; a test holds them to it). An extra expectation type without a pandas mirror here
+is asked for its unexpected indices (result format COMPLETE), so every row rule splits rows.
+
+Row rules quarantine rows; table rules (row count, a missing column, a wrong type, aggregate
+expectations) fail the gate. The gate also fails when the quarantined share exceeds
+``validation.max_bad_row_fraction``. On failure quarantine and reports are written, curated is not.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import io
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from mlops_tasks.config import PipelineConfig
+from mlops_tasks.ingestion import rejected_copy_name, to_parquet_bytes
+from mlops_tasks.storage import ObjectStore, partition_prefix, publish_manifest, write_part
+
+if TYPE_CHECKING:
+    from great_expectations.core import ExpectationSuiteValidationResult
+    from great_expectations.expectations.expectation import Expectation
+
+REASONS_COLUMN = "_reasons"
+INGEST_ERROR = "_ingest_error"
+EXAMPLES_PER_RULE = 5
+# GX's pandas type names for the config types (what ``ExpectColumnValuesToBeOfType`` compares).
+GX_TYPES = {
+    "int": "int64",
+    "float": "float64",
+    "string": "str",
+    "category": "str",
+    "bool": "bool",
+    "timestamp": "Timestamp",
+}
+# Expectations that look at a column's dtype, not at its values: table rules even if map-shaped.
+_TYPE_EXPECTATIONS = {"expect_column_values_to_be_of_type", "expect_column_values_to_be_in_type_list"}
+
+
+class StagedDataMissingError(FileNotFoundError):
+    """Validation was asked for a day that ingest has not staged."""
+
+
+class ValidationConfigError(ValueError):
+    """A ``validation.expectations`` entry names an unknown expectation or bad arguments."""
+
+
+class ValidationGateError(ValueError):
+    """The day's data failed the gate; ``result`` is the same dict :func:`validate_day` returns."""
+
+    def __init__(self, message: str, result: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One expectation with a readable name; ``row_level`` rules split rows, the others gate."""
+
+    name: str
+    expectation: Expectation
+    row_level: bool
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.expectation.configuration.kwargs)
+
+
+def build_rules(cfg: PipelineConfig) -> list[Rule]:
+    """The day's rules, in a stable order: table rules, column rules, key, ingest errors, extras."""
+    import great_expectations.expectations as gxe
+    from great_expectations.exceptions import ExpectationNotFoundError
+    from great_expectations.expectations.expectation import (
+        ColumnMapExpectation,
+        ColumnPairMapExpectation,
+        MulticolumnMapExpectation,
+    )
+    from great_expectations.expectations.registry import get_expectation_impl
+
+    v = cfg.validation
+    rules = [
+        Rule(
+            f"row count between {v.min_rows} and {v.max_rows if v.max_rows is not None else 'any'}",
+            gxe.ExpectTableRowCountToBeBetween(min_value=v.min_rows, max_value=v.max_rows),
+            False,
+        )
+    ]
+    for col in cfg.data.all_columns():
+        rules.append(Rule(f"column {col.name} exists", gxe.ExpectColumnToExist(column=col.name), False))
+        rules.append(
+            Rule(
+                f"column {col.name} is {col.type}",
+                gxe.ExpectColumnValuesToBeOfType(column=col.name, type_=GX_TYPES[col.type]),
+                False,
+            )
+        )
+    for col in cfg.data.all_columns():
+        if not col.nullable:
+            rules.append(
+                Rule(f"{col.name} not null", gxe.ExpectColumnValuesToNotBeNull(column=col.name), True)
+            )
+        if col.min is not None or col.max is not None:
+            bounds = f"between {col.min} and {col.max}"
+            if col.min is None or col.max is None:
+                bounds = f">= {col.min}" if col.max is None else f"<= {col.max}"
+            rules.append(
+                Rule(
+                    f"{col.name} {bounds}",
+                    gxe.ExpectColumnValuesToBeBetween(column=col.name, min_value=col.min, max_value=col.max),
+                    True,
+                )
+            )
+        if col.allowed is not None:
+            rules.append(
+                Rule(
+                    f"{col.name} in allowed values",
+                    gxe.ExpectColumnValuesToBeInSet(column=col.name, value_set=list(col.allowed)),
+                    True,
+                )
+            )
+    if cfg.data.key:
+        rules.append(
+            Rule(
+                f"key {'+'.join(cfg.data.key)} unique",
+                gxe.ExpectCompoundColumnsToBeUnique(column_list=list(cfg.data.key)),
+                True,
+            )
+        )
+    rules.append(
+        Rule("values convert to their types", gxe.ExpectColumnValuesToBeNull(column=INGEST_ERROR), True)
+    )
+    for i, spec in enumerate(v.expectations):
+        where = f"validation.expectations[{i}] ({spec.type})"
+        try:
+            expectation = get_expectation_impl(spec.type)(**spec.kwargs)
+        except ExpectationNotFoundError:
+            raise ValidationConfigError(
+                f"{where}: Great Expectations has no expectation of that type"
+            ) from None
+        except (TypeError, ValueError) as exc:
+            raise ValidationConfigError(f"{where}: invalid kwargs {spec.kwargs}: {exc}") from None
+        row_level = spec.type not in _TYPE_EXPECTATIONS and isinstance(
+            expectation, ColumnMapExpectation | MulticolumnMapExpectation | ColumnPairMapExpectation
+        )
+        args = ", ".join(f"{k}={val}" for k, val in spec.kwargs.items())
+        rules.append(Rule(f"{spec.type}({args})", expectation, row_level))
+    return rules
+
+
+def run_gx(
+    frame: pd.DataFrame, rules: list[Rule], result_format: str | dict[str, Any] = "SUMMARY"
+) -> ExpectationSuiteValidationResult:
+    """Run the rules as one GX suite on ``frame`` (ephemeral in-memory context, no analytics);
+    ``results`` are in the order of ``rules``."""
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import (
+        DataContextConfig,
+        InMemoryStoreBackendDefaults,
+        ProgressBarsConfig,
+    )
+
+    context = gx.get_context(
+        mode="ephemeral",
+        project_config=DataContextConfig(
+            store_backend_defaults=InMemoryStoreBackendDefaults(),
+            analytics_enabled=False,
+            progress_bars=ProgressBarsConfig(globally=False),
+        ),
+    )
+    batch = (
+        context.data_sources.add_pandas("staged")
+        .add_dataframe_asset("day")
+        .add_batch_definition_whole_dataframe("whole")
+        .get_batch(batch_parameters={"dataframe": frame})
+    )
+    # GX does not return results in suite order: tag each expectation with its rule's position.
+    tagged = [r.expectation.copy(update={"meta": {"mlops_rule": i}}) for i, r in enumerate(rules)]
+    result = batch.validate(gx.ExpectationSuite(name="day", expectations=tagged), result_format=result_format)
+    result.results.sort(key=lambda res: res.expectation_config.meta["mlops_rule"])
+    return result
+
+
+def bad_row_mask(frame: pd.DataFrame, rule: Rule) -> np.ndarray:
+    """Rows of ``frame`` that break a row rule, computed the way GX's pandas metrics count them."""
+    kind = rule.expectation.expectation_type
+    kw = rule.kwargs
+    mirror = _MIRRORS.get(kind)
+    if mirror is None or kw.get("row_condition"):
+        return _mask_from_gx(frame, rule)
+    if kind == "expect_compound_columns_to_be_unique":
+        return mirror(frame, kw)
+    column = frame[kw["column"]]
+    present = column.notna().to_numpy(dtype=bool)
+    if kind in ("expect_column_values_to_not_be_null", "expect_column_values_to_be_null"):
+        return mirror(column, present, kw)
+    bad = np.zeros(len(frame), dtype=bool)
+    bad[present] = mirror(column[present], kw)
+    return bad
+
+
+def _between(col: pd.Series, kw: dict[str, Any]) -> np.ndarray:
+    values = (
+        col.to_numpy(dtype=float) if col.dtype.kind in "iufb" or isinstance(col.dtype, pd.Int64Dtype) else col
+    )
+    ok = np.ones(len(col), dtype=bool)
+    if kw.get("min_value") is not None:
+        ok &= (values > kw["min_value"]) if kw.get("strict_min") else (values >= kw["min_value"])
+    if kw.get("max_value") is not None:
+        ok &= (values < kw["max_value"]) if kw.get("strict_max") else (values <= kw["max_value"])
+    return ~np.asarray(ok, dtype=bool)
+
+
+def _regex(col: pd.Series, kw: dict[str, Any]) -> np.ndarray:
+    return col.astype(str).str.contains(kw["regex"]).to_numpy(dtype=bool)
+
+
+def _compound_unique(frame: pd.DataFrame, kw: dict[str, Any]) -> np.ndarray:
+    keys = frame[kw["column_list"]]
+    considered = keys.notna().any(axis=1).to_numpy(dtype=bool)  # GX ignores all-missing keys
+    bad = np.zeros(len(frame), dtype=bool)
+    bad[considered] = keys[considered].duplicated(keep=False).to_numpy(dtype=bool)
+    return bad
+
+
+_MIRRORS: dict[str, Any] = {
+    "expect_column_values_to_not_be_null": lambda col, present, kw: ~present,
+    "expect_column_values_to_be_null": lambda col, present, kw: present,
+    "expect_column_values_to_be_between": _between,
+    "expect_column_values_to_be_in_set": lambda col, kw: ~col.isin(kw["value_set"]).to_numpy(dtype=bool),
+    "expect_column_values_to_not_be_in_set": lambda col, kw: col.isin(kw["value_set"]).to_numpy(dtype=bool),
+    "expect_column_values_to_match_regex": lambda col, kw: ~_regex(col, kw),
+    "expect_column_values_to_not_match_regex": _regex,
+    "expect_compound_columns_to_be_unique": _compound_unique,
+}
+
+
+def _mask_from_gx(frame: pd.DataFrame, rule: Rule) -> np.ndarray:
+    """A row rule without a pandas mirror: ask GX itself which rows it rejects (COMPLETE)."""
+    result = run_gx(frame, [rule], {"result_format": "COMPLETE"}).results[0]
+    bad = np.zeros(len(frame), dtype=bool)
+    bad[frame.index.get_indexer(result.result.get("unexpected_index_list") or [])] = True
+    return bad
+
+
+# -- the step -----------------------------------------------------------------------------------
+
+
+@dataclass
+class _RuleOutcome:
+    rule: Rule
+    success: bool
+    gx_unexpected: int | None
+    rows: int
+    observed: Any
+    error: str | None
+    examples: list[str]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "rule": self.rule.name,
+            "level": "row" if self.rule.row_level else "table",
+            "expectation": self.rule.expectation.expectation_type,
+            "kwargs": self.rule.kwargs,
+            "success": self.success,
+            "gx_unexpected_count": self.gx_unexpected,
+            "rows": self.rows,
+            "observed": self.observed,
+            "error": self.error,
+            "examples": self.examples,
+        }
+
+
+def validate_day(store: ObjectStore, cfg: PipelineConfig, day: dt.date) -> dict[str, Any]:
+    """Validate the staged partition of ``day``; publish quarantine, reports and (if it passes) curated.
+
+    Returns ``{"date", "passed", "rows", "good_rows", "bad_rows", "bad_fraction", "curated_uri",
+    "quarantine_uri", "report_json_uri", "report_html_uri", "failed_rules", "message"}``; raises
+    :class:`ValidationGateError` (carrying that dict) when the gate fails.
+    """
+    staging = partition_prefix(cfg.prefix, "staging", day)
+    staged = store.read_manifest(staging)
+    if staged is None:
+        raise StagedDataMissingError(
+            f"{store.uri(staging)} has no published manifest: ingest has not staged {day} for pipeline "
+            f"'{cfg.name}' (run the ingest step for that day first)."
+        )
+    frame = _read_parts(store, staged["data_parts"])
+    rules = build_rules(cfg)
+    gx_result = run_gx(frame, rules)
+    outcomes, bad, reasons = _split(frame, rules, gx_result)
+
+    rows, bad_rows = len(frame), int(bad.sum())
+    bad_fraction = bad_rows / rows if rows else 0.0
+    limit = cfg.validation.max_bad_row_fraction
+    table_failures = [o for o in outcomes if not o.rule.row_level and not o.success]
+    passed = not table_failures and bad_fraction <= limit
+    failed = [o for o in outcomes if not o.success or o.rows]
+
+    quarantine = partition_prefix(cfg.prefix, "quarantine", day)
+    reports = partition_prefix(cfg.prefix, "reports/validation", day)
+    curated = partition_prefix(cfg.prefix, "curated", day)
+    result = {
+        "date": day.isoformat(),
+        "passed": passed,
+        "rows": rows,
+        "good_rows": rows - bad_rows,
+        "bad_rows": bad_rows,
+        "bad_fraction": round(bad_fraction, 6),
+        "curated_uri": store.uri(curated) if passed else None,
+        "quarantine_uri": store.uri(quarantine),
+        "report_json_uri": store.uri(reports + "validation.json"),
+        "report_html_uri": store.uri(reports + "validation.html"),
+        "failed_rules": [o.rule.name for o in failed],
+        "message": "",
+    }
+    result["message"] = _message(cfg, day, result, table_failures, failed, limit)
+
+    quarantined = frame[bad].copy()
+    quarantined[REASONS_COLUMN] = pd.Series(reasons, index=quarantined.index, dtype=object)
+    _publish_quarantine(store, quarantine, staged, quarantined, day)
+    report = {
+        **result,
+        "pipeline": cfg.name,
+        "max_bad_row_fraction": limit,
+        "gx": {"success": bool(gx_result.success), "statistics": _plain(gx_result.statistics)},
+        "rules": [o.as_dict() for o in outcomes],
+        "rejected_files": staged.get("rejected_files", []),
+        "malformed_lines": staged.get("malformed_lines", 0),
+        "ingest_warnings": staged.get("warnings", []),
+    }
+    store.put_json(reports + "validation.json", _plain(report))
+    store.put_bytes(reports + "validation.html", render_html(report).encode(), "text/html; charset=utf-8")
+    if not passed:
+        raise ValidationGateError(result["message"], result)
+    good = frame[~bad]
+    part = write_part(store, curated, "data.parquet", to_parquet_bytes(good), rows=len(good))
+    publish_manifest(
+        store, curated, [part], day=day.isoformat(), validation_report=reports + "validation.json"
+    )
+    return result
+
+
+def _read_parts(store: ObjectStore, keys: list[str]) -> pd.DataFrame:
+    frames = [pq.read_table(io.BytesIO(store.get_bytes(k))).to_pandas() for k in keys]
+    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+
+
+def _split(
+    frame: pd.DataFrame, rules: list[Rule], gx_result: ExpectationSuiteValidationResult
+) -> tuple[list[_RuleOutcome], np.ndarray, list[list[str]]]:
+    """Per-rule outcomes, the mask of bad rows and, for each bad row, the rules it broke."""
+    bad = np.zeros(len(frame), dtype=bool)
+    per_row: dict[int, list[str]] = {}
+    outcomes = []
+    for rule, res in zip(rules, gx_result.results, strict=True):
+        error = None
+        if res.exception_info and res.exception_info.get("raised_exception"):
+            error = str(res.exception_info.get("exception_message"))
+        summary = res.result or {}
+        outcome = _RuleOutcome(
+            rule=rule,
+            success=bool(res.success),
+            gx_unexpected=summary.get("unexpected_count"),
+            rows=0,
+            observed=summary.get("observed_value"),
+            error=error,
+            examples=[],
+        )
+        outcomes.append(outcome)
+        if not rule.row_level or error is not None:
+            # A row rule GX could not evaluate (e.g. its column is missing) is a table failure.
+            outcome.rule = Rule(rule.name, rule.expectation, rule.row_level and error is None)
+            continue
+        mask = bad_row_mask(frame, rule)
+        outcome.rows = int(mask.sum())
+        if not outcome.rows:
+            continue
+        bad |= mask
+        outcome.examples = _examples(frame, rule, mask)
+        is_ingest = rule.kwargs.get("column") == INGEST_ERROR
+        errors = frame[INGEST_ERROR].to_numpy(dtype=object) if is_ingest else None
+        for i in np.flatnonzero(mask).tolist():
+            per_row.setdefault(i, []).append(f"ingest: {errors[i]}" if is_ingest else rule.name)
+    reasons = [per_row[i] for i in np.flatnonzero(bad).tolist()]
+    return outcomes, bad, reasons
+
+
+def _examples(frame: pd.DataFrame, rule: Rule, mask: np.ndarray) -> list[str]:
+    columns = rule.kwargs.get("column_list") or [rule.kwargs.get("column")]
+    columns = [c for c in columns if c in frame.columns]
+    picked = frame.loc[mask, columns].head(200).astype(str).agg(" | ".join, axis=1)
+    return list(dict.fromkeys(picked.tolist()))[:EXAMPLES_PER_RULE]
+
+
+def _message(
+    cfg: PipelineConfig,
+    day: dt.date,
+    result: dict[str, Any],
+    table_failures: list[_RuleOutcome],
+    failed: list[_RuleOutcome],
+    limit: float,
+) -> str:
+    head = f"Validation of '{cfg.name}' for {day}"
+    rows, bad_rows = result["rows"], result["bad_rows"]
+    row_rules = ", ".join(f"'{o.rule.name}' ({o.rows} rows)" for o in failed if o.rule.row_level and o.rows)
+    share = f"{bad_rows} of {rows} rows ({result['bad_fraction']:.2%}) broke row rules" + (
+        f": {row_rules}" if row_rules else ""
+    )
+    where = f"Report: {result['report_html_uri']}; bad rows: {result['quarantine_uri']}."
+    if result["passed"]:
+        return (
+            f"{head} passed: {share}; they were quarantined and {result['good_rows']} rows curated. {where}"
+        )
+    reasons = []
+    for o in table_failures:
+        detail = o.error or (f"observed {o.observed}" if o.observed is not None else "failed")
+        reasons.append(f"table rule '{o.rule.name}' failed ({detail})")
+    if result["bad_fraction"] > limit:
+        reasons.append(f"the bad-row share is above the limit of {limit:.2%}")
+    return f"{head} FAILED the gate: {'; '.join(reasons)}; {share}. Curated data was not written. {where}"
+
+
+def _publish_quarantine(
+    store: ObjectStore, quarantine: str, staged: dict[str, Any], rows: pd.DataFrame, day: dt.date
+) -> None:
+    """Bad rows, plus ingest's rejected files and malformed lines (copied from staging)."""
+    parts = []
+    if len(rows):
+        parts.append(write_part(store, quarantine, "rows.parquet", to_parquet_bytes(rows), rows=len(rows)))
+    if staged.get("malformed_part"):
+        data = store.get_bytes(staged["malformed_part"])
+        parts.append(
+            write_part(store, quarantine, "malformed_lines.jsonl", data, rows=int(staged["malformed_lines"]))
+        )
+    rejected = []
+    for entry in staged.get("rejected_files", []):
+        data = store.get_bytes(entry["copy"])
+        copy = write_part(store, quarantine, rejected_copy_name(entry["key"]), data, rows=0)
+        parts.append(copy)
+        rejected.append({"key": entry["key"], "reason": entry["reason"], "copy": copy["key"]})
+    publish_manifest(
+        store,
+        quarantine,
+        parts,
+        day=day.isoformat(),
+        bad_rows=len(rows),
+        malformed_lines=int(staged.get("malformed_lines", 0)),
+        rejected_files=rejected,
+    )
+
+
+def _plain(obj: Any) -> Any:
+    """A JSON-safe copy: numpy scalars made plain, NaN/inf as null, anything else as its string."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, bool | np.bool_):
+        return bool(obj)
+    if isinstance(obj, int | np.integer):
+        return int(obj)
+    if isinstance(obj, float | np.floating):
+        return float(obj) if np.isfinite(obj) else None
+    return obj if obj is None or isinstance(obj, str) else str(obj)
+
+
+def render_html(report: dict[str, Any]) -> str:
+    """A self-contained HTML page of the report: verdict, per-rule counts and example bad values."""
+    esc = html.escape
+    verdict = "PASSED" if report["passed"] else "FAILED"
+    rows = []
+    for r in report["rules"]:
+        status = "ok" if r["success"] and not r["rows"] else "fail"
+        rows.append(
+            f"<tr class='{status}'><td>{esc(r['rule'])}</td><td>{r['level']}</td>"
+            f"<td>{'yes' if r['success'] else 'no'}</td><td>{esc(str(r['gx_unexpected_count']))}</td>"
+            f"<td>{r['rows']}</td><td>{esc(str(r['observed']))}</td>"
+            f"<td>{esc(', '.join(r['examples']) or (r['error'] or ''))}</td></tr>"
+        )
+    rejected = "".join(
+        f"<li><code>{esc(f['key'])}</code>: {esc(f['reason'])}</li>" for f in report["rejected_files"]
+    )
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>Validation {esc(report["pipeline"])} {report["date"]}</title>
+<style>
+body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}}
+tr.fail td{{background:#fde8e8}} .verdict{{font-size:1.4em;font-weight:bold}}
+</style></head><body>
+<h1>Validation of {esc(report["pipeline"])} for {report["date"]}</h1>
+<p class="verdict">{verdict}</p>
+<p>{esc(report["message"])}</p>
+<p>Rows: {report["rows"]}; good: {report["good_rows"]}; quarantined: {report["bad_rows"]}
+({report["bad_fraction"]:.2%}, limit {report["max_bad_row_fraction"]:.2%}).
+Malformed CSV lines: {report["malformed_lines"]}.</p>
+<h2>Rules</h2>
+<table><tr><th>rule</th><th>level</th><th>GX success</th><th>GX unexpected</th><th>rows quarantined</th>
+<th>observed</th><th>examples of bad values</th></tr>
+{"".join(rows)}
+</table>
+<h2>Rejected files</h2><ul>{rejected or "<li>none</li>"}</ul>
+</body></html>
+"""
