@@ -1,0 +1,447 @@
+"""Metrics and the champion/challenger gate.
+
+The gate scores the held-out evaluation days with onnxruntime, i.e. with the exact artifact batch
+inference would serve, for both the challenger (this run's ``model/model.onnx``) and the current
+champion (registry alias ``champion``), on the same rows. A challenger is promoted only if its primary
+metric clears the absolute floor, beats the champion by ``gate.min_improvement``, and its ONNX file
+and p95 batch latency fit the budgets. A rejection is a normal outcome: it is reported (JSON + a
+self-contained HTML page under ``reports/gate/``, both also logged to the MLflow run), not raised.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn import metrics as skm
+
+from mlops_tasks import tracking
+from mlops_tasks.config import FeatureSpec, PipelineConfig
+from mlops_tasks.features import (
+    META_CLASSES,
+    META_FEATURES,
+    META_TASK,
+    PROBABILITIES_OUTPUT,
+    SCORE_OUTPUT,
+    derive_label,
+    onnx_inputs,
+)
+from mlops_tasks.storage import ObjectStore, partition_prefix
+
+HIGHER_IS_BETTER = {
+    "roc_auc": True,
+    "pr_auc": True,
+    "accuracy": True,
+    "f1": True,
+    "log_loss": False,
+    "rmse": False,
+    "mae": False,
+}
+FLOOR_CHECKS = ("metric_defined", "min_value")
+LATENCY_REPEATS = 20
+_EPS = 1e-7
+
+
+class EvaluationDataError(ValueError):
+    """The evaluation rows cannot judge a model (no labelled rows)."""
+
+
+# -- labels and metrics -----------------------------------------------------------------------------
+
+
+def labelled_rows(frame: pd.DataFrame, cfg: PipelineConfig) -> tuple[pd.DataFrame, pd.Series]:
+    """Rows with a label; the label as strings (classification, "0"/"1" for a rule) or floats."""
+    label = derive_label(frame, cfg.target)
+    keep = label.notna().to_numpy()
+    label = label[keep]
+    if cfg.target.task != "regression":
+        label = (label.astype("Int64") if pd.api.types.is_numeric_dtype(label) else label).astype("string")
+    return frame[keep], label
+
+
+def label_targets(label: pd.Series, task: str, classes: list[str] | None) -> np.ndarray:
+    """Labels as metric inputs: binary 0/1 (positive = last class), multiclass class index (-1 =
+    a class the model does not know), regression floats."""
+    if task == "regression":
+        return label.to_numpy(dtype=np.float64)
+    assert classes is not None, "classification needs the model's classes"
+    if task == "binary":
+        return (label.astype("string") == classes[-1]).to_numpy(dtype=np.float64)
+    return pd.Categorical(label.astype("string"), categories=classes).codes.astype(np.int64)
+
+
+def _defined(fn: Any, *args: Any, **kwargs: Any) -> float | None:
+    """A metric value, or None where it is undefined on these rows (e.g. AUC of a single class)."""
+    try:
+        value = float(fn(*args, **kwargs))
+    except ValueError:
+        return None
+    return value if np.isfinite(value) else None
+
+
+def compute_metrics(
+    task: str, y_true: np.ndarray, score: np.ndarray, probabilities: np.ndarray | None = None
+) -> dict[str, float | None]:
+    """Quality metrics of one model on one set of rows (JSON-safe: undefined metrics are None).
+
+    ``y_true`` as produced by :func:`label_targets`; ``score``/``probabilities`` as in the ONNX contract.
+    """
+    y_true = np.asarray(y_true)
+    score = np.asarray(score, dtype=np.float64)
+    if task == "regression":
+        return {
+            "rmse": float(np.sqrt(np.mean((score - y_true) ** 2))),
+            "mae": float(np.mean(np.abs(score - y_true))),
+        }
+    if task == "binary":
+        y = y_true.astype(np.int64)
+        p = np.clip(score, _EPS, 1 - _EPS)
+        predicted = (p >= 0.5).astype(np.int64)
+        return {
+            "roc_auc": _defined(skm.roc_auc_score, y, p),
+            "pr_auc": _defined(skm.average_precision_score, y, p) if y.any() else None,
+            "log_loss": _defined(skm.log_loss, y, p, labels=[0, 1]),
+            "accuracy": float(np.mean(predicted == y)),
+            "f1": float(skm.f1_score(y, predicted, zero_division=0)),
+        }
+    if probabilities is None:
+        raise ValueError("multiclass metrics need the probabilities output")
+    proba = np.clip(np.asarray(probabilities, dtype=np.float64), _EPS, 1)
+    proba = proba / proba.sum(axis=1, keepdims=True)
+    labels = list(range(proba.shape[1]))
+    y = y_true.astype(np.int64)
+    known = y >= 0
+    predicted = proba.argmax(axis=1)
+    onehot = np.eye(len(labels))[y[known]]
+    present = onehot.any(axis=0)
+    return {
+        "accuracy": float(np.mean(predicted == y)),
+        "f1": float(skm.f1_score(y, predicted, labels=labels, average="macro", zero_division=0)),
+        "log_loss": _defined(skm.log_loss, y[known], proba[known], labels=labels),
+        "roc_auc": _defined(skm.roc_auc_score, onehot[:, present], proba[known][:, present], average="macro"),
+        "pr_auc": _defined(
+            skm.average_precision_score, onehot[:, present], proba[known][:, present], average="macro"
+        ),
+    }
+
+
+# -- scoring with onnxruntime ------------------------------------------------------------------------
+
+
+class OnnxModel:
+    """An ONNX file of our contract, loaded once, with its metadata (features, task, classes)."""
+
+    def __init__(self, path: Path, cfg: PipelineConfig) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = cfg.inference.intra_op_threads
+        options.graph_optimization_level = {
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }[cfg.inference.graph_optimization]
+        self.path = path
+        self.bytes = path.stat().st_size
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.features = FeatureSpec(**json.loads(meta[META_FEATURES]))
+        self.task = meta[META_TASK]
+        self.classes = json.loads(meta[META_CLASSES]) if META_CLASSES in meta else None
+        self.outputs = [o.name for o in self.session.get_outputs()]
+
+    def score(self, frame: pd.DataFrame, batch_rows: int = 65536) -> tuple[np.ndarray, np.ndarray | None]:
+        """(score [N], probabilities [N, C] or None) of raw rows, ``batch_rows`` rows per call."""
+        inputs = onnx_inputs(frame, self.features, source="evaluation rows")
+        scores, probas = [], []
+        for start in range(0, max(len(frame), 1), batch_rows):
+            batch = {name: arr[start : start + batch_rows] for name, arr in inputs.items()}
+            result = dict(zip(self.outputs, self.session.run(None, batch), strict=True))
+            scores.append(result[SCORE_OUTPUT])
+            if PROBABILITIES_OUTPUT in result:
+                probas.append(result[PROBABILITIES_OUTPUT])
+        return np.concatenate(scores), (np.concatenate(probas) if probas else None)
+
+    def p95_batch_latency_ms(self, frame: pd.DataFrame, batch_rows: int) -> float:
+        """p95 wall time of one ``batch_rows``-row call (rows of ``frame`` repeated to fill a batch)."""
+        inputs = onnx_inputs(frame, self.features, source="evaluation rows")
+        take = np.resize(np.arange(len(frame)), batch_rows)
+        batch = {name: arr[take] for name, arr in inputs.items()}
+        self.session.run(None, batch)  # warm-up: first call allocates
+        times = []
+        for _ in range(LATENCY_REPEATS):
+            started = time.perf_counter()
+            self.session.run(None, batch)
+            times.append((time.perf_counter() - started) * 1000)
+        return float(np.percentile(times, 95))
+
+    def assess(self, frame: pd.DataFrame, label: pd.Series, cfg: PipelineConfig) -> dict[str, Any]:
+        score, proba = self.score(frame)
+        y_true = label_targets(label, self.task, self.classes)
+        return {
+            "metrics": compute_metrics(self.task, y_true, score, proba),
+            "onnx_bytes": self.bytes,
+            "p95_batch_latency_ms": round(self.p95_batch_latency_ms(frame, cfg.gate.latency_batch_rows), 3),
+            "rows": len(frame),
+        }
+
+
+# -- the gate -----------------------------------------------------------------------------------------
+
+
+def _check(name: str, passed: bool, value: Any, threshold: Any, detail: str) -> dict[str, Any]:
+    return {"name": name, "passed": bool(passed), "value": value, "threshold": threshold, "detail": detail}
+
+
+def gate_checks(
+    cfg: PipelineConfig, challenger: dict[str, Any], champion: dict[str, Any] | None
+) -> list[dict[str, Any]]:
+    """Every configured gate rule as a pass/fail record (pure: unit-testable without models)."""
+    gate = cfg.gate
+    name = gate.primary_metric
+    higher = HIGHER_IS_BETTER[name]
+    value = challenger["metrics"].get(name)
+    checks = [
+        _check(
+            "metric_defined",
+            value is not None,
+            value,
+            None,
+            f"{name} is {'defined' if value is not None else 'undefined'} on the evaluation rows",
+        )
+    ]
+    if value is None:
+        return checks
+    if gate.min_value is not None:
+        ok = value >= gate.min_value if higher else value <= gate.min_value
+        rel = ">=" if higher else "<="
+        checks.append(
+            _check(
+                "min_value", ok, value, gate.min_value, f"{name} {value:.4f} must be {rel} {gate.min_value}"
+            )
+        )
+    champ_value = champion["metrics"].get(name) if champion else None
+    if champ_value is not None:
+        improvement = value - champ_value if higher else champ_value - value
+        ok = improvement > 0 and improvement >= gate.min_improvement
+        checks.append(
+            _check(
+                "beats_champion",
+                ok,
+                round(improvement, 6),
+                gate.min_improvement,
+                f"{name} {value:.4f} vs champion v{champion['version']} {champ_value:.4f}: improvement "
+                f"{improvement:+.4f} must be > 0 and >= {gate.min_improvement}",
+            )
+        )
+    if gate.max_onnx_bytes is not None:
+        size = challenger["onnx_bytes"]
+        checks.append(
+            _check(
+                "max_onnx_bytes",
+                size <= gate.max_onnx_bytes,
+                size,
+                gate.max_onnx_bytes,
+                f"ONNX size {size} bytes must be <= {gate.max_onnx_bytes}",
+            )
+        )
+    if gate.max_p95_batch_latency_ms is not None:
+        p95 = challenger["p95_batch_latency_ms"]
+        checks.append(
+            _check(
+                "max_p95_batch_latency_ms",
+                p95 <= gate.max_p95_batch_latency_ms,
+                p95,
+                gate.max_p95_batch_latency_ms,
+                f"p95 latency of {gate.latency_batch_rows}-row batches {p95:.1f} ms must be <= "
+                f"{gate.max_p95_batch_latency_ms} ms",
+            )
+        )
+    return checks
+
+
+def _reason(checks: list[dict[str, Any]], champion: dict[str, Any] | None) -> str:
+    failed = [c["detail"] for c in checks if not c["passed"]]
+    if failed:
+        return "rejected: " + "; ".join(failed)
+    if champion is None:
+        return "promoted: no champion yet and every absolute gate passes"
+    return f"promoted: beats champion v{champion['version']} and every gate passes"
+
+
+def _champion(
+    cfg: PipelineConfig, tracking_uri: str, run_id: str, tmp: Path
+) -> tuple[Any | None, OnnxModel | None]:
+    client = tracking.client(tracking_uri)
+    with tracking.reachable(tracking_uri, f"read the champion of '{cfg.registered_model_name}'"):
+        version = tracking.alias_version(client, cfg.registered_model_name, "champion")
+    if version is None or version.run_id == run_id:
+        return version, None
+    path = tracking.download_run_artifact(
+        tracking_uri, version.run_id, tracking.ONNX_ARTIFACT, tmp / "champion"
+    )
+    return version, OnnxModel(path, cfg)
+
+
+def evaluate_and_gate(
+    cfg: PipelineConfig,
+    run_id: str,
+    eval_frame: pd.DataFrame,
+    *,
+    tracking_uri: str,
+    store: ObjectStore,
+    day: dt.date,
+) -> dict[str, Any]:
+    """Score challenger and champion ONNX on the evaluation rows, decide, report; see module doc."""
+    rows, label = labelled_rows(eval_frame, cfg)
+    if rows.empty:
+        raise EvaluationDataError(
+            f"the evaluation rows ({len(eval_frame)} rows) have no label in column '{cfg.target.column}'; "
+            "the gate cannot judge a model without labelled rows"
+        )
+    with tempfile.TemporaryDirectory(prefix="mlops-gate-") as tmp:
+        onnx_path = tracking.download_run_artifact(
+            tracking_uri, run_id, tracking.ONNX_ARTIFACT, Path(tmp) / "challenger"
+        )
+        challenger = {"run_id": run_id, **OnnxModel(onnx_path, cfg).assess(rows, label, cfg)}
+        version, champ_model = _champion(cfg, tracking_uri, run_id, Path(tmp))
+        champion = None
+        if champ_model is not None:
+            champion = {"version": version.version, "run_id": version.run_id}
+            champion |= champ_model.assess(rows, label, cfg)
+    if version is not None and version.run_id == run_id:
+        checks = [_check("already_champion", True, version.version, None, "this run is the champion already")]
+        reason = f"promoted: this run is already champion v{version.version}"
+    else:
+        checks = gate_checks(cfg, challenger, champion)
+        reason = _reason(checks, champion)
+    promote = all(c["passed"] for c in checks)
+    decision: dict[str, Any] = {
+        "promote": promote,
+        "reason": reason,
+        "primary_metric": cfg.gate.primary_metric,
+        "challenger": challenger,
+        "champion": champion,
+        "champion_version": version.version if version is not None else None,
+        "checks": checks,
+        "floor_failed": any(c["name"] in FLOOR_CHECKS and not c["passed"] for c in checks),
+        "model_name": cfg.registered_model_name,
+        "day": day.isoformat(),
+    }
+    base = partition_prefix(cfg.prefix, "reports/gate", day) + f"{run_id}/"
+    report = json.dumps(decision, indent=1, sort_keys=True).encode()
+    page = render_html(decision).encode()
+    decision["report_json_uri"] = store.put_bytes(base + "gate.json", report, "application/json")
+    decision["report_html_uri"] = store.put_bytes(base + "gate.html", page, "text/html; charset=utf-8")
+    _log_to_run(tracking_uri, run_id, decision, report, page)
+    return decision
+
+
+def _log_to_run(tracking_uri: str, run_id: str, decision: dict[str, Any], report: bytes, page: bytes) -> None:
+    from mlflow.entities import Metric, RunTag
+
+    client = tracking.client(tracking_uri)
+    now = int(time.time() * 1000)
+    metrics = [
+        Metric(f"eval_{k}", v, now, 0)
+        for k, v in sorted(decision["challenger"]["metrics"].items())
+        if v is not None
+    ]
+    metrics.append(
+        Metric("eval_p95_batch_latency_ms", decision["challenger"]["p95_batch_latency_ms"], now, 0)
+    )
+    tags = [
+        RunTag("gate_decision", "promote" if decision["promote"] else "reject"),
+        RunTag("gate_reason", decision["reason"][:4000]),
+    ]
+    with (
+        tracking.reachable(tracking_uri, f"log the gate report to run {run_id}"),
+        tempfile.TemporaryDirectory() as tmp,
+    ):
+        (Path(tmp) / "gate.json").write_bytes(report)
+        (Path(tmp) / "gate.html").write_bytes(page)
+        client.log_batch(run_id, metrics=metrics, tags=tags)
+        client.log_artifacts(run_id, tmp, "gate")
+
+
+# -- the HTML report ---------------------------------------------------------------------------------
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return html.escape(str(value))
+
+
+def _svg_chart(challenger: dict[str, float | None], champion: dict[str, float | None] | None) -> str:
+    """Inline SVG: one pair of bars (challenger, champion) per metric, scaled per metric."""
+    names = sorted(challenger)
+    row_h, label_w, bar_w = 34, 110, 380
+    height = row_h * len(names) + 30
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{label_w + bar_w + 90}" height="{height}" '
+        'role="img" aria-label="challenger vs champion metrics">',
+        '<rect x="0" y="0" width="12" height="10" fill="#2b6cb0"/><text x="16" y="10" font-size="11">challenger</text>',
+        '<rect x="100" y="0" width="12" height="10" fill="#a0aec0"/><text x="116" y="10" font-size="11">champion</text>',
+    ]
+    for i, name in enumerate(names):
+        values = [challenger.get(name), (champion or {}).get(name)]
+        top = max((abs(v) for v in values if v is not None), default=0) or 1.0
+        y = 24 + i * row_h
+        parts.append(f'<text x="0" y="{y + 14}" font-size="12">{html.escape(name)}</text>')
+        for j, (value, color) in enumerate(zip(values, ("#2b6cb0", "#a0aec0"), strict=True)):
+            if value is None:
+                continue
+            width = bar_w * abs(value) / top
+            parts.append(
+                f'<rect x="{label_w}" y="{y + j * 14}" width="{width:.1f}" height="12" fill="{color}"/>'
+                f'<text x="{label_w + width + 4:.1f}" y="{y + j * 14 + 10}" font-size="11">{value:.4f}</text>'
+            )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def render_html(decision: dict[str, Any]) -> str:
+    """A self-contained page (no scripts, no external assets) with every number of the decision."""
+    ch, cp = decision["challenger"], decision["champion"]
+    verdict = "PROMOTE" if decision["promote"] else "REJECT"
+    color = "#276749" if decision["promote"] else "#9b2c2c"
+    metric_rows = "".join(
+        f"<tr><td>{html.escape(k)}</td><td>{_fmt(v)}</td><td>{_fmt((cp or {}).get('metrics', {}).get(k))}</td></tr>"
+        for k, v in sorted(ch["metrics"].items())
+    )
+    for key in ("onnx_bytes", "p95_batch_latency_ms", "rows", "run_id"):
+        metric_rows += (
+            f"<tr><td>{key}</td><td>{_fmt(ch.get(key))}</td><td>{_fmt((cp or {}).get(key))}</td></tr>"
+        )
+    check_rows = "".join(
+        f'<tr><td>{html.escape(c["name"])}</td><td style="color:{"#276749" if c["passed"] else "#9b2c2c"}">'
+        f"{'pass' if c['passed'] else 'FAIL'}</td><td>{_fmt(c['value'])}</td><td>{_fmt(c['threshold'])}</td>"
+        f"<td>{html.escape(c['detail'])}</td></tr>"
+        for c in decision["checks"]
+    )
+    champion_label = f"v{decision['champion_version']}" if decision["champion_version"] else "none"
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>Gate report {html.escape(ch["run_id"])}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:60em}}table{{border-collapse:collapse;margin:1em 0}}
+td,th{{border:1px solid #cbd5e0;padding:4px 8px;text-align:left}}</style></head><body>
+<h1>Gate report: <span style="color:{color}">{verdict}</span></h1>
+<p>Model <b>{html.escape(decision["model_name"])}</b>, evaluation day {html.escape(decision["day"])},
+challenger run <code>{html.escape(ch["run_id"])}</code>, champion {champion_label},
+primary metric <b>{html.escape(decision["primary_metric"])}</b>.</p>
+<p><b>Reason:</b> {html.escape(decision["reason"])}</p>
+{_svg_chart(ch["metrics"], cp["metrics"] if cp else None)}
+<h2>Numbers</h2><table><tr><th>metric</th><th>challenger</th><th>champion</th></tr>{metric_rows}</table>
+<h2>Checks</h2><table><tr><th>check</th><th>result</th><th>value</th><th>threshold</th><th>rule</th></tr>
+{check_rows}</table></body></html>
+"""

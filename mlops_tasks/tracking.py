@@ -1,0 +1,107 @@
+"""The one way the model stage talks to MLflow: an explicit-URI client that fails fast and clearly.
+
+Why a helper: every stage function receives ``tracking_uri`` and must not depend on the process-wide
+``MLFLOW_TRACKING_URI`` (Airflow workers run many pipelines), and MLflow's default HTTP retry policy
+(7 retries, exponential backoff) turns a down server into minutes of silence. Here a down server
+becomes :class:`TrackingUnavailable` within seconds, which the Airflow task's own retries handle.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+import mlops_tasks
+
+# Fail in seconds, not minutes, when the tracking server is down (and keep task logs free of progress
+# bars); explicit env settings win.
+_FAST_FAIL_ENV = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}
+
+ONNX_ARTIFACT = "model/model.onnx"
+WEIGHTS_ARTIFACT = "model/weights.pt"
+SPEC_ARTIFACT = "model/model_spec.json"
+
+
+class TrackingUnavailable(RuntimeError):
+    """The MLflow tracking server could not be reached (or kept failing); retry later."""
+
+
+def client(tracking_uri: str) -> MlflowClient:
+    """An MlflowClient bound to ``tracking_uri`` with fail-fast HTTP retries."""
+    for name, value in _FAST_FAIL_ENV.items():
+        os.environ.setdefault(name, value)
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def is_unreachable(exc: MlflowException) -> bool:
+    """True when MLflow gave up on the HTTP request itself (refused, timeout, repeated 5xx)."""
+    message = str(exc)
+    return message.startswith("API request to") and (
+        "failed with exception" in message or "too many" in message
+    )
+
+
+@contextmanager
+def reachable(
+    tracking_uri: str, action: str, error: type[TrackingUnavailable] = TrackingUnavailable
+) -> Iterator[None]:
+    """Turn "server unreachable" failures inside the block into ``error`` naming the server."""
+    try:
+        yield
+    except MlflowException as exc:
+        if is_unreachable(exc):
+            raise error(
+                f"Cannot {action}: the MLflow tracking server {tracking_uri} is not reachable "
+                f"({str(exc).splitlines()[0][:300]}). Check the MLflow connection and that the server is up; "
+                "nothing was changed."
+            ) from None
+        raise
+
+
+def version_tags() -> dict[str, str]:
+    """Code identity for a run: package version and, when run from a git checkout, its commit."""
+    tags = {"mlops_tasks_version": mlops_tasks.__version__}
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(mlops_tasks.__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return tags
+    if sha:
+        tags["git_sha"] = sha
+    return tags
+
+
+def download_run_artifact(tracking_uri: str, run_id: str, path: str, dest_dir: str | Path) -> Path:
+    """One artifact of a run as a local file (through the tracking server's artifact proxy)."""
+    dest_dir = Path(dest_dir)
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    with reachable(tracking_uri, f"download {path} of run {run_id}"):
+        return Path(client(tracking_uri).download_artifacts(run_id, path, str(dest_dir)))
+
+
+def alias_version(client: MlflowClient, model_name: str, alias: str) -> ModelVersion | None:
+    """The model version an alias points to, or None if the model or the alias does not exist."""
+    try:
+        return client.get_model_version_by_alias(model_name, alias)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
+            return None
+        raise

@@ -1,0 +1,417 @@
+"""Train the pipeline's PyTorch tabular model and track it in MLflow.
+
+The model is an MLP over standardised numeric features and one learned embedding per categorical
+feature. Everything the model needs to turn raw columns into predictions (imputation medians, scaler
+statistics, categorical vocabularies, class names, target scaling, architecture) is learned from
+training rows only and stored as one JSON artifact (``model/model_spec.json``) next to the weights
+(``model/weights.pt``, a ``state_dict`` read back only with ``torch.load(weights_only=True)``): no
+pickle anywhere, and :mod:`mlops_tasks.export` can rebuild the exact network from the run alone.
+
+Categorical code 0 is the out-of-vocabulary slot (also used for missing values), so unseen values at
+serving time are a normal input, not an error. Training is deterministic for a fixed seed: one seeded
+validation split, one seeded data order per epoch, deterministic torch kernels.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from mlflow.entities import Metric, Param, RunTag
+from torch import nn
+
+from mlops_tasks import tracking
+from mlops_tasks.config import FeatureSpec, PipelineConfig
+from mlops_tasks.evaluation import compute_metrics, label_targets, labelled_rows
+from mlops_tasks.features import onnx_inputs
+
+log = logging.getLogger(__name__)
+
+DAY_COLUMN = "_day"
+MIN_TRAINING_ROWS = 100
+SPEC_FORMAT = 1
+
+
+class TrainingDataError(ValueError):
+    """The training rows cannot produce a model (too few rows, a single class, no window)."""
+
+
+@dataclass(frozen=True)
+class NetSpec:
+    """Everything but the weights: preprocessing statistics, labels and architecture (JSON-able)."""
+
+    task: str
+    numeric: list[str]
+    categorical: list[str]
+    classes: list[str] | None
+    median: list[float]
+    mean: list[float]
+    std: list[float]
+    vocab: list[list[str]]
+    target_mean: float
+    target_std: float
+    embedding_dims: list[int]
+    hidden_layers: list[int]
+    dropout: float
+    outputs: int
+
+    @property
+    def features(self) -> FeatureSpec:
+        return FeatureSpec(numeric=self.numeric, categorical=self.categorical)
+
+    def to_json(self) -> str:
+        return json.dumps({"format": SPEC_FORMAT, **asdict(self)}, indent=1, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> NetSpec:
+        raw = json.loads(text)
+        if raw.pop("format", None) != SPEC_FORMAT:
+            raise ValueError(f"model spec format is not {SPEC_FORMAT}; was it written by another version?")
+        return cls(**raw)
+
+
+class TabularNet(nn.Module):
+    """MLP over [scaled numeric, one embedding per categorical]; outputs logits (or the scaled target)."""
+
+    def __init__(self, spec: NetSpec) -> None:
+        super().__init__()
+        self.embeddings = nn.ModuleList(
+            nn.Embedding(len(vocab) + 1, dim)
+            for vocab, dim in zip(spec.vocab, spec.embedding_dims, strict=True)
+        )
+        layers: list[nn.Module] = []
+        width = len(spec.numeric) + sum(spec.embedding_dims)
+        for hidden in spec.hidden_layers:
+            layers += [nn.Linear(width, hidden), nn.ReLU(), nn.Dropout(spec.dropout)]
+            width = hidden
+        layers.append(nn.Linear(width, spec.outputs))
+        self.mlp = nn.Sequential(*layers)
+
+    def forward(self, numeric: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        parts = [numeric, *(emb(codes[:, i]) for i, emb in enumerate(self.embeddings))]
+        return self.mlp(torch.cat(parts, dim=1))
+
+
+# -- data -------------------------------------------------------------------------------------------
+
+
+def split_window(frame: pd.DataFrame, cfg: PipelineConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Temporal split by ``_day``: the last ``evaluation_days`` calendar days are the evaluation rows.
+
+    A random split would leak tomorrow's weather into today's training; the gate must judge the model
+    on days it has not seen, as batch inference will.
+    """
+    if DAY_COLUMN not in frame.columns:
+        raise TrainingDataError(f"training rows have no '{DAY_COLUMN}' column; cannot split by day")
+    days = pd.to_datetime(frame[DAY_COLUMN]).dt.normalize()
+    if days.isna().all():
+        raise TrainingDataError(f"column '{DAY_COLUMN}' of the training rows holds no dates")
+    cutoff = days.max() - pd.Timedelta(days=cfg.training.evaluation_days - 1)
+    is_eval = (days >= cutoff).to_numpy()
+    train, evaluation = frame[~is_eval], frame[is_eval]
+    if train.empty:
+        raise TrainingDataError(
+            f"all rows fall in the last {cfg.training.evaluation_days} evaluation days "
+            f"(from {cutoff.date()}); no training rows left"
+        )
+    return train, evaluation
+
+
+def encode(frame: pd.DataFrame, spec: NetSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Raw columns -> (imputed, scaled float32 numeric; int64 codes with 0 = unseen/missing).
+
+    Built on :func:`features.onnx_inputs`, so the torch path sees exactly what the ONNX graph sees.
+    """
+    inputs = onnx_inputs(frame, spec.features, source="model input")
+    numeric = inputs.get("numeric", np.zeros((len(frame), 0), dtype=np.float32))
+    numeric = np.where(np.isnan(numeric), np.asarray(spec.median, dtype=np.float32), numeric)
+    numeric = (numeric - np.asarray(spec.mean, dtype=np.float32)) / np.asarray(spec.std, dtype=np.float32)
+    codes = np.zeros((len(frame), len(spec.categorical)), dtype=np.int64)
+    for i, vocab in enumerate(spec.vocab):
+        codes[:, i] = pd.Categorical(inputs["categorical"][:, i], categories=vocab).codes.astype(np.int64) + 1
+    return numeric.astype(np.float32), codes
+
+
+def fit_spec(frame: pd.DataFrame, label: pd.Series, cfg: PipelineConfig) -> NetSpec:
+    """Learn preprocessing statistics and label encoding from the training rows only."""
+    feats = cfg.features
+    inputs = onnx_inputs(frame, feats, source="training rows")
+    numeric = inputs.get("numeric", np.zeros((len(frame), 0), dtype=np.float32)).astype(np.float64)
+    median, mean, std = [], [], []
+    for i, col in enumerate(feats.numeric):
+        values = numeric[:, i]
+        if np.isnan(values).all():
+            log.warning("numeric feature '%s' is empty (all NaN) in the training rows; imputed as 0", col)
+            med = 0.0
+        else:
+            med = float(np.nanmedian(values))
+        filled = np.where(np.isnan(values), med, values).astype(np.float32)
+        sd = float(filled.std())
+        if sd == 0.0:
+            log.warning("numeric feature '%s' is constant in the training rows; it is not scaled", col)
+            sd = 1.0
+        median.append(float(np.float32(med)))
+        mean.append(float(filled.mean(dtype=np.float64).astype(np.float32)))
+        std.append(float(np.float32(sd)))
+    vocab = [
+        sorted({v for v in inputs["categorical"][:, i] if v != ""}) for i in range(len(feats.categorical))
+    ]
+    dims = [cfg.model.embedding_dim or max(1, min(16, (len(v) + 1) // 2)) for v in vocab]
+    classes, target_mean, target_std, outputs = None, 0.0, 1.0, 1
+    if cfg.target.task == "regression":
+        target = label.to_numpy(dtype=np.float64)
+        target_mean, target_std = float(target.mean()), float(target.std()) or 1.0
+    else:
+        classes = sorted(label.unique().tolist())
+        outputs = 1 if cfg.target.task == "binary" else len(classes)
+    return NetSpec(
+        task=cfg.target.task,
+        numeric=list(feats.numeric),
+        categorical=list(feats.categorical),
+        classes=classes,
+        median=median,
+        mean=mean,
+        std=std,
+        vocab=vocab,
+        target_mean=target_mean,
+        target_std=target_std,
+        embedding_dims=dims,
+        hidden_layers=list(cfg.model.hidden_layers),
+        dropout=cfg.model.dropout,
+        outputs=outputs,
+    )
+
+
+def _check_labels(label: pd.Series, cfg: PipelineConfig, source: str) -> None:
+    if len(label) < MIN_TRAINING_ROWS:
+        raise TrainingDataError(
+            f"{source}: only {len(label)} labelled rows (column '{cfg.target.column}'); "
+            f"training needs at least {MIN_TRAINING_ROWS}"
+        )
+    if cfg.target.task == "regression":
+        return
+    classes = sorted(label.unique().tolist())
+    if cfg.target.task == "binary" and len(classes) > 2:
+        raise TrainingDataError(
+            f"{source}: binary target '{cfg.target.column}' has {len(classes)} classes {classes[:10]}; "
+            "use task multiclass or a positive_when rule"
+        )
+    if len(classes) < 2:
+        raise TrainingDataError(
+            f"{source}: every labelled row has the same class {classes} (target '{cfg.target.column}'); "
+            "a classifier needs at least two classes. Widen the training window or check the label rule."
+        )
+
+
+# -- inference with the torch model ----------------------------------------------------------------
+
+
+def outputs_to_scores(raw: torch.Tensor, spec: NetSpec) -> tuple[np.ndarray, np.ndarray | None]:
+    """Network outputs -> (score [N], probabilities [N, C] or None), as the ONNX contract defines."""
+    if spec.task == "binary":
+        return torch.sigmoid(raw[:, 0]).numpy(), None
+    if spec.task == "multiclass":
+        proba = torch.softmax(raw, dim=1)
+        return proba.max(dim=1).values.numpy(), proba.numpy()
+    return (raw[:, 0] * spec.target_std + spec.target_mean).numpy(), None
+
+
+def predict(net: TabularNet, spec: NetSpec, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray | None]:
+    """Reference (torch) predictions of raw rows: the other side of the ONNX parity check."""
+    numeric, codes = encode(frame, spec)
+    net.eval()
+    with torch.no_grad():
+        raw = net(torch.from_numpy(numeric), torch.from_numpy(codes))
+    return outputs_to_scores(raw, spec)
+
+
+def load_run_model(tracking_uri: str, run_id: str, dest_dir: str | Path) -> tuple[TabularNet, NetSpec]:
+    """Rebuild a trained network from its run's artifacts (weights loaded with weights_only=True)."""
+    spec_path = tracking.download_run_artifact(tracking_uri, run_id, tracking.SPEC_ARTIFACT, dest_dir)
+    weights_path = tracking.download_run_artifact(tracking_uri, run_id, tracking.WEIGHTS_ARTIFACT, dest_dir)
+    spec = NetSpec.from_json(spec_path.read_text())
+    net = TabularNet(spec)
+    net.load_state_dict(torch.load(weights_path, weights_only=True))
+    net.eval()
+    return net, spec
+
+
+# -- training ---------------------------------------------------------------------------------------
+
+
+def _targets(label: pd.Series, spec: NetSpec) -> torch.Tensor:
+    values = label_targets(label, spec.task, spec.classes)
+    if spec.task == "binary":
+        return torch.from_numpy(values.astype(np.float32)).unsqueeze(1)
+    if spec.task == "multiclass":
+        return torch.from_numpy(values.astype(np.int64))
+    scaled = (values.astype(np.float64) - spec.target_mean) / spec.target_std
+    return torch.from_numpy(scaled.astype(np.float32)).unsqueeze(1)
+
+
+def _loss_fn(task: str) -> nn.Module:
+    return {"binary": nn.BCEWithLogitsLoss, "multiclass": nn.CrossEntropyLoss}.get(task, nn.MSELoss)()
+
+
+def _ensure_experiment(client: Any, name: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name)
+    except Exception:  # a concurrent run created it first
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+def _params(cfg: PipelineConfig, spec: NetSpec, train_rows: int, val_rows: int) -> list[Param]:
+    values = {
+        **{f"model.{k}": v for k, v in cfg.model.model_dump().items()},
+        **{f"training.{k}": v for k, v in cfg.training.model_dump().items()},
+        "task": spec.task,
+        "features.numeric": ",".join(spec.numeric),
+        "features.categorical": ",".join(spec.categorical),
+        "embedding_dims": spec.embedding_dims,
+        "train_rows": train_rows,
+        "val_rows": val_rows,
+    }
+    return [Param(k, str(v)[:6000]) for k, v in sorted(values.items())]
+
+
+def train(
+    cfg: PipelineConfig,
+    train_frame: pd.DataFrame,
+    *,
+    tracking_uri: str,
+    data_version: str,
+    trigger: str,
+    run_name: str | None = None,
+    tags: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Train on ``train_frame`` (curated rows) as one MLflow run; returns ids and summary numbers.
+
+    Validation of the data happens before any run is created, so bad input leaves no junk runs.
+    """
+    started = time.perf_counter()
+    rows, label = labelled_rows(train_frame, cfg)
+    _check_labels(label, cfg, "training rows")
+    m = cfg.model
+    rng = np.random.default_rng(m.seed)
+    if cfg.training.max_rows and len(rows) > cfg.training.max_rows:
+        keep = np.sort(rng.choice(len(rows), cfg.training.max_rows, replace=False))
+        rows, label = rows.iloc[keep], label.iloc[keep]
+    order = rng.permutation(len(rows))
+    val_n = max(1, round(len(rows) * cfg.training.validation_fraction))
+    val_idx, fit_idx = np.sort(order[:val_n]), np.sort(order[val_n:])
+    fit_rows, fit_label = rows.iloc[fit_idx], label.iloc[fit_idx]
+    val_rows, val_label = rows.iloc[val_idx], label.iloc[val_idx]
+    _check_labels(fit_label, cfg, "training rows (after the validation split)")
+    spec = fit_spec(fit_rows, fit_label, cfg)
+
+    client = tracking.client(tracking_uri)
+    with tracking.reachable(tracking_uri, f"start an MLflow run in experiment '{cfg.experiment_name}'"):
+        experiment_id = _ensure_experiment(client, cfg.experiment_name)
+        run_tags = {
+            **tracking.version_tags(),
+            **(tags or {}),
+            "data_version": data_version,
+            "trigger": trigger,
+            "pipeline": cfg.name,
+        }
+        run = client.create_run(experiment_id, run_name=run_name, tags=run_tags)
+    run_id = run.info.run_id
+    try:
+        client.log_batch(run_id, params=_params(cfg, spec, len(fit_rows), len(val_rows)))
+        summary = _fit(cfg, spec, (fit_rows, fit_label), (val_rows, val_label), client, run_id)
+        client.set_terminated(run_id, "FINISHED")
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    return {
+        "run_id": run_id,
+        "experiment_id": experiment_id,
+        **summary,
+        "train_rows": len(fit_rows),
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+
+
+def _fit(
+    cfg: PipelineConfig,
+    spec: NetSpec,
+    fit: tuple[pd.DataFrame, pd.Series],
+    val: tuple[pd.DataFrame, pd.Series],
+    client: Any,
+    run_id: str,
+) -> dict[str, Any]:
+    m = cfg.model
+    previous_threads, previous_det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(m.threads)
+    torch.use_deterministic_algorithms(True)
+    try:
+        torch.manual_seed(m.seed)
+        net = TabularNet(spec)
+        x_num, x_cat = (torch.from_numpy(a) for a in encode(fit[0], spec))
+        y = _targets(fit[1], spec)
+        v_num, v_cat = (torch.from_numpy(a) for a in encode(val[0], spec))
+        v_y = _targets(val[1], spec)
+        v_true = label_targets(val[1], spec.task, spec.classes)
+        loss_fn = _loss_fn(spec.task)
+        optimizer = torch.optim.AdamW(net.parameters(), lr=m.learning_rate, weight_decay=m.weight_decay)
+        order_gen = torch.Generator().manual_seed(m.seed)
+        primary = cfg.gate.primary_metric
+        best = {"val_loss": float("inf"), "epoch": 0, "state": copy.deepcopy(net.state_dict())}
+        epochs_run = 0
+        for epoch in range(1, m.epochs + 1):
+            net.train()
+            total = 0.0
+            for batch in torch.randperm(len(y), generator=order_gen).split(m.batch_size):
+                optimizer.zero_grad()
+                loss = loss_fn(net(x_num[batch], x_cat[batch]), y[batch])
+                loss.backward()
+                optimizer.step()
+                total += loss.item() * len(batch)
+            net.eval()
+            with torch.no_grad():
+                raw = net(v_num, v_cat)
+                val_loss = float(loss_fn(raw, v_y))
+            score, proba = outputs_to_scores(raw, spec)
+            metric = compute_metrics(spec.task, v_true, score, proba).get(primary)
+            epochs_run = epoch
+            now = int(time.time() * 1000)
+            metrics = [
+                Metric("train_loss", total / len(y), now, epoch),
+                Metric("val_loss", val_loss, now, epoch),
+            ]
+            if metric is not None:
+                metrics.append(Metric(f"val_{primary}", metric, now, epoch))
+            client.log_batch(run_id, metrics=metrics)
+            if val_loss < best["val_loss"]:
+                best = {"val_loss": val_loss, "epoch": epoch, "state": copy.deepcopy(net.state_dict())}
+            elif epoch - best["epoch"] >= m.early_stopping_patience:
+                log.info("early stopping after epoch %d (best epoch %d)", epoch, best["epoch"])
+                break
+    finally:
+        torch.set_num_threads(previous_threads)
+        torch.use_deterministic_algorithms(previous_det)
+    client.log_batch(
+        run_id,
+        metrics=[Metric("best_val_loss", best["val_loss"], int(time.time() * 1000), best["epoch"])],
+        tags=[RunTag("best_epoch", str(best["epoch"]))],
+    )
+    with tempfile.TemporaryDirectory(prefix="mlops-train-") as tmp:
+        torch.save(best["state"], Path(tmp) / "weights.pt")
+        (Path(tmp) / "model_spec.json").write_text(spec.to_json())
+        client.log_artifacts(run_id, tmp, "model")
+    return {"epochs_run": epochs_run, "best_epoch": best["epoch"], "best_val_loss": best["val_loss"]}

@@ -1,0 +1,46 @@
+"""Curated-like rows of the example data for model-stage tests and benchmarks.
+
+What the ingest stage hands to training: flights left-joined with the origin's hourly weather on
+(origin, time_hour) as UTC timestamps, cancelled flights (no dep_delay) dropped, plus the lineage
+columns ``_day``, ``_source_file``, ``_source_line`` and ``_ingest_error``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pandas as pd
+
+from mlops_tasks import example
+
+WEATHER_COLUMNS = [
+    "temp",
+    "dewp",
+    "humid",
+    "wind_dir",
+    "wind_speed",
+    "wind_gust",
+    "precip",
+    "pressure",
+    "visib",
+]
+
+
+def example_rows(start: dt.date, end: dt.date, max_rows: int | None = None, seed: int = 0) -> pd.DataFrame:
+    """Flights scheduled from ``start`` to ``end`` (inclusive) with weather; optionally a seeded sample."""
+    flights = example.flights()
+    days = pd.to_datetime(flights[["year", "month", "day"]])
+    flights = flights[(days >= pd.Timestamp(start)) & (days <= pd.Timestamp(end))]
+    flights = flights[flights["dep_delay"].notna()].copy()
+    weather = example.weather()[["origin", "time_hour", *WEATHER_COLUMNS]].copy()
+    for frame in (flights, weather):
+        frame["time_hour"] = pd.to_datetime(frame["time_hour"], utc=True)
+    weather = weather.drop_duplicates(["origin", "time_hour"])
+    rows = flights.merge(weather, on=["origin", "time_hour"], how="left")
+    rows["_day"] = pd.to_datetime(rows[["year", "month", "day"]]).dt.date
+    rows["_source_file"] = "landing/date=" + rows["_day"].astype(str) + "/flights.csv"
+    rows["_source_line"] = range(2, len(rows) + 2)
+    rows["_ingest_error"] = None
+    if max_rows is not None and len(rows) > max_rows:
+        rows = rows.sample(max_rows, random_state=seed).sort_values(["_day", "sched_dep_time"], kind="stable")
+    return rows.reset_index(drop=True)
