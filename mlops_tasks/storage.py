@@ -375,3 +375,30 @@ class PartitionWriter:
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         if exc_type is None:
             self.manifest = publish_manifest(self.store, self.partition, self.parts, **self.extra)
+
+
+class ManifestMismatchError(StorageError):
+    """A published part's bytes differ from the sha256 its manifest recorded."""
+
+
+def read_published_table(
+    store: ObjectStore, partition: str, columns: list[str] | None = None
+) -> pa.Table | None:
+    """Every part a partition's manifest lists, checksums verified, as one table; None if unpublished."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    manifest = store.read_manifest(partition)
+    if manifest is None:
+        return None
+    tables = []
+    for part in manifest["parts"]:
+        if not part["key"].endswith(".parquet"):
+            continue
+        with store.spooled(part["key"]) as path:
+            if sha256_file(path) != part["sha256"]:
+                raise ManifestMismatchError(
+                    f"{store.uri(part['key'])}: content does not match its manifest sha256"
+                )
+            tables.append(pq.read_table(path, columns=columns))
+    return pa.concat_tables(tables) if tables else None
