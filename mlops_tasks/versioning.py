@@ -1,0 +1,200 @@
+"""Data versions: curated days frozen as one DVC-tracked dataset in the object store's DVC remote.
+
+A data version is the DVC directory hash of ``data/date=YYYY-MM-DD/<part>.parquet`` built from the
+curated parts of the chosen days: the same bytes give the same hash on any machine, so the version
+names the data, not the run that made it. Each version leaves two single-PUT objects under
+``<prefix>/data_versions/``: the ``.dvc`` file (enough for ``dvc pull`` anywhere) and a JSON record
+(days, files with their curated key, sha256, md5 and rows). The record is written last, after the
+push, so an existing record means the version is complete in the remote and nothing is uploaded.
+
+DVC runs through its Python API in a throwaway ``dvc init --no-scm`` repository. The remote's
+endpoint and credentials come from the store's settings and are written only to that repository's
+``.dvc/config.local``, which is deleted with it; they are never logged or returned.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from mlops_tasks.config import PipelineConfig
+from mlops_tasks.storage import ObjectStore, partition_prefix, sha256_bytes, sha256_file
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from dvc.repo import Repo
+
+DVC_REMOTE = "store"
+DVC_REMOTE_PREFIX = "dvc"
+DATA_DIR = "data"
+
+
+class DataVersionError(ValueError):
+    """A data version cannot be made or read; the message names the version, day or key."""
+
+
+def create_data_version(store: ObjectStore, cfg: PipelineConfig, days: list[dt.date]) -> dict[str, Any]:
+    """Freeze the curated partitions of ``days`` as one DVC dataset and push it to the DVC remote.
+
+    Days without a curated partition are skipped and listed. Returns ``{"data_version",
+    "record_uri", "days": [iso...], "missing_days": [iso...], "rows", "uploaded"}``; ``uploaded`` is
+    False when the same data was versioned before.
+    """
+    if not days:
+        raise DataVersionError(f"cannot create a data version of '{cfg.name}': no days were given.")
+    with _dvc_repo(store) as (root, repo):
+        files, included, missing = [], [], []
+        for day in sorted(set(days)):
+            manifest = store.read_manifest(partition_prefix(cfg.prefix, "curated", day))
+            if manifest is None:
+                missing.append(day.isoformat())
+                continue
+            included.append(day.isoformat())
+            for part in manifest["parts"]:
+                files.append(_fetch_part(store, root, day, part))
+        if not included:
+            raise DataVersionError(
+                f"cannot create a data version of '{cfg.name}': none of the {len(missing)} day(s) "
+                f"{missing[0]} .. {missing[-1]} has a curated partition (validate them first)."
+            )
+        repo.add(str(root / DATA_DIR))
+        dvc_text = (root / f"{DATA_DIR}.dvc").read_text()
+        version = yaml.safe_load(dvc_text)["outs"][0]["md5"].removesuffix(".dir")
+        record_key = _record_key(cfg, version)
+        rows = sum(f["rows"] for f in files)
+        result = {
+            "data_version": version,
+            "record_uri": store.uri(record_key),
+            "days": included,
+            "missing_days": missing,
+            "rows": rows,
+            "uploaded": False,
+        }
+        if store.exists(record_key):
+            return result
+        repo.push(remote=DVC_REMOTE)
+    store.put_bytes(_record_key(cfg, version, ".dvc"), dvc_text.encode(), "text/yaml")
+    record = {"version": version, "days": included, "missing_days": missing, "files": files, "rows": rows}
+    store.put_json(record_key, record)
+    return {**result, "uploaded": True}
+
+
+def read_record(store: ObjectStore, cfg: PipelineConfig, version: str) -> dict[str, Any]:
+    """The JSON record of a data version; :class:`DataVersionError` if there is none."""
+    key = _record_key(cfg, version)
+    try:
+        return store.get_json(key)
+    except FileNotFoundError:
+        raise DataVersionError(
+            f"data version '{version}' of '{cfg.name}' is unknown: {store.uri(key)} does not exist."
+        ) from None
+
+
+def checkout_data_version(
+    store: ObjectStore, cfg: PipelineConfig, version: str, target_dir: str | Path
+) -> Path:
+    """Restore a version's files from the DVC remote into ``target_dir`` (``date=YYYY-MM-DD/<part>``),
+    byte for byte, independent of the curated partitions (which later runs may replace)."""
+    record = read_record(store, cfg, version)
+    dvc_text = store.get_bytes(_record_key(cfg, version, ".dvc"))
+    target = Path(target_dir)
+    with _dvc_repo(store) as (root, repo):
+        (root / f"{DATA_DIR}.dvc").write_bytes(dvc_text)
+        repo.pull(remote=DVC_REMOTE)
+        for f in record["files"]:
+            path = root / f["path"]
+            if sha256_file(path) != f["sha256"]:
+                raise DataVersionError(
+                    f"data version '{version}': {f['path']} pulled from DVC has other bytes"
+                )
+        shutil.copytree(root / DATA_DIR, target, dirs_exist_ok=True)
+    return target
+
+
+def load_data_version(
+    store: ObjectStore, cfg: PipelineConfig, version: str, columns: list[str] | None = None
+) -> pd.DataFrame:
+    """The rows of a data version, read from its curated parts after checking their sha256."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    record = read_record(store, cfg, version)
+    frames = []
+    for f in record["files"]:
+        try:
+            data = store.get_bytes(f["curated_key"])
+        except FileNotFoundError:
+            raise DataVersionError(
+                f"data version '{version}': curated part {store.uri(f['curated_key'])} no longer exists (its "
+                "day was curated again); restore the version with checkout_data_version."
+            ) from None
+        if sha256_bytes(data) != f["sha256"]:
+            raise DataVersionError(
+                f"data version '{version}': curated part {store.uri(f['curated_key'])} has changed "
+                f"(sha256 {sha256_bytes(data)[:12]}..., recorded {f['sha256'][:12]}...)."
+            )
+        frames.append(pq.read_table(io.BytesIO(data), columns=columns).to_pandas())
+    return pd.concat(frames, ignore_index=True)
+
+
+def _record_key(cfg: PipelineConfig, version: str, suffix: str = ".json") -> str:
+    if not version.isalnum():
+        raise DataVersionError(f"'{version}' is not a data version (expected a DVC md5 hash).")
+    return f"{cfg.prefix}/data_versions/{version}{suffix}"
+
+
+def _fetch_part(store: ObjectStore, root: Path, day: dt.date, part: dict[str, Any]) -> dict[str, Any]:
+    """Download one curated part into the DVC workspace, checking it against its manifest."""
+    relative = f"{DATA_DIR}/date={day.isoformat()}/{part['key'].rsplit('/', 1)[-1]}"
+    path = store.download(part["key"], root / relative)
+    digest = sha256_file(path)
+    if digest != part["sha256"]:
+        raise DataVersionError(
+            f"curated part {store.uri(part['key'])} does not match its manifest's sha256; "
+            f"the partition of {day} is being rewritten, retry."
+        )
+    md5 = hashlib.md5(path.read_bytes(), usedforsecurity=False).hexdigest()
+    return {"path": relative, "curated_key": part["key"], "sha256": digest, "md5": md5, "rows": part["rows"]}
+
+
+@contextmanager
+def _dvc_repo(store: ObjectStore) -> Iterator[tuple[Path, Repo]]:
+    """A temporary no-SCM DVC repository whose default remote is ``s3://<bucket>/dvc``."""
+    from dvc.repo import Repo
+
+    s = store.settings
+    with tempfile.TemporaryDirectory(prefix="mlops-dvc-") as tmp:
+        root = Path(tmp)
+        Repo.init(str(root), no_scm=True).close()
+        (root / ".dvc" / "config").write_text(
+            "[core]\n"
+            "    no_scm = true\n"
+            f"    remote = {DVC_REMOTE}\n"
+            "    analytics = false\n"
+            f"    site_cache_dir = {root / '.dvc' / 'site'}\n"
+            f"['remote \"{DVC_REMOTE}\"']\n"
+            f"    url = s3://{store.bucket}/{DVC_REMOTE_PREFIX}\n"
+            f"    region = {s.region_name}\n"
+        )
+        local = [f"['remote \"{DVC_REMOTE}\"']"]
+        if s.endpoint_url:
+            local.append(f"    endpointurl = {s.endpoint_url}")
+        if s.aws_access_key_id:
+            local.append(f"    access_key_id = {s.aws_access_key_id}")
+        if s.aws_secret_access_key:
+            local.append(f"    secret_access_key = {s.aws_secret_access_key}")
+        (root / ".dvc" / "config.local").write_text("\n".join(local) + "\n")
+        repo = Repo(str(root))
+        try:
+            yield root, repo
+        finally:
+            repo.close()

@@ -1,0 +1,96 @@
+"""Data versions over the real S3 endpoint: DVC remote in the test bucket, records next to it."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from mlops_tasks.ingestion import to_parquet_bytes
+from mlops_tasks.storage import ObjectStore, partition_prefix, publish_manifest, write_part
+from mlops_tasks.versioning import (
+    DataVersionError,
+    checkout_data_version,
+    create_data_version,
+    load_data_version,
+)
+
+DAY1, DAY2, DAY3 = dt.date(2013, 1, 1), dt.date(2013, 1, 2), dt.date(2013, 1, 3)
+
+
+def curate(store: ObjectStore, cfg, day: dt.date, values: list[int]) -> str:
+    """Publish a tiny curated partition the way validation does; returns its part key."""
+    frame = pd.DataFrame({"dep_delay": pd.Series(values, dtype="float64"), "_day": day.isoformat()})
+    partition = partition_prefix(cfg.prefix, "curated", day)
+    part = write_part(store, partition, "data.parquet", to_parquet_bytes(frame), rows=len(frame))
+    publish_manifest(store, partition, [part], day=day.isoformat())
+    return part["key"]
+
+
+def test_same_data_gives_the_same_version_without_a_new_upload(store, example_config):
+    curate(store, example_config, DAY1, [1, 2, 3])
+    curate(store, example_config, DAY2, [4, 5])
+    first = create_data_version(store, example_config, [DAY1, DAY2])
+    remote_objects = [o.key for o in store.list("dvc/")]
+    second = create_data_version(store, example_config, [DAY2, DAY1])
+    assert first["uploaded"] is True and second["uploaded"] is False
+    assert second["data_version"] == first["data_version"]
+    assert first["rows"] == 5 and first["days"] == ["2013-01-01", "2013-01-02"]
+    assert [o.key for o in store.list("dvc/")] == remote_objects
+    assert store.exists(f"{example_config.prefix}/data_versions/{first['data_version']}.dvc")
+
+
+def test_changed_data_gives_a_new_version(store, example_config):
+    curate(store, example_config, DAY1, [1, 2, 3])
+    before = create_data_version(store, example_config, [DAY1])
+    curate(store, example_config, DAY1, [1, 2, 99])
+    after = create_data_version(store, example_config, [DAY1])
+    assert after["data_version"] != before["data_version"] and after["uploaded"] is True
+
+
+def test_checkout_restores_the_curated_parts_byte_for_byte(store, example_config, tmp_path: Path):
+    keys = {DAY1: curate(store, example_config, DAY1, [1, 2]), DAY2: curate(store, example_config, DAY2, [3])}
+    version = create_data_version(store, example_config, [DAY1, DAY2])["data_version"]
+    target = checkout_data_version(store, example_config, version, tmp_path / "restored")
+    restored = sorted(p.relative_to(target).as_posix() for p in target.rglob("*") if p.is_file())
+    assert restored == sorted(f"date={d.isoformat()}/{k.rsplit('/', 1)[-1]}" for d, k in keys.items())
+    for day, key in keys.items():
+        assert (target / f"date={day.isoformat()}" / key.rsplit("/", 1)[-1]).read_bytes() == store.get_bytes(
+            key
+        )
+
+
+def test_load_reads_the_version_rows_and_columns(store, example_config):
+    curate(store, example_config, DAY1, [1, 2])
+    curate(store, example_config, DAY2, [3])
+    version = create_data_version(store, example_config, [DAY1, DAY2])["data_version"]
+    frame = load_data_version(store, example_config, version, columns=["dep_delay"])
+    assert list(frame.columns) == ["dep_delay"] and frame["dep_delay"].tolist() == [1.0, 2.0, 3.0]
+
+
+def test_load_refuses_a_version_whose_curated_part_was_replaced(store, example_config):
+    curate(store, example_config, DAY1, [1, 2])
+    version = create_data_version(store, example_config, [DAY1])["data_version"]
+    curate(store, example_config, DAY1, [7])
+    with pytest.raises(DataVersionError, match="no longer exists.*checkout_data_version"):
+        load_data_version(store, example_config, version)
+
+
+def test_unknown_version_is_a_clear_error(store, example_config):
+    with pytest.raises(DataVersionError, match="data version 'abc123' of 'flights_delay' is unknown"):
+        load_data_version(store, example_config, "abc123")
+
+
+def test_missing_days_are_skipped_and_listed(store, example_config):
+    curate(store, example_config, DAY1, [1])
+    result = create_data_version(store, example_config, [DAY1, DAY3])
+    assert result["days"] == ["2013-01-01"] and result["missing_days"] == ["2013-01-03"]
+
+
+def test_no_curated_day_at_all_is_a_clear_error(store, example_config):
+    with pytest.raises(DataVersionError, match="none of the 1 day.*has a curated partition"):
+        create_data_version(store, example_config, [DAY3])
+    with pytest.raises(DataVersionError, match="no days were given"):
+        create_data_version(store, example_config, [])
