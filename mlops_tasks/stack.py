@@ -442,6 +442,38 @@ class LocalStack:
             f"{', '.join(unhealthy)}; last health {health}); logs in {self.log_dir}"
         )
 
+    def api_token(self) -> str:
+        """A bearer token of the UI admin for the Airflow REST API (``/api/v2``)."""
+        user, password = self.ui_login
+        request = urllib.request.Request(
+            self.airflow_url + "/auth/token",
+            data=json.dumps({"username": user, "password": password}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return json.loads(resp.read())["access_token"]
+
+    def wait_dags_parsed(self, timeout: float = 90) -> list[str]:
+        """Wait until the dag-processor has recorded a DAG or an import error for every file of the
+        DAGs folder that may define DAGs (Airflow's heuristic: mentions both "airflow" and "dag"),
+        so the UI and ``airflow dags list-import-errors`` reflect the folder. Returns the files still
+        unaccounted for at the timeout (e.g. a file that defines no DAG), [] when all were parsed."""
+        candidates = {
+            str(path.relative_to(self.dags_dir))
+            for path in self.dags_dir.rglob("*.py")
+            if all(word in path.read_bytes().lower() for word in (b"airflow", b"dag"))
+        }
+        token = self.api_token()
+        deadline = time.monotonic() + timeout
+        while True:
+            dags = _get_json(self.airflow_url + "/api/v2/dags?limit=1000", token)["dags"]
+            errors = _get_json(self.airflow_url + "/api/v2/importErrors?limit=1000", token)
+            seen = {d["relative_fileloc"] for d in dags} | {e["filename"] for e in errors["import_errors"]}
+            pending = sorted(candidates - seen)
+            if not pending or time.monotonic() > deadline:
+                return pending
+            time.sleep(1)
+
     def restart(self, component: str) -> None:
         """Stop and start one Airflow component (e.g. the dag-processor after changing plugins)."""
         if component not in AIRFLOW_COMPONENTS or component not in self.services:
