@@ -1,0 +1,141 @@
+"""docker-compose.yaml is checked statically (Docker cannot run here): health, executor wiring, and
+that it names exactly the connections and bucket the package and the example config use."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from mlops_tasks.config import PipelineConfig
+from mlops_tasks.stack import connection_env
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load((REPO / "docker-compose.yaml").read_text())
+
+
+def one_shot(compose: dict[str, Any]) -> set[str]:
+    """Services others wait for to *finish* (init containers): they need no healthcheck."""
+    return {
+        name
+        for service in compose["services"].values()
+        for name, dep in (service.get("depends_on") or {}).items()
+        if dep["condition"] == "service_completed_successfully"
+    }
+
+
+def airflow_env(compose: dict[str, Any]) -> dict[str, str]:
+    return compose["services"]["airflow-scheduler"]["environment"]
+
+
+def fill(template: str) -> str:
+    """Replace ${VAR} with a placeholder so JSON connection values can be parsed."""
+    return re.sub(r"\$\{[A-Z0-9_]+\}", "x", template)
+
+
+def test_every_long_running_service_has_a_healthcheck(compose: dict[str, Any]) -> None:
+    missing = [
+        name
+        for name, service in compose["services"].items()
+        if name not in one_shot(compose) and "test" not in (service.get("healthcheck") or {})
+    ]
+    assert missing == []
+
+
+def test_init_services_run_once(compose: dict[str, Any]) -> None:
+    assert one_shot(compose) == {"minio-init", "airflow-init"}
+    assert all(compose["services"][name]["restart"] == "no" for name in one_shot(compose))
+
+
+def test_every_dependency_waits_for_health_or_completion(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        for dep, spec in (service.get("depends_on") or {}).items():
+            expected = "service_completed_successfully" if dep in one_shot(compose) else "service_healthy"
+            assert spec == {"condition": expected}, f"{name} -> {dep}"
+
+
+def test_airflow_runs_celery_with_redis_broker_and_postgres_backends(compose: dict[str, Any]) -> None:
+    env = airflow_env(compose)
+    assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+    assert (
+        env["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://")
+        and "@redis:6379/" in env["AIRFLOW__CELERY__BROKER_URL"]
+    )
+    assert env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql://")
+    assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://")
+    assert compose["services"]["airflow-worker"]["deploy"]["replicas"] == 2
+
+
+def test_all_airflow_components_share_one_environment(compose: dict[str, Any]) -> None:
+    components = ["airflow-api-server", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer"]
+    envs = [compose["services"][name]["environment"] for name in [*components, "airflow-worker"]]
+    assert all(env.items() >= envs[0].items() for env in envs)
+
+
+def test_connections_are_exactly_those_the_pipeline_config_names(
+    compose: dict[str, Any], example_config: PipelineConfig
+) -> None:
+    expected = connection_env(
+        "http://minio:9000",
+        "http://mlflow:5000",
+        example_config.storage.connection_id,
+        example_config.mlflow.connection_id,
+    )
+    declared = {k: v for k, v in airflow_env(compose).items() if k.startswith("AIRFLOW_CONN_")}
+    assert declared.keys() == expected.keys()
+    for name, value in declared.items():
+        conn, local = json.loads(fill(value)), json.loads(expected[name])
+        assert conn.keys() == local.keys() and conn["conn_type"] == local["conn_type"], name
+        assert conn.get("extra", {}).keys() == local.get("extra", {}).keys(), name
+
+
+def test_s3_connection_points_at_minio_and_mlflow_connection_at_the_server(
+    compose: dict[str, Any], example_config: PipelineConfig
+) -> None:
+    env = airflow_env(compose)
+    s3 = json.loads(fill(env[f"AIRFLOW_CONN_{example_config.storage.connection_id.upper()}"]))
+    mlflow = json.loads(fill(env[f"AIRFLOW_CONN_{example_config.mlflow.connection_id.upper()}"]))
+    assert s3["extra"]["endpoint_url"] == "http://minio:9000"
+    assert mlflow["host"] == "http://mlflow:5000"
+
+
+def test_minio_bucket_and_mlflow_artifacts_use_the_configured_bucket(
+    compose: dict[str, Any], example_config: PipelineConfig
+) -> None:
+    services = compose["services"]
+    assert services["minio-init"]["environment"]["MLOPS_BUCKET"] == example_config.storage.bucket
+    assert (
+        f"--artifacts-destination=s3://{example_config.storage.bucket}/mlflow"
+        in services["mlflow"]["command"]
+    )
+
+
+def test_airflow_reads_mounted_configs_dags_and_plugins(compose: dict[str, Any]) -> None:
+    scheduler = compose["services"]["airflow-scheduler"]
+    mounts = {volume.split(":")[1] for volume in scheduler["volumes"]}
+    env = airflow_env(compose)
+    assert {
+        env["MLOPS_TASKS_CONFIG_DIR"],
+        env["AIRFLOW__CORE__DAGS_FOLDER"],
+        env["AIRFLOW__CORE__PLUGINS_FOLDER"],
+    } <= mounts
+
+
+def test_secrets_come_from_the_env_file_and_every_variable_is_documented(compose: dict[str, Any]) -> None:
+    text = (REPO / "docker-compose.yaml").read_text()
+    used = set(re.findall(r"(?<!\$)\$\{([A-Z0-9_]+)(?::-[^}]*)?\}", text))  # $${X} is escaped
+    example = {
+        line.split("=", 1)[0]
+        for line in (REPO / ".env.example").read_text().splitlines()
+        if "=" in line and not line.startswith("#")
+    }
+    assert used - {"MLOPS_TASKS_IMAGE"} <= example
+    assert not re.search(r"(PASSWORD|SECRET)[A-Z_]*: [\"']?[A-Za-z0-9]", text)  # no literal secrets
