@@ -136,13 +136,12 @@ def build_rules(cfg: PipelineConfig) -> list[Rule]:
                 )
             )
     if cfg.data.key:
-        rules.append(
-            Rule(
-                f"key {'+'.join(cfg.data.key)} unique",
-                gxe.ExpectCompoundColumnsToBeUnique(column_list=list(cfg.data.key)),
-                True,
-            )
+        unique = (
+            gxe.ExpectColumnValuesToBeUnique(column=cfg.data.key[0])
+            if len(cfg.data.key) == 1
+            else gxe.ExpectCompoundColumnsToBeUnique(column_list=list(cfg.data.key))
         )
+        rules.append(Rule(f"key {'+'.join(cfg.data.key)} unique", unique, True))
     rules.append(
         Rule("values convert to their types", gxe.ExpectColumnValuesToBeNull(column=INGEST_ERROR), True)
     )
@@ -247,6 +246,7 @@ _MIRRORS: dict[str, Any] = {
     "expect_column_values_to_not_be_in_set": lambda col, kw: col.isin(kw["value_set"]).to_numpy(dtype=bool),
     "expect_column_values_to_match_regex": lambda col, kw: ~_regex(col, kw),
     "expect_column_values_to_not_match_regex": _regex,
+    "expect_column_values_to_be_unique": lambda col, kw: col.duplicated(keep=False).to_numpy(dtype=bool),
     "expect_compound_columns_to_be_unique": _compound_unique,
 }
 

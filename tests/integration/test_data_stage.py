@@ -1,0 +1,347 @@
+"""Ingest + validate over the real S3 endpoint: every kind of bad input lands in quarantine with a
+clear reason, good rows are never lost, and reruns are byte-identical."""
+
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+import io
+
+import pandas as pd
+import pytest
+
+from mlops_tasks import example
+from mlops_tasks.config import PipelineConfig
+from mlops_tasks.ingestion import ingest_day
+from mlops_tasks.storage import ObjectStore, partition_prefix
+from mlops_tasks.validation import StagedDataMissingError, ValidationGateError, validate_day
+
+DAY = dt.date(2013, 1, 1)
+HEADER = "id,delay,carrier,origin,time_hour"
+GOOD = [
+    "1,-3,AA,EWR,2013-01-01T10:00:00Z",
+    "2,0,UA,JFK,2013-01-01T10:00:00Z",
+    "3,25,AA,EWR,2013-01-01T11:00:00Z",
+    "4,7.5,UA,JFK,2013-01-01T11:00:00Z",
+]
+WEATHER = "origin,time_hour,temp\nEWR,2013-01-01T10:00:00Z,39.0\nJFK,2013-01-01T10:00:00Z,38.5\n"
+
+
+@pytest.fixture
+def cfg() -> PipelineConfig:
+    """A small pipeline shaped like the example: typed columns, a key, a weather join, extras."""
+    return PipelineConfig.model_validate(
+        {
+            "name": "tiny",
+            "start_date": "2013-01-01",
+            "data": {
+                "source": {"file_pattern": "flights*"},
+                "key": ["id"],
+                "columns": [
+                    {"name": "id", "type": "int", "nullable": False, "min": 1, "max": 1000},
+                    {"name": "delay", "type": "float", "nullable": False, "min": -120, "max": 1440},
+                    {"name": "carrier", "type": "category", "nullable": False, "allowed": ["AA", "UA"]},
+                    {"name": "origin", "type": "category", "nullable": False},
+                    {"name": "time_hour", "type": "timestamp", "nullable": False},
+                ],
+                "joins": [
+                    {
+                        "name": "weather",
+                        "file_pattern": "weather*",
+                        "keys": ["origin", "time_hour"],
+                        "columns": [
+                            {"name": "origin", "type": "category"},
+                            {"name": "time_hour", "type": "timestamp"},
+                            {"name": "temp", "type": "float", "min": -30, "max": 120},
+                        ],
+                    }
+                ],
+            },
+            "validation": {
+                "max_bad_row_fraction": 0.5,
+                "min_rows": 1,
+                "max_rows": 20,
+                "expectations": [
+                    {
+                        "type": "expect_column_values_to_match_regex",
+                        "kwargs": {"column": "origin", "regex": "^[A-Z]{3}$"},
+                    },
+                    {
+                        "type": "expect_column_value_lengths_to_be_between",
+                        "kwargs": {"column": "origin", "min_value": 3, "max_value": 3},
+                    },
+                ],
+            },
+            "target": {"task": "binary", "column": "delay", "positive_when": {"greater_than": 15}},
+            "features": {"numeric": ["temp"], "categorical": ["carrier", "origin"]},
+        }
+    )
+
+
+def land(store: ObjectStore, cfg: PipelineConfig, name: str, data: bytes | str, day: dt.date = DAY) -> str:
+    key = partition_prefix(cfg.prefix, "landing", day) + name
+    store.put_bytes(key, data.encode() if isinstance(data, str) else data)
+    return key
+
+
+def csv(*lines: str, header: str = HEADER) -> str:
+    return "\n".join([header, *lines]) + "\n"
+
+
+def read_partition(store: ObjectStore, cfg: PipelineConfig, area: str, prefix: str = "") -> pd.DataFrame:
+    manifest = store.read_manifest(partition_prefix(cfg.prefix, area, DAY))
+    keys = [p["key"] for p in manifest["parts"] if p["key"].rsplit("/", 1)[-1].startswith(prefix)]
+    return pd.concat([pd.read_parquet(io.BytesIO(store.get_bytes(k))) for k in keys], ignore_index=True)
+
+
+def curated(store: ObjectStore, cfg: PipelineConfig) -> pd.DataFrame:
+    return read_partition(store, cfg, "curated")
+
+
+def quarantined(store: ObjectStore, cfg: PipelineConfig) -> pd.DataFrame:
+    return read_partition(store, cfg, "quarantine", "rows")
+
+
+def report(store: ObjectStore, result: dict) -> dict:
+    return store.get_json(store.key_of(result["report_json_uri"]))
+
+
+def run(store: ObjectStore, cfg: PipelineConfig) -> tuple[dict, dict]:
+    return ingest_day(store, cfg, DAY), validate_day(store, cfg, DAY)
+
+
+# -- rows ---------------------------------------------------------------------------------------
+
+
+def test_malformed_csv_lines_are_quarantined_verbatim_with_their_line_number(store, cfg):
+    land(store, cfg, "flights.csv", csv(GOOD[0], "2,0,UA", GOOD[2], GOOD[3]))
+    ingested, validated = run(store, cfg)
+    assert ingested["malformed_lines"] == 1
+    manifest = store.read_manifest(partition_prefix(cfg.prefix, "quarantine", DAY))
+    [part] = [p["key"] for p in manifest["parts"] if "malformed_lines" in p["key"]]
+    line = pd.read_json(io.BytesIO(store.get_bytes(part)), lines=True).iloc[0]
+    assert (line["line"], line["raw"], line["reason"]) == (3, "2,0,UA", "3 fields, the header has 5")
+    assert curated(store, cfg)["id"].tolist() == [1, 3, 4]
+    assert validated["passed"] and report(store, validated)["malformed_lines"] == 1
+
+
+def test_wrong_type_keeps_the_row_and_quarantines_it_with_the_reason(store, cfg):
+    land(store, cfg, "flights.csv", csv(GOOD[0], "2,abc,UA,JFK,2013-01-01T10:00:00Z", *GOOD[2:]))
+    _, validated = run(store, cfg)
+    bad = quarantined(store, cfg)
+    assert bad["id"].tolist() == [2]
+    assert "ingest: delay: 'abc' is not a finite float" in list(bad["_reasons"][0])
+    assert curated(store, cfg)["id"].tolist() == [1, 3, 4] and validated["bad_rows"] == 1
+
+
+def test_inf_is_an_invalid_float_and_nan_a_missing_value(store, cfg):
+    land(
+        store,
+        cfg,
+        "flights.csv",
+        csv("1,inf,AA,EWR,2013-01-01T10:00:00Z", "2,NaN,UA,JFK,2013-01-01T10:00:00Z", *GOOD[2:]),
+    )
+    run(store, cfg)
+    reasons = dict(zip(*(quarantined(store, cfg)[c] for c in ("id", "_reasons")), strict=True))
+    assert "ingest: delay: 'inf' is not a finite float" in list(reasons[1])
+    assert list(reasons[2]) == ["delay not null"]
+    assert curated(store, cfg)["id"].tolist() == [3, 4]
+
+
+def test_out_of_range_value_is_quarantined(store, cfg):
+    land(store, cfg, "flights.csv", csv(*GOOD[:3], "4,5000,UA,JFK,2013-01-01T11:00:00Z"))
+    _, validated = run(store, cfg)
+    assert list(quarantined(store, cfg)["_reasons"][0]) == ["delay between -120.0 and 1440.0"]
+    assert "delay between -120.0 and 1440.0" in validated["failed_rules"]
+    assert curated(store, cfg)["id"].tolist() == [1, 2, 3]
+
+
+def test_unknown_category_is_quarantined(store, cfg):
+    land(store, cfg, "flights.csv", csv("1,-3,ZZ,EWR,2013-01-01T10:00:00Z", *GOOD[1:]))
+    _, validated = run(store, cfg)
+    assert list(quarantined(store, cfg)["_reasons"][0]) == ["carrier in allowed values"]
+    rule = next(r for r in report(store, validated)["rules"] if r["rule"] == "carrier in allowed values")
+    assert rule["examples"] == ["ZZ"]
+
+
+def test_duplicate_keys_quarantine_every_copy(store, cfg):
+    land(store, cfg, "flights.csv", csv(*GOOD, "4,8,UA,JFK,2013-01-01T11:00:00Z"))
+    run(store, cfg)
+    bad = quarantined(store, cfg)
+    assert bad["id"].tolist() == [4, 4] and all(list(r) == ["key id unique"] for r in bad["_reasons"])
+    assert curated(store, cfg)["id"].tolist() == [1, 2, 3]
+
+
+def test_gx_counts_equal_the_row_split_for_every_row_rule(store, cfg):
+    rows = [
+        "1,abc,AA,EWR,2013-01-01T10:00:00Z",
+        "2,5000,ZZ,JFK,2013-01-01T10:00:00Z",
+        "2,1,AA,JFKX,2013-01-01T11:00:00Z",
+        "3,,UA,ewr,2013-01-01T11:00:00Z",
+        *[f"{i},1,AA,EWR,2013-01-01T10:00:00Z" for i in range(10, 18)],
+    ]
+    land(store, cfg, "flights.csv", csv(*rows))
+    _, validated = run(store, cfg)
+    row_rules = [r for r in report(store, validated)["rules"] if r["level"] == "row"]
+    assert len([r for r in row_rules if r["rows"]]) == 7  # ingest, not null, between, set, key, regex, length
+    assert all(r["gx_unexpected_count"] == r["rows"] for r in row_rules)
+
+
+# -- whole files --------------------------------------------------------------------------------
+
+
+def assert_rejected(store, cfg, ingested: dict, key: str, data: bytes, *phrases: str) -> None:
+    [rejected] = ingested["rejected_files"]
+    assert rejected["key"] == key and all(p in rejected["reason"] for p in phrases)
+    manifest = store.read_manifest(partition_prefix(cfg.prefix, "quarantine", DAY))
+    [copy] = [r["copy"] for r in manifest["rejected_files"]]
+    assert store.get_bytes(copy) == data
+    assert curated(store, cfg)["id"].tolist() == [1, 2, 3, 4]
+
+
+def test_missing_required_column_rejects_the_file_and_others_still_ingest(store, cfg):
+    land(store, cfg, "flights_a.csv", csv(*GOOD))
+    data = csv("9,1,AA,EWR", header="id,delay,carrier,origin").encode()
+    key = land(store, cfg, "flights_b.csv", data)
+    ingested, _ = run(store, cfg)
+    assert_rejected(store, cfg, ingested, key, data, key, "required column 'time_hour'")
+
+
+def test_extra_column_is_dropped_with_a_warning(store, cfg):
+    land(store, cfg, "flights.csv", csv(*(g + ",x" for g in GOOD), header=HEADER + ",tailnum"))
+    ingested, validated = run(store, cfg)
+    assert any("extra columns ['tailnum'] were dropped" in w for w in ingested["warnings"])
+    assert "tailnum" not in curated(store, cfg).columns and validated["bad_rows"] == 0
+
+
+def test_empty_file_is_rejected(store, cfg):
+    land(store, cfg, "flights_a.csv", csv(*GOOD))
+    key = land(store, cfg, "flights_b.csv", "\n \n")
+    ingested, _ = run(store, cfg)
+    assert_rejected(store, cfg, ingested, key, b"\n \n", "is empty")
+
+
+def test_zero_byte_object_is_rejected(store, cfg):
+    land(store, cfg, "flights_a.csv", csv(*GOOD))
+    key = land(store, cfg, "flights_b.csv", b"")
+    ingested, _ = run(store, cfg)
+    assert_rejected(store, cfg, ingested, key, b"", "zero-byte object")
+
+
+def test_wrong_file_extension_is_rejected(store, cfg):
+    land(store, cfg, "flights_a.csv", csv(*GOOD))
+    key = land(store, cfg, "flights_b.xlsx", b"PK\x03\x04")
+    ingested, _ = run(store, cfg)
+    assert_rejected(store, cfg, ingested, key, b"PK\x03\x04", "unsupported file extension")
+
+
+def test_non_utf8_file_is_rejected_with_the_byte_position(store, cfg):
+    land(store, cfg, "flights_a.csv", csv(*GOOD))
+    data = csv("9,1,AA,EWR,2013-01-01T10:00:00Z").encode() + "10,1,AA,Zürich,x\n".encode("latin-1")
+    key = land(store, cfg, "flights_b.csv", data)
+    ingested, _ = run(store, cfg)
+    assert_rejected(store, cfg, ingested, key, data, "not valid utf-8", "(line 3)")
+
+
+def test_ten_times_larger_day_fails_the_gate_with_a_clear_message(store, cfg):
+    rows = [f"{i},1,AA,EWR,2013-01-01T10:00:00Z" for i in range(1, 201)]
+    land(store, cfg, "flights.csv", csv(*rows))
+    ingest_day(store, cfg, DAY)
+    with pytest.raises(ValidationGateError) as failure:
+        validate_day(store, cfg, DAY)
+    message = str(failure.value)
+    assert "table rule 'row count between 1 and 20' failed (observed 200)" in message
+    assert failure.value.result["report_html_uri"] in message and "\n" not in message
+    assert store.read_manifest(partition_prefix(cfg.prefix, "curated", DAY)) is None
+    assert report(store, failure.value.result)["passed"] is False
+
+
+def test_too_many_bad_rows_fail_the_gate(store, cfg):
+    land(store, cfg, "flights.csv", csv(*(f"{i},,AA,EWR,2013-01-01T10:00:00Z" for i in range(1, 4)), GOOD[3]))
+    ingest_day(store, cfg, DAY)
+    with pytest.raises(ValidationGateError, match=r"3 of 4 rows \(75.00%\).*'delay not null' \(3 rows\)"):
+        validate_day(store, cfg, DAY)
+    assert len(quarantined(store, cfg)) == 3
+
+
+# -- formats and layout -------------------------------------------------------------------------
+
+
+def test_gzip_csv_ingests(store, cfg):
+    land(store, cfg, "flights.csv.gz", gzip.compress(csv(*GOOD).encode(), mtime=0))
+    ingested, _ = run(store, cfg)
+    assert ingested["rows"] == 4 and curated(store, cfg)["id"].tolist() == [1, 2, 3, 4]
+
+
+def test_parquet_input_ingests_with_types(store, cfg):
+    frame = pd.read_csv(io.StringIO(csv(*GOOD)))
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    land(store, cfg, "flights.parquet", buffer.getvalue())
+    run(store, cfg)
+    got = curated(store, cfg)
+    assert (
+        got["delay"].tolist() == [-3.0, 0.0, 25.0, 7.5]
+        and str(got["time_hour"].dtype) == "datetime64[ns, UTC]"
+    )
+    assert got["_source_line"].tolist() == [1, 2, 3, 4]
+
+
+def test_several_files_per_day_are_combined_in_file_then_line_order(store, cfg):
+    land(store, cfg, "flights_b.csv", csv(*GOOD[2:]))
+    land(store, cfg, "flights_a.csv", csv(*GOOD[:2]))
+    land(store, cfg, "weather.csv", WEATHER)
+    ingested, _ = run(store, cfg)
+    got = curated(store, cfg)
+    assert ingested["files"] == 3 and got["id"].tolist() == [1, 2, 3, 4]
+    assert (
+        got["_source_file"].str.rsplit("/", n=1).str[-1].tolist()
+        == ["flights_a.csv"] * 2 + ["flights_b.csv"] * 2
+    )
+    assert got["temp"].tolist()[:2] == [39.0, 38.5] and got["temp"].isna().tolist()[2:] == [True, True]
+
+
+def test_duplicate_weather_keys_keep_the_first_row(store, cfg):
+    land(store, cfg, "flights.csv", csv(*GOOD))
+    land(store, cfg, "weather.csv", WEATHER + "EWR,2013-01-01T10:00:00Z,99.0\n")
+    ingested, _ = run(store, cfg)
+    assert any("1 row(s) with a duplicate key" in w for w in ingested["warnings"])
+    assert curated(store, cfg)["temp"].tolist()[0] == 39.0
+
+
+def test_rerun_is_byte_identical(store, cfg):
+    land(store, cfg, "flights.csv", csv(*GOOD, "5,abc,AA,EWR,2013-01-01T10:00:00Z", "6,1"))
+    land(store, cfg, "weather.csv", WEATHER)
+    land(store, cfg, "flights_x.csv", b"")
+
+    def snapshot() -> dict[str, bytes]:
+        return {
+            o.key: store.get_bytes(o.key) for o in store.list(cfg.prefix + "/") if "/landing/" not in o.key
+        }
+
+    run(store, cfg)
+    first = snapshot()
+    run(store, cfg)
+    assert snapshot() == first and len(curated(store, cfg)) == 4
+
+
+def test_day_without_landing_files_is_no_data(store, cfg):
+    assert ingest_day(store, cfg, DAY)["status"] == "no_data"
+    with pytest.raises(StagedDataMissingError, match="ingest has not staged 2013-01-01"):
+        validate_day(store, cfg, DAY)
+
+
+def test_example_day_quarantines_cancelled_flights(store, example_config):
+    day = dt.date(2013, 1, 1)
+    prefix = partition_prefix(example_config.prefix, "landing", day)
+    store.put_bytes(prefix + "flights.csv", example.flights_on(day).to_csv(index=False).encode())
+    store.put_bytes(prefix + "weather.csv", example.weather_on(day).to_csv(index=False).encode())
+    ingested = ingest_day(store, example_config, day)
+    validated = validate_day(store, example_config, day)
+    cancelled = example.flights_on(day)["dep_time"].isna()
+    assert ingested["rows"] == 842 and validated["passed"]
+    manifest = store.read_manifest(partition_prefix(example_config.prefix, "quarantine", day))
+    bad = pd.read_parquet(io.BytesIO(store.get_bytes(manifest["parts"][0]["key"])))
+    assert len(bad) == cancelled.sum() == 4
+    assert all({"dep_time not null", "dep_delay not null"} <= set(r) for r in bad["_reasons"])
+    assert validated["good_rows"] == 842 - 4
