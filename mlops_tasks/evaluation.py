@@ -104,9 +104,10 @@ def compute_metrics(
         y = y_true.astype(np.int64)
         p = np.clip(score, _EPS, 1 - _EPS)
         predicted = (p >= 0.5).astype(np.int64)
+        both = 0 < int(y.sum()) < len(y)
         return {
-            "roc_auc": _defined(skm.roc_auc_score, y, p),
-            "pr_auc": _defined(skm.average_precision_score, y, p) if y.any() else None,
+            "roc_auc": _defined(skm.roc_auc_score, y, p) if both else None,
+            "pr_auc": _defined(skm.average_precision_score, y, p) if both else None,
             "log_loss": _defined(skm.log_loss, y, p, labels=[0, 1]),
             "accuracy": float(np.mean(predicted == y)),
             "f1": float(skm.f1_score(y, predicted, zero_division=0)),

@@ -102,6 +102,7 @@ def alias_version(client: MlflowClient, model_name: str, alias: str) -> ModelVer
     try:
         return client.get_model_version_by_alias(model_name, alias)
     except MlflowException as exc:
-        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
+        missing_alias = exc.error_code == "INVALID_PARAMETER_VALUE" and "not found" in str(exc)
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND") or missing_alias:
             return None
         raise

@@ -8,10 +8,12 @@ columns ``_day``, ``_source_file``, ``_source_line`` and ``_ingest_error``.
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 import pandas as pd
 
 from mlops_tasks import example
+from mlops_tasks.config import PipelineConfig
 
 WEATHER_COLUMNS = [
     "temp",
@@ -44,3 +46,18 @@ def example_rows(start: dt.date, end: dt.date, max_rows: int | None = None, seed
     if max_rows is not None and len(rows) > max_rows:
         rows = rows.sample(max_rows, random_state=seed).sort_values(["_day", "sched_dep_time"], kind="stable")
     return rows.reset_index(drop=True)
+
+
+def small_config(base: PipelineConfig, name: str, **changes: Any) -> PipelineConfig:
+    """``base`` with a small, fast network, its own experiment and registered model ``name``, and the
+    given top-level sections replaced (e.g. ``gate=...``, ``target=...``)."""
+    model = base.model.model_copy(update={"hidden_layers": [32, 16], "epochs": 3, "batch_size": 256})
+    mlflow = base.mlflow.model_copy(update={"experiment": name, "registered_model": name})
+    return base.model_copy(update={"model": model, "mlflow": mlflow, **changes})
+
+
+def with_shuffled_labels(rows: pd.DataFrame, column: str, seed: int = 1) -> pd.DataFrame:
+    """The same rows with the target column permuted: a model trained on it learns nothing."""
+    shuffled = rows.copy()
+    shuffled[column] = rows[column].sample(frac=1.0, random_state=seed).to_numpy()
+    return shuffled

@@ -1,0 +1,139 @@
+"""One lineage record per registered model version: from landed files to the gate decision.
+
+Stored at ``<prefix>/lineage/<model_name>/v<version>.json`` as sorted, indented JSON (same record ->
+same bytes, so a retried task rewrites the identical object). Schema (version 1):
+
+=======================  ==========  ============================================================
+key                      type        meaning
+=======================  ==========  ============================================================
+``schema``               int         1 (added by :func:`write_record` when absent)
+``model_name``           str         registered model name
+``model_version``        str         registry version number
+``landing_files``        list[str]   S3 URIs of the raw files the training window came from
+``curated_partitions``   list[str]   S3 URIs of the curated partitions read for training
+``validation_reports``   list[str]   S3 URIs of the validation reports of those partitions
+``data_version``         str         DVC data version (commit / md5) of the training window
+``run_id``               str         MLflow run that trained the model
+``onnx_artifact_uri``    str         the exported ``model/model.onnx`` of that run
+``gate``                 dict        ``promote`` (bool), ``reason`` (str), optional
+                                     ``report_json_uri`` / ``report_html_uri`` / ``primary_metric``
+                                     / ``metrics``
+``promoted``             bool        whether registration made it the champion
+=======================  ==========  ============================================================
+
+Optional keys: ``experiment_id``, ``trigger`` (schedule / drift / manual), ``training_window``
+({"start", "end"} ISO dates), ``dag_run_id``, ``onnx_sha256``, ``champion_version`` (before this
+one). Any further JSON-serialisable key is kept as is.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from mlops_tasks.config import PipelineConfig
+from mlops_tasks.storage import ObjectStore
+
+SCHEMA_VERSION = 1
+REQUIRED: dict[str, type | tuple[type, ...]] = {
+    "model_name": str,
+    "model_version": (str, int),
+    "landing_files": list,
+    "curated_partitions": list,
+    "validation_reports": list,
+    "data_version": str,
+    "run_id": str,
+    "onnx_artifact_uri": str,
+    "gate": dict,
+    "promoted": bool,
+}
+_VERSION_KEY = re.compile(r"/v(\d+)\.json$")
+
+
+class LineageError(ValueError):
+    """A lineage record is incomplete or malformed; the message names the keys."""
+
+
+def validate_record(record: dict[str, Any]) -> dict[str, Any]:
+    """The record with ``schema`` set and ``model_version`` as a string; LineageError if incomplete."""
+    missing = [k for k in REQUIRED if k not in record]
+    wrong = [
+        f"{k} ({type(record[k]).__name__}, expected {getattr(t, '__name__', t)})"
+        for k, t in REQUIRED.items()
+        if k in record and not isinstance(record[k], t)
+    ]
+    gate = record.get("gate")
+    if isinstance(gate, dict):
+        missing += [f"gate.{k}" for k in ("promote", "reason") if k not in gate]
+    if missing or wrong:
+        raise LineageError(
+            f"lineage record of model {record.get('model_name')!r} v{record.get('model_version')}: "
+            f"missing keys {missing}, wrong types {wrong}"
+        )
+    if not str(record["model_version"]).isdigit():
+        raise LineageError(
+            f"lineage record: model_version must be a registry version number, got {record['model_version']!r}"
+        )
+    try:
+        json.dumps(record, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise LineageError(f"lineage record of v{record['model_version']} is not plain JSON: {exc}") from None
+    return {"schema": SCHEMA_VERSION, **record, "model_version": str(record["model_version"])}
+
+
+def record_key(cfg: PipelineConfig, model_name: str, version: str | int) -> str:
+    return f"{cfg.prefix}/lineage/{model_name}/v{version}.json"
+
+
+def write_record(store: ObjectStore, cfg: PipelineConfig, record: dict[str, Any]) -> str:
+    """Validate and store the record (one PUT, deterministic bytes); returns its S3 URI."""
+    record = validate_record(record)
+    return store.put_json(record_key(cfg, record["model_name"], record["model_version"]), record)
+
+
+def read_record(store: ObjectStore, cfg: PipelineConfig, version: str | int | None = None) -> dict[str, Any]:
+    """The record of ``version`` of the pipeline's registered model, or of its latest version."""
+    name = cfg.registered_model_name
+    if version is None:
+        keys = [
+            (int(m.group(1)), o.key)
+            for o in store.list(f"{cfg.prefix}/lineage/{name}/")
+            if (m := _VERSION_KEY.search(o.key))
+        ]
+        if not keys:
+            raise FileNotFoundError(
+                f"no lineage record for model '{name}' under {store.uri(f'{cfg.prefix}/lineage/{name}/')}"
+            )
+        return store.get_json(max(keys)[1])
+    return store.get_json(record_key(cfg, name, version))
+
+
+def format_record(record: dict[str, Any]) -> str:
+    """The chain from raw files to the registry decision, one step per line, for logs and the CLI."""
+
+    def many(uris: list[str]) -> str:
+        if not uris:
+            return "(none)"
+        shown = ", ".join(uris[:3])
+        return shown + (f" ... (+{len(uris) - 3} more)" if len(uris) > 3 else "")
+
+    gate = record["gate"]
+    window = record.get("training_window") or {}
+    lines = [
+        f"Lineage of {record['model_name']} v{record['model_version']}"
+        + (f" (trained {window.get('start')} .. {window.get('end')})" if window else ""),
+        f"  landing files       {len(record['landing_files']):>4}  {many(record['landing_files'])}",
+        f"  curated partitions  {len(record['curated_partitions']):>4}  {many(record['curated_partitions'])}",
+        f"  validation reports  {len(record['validation_reports']):>4}  {many(record['validation_reports'])}",
+        f"  DVC data version          {record['data_version']}",
+        f"  MLflow run                {record['run_id']}"
+        + (f" (trigger: {record['trigger']})" if record.get("trigger") else ""),
+        f"  ONNX artifact             {record['onnx_artifact_uri']}",
+        f"  registry version          {record['model_name']} v{record['model_version']}"
+        + (" -> champion" if record["promoted"] else " (not champion)"),
+        f"  gate decision             {'promote' if gate['promote'] else 'reject'}: {gate['reason']}",
+    ]
+    if gate.get("report_html_uri"):
+        lines.append(f"  gate report               {gate['report_html_uri']}")
+    return "\n".join(lines)

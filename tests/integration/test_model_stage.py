@@ -1,0 +1,276 @@
+"""Train -> export -> gate -> lineage against the real MLflow server (artifacts in the moto S3 endpoint)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pandas as pd
+import pytest
+import torch
+
+from mlops_tasks import export, lineage, registry, tracking, training
+from mlops_tasks.config import FeatureSpec, GateSpec, PipelineConfig, TargetSpec, load_config
+from mlops_tasks.features import META_CLASSES, META_FEATURES, META_TASK, onnx_inputs
+from mlops_tasks.storage import ObjectStore
+from tests.conftest import EXAMPLE_CONFIG
+from tests.model_frames import example_rows, small_config
+
+DAY = dt.date(2013, 2, 14)
+
+
+@pytest.fixture(scope="module")
+def rows() -> pd.DataFrame:
+    return example_rows(dt.date(2013, 1, 1), DAY, max_rows=6000)
+
+
+@pytest.fixture(scope="module")
+def split(rows: pd.DataFrame, binary_cfg: PipelineConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    return training.split_window(rows, binary_cfg)
+
+
+@pytest.fixture(scope="module")
+def binary_cfg() -> PipelineConfig:
+    return small_config(load_config(EXAMPLE_CONFIG), f"stage_{uuid.uuid4().hex[:8]}")
+
+
+@pytest.fixture(scope="module")
+def trained(binary_cfg: PipelineConfig, split: tuple, mlflow_server: str) -> dict:
+    result = training.train(
+        binary_cfg, split[0], tracking_uri=mlflow_server, data_version="dv1", trigger="test"
+    )
+    result["export"] = export.export_run(
+        binary_cfg, result["run_id"], tracking_uri=mlflow_server, sample_frame=split[1]
+    )
+    return result
+
+
+def history(mlflow_server: str, run_id: str, key: str) -> list[tuple[int, float]]:
+    client = tracking.client(mlflow_server)
+    return [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
+
+
+def test_training_is_deterministic_for_a_fixed_seed(
+    binary_cfg: PipelineConfig, split: tuple, trained: dict, mlflow_server: str, tmp_path: Path
+) -> None:
+    again = training.train(
+        binary_cfg, split[0], tracking_uri=mlflow_server, data_version="dv1", trigger="test"
+    )
+    assert again["run_id"] != trained["run_id"]
+    assert again["best_val_loss"] == trained["best_val_loss"] and again["best_epoch"] == trained["best_epoch"]
+    assert history(mlflow_server, again["run_id"], "val_loss") == history(
+        mlflow_server, trained["run_id"], "val_loss"
+    )
+    first, _ = training.load_run_model(mlflow_server, trained["run_id"], tmp_path / "a")
+    second, _ = training.load_run_model(mlflow_server, again["run_id"], tmp_path / "b")
+    for (name, a), b in zip(first.state_dict().items(), second.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_training_run_records_params_per_epoch_metrics_tags_and_json_spec(
+    trained: dict, mlflow_server: str
+) -> None:
+    run = tracking.client(mlflow_server).get_run(trained["run_id"])
+    assert run.data.tags["data_version"] == "dv1" and run.data.tags["trigger"] == "test"
+    assert run.data.tags["mlops_tasks_version"] and run.data.params["model.hidden_layers"] == "[32, 16]"
+    steps = [step for step, _ in history(mlflow_server, trained["run_id"], "val_roc_auc")]
+    assert steps == list(range(1, trained["epochs_run"] + 1))
+    artifacts = {a.path for a in tracking.client(mlflow_server).list_artifacts(trained["run_id"], "model")}
+    assert artifacts == {tracking.ONNX_ARTIFACT, tracking.WEIGHTS_ARTIFACT, tracking.SPEC_ARTIFACT}
+
+
+def test_exported_onnx_follows_the_feature_contract(
+    binary_cfg: PipelineConfig, split: tuple, trained: dict, mlflow_server: str, tmp_path: Path
+) -> None:
+    path = tracking.download_run_artifact(mlflow_server, trained["run_id"], tracking.ONNX_ARTIFACT, tmp_path)
+    model = onnx.load(path)
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert json.loads(meta[META_FEATURES]) == binary_cfg.features.model_dump()
+    assert meta[META_TASK] == "binary" and json.loads(meta[META_CLASSES]) == ["0", "1"]
+    assert trained["export"]["parity_max_abs_diff"] <= binary_cfg.export.parity_tolerance
+    probe = split[1].head(4).copy()
+    probe["carrier"] = ["ZZ", None, "UA", "UA"]  # unseen and missing categories are valid input
+    probe["temp"] = np.nan
+    session = ort.InferenceSession(str(path))
+    score = session.run(["score"], onnx_inputs(probe, binary_cfg.features))[0]
+    assert score.shape == (4,) and score.dtype == np.float32 and ((score > 0) & (score < 1)).all()
+
+
+def test_export_is_byte_identical_on_rerun(
+    binary_cfg: PipelineConfig, split: tuple, trained: dict, mlflow_server: str
+) -> None:
+    again = export.export_run(
+        binary_cfg, trained["run_id"], tracking_uri=mlflow_server, sample_frame=split[1]
+    )
+    assert again["onnx_sha256"] == trained["export"]["onnx_sha256"]
+
+
+def test_parity_failure_raises_and_leaves_nothing_to_register(
+    binary_cfg: PipelineConfig, split: tuple, mlflow_server: str
+) -> None:
+    strict = binary_cfg.model_copy(
+        update={"export": binary_cfg.export.model_copy(update={"parity_tolerance": 0.0})}
+    )
+    run = training.train(strict, split[0], tracking_uri=mlflow_server, data_version="dv1", trigger="test")
+    with pytest.raises(export.ParityError, match="exceeds export.parity_tolerance 0"):
+        export.export_run(strict, run["run_id"], tracking_uri=mlflow_server, sample_frame=split[1])
+    decision = {"promote": True, "reason": "r", "primary_metric": "roc_auc", "challenger": {"metrics": {}}}
+    with pytest.raises(registry.RegistryError, match="has no model/model.onnx"):
+        registry.register(
+            strict, run["run_id"], tracking_uri=mlflow_server, decision=decision, data_version="dv1"
+        )
+
+
+def test_a_tampered_onnx_graph_fails_the_parity_check(
+    trained: dict, split: tuple, mlflow_server: str, tmp_path: Path
+) -> None:
+    net, spec = training.load_run_model(mlflow_server, trained["run_id"], tmp_path)
+    model = export.build_onnx(net, spec)
+    bias = next(t for t in model.graph.initializer if t.name == "b0")
+    bias.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(bias) + 0.5, "b0"))
+    with pytest.raises(export.ParityError):
+        export.check_parity(model.SerializeToString(), net, spec, split[1].head(200), 1e-4)
+
+
+def test_constant_feature_and_all_nan_column_train_and_export(
+    binary_cfg: PipelineConfig, split: tuple, mlflow_server: str
+) -> None:
+    train_rows = split[0].assign(wind_gust=np.nan, distance=500.0)
+    run = training.train(
+        binary_cfg, train_rows, tracking_uri=mlflow_server, data_version="dv1", trigger="test"
+    )
+    exported = export.export_run(binary_cfg, run["run_id"], tracking_uri=mlflow_server, sample_frame=split[1])
+    assert run["epochs_run"] >= 1 and exported["parity_max_abs_diff"] <= binary_cfg.export.parity_tolerance
+
+
+def test_quantized_export_is_kept_only_within_the_metric_tolerance(
+    binary_cfg: PipelineConfig, split: tuple, trained: dict, mlflow_server: str
+) -> None:
+    cfg = binary_cfg.model_copy(
+        update={
+            "export": binary_cfg.export.model_copy(
+                update={"quantize": True, "quantize_metric_tolerance": 1.0}
+            )
+        }
+    )
+    result = export.export_run(cfg, trained["run_id"], tracking_uri=mlflow_server, sample_frame=split[1])
+    assert result["quantized"] is True and result["onnx_sha256"] != trained["export"]["onnx_sha256"]
+    export.export_run(binary_cfg, trained["run_id"], tracking_uri=mlflow_server, sample_frame=split[1])
+
+
+def test_gate_report_is_written_to_the_store_and_the_run(
+    binary_cfg: PipelineConfig, split: tuple, trained: dict, mlflow_server: str, store: ObjectStore
+) -> None:
+    from mlops_tasks import evaluation
+
+    cfg = binary_cfg.model_copy(update={"gate": GateSpec(min_value=0.99)})
+    decision = evaluation.evaluate_and_gate(
+        cfg, trained["run_id"], split[1], tracking_uri=mlflow_server, store=store, day=DAY
+    )
+    assert (
+        decision["promote"] is False
+        and decision["floor_failed"] is True
+        and "must be >= 0.99" in decision["reason"]
+    )
+    key = f"{cfg.prefix}/reports/gate/date={DAY}/{trained['run_id']}/gate.json"
+    assert (
+        decision["report_json_uri"] == store.uri(key) and store.get_json(key)["reason"] == decision["reason"]
+    )
+    assert b"<svg" in store.get_bytes(key.replace("gate.json", "gate.html"))
+    run = tracking.client(mlflow_server).get_run(trained["run_id"])
+    assert run.data.tags["gate_decision"] == "reject" and "eval_roc_auc" in run.data.metrics
+
+
+@pytest.mark.parametrize(
+    ("task", "target_column", "categorical", "metric", "expected"),
+    [
+        ("multiclass", "origin", ["carrier", "dest"], "accuracy", {"accuracy", "f1", "log_loss", "roc_auc"}),
+        ("regression", "dep_delay", ["carrier", "origin", "dest"], "rmse", {"rmse", "mae"}),
+    ],
+)
+def test_multiclass_and_regression_train_export_and_gate(
+    binary_cfg: PipelineConfig,
+    split: tuple,
+    mlflow_server: str,
+    store: ObjectStore,
+    task: str,
+    target_column: str,
+    categorical: list[str],
+    metric: str,
+    expected: set[str],
+) -> None:
+    from mlops_tasks import evaluation
+
+    cfg = small_config(
+        binary_cfg,
+        f"{task}_{uuid.uuid4().hex[:6]}",
+        target=TargetSpec(task=task, column=target_column),
+        features=FeatureSpec(numeric=binary_cfg.features.numeric, categorical=categorical),
+        gate=GateSpec(primary_metric=metric),
+    )
+    run = training.train(cfg, split[0], tracking_uri=mlflow_server, data_version="dv1", trigger="test")
+    exported = export.export_run(cfg, run["run_id"], tracking_uri=mlflow_server, sample_frame=split[1])
+    decision = evaluation.evaluate_and_gate(
+        cfg, run["run_id"], split[1], tracking_uri=mlflow_server, store=store, day=DAY
+    )
+    assert exported["parity_max_abs_diff"] <= cfg.export.parity_tolerance
+    assert expected <= set(decision["challenger"]["metrics"]) and decision["promote"] is True
+
+
+def lineage_record(**overrides: object) -> dict:
+    record = {
+        "model_name": "flights_delay",
+        "model_version": 3,
+        "landing_files": ["s3://b/p/landing/date=2013-01-01/flights.csv"],
+        "curated_partitions": ["s3://b/p/curated/date=2013-01-01/"],
+        "validation_reports": ["s3://b/p/reports/validation/date=2013-01-01/report.json"],
+        "data_version": "abc123",
+        "run_id": "r1",
+        "onnx_artifact_uri": "mlflow-artifacts:/1/r1/artifacts/model/model.onnx",
+        "gate": {"promote": True, "reason": "promoted: no champion yet"},
+        "promoted": True,
+    }
+    return record | overrides
+
+
+def test_lineage_record_round_trips_with_identical_bytes(
+    store: ObjectStore, example_config: PipelineConfig
+) -> None:
+    uri = lineage.write_record(store, example_config, lineage_record())
+    first = store.get_bytes(store.key_of(uri))
+    assert lineage.write_record(store, example_config, lineage_record()) == uri
+    assert store.get_bytes(store.key_of(uri)) == first
+    assert uri.endswith("/flights_delay/lineage/flights_delay/v3.json")
+    lineage.write_record(store, example_config, lineage_record(model_version="12"))
+    assert lineage.read_record(store, example_config)["model_version"] == "12"
+    assert lineage.read_record(store, example_config, version=3)["schema"] == lineage.SCHEMA_VERSION
+
+
+def test_lineage_record_missing_keys_is_a_clear_error(
+    store: ObjectStore, example_config: PipelineConfig
+) -> None:
+    record = lineage_record(gate={"promote": True})
+    del record["data_version"]
+    with pytest.raises(lineage.LineageError, match=r"missing keys \['data_version', 'gate.reason'\]"):
+        lineage.write_record(store, example_config, record)
+
+
+def test_lineage_format_shows_the_chain_in_order() -> None:
+    text = lineage.format_record(lineage.validate_record(lineage_record()))
+    steps = [
+        "landing files",
+        "curated partitions",
+        "validation reports",
+        "DVC",
+        "MLflow run",
+        "ONNX",
+        "registry",
+        "gate",
+    ]
+    positions = [text.index(step) for step in steps]
+    assert positions == sorted(positions) and "-> champion" in text

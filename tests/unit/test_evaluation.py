@@ -1,0 +1,112 @@
+"""Metrics, gate rules and the gate report on hand-made numbers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mlops_tasks import evaluation
+from mlops_tasks.config import GateSpec, PipelineConfig
+
+
+def test_binary_metrics_of_a_perfect_ranking() -> None:
+    got = evaluation.compute_metrics("binary", np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.8, 0.9]))
+    assert got["roc_auc"] == 1.0 and got["pr_auc"] == 1.0 and got["accuracy"] == 1.0 and got["f1"] == 1.0
+    assert got["log_loss"] == pytest.approx(-np.mean(np.log([0.9, 0.8, 0.8, 0.9])))
+
+
+def test_binary_auc_is_undefined_not_nan_when_rows_have_one_class() -> None:
+    got = evaluation.compute_metrics("binary", np.array([0, 0, 0]), np.array([0.1, 0.7, 0.2]))
+    assert got["roc_auc"] is None and got["pr_auc"] is None and got["accuracy"] == pytest.approx(2 / 3)
+
+
+def test_regression_metrics() -> None:
+    got = evaluation.compute_metrics("regression", np.array([1.0, 2.0, 4.0]), np.array([1.0, 3.0, 1.0]))
+    assert got == {"rmse": pytest.approx(np.sqrt(10 / 3)), "mae": pytest.approx(4 / 3)}
+
+
+def test_multiclass_metrics_count_a_class_the_model_does_not_know_as_wrong() -> None:
+    proba = np.array([[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8], [0.8, 0.1, 0.1]])
+    got = evaluation.compute_metrics("multiclass", np.array([0, 1, 2, -1]), proba.max(axis=1), proba)
+    assert got["accuracy"] == 0.75
+    assert got["log_loss"] == pytest.approx(-np.log(0.8))
+    assert got["roc_auc"] == 1.0
+
+
+def test_label_targets_use_the_last_class_as_positive_and_minus_one_for_unknown() -> None:
+    labels = pd.Series(["1", "0", "1"], dtype="string")
+    assert evaluation.label_targets(labels, "binary", ["0", "1"]).tolist() == [1.0, 0.0, 1.0]
+    multi = pd.Series(["b", "z", "a"], dtype="string")
+    assert evaluation.label_targets(multi, "multiclass", ["a", "b"]).tolist() == [1, -1, 0]
+
+
+def candidate(metric: str, value: float, size: int = 1000, p95: float = 5.0, version: str = "1") -> dict:
+    return {"metrics": {metric: value}, "onnx_bytes": size, "p95_batch_latency_ms": p95, "version": version}
+
+
+def gated(cfg: PipelineConfig, **gate: object) -> PipelineConfig:
+    return cfg.model_copy(update={"gate": GateSpec(**gate)})
+
+
+def failed(checks: list[dict]) -> list[str]:
+    return [c["name"] for c in checks if not c["passed"]]
+
+
+def test_gate_without_champion_applies_absolute_rules_only(example_config: PipelineConfig) -> None:
+    cfg = gated(example_config, min_value=0.6, max_onnx_bytes=500, max_p95_batch_latency_ms=10)
+    checks = evaluation.gate_checks(cfg, candidate("roc_auc", 0.7, size=600), None)
+    assert [c["name"] for c in checks] == [
+        "metric_defined",
+        "min_value",
+        "max_onnx_bytes",
+        "max_p95_batch_latency_ms",
+    ]
+    assert failed(checks) == ["max_onnx_bytes"]
+
+
+def test_gate_floor_on_a_loss_is_a_ceiling(example_config: PipelineConfig) -> None:
+    cfg = gated(example_config, primary_metric="log_loss", min_value=0.5)
+    assert failed(evaluation.gate_checks(cfg, candidate("log_loss", 0.45), None)) == []
+    assert failed(evaluation.gate_checks(cfg, candidate("log_loss", 0.55), None)) == ["min_value"]
+
+
+def test_gate_requires_beating_the_champion_by_the_margin(example_config: PipelineConfig) -> None:
+    cfg = gated(example_config, min_improvement=0.01)
+    champion = candidate("roc_auc", 0.70)
+    assert failed(evaluation.gate_checks(cfg, candidate("roc_auc", 0.705), champion)) == ["beats_champion"]
+    assert failed(evaluation.gate_checks(cfg, candidate("roc_auc", 0.72), champion)) == []
+
+
+def test_gate_rejects_a_tie_with_the_champion(example_config: PipelineConfig) -> None:
+    checks = evaluation.gate_checks(
+        gated(example_config), candidate("roc_auc", 0.7), candidate("roc_auc", 0.7)
+    )
+    assert failed(checks) == ["beats_champion"]
+
+
+def test_gate_fails_when_the_primary_metric_is_undefined(example_config: PipelineConfig) -> None:
+    checks = evaluation.gate_checks(gated(example_config, min_value=0.6), candidate("roc_auc", None), None)
+    assert failed(checks) == ["metric_defined"]
+
+
+def test_html_report_is_self_contained_and_shows_every_check(example_config: PipelineConfig) -> None:
+    cfg = gated(example_config, min_value=0.6, max_onnx_bytes=500)
+    challenger = {"run_id": "r1", "rows": 10, **candidate("roc_auc", 0.65, size=600)}
+    champion = {"run_id": "r0", "rows": 10, **candidate("roc_auc", 0.61, version="3")}
+    checks = evaluation.gate_checks(cfg, challenger, champion)
+    decision = {
+        "promote": False,
+        "reason": "rejected: <size>",
+        "primary_metric": "roc_auc",
+        "challenger": challenger,
+        "champion": champion,
+        "champion_version": "3",
+        "checks": checks,
+        "model_name": "m",
+        "day": "2013-03-01",
+    }
+    page = evaluation.render_html(decision)
+    assert "<svg" in page and "<script" not in page and "http" not in page.replace("http://www.w3.org", "")
+    assert "&lt;size&gt;" in page and "0.6500" in page and "0.6100" in page
+    assert page.count("<td>max_onnx_bytes</td>") == 1 and "FAIL" in page
