@@ -80,6 +80,9 @@ def make_session(model_path: str | Path, cfg: PipelineConfig) -> ort.InferenceSe
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = _OPTIMIZATION[cfg.inference.graph_optimization]
     opts.log_severity_level = 3  # warnings (e.g. unused initialisers) are noise in task logs
+    # Workers share their cores with other tasks: spin-waiting threads then burn the CPU the other
+    # thread needs (measured 1.5-2x slower under load, tests/bench/bench_inference.py).
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own pybind exception types
