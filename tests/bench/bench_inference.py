@@ -25,17 +25,17 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
+sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
-from integration.onnx_fixtures import MlpParams, build_model, random_params  # noqa: E402
 
 from mlops_tasks import example, inference, stack  # noqa: E402
 from mlops_tasks import features as F  # noqa: E402
 from mlops_tasks.config import PipelineConfig, load_config  # noqa: E402
 from mlops_tasks.storage import ObjectStore, S3Settings, partition_prefix, publish_manifest, write_part  # noqa: E402
+from tests.integration.onnx_fixtures import MlpParams, build_model, random_params  # noqa: E402
 
 IDENTITY = {"model_name": "flights_delay", "model_version": "1", "run_id": "bench"}
 THREADS = 2

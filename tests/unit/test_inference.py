@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-from integration.onnx_fixtures import EXAMPLE_VOCAB, build_model, curated_frame, random_params
 
 from mlops_tasks import features as F
 from mlops_tasks import inference
 from mlops_tasks.config import PipelineConfig, TargetSpec
+from tests.integration.onnx_fixtures import EXAMPLE_VOCAB, build_model, curated_frame, random_params
 
 
 @pytest.fixture
