@@ -263,6 +263,11 @@ class PipelineConfig(_Strict):
     name: Annotated[str, Field(pattern=_IDENTIFIER, description="Pipeline id; DAG ids start with it.")]
     description: str = ""
     start_date: dt.date = Field(description="First logical date of every DAG of this pipeline.")
+    end_date: dt.date | None = Field(
+        None,
+        description="Last scheduled date (a finite data set, like the example's 2013); manual and "
+        "asset-triggered runs are not limited by it.",
+    )
     owner: str = "mlops"
     retries: int = Field(2, ge=0, le=10)
     storage: StorageSpec = StorageSpec()

@@ -66,6 +66,7 @@ def _dag(cfg: PipelineConfig, kind: str, schedule: Any, doc: str) -> DAG:
         dag_id=cfg.dag_id(kind),  # type: ignore[arg-type]
         schedule=schedule,
         start_date=dt.datetime.combine(cfg.start_date, dt.time(), tzinfo=dt.UTC),
+        end_date=dt.datetime.combine(cfg.end_date, dt.time(), tzinfo=dt.UTC) if cfg.end_date else None,
         catchup=False,
         max_active_runs=1 if kind == "training" else 4,
         tags=["mlops", cfg.name, kind],
