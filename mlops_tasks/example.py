@@ -104,7 +104,9 @@ def landing_csv(name: str, day: dt.date) -> tuple[bytes, int]:
     return header + body, body.count(b"\n")
 
 
-def seed_landing(store: ObjectStore, cfg: PipelineConfig, start: dt.date, end: dt.date) -> dict[str, int]:
+def seed_landing(
+    store: ObjectStore, cfg: PipelineConfig, start: dt.date, end: dt.date, threads: int = SEED_THREADS
+) -> dict[str, int]:
     """Land ``flights.csv`` and ``weather.csv`` for every day in ``[start, end]`` under the pipeline's
     ``landing/date=YYYY-MM-DD/``, as an upstream system would. Each file is one PUT of deterministic
     bytes, so reseeding is idempotent. Returns counts: days, objects, rows (flights), bytes."""
@@ -126,7 +128,7 @@ def seed_landing(store: ObjectStore, cfg: PipelineConfig, start: dt.date, end: d
             data, rows = landing_csv(name, day)
             jobs.append((prefix + f"{name}.csv", data, rows if name == "flights" else 0))
     _ = store.client  # build the (thread-safe) client once, before the threads share it
-    with ThreadPoolExecutor(SEED_THREADS) as pool:
+    with ThreadPoolExecutor(threads) as pool:
         list(pool.map(lambda job: store.put_bytes(job[0], job[1], "text/csv"), jobs))
     return {
         "days": len(days),
