@@ -28,6 +28,7 @@ one). Any further JSON-serialisable key is kept as is.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 from typing import Any
@@ -137,3 +138,50 @@ def format_record(record: dict[str, Any]) -> str:
     if gate.get("report_html_uri"):
         lines.append(f"  gate report               {gate['report_html_uri']}")
     return "\n".join(lines)
+
+
+def assemble_record(
+    store: ObjectStore,
+    cfg: PipelineConfig,
+    *,
+    data_version: dict[str, Any],
+    training: dict[str, Any],
+    export: dict[str, Any],
+    decision: dict[str, Any],
+    registration: dict[str, Any],
+    airflow_run_id: str | None = None,
+) -> dict[str, Any]:
+    """The record of one training run, from its tasks' results and the partitions' manifests.
+
+    Landing files come from the staging manifests (what ingest read), curated partitions and
+    validation reports from the days of the data version.
+    """
+    from mlops_tasks.storage import partition_prefix
+
+    days = [dt.date.fromisoformat(d) for d in data_version["days"]]
+    landing: list[str] = []
+    for day in days:
+        staged = store.read_manifest(partition_prefix(cfg.prefix, "staging", day)) or {}
+        landing += [store.uri(f["key"]) for f in staged.get("source_files", [])]
+    return {
+        "model_name": registration["model_name"],
+        "model_version": str(registration["version"]),
+        "landing_files": sorted(landing),
+        "curated_partitions": [store.uri(partition_prefix(cfg.prefix, "curated", d)) for d in days],
+        "validation_reports": [
+            store.uri(partition_prefix(cfg.prefix, "reports/validation", d) + "validation.json") for d in days
+        ],
+        "data_version": data_version["data_version"],
+        "run_id": training["run_id"],
+        "experiment_id": training.get("experiment_id"),
+        "onnx_artifact_uri": export["onnx_artifact_uri"],
+        "gate": {
+            key: decision.get(key)
+            for key in ("promote", "reason", "primary_metric", "report_json_uri", "report_html_uri")
+        },
+        "promoted": bool(registration["promoted"]),
+        "champion_version": registration.get("previous_champion_version"),
+        "trigger": data_version.get("trigger"),
+        "training_window": {"start": data_version["days"][0], "end": data_version["days"][-1]},
+        "dag_run_id": airflow_run_id,
+    }

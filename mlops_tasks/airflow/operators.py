@@ -426,9 +426,9 @@ class LineageOperator(PipelineOperator):
         self.upstream = upstream
 
     def execute(self, context: Context) -> str:
-        from mlops_tasks.lineage import build_record, write_record
+        from mlops_tasks.lineage import assemble_record, write_record
 
-        record = build_record(self.store, self.config, airflow_run_id=context["run_id"], **self.upstream)
+        record = assemble_record(self.store, self.config, airflow_run_id=context["run_id"], **self.upstream)
         uri = write_record(self.store, self.config, record)
         self.log.info("Lineage record: %s", uri)
         return uri
