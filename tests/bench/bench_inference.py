@@ -162,6 +162,7 @@ def bench_engines(
     parity = float(np.max(np.abs(np.concatenate(run_ort()) - torch.cat(run_torch()).numpy())))
     return {
         "rows": rows,
+        "batch": batch,
         "onnxruntime": rate(run_ort, rows),
         "torch": rate(run_torch, rows),
         "max_abs_diff": parity,
