@@ -1,0 +1,173 @@
+"""The "ML models" app, mounted by plugins/mlops_plugin.py at ``/mlops`` in the Airflow API server.
+
+Routes (all require an authenticated Airflow user, via Airflow's own ``get_user`` dependency: the
+``Authorization: Bearer`` header or the ``_token`` cookie the Airflow UI sets):
+
+* ``GET /``                 one row per pipeline (champion, last gate, training, drift, inference)
+* ``GET /pipelines/{name}`` drill-down: metric history chart, gate report, lineage, MLflow/DAG links
+* ``GET /api/status``       the same rows as JSON (the view-model of ``mlops-tasks status``)
+* ``GET /reports?uri=...``  a report from a pipeline's ``reports/`` or ``lineage/`` area, streamed
+                            from the private bucket; HTML reports are sandboxed (no access to the
+                            Airflow origin, its cookies or its API)
+
+Pipelines, stores and tracking URIs come from :class:`Sources`: by default the pipeline configs and
+their Airflow connections, exactly as the DAGs use them. Connection secrets never reach a page.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+
+from mlops_tasks.config import PipelineConfig, load_all
+from mlops_tasks.status import pipeline_status
+from mlops_tasks.storage import ObjectStore, StorageError
+
+PAGE_CSP = (
+    "default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'self'; "
+    "base-uri 'none'; form-action 'none'"
+)
+# Reports are rendered by other tools (Evidently ships its own scripts): run them in an opaque origin.
+REPORT_CSP = "sandbox allow-scripts allow-popups; frame-ancestors 'self'"
+
+
+def _hook_store(cfg: PipelineConfig) -> ObjectStore:
+    from mlops_tasks.airflow.hooks import ObjectStoreHook
+
+    return ObjectStoreHook(cfg.storage.connection_id, cfg.storage.bucket).get_store()
+
+
+def _hook_tracking_uri(cfg: PipelineConfig) -> str:
+    from mlops_tasks.airflow.hooks import MlflowHook
+
+    return MlflowHook(cfg.mlflow.connection_id).get_tracking_uri()
+
+
+@dataclass(frozen=True)
+class Sources:
+    """Where the app reads from: the pipeline configs and, per pipeline, its store and tracking URI.
+
+    Configs are re-read on every request, so a new pipeline shows up without restarting Airflow.
+    """
+
+    configs: Callable[[], list[PipelineConfig]] = field(default=load_all)
+    store: Callable[[PipelineConfig], ObjectStore] = field(default=_hook_store)
+    tracking_uri: Callable[[PipelineConfig], str] = field(default=_hook_tracking_uri)
+
+
+def _failure(cfg: PipelineConfig, exc: Exception) -> dict[str, Any]:
+    from mlops_tasks.ui.views import redact
+
+    return {"pipeline": cfg.name, "error": redact(f"{type(exc).__name__}: {str(exc).splitlines()[0][:500]}")}
+
+
+def _unavailable() -> tuple[type[Exception], ...]:
+    """Failures of one pipeline's backends (or its connections) that must not take the whole page down."""
+    from airflow.sdk.exceptions import AirflowException
+    from mlflow.exceptions import MlflowException
+
+    from mlops_tasks.tracking import TrackingUnavailable
+
+    return (StorageError, TrackingUnavailable, MlflowException, AirflowException, OSError, ValueError)
+
+
+def build_app(sources: Sources | None = None) -> FastAPI:
+    """The FastAPI app; every route depends on Airflow's ``get_user`` (401/403 when anonymous)."""
+    from airflow.api_fastapi.core_api.security import get_user
+
+    from mlops_tasks.ui import render, views
+
+    src = sources or Sources()
+    app = FastAPI(
+        title="ML models",
+        dependencies=[Depends(get_user)],
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+
+    @app.middleware("http")
+    async def private_headers(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        response = await call_next(request)
+        response.headers.setdefault("Content-Security-Policy", PAGE_CSP)
+        response.headers["Cache-Control"] = "no-store"
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "same-origin"
+        return response
+
+    def rows() -> list[dict[str, Any]]:
+        out = []
+        for cfg in src.configs():
+            try:
+                out.append(pipeline_status(src.store(cfg), cfg, tracking_uri=src.tracking_uri(cfg)))
+            except _unavailable() as exc:
+                out.append(_failure(cfg, exc))
+        return views.redact(out)
+
+    def root_of(request: Request) -> str:
+        return str(request.scope.get("root_path", "")).rstrip("/")
+
+    @app.get("/", response_class=HTMLResponse)
+    def index(request: Request) -> HTMLResponse:
+        return HTMLResponse(render.overview(rows(), root_of(request)))
+
+    @app.get("/api/status")
+    def api_status() -> JSONResponse:
+        return JSONResponse({"pipelines": rows()})
+
+    @app.get("/pipelines/{name}", response_class=HTMLResponse)
+    def pipeline_page(name: str, request: Request) -> HTMLResponse:
+        cfg = next((c for c in src.configs() if c.name == name), None)
+        if cfg is None:
+            raise HTTPException(404, f"no pipeline named {name!r}")
+        try:
+            view = views.pipeline_detail(src.store(cfg), cfg, tracking_uri=src.tracking_uri(cfg))
+        except _unavailable() as exc:
+            failure = _failure(cfg, exc)
+            return HTMLResponse(render.overview([failure], root_of(request)), status_code=503)
+        return HTMLResponse(render.detail(view, cfg.name, cfg.gate.primary_metric, root_of(request)))
+
+    @app.get("/reports")
+    def report(uri: str = Query(..., max_length=1024)) -> Response:
+        try:
+            ref = views.resolve_report(uri, src.configs())
+            body = src.store(ref.cfg).get_bytes(ref.key)
+        except views.ReportRefused as exc:
+            raise HTTPException(exc.status, str(exc)) from None
+        except FileNotFoundError:
+            raise HTTPException(404, "no such report") from None
+        headers = {"Content-Security-Policy": REPORT_CSP} if ref.media_type.startswith("text/html") else {}
+        return Response(body, media_type=ref.media_type, headers=headers)
+
+    return app
+
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+
+class LazyApp:
+    """ASGI app that builds the real one on its first request.
+
+    Every Airflow component imports plugins, but only the API server serves them; building lazily keeps
+    Airflow's API security module (seconds of imports) out of the scheduler, workers and dag-processor.
+    """
+
+    def __init__(self, factory: Callable[[], Any] = build_app) -> None:
+        self._factory = factory
+        self._app: Any = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._app is None:
+            self._app = self._factory()
+        await self._app(scope, receive, send)
+
+
+app = LazyApp()

@@ -1,0 +1,27 @@
+"""Airflow plugin: the "ML models" view (mlops_tasks.ui) mounted in the API server at /mlops and
+listed in the Airflow UI navigation.
+
+Importing this module is cheap: the app is built on its first request, in the API server only.
+"""
+
+from __future__ import annotations
+
+from airflow.plugins_manager import AirflowPlugin
+
+from mlops_tasks.ui.app import app
+
+UI_PREFIX = "/mlops"
+
+
+class MlopsPlugin(AirflowPlugin):
+    name = "mlops_tasks"
+    fastapi_apps = [{"app": app, "url_prefix": UI_PREFIX, "name": "ML models"}]
+    # url_route is required: without it Airflow 3 drops the view. The UI embeds href under /plugin/ml-models.
+    external_views = [
+        {
+            "name": "ML models",
+            "href": f"{UI_PREFIX}/",
+            "destination": "nav",
+            "url_route": "ml-models",
+        }
+    ]

@@ -1,0 +1,268 @@
+"""The "ML models" app against a real S3 endpoint and a real MLflow server, through FastAPI's TestClient.
+
+Airflow's ``get_user`` dependency is overridden only for the logged-in client; the anonymous client
+goes through the real one. State is one short lifecycle (tests/ui_state.py): v1, v2 promoted (v2 is the
+champion), v3 rejected after a drift-triggered retraining, a drift report, predictions, lineage of v2.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+from airflow.api_fastapi.core_api.security import get_user
+from fastapi.testclient import TestClient
+
+from mlops_tasks import stack
+from mlops_tasks.config import PipelineConfig, load_config
+from mlops_tasks.status import pipeline_status
+from mlops_tasks.storage import ObjectStore, S3Settings
+from mlops_tasks.ui.app import REPORT_CSP, Sources, build_app
+from tests.conftest import EXAMPLE_CONFIG, make_store
+from tests.ui_state import isolated_config, seed_lifecycle
+
+
+@pytest.fixture(scope="module")
+def lifecycle(s3_endpoint: str, mlflow_server: str) -> dict[str, Any]:
+    store = make_store(s3_endpoint)
+    cfg = isolated_config(load_config(EXAMPLE_CONFIG), store.bucket)
+    return {"store": store, "cfg": cfg, "mlflow": mlflow_server, **seed_lifecycle(store, cfg, mlflow_server)}
+
+
+def client_for(sources: Sources, *, logged_in: bool = True) -> TestClient:
+    app = build_app(sources)
+    if logged_in:
+        app.dependency_overrides[get_user] = lambda: SimpleAuthManagerUser(username="admin", role="admin")
+    return TestClient(app)
+
+
+def fixed_sources(pipelines: list[tuple[PipelineConfig, ObjectStore]], tracking_uri: str) -> Sources:
+    stores = {cfg.name + cfg.prefix: store for cfg, store in pipelines}
+    return Sources(
+        configs=lambda: [cfg for cfg, _ in pipelines],
+        store=lambda cfg: stores[cfg.name + cfg.prefix],
+        tracking_uri=lambda cfg: tracking_uri,
+    )
+
+
+@pytest.fixture(scope="module")
+def client(lifecycle: dict[str, Any]) -> Iterator[TestClient]:
+    with client_for(fixed_sources([(lifecycle["cfg"], lifecycle["store"])], lifecycle["mlflow"])) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def anonymous(lifecycle: dict[str, Any]) -> Iterator[TestClient]:
+    sources = fixed_sources([(lifecycle["cfg"], lifecycle["store"])], lifecycle["mlflow"])
+    with client_for(sources, logged_in=False) as c:
+        yield c
+
+
+def text_of(html: str) -> str:
+    """The page's visible text, whitespace-normalised (tags dropped)."""
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html))
+
+
+def report_url(uri: str) -> str:
+    return f"/reports?uri={quote(uri, safe='')}"
+
+
+def test_overview_shows_the_champion_version_metric_and_promotion_time(client: TestClient) -> None:
+    page = client.get("/")
+    assert page.status_code == 200
+    assert '<strong class="champion-version">v2</strong> roc_auc 0.7400' in page.text
+    assert re.search(r"promoted \d{4}-\d\d-\d\d \d\d:\d\d UTC", page.text)
+
+
+def test_overview_shows_the_rejected_last_gate_with_its_reason_and_report_link(
+    client: TestClient, lifecycle: dict[str, Any]
+) -> None:
+    page = client.get("/").text
+    assert "rejected" in page and "rejected: roc_auc 0.6900" in page
+    assert report_url(lifecycle["store"].uri(lifecycle["gate_html"])) in page.replace("&amp;", "&")
+
+
+def test_overview_shows_the_last_training_run_and_its_drift_trigger(client: TestClient) -> None:
+    assert "finished via drift" in text_of(client.get("/").text)
+
+
+def test_overview_shows_drift_status_share_and_the_evidently_report_link(
+    client: TestClient, lifecycle: dict[str, Any]
+) -> None:
+    page = client.get("/").text
+    assert '<span class="drift-status"><span class="pill bad">drift</span></span> 2013-03-09' in page
+    assert "42% of columns drifted" in page
+    assert report_url(lifecycle["store"].uri(lifecycle["drift_html"])) in page
+
+
+def test_overview_shows_the_last_batch_inference_and_the_champion_data_version(
+    client: TestClient, lifecycle: dict[str, Any]
+) -> None:
+    text = text_of(client.get("/").text)
+    assert "2013-03-08 1234 rows by v2" in text
+    assert lifecycle["versions"][1]["data_version"] in text
+
+
+def test_api_status_is_the_status_view_model(client: TestClient, lifecycle: dict[str, Any]) -> None:
+    expected = pipeline_status(lifecycle["store"], lifecycle["cfg"], tracking_uri=lifecycle["mlflow"])
+    assert client.get("/api/status").json() == {"pipelines": [json.loads(json.dumps(expected))]}
+
+
+def test_drill_down_charts_every_version_and_rings_the_champion(
+    client: TestClient, lifecycle: dict[str, Any]
+) -> None:
+    page = client.get(f"/pipelines/{lifecycle['cfg'].name}")
+    assert page.status_code == 200
+    svg = page.text[page.text.index("<svg") : page.text.index("</svg>")]
+    points = re.findall(r"<title>(v\d+: roc_auc [\d.]+ \(\w+\))</title>", svg)
+    assert points == [
+        "v1: roc_auc 0.7000 (promote)",
+        "v2: roc_auc 0.7400 (promote)",
+        "v3: roc_auc 0.6900 (reject)",
+    ]
+    assert svg.count('r="9"') == 1  # the champion's ring
+
+
+def test_drill_down_links_to_mlflow_and_the_airflow_dag_runs(
+    client: TestClient, lifecycle: dict[str, Any]
+) -> None:
+    cfg, mlflow = lifecycle["cfg"], lifecycle["mlflow"]
+    page = client.get(f"/pipelines/{cfg.name}").text
+    for kind in ("training", "batch_inference", "drift_monitor"):
+        assert f'href="/dags/{cfg.name}_{kind}" target="_top"' in page
+    assert f'href="{mlflow}/#/models/{cfg.registered_model_name}/versions/2"' in page
+    assert re.search(
+        rf'href="{re.escape(mlflow)}/#/experiments/\d+/runs/{lifecycle["versions"][1]["run_id"]}"', page
+    )
+
+
+def test_drill_down_shows_the_champions_lineage_with_report_links(
+    client: TestClient, lifecycle: dict[str, Any]
+) -> None:
+    page = client.get(f"/pipelines/{lifecycle['cfg'].name}").text
+    v2 = lifecycle["versions"][1]
+    assert f"Lineage of {lifecycle['cfg'].registered_model_name} v2" in page
+    assert f"DVC data version          {v2['data_version']}" in page
+    assert "validation date=2013-03-01" in page
+
+
+def test_unknown_pipeline_is_not_found(client: TestClient) -> None:
+    assert client.get("/pipelines/no_such_pipeline").status_code == 404
+
+
+def test_drift_html_report_is_served_sandboxed(client: TestClient, lifecycle: dict[str, Any]) -> None:
+    response = client.get(report_url(lifecycle["store"].uri(lifecycle["drift_html"])))
+    assert response.status_code == 200
+    assert "Evidently drift report" in response.text
+    assert response.headers["content-type"].startswith("text/html")
+    assert response.headers["content-security-policy"] == REPORT_CSP
+
+
+def test_gate_json_report_is_served_as_json(client: TestClient, lifecycle: dict[str, Any]) -> None:
+    uri = lifecycle["store"].uri(lifecycle["gate_html"].removesuffix(".html") + ".json")
+    response = client.get(report_url(uri))
+    assert response.headers["content-type"] == "application/json"
+    assert response.json()["reason"] == "rejected: roc_auc 0.6900"
+
+
+@pytest.mark.parametrize(
+    ("uri", "status"),
+    [
+        ("s3://{bucket}/{prefix}/curated/date=2013-03-01/_SUCCESS", 400),  # not html/json
+        ("s3://{bucket}/{prefix}/state/drift.json", 404),  # outside reports/ and lineage/
+        ("s3://{bucket}/{prefix}/reports/../state/drift.json", 400),
+        ("s3://{bucket}/{prefix}/reports//drift.json", 400),
+        ("s3://{bucket}/other_pipeline/reports/drift/date=2013-03-09/drift.json", 404),
+        ("s3://another-bucket/{prefix}/reports/drift/date=2013-03-09/drift.json", 404),
+        ("https://{bucket}.s3.amazonaws.com/{prefix}/reports/drift/date=2013-03-09/drift.json", 400),
+        ("{prefix}/reports/drift/date=2013-03-09/drift.json", 400),
+        ("s3://{bucket}/{prefix}/reports/drift/date=2013-03-09/drift.json%00.html", 400),
+    ],
+)
+def test_reports_outside_a_pipelines_report_area_are_refused(
+    client: TestClient, lifecycle: dict[str, Any], uri: str, status: int
+) -> None:
+    target = uri.format(bucket=lifecycle["store"].bucket, prefix=lifecycle["cfg"].prefix)
+    assert client.get(report_url(target)).status_code == status
+
+
+def test_missing_report_is_not_found(client: TestClient, lifecycle: dict[str, Any]) -> None:
+    uri = lifecycle["store"].uri(f"{lifecycle['cfg'].prefix}/reports/drift/date=2099-01-01/drift.html")
+    assert client.get(report_url(uri)).status_code == 404
+
+
+@pytest.mark.parametrize(
+    "path", ["/", "/api/status", "/pipelines/flights_delay", "/reports?uri=s3%3A%2F%2Fb%2Fk.json"]
+)
+def test_anonymous_requests_are_unauthorized(anonymous: TestClient, path: str) -> None:
+    response = anonymous.get(path)
+    assert response.status_code == 401
+    assert "champion" not in response.text
+
+
+def test_a_pipeline_without_models_shows_no_champion_and_an_empty_drill_down(
+    store: ObjectStore, mlflow_server: str
+) -> None:
+    cfg = isolated_config(load_config(EXAMPLE_CONFIG), store.bucket)
+    with client_for(fixed_sources([(cfg, store)], mlflow_server)) as client:
+        assert "no champion yet" in client.get("/").text
+        detail = client.get(f"/pipelines/{cfg.name}")
+    assert detail.status_code == 200
+    assert "No gate metrics recorded yet." in detail.text and "No lineage record yet." in detail.text
+
+
+def test_a_pipeline_whose_bucket_is_missing_shows_an_error_row_and_the_others_still_render(
+    lifecycle: dict[str, Any], s3_endpoint: str
+) -> None:
+    missing = ObjectStore(
+        S3Settings(
+            bucket="no-such-bucket-ui",
+            endpoint_url=s3_endpoint,
+            aws_access_key_id=stack.LOCAL_ACCESS_KEY,
+            aws_secret_access_key=stack.LOCAL_SECRET_KEY,
+            max_attempts=1,
+        )
+    )
+    broken = isolated_config(load_config(EXAMPLE_CONFIG), missing.bucket)
+    sources = fixed_sources([(broken, missing), (lifecycle["cfg"], lifecycle["store"])], lifecycle["mlflow"])
+    with client_for(sources) as client:
+        rows = client.get("/api/status").json()["pipelines"]
+        page = client.get("/").text
+    assert "no-such-bucket-ui" in rows[0]["error"] and "does not exist" in rows[0]["error"]
+    assert rows[1]["champion"]["version"] == "2"
+    assert 'class="error"' in page and '<strong class="champion-version">v2</strong>' in page
+
+
+def test_pages_never_show_connection_credentials(
+    lifecycle: dict[str, Any], s3_endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through the real Airflow connections (as in the API server), with MLflow basic-auth credentials
+    in the tracking URI: neither the S3 keys nor the MLflow login appear in any response."""
+    cfg = lifecycle["cfg"]
+    with_login = lifecycle["mlflow"].replace("http://", "http://ui-user:ui-secret-pw@")
+    for key, value in stack.connection_env(
+        s3_endpoint, with_login, cfg.storage.connection_id, cfg.mlflow.connection_id
+    ).items():
+        monkeypatch.setenv(key, value)
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.setenv(name, "")  # the hook sets them from the connection; restored after the test
+    with client_for(Sources(configs=lambda: [cfg])) as client:
+        responses = [
+            client.get(path)
+            for path in (
+                "/",
+                "/api/status",
+                f"/pipelines/{cfg.name}",
+                report_url(lifecycle["store"].uri(lifecycle["drift_html"])),
+            )
+        ]
+    assert [r.status_code for r in responses] == [200, 200, 200, 200]
+    assert "v2" in responses[0].text  # the connections really served the data
+    for response in responses:
+        for secret in (stack.LOCAL_SECRET_KEY, stack.LOCAL_ACCESS_KEY, "ui-secret-pw", "ui-user"):
+            assert secret not in response.text
