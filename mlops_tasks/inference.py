@@ -335,11 +335,14 @@ def score_part(
                     writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
                     rows += n
                     seconds["write"] += time.perf_counter() - clock
+        if rows != unit["rows"]:
+            raise InferenceInputError(
+                f"{where}: the plan expected {unit['rows']} rows, the part gave {rows}; was the curated day "
+                "republished after planning? Re-run the whole inference run."
+            )
         clock = time.perf_counter()
         part = write_part(store, output, PART_NAME.format(index=unit["part_index"]), local, rows)
         seconds["write"] += time.perf_counter() - clock
-    if rows != unit["rows"]:
-        raise InferenceInputError(f"{where}: the plan expected {unit['rows']} rows, the part gave {rows}")
     return {
         "part": part,
         "part_index": unit["part_index"],
@@ -470,7 +473,8 @@ def _metrics(task: str, label: pd.Series, prediction: pd.Series, score: pd.Serie
         }
     out: dict[str, float | None] = {"accuracy": float(_same(prediction, label).mean())}
     if task == "binary":
-        # The positive class is the one predicted where score >= threshold (numeric labels: 1).
+        # Numeric labels (positive_when rules) are 0/1; for string classes the positive one is the
+        # class predicted where score >= threshold.
         positive = prediction[score >= BINARY_THRESHOLD]
         y = _same(label, pd.Series(positive.iloc[0] if len(positive) else 1, index=label.index))
         p = score.astype(float).to_numpy()
