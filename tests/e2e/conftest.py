@@ -36,6 +36,7 @@ def small_config(tmp_path: Path, **overrides: dict) -> Path:
     raw["training"].update({"window_days": 10, "evaluation_days": 3})
     raw["model"].update({"epochs": 2, "hidden_layers": [32, 16]})
     raw["validation"]["min_rows"] = 10
+    raw["gate"]["min_value"] = 0.5  # a 2-epoch model on 7 days: the test is about the mechanics
     raw["drift"].update({"window_days": 3, "min_rows": 200})
     for section, values in overrides.items():
         raw[section].update(values)

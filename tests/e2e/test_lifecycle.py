@@ -12,6 +12,8 @@ import pytest
 
 from mlops_tasks.config import load_pipeline
 from mlops_tasks.example import seed_landing
+from mlops_tasks.inference import read_predictions
+from mlops_tasks.status import last_drift
 from mlops_tasks.storage import MANIFEST_NAME, partition_prefix
 from tests.e2e.conftest import run_dag
 
@@ -23,7 +25,7 @@ def days(start: str, end: str) -> list[dt.date]:
     return [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
 
 
-def test_training_dag_lands_data_trains_and_registers_a_champion(lifecycle_env: dict) -> None:
+def test_lifecycle_from_landing_to_a_retrain_request(lifecycle_env: dict) -> None:
     from mlops_tasks.lineage import read_record
     from mlops_tasks.registry import champion_info
 
@@ -50,13 +52,45 @@ def test_training_dag_lands_data_trains_and_registers_a_champion(lifecycle_env: 
     assert record["data_version"] == champion["data_version"]
     assert record["promoted"] is True
 
-    # Batch inference of a later day with the champion, then a byte-identical rerun.
-    run = run_dag("flights_delay_batch_inference", "2013-01-12")
+    # Batch inference of a later day with the champion; a second run of the same day replaces it.
+    day = dt.date(2013, 1, 12)
+    run = run_dag("flights_delay_batch_inference", day.isoformat())
     assert run.state == "success"
-    partition = partition_prefix(cfg.prefix, "predictions", dt.date(2013, 1, 12))
+    partition = partition_prefix(cfg.prefix, "predictions", day)
     manifest = store.read_manifest(partition)
     assert manifest["rows"] > 0
     assert manifest["model_version"] == "1"
-    first = {o.key: store.get_bytes(o.key) for o in store.list(partition)}
-    run = run_dag("flights_delay_batch_inference", "2013-01-12")
-    assert {o.key: store.get_bytes(o.key) for o in store.list(partition)} == first
+    first = read_predictions(store, cfg, day)
+    run = run_dag("flights_delay_batch_inference", day.isoformat())
+    second = read_predictions(store, cfg, day)
+    # A new Airflow run differs only by its run id; rows are replaced, never duplicated.
+    assert second.drop(columns="run_id").equals(first.drop(columns="run_id"))
+    listed = {p["key"] for p in store.read_manifest(partition)["parts"]} | {partition + MANIFEST_NAME}
+    assert {o.key for o in store.list(partition)} == listed
+
+    # Summer: the drift monitor compares scored July rows with the champion's January data and emits
+    # the retrain asset event, with the window to train on in its extra.
+    seed_landing(store, cfg, dt.date(2013, 7, 1), dt.date(2013, 7, 1))
+    assert run_dag("flights_delay_batch_inference", "2013-07-01").state == "success"
+    assert run_dag("flights_delay_drift_monitor", "2013-07-01").state == "success"
+    drift = last_drift(store, cfg)
+    assert drift["day"] == "2013-07-01"
+    assert drift["status"] == "drift" and drift["retrain"] is True
+    event = latest_asset_event("mlops://flights_delay/retrain")
+    assert event.extra["window_end"] == "2013-07-01"
+    assert event.extra["source"] == "drift_monitor"
+
+
+def latest_asset_event(uri: str):
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        return session.scalars(
+            select(AssetEvent)
+            .join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+            .where(AssetModel.uri == uri)
+            .order_by(AssetEvent.timestamp.desc())
+            .limit(1)
+        ).one()

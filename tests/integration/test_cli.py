@@ -1,0 +1,71 @@
+"""The ``mlops-tasks`` command: clear one-line errors and non-zero exits, real S3 endpoint."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mlops_tasks import stack
+from tests.conftest import EXAMPLE_CONFIG, REPO, make_store
+
+
+def cli(*args: str, env: dict[str, str] | None = None, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "mlops-tasks"), *args],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=cwd,
+        env={**os.environ, "MLOPS_TASKS_STACK_DIR": "/nonexistent", **(env or {})},
+    )
+
+
+def test_config_validate_accepts_the_shipped_configs() -> None:
+    result = cli("config", "validate")
+    assert result.returncode == 0, result.stderr
+    assert "ok: flights_delay" in result.stdout
+
+
+def test_invalid_config_is_one_line_naming_file_and_field(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(EXAMPLE_CONFIG.read_text().replace("epochs: 8", "epochs: zero"))
+    result = cli("config", "validate", str(bad))
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: ")
+    assert "bad.yaml" in result.stderr and "model.epochs" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_seed_lands_example_days_through_the_connection(s3_endpoint: str, mlflow_server: str) -> None:
+    make_store(s3_endpoint, "mlops")
+    env = stack.connection_env(s3_endpoint, mlflow_server)
+    result = cli("seed", "flights_delay", "--start", "2013-05-01", "--end", "2013-05-02", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "seeded 2 day(s)" in result.stdout
+    store = make_store(s3_endpoint, "mlops")
+    assert store.exists("flights_delay/landing/date=2013-05-02/flights.csv")
+
+
+def test_unreachable_object_store_is_a_clear_error_not_a_traceback(mlflow_server: str) -> None:
+    env = stack.connection_env(f"http://127.0.0.1:{stack.free_port()}", mlflow_server)
+    result = cli("seed", "flights_delay", "--start", "2013-05-01", "--end", "2013-05-01", env=env)
+    assert result.returncode == 1
+    assert "is not reachable" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "command", [["lineage", "flights_delay", "999"], ["data", "checkout", "flights_delay", "0" * 32, "x"]]
+)
+def test_unknown_records_are_reported_clearly(
+    s3_endpoint: str, mlflow_server: str, command: list[str], tmp_path: Path
+) -> None:
+    make_store(s3_endpoint, "mlops")
+    result = cli(*command, env=stack.connection_env(s3_endpoint, mlflow_server), cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: ")
+    assert "Traceback" not in result.stderr
