@@ -81,7 +81,7 @@ def make_session(model_path: str | Path, cfg: PipelineConfig) -> ort.InferenceSe
     opts.graph_optimization_level = _OPTIMIZATION[cfg.inference.graph_optimization]
     opts.log_severity_level = 3  # warnings (e.g. unused initialisers) are noise in task logs
     # Workers share their cores with other tasks: spin-waiting threads then burn the CPU the other
-    # thread needs (measured 1.5-2x slower under load, tests/bench/bench_inference.py).
+    # thread needs (1.5x fewer rows/s with spinning on a loaded 2-core host, bench_inference.py (a)).
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
