@@ -170,7 +170,7 @@ def _prepare(
         ("current", current, current_scores),
     ):
         positions = _sample_positions(len(frame), limit, seed)
-        picked = frame[columns] if positions is None else frame[columns].iloc[positions]
+        picked = frame if positions is None else frame.iloc[positions]  # never copies all rows
         typed = {c: _typed(picked[c], kinds[c], names[side]).to_numpy() for c in columns}
         if scores is not None:
             values = np.asarray(scores, dtype="float64")

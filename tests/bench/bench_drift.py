@@ -1,0 +1,150 @@
+"""Benchmark: Evidently DataDriftPreset on everything vs the shipped drift strategy, side by side.
+
+Data: the example's flights joined with the origin's hourly weather, resampled (seeded, with
+replacement) to 300,000 reference rows and 1,000,000 current rows x the 17 example features.
+
+* ``evidently_full``: ``drift.evidently_report`` with sampling disabled - Evidently 0.7
+  DataDriftPreset over all rows (same per-column tests and thresholds), decision from its summary.
+* ``shipped``: what ``drift.run_check`` computes - seeded samples of ``drift.sample_rows`` rows per
+  side, the fast per-column statistics (the decision) and the Evidently report on the samples.
+
+Frames are built once per scenario and stored as parquet (categoricals dictionary-encoded, as curated
+data is); each (strategy, scenario) runs in a fresh subprocess that reads them. Seconds cover the
+drift work only; peak RSS (ru_maxrss) covers the whole process including the frames ("RSS after data").
+
+Run: ``.venv/bin/python tests/bench/bench_drift.py`` (several minutes on 2 cores).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REFERENCE_ROWS = 300_000
+CURRENT_ROWS = 1_000_000
+SCENARIOS = {
+    # name: (months the current rows come from, shift added to current columns, expected retrain)
+    "winter_vs_summer": ([6, 7, 8], {}, True),
+    "winter_vs_winter": ([12], {}, False),
+    "synthetic_shift": ([1, 2], {"temp": 20.0, "humid": -25.0}, True),
+}
+# The example's tuned thresholds (see tests/integration/test_drift.py) and the proposed sample size:
+# 20,000 rows per side estimate these distances to about 0.01, far from the 1.0 / 0.2 thresholds.
+EXAMPLE_DRIFT_KNOBS = {"wasserstein_threshold": 1.0, "jensenshannon_threshold": 0.2, "sample_rows": 20_000}
+DAY = dt.date(2013, 7, 1)
+
+
+def _config(sample_rows: int | None):
+    from mlops_tasks.config import load_config
+
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "flights_delay.yaml")
+    knobs = dict(EXAMPLE_DRIFT_KNOBS)
+    if sample_rows is not None:
+        knobs["sample_rows"] = sample_rows
+    return cfg.model_copy(update={"drift": cfg.drift.model_copy(update=knobs)})
+
+
+def write_frames(scenario: str, directory: Path) -> None:
+    import numpy as np
+
+    from mlops_tasks import example
+
+    months, shift, _ = SCENARIOS[scenario]
+    cfg = _config(None)
+    weather = example.weather().drop(columns=["year", "month", "day", "hour"])
+    merged = example.flights().merge(weather, on=["origin", "time_hour"], how="left")[cfg.features.all]
+    merged[cfg.features.categorical] = merged[cfg.features.categorical].astype("category")
+    rng = np.random.default_rng(2013)
+    winter = merged[merged["month"].isin([1, 2])]
+    pool = merged[merged["month"].isin(months)]
+    reference = winter.iloc[rng.integers(0, len(winter), REFERENCE_ROWS)].reset_index(drop=True)
+    current = pool.iloc[rng.integers(0, len(pool), CURRENT_ROWS)].reset_index(drop=True)
+    for column, delta in shift.items():
+        current[column] = current[column] + delta
+    reference.to_parquet(directory / f"{scenario}-reference.parquet")
+    current.to_parquet(directory / f"{scenario}-current.parquet")
+
+
+def child(strategy: str, scenario: str, directory: Path) -> dict:
+    import pandas as pd
+
+    from mlops_tasks import drift
+
+    reference = pd.read_parquet(directory / f"{scenario}-reference.parquet")
+    current = pd.read_parquet(directory / f"{scenario}-current.parquet")
+    rss_data_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    start = time.perf_counter()
+    if strategy == "evidently_full":
+        cfg = _config(10**9)
+        html, summary = drift.evidently_report(cfg, reference, current, day=DAY)
+        decision = drift.decide(cfg, summary, day=DAY, state=None)
+    else:
+        cfg = _config(None)
+        comparison = drift.compare(cfg, reference, current)
+        html, _ = drift.evidently_report(cfg, reference, current, day=DAY)
+        decision = drift.decide(cfg, comparison, day=DAY, state=None)
+    return {
+        "seconds": time.perf_counter() - start,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rss_after_data_mb": rss_data_mb,
+        "retrain": decision["retrain"],
+        "drifted": decision["drifted_columns"],
+        "html_mb": len(html) / 1e6,
+    }
+
+
+def run_child(strategy: str, scenario: str, directory: Path) -> dict:
+    command = [sys.executable, __file__, "--child", strategy, scenario, str(directory)]
+    proc = subprocess.run(command, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise SystemExit(f"{strategy}/{scenario} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="bench-drift-") as tmp:
+        for scenario in SCENARIOS:
+            write_frames(scenario, Path(tmp))
+            for strategy in ("evidently_full", "shipped"):
+                results[scenario, strategy] = run_child(strategy, scenario, Path(tmp))
+                print(
+                    f"  done {scenario} {strategy}: {results[scenario, strategy]['seconds']:.1f}s", flush=True
+                )
+
+    print(
+        f"\nreference {REFERENCE_ROWS:,} rows, current {CURRENT_ROWS:,} rows x 17 features; fresh process each\n"
+    )
+    header = (
+        f"{'scenario':18s} {'strategy':15s} {'seconds':>8s} {'peak RSS MB':>12s} {'RSS after data':>15s} "
+        f"{'html MB':>8s} {'retrain':>8s} {'expected':>9s}  drifted columns"
+    )
+    print(header)
+    print("-" * len(header))
+    for (scenario, strategy), r in results.items():
+        print(
+            f"{scenario:18s} {strategy:15s} {r['seconds']:8.1f} {r['peak_rss_mb']:12.0f} "
+            f"{r['rss_after_data_mb']:15.0f} {r['html_mb']:8.1f} {r['retrain']!s:>8s} "
+            f"{SCENARIOS[scenario][2]!s:>9s}  {','.join(r['drifted'])}"
+        )
+    print("\nratios (evidently_full / shipped)")
+    for scenario in SCENARIOS:
+        full, shipped = results[scenario, "evidently_full"], results[scenario, "shipped"]
+        same = "same decision" if full["retrain"] == shipped["retrain"] else "DIFFERENT DECISION"
+        print(
+            f"{scenario:18s} time x{full['seconds'] / shipped['seconds']:.1f}   "
+            f"peak RSS x{full['peak_rss_mb'] / shipped['peak_rss_mb']:.1f}   {same}"
+        )
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 5 and sys.argv[1] == "--child":
+        print(json.dumps(child(sys.argv[2], sys.argv[3], Path(sys.argv[4]))))
+    else:
+        main()
