@@ -231,7 +231,21 @@ class DriftSpec(_Strict):
     window_days: int = Field(7, ge=1)
     drift_share_threshold: float = Field(0.3, gt=0, le=1)
     critical_columns: list[str] = Field(default_factory=list)
-    column_p_value: float = Field(0.05, gt=0, lt=1)
+    column_p_value: float = Field(
+        0.05, gt=0, lt=1, description="Small samples (<= 1000 reference values): drift when p-value is below."
+    )
+    wasserstein_threshold: float = Field(
+        0.1, gt=0, description="Numeric columns: drift when Wasserstein distance / reference std >= this."
+    )
+    jensenshannon_threshold: float = Field(
+        0.1, gt=0, le=1, description="Categorical columns: drift when Jensen-Shannon distance >= this."
+    )
+    max_metric_drop: float = Field(
+        0.05, ge=0, description="Retrain when the live primary metric (labels arrived) drops more than this."
+    )
+    retrain_after_new_rows: int | None = Field(
+        None, ge=1, description="Retrain when this many validated rows arrived since the champion's window."
+    )
     sample_rows: int = Field(50_000, ge=1000)
     min_rows: int = Field(1000, ge=1)
     cooldown_days: int = Field(7, ge=0)

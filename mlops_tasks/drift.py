@@ -60,23 +60,9 @@ FEW_VALUES = 5
 # Triggers remembered in the state; only the ones inside the cooldown matter, the rest is history.
 MAX_REMEMBERED_TRIGGERS = 32
 
-# Policy knobs this module reads from ``cfg.drift`` that DriftSpec does not declare yet; the values
-# are the defaults (Evidently's for the two distance thresholds). Once DriftSpec declares them,
-# the config value is read and these only document the defaults.
-PROPOSED_KNOBS: dict[str, float | int | None] = {
-    "wasserstein_threshold": 0.1,
-    "jensenshannon_threshold": 0.1,
-    "max_metric_drop": 0.05,
-    "retrain_after_new_rows": None,
-}
-
 
 class DriftInputError(ValueError):
     """The frames handed to drift monitoring cannot be compared; the message names frame and column."""
-
-
-def _knob(cfg: PipelineConfig, name: str) -> Any:
-    return getattr(cfg.drift, name, PROPOSED_KNOBS[name])
 
 
 # -- input preparation ----------------------------------------------------------------------------
@@ -214,8 +200,8 @@ def _plan(cfg: PipelineConfig, kind: str, ref: pd.Series, cur: pd.Series) -> _Pl
     kind = "categorical" if n_values <= FEW_VALUES else kind
     if len(ref) > SMALL_SAMPLE_ROWS:
         if kind == "numeric":
-            return _Plan(kind, "wasserstein", float(_knob(cfg, "wasserstein_threshold")))
-        return _Plan(kind, "jensenshannon", float(_knob(cfg, "jensenshannon_threshold")))
+            return _Plan(kind, "wasserstein", cfg.drift.wasserstein_threshold)
+        return _Plan(kind, "jensenshannon", cfg.drift.jensenshannon_threshold)
     if kind == "numeric":
         return _Plan(kind, "ks", cfg.drift.column_p_value)
     return _Plan(kind, "chisquare" if n_values > 2 else "z", cfg.drift.column_p_value)
@@ -541,10 +527,10 @@ def decide(
     reasons += [f"critical column {_describe(c, columns[c])} drifted" for c in comparison["drifted_critical"]]
     if base["prediction_drift"]:
         reasons.append(f"prediction drift: {_describe(PREDICTION_COLUMN, prediction)}")
-    max_drop = _knob(cfg, "max_metric_drop")
+    max_drop = cfg.drift.max_metric_drop
     if live_metric_drop is not None and live_metric_drop > max_drop:
         reasons.append(f"live {cfg.gate.primary_metric} dropped by {live_metric_drop:.4f} (> {max_drop})")
-    enough_rows = _knob(cfg, "retrain_after_new_rows")
+    enough_rows = cfg.drift.retrain_after_new_rows
     if (
         new_rows_since_training is not None
         and enough_rows is not None

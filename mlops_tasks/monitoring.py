@@ -132,7 +132,7 @@ def run_drift_monitor(
         reference=reference,
         current=current if len(current) else reference.iloc[:0],
         state=state,
-        reference_scores=reference_scores,
+        reference_scores=reference_scores if len(current) else None,
         current_scores=current[features.SCORE_OUTPUT].to_numpy() if len(current) else None,
         new_rows_since_training=_rows_since(store, cfg, training_end, day),
         live_metric_drop=_live_metric_drop(cfg, current, champion) if len(current) else None,
