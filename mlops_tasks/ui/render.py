@@ -39,6 +39,10 @@ def _e(value: Any) -> str:
     return escape("-" if value is None else str(value))
 
 
+def _metric(value: float | None) -> str:
+    return f"{value:.4f}" if isinstance(value, int | float) else "-"
+
+
 def _pill(label: str) -> str:
     return f'<span class="pill {_PILL.get(label, "none")}">{_e(label)}</span>'
 
@@ -80,10 +84,9 @@ def page(title: str, body: str, root: str) -> str:
 def _champion_cell(champ: dict[str, Any] | None) -> str:
     if not champ:
         return _pill("none") + "<small>no champion yet</small>"
-    value = champ["value"]
-    metric = f"{champ['metric']} {value:.4f}" if isinstance(value, int | float) else f"{champ['metric']} -"
     return (
-        f'<strong class="champion-version">v{_e(champ["version"])}</strong> {_e(metric)}'
+        f'<strong class="champion-version">v{_e(champ["version"])}</strong> '
+        f"{_e(champ['metric'])} {_metric(champ['value'])}"
         f"<small>promoted {_when(champ['promoted_at'])}</small>"
     )
 
@@ -161,7 +164,7 @@ def metric_chart(history: list[dict[str, Any]], metric: str, width: int = 640, h
     points = [h for h in history if isinstance(h["value"], int | float)]
     if not points:
         return "<p>No gate metrics recorded yet.</p>"
-    pad_l, pad_r, pad_t, pad_b = 56, 16, 16, 32
+    pad_l, pad_r, pad_t, pad_b = 56, 24, 24, 28
     low, high = min(p["value"] for p in points), max(p["value"] for p in points)
     span = (high - low) or abs(high) or 1.0
     low, high = low - span * 0.1, high + span * 0.1
@@ -177,7 +180,8 @@ def metric_chart(history: list[dict[str, Any]], metric: str, width: int = 640, h
         f'aria-label="{_e(metric)} per registered version">',
         f'<text x="4" y="{pad_t + 4}" font-size="11">{high:.4f}</text>',
         f'<text x="4" y="{height - pad_b}" font-size="11">{low:.4f}</text>',
-        f'<text x="{pad_l}" y="{height - 4}" font-size="11">{_e(metric)} at each version\'s gate</text>',
+        f'<text x="{width - pad_r}" y="{pad_t - 8}" font-size="11" text-anchor="end">'
+        f"{_e(metric)} at each version's gate</text>",
         '<polyline fill="none" stroke="#9aa5b1" stroke-width="1.5" points="'
         + " ".join(f"{x:.1f},{y:.1f}" for x, y in coords)
         + '"/>',
@@ -203,7 +207,7 @@ def metric_chart(history: list[dict[str, Any]], metric: str, width: int = 640, h
 def _history_table(history: list[dict[str, Any]], metric: str) -> str:
     rows = "".join(
         f"<tr><td>v{_e(h['version'])}</td><td>{_e(', '.join(h['aliases']) or '')}</td>"
-        f"<td>{_e(h['decision'])}</td><td>{_e(h['value'])}</td><td>{_when(h['created_at'])}</td>"
+        f"<td>{_e(h['decision'])}</td><td>{_metric(h['value'])}</td><td>{_when(h['created_at'])}</td>"
         f"<td>{_e(h['reason'])}</td></tr>"
         for h in reversed(history)
     )

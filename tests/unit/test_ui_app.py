@@ -24,7 +24,7 @@ from mlops_tasks.status import pipeline_status
 from mlops_tasks.storage import ObjectStore, S3Settings
 from mlops_tasks.ui.app import REPORT_CSP, Sources, build_app
 from tests.conftest import EXAMPLE_CONFIG, make_store
-from tests.ui_state import isolated_config, seed_lifecycle
+from tests.ui_state import isolated_config, seed_lifecycle, write_gate_report
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +66,19 @@ def anonymous(lifecycle: dict[str, Any]) -> Iterator[TestClient]:
 def text_of(html: str) -> str:
     """The page's visible text, whitespace-normalised (tags dropped)."""
     return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html))
+
+
+def missing_bucket(s3_endpoint: str) -> ObjectStore:
+    """A store on a bucket that was never created."""
+    return ObjectStore(
+        S3Settings(
+            bucket="no-such-bucket-ui",
+            endpoint_url=s3_endpoint,
+            aws_access_key_id=stack.LOCAL_ACCESS_KEY,
+            aws_secret_access_key=stack.LOCAL_SECRET_KEY,
+            max_attempts=1,
+        )
+    )
 
 
 def report_url(uri: str) -> str:
@@ -219,15 +232,7 @@ def test_a_pipeline_without_models_shows_no_champion_and_an_empty_drill_down(
 def test_a_pipeline_whose_bucket_is_missing_shows_an_error_row_and_the_others_still_render(
     lifecycle: dict[str, Any], s3_endpoint: str
 ) -> None:
-    missing = ObjectStore(
-        S3Settings(
-            bucket="no-such-bucket-ui",
-            endpoint_url=s3_endpoint,
-            aws_access_key_id=stack.LOCAL_ACCESS_KEY,
-            aws_secret_access_key=stack.LOCAL_SECRET_KEY,
-            max_attempts=1,
-        )
-    )
+    missing = missing_bucket(s3_endpoint)
     broken = isolated_config(load_config(EXAMPLE_CONFIG), missing.bucket)
     sources = fixed_sources([(broken, missing), (lifecycle["cfg"], lifecycle["store"])], lifecycle["mlflow"])
     with client_for(sources) as client:
@@ -266,3 +271,25 @@ def test_pages_never_show_connection_credentials(
     for response in responses:
         for secret in (stack.LOCAL_SECRET_KEY, stack.LOCAL_ACCESS_KEY, "ui-secret-pw", "ui-user"):
             assert secret not in response.text
+
+
+def test_text_from_reports_is_escaped(store: ObjectStore, mlflow_server: str) -> None:
+    cfg = isolated_config(load_config(EXAMPLE_CONFIG), store.bucket)
+    version = {"run_id": "r1", "decision": {"promote": False, "reason": "<script>alert(1)</script> & more"}}
+    write_gate_report(store, cfg, version)
+    with client_for(fixed_sources([(cfg, store)], mlflow_server)) as client:
+        page = client.get("/")
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; more" in page.text
+    assert "<script" not in page.text
+    assert "default-src 'none'" in page.headers["content-security-policy"]
+
+
+def test_drill_down_of_a_pipeline_whose_bucket_is_missing_is_unavailable(
+    s3_endpoint: str, mlflow_server: str
+) -> None:
+    missing = missing_bucket(s3_endpoint)
+    cfg = isolated_config(load_config(EXAMPLE_CONFIG), missing.bucket)
+    with client_for(fixed_sources([(cfg, missing)], mlflow_server)) as client:
+        page = client.get(f"/pipelines/{cfg.name}")
+    assert page.status_code == 503
+    assert "no-such-bucket-ui" in page.text and "does not exist" in page.text
