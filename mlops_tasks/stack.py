@@ -252,6 +252,8 @@ class LocalStack:
         mlflow_port: int | None = None,
         airflow_port: int | None = None,
         timeout: float = 180,
+        airflow_overrides: dict[str, str] | None = None,
+        mlflow_backend_uri: str | None = None,
     ) -> None:
         self.state_dir = Path(state_dir or DEFAULT_STATE_DIR).resolve()
         self.log_dir = self.state_dir / "logs"
@@ -261,6 +263,9 @@ class LocalStack:
         self.dags_dir = Path(dags_dir or REPO_ROOT / "dags").resolve()
         self.plugins_dir = Path(plugins_dir or REPO_ROOT / "plugins").resolve()
         self.timeout = timeout
+        # e.g. CeleryExecutor on PostgreSQL (tests/integration/test_celery.py): replaces the defaults below.
+        self.airflow_overrides = dict(airflow_overrides or {})
+        self.mlflow_backend_uri = mlflow_backend_uri
         self._ports = {"s3": s3_port, "mlflow": mlflow_port, "airflow": airflow_port or free_port()}
         self.services: dict[str, Service] = {}
         self.buckets: list[str] = []
@@ -347,6 +352,7 @@ class LocalStack:
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
             "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "10",
             "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
+            **self.airflow_overrides,
         }
 
     # -- lifecycle ----------------------------------------------------------------------------------
@@ -371,7 +377,7 @@ class LocalStack:
                 self.log_dir,
                 self.s3_url,
                 configs[0].storage.bucket if configs else "mlops",
-                backend_uri=f"sqlite:///{mlflow_db}",
+                backend_uri=self.mlflow_backend_uri or f"sqlite:///{mlflow_db}",
                 port=self._ports["mlflow"],
             )
             if migrate is not None:
