@@ -55,6 +55,10 @@ class ParityError(RuntimeError):
     """The ONNX model does not reproduce the torch model's outputs; it must not be served."""
 
 
+class ExportDataError(ValueError):
+    """The rows given to the export cannot prove parity (none)."""
+
+
 def build_onnx(net: TabularNet, spec: NetSpec) -> onnx.ModelProto:
     """The ONNX graph of a trained network, raw columns in, contract outputs out."""
     nodes: list[onnx.NodeProto] = []
@@ -235,6 +239,10 @@ def export_run(
     cfg: PipelineConfig, run_id: str, *, tracking_uri: str, sample_frame: pd.DataFrame
 ) -> dict[str, Any]:
     """Rebuild the run's network, export, check parity, optionally quantise, log ``model/model.onnx``."""
+    if sample_frame.empty:
+        raise ExportDataError(
+            f"run {run_id}: the sample rows for the parity check are empty; nothing exported"
+        )
     client = tracking.client(tracking_uri)
     with tempfile.TemporaryDirectory(prefix="mlops-export-") as tmp:
         net, spec = load_run_model(tracking_uri, run_id, Path(tmp) / "run")

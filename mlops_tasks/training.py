@@ -14,9 +14,11 @@ validation split, one seeded data order per epoch, deterministic torch kernels.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
+import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -25,6 +27,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+# torch's OpenMP threads busy-wait between steps by default; on a shared worker (Airflow slots, other
+# tasks) that turns a 20 ms step into seconds. Passive waiting must be set before torch loads OpenMP.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch
 from mlflow.entities import Metric, Param, RunTag
 from torch import nn
@@ -332,11 +338,13 @@ def train(
         run = client.create_run(experiment_id, run_name=run_name, tags=run_tags)
     run_id = run.info.run_id
     try:
-        client.log_batch(run_id, params=_params(cfg, spec, len(fit_rows), len(val_rows)))
-        summary = _fit(cfg, spec, (fit_rows, fit_label), (val_rows, val_label), client, run_id)
-        client.set_terminated(run_id, "FINISHED")
+        with tracking.reachable(tracking_uri, f"track training run {run_id}"):
+            client.log_batch(run_id, params=_params(cfg, spec, len(fit_rows), len(val_rows)))
+            summary = _fit(cfg, spec, (fit_rows, fit_label), (val_rows, val_label), client, run_id)
+            client.set_terminated(run_id, "FINISHED")
     except BaseException:
-        client.set_terminated(run_id, "FAILED")
+        with contextlib.suppress(Exception):  # keep the original error if the server is gone
+            client.set_terminated(run_id, "FAILED")
         raise
     return {
         "run_id": run_id,

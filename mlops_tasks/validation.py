@@ -35,7 +35,7 @@ from mlops_tasks.ingestion import rejected_copy_name, to_parquet_bytes
 from mlops_tasks.storage import ObjectStore, partition_prefix, publish_manifest, write_part
 
 if TYPE_CHECKING:
-    from great_expectations.core import ExpectationSuiteValidationResult
+    from great_expectations.core import ExpectationValidationResult
     from great_expectations.expectations.expectation import Expectation
 
 REASONS_COLUMN = "_reasons"
@@ -50,6 +50,8 @@ GX_TYPES = {
     "bool": "bool",
     "timestamp": "Timestamp",
 }
+# Rules that only read column names and dtypes run on a zero-row copy of the frame.
+SCHEMA = ("<schema>",)
 # Expectations that look at a column's dtype, not at its values: table rules even if map-shaped.
 _TYPE_EXPECTATIONS = {"expect_column_values_to_be_of_type", "expect_column_values_to_be_in_type_list"}
 
@@ -165,9 +167,14 @@ def build_rules(cfg: PipelineConfig) -> list[Rule]:
 
 def run_gx(
     frame: pd.DataFrame, rules: list[Rule], result_format: str | dict[str, Any] = "SUMMARY"
-) -> ExpectationSuiteValidationResult:
-    """Run the rules as one GX suite on ``frame`` (ephemeral in-memory context, no analytics);
-    ``results`` are in the order of ``rules``."""
+) -> list[ExpectationValidationResult]:
+    """Run the rules with GX (ephemeral in-memory context, no analytics); results in rule order.
+
+    GX's pandas metrics filter whole rows, so their cost grows with the width of the frame (one
+    range rule on 1M rows x 27 columns: ~10 s; on its own column: <1 s). Each rule therefore runs on
+    the columns it reads: schema rules on a zero-row copy of the frame (same dtypes), value rules on
+    their columns with nullable ints as float64 (same values and nulls, GX's vectorised path).
+    """
     import great_expectations as gx
     from great_expectations.data_context.types.base import (
         DataContextConfig,
@@ -183,17 +190,45 @@ def run_gx(
             progress_bars=ProgressBarsConfig(globally=False),
         ),
     )
-    batch = (
-        context.data_sources.add_pandas("staged")
-        .add_dataframe_asset("day")
-        .add_batch_definition_whole_dataframe("whole")
-        .get_batch(batch_parameters={"dataframe": frame})
-    )
-    # GX does not return results in suite order: tag each expectation with its rule's position.
-    tagged = [r.expectation.copy(update={"meta": {"mlops_rule": i}}) for i, r in enumerate(rules)]
-    result = batch.validate(gx.ExpectationSuite(name="day", expectations=tagged), result_format=result_format)
-    result.results.sort(key=lambda res: res.expectation_config.meta["mlops_rule"])
-    return result
+    batches = context.data_sources.add_pandas("staged").add_dataframe_asset("day")
+    definition = batches.add_batch_definition_whole_dataframe("whole")
+    groups: dict[tuple[str, ...] | None, list[int]] = {}
+    for i, rule in enumerate(rules):
+        groups.setdefault(_columns_read(rule), []).append(i)
+    results: list[Any] = [None] * len(rules)
+    for columns, positions in groups.items():
+        batch = definition.get_batch(batch_parameters={"dataframe": _gx_view(frame, columns)})
+        # GX does not return results in suite order: tag each expectation with its rule's position.
+        tagged = [rules[i].expectation.copy(update={"meta": {"mlops_rule": i}}) for i in positions]
+        suite = gx.ExpectationSuite(name=f"rules-{positions[0]}", expectations=tagged)
+        for res in batch.validate(suite, result_format=result_format).results:
+            results[res.expectation_config.meta["mlops_rule"]] = res
+    return results
+
+
+def _columns_read(rule: Rule) -> tuple[str, ...] | None:
+    """The columns a rule reads: :data:`SCHEMA` for column presence and type, () for the row
+    count, None for other table rules (they get the whole frame)."""
+    kind, kw = rule.expectation.expectation_type, rule.kwargs
+    if kind in _TYPE_EXPECTATIONS or kind == "expect_column_to_exist":
+        return SCHEMA
+    if kind == "expect_table_row_count_to_be_between":
+        return ()
+    columns = [kw[k] for k in ("column", "column_A", "column_B") if k in kw] + list(kw.get("column_list", []))
+    return tuple(columns) if columns else None
+
+
+def _gx_view(frame: pd.DataFrame, columns: tuple[str, ...] | None) -> pd.DataFrame:
+    if columns is None:
+        return frame
+    if columns == SCHEMA:
+        return frame.iloc[:0]
+    present = [c for c in columns if c in frame.columns] or list(frame.columns[:1])
+    view = frame[present]
+    ints = [c for c in present if isinstance(view[c].dtype, pd.Int64Dtype)]
+    if ints:
+        view = view.assign(**{c: view[c].to_numpy(dtype="float64", na_value=np.nan) for c in ints})
+    return view
 
 
 def bad_row_mask(frame: pd.DataFrame, rule: Rule) -> np.ndarray:
@@ -253,7 +288,7 @@ _MIRRORS: dict[str, Any] = {
 
 def _mask_from_gx(frame: pd.DataFrame, rule: Rule) -> np.ndarray:
     """A row rule without a pandas mirror: ask GX itself which rows it rejects (COMPLETE)."""
-    result = run_gx(frame, [rule], {"result_format": "COMPLETE"}).results[0]
+    result = run_gx(frame, [rule], {"result_format": "COMPLETE"})[0]
     bad = np.zeros(len(frame), dtype=bool)
     bad[frame.index.get_indexer(result.result.get("unexpected_index_list") or [])] = True
     return bad
@@ -303,8 +338,8 @@ def validate_day(store: ObjectStore, cfg: PipelineConfig, day: dt.date) -> dict[
         )
     frame = _read_parts(store, staged["data_parts"])
     rules = build_rules(cfg)
-    gx_result = run_gx(frame, rules)
-    outcomes, bad, reasons = _split(frame, rules, gx_result)
+    gx_results = run_gx(frame, rules)
+    outcomes, bad, reasons = _split(frame, rules, gx_results)
 
     rows, bad_rows = len(frame), int(bad.sum())
     bad_fraction = bad_rows / rows if rows else 0.0
@@ -339,7 +374,11 @@ def validate_day(store: ObjectStore, cfg: PipelineConfig, day: dt.date) -> dict[
         **result,
         "pipeline": cfg.name,
         "max_bad_row_fraction": limit,
-        "gx": {"success": bool(gx_result.success), "statistics": _plain(gx_result.statistics)},
+        "gx": {
+            "success": all(r.success for r in gx_results),
+            "evaluated_expectations": len(gx_results),
+            "successful_expectations": sum(bool(r.success) for r in gx_results),
+        },
         "rules": [o.as_dict() for o in outcomes],
         "rejected_files": staged.get("rejected_files", []),
         "malformed_lines": staged.get("malformed_lines", 0),
@@ -363,13 +402,13 @@ def _read_parts(store: ObjectStore, keys: list[str]) -> pd.DataFrame:
 
 
 def _split(
-    frame: pd.DataFrame, rules: list[Rule], gx_result: ExpectationSuiteValidationResult
+    frame: pd.DataFrame, rules: list[Rule], gx_results: list[ExpectationValidationResult]
 ) -> tuple[list[_RuleOutcome], np.ndarray, list[list[str]]]:
     """Per-rule outcomes, the mask of bad rows and, for each bad row, the rules it broke."""
     bad = np.zeros(len(frame), dtype=bool)
     per_row: dict[int, list[str]] = {}
     outcomes = []
-    for rule, res in zip(rules, gx_result.results, strict=True):
+    for rule, res in zip(rules, gx_results, strict=True):
         error = None
         if res.exception_info and res.exception_info.get("raised_exception"):
             error = str(res.exception_info.get("exception_message"))

@@ -8,12 +8,17 @@ columns ``_day``, ``_source_file``, ``_source_line`` and ``_ingest_error``.
 from __future__ import annotations
 
 import datetime as dt
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from mlops_tasks import example
+from mlops_tasks import example, stack
 from mlops_tasks.config import PipelineConfig
+from mlops_tasks.storage import ObjectStore, S3Settings
 
 WEATHER_COLUMNS = [
     "temp",
@@ -61,3 +66,25 @@ def with_shuffled_labels(rows: pd.DataFrame, column: str, seed: int = 1) -> pd.D
     shuffled = rows.copy()
     shuffled[column] = rows[column].sample(frac=1.0, random_state=seed).to_numpy()
     return shuffled
+
+
+@contextmanager
+def local_tracking_server() -> Iterator[str]:
+    """The embedded stack's S3 endpoint + MLflow server in a temporary directory (for benchmarks)."""
+    with tempfile.TemporaryDirectory(prefix="mlops-bench-") as tmp:
+        s3 = stack.start_s3(Path(tmp))
+        try:
+            settings = S3Settings(
+                bucket="mlops",
+                endpoint_url=s3.url,
+                aws_access_key_id=stack.LOCAL_ACCESS_KEY,
+                aws_secret_access_key=stack.LOCAL_SECRET_KEY,
+            )
+            ObjectStore(settings).ensure_bucket()
+            mlflow = stack.start_mlflow(Path(tmp), s3.url, "mlops")
+            try:
+                yield mlflow.url
+            finally:
+                mlflow.stop()
+        finally:
+            s3.stop()

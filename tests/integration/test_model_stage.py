@@ -168,7 +168,7 @@ def test_gate_report_is_written_to_the_store_and_the_run(
 ) -> None:
     from mlops_tasks import evaluation
 
-    cfg = binary_cfg.model_copy(update={"gate": GateSpec(min_value=0.99)})
+    cfg = binary_cfg.model_copy(update={"gate": GateSpec(min_value=0.99, latency_batch_rows=256)})
     decision = evaluation.evaluate_and_gate(
         cfg, trained["run_id"], split[1], tracking_uri=mlflow_server, store=store, day=DAY
     )
@@ -211,7 +211,7 @@ def test_multiclass_and_regression_train_export_and_gate(
         f"{task}_{uuid.uuid4().hex[:6]}",
         target=TargetSpec(task=task, column=target_column),
         features=FeatureSpec(numeric=binary_cfg.features.numeric, categorical=categorical),
-        gate=GateSpec(primary_metric=metric),
+        gate=GateSpec(primary_metric=metric, latency_batch_rows=256),
     )
     run = training.train(cfg, split[0], tracking_uri=mlflow_server, data_version="dv1", trigger="test")
     exported = export.export_run(cfg, run["run_id"], tracking_uri=mlflow_server, sample_frame=split[1])

@@ -1,0 +1,219 @@
+"""Registry behaviour on the real MLflow server: promotion by aliases, rollback, refusals, races.
+
+Three exported runs are shared by every test (a good model, a second good model with another seed, and
+a model trained on label-shuffled rows); each test registers them under its own model name.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import uuid
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from mlops_tasks import evaluation, export, registry, stack, training
+from mlops_tasks.config import GateSpec, PipelineConfig, load_config
+from mlops_tasks.storage import ObjectStore
+from tests.conftest import EXAMPLE_CONFIG
+from tests.model_frames import example_rows, small_config, with_shuffled_labels
+
+DAY = dt.date(2013, 2, 14)
+
+
+@pytest.fixture(scope="module")
+def base_cfg() -> PipelineConfig:
+    return small_config(load_config(EXAMPLE_CONFIG), f"reg_{uuid.uuid4().hex[:8]}")
+
+
+@pytest.fixture(scope="module")
+def split(base_cfg: PipelineConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    return training.split_window(example_rows(dt.date(2013, 1, 1), DAY, max_rows=6000), base_cfg)
+
+
+@pytest.fixture(scope="module")
+def runs(base_cfg: PipelineConfig, split: tuple, mlflow_server: str) -> dict[str, str]:
+    """name -> run id of an exported model."""
+    seeded = base_cfg.model_copy(update={"model": base_cfg.model.model_copy(update={"seed": 7})})
+    plans = {
+        "good": (base_cfg, split[0]),
+        "good_other_seed": (seeded, split[0]),
+        "shuffled": (base_cfg, with_shuffled_labels(split[0], base_cfg.target.column)),
+    }
+    out = {}
+    for name, (cfg, rows) in plans.items():
+        run_id = training.train(cfg, rows, tracking_uri=mlflow_server, data_version=name, trigger="test")[
+            "run_id"
+        ]
+        export.export_run(cfg, run_id, tracking_uri=mlflow_server, sample_frame=split[1])
+        out[name] = run_id
+    return out
+
+
+def model_cfg(base: PipelineConfig, **gate: object) -> PipelineConfig:
+    """A fresh registered model name per test, with the given gate rules."""
+    name = f"m_{uuid.uuid4().hex[:10]}"
+    gate_spec = GateSpec(latency_batch_rows=256, **gate)
+    return base.model_copy(
+        update={"mlflow": base.mlflow.model_copy(update={"registered_model": name}), "gate": gate_spec}
+    )
+
+
+def gate_and_register(
+    cfg: PipelineConfig, run_id: str, split: tuple, mlflow_server: str, store: ObjectStore
+) -> tuple[dict, dict]:
+    decision = evaluation.evaluate_and_gate(
+        cfg, run_id, split[1], tracking_uri=mlflow_server, store=store, day=DAY
+    )
+    result = registry.register(cfg, run_id, tracking_uri=mlflow_server, decision=decision, data_version="dv")
+    return decision, result
+
+
+def champion_version(cfg: PipelineConfig, mlflow_server: str) -> str | None:
+    info = registry.champion_info(cfg, tracking_uri=mlflow_server)
+    return info["version"] if info else None
+
+
+def test_first_registration_becomes_champion(
+    base_cfg: PipelineConfig, split: tuple, runs: dict, mlflow_server: str, store: ObjectStore
+) -> None:
+    cfg = model_cfg(base_cfg, min_value=0.55)
+    decision, result = gate_and_register(cfg, runs["good"], split, mlflow_server, store)
+    assert decision["promote"] and decision["champion"] is None
+    assert result["promoted"] and result["version"] == "1" and result["previous_champion_version"] is None
+    info = registry.champion_info(cfg, tracking_uri=mlflow_server)
+    assert info["run_id"] == runs["good"] and info["data_version"] == "dv" and info["promoted_at"]
+    assert info["metrics"]["roc_auc"] == pytest.approx(decision["challenger"]["metrics"]["roc_auc"])
+
+
+def test_better_model_promotes_and_keeps_previous_champion(
+    base_cfg: PipelineConfig, split: tuple, runs: dict, mlflow_server: str, store: ObjectStore
+) -> None:
+    cfg = model_cfg(base_cfg)  # no floor: the shuffled model is champion first
+    gate_and_register(cfg, runs["shuffled"], split, mlflow_server, store)
+    decision, result = gate_and_register(cfg, runs["good"], split, mlflow_server, store)
+    assert decision["champion_version"] == "1" and decision["promote"]
+    assert (result["promoted"], result["version"], result["previous_champion_version"]) == (True, "2", "1")
+    assert registry.alias_info(cfg, registry.PREVIOUS_CHAMPION, tracking_uri=mlflow_server)["version"] == "1"
+
+
+def test_rollback_restores_the_previous_champion(
+    base_cfg: PipelineConfig, split: tuple, runs: dict, mlflow_server: str, store: ObjectStore
+) -> None:
+    cfg = model_cfg(base_cfg)
+    gate_and_register(cfg, runs["shuffled"], split, mlflow_server, store)
+    gate_and_register(cfg, runs["good"], split, mlflow_server, store)
+    result = registry.rollback(cfg, tracking_uri=mlflow_server)
+    assert (result["champion_version"], result["rolled_back_version"]) == ("1", "2")
+    assert champion_version(cfg, mlflow_server) == "1"
+    assert registry.alias_info(cfg, registry.PREVIOUS_CHAMPION, tracking_uri=mlflow_server) is None
+
+
+def test_rollback_without_previous_champion_is_a_clear_error(
+    base_cfg: PipelineConfig, mlflow_server: str
+) -> None:
+    cfg = model_cfg(base_cfg)
+    with pytest.raises(registry.RegistryError, match="no 'previous_champion' alias"):
+        registry.rollback(cfg, tracking_uri=mlflow_server)
+
+
+def test_label_shuffled_model_is_never_promoted(
+    base_cfg: PipelineConfig, split: tuple, runs: dict, mlflow_server: str, store: ObjectStore
+) -> None:
+    cfg = model_cfg(base_cfg, min_value=0.55)
+    gate_and_register(cfg, runs["good"], split, mlflow_server, store)
+    decision, result = gate_and_register(cfg, runs["shuffled"], split, mlflow_server, store)
+    assert not decision["promote"] and decision["floor_failed"]
+    assert {"min_value", "beats_champion"} <= {c["name"] for c in decision["checks"] if not c["passed"]}
+    assert not result["promoted"] and champion_version(cfg, mlflow_server) == "1"
+    assert registry.alias_info(cfg, registry.CHALLENGER, tracking_uri=mlflow_server) is None
+
+
+def test_model_rejected_only_for_not_beating_the_champion_becomes_challenger(
+    base_cfg: PipelineConfig, split: tuple, runs: dict, mlflow_server: str, store: ObjectStore
+) -> None:
+    cfg = model_cfg(base_cfg)
+    gate_and_register(cfg, runs["good"], split, mlflow_server, store)
+    _, result = gate_and_register(cfg, runs["shuffled"], split, mlflow_server, store)
+    assert not result["promoted"] and result["champion_version"] == "1"
+    assert (
+        registry.alias_info(cfg, registry.CHALLENGER, tracking_uri=mlflow_server)["version"]
+        == result["version"]
+    )
+
+
+def test_registration_retry_reuses_the_version(
+    base_cfg: PipelineConfig, split: tuple, runs: dict, mlflow_server: str, store: ObjectStore
+) -> None:
+    cfg = model_cfg(base_cfg)
+    decision, first = gate_and_register(cfg, runs["good"], split, mlflow_server, store)
+    again = registry.register(
+        cfg, runs["good"], tracking_uri=mlflow_server, decision=decision, data_version="dv"
+    )
+    assert again["version"] == first["version"] == "1" and again["promoted"]
+    assert again["previous_champion_version"] is None
+
+
+def test_unreachable_registry_raises_registry_unavailable_and_keeps_the_champion(
+    base_cfg: PipelineConfig, split: tuple, runs: dict, mlflow_server: str, store: ObjectStore
+) -> None:
+    cfg = model_cfg(base_cfg)
+    gate_and_register(cfg, runs["shuffled"], split, mlflow_server, store)
+    decision = evaluation.evaluate_and_gate(
+        cfg, runs["good"], split[1], tracking_uri=mlflow_server, store=store, day=DAY
+    )
+    down = f"http://127.0.0.1:{stack.free_port()}"
+    with pytest.raises(registry.RegistryUnavailable, match="not reachable"):
+        registry.register(cfg, runs["good"], tracking_uri=down, decision=decision, data_version="dv")
+    assert champion_version(cfg, mlflow_server) == "1"
+
+
+def test_concurrent_registrations_end_with_one_consistent_champion(
+    base_cfg: PipelineConfig, split: tuple, runs: dict, mlflow_server: str, store: ObjectStore
+) -> None:
+    cfg = model_cfg(base_cfg)
+    names = ["good", "good_other_seed"]
+    decisions = {
+        n: evaluation.evaluate_and_gate(
+            cfg, runs[n], split[1], tracking_uri=mlflow_server, store=store, day=DAY
+        )
+        for n in names
+    }
+    assert all(d["promote"] and d["champion_version"] is None for d in decisions.values())
+    results: dict[str, dict] = {}
+    barrier = threading.Barrier(len(names))
+
+    def register(name: str) -> None:
+        barrier.wait()
+        results[name] = registry.register(
+            cfg, runs[name], tracking_uri=mlflow_server, decision=decisions[name], data_version="dv"
+        )
+
+    threads = [threading.Thread(target=register, args=(n,)) for n in names]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    champion = registry.champion_info(cfg, tracking_uri=mlflow_server)
+    previous = registry.alias_info(cfg, registry.PREVIOUS_CHAMPION, tracking_uri=mlflow_server)
+    auc = {n: d["challenger"]["metrics"]["roc_auc"] for n, d in decisions.items()}
+    best = max(names, key=lambda n: auc[n])
+    assert champion["run_id"] == runs[best] or auc[names[0]] == auc[names[1]]
+    assert previous is None or previous["version"] != champion["version"]
+    assert sorted(r["version"] for r in results.values()) == ["1", "2"]
+    winner = next(n for n in names if results[n]["version"] == champion["version"])
+    assert results[winner]["promoted"] and results[winner]["champion_version"] == champion["version"]
+
+
+def test_download_onnx_by_alias_and_by_version(
+    base_cfg: PipelineConfig, split: tuple, runs: dict, mlflow_server: str, store: ObjectStore, tmp_path: Path
+) -> None:
+    cfg = model_cfg(base_cfg)
+    gate_and_register(cfg, runs["good"], split, mlflow_server, store)
+    by_alias = registry.download_onnx(cfg, tracking_uri=mlflow_server, dest_dir=tmp_path / "a")
+    by_version = registry.download_onnx(cfg, tracking_uri=mlflow_server, version=1, dest_dir=tmp_path / "v")
+    assert by_alias.name == "model.onnx" and by_alias.read_bytes() == by_version.read_bytes()
+    with pytest.raises(registry.RegistryError, match="no version with alias 'challenger'"):
+        registry.download_onnx(cfg, tracking_uri=mlflow_server, alias="challenger", dest_dir=tmp_path / "c")
