@@ -372,7 +372,12 @@ def convert_column(raw: pd.Series, kind: str) -> tuple[pd.Series, np.ndarray, st
         return typed, (typed.isna().to_numpy() & ~missing), "is not a boolean"
     # timestamp: naive values are taken as UTC.
     if textual:
-        typed = pd.to_datetime(values, utc=True, errors="coerce", format="ISO8601")
+        # Parsed in two groups: pandas 2.3 gives a naive value the offset of an aware one before it.
+        aware = values.str.contains(r"(?:Z|[+-]\d\d:?\d\d)$", regex=True).fillna(False).to_numpy(dtype=bool)
+        typed = pd.Series(pd.NaT, index=values.index, dtype="datetime64[ns, UTC]")
+        for group in (aware, ~aware):
+            if group.any():
+                typed[group] = pd.to_datetime(values[group], utc=True, errors="coerce", format="ISO8601")
     elif isinstance(values.dtype, pd.DatetimeTZDtype):
         typed = values.dt.tz_convert("UTC")
     else:
