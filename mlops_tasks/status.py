@@ -6,7 +6,9 @@ Airflow UI renders it, so they cannot disagree. Everything here is read-only.
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 from mlops_tasks.storage import partition_prefix
 
@@ -15,23 +17,37 @@ if TYPE_CHECKING:
     from mlops_tasks.storage import ObjectStore
 
 
+def without_credentials(url: str) -> str:
+    """A URL without ``user:password@``: status output is shown to people and logs."""
+    parts = urlsplit(url)
+    if not parts.username:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else "")))
+
+
 def _latest_date(store: ObjectStore, cfg: PipelineConfig, area: str) -> Any:
     dates = store.list_partition_dates(f"{cfg.prefix}/{area}/")
     return dates[-1] if dates else None
 
 
 def last_gate(store: ObjectStore, cfg: PipelineConfig) -> dict[str, Any] | None:
-    """The newest gate report (by window date, then by key)."""
+    """The newest gate report: latest window date, then (several runs gating one window) latest write."""
     day = _latest_date(store, cfg, "reports/gate")
     if day is None:
         return None
-    reports = [
-        o.key
+    found = [
+        o
         for o in store.list(partition_prefix(cfg.prefix, "reports/gate", day))
         if o.key.endswith("gate.json")
     ]
-    if not reports:
+    if not found:
         return None
+    reports = [
+        o.key
+        for o in sorted(
+            found, key=lambda o: (o.last_modified or dt.datetime.min.replace(tzinfo=dt.UTC), o.key)
+        )
+    ]
     report = store.get_json(reports[-1])
     decision = report.get("decision", report)
     return {
@@ -93,7 +109,7 @@ def last_training(cfg: PipelineConfig, tracking_uri: str) -> dict[str, Any] | No
         "trigger": run.data.tags.get("trigger"),
         "data_version": run.data.tags.get("data_version"),
         "started_ms": run.info.start_time,
-        "url": f"{tracking_uri}/#/experiments/{experiment.experiment_id}/runs/{run.info.run_id}",
+        "url": f"{without_credentials(tracking_uri)}/#/experiments/{experiment.experiment_id}/runs/{run.info.run_id}",
     }
 
 

@@ -83,6 +83,7 @@ class ObjectInfo:
     key: str
     size: int
     etag: str
+    last_modified: dt.datetime | None = None
 
 
 def partition_prefix(pipeline_prefix: str, area: str, day: dt.date) -> str:
@@ -208,7 +209,8 @@ class ObjectStore:
             paginator = self.client.get_paginator("list_objects_v2")
             for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
                 for obj in page.get("Contents", []):
-                    out.append(ObjectInfo(obj["Key"], int(obj["Size"]), obj.get("ETag", "").strip('"')))
+                    etag = obj.get("ETag", "").strip('"')
+                    out.append(ObjectInfo(obj["Key"], int(obj["Size"]), etag, obj.get("LastModified")))
         return sorted(out, key=lambda o: o.key)
 
     def list_partition_dates(self, prefix: str) -> list[dt.date]:
