@@ -185,3 +185,11 @@ def test_celery_predictions_equal_an_in_process_dag_test_run(
     assert [p["rows"] for p in manifest["parts"]] == [p["rows"] for p in celery_manifest["parts"]]
     assert len(in_process) == len(on_celery) == celery_manifest["rows"]
     assert in_process.drop(columns="run_id").equals(on_celery.drop(columns="run_id"))
+
+
+def test_worker_task_logs_hold_no_connection_secret(
+    runs: dict[str, dict], celery_stack: stack_mod.LocalStack
+) -> None:
+    logs = [path for path in (celery_stack.airflow_home / "logs").rglob("*") if path.is_file()]
+    assert len(logs) >= len(runs["training"]["tis"])
+    assert [str(p) for p in logs if stack_mod.LOCAL_SECRET_KEY.encode() in p.read_bytes()] == []
