@@ -176,6 +176,17 @@ def bench_engines(
     }
 
 
+def bench_batch_sizes(cfg: PipelineConfig, base: pa.Table, model_path: Path, rows: int) -> dict[int, float]:
+    """onnxruntime rows/s per rows-per-call: big batches spill the MLP's activations out of cache."""
+    frame = base.slice(0, rows).to_pandas()
+    session = inference.make_session(model_path, cfg)
+    rates = {}
+    for batch in (1024, 4096, 8192, 16384, 65536):
+        inputs = [F.onnx_inputs(frame.iloc[i : i + batch], cfg.features) for i in range(0, rows, batch)]
+        rates[batch] = rate(lambda inputs=inputs: [session.run([F.SCORE_OUTPUT], x) for x in inputs], rows)
+    return rates
+
+
 # -- (b), (c), (d): scoring through the stage functions, in fresh processes ------------------------
 
 
@@ -256,6 +267,7 @@ def main(args: argparse.Namespace) -> None:
             bench_engines(cfg, base, params, model_path, rows, batch)
             for batch in (cfg.inference.batch_rows, cfg.gate.latency_batch_rows)
         ]
+        by_batch = bench_batch_sizes(cfg, base, model_path, rows)
         service = stack.start_s3(Path(tmp) / "s3")
         try:
             store = store_for(service.url, "bench")
@@ -281,11 +293,11 @@ def main(args: argparse.Namespace) -> None:
             big = result(spawn(service.url, "bench", big_day, model_path, publish=True))
         finally:
             service.stop()
-    report(args, engines, e2e, one, pair_results, big)
+    report(engines, by_batch, e2e, one, pair_results, big)
 
 
 def report(
-    args: argparse.Namespace, engines: dict, e2e: dict, one: dict, pair: list[dict], big: dict
+    engines: list[dict], by_batch: dict[int, float], e2e: dict, one: dict, pair: list[dict], big: dict
 ) -> None:
     wall_e2e = e2e["end"] - e2e["start"]
     e2e_rate = e2e["rows"] / wall_e2e
@@ -300,6 +312,11 @@ def report(
         )
         print(f"    ratio ort/torch    {run['onnxruntime'] / run['torch']:>12.2f}x   (target >= 2x)")
         print(f"    max |ort - torch|  {run['max_abs_diff']:>12.2e}")
+    print(f"(a) onnxruntime by rows per call, {THREADS} threads")
+    for batch, value in by_batch.items():
+        print(
+            f"    batch {batch:>6}       {value:>12,.0f} rows/s   ({value / by_batch[65536]:.2f}x batch 65536)"
+        )
     score_only = engines[0]["onnxruntime"]
     print(f"(b) end to end, {e2e['rows']:,} rows, curated parquet in S3 -> published predictions")
     print(f"    end to end         {e2e_rate:>12,.0f} rows/s   ({wall_e2e:.2f} s)")
