@@ -96,12 +96,18 @@ def cmd_config_reference(args: argparse.Namespace) -> int:
 
 
 def cmd_seed(args: argparse.Namespace) -> int:
-    from mlops_tasks.example import seed_landing
-
     cfg = load_pipeline(args.pipeline)
     store = _store(cfg)
     store.ensure_bucket()
-    result = seed_landing(store, cfg, dt.date.fromisoformat(args.start), dt.date.fromisoformat(args.end))
+    start, end = dt.date.fromisoformat(args.start), dt.date.fromisoformat(args.end)
+    if args.sklearn_dataset:
+        from mlops_tasks.datasets import seed_sklearn_landing
+
+        result = seed_sklearn_landing(store, cfg, args.sklearn_dataset, start, (end - start).days + 1)
+    else:
+        from mlops_tasks.example import seed_landing
+
+        result = seed_landing(store, cfg, start, end)
     print(
         f"seeded {result['days']} day(s), {result['rows']} rows in {result['objects']} object(s) under "
         f"s3://{cfg.storage.bucket}/{cfg.prefix}/landing/"
@@ -196,6 +202,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pipeline", nargs="?", default="flights_delay")
     p.add_argument("--start", default="2013-01-01")
     p.add_argument("--end", default="2013-12-31")
+    p.add_argument(
+        "--sklearn-dataset",
+        help="Land a scikit-learn bundled data set (wine, iris, diabetes, ...) spread over --start..--end "
+        "instead of the flights example (docs/new-pipeline.md).",
+    )
 
     data = sub.add_parser("data", help="Data versions.").add_subparsers(dest="data_command", required=True)
     p = add("checkout", cmd_data_checkout, "Restore the exact bytes of a DVC data version.", data)

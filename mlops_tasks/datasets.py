@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -103,18 +102,16 @@ def seed_sklearn_landing(
     (the walkthrough triggers runs relative to them)."""
     frame = sklearn_frame(dataset)
     files = daily_csv(frame, synthetic_days(len(frame), start, days, seed))
-    jobs = [
-        (partition_prefix(cfg.prefix, "landing", day) + f"{dataset}.csv", data)
+    objects = {
+        partition_prefix(cfg.prefix, "landing", day) + f"{dataset}.csv": data
         for day, (data, _) in files.items()
-    ]
-    _ = store.client  # build the (thread-safe) client once, before the threads share it
-    with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(lambda job: store.put_bytes(job[0], job[1], "text/csv"), jobs))
+    }
+    sent = store.put_many(objects, "text/csv", threads)
     return {
         "days": len(files),
-        "objects": len(jobs),
+        "objects": len(objects),
         "rows": sum(rows for _, rows in files.values()),
-        "bytes": sum(len(data) for data, _ in files.values()),
+        "bytes": sent,
         "first": min(files).isoformat(),
         "last": max(files).isoformat(),
     }

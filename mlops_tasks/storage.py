@@ -253,6 +253,17 @@ class ObjectStore:
             self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
         return self.uri(key)
 
+    def put_many(
+        self, objects: dict[str, bytes], content_type: str = "application/octet-stream", threads: int = 8
+    ) -> int:
+        """Independent single-object PUTs in parallel (e.g. landing many files); returns bytes sent."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        _ = self.client  # build the (thread-safe) client once, before the threads share it
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(lambda item: self.put_bytes(item[0], item[1], content_type), objects.items()))
+        return sum(len(data) for data in objects.values())
+
     def put_json(self, key: str, obj: Any) -> str:
         data = json.dumps(obj, indent=1, sort_keys=True, default=str).encode()
         return self.put_bytes(key, data, "application/json")
