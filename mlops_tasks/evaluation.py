@@ -6,6 +6,7 @@ champion (registry alias ``champion``), on the same rows. A challenger is promot
 metric clears the absolute floor, beats the champion by ``gate.min_improvement``, and its ONNX file
 and p95 batch latency fit the budgets. A rejection is a normal outcome: it is reported (JSON + a
 self-contained HTML page under ``reports/gate/``, both also logged to the MLflow run), not raised.
+The report keys are fixed per (day, run); its bytes repeat on a rerun except the measured latencies.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from mlflow.entities import Metric, RunTag
 from sklearn import metrics as skm
 
 from mlops_tasks import tracking
@@ -347,8 +349,6 @@ def evaluate_and_gate(
 
 
 def _log_to_run(tracking_uri: str, run_id: str, decision: dict[str, Any], report: bytes, page: bytes) -> None:
-    from mlflow.entities import Metric, RunTag
-
     client = tracking.client(tracking_uri)
     now = int(time.time() * 1000)
     metrics = [

@@ -29,7 +29,6 @@ import onnx
 import pandas as pd
 from mlflow.entities import Metric, RunTag
 from onnx import TensorProto, helper, numpy_helper
-from torch import nn
 
 from mlops_tasks import tracking
 from mlops_tasks.config import PipelineConfig
@@ -116,16 +115,17 @@ def build_onnx(net: TabularNet, spec: NetSpec) -> onnx.ModelProto:
     nodes.append(helper.make_node("Concat", parts, ["h0"], axis=1))
     hidden = "h0"
     for j, layer in enumerate(net.mlp):
-        if isinstance(layer, nn.Linear):
+        kind = type(layer).__name__  # by name: importing torch here would precede training's OpenMP setup
+        if kind == "Linear":
             weight = const(f"w{j}", layer.weight.detach().numpy().astype(np.float32))
             bias = const(f"b{j}", layer.bias.detach().numpy().astype(np.float32))
             nodes.append(helper.make_node("Gemm", [hidden, weight, bias], [f"h{j + 1}"], transB=1))
-        elif isinstance(layer, nn.ReLU):
+        elif kind == "ReLU":
             nodes.append(helper.make_node("Relu", [hidden], [f"h{j + 1}"]))
-        elif isinstance(layer, nn.Dropout):
+        elif kind == "Dropout":
             continue  # identity at inference
         else:
-            raise TypeError(f"cannot export layer {type(layer).__name__}")
+            raise TypeError(f"cannot export layer {kind}")
         hidden = f"h{j + 1}"
     outputs = [helper.make_tensor_value_info(SCORE_OUTPUT, TensorProto.FLOAT, ["N"])]
     axis1 = const("axis1", np.array([1], np.int64))
