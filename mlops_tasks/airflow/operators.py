@@ -29,6 +29,7 @@ from mlops_tasks.airflow.links import (
     report_url,
 )
 from mlops_tasks.config import PipelineConfig, load_pipeline
+from mlops_tasks.observability import emit
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -164,6 +165,7 @@ class IngestDayOperator(PipelineOperator):
 
         day = as_date(self.day)
         result = ingest_day(self.store, self.config, day)
+        emit("ingest", result, pipeline=self.pipeline)
         if result["status"] == "no_data":
             self.log.warning("No landing files for %s under %s: nothing to ingest.", day, self.config.prefix)
         else:
@@ -212,6 +214,7 @@ class ValidateDayOperator(PipelineOperator):
             ValidationReportLink.persist(context, report_url(exc.result.get("report_html_uri")))
             raise AirflowFailException(str(exc)) from None
         ValidationReportLink.persist(context, report_url(result["report_html_uri"]))
+        emit("validate", result, pipeline=self.pipeline)
         self.log.info(
             "Validation of %s passed: %d good, %d quarantined (%.2f%%). Report: %s",
             day,
@@ -370,6 +373,7 @@ class EvaluateGateOperator(_DataVersionInput):
             day=as_date(self.data_version["window_end"]),
         )
         GateReportLink.persist(context, report_url(decision["report_html_uri"]))
+        emit("gate", decision, pipeline=self.pipeline)
         self.log.info(
             "Gate decision: %s. %s Report: %s",
             "PROMOTE" if decision["promote"] else "REJECT",
@@ -524,6 +528,7 @@ class ScorePartOperator(PipelineOperator):
                 run_id=context["run_id"],
                 output_area="predictions" if self.role == "champion" else "predictions_shadow",
             )
+        emit("score", result, pipeline=self.pipeline)
         self.log.info("Scored %d rows: %s", result["rows"], result["seconds"])
         return result
 
@@ -571,6 +576,7 @@ class PublishPredictionsOperator(PipelineOperator):
             run_id=context["run_id"],
             output_area="predictions" if self.role == "champion" else "predictions_shadow",
         )
+        emit("publish", result, pipeline=self.pipeline)
         for asset in self.outlets:
             context["outlet_events"][asset].extra = {
                 "day": day.isoformat(),
@@ -637,6 +643,7 @@ class DriftCheckOperator(PipelineOperator):
         day = self._day(context)
         result = run_drift_monitor(self.store, self.config, day, tracking_uri=self.tracking_uri)
         DriftReportLink.persist(context, report_url(result.get("report_html_uri")))
+        emit("drift", result, pipeline=self.pipeline)
         self.log.info("Drift check for %s: %s", day, result)
         return result
 
