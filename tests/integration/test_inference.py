@@ -54,6 +54,7 @@ def threshold_model(tmp_path: Path, cfg: PipelineConfig, threshold: float, name:
 def score_day(
     store: ObjectStore, cfg: PipelineConfig, model_path: str, area: str = "predictions", **identity: str
 ) -> dict:
+    """Plan, score every unit, publish: what the batch-inference DAG's tasks do in turn."""
     ident = {**IDENTITY, **identity}
     results = [
         inference.score_part(store, cfg, unit, model_path=model_path, output_area=area, **ident)
@@ -67,6 +68,7 @@ def contents(store: ObjectStore, prefix: str) -> dict[str, bytes]:
 
 
 def two_parts(store: ObjectStore, cfg: PipelineConfig) -> None:
+    """950 curated rows in two parts with row groups of 200 (700 = 200+200+200+100, 250 = 200+50)."""
     frames = [curated_frame(DAY, 700), curated_frame(DAY, 250, seed=1, first_flight=1000)]
     publish_curated(store, cfg, DAY, frames, row_group_size=200)
 
