@@ -37,7 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mlops_tasks import features as F
-from mlops_tasks.storage import ObjectStore, partition_prefix, publish_manifest, sha256_file, write_part
+from mlops_tasks.storage import ObjectStore, partition_prefix, publish_manifest, read_published, write_part
 
 if TYPE_CHECKING:
     from mlops_tasks.config import PipelineConfig
@@ -165,18 +165,12 @@ def _label_text(value: Any) -> str:
 def _parquet_metadata(store: ObjectStore, key: str, size: int) -> pq.FileMetaData:
     """A parquet object's footer, read with ranged GETs instead of downloading the object."""
 
-    def tail(length: int) -> bytes:
-        with store._explain("read the parquet footer of", key):
-            return store.client.get_object(Bucket=store.bucket, Key=key, Range=f"bytes=-{length}")[
-                "Body"
-            ].read()
-
-    data = tail(min(size, _FOOTER_GUESS))
+    data = store.get_tail(key, min(size, _FOOTER_GUESS))
     if size < 12 or data[-4:] != b"PAR1":
         raise InferenceInputError(f"{store.uri(key)}: not a parquet file (no PAR1 footer)")
     footer_len = struct.unpack("<I", data[-8:-4])[0]
     if footer_len + 8 > len(data):
-        data = tail(footer_len + 8)
+        data = store.get_tail(key, footer_len + 8)
     return pq.read_metadata(pa.BufferReader(b"PAR1" + data[-footer_len - 8 :]))
 
 
@@ -431,20 +425,10 @@ def read_predictions(
 def _read_published(
     store: ObjectStore, partition: str, columns: list[str] | None
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
-    manifest = store.read_manifest(partition)
+    table, manifest = read_published(store, partition, columns)
     if manifest is None:
         raise FileNotFoundError(f"{store.uri(partition)}: nothing is published there (no manifest)")
-    tables = []
-    for part in manifest["parts"]:
-        with store.spooled(part["key"]) as path:
-            if sha256_file(path) != part["sha256"]:
-                raise PredictionsError(
-                    f"{store.uri(part['key'])}: content does not match its manifest sha256"
-                )
-            tables.append(pq.read_table(path, columns=columns))
-    if not tables:
-        return pd.DataFrame(columns=columns), manifest
-    return pa.concat_tables(tables).to_pandas(), manifest
+    return (table.to_pandas() if table is not None else pd.DataFrame(columns=columns)), manifest
 
 
 # -- shadow -----------------------------------------------------------------------------------------

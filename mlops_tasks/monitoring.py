@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from mlops_tasks import drift, features
-from mlops_tasks.storage import partition_prefix, read_published_table
+from mlops_tasks.storage import partition_prefix, read_published
 
 if TYPE_CHECKING:
     from mlops_tasks.config import PipelineConfig
@@ -48,8 +48,8 @@ def current_window(store: ObjectStore, cfg: PipelineConfig, day: dt.date) -> pd.
     """Curated rows of the window's scored days, with the published ``score`` joined on the key."""
     frames = []
     for d in monitored_days(cfg, day):
-        scored = read_published_table(store, partition_prefix(cfg.prefix, "predictions", d))
-        curated = read_published_table(store, partition_prefix(cfg.prefix, "curated", d))
+        scored, _ = read_published(store, partition_prefix(cfg.prefix, "predictions", d))
+        curated, _ = read_published(store, partition_prefix(cfg.prefix, "curated", d))
         if scored is None or curated is None:
             continue
         keys = cfg.data.key

@@ -237,6 +237,13 @@ class ObjectStore:
         with self._explain("read", key):
             return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
 
+    def get_tail(self, key: str, nbytes: int) -> bytes:
+        """The last ``nbytes`` of an object (one ranged GET), e.g. a parquet footer."""
+        with self._explain("read", key):
+            return self.client.get_object(Bucket=self.bucket, Key=key, Range=f"bytes=-{nbytes}")[
+                "Body"
+            ].read()
+
     def get_json(self, key: str) -> Any:
         return json.loads(self.get_bytes(key))
 
@@ -394,16 +401,17 @@ class ManifestMismatchError(StorageError):
     """A published part's bytes differ from the sha256 its manifest recorded."""
 
 
-def read_published_table(
+def read_published(
     store: ObjectStore, partition: str, columns: list[str] | None = None
-) -> pa.Table | None:
-    """Every part a partition's manifest lists, checksums verified, as one table; None if unpublished."""
+) -> tuple[pa.Table | None, dict[str, Any] | None]:
+    """The parquet parts a partition's manifest lists, checksums verified, as one table, with the
+    manifest; ``(None, None)`` if nothing is published there, ``(None, manifest)`` for an empty one."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     manifest = store.read_manifest(partition)
     if manifest is None:
-        return None
+        return None, None
     tables = []
     for part in manifest["parts"]:
         if not part["key"].endswith(".parquet"):
@@ -414,4 +422,4 @@ def read_published_table(
                     f"{store.uri(part['key'])}: content does not match its manifest sha256"
                 )
             tables.append(pq.read_table(path, columns=columns))
-    return pa.concat_tables(tables) if tables else None
+    return (pa.concat_tables(tables) if tables else None), manifest

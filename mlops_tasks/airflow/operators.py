@@ -602,12 +602,13 @@ class ShadowReportOperator(PipelineOperator):
 
         if not self.models.get("challenger"):
             raise AirflowSkipException("No challenger: no shadow report.")
+        # model_name/model_version let the report refuse predictions published by another model.
+        champion, challenger = (
+            {**self.models[role], "model_version": self.models[role]["version"]}
+            for role in ("champion", "challenger")
+        )
         report = shadow_report(
-            self.store,
-            self.config,
-            as_date(self.day),
-            champion=self.models["champion"],
-            challenger=self.models["challenger"],
+            self.store, self.config, as_date(self.day), champion=champion, challenger=challenger
         )
         self.log.info("Shadow report: %s", report)
         return report
