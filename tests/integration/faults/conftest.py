@@ -13,6 +13,8 @@ import pytest
 
 from mlops_tasks import stack
 from tests.conftest import make_store, require_service
+from tests.integration.faults.stage_runner import config
+from tests.integration.onnx_fixtures import EXAMPLE_VOCAB, build_model, random_params
 from tests.integration.services import PG_HOST, PG_PORT, postgres_database
 
 
@@ -122,3 +124,11 @@ def pg_mlflow(tmp_path_factory: pytest.TempPathFactory, s3_endpoint: str) -> Ite
             yield server
         finally:
             server.stop()
+
+
+@pytest.fixture(scope="package")
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A small ONNX classifier honouring the package's input/output contract."""
+    features = config().features
+    params = random_params(features, EXAMPLE_VOCAB, hidden=[16], seed=3)
+    return str(build_model(tmp_path_factory.mktemp("model") / "m.onnx", features, params, classes=[0.0, 1.0]))
