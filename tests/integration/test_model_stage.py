@@ -160,7 +160,11 @@ def test_quantized_export_is_kept_only_within_the_metric_tolerance(
     )
     result = export.export_run(cfg, trained["run_id"], tracking_uri=mlflow_server, sample_frame=split[1])
     assert result["quantized"] is True and result["onnx_sha256"] != trained["export"]["onnx_sha256"]
-    export.export_run(binary_cfg, trained["run_id"], tracking_uri=mlflow_server, sample_frame=split[1])
+    # Put the shared run's fp32 model back for the tests that follow.
+    restored = export.export_run(
+        binary_cfg, trained["run_id"], tracking_uri=mlflow_server, sample_frame=split[1]
+    )
+    assert restored["onnx_sha256"] == trained["export"]["onnx_sha256"]
 
 
 def test_gate_report_is_written_to_the_store_and_the_run(
