@@ -352,6 +352,9 @@ class LocalStack:
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
             "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "10",
             "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
+            # Waiting OpenMP threads sleep instead of spinning: on a busy 2-core worker spinning made a
+            # torch training step ~70x slower (docs/benchmarks.md).
+            "OMP_WAIT_POLICY": "PASSIVE",
             **self.airflow_overrides,
         }
 
