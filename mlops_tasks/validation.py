@@ -28,10 +28,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mlops_tasks.config import PipelineConfig
-from mlops_tasks.ingestion import rejected_copy_name, to_parquet_bytes
+from mlops_tasks.ingestion import PARQUET_COMPRESSION, rejected_copy_name, to_parquet_bytes
 from mlops_tasks.storage import ObjectStore, partition_prefix, publish_manifest, write_part
 
 if TYPE_CHECKING:
@@ -336,7 +337,8 @@ def validate_day(store: ObjectStore, cfg: PipelineConfig, day: dt.date) -> dict[
             f"{store.uri(staging)} has no published manifest: ingest has not staged {day} for pipeline "
             f"'{cfg.name}' (run the ingest step for that day first)."
         )
-    frame = _read_parts(store, staged["data_parts"])
+    table = read_staged(store, staged["data_parts"])
+    frame = staged_frame(table)
     rules = build_rules(cfg)
     gx_results = run_gx(frame, rules)
     outcomes, bad, reasons = _split(frame, rules, gx_results)
@@ -388,17 +390,27 @@ def validate_day(store: ObjectStore, cfg: PipelineConfig, day: dt.date) -> dict[
     store.put_bytes(reports + "validation.html", render_html(report).encode(), "text/html; charset=utf-8")
     if not passed:
         raise ValidationGateError(result["message"], result)
-    good = frame[~bad]
-    part = write_part(store, curated, "data.parquet", to_parquet_bytes(good), rows=len(good))
+    # Filtering the arrow table (not the frame) keeps the staged schema and needs no pandas copy.
+    good = table.filter(pa.array(~bad))
+    buffer = io.BytesIO()
+    pq.write_table(good, buffer, compression=PARQUET_COMPRESSION)
+    part = write_part(store, curated, "data.parquet", buffer.getvalue(), rows=good.num_rows)
     publish_manifest(
         store, curated, [part], day=day.isoformat(), validation_report=reports + "validation.json"
     )
     return result
 
 
-def _read_parts(store: ObjectStore, keys: list[str]) -> pd.DataFrame:
-    frames = [pq.read_table(io.BytesIO(store.get_bytes(k))).to_pandas() for k in keys]
-    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+def read_staged(store: ObjectStore, keys: list[str]) -> pa.Table:
+    """The staged parts as one arrow table."""
+    return pa.concat_tables([pq.read_table(io.BytesIO(store.get_bytes(k))) for k in keys])
+
+
+def staged_frame(table: pa.Table) -> pd.DataFrame:
+    """The frame GX and the masks see: strings stay arrow-backed (a third of the memory of Python
+    string objects at 1M rows, and faster set/regex checks)."""
+    strings = pd.StringDtype("pyarrow")
+    return table.to_pandas(types_mapper={pa.string(): strings, pa.large_string(): strings}.get)
 
 
 def _split(

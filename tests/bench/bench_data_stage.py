@@ -107,22 +107,21 @@ def child(mode: str, endpoint: str, bucket: str) -> None:
         out.update(seconds=time.perf_counter() - start, bad_rows=result["bad_rows"], passed=result["passed"])
     else:
         manifest = store.read_manifest(partition_prefix(cfg.prefix, "staging", BENCH_DAY))
-        frame = validation._read_parts(store, manifest["data_parts"])
+        frame = validation.staged_frame(validation.read_staged(store, manifest["data_parts"]))
         out["rss_after_load_mb"] = current_rss_mb()
         start = time.perf_counter()
-        result = validation.run_gx(frame, validation.build_rules(cfg))
-        out.update(seconds=time.perf_counter() - start, expectations=len(result.results))
+        results = validation.run_gx(frame, validation.build_rules(cfg))
+        out.update(seconds=time.perf_counter() - start, expectations=len(results))
     out["peak_rss_mb"] = peak_rss_mb()
     print(json.dumps(out))
 
 
 def measure(mode: str, endpoint: str, bucket: str) -> dict:
     proc = subprocess.run(
-        [sys.executable, __file__, "--child", mode, endpoint, bucket],
-        check=True,
-        capture_output=True,
-        text=True,
+        [sys.executable, __file__, "--child", mode, endpoint, bucket], capture_output=True, text=True
     )
+    if proc.returncode:
+        raise RuntimeError(f"measurement '{mode}' failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
