@@ -66,8 +66,7 @@ class OutageProxy:
 
     def outage(self, seconds: float) -> None:
         """Close the listener and reset every open connection; listen again after ``seconds``."""
-        assert self._listener is not None
-        self._listener.close()
+        self._stop_listening()
         with self._lock:
             for sock in self._open:
                 try:
@@ -80,10 +79,20 @@ class OutageProxy:
         if not self._closed:
             self._listen()
 
+    def _stop_listening(self) -> None:
+        """shutdown() first: on Linux it wakes the thread blocked in accept(), which close() does not,
+        and only then is the port free to listen on again."""
+        if self._listener is not None:
+            try:
+                self._listener.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            self._listener.close()
+            self._listener = None
+
     def close(self) -> None:
         self._closed = True
-        if self._listener is not None:
-            self._listener.close()
+        self._stop_listening()
 
 
 @pytest.fixture
