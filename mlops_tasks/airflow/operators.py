@@ -28,6 +28,7 @@ from mlops_tasks.airflow.links import (
     model_version_url,
     report_url,
 )
+from mlops_tasks.airflow.notifiers import announce
 from mlops_tasks.config import PipelineConfig, load_pipeline
 from mlops_tasks.observability import emit
 
@@ -373,6 +374,10 @@ class EvaluateGateOperator(_DataVersionInput):
             day=as_date(self.data_version["window_end"]),
         )
         GateReportLink.persist(context, report_url(decision["report_html_uri"]))
+        if not decision["promote"]:
+            announce(
+                self.config.name, "gate_rejected", decision["reason"], {"report": decision["report_html_uri"]}
+            )
         emit("gate", decision, pipeline=self.pipeline)
         self.log.info(
             "Gate decision: %s. %s Report: %s",
@@ -674,5 +679,5 @@ class TriggerRetrainingOperator(PipelineOperator):
         }
         for asset in self.outlets:
             context["outlet_events"][asset].extra = extra
-        self.log.warning("Retraining requested: %s", extra)
+        announce(self.config.name, "drift_detected", f"retraining requested: {extra['reason']}", extra)
         return extra
