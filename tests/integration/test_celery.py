@@ -34,7 +34,7 @@ from tests.integration.services import (
 pytestmark = [pytest.mark.slow, pytest.mark.services]
 
 WORKERS = ("worker-a", "worker-b")
-TRAIN_RUN, SCORE_DAY = "2013-01-07", dt.date(2013, 1, 8)  # trains on 01-01..01-06, scores 01-08
+TRAIN_RUN, SCORE_DAY = "2013-01-05", dt.date(2013, 1, 8)  # trains on 01-01..01-04, scores 01-08
 RUN_TIMEOUT = 420
 
 
@@ -78,7 +78,7 @@ def celery_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[stack_mod
     tmp = tmp_path_factory.mktemp("celery")
     config_dir = small_config(
         tmp,
-        training={"window_days": 6, "evaluation_days": 2, "schedule": None},
+        training={"window_days": 4, "evaluation_days": 1, "schedule": None},
         inference={"part_rows": 200, "schedule": None},
     )
     with (
