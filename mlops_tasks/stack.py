@@ -238,6 +238,8 @@ class LocalStack:
 
     Airflow runs with LocalExecutor on SQLite (what ``airflow standalone`` uses; Airflow 3 accepts it)
     and SimpleAuthManager, one ``admin`` user whose password is generated once per state dir.
+    ``airflow_overrides`` replaces any of those Airflow settings (e.g. CeleryExecutor on PostgreSQL),
+    ``mlflow_backend_uri`` the MLflow store (default: SQLite, reset at each start).
     """
 
     def __init__(
@@ -263,7 +265,6 @@ class LocalStack:
         self.dags_dir = Path(dags_dir or REPO_ROOT / "dags").resolve()
         self.plugins_dir = Path(plugins_dir or REPO_ROOT / "plugins").resolve()
         self.timeout = timeout
-        # e.g. CeleryExecutor on PostgreSQL (tests/integration/test_celery.py): replaces the defaults below.
         self.airflow_overrides = dict(airflow_overrides or {})
         self.mlflow_backend_uri = mlflow_backend_uri
         self._ports = {"s3": s3_port, "mlflow": mlflow_port, "airflow": airflow_port or free_port()}

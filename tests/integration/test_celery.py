@@ -13,6 +13,8 @@ from __future__ import annotations
 import datetime as dt
 import os
 import subprocess
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -193,3 +195,12 @@ def test_worker_task_logs_hold_no_connection_secret(
     logs = [path for path in (celery_stack.airflow_home / "logs").rglob("*") if path.is_file()]
     assert len(logs) >= len(runs["training"]["tis"])
     assert [str(p) for p in logs if stack_mod.LOCAL_SECRET_KEY.encode() in p.read_bytes()] == []
+
+
+@pytest.mark.parametrize(
+    "path", ["/api/v2/dags", "/api/v2/connections", "/api/v2/dags/flights_delay_training/dagRuns"]
+)
+def test_api_refuses_anonymous_requests(celery_stack: stack_mod.LocalStack, path: str) -> None:
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(celery_stack.airflow_url + path, timeout=10)
+    assert refused.value.code in (401, 403)
