@@ -46,6 +46,23 @@ def as_date(value: str | dt.date | dt.datetime) -> dt.date:
     return dt.date.fromisoformat(str(value)[:10])
 
 
+def run_day(day: str | dt.date | None, context: Context) -> dt.date:
+    """The day a task works on: its ``day`` argument, else the run's logical date.
+
+    Not ``{{ ds }}`` as a default: asset-triggered runs have no logical date, and the template would
+    fail to render before the task could say what is wrong.
+    """
+    if day:
+        return as_date(day)
+    logical = context.get("logical_date")
+    if logical is None:
+        raise AirflowFailException(
+            "this run has no logical date (asset-triggered) and the task was given no 'day': "
+            "pass day=... or trigger the DAG with a logical date"
+        )
+    return as_date(logical)
+
+
 def window_days(cfg: PipelineConfig, window_end: dt.date) -> list[dt.date]:
     """The training window: ``training.window_days`` days ending with ``window_end`` (inclusive)."""
     start = window_end - dt.timedelta(days=cfg.training.window_days - 1)
@@ -157,14 +174,14 @@ class IngestDayOperator(PipelineOperator):
 
     template_fields: Sequence[str] = ("day",)
 
-    def __init__(self, *, day: str = "{{ ds }}", **kwargs: Any) -> None:
+    def __init__(self, *, day: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.day = day
 
     def execute(self, context: Context) -> dict[str, Any]:
         from mlops_tasks.ingestion import ingest_day
 
-        day = as_date(self.day)
+        day = run_day(self.day, context)
         result = ingest_day(self.store, self.config, day)
         emit("ingest", result, pipeline=self.pipeline)
         if result["status"] == "no_data":
@@ -195,7 +212,7 @@ class ValidateDayOperator(PipelineOperator):
     operator_extra_links = (ValidationReportLink(),)
 
     def __init__(
-        self, *, ingest_result: dict[str, Any] | None = None, day: str = "{{ ds }}", **kwargs: Any
+        self, *, ingest_result: dict[str, Any] | None = None, day: str | None = None, **kwargs: Any
     ) -> None:
         super().__init__(**kwargs)
         self.ingest_result = ingest_result
@@ -208,7 +225,7 @@ class ValidateDayOperator(PipelineOperator):
             raise AirflowSkipException(
                 f"No data landed for {self.ingest_result['date']}: nothing to validate."
             )
-        day = as_date(self.ingest_result["date"] if self.ingest_result else self.day)
+        day = as_date(self.ingest_result["date"]) if self.ingest_result else run_day(self.day, context)
         try:
             result = validate_day(self.store, self.config, day)
         except ValidationGateError as exc:
@@ -478,17 +495,18 @@ class PlanScoringOperator(PipelineOperator):
 
     template_fields: Sequence[str] = ("day",)
 
-    def __init__(self, *, day: str = "{{ ds }}", **kwargs: Any) -> None:
+    def __init__(self, *, day: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.day = day
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
         from mlops_tasks.inference import plan_parts
 
-        units = plan_parts(self.store, self.config, as_date(self.day))
+        day = run_day(self.day, context)
+        units = plan_parts(self.store, self.config, day)
         if not units:
-            raise AirflowSkipException(f"No curated data for {self.day}: nothing to score.")
-        self.log.info("%d work unit(s) for %s", len(units), self.day)
+            raise AirflowSkipException(f"No curated data for {day}: nothing to score.")
+        self.log.info("%d work unit(s) for %s", len(units), day)
         return units
 
 
@@ -554,7 +572,7 @@ class PublishPredictionsOperator(PipelineOperator):
         *,
         part_results: list[dict[str, Any]],
         models: dict[str, Any],
-        day: str = "{{ ds }}",
+        day: str | None = None,
         role: str = "champion",
         **kwargs: Any,
     ) -> None:
@@ -570,7 +588,7 @@ class PublishPredictionsOperator(PipelineOperator):
         model = self.models.get(self.role)
         if model is None:
             raise AirflowSkipException(f"No '{self.role}' model: nothing to publish.")
-        day = as_date(self.day)
+        day = run_day(self.day, context)
         result = publish_predictions(
             self.store,
             self.config,
@@ -597,7 +615,7 @@ class ShadowReportOperator(PipelineOperator):
 
     template_fields: Sequence[str] = ("day", "models")
 
-    def __init__(self, *, models: dict[str, Any], day: str = "{{ ds }}", **kwargs: Any) -> None:
+    def __init__(self, *, models: dict[str, Any], day: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.models = models
         self.day = day
@@ -613,7 +631,7 @@ class ShadowReportOperator(PipelineOperator):
             for role in ("champion", "challenger")
         )
         report = shadow_report(
-            self.store, self.config, as_date(self.day), champion=champion, challenger=challenger
+            self.store, self.config, run_day(self.day, context), champion=champion, challenger=challenger
         )
         self.log.info("Shadow report: %s", report)
         return report
@@ -641,7 +659,7 @@ class DriftCheckOperator(PipelineOperator):
             return as_date(self.day)
         events = context.get("triggering_asset_events") or {}
         days = [e.extra["day"] for evs in events.values() for e in evs if (e.extra or {}).get("day")]
-        return as_date(max(days)) if days else as_date(context["logical_date"])
+        return as_date(max(days)) if days else run_day(None, context)
 
     def execute(self, context: Context) -> dict[str, Any]:
         from mlops_tasks.monitoring import run_drift_monitor
