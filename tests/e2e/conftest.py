@@ -31,8 +31,12 @@ def airflow_db() -> None:
     )
 
 
-def small_config(tmp_path: Path, **overrides: dict) -> Path:
+def small_config(tmp_path: Path, name: str = "flights_delay", **overrides: dict) -> Path:
+    """The example config, shrunk for speed. A test that uses its own bucket must also use its own
+    ``name``: Airflow keeps one active asset per name, so two pipelines named alike but writing to
+    different buckets would leave one's predictions asset inactive in the shared test database."""
     raw = yaml.safe_load(EXAMPLE_CONFIG.read_text())
+    raw["name"] = name
     raw["training"].update({"window_days": 10, "evaluation_days": 3})
     raw["model"].update({"epochs": 2, "hidden_layers": [32, 16]})
     raw["validation"]["min_rows"] = 10
@@ -42,7 +46,7 @@ def small_config(tmp_path: Path, **overrides: dict) -> Path:
         raw[section].update(values)
     directory = tmp_path / "configs"
     directory.mkdir(exist_ok=True)
-    (directory / "flights_delay.yaml").write_text(yaml.safe_dump(raw))
+    (directory / f"{name}.yaml").write_text(yaml.safe_dump(raw))
     return directory
 
 

@@ -16,7 +16,6 @@ import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -48,8 +47,8 @@ def celery_overrides(metadata_db: str, broker: str) -> dict[str, str]:
         "AIRFLOW__CELERY__BROKER_URL": broker,
         "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + metadata_db,
         "AIRFLOW__CELERY__WORKER_CONCURRENCY": "1",
-        # celery_compat: see its sitecustomize.py; REPO: the workers' hostname_callable.
-        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent / "celery_compat"), str(REPO)]),
+        # REPO: the workers' hostname_callable lives in the test package.
+        "PYTHONPATH": str(REPO),
     }
 
 

@@ -69,11 +69,12 @@ def metrics(
     bucket = f"met-{uuid.uuid4().hex[:12]}"
     config_dir = small_config(
         tmp_path_factory.mktemp("metrics"),
+        name="metrics_probe",
         storage={"bucket": bucket},
         mlflow={"registered_model": f"flights_delay_{bucket}"},
         training={"window_days": 3, "evaluation_days": 1},
     )
-    cfg = load_config(config_dir / "flights_delay.yaml")
+    cfg = load_config(config_dir / "metrics_probe.yaml")
     seed_landing(make_store(s3_endpoint, bucket), cfg, dt.date(2013, 1, 1), dt.date(2013, 1, 3))
     env = {
         **os.environ,
@@ -95,16 +96,16 @@ def metrics(
 
 
 def test_rows_ingested_and_quarantined_per_day_reach_the_collector(metrics: dict[str, list[float]]) -> None:
-    ingested = metrics["airflow.mlops.flights_delay.ingest.rows"]
-    quarantined = metrics["airflow.mlops.flights_delay.validate.quarantined_rows"]
+    ingested = metrics["airflow.mlops.metrics_probe.ingest.rows"]
+    quarantined = metrics["airflow.mlops.metrics_probe.validate.quarantined_rows"]
     assert len(ingested) >= 1 and all(rows > 100 for rows in ingested)
     assert sum(quarantined) > 0  # 2013-01-01..03 had cancelled flights
 
 
 def test_gate_metric_and_decision_reach_the_collector(metrics: dict[str, list[float]]) -> None:
-    assert 0.5 <= metrics["airflow.mlops.flights_delay.gate.challenger_roc_auc"][-1] <= 1.0
-    assert metrics["airflow.mlops.flights_delay.gate.promoted"][-1] == 1.0
+    assert 0.5 <= metrics["airflow.mlops.metrics_probe.gate.challenger_roc_auc"][-1] <= 1.0
+    assert metrics["airflow.mlops.metrics_probe.gate.promoted"][-1] == 1.0
 
 
 def test_airflow_own_task_metrics_share_the_transport(metrics: dict[str, list[float]]) -> None:
-    assert "airflow.ti.finish.flights_delay_training.register.success" in metrics
+    assert "airflow.ti.finish.metrics_probe_training.register.success" in metrics

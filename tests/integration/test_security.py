@@ -47,11 +47,12 @@ def training_run(
     bucket = f"sec-{uuid.uuid4().hex[:12]}"
     config_dir = small_config(
         tmp,
+        name="security_probe",
         storage={"bucket": bucket},
         mlflow={"registered_model": f"flights_delay_{bucket}"},
         training={"window_days": 4, "evaluation_days": 1},
     )
-    cfg = load_config(config_dir / "flights_delay.yaml")
+    cfg = load_config(config_dir / "security_probe.yaml")
     store = make_store(s3_endpoint, bucket)
     seed_landing(store, cfg, dt.date(2013, 1, 1), dt.date(2013, 1, 4))
     conns = stack.connection_env(s3_endpoint, mlflow_server)
