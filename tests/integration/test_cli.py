@@ -69,3 +69,38 @@ def test_unknown_records_are_reported_clearly(
     assert result.returncode == 1
     assert result.stderr.startswith("error: ")
     assert "Traceback" not in result.stderr
+
+
+def test_up_serves_until_interrupted_then_stops_every_process(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    state = tmp_path / "stack"
+    proc = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "mlops-tasks"),
+            "up",
+            "--no-airflow",
+            "--no-seed",
+            "--state-dir",
+            str(state),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=REPO,
+    )
+    lines = []
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        lines.append(line)
+        if "Press Ctrl-C" in line or not line:
+            break
+    text = "".join(lines)
+    assert "IN-MEMORY and EPHEMERAL" in text and "MLflow" in text, text
+    assert (state / "connections.env").stat().st_mode & 0o777 == 0o600
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(60) in (0, 130)
+    children = subprocess.run(["pgrep", "-f", str(state)], capture_output=True, text=True).stdout.split()
+    assert children == [], f"processes left running: {children}"
