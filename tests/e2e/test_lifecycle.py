@@ -7,13 +7,17 @@ One module-scoped story, asserted step by step: land January -> train (v1 champi
 from __future__ import annotations
 
 import datetime as dt
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from mlops_tasks.config import load_pipeline
 from mlops_tasks.example import seed_landing
 from mlops_tasks.inference import read_predictions
-from mlops_tasks.status import last_drift
+from mlops_tasks.status import last_drift, last_gate
 from mlops_tasks.storage import MANIFEST_NAME, partition_prefix
 from tests.e2e.conftest import run_dag
 
@@ -79,6 +83,44 @@ def test_lifecycle_from_landing_to_a_retrain_request(lifecycle_env: dict) -> Non
     event = latest_asset_event("mlops://flights_delay/retrain")
     assert event.extra["window_end"] == "2013-07-01"
     assert event.extra["source"] == "drift_monitor"
+
+    # A second training window: the gate decides against champion v1 and explains why.
+    seed_landing(store, cfg, dt.date(2013, 1, 13), dt.date(2013, 1, 21))
+    assert run_dag("flights_delay_training", "2013-01-22").state == "success"
+    gate = last_gate(store, cfg)
+    assert gate["day"] == "2013-01-21" and gate["reason"]
+    report = store.get_json(store.key_of(gate["report_json_uri"]))
+    assert report["champion"]["version"] == "1"
+    champion = champion_info(cfg, tracking_uri=lifecycle_env["mlflow"])
+    assert champion["version"] == ("2" if gate["promote"] else "1")
+
+    # The CLI shows the whole chain, and rolls a promotion back in one command.
+    env = {**os.environ, "MLOPS_TASKS_STACK_DIR": "/nonexistent"}
+    lineage = subprocess.run(
+        [cli(), "lineage", "flights_delay", "2"], capture_output=True, text=True, env=env
+    )
+    assert lineage.returncode == 0, lineage.stderr
+    for step in (
+        "landing files",
+        "curated partitions",
+        "DVC data version",
+        "MLflow run",
+        "ONNX artifact",
+        "gate decision",
+    ):
+        assert step in lineage.stdout
+    rollback = subprocess.run(
+        [cli(), "model", "rollback", "flights_delay"], capture_output=True, text=True, env=env
+    )
+    if gate["promote"]:
+        assert rollback.returncode == 0, rollback.stderr
+        assert champion_info(cfg, tracking_uri=lifecycle_env["mlflow"])["version"] == "1"
+    else:
+        assert rollback.returncode == 1 and "no earlier champion" in rollback.stderr
+
+
+def cli() -> str:
+    return str(Path(sys.executable).parent / "mlops-tasks")
 
 
 def latest_asset_event(uri: str):
