@@ -121,6 +121,14 @@ def summary(demo: Demo, seconds: float) -> str:
     versions = sorted(
         client.search_model_versions(f"name='{cfg.registered_model_name}'"), key=lambda v: int(v.version)
     )
+    # Registry searches do not return aliases: ask for each alias.
+    from mlops_tasks.registry import alias_info
+
+    aliases: dict[str, list[str]] = {}
+    for alias in ("champion", "previous_champion", "challenger"):
+        info = alias_info(cfg, alias, tracking_uri=stack.mlflow_url)
+        if info:
+            aliases.setdefault(str(info["version"]), []).append(alias)
     metric = cfg.gate.primary_metric
     lines = [
         "",
@@ -134,8 +142,9 @@ def summary(demo: Demo, seconds: float) -> str:
     for v in versions:
         tags = v.tags or {}
         lines.append(
-            f"  v{v.version:<3} aliases={','.join(v.aliases) or '-':<28} gate={tags.get('gate_decision', '?'):<9} "
-            f"{metric}={tags.get('gate_' + metric, '?')}  data={tags.get('data_version', '?')[:12]}"
+            f"  v{v.version:<3} aliases={','.join(aliases.get(str(v.version), [])) or '-':<28} "
+            f"gate={tags.get('gate_decision', '?'):<9} {metric}={float(tags.get('gate_' + metric, 'nan')):.4f}  "
+            f"data={tags.get('data_version', '?')[:12]}"
         )
     lines += ["", "Predictions published:"]
     for day in store.list_partition_dates(f"{cfg.prefix}/predictions/"):
