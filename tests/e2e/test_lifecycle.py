@@ -136,3 +136,27 @@ def latest_asset_event(uri: str):
             .order_by(AssetEvent.timestamp.desc())
             .limit(1)
         ).one()
+
+
+def test_batch_inference_without_a_champion_fails_clearly_and_writes_nothing(
+    tmp_path: Path, airflow_db: None, s3_endpoint: str, mlflow_server: str, monkeypatch
+) -> None:
+    from mlops_tasks import stack
+    from mlops_tasks.config import load_config
+    from tests.conftest import make_store
+    from tests.e2e.conftest import small_config
+
+    config_dir = small_config(tmp_path, name="no_champion_probe")
+    monkeypatch.setenv("MLOPS_TASKS_CONFIG_DIR", str(config_dir))
+    for key, value in stack.connection_env(s3_endpoint, mlflow_server).items():
+        monkeypatch.setenv(key, value)
+    cfg = load_config(config_dir / "no_champion_probe.yaml")
+    store = make_store(s3_endpoint, cfg.storage.bucket)
+    seed_landing(store, cfg, dt.date(2013, 2, 1), dt.date(2013, 2, 1))
+
+    run = run_dag("no_champion_probe_batch_inference", "2013-02-01")
+
+    assert run.state == "failed"
+    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+    assert states["resolve_champion"] == "failed"
+    assert store.list(f"{cfg.prefix}/predictions/") == []
