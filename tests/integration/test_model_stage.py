@@ -167,6 +167,24 @@ def test_quantized_export_is_kept_only_within_the_metric_tolerance(
     assert restored["onnx_sha256"] == trained["export"]["onnx_sha256"]
 
 
+def test_quantized_export_beyond_the_metric_tolerance_keeps_the_fp32_model(
+    binary_cfg: PipelineConfig, split: tuple, trained: dict, mlflow_server: str
+) -> None:
+    # A tolerance below any possible metric change (the config itself only allows >= 0) forces the
+    # rejection branch whatever int8 does to this model.
+    cfg = binary_cfg.model_copy(
+        update={
+            "export": binary_cfg.export.model_copy(
+                update={"quantize": True, "quantize_metric_tolerance": -2.0}
+            )
+        }
+    )
+    result = export.export_run(cfg, trained["run_id"], tracking_uri=mlflow_server, sample_frame=split[1])
+    assert result["quantized"] is False
+    assert result["onnx_sha256"] == trained["export"]["onnx_sha256"]
+    assert result["quantization"]["int8_metric"] is not None
+
+
 def test_gate_report_is_written_to_the_store_and_the_run(
     binary_cfg: PipelineConfig, split: tuple, trained: dict, mlflow_server: str, store: ObjectStore
 ) -> None:
