@@ -278,21 +278,26 @@ def _empty_reason(ref: pd.Series, cur: pd.Series, names: dict[str, str]) -> str 
     return f"all values are missing in {' and '.join(empty)}" if empty else None
 
 
+def _untestable(kind: str, reason: str) -> dict:
+    """A column with no values on one side: reported as drifted, with the reason, never tested."""
+    return {
+        "kind": kind,
+        "stat_test": None,
+        "statistic": None,
+        "p_value": None,
+        "threshold": None,
+        "drifted": True,
+        "reason": reason,
+    }
+
+
 def _compare_column(
     cfg: PipelineConfig, kind: str, ref: pd.Series, cur: pd.Series, names: dict[str, str]
 ) -> dict:
     ref, cur = ref.dropna(), cur.dropna()
     reason = _empty_reason(ref, cur, names)
     if reason:
-        return {
-            "kind": kind,
-            "stat_test": None,
-            "statistic": None,
-            "p_value": None,
-            "threshold": None,
-            "drifted": True,
-            "reason": reason,
-        }
+        return _untestable(kind, reason)
     plan = _plan(cfg, kind, ref, cur)
     statistic, p_value = _TESTS[plan.stat_test](ref, cur)
     return {
@@ -392,15 +397,7 @@ def evidently_report(
         ref, cur = data.reference[col].dropna(), data.current[col].dropna()
         reason = _empty_reason(ref, cur, data.names)
         if reason:
-            columns[col] = {
-                "kind": kind,
-                "stat_test": None,
-                "statistic": None,
-                "p_value": None,
-                "threshold": None,
-                "drifted": True,
-                "reason": reason,
-            }
+            columns[col] = _untestable(kind, reason)
         else:
             plans[col] = _plan(cfg, kind, ref, cur)
     if not plans:
