@@ -37,6 +37,7 @@ def small_config(tmp_path: Path, name: str = "flights_delay", **overrides: dict)
     different buckets would leave one's predictions asset inactive in the shared test database."""
     raw = yaml.safe_load(EXAMPLE_CONFIG.read_text())
     raw["name"] = name
+    raw["mlflow"]["registered_model"] = name
     raw["training"].update({"window_days": 10, "evaluation_days": 3})
     raw["model"].update({"epochs": 2, "hidden_layers": [32, 16]})
     raw["validation"]["min_rows"] = 10

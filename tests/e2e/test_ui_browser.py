@@ -12,6 +12,7 @@ import base64
 import itertools
 import json
 import os
+import signal
 import subprocess
 import tempfile
 import time
@@ -94,7 +95,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[stack.Loc
 def browser(server: tuple[stack.LocalStack, dict[str, Any]]) -> Iterator[Browser]:
     """A fresh headless Chromium whose ``_token`` cookie is the admin's Airflow login."""
     local = server[0]
-    with tempfile.TemporaryDirectory(prefix="mlops-chromium-") as profile:
+    # Chromium's helper processes may still touch the profile while it is removed.
+    with tempfile.TemporaryDirectory(prefix="mlops-chromium-", ignore_cleanup_errors=True) as profile:
         argv = [
             str(CHROMIUM),
             "--headless=new",
@@ -111,7 +113,9 @@ def browser(server: tuple[stack.LocalStack, dict[str, Any]]) -> Iterator[Browser
             "--window-size=1400,900",
             "about:blank",
         ]
-        process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        process = subprocess.Popen(
+            argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
         try:
             port_file = Path(profile) / "DevToolsActivePort"
             deadline = time.monotonic() + 60
@@ -134,7 +138,7 @@ def browser(server: tuple[stack.LocalStack, dict[str, Any]]) -> Iterator[Browser
                 )
                 yield tab
         finally:
-            process.terminate()
+            os.killpg(process.pid, signal.SIGTERM)  # the browser and its helper processes
             process.wait(15)
 
 
