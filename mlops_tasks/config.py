@@ -248,7 +248,15 @@ class DriftSpec(_Strict):
     retrain_after_new_rows: int | None = Field(
         None, ge=1, description="Retrain when this many validated rows arrived since the champion's window."
     )
-    sample_rows: int = Field(50_000, ge=1000)
+    sample_rows: int = Field(
+        50_000, ge=1000, description="Rows per side (seeded sample) the drift statistics and decision use."
+    )
+    report_rows: int = Field(
+        5_000,
+        ge=1000,
+        description="Rows per side (seeded sample, at most sample_rows) in the Evidently HTML report: its "
+        "rendering cost grows with the rows, and the decision does not depend on it.",
+    )
     min_rows: int = Field(1000, ge=1)
     cooldown_days: int = Field(7, ge=0)
     seed: int = 42

@@ -26,7 +26,10 @@ Sampling: when a side has more than ``drift.sample_rows`` rows, ``sample_rows`` 
 uniformly without replacement by ``numpy.random.default_rng(drift.seed)`` and kept in input order,
 so the same input frames give the same sample, statistics and decision on every run. Values are
 typed (numeric coerced, non-numeric strings rejected) on the sample only: the validation stage owns
-row-level type rules.
+row-level type rules. :func:`sample_parts` draws the very same positions while reading stored parts
+one at a time, so the monitor never holds a whole window: its memory grows with the sample, not with
+the data. The Evidently report renders a smaller seeded sample (``drift.report_rows``): its cost
+grows with rows (plots), the decision's statistics are computed on ``sample_rows``.
 """
 
 from __future__ import annotations
@@ -80,6 +83,11 @@ def _monitored_kinds(cfg: PipelineConfig) -> dict[str, str]:
     return kinds
 
 
+def monitored_columns(cfg: PipelineConfig) -> list[str]:
+    """The columns drift monitoring reads: the features, then critical columns that are not features."""
+    return list(_monitored_kinds(cfg))
+
+
 @dataclass(frozen=True)
 class _Prepared:
     """Sampled, typed frames (monitored columns + the score column when scores were given)."""
@@ -97,6 +105,43 @@ def _sample_positions(n: int, limit: int, seed: int) -> np.ndarray | None:
     if n <= limit:
         return None
     return np.sort(np.random.default_rng(seed).choice(n, size=limit, replace=False))
+
+
+@dataclass(frozen=True)
+class Part:
+    """One stored piece of a side (e.g. a curated parquet part): its row count and how to read it."""
+
+    rows: int
+    load: Callable[[], pd.DataFrame]
+    name: str
+
+
+def sample_parts(parts: Sequence[Part], limit: int, seed: int) -> tuple[pd.DataFrame, int]:
+    """The rows :func:`compare` would sample from the parts' concatenation (same seed, same positions),
+    read one part at a time and only for parts the sample touches; returns (sample, total rows).
+
+    Pass the total as ``reference_rows``/``current_rows`` so decisions see the real row counts.
+    """
+    total = sum(part.rows for part in parts)
+    positions = _sample_positions(total, limit, seed)
+    taken, offset = [], 0
+    for part in parts:
+        local = None
+        if positions is not None:
+            lo, hi = np.searchsorted(positions, [offset, offset + part.rows])
+            local = positions[lo:hi] - offset
+        offset += part.rows
+        if local is not None and not len(local):
+            continue
+        frame = part.load()
+        if len(frame) != part.rows:
+            raise DriftInputError(
+                f"{part.name}: has {len(frame)} rows but its manifest/record says {part.rows}; "
+                "the data changed while the monitor read it, re-run the check"
+            )
+        taken.append(frame if local is None else frame.iloc[local])
+    sample = pd.concat(taken, ignore_index=True) if taken else pd.DataFrame()
+    return sample, total
 
 
 def _typed(values: pd.Series, kind: str, source: str) -> pd.Series:
@@ -124,6 +169,9 @@ def _prepare(
     current_scores: Sequence[float] | np.ndarray | pd.Series | None,
     reference_name: str,
     current_name: str,
+    *,
+    limit: int,
+    total_rows: dict[str, int | None],
 ) -> _Prepared:
     kinds = _monitored_kinds(cfg)
     names = {"reference": reference_name, "current": current_name}
@@ -149,7 +197,7 @@ def _prepare(
         raise DriftInputError(
             f"drift: '{PREDICTION_COLUMN}' is both a monitored column and the prediction score column"
         )
-    seed, limit = cfg.drift.seed, cfg.drift.sample_rows
+    seed = cfg.drift.seed
     sides = {}
     for side, frame, scores in (
         ("reference", reference, reference_scores),
@@ -174,8 +222,8 @@ def _prepare(
         kinds=kinds | ({PREDICTION_COLUMN: "numeric"} if has_scores else {}),
         monitored=columns,
         rows={
-            "reference": len(reference),
-            "current": len(current),
+            "reference": total_rows["reference"] or len(reference),
+            "current": total_rows["current"] or len(current),
             "reference_compared": len(sides["reference"]),
             "current_compared": len(sides["current"]),
         },
@@ -311,7 +359,9 @@ def _compare_column(
     }
 
 
-def _summary(cfg: PipelineConfig, data: _Prepared, columns: dict[str, dict], engine: str) -> dict[str, Any]:
+def _summary(
+    cfg: PipelineConfig, data: _Prepared, columns: dict[str, dict], engine: str, limit: int
+) -> dict[str, Any]:
     monitored = data.monitored
     drifted = [c for c in monitored if columns[c]["drifted"]]
     return {
@@ -323,7 +373,7 @@ def _summary(cfg: PipelineConfig, data: _Prepared, columns: dict[str, dict], eng
         "prediction_drift": columns.get(PREDICTION_COLUMN) if data.has_scores else None,
         "rows": data.rows,
         "sources": data.names,
-        "sample": {"rows": cfg.drift.sample_rows, "seed": cfg.drift.seed},
+        "sample": {"rows": limit, "seed": cfg.drift.seed},
     }
 
 
@@ -336,6 +386,8 @@ def compare(
     current_scores: Sequence[float] | np.ndarray | pd.Series | None = None,
     reference_name: str = "reference",
     current_name: str = "current",
+    reference_rows: int | None = None,
+    current_rows: int | None = None,
 ) -> dict[str, Any]:
     """Fast per-column drift of ``current`` against ``reference`` on seeded samples (module docstring).
 
@@ -343,14 +395,27 @@ def compare(
     ``share_drifted``, ``drifted_columns``, ``drifted_critical``, ``prediction_drift`` (the score
     column's entry, or None without scores), ``rows`` (input and compared counts), ``sources`` and
     ``sample``. A column with no values on a side is reported as drifted with the reason.
-    ``*_name`` name the frames (e.g. their S3 keys) in errors and in the result.
+    ``*_name`` name the frames (e.g. their S3 keys) in errors and in the result; ``*_rows`` are the
+    row counts a pre-sampled frame (:func:`sample_parts`) was drawn from.
     """
-    data = _prepare(cfg, reference, current, reference_scores, current_scores, reference_name, current_name)
+    limit = cfg.drift.sample_rows
+    totals = {"reference": reference_rows, "current": current_rows}
+    data = _prepare(
+        cfg,
+        reference,
+        current,
+        reference_scores,
+        current_scores,
+        reference_name,
+        current_name,
+        limit=limit,
+        total_rows=totals,
+    )
     columns = {
         col: _compare_column(cfg, kind, data.reference[col], data.current[col], data.names)
         for col, kind in data.kinds.items()
     }
-    return _summary(cfg, data, columns, "fast")
+    return _summary(cfg, data, columns, "fast", limit)
 
 
 # -- Evidently report -----------------------------------------------------------------------------
@@ -377,9 +442,11 @@ def evidently_report(
     current_scores: Sequence[float] | np.ndarray | pd.Series | None = None,
     reference_name: str = "reference",
     current_name: str = "current",
+    reference_rows: int | None = None,
+    current_rows: int | None = None,
 ) -> tuple[str, dict[str, Any]]:
-    """Evidently 0.7 ``DataDriftPreset`` (+ ``ValueDrift`` on the score) on the same seeded samples and
-    with the same per-column tests and thresholds as :func:`compare`.
+    """Evidently 0.7 ``DataDriftPreset`` (+ ``ValueDrift`` on the score) on seeded samples of
+    ``drift.report_rows`` rows, with the same per-column tests and thresholds as :func:`compare`.
 
     Returns the standalone HTML (ids renumbered, so equal inputs give equal bytes) and a summary with
     the same keys as :func:`compare`'s result (``engine`` = "evidently"), so :func:`decide` accepts
@@ -390,7 +457,19 @@ def evidently_report(
     from evidently.metrics import ValueDrift
     from evidently.presets import DataDriftPreset
 
-    data = _prepare(cfg, reference, current, reference_scores, current_scores, reference_name, current_name)
+    limit = min(cfg.drift.report_rows, cfg.drift.sample_rows)
+    totals = {"reference": reference_rows, "current": current_rows}
+    data = _prepare(
+        cfg,
+        reference,
+        current,
+        reference_scores,
+        current_scores,
+        reference_name,
+        current_name,
+        limit=limit,
+        total_rows=totals,
+    )
     plans: dict[str, _Plan] = {}
     columns: dict[str, dict] = {}
     for col, kind in data.kinds.items():
@@ -451,7 +530,8 @@ def evidently_report(
             "drifted": col in failed,
             "reason": None,
         }
-    return _stable_ids(snapshot.get_html_str(as_iframe=False)), _summary(cfg, data, columns, "evidently")
+    html = _stable_ids(snapshot.get_html_str(as_iframe=False))
+    return html, _summary(cfg, data, columns, "evidently", limit)
 
 
 # -- policy ---------------------------------------------------------------------------------------
@@ -590,6 +670,8 @@ def run_check(
     live_metric_drop: float | None = None,
     reference_name: str = "reference",
     current_name: str = "current",
+    reference_rows: int | None = None,
+    current_rows: int | None = None,
 ) -> dict[str, Any]:
     """compare + Evidently report + decide for ``day``; writes ``drift.json`` (decision, comparison,
     Evidently summary) and ``drift.html`` under ``reports/drift/date=<day>/`` with one PUT each.
@@ -599,6 +681,7 @@ def run_check(
     """
     scores = {"reference_scores": reference_scores, "current_scores": current_scores}
     names = {"reference_name": reference_name, "current_name": current_name}
+    names |= {"reference_rows": reference_rows, "current_rows": current_rows}
     comparison = compare(cfg, reference, current, **scores, **names)
     decision = decide(
         cfg,

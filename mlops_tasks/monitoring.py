@@ -7,6 +7,9 @@
   metric it was promoted with;
 * new data = validated rows curated after the champion's training window.
 
+Both sides are read part by part through :func:`mlops_tasks.drift.sample_parts`, keeping only the
+seeded sample: the monitor's memory grows with ``drift.sample_rows``, not with the window.
+
 :func:`mlops_tasks.drift.run_check` makes the decision; the cooldown state lives at
 ``<prefix>/state/drift.json``.
 """
@@ -14,15 +17,18 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import tempfile
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from mlops_tasks import drift, features
-from mlops_tasks.storage import partition_prefix, read_published
+from mlops_tasks.storage import partition_prefix, read_part, read_published
+from mlops_tasks.versioning import read_record, read_version_file
 
 if TYPE_CHECKING:
     from mlops_tasks.config import PipelineConfig
@@ -44,18 +50,62 @@ def monitored_days(cfg: PipelineConfig, day: dt.date) -> list[dt.date]:
     return [day - dt.timedelta(days=i) for i in range(cfg.drift.window_days - 1, -1, -1)]
 
 
-def current_window(store: ObjectStore, cfg: PipelineConfig, day: dt.date) -> pd.DataFrame:
-    """Curated rows of the window's scored days, with the published ``score`` joined on the key."""
-    frames = []
+def _window_parts(
+    store: ObjectStore, cfg: PipelineConfig, day: dt.date, columns: list[str]
+) -> list[drift.Part]:
+    """The curated parts of the window's scored days; each loads its rows with the day's published
+    ``score`` joined on the key (in curated order, so sampling positions are stable)."""
+    keys = list(cfg.data.key)
+    parts = []
     for d in monitored_days(cfg, day):
-        scored, _ = read_published(store, partition_prefix(cfg.prefix, "predictions", d))
-        curated, _ = read_published(store, partition_prefix(cfg.prefix, "curated", d))
-        if scored is None or curated is None:
+        curated = store.read_manifest(partition_prefix(cfg.prefix, "curated", d))
+        predictions = partition_prefix(cfg.prefix, "predictions", d)
+        scored = store.read_manifest(predictions)
+        if curated is None or not (scored and scored["rows"]):
             continue
-        keys = cfg.data.key
-        scores = scored.select([*keys, features.SCORE_OUTPUT]).to_pandas()
-        frames.append(curated.to_pandas().merge(scores, on=keys, how="inner", validate="one_to_one"))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+        scores = functools.cache(lambda p=predictions: _day_scores(store, p, keys))
+        for part in curated["parts"]:
+            if part["key"].endswith(".parquet") and part["rows"]:
+                parts.append(
+                    drift.Part(
+                        rows=part["rows"],
+                        load=functools.partial(_scored_part, store, part, columns, keys, scores),
+                        name=store.uri(part["key"]),
+                    )
+                )
+    return parts
+
+
+def _day_scores(store: ObjectStore, partition: str, keys: list[str]) -> pd.DataFrame:
+    table, _ = read_published(store, partition, columns=[*keys, features.SCORE_OUTPUT])
+    if table is None:
+        raise FileNotFoundError(
+            f"{store.uri(partition)}: the predictions were unpublished while the monitor ran"
+        )
+    return table.to_pandas()
+
+
+def _scored_part(
+    store: ObjectStore,
+    part: dict[str, Any],
+    columns: list[str],
+    keys: list[str],
+    scores: Callable[[], pd.DataFrame],
+) -> pd.DataFrame:
+    curated = read_part(store, part, columns=list(dict.fromkeys([*keys, *columns]))).to_pandas()
+    return curated.merge(scores(), on=keys, how="left", validate="one_to_one")
+
+
+def _version_parts(store: ObjectStore, version: str, record: dict, columns: list[str]) -> list[drift.Part]:
+    return [
+        drift.Part(
+            rows=f["rows"],
+            load=functools.partial(read_version_file, store, version, f, columns),
+            name=store.uri(f["curated_key"]),
+        )
+        for f in record["files"]
+        if f["rows"]
+    ]
 
 
 def _score(model_path: str, cfg: PipelineConfig, frame: pd.DataFrame) -> np.ndarray:
@@ -101,7 +151,6 @@ def run_drift_monitor(
 ) -> dict[str, Any]:
     """Run the drift check of ``day`` against the current champion; store the cooldown state."""
     from mlops_tasks.registry import champion_info, download_onnx
-    from mlops_tasks.versioning import load_data_version, read_record
 
     champion = champion_info(cfg, tracking_uri=tracking_uri)
     if champion is None or not champion.get("data_version"):
@@ -110,16 +159,24 @@ def run_drift_monitor(
             "nothing to compare against and nothing is triggered."
         )
     try:
-        reference = load_data_version(store, cfg, champion["data_version"])
         record = read_record(store, cfg, champion["data_version"])
+        columns = drift.monitored_columns(cfg)
+        reference, reference_rows = drift.sample_parts(
+            _version_parts(store, champion["data_version"], record, columns),
+            cfg.drift.sample_rows,
+            cfg.drift.seed,
+        )
     except (FileNotFoundError, ValueError) as exc:
         raise MonitoringError(
             f"reference data of champion v{champion['version']} (data version {champion['data_version']}) "
             f"is missing or unreadable: {exc}. No retraining is triggered."
         ) from None
-    if len(reference) > cfg.drift.sample_rows:
-        reference = reference.sample(n=cfg.drift.sample_rows, random_state=cfg.drift.seed).sort_index()
-    current = current_window(store, cfg, day)
+    window_columns = [*columns, *([cfg.target.column] if cfg.target.column not in columns else [])]
+    current, current_rows = drift.sample_parts(
+        _window_parts(store, cfg, day, window_columns), cfg.drift.sample_rows, cfg.drift.seed
+    )
+    if len(current):
+        current = current[current[features.SCORE_OUTPUT].notna()]  # rows curated after scoring
     with tempfile.TemporaryDirectory() as tmp:
         model = download_onnx(cfg, tracking_uri=tracking_uri, version=champion["version"], dest_dir=tmp)
         reference_scores = _score(str(model), cfg, reference) if len(reference) else None
@@ -136,6 +193,8 @@ def run_drift_monitor(
         current_scores=current[features.SCORE_OUTPUT].to_numpy() if len(current) else None,
         new_rows_since_training=_rows_since(store, cfg, training_end, day),
         live_metric_drop=_live_metric_drop(cfg, current, champion) if len(current) else None,
+        reference_rows=reference_rows,
+        current_rows=current_rows if len(current) else 0,
         reference_name=f"champion v{champion['version']} training data ({champion['data_version'][:12]})",
         current_name=f"scored rows {monitored_days(cfg, day)[0]}..{day}",
     )

@@ -407,19 +407,23 @@ def read_published(
     """The parquet parts a partition's manifest lists, checksums verified, as one table, with the
     manifest; ``(None, None)`` if nothing is published there, ``(None, manifest)`` for an empty one."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     manifest = store.read_manifest(partition)
     if manifest is None:
         return None, None
-    tables = []
-    for part in manifest["parts"]:
-        if not part["key"].endswith(".parquet"):
-            continue
-        with store.spooled(part["key"]) as path:
-            if sha256_file(path) != part["sha256"]:
-                raise ManifestMismatchError(
-                    f"{store.uri(part['key'])}: content does not match its manifest sha256"
-                )
-            tables.append(pq.read_table(path, columns=columns))
+    tables = [
+        read_part(store, part, columns) for part in manifest["parts"] if part["key"].endswith(".parquet")
+    ]
     return (pa.concat_tables(tables) if tables else None), manifest
+
+
+def read_part(store: ObjectStore, part: dict[str, Any], columns: list[str] | None = None) -> pa.Table:
+    """One parquet part of a manifest (``{"key", "sha256", ...}``), its checksum verified."""
+    import pyarrow.parquet as pq
+
+    with store.spooled(part["key"]) as path:
+        if sha256_file(path) != part["sha256"]:
+            raise ManifestMismatchError(
+                f"{store.uri(part['key'])}: content does not match its manifest sha256"
+            )
+        return pq.read_table(path, columns=columns)

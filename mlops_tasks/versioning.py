@@ -125,25 +125,31 @@ def load_data_version(
 ) -> pd.DataFrame:
     """The rows of a data version, read from its curated parts after checking their sha256."""
     import pandas as pd
-    import pyarrow.parquet as pq
 
     record = read_record(store, cfg, version)
-    frames = []
-    for f in record["files"]:
-        try:
-            data = store.get_bytes(f["curated_key"])
-        except FileNotFoundError:
-            raise DataVersionError(
-                f"data version '{version}': curated part {store.uri(f['curated_key'])} no longer exists (its "
-                "day was curated again); restore the version with checkout_data_version."
-            ) from None
-        if sha256_bytes(data) != f["sha256"]:
-            raise DataVersionError(
-                f"data version '{version}': curated part {store.uri(f['curated_key'])} has changed "
-                f"(sha256 {sha256_bytes(data)[:12]}..., recorded {f['sha256'][:12]}...)."
-            )
-        frames.append(pq.read_table(io.BytesIO(data), columns=columns).to_pandas())
+    frames = [read_version_file(store, version, f, columns) for f in record["files"]]
     return pd.concat(frames, ignore_index=True)
+
+
+def read_version_file(
+    store: ObjectStore, version: str, file: dict[str, Any], columns: list[str] | None = None
+) -> pd.DataFrame:
+    """One curated part of a data version record (``record["files"][i]``), checked against its sha256."""
+    import pyarrow.parquet as pq
+
+    try:
+        data = store.get_bytes(file["curated_key"])
+    except FileNotFoundError:
+        raise DataVersionError(
+            f"data version '{version}': curated part {store.uri(file['curated_key'])} no longer exists (its "
+            "day was curated again); restore the version with checkout_data_version."
+        ) from None
+    if sha256_bytes(data) != file["sha256"]:
+        raise DataVersionError(
+            f"data version '{version}': curated part {store.uri(file['curated_key'])} has changed "
+            f"(sha256 {sha256_bytes(data)[:12]}..., recorded {file['sha256'][:12]}...)."
+        )
+    return pq.read_table(io.BytesIO(data), columns=columns).to_pandas()
 
 
 def _record_key(cfg: PipelineConfig, version: str, suffix: str = ".json") -> str:

@@ -70,7 +70,8 @@ def test_a_december_week_is_not_flagged(cfg, winter, flights_weather):
 
 
 def test_evidently_report_agrees_with_the_fast_comparison_column_by_column(cfg, winter, flights_weather):
-    cfg = cfg.model_copy(update={"drift": cfg.drift.model_copy(update={"sample_rows": 10_000})})
+    same_sample = {"sample_rows": 10_000, "report_rows": 10_000}
+    cfg = cfg.model_copy(update={"drift": cfg.drift.model_copy(update=same_sample)})
     july = days(flights_weather, "2013-07-08", "2013-07-14")
     html, summary = drift.evidently_report(cfg, winter, july, day=dt.date(2013, 7, 14))
     fast = drift.compare(cfg, winter, july)

@@ -128,6 +128,44 @@ def test_comparison_is_deterministic_for_the_seed_and_changes_with_it():
     assert other["columns"]["x"]["statistic"] != first["columns"]["x"]["statistic"]
 
 
+def test_sampling_parts_one_at_a_time_equals_sampling_the_whole_frame():
+    cfg = make_config(sample_rows=1500)
+    ref, cur = frame(8000, 1), frame(6000, 2, x_shift=0.05)
+    loaded = []
+
+    def parts(whole: pd.DataFrame, sizes: list[int]) -> list[drift.Part]:
+        bounds = np.cumsum([0, *sizes])
+        pieces = [whole.iloc[a:b].reset_index(drop=True) for a, b in zip(bounds, bounds[1:], strict=False)]
+        return [
+            drift.Part(rows=len(p), load=lambda p=p, i=i: loaded.append(i) or p, name=f"part-{i}")
+            for i, p in enumerate(pieces)
+        ]
+
+    ref_sample, ref_rows = drift.sample_parts(parts(ref, [3000, 0, 5000]), 1500, cfg.drift.seed)
+    cur_sample, cur_rows = drift.sample_parts(parts(cur, [6000]), 1500, cfg.drift.seed)
+    assert (ref_rows, cur_rows, len(ref_sample), len(cur_sample)) == (8000, 6000, 1500, 1500)
+    assert 1 not in loaded  # an empty (or untouched) part is never read
+    streamed = drift.compare(cfg, ref_sample, cur_sample, reference_rows=ref_rows, current_rows=cur_rows)
+    assert streamed == drift.compare(cfg, ref, cur)
+
+
+def test_a_part_whose_rows_changed_since_its_manifest_is_an_error_naming_it():
+    part = drift.Part(rows=10, load=lambda: frame(9, 1), name="s3://b/curated/date=2013-07-01/part-0.parquet")
+    with pytest.raises(
+        drift.DriftInputError, match=r"part-0.parquet: has 9 rows but its manifest/record says 10"
+    ):
+        drift.sample_parts([part], 5, 42)
+
+
+def test_the_evidently_report_renders_report_rows_while_the_decision_uses_sample_rows():
+    cfg = make_config(sample_rows=3000, report_rows=1000)
+    ref, cur = frame(4000, 1), frame(4000, 2, x_shift=1.0)
+    _, summary = drift.evidently_report(cfg, ref, cur, day=DAY)
+    assert summary["sample"]["rows"] == 1000
+    assert (summary["rows"]["reference_compared"], summary["rows"]["current"]) == (1000, 4000)
+    assert summary["drifted_columns"] == drift.compare(cfg, ref, cur)["drifted_columns"] == ["x"]
+
+
 def test_shifted_scores_are_prediction_drift():
     rng = np.random.default_rng(0)
     result = drift.compare(
