@@ -25,6 +25,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     import pandas as pd
+    import pyarrow as pa
 
     from mlops_tasks.config import FeatureSpec, TargetSpec
 
@@ -41,36 +42,107 @@ class FeatureError(ValueError):
     """Input rows do not carry the columns/types the model needs; the message names them."""
 
 
-def onnx_inputs(frame: pd.DataFrame, features: FeatureSpec, source: str = "input") -> dict[str, np.ndarray]:
-    """Raw feature columns of ``frame`` as the model's ONNX inputs (see module docstring)."""
-    import pandas as pd
+def onnx_inputs(
+    frame: pd.DataFrame | pa.Table | pa.RecordBatch, features: FeatureSpec, source: str = "input"
+) -> dict[str, np.ndarray]:
+    """Raw feature columns of ``frame`` as the model's ONNX inputs (see module docstring).
 
-    missing = [c for c in features.all if c not in frame.columns]
+    Arrow tables/batches (what batch inference streams) convert column by column without a pandas
+    frame: numbers cast in C++, dictionary-encoded strings decoded once per distinct value. Any
+    other column type goes through the pandas rules, so both kinds of input give equal arrays.
+    """
+    names = list(frame.column_names) if hasattr(frame, "column_names") else list(frame.columns)
+    missing = [c for c in features.all if c not in names]
     if missing:
-        raise FeatureError(f"{source}: feature columns {missing} are missing (has {list(frame.columns)})")
+        raise FeatureError(f"{source}: feature columns {missing} are missing (has {names})")
+    rows = len(frame)
     inputs: dict[str, np.ndarray] = {}
     if features.numeric:
-        numeric = np.empty((len(frame), len(features.numeric)), dtype=np.float32)
+        numeric = np.empty((rows, len(features.numeric)), dtype=np.float32)
         for i, col in enumerate(features.numeric):
-            values = frame[col]
-            if values.dtype == object or isinstance(values.dtype, pd.StringDtype):
-                converted = pd.to_numeric(values, errors="coerce")
-                bad = converted.isna() & values.notna()
-                if bad.any():
-                    example = values[bad].iloc[0]
-                    raise FeatureError(
-                        f"{source}: column '{col}' must be numeric; {int(bad.sum())} value(s) are not, "
-                        f"e.g. {example!r}"
-                    )
-                values = converted
-            numeric[:, i] = values.to_numpy(dtype=np.float32, na_value=np.nan)
+            numeric[:, i] = _numeric(_column(frame, col), col, source)
         inputs[NUMERIC_INPUT] = numeric
     if features.categorical:
-        cats = np.empty((len(frame), len(features.categorical)), dtype=object)
+        cats = np.empty((rows, len(features.categorical)), dtype=object)
         for i, col in enumerate(features.categorical):
-            cats[:, i] = frame[col].astype("string").fillna("").to_numpy(dtype=object)
+            cats[:, i] = _categorical(_column(frame, col))
         inputs[CATEGORICAL_INPUT] = cats
     return inputs
+
+
+def _column(frame: pd.DataFrame | pa.Table | pa.RecordBatch, col: str) -> pd.Series | list[pa.Array]:
+    """A pandas column, or an arrow column as its chunks (chunks may carry different dictionaries)."""
+    if not hasattr(frame, "column_names"):
+        return frame[col]
+    values = frame.column(col)
+    return list(values.chunks) if hasattr(values, "chunks") else [values]
+
+
+def _numeric(values: pd.Series | list[pa.Array], col: str, source: str) -> np.ndarray:
+    import pandas as pd
+
+    if not isinstance(values, pd.Series):
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        if all(
+            pa.types.is_integer(c.type) or pa.types.is_floating(c.type) or pa.types.is_boolean(c.type)
+            for c in values
+        ):
+            # safe=False: large ints round to the nearest float32, as numpy's astype does.
+            return _joined(
+                [pc.cast(c, pa.float32(), safe=False).to_numpy(zero_copy_only=False) for c in values],
+                np.float32,
+            )
+        values = pa.chunked_array(values).to_pandas().rename(col)
+    if values.dtype == object or isinstance(values.dtype, pd.StringDtype):
+        converted = pd.to_numeric(values, errors="coerce")
+        bad = converted.isna() & values.notna()
+        if bad.any():
+            example = values[bad].iloc[0]
+            raise FeatureError(
+                f"{source}: column '{col}' must be numeric; {int(bad.sum())} value(s) are not, e.g. {example!r}"
+            )
+        values = converted
+    return values.to_numpy(dtype=np.float32, na_value=np.nan)
+
+
+def _categorical(values: pd.Series | list[pa.Array]) -> np.ndarray:
+    import pandas as pd
+
+    if not isinstance(values, pd.Series):
+        import pyarrow as pa
+
+        if all(_arrow_strings(c.type) for c in values):
+            return _joined([_arrow_labels(c) for c in values], object)
+        values = pa.chunked_array(values).to_pandas()
+    return values.astype("string").fillna("").to_numpy(dtype=object)
+
+
+def _arrow_strings(kind: pa.DataType) -> bool:
+    import pyarrow as pa
+
+    strings = (pa.types.is_string, pa.types.is_large_string)
+    return any(is_(kind) for is_ in strings) or (
+        pa.types.is_dictionary(kind) and any(is_(kind.value_type) for is_ in strings)
+    )
+
+
+def _arrow_labels(chunk: pa.Array) -> np.ndarray:
+    """Strings of a string or dictionary chunk as an object array, missing -> "". A dictionary's
+    values become Python strings once each and rows share them."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not pa.types.is_dictionary(chunk.type):
+        return chunk.fill_null("").to_numpy(zero_copy_only=False)
+    labels = np.append(chunk.dictionary.fill_null("").to_numpy(zero_copy_only=False).astype(object), "")
+    codes = pc.fill_null(chunk.indices.cast(pa.int64()), -1).to_numpy()  # -1: the "" appended last
+    return labels[codes]
+
+
+def _joined(parts: list[np.ndarray], dtype: type) -> np.ndarray:
+    return parts[0] if len(parts) == 1 else np.concatenate(parts) if parts else np.empty(0, dtype=dtype)
 
 
 def derive_label(frame: pd.DataFrame, target: TargetSpec) -> pd.Series:

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 PART_NAME = "part-{index:05d}.parquet"
 SHADOW_REPORT_NAME = "shadow.json"
 BINARY_THRESHOLD = 0.5
+ROW_GROUP_ROWS = 65_536  # rows per row group of a predictions part
 _FOOTER_GUESS = 64 * 1024  # one ranged GET usually covers the whole parquet footer
 _OPTIMIZATION = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -151,8 +152,9 @@ class _Model:
         return [self._labels(proba.argmax(axis=1)), score, *proba.T]
 
     def _labels(self, index: np.ndarray) -> np.ndarray:
-        values = np.asarray(self.classes, dtype=object)[index]
-        return values.astype(np.int64) if self._label_type() == pa.int64() else values.astype(str)
+        if self._label_type() == pa.int64():
+            return np.asarray(self.classes, dtype=np.int64)[index]
+        return np.asarray([str(c) for c in self.classes], dtype=object)[index]
 
 
 def _label_text(value: Any) -> str:
@@ -297,23 +299,25 @@ def score_part(
         local = Path(tmp) / "predictions.parquet"
         clock = time.perf_counter()
         with store.spooled(key) as source:
-            parquet = pq.ParquetFile(source)
-            _check_schema(parquet.schema_arrow, cfg, where)
+            stored = pq.ParquetFile(source).schema_arrow
+            _check_schema(stored, cfg, where)
+            # String categoricals decode straight into dictionaries: each distinct value becomes
+            # one Python string in the model inputs, not one per row.
+            strings = [c for c in cfg.features.categorical if pa.types.is_string(stored.field(c).type)]
+            parquet = pq.ParquetFile(source, read_dictionary=strings)
             schema = pa.schema(
-                [parquet.schema_arrow.field(k) for k in keys]
+                [stored.field(k) for k in keys]
                 + model.output_fields()
                 + [pa.field(name, pa.string()) for name in ("model_name", "model_version", "run_id")]
             )
             columns = list(dict.fromkeys([*keys, *cfg.features.all]))
             batches = _unit_batches(parquet, unit, cfg.inference.batch_rows, columns)
-            with pq.ParquetWriter(local, schema, compression="zstd") as writer:
+            with _RowGroupWriter(local, schema) as writer:
                 seconds["read"] += time.perf_counter() - clock
                 for batch in _timed(batches, seconds, "read"):
                     clock = time.perf_counter()
                     try:
-                        inputs = F.onnx_inputs(
-                            batch.select(cfg.features.all).to_pandas(), cfg.features, where
-                        )
+                        inputs = F.onnx_inputs(batch, cfg.features, where)
                     except F.FeatureError as exc:
                         raise InferenceInputError(str(exc)) from None
                     seconds["preprocess"] += time.perf_counter() - clock
@@ -325,8 +329,12 @@ def score_part(
                     constants = [
                         pa.repeat(v, n).cast(pa.string()) for v in (model_name, model_version, run_id)
                     ]
-                    arrays = [batch.column(k) for k in keys] + [pa.array(o) for o in outputs] + constants
-                    writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
+                    key_arrays = [batch.column(k).cast(stored.field(k).type) for k in keys]
+                    writer.write(
+                        pa.record_batch(
+                            key_arrays + [pa.array(o) for o in outputs] + constants, schema=schema
+                        )
+                    )
                     rows += n
                     seconds["write"] += time.perf_counter() - clock
         if rows != unit["rows"]:
@@ -345,6 +353,35 @@ def score_part(
         "run_id": run_id,
         "seconds": {k: round(v, 4) for k, v in seconds.items()},
     }
+
+
+class _RowGroupWriter:
+    """A parquet writer that gathers scored batches into row groups of ``ROW_GROUP_ROWS``: one row
+    group per scoring batch would make small, slow-to-write and slow-to-read files."""
+
+    def __init__(self, path: Path, schema: pa.Schema) -> None:
+        self._writer = pq.ParquetWriter(path, schema, compression="zstd")
+        self._pending: list[pa.RecordBatch] = []
+        self._rows = 0
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        self._pending.append(batch)
+        self._rows += batch.num_rows
+        if self._rows >= ROW_GROUP_ROWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._pending:
+            self._writer.write_table(pa.Table.from_batches(self._pending), row_group_size=self._rows)
+        self._pending, self._rows = [], 0
+
+    def __enter__(self) -> _RowGroupWriter:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self._flush()
+        self._writer.close()
 
 
 def _timed(
