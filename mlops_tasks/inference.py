@@ -218,6 +218,7 @@ def plan_parts(store: ObjectStore, cfg: PipelineConfig, day: dt.date) -> list[di
                     "day": day.isoformat(),
                     "part_index": len(units),
                     "source_key": part["key"],
+                    "source_bytes": part["bytes"],
                     "row_groups": groups,
                     "row_offset": offset,
                     "rows": rows,
@@ -262,13 +263,15 @@ def _unit_batches(
     """The unit's rows (row groups, then the ``row_offset``/``rows`` window) by record batch."""
     start, stop = unit["row_offset"], unit["row_offset"] + unit["rows"]
     position = 0
-    for batch in parquet.iter_batches(batch_size=batch_rows, row_groups=unit["row_groups"], columns=columns):
-        lo, hi = max(start - position, 0), min(stop - position, batch.num_rows)
-        position += batch.num_rows
-        if hi > lo:
-            yield batch.slice(lo, hi - lo)
-        if position >= stop:
-            return
+    # One row group per call: a pre-buffering reader fetches (and holds) every row group it is given.
+    for group in unit["row_groups"]:
+        for batch in parquet.iter_batches(batch_size=batch_rows, row_groups=[group], columns=columns):
+            lo, hi = max(start - position, 0), min(stop - position, batch.num_rows)
+            position += batch.num_rows
+            if hi > lo:
+                yield batch.slice(lo, hi - lo)
+            if position >= stop:
+                return
 
 
 def score_part(
@@ -298,13 +301,16 @@ def score_part(
     with tempfile.TemporaryDirectory(prefix="mlops-inference-") as tmp:
         local = Path(tmp) / "predictions.parquet"
         clock = time.perf_counter()
-        with store.spooled(key) as source:
-            stored = pq.ParquetFile(source).schema_arrow
+        # Ranged reads of the unit's row groups and columns only: a part cut into several units
+        # is not downloaded once per unit.
+        with store.open_ranged(key, unit["source_bytes"]) as source:
+            metadata = pq.read_metadata(source)
+            stored = metadata.schema.to_arrow_schema()
             _check_schema(stored, cfg, where)
             # String categoricals decode straight into dictionaries: each distinct value becomes
             # one Python string in the model inputs, not one per row.
             strings = [c for c in cfg.features.categorical if pa.types.is_string(stored.field(c).type)]
-            parquet = pq.ParquetFile(source, read_dictionary=strings)
+            parquet = pq.ParquetFile(source, metadata=metadata, read_dictionary=strings, pre_buffer=True)
             schema = pa.schema(
                 [stored.field(k) for k in keys]
                 + model.output_fields()

@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import io
 import json
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -31,7 +33,15 @@ from typing import TYPE_CHECKING, Any
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    EndpointConnectionError,
+    IncompleteReadError,
+    ReadTimeoutError,
+    ResponseStreamingError,
+)
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -244,6 +254,28 @@ class ObjectStore:
                 "Body"
             ].read()
 
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        """``length`` bytes from ``start`` (one ranged GET). botocore retries failed requests but not a
+        body cut off mid-read, so that is fetched again here, with backoff."""
+        attempt = 1
+        while True:
+            with self._explain("read", key):
+                response = self.client.get_object(
+                    Bucket=self.bucket, Key=key, Range=f"bytes={start}-{start + length - 1}"
+                )
+                try:
+                    return response["Body"].read()
+                except _CUT_OFF:
+                    if attempt >= self.settings.max_attempts:
+                        raise
+            time.sleep(min(0.2 * 2**attempt, 10))
+            attempt += 1
+
+    def open_ranged(self, key: str, size: int) -> RangedObject:
+        """A seekable read-only file over the object: parquet readers fetch the footer and only the
+        column chunks of the row groups they read, instead of downloading the whole object."""
+        return RangedObject(self, key, size)
+
     def get_json(self, key: str) -> Any:
         return json.loads(self.get_bytes(key))
 
@@ -395,6 +427,41 @@ class PartitionWriter:
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         if exc_type is None:
             self.manifest = publish_manifest(self.store, self.partition, self.parts, **self.extra)
+
+
+_CUT_OFF = (IncompleteReadError, ResponseStreamingError, ReadTimeoutError, ConnectionClosedError)
+
+
+class RangedObject(io.RawIOBase):
+    """See :meth:`ObjectStore.open_ranged`; every ``read`` is one ranged GET."""
+
+    def __init__(self, store: ObjectStore, key: str, size: int) -> None:
+        super().__init__()
+        self.store, self.key, self.size = store, key, size
+        self._position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self.size}[whence]
+        self._position = max(0, base + offset)
+        return self._position
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:
+        length = min(len(buffer), self.size - self._position)
+        if length <= 0:
+            return 0
+        data = self.store.get_range(self.key, self._position, length)
+        buffer[: len(data)] = data
+        self._position += len(data)
+        return len(data)
 
 
 class ManifestMismatchError(StorageError):
