@@ -5,10 +5,13 @@ The work is split so Airflow can map it and every step is a transaction:
 1. :func:`plan_parts` reads only parquet footers (ranged GETs) and cuts the day's curated parts into
    units of at most ``inference.part_rows`` rows along row groups: one mapped task per unit, and the
    plan is the same on every retry.
-2. :func:`score_part` streams one unit by record batch, builds the model inputs with the shared
+2. :func:`score_part` streams one unit by record batch - ranged GETs of its row groups' columns, one
+   row group at a time - builds the model inputs with the shared
    :func:`mlops_tasks.features.onnx_inputs` (no training/serving skew), scores them with onnxruntime
-   and appends each batch to a local parquet file, so memory depends on ``batch_rows``, not on the
-   size of the day. The file is uploaded as one content-addressed part that nobody reads yet.
+   and appends each batch to a local parquet file, so memory depends on ``batch_rows`` and the row
+   group size, not on the size of the day. Reading and preprocessing run a few batches ahead in a
+   thread, overlapping with scoring. The file is uploaded as one content-addressed part that nobody
+   reads yet.
 3. :func:`publish_predictions` publishes every part in one manifest PUT, which makes the day visible
    at once and deletes parts of earlier attempts: a rerun replaces the day, it never adds rows.
 
@@ -22,13 +25,15 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import queue
 import struct
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import onnxruntime as ort
@@ -46,6 +51,8 @@ PART_NAME = "part-{index:05d}.parquet"
 SHADOW_REPORT_NAME = "shadow.json"
 BINARY_THRESHOLD = 0.5
 ROW_GROUP_ROWS = 65_536  # rows per row group of a predictions part
+PREFETCH_BATCHES = 2  # batches read and preprocessed ahead of scoring
+_Item = TypeVar("_Item")
 _FOOTER_GUESS = 64 * 1024  # one ranged GET usually covers the whole parquet footer
 _OPTIMIZATION = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -288,7 +295,8 @@ def score_part(
     """Score one planned unit and upload its predictions as an unpublished part.
 
     Returns ``{"part": <manifest entry>, "part_index", "rows", "model_version", "run_id",
-    "seconds": {"read", "preprocess", "score", "write"}}``.
+    "seconds": {"read", "preprocess", "score", "write"}}``; the seconds are busy times of each step,
+    and reading + preprocessing overlap with scoring + writing.
     """
     day = dt.date.fromisoformat(unit["day"])
     output = partition_prefix(cfg.prefix, output_area, day)
@@ -320,13 +328,7 @@ def score_part(
             batches = _unit_batches(parquet, unit, cfg.inference.batch_rows, columns)
             with _RowGroupWriter(local, schema) as writer:
                 seconds["read"] += time.perf_counter() - clock
-                for batch in _timed(batches, seconds, "read"):
-                    clock = time.perf_counter()
-                    try:
-                        inputs = F.onnx_inputs(batch, cfg.features, where)
-                    except F.FeatureError as exc:
-                        raise InferenceInputError(str(exc)) from None
-                    seconds["preprocess"] += time.perf_counter() - clock
+                for batch, inputs in _prefetched(_prepared(batches, cfg, where, seconds), PREFETCH_BATCHES):
                     clock = time.perf_counter()
                     outputs = model.predict(inputs)
                     seconds["score"] += time.perf_counter() - clock
@@ -388,6 +390,60 @@ class _RowGroupWriter:
         if exc_type is None:
             self._flush()
         self._writer.close()
+
+
+def _prepared(
+    batches: Iterator[pa.RecordBatch], cfg: PipelineConfig, where: str, seconds: dict[str, float]
+) -> Iterator[tuple[pa.RecordBatch, dict[str, np.ndarray]]]:
+    """Each batch with its model inputs; read and preprocess times added to ``seconds``."""
+    for batch in _timed(batches, seconds, "read"):
+        clock = time.perf_counter()
+        try:
+            inputs = F.onnx_inputs(batch, cfg.features, where)
+        except F.FeatureError as exc:
+            raise InferenceInputError(str(exc)) from None
+        seconds["preprocess"] += time.perf_counter() - clock
+        yield batch, inputs
+
+
+def _prefetched(items: Iterator[_Item], depth: int) -> Iterator[_Item]:
+    """``items`` produced by a background thread up to ``depth`` ahead, so that fetching and decoding
+    the next batches overlaps with scoring this one (pyarrow and onnxruntime both release the GIL).
+    An error in the producer is raised here; leaving the loop early stops the producer."""
+    pending: queue.Queue = queue.Queue(depth)
+    stop = threading.Event()
+
+    def offer(entry: tuple[bool, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                pending.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not offer((False, item)):
+                    return
+            offer((True, None))
+        except BaseException as exc:  # handed to the consumer, which raises it
+            offer((True, exc))
+
+    producer = threading.Thread(target=produce, name="inference-prefetch", daemon=True)
+    producer.start()
+    try:
+        while True:
+            finished, value = pending.get()
+            if finished:
+                if value is not None:
+                    raise value
+                return
+            yield value
+    finally:
+        stop.set()
+        producer.join()
 
 
 def _timed(
