@@ -1,0 +1,479 @@
+"""The drift monitor end to end (issue #6): the champion comes from the real MLflow registry, its
+reference is the DVC data version its ``data_version`` tag names, and the scored window is read part by
+part from the moto S3 endpoint, as :func:`mlops_tasks.monitoring.run_drift_monitor` does in the DAG.
+
+Layout: the champion was trained on two curated days (four parts, 1250 rows); the monitored window is
+four days ending on DAY, three of them scored (five parts, 1700 rows) and one curated but never scored.
+``drift.sample_rows`` = 1000 is below both sides' rows, so the monitor really samples.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from mlops_tasks import drift, features, inference, registry, tracking
+from mlops_tasks.config import PipelineConfig, load_config
+from mlops_tasks.evaluation import compute_metrics
+from mlops_tasks.monitoring import MonitoringError, run_drift_monitor, state_key
+from mlops_tasks.storage import ObjectStore, partition_prefix
+from mlops_tasks.versioning import create_data_version, read_record
+from tests.conftest import EXAMPLE_CONFIG, make_store
+
+from .onnx_fixtures import EXAMPLE_VOCAB, build_model, curated_frame, publish_curated, random_params
+
+DAY = dt.date(2013, 3, 4)  # last day of the monitored window
+# day -> rows of each curated part (one seeded frame per part, flight numbers unique per day)
+REFERENCE = {dt.date(2013, 1, 1): [300, 250, 200], dt.date(2013, 1, 2): [500]}
+SCORED = {dt.date(2013, 3, 1): [400, 300], dt.date(2013, 3, 3): [500], dt.date(2013, 3, 4): [250, 250]}
+UNSCORED = {dt.date(2013, 3, 2): [300]}  # curated, never scored: counts as new data, not as current
+PROMOTED_AUC = 0.9  # the champion's gate metric; the random model's live AUC is far below it
+REPORTS = f"reports/drift/date={DAY.isoformat()}/"
+SCORE = features.SCORE_OUTPUT
+
+Frames = dict[dt.date, list[pd.DataFrame]]
+
+
+@pytest.fixture(scope="module")
+def cfg() -> PipelineConfig:
+    """The example with small samples, a four-day window, a non-feature critical column (dep_time) and
+    a new-rows trigger that the window's 2000 curated rows reach exactly."""
+    base = load_config(EXAMPLE_CONFIG)
+    name = f"monitor_{uuid.uuid4().hex[:8]}"
+    knobs = {
+        "window_days": 4,
+        "sample_rows": 1000,
+        "report_rows": 1000,
+        "min_rows": 300,
+        "critical_columns": ["temp", "dewp", "dep_time"],
+        "retrain_after_new_rows": 2000,
+    }
+    return base.model_copy(
+        update={
+            "drift": base.drift.model_copy(update=knobs),
+            "mlflow": base.mlflow.model_copy(update={"experiment": name, "registered_model": name}),
+            "inference": base.inference.model_copy(update={"batch_rows": 256, "intra_op_threads": 1}),
+        }
+    )
+
+
+def make_frames(
+    layout: dict[dt.date, list[int]], change: Callable[[pd.DataFrame], pd.DataFrame] | None = None
+) -> Frames:
+    """Seeded curated frames per day and part; ``change`` edits each (e.g. a warmer window)."""
+    frames: Frames = {}
+    for day, sizes in layout.items():
+        first = np.cumsum([1, *sizes[:-1]])
+        frames[day] = [
+            curated_frame(day, rows, seed=day.toordinal() * 10 + i, first_flight=int(first[i]))
+            for i, rows in enumerate(sizes)
+        ]
+        if change is not None:
+            frames[day] = [change(f) for f in frames[day]]
+    return frames
+
+
+def publish(store: ObjectStore, cfg: PipelineConfig, frames: Frames) -> None:
+    for day, parts in frames.items():
+        publish_curated(store, cfg, day, parts, row_group_size=128)
+
+
+def publish_reference(store: ObjectStore, cfg: PipelineConfig) -> str:
+    """Curate the reference days and freeze them as a data version, as the training DAG does."""
+    publish(store, cfg, make_frames(REFERENCE))
+    return create_data_version(store, cfg, sorted(REFERENCE))["data_version"]
+
+
+@dataclass(frozen=True)
+class Champion:
+    version: str
+    run_id: str
+    data_version: str
+    model_path: str
+
+
+@pytest.fixture(scope="module")
+def champion(
+    cfg: PipelineConfig, mlflow_server: str, s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory
+) -> Champion:
+    """A small ONNX model registered as champion, tagged with the reference's data version.
+
+    The data version is a hash of the curated bytes, so every test bucket that publishes the same
+    reference frames recreates the very version this tag names (checked in ``world``)."""
+    data_version = publish_reference(make_store(s3_endpoint), cfg)
+    params = random_params(cfg.features, EXAMPLE_VOCAB, hidden=[8], seed=5)
+    model = build_model(
+        tmp_path_factory.mktemp("champion") / "model.onnx", cfg.features, params, classes=[0.0, 1.0]
+    )
+    return register_champion(cfg, mlflow_server, str(model), data_version)
+
+
+def register_champion(cfg: PipelineConfig, tracking_uri: str, model_path: str, data_version: str) -> Champion:
+    """Log ``model_path`` as a run's model/model.onnx and register it through a passed gate."""
+    client = tracking.client(tracking_uri)
+    experiment = client.get_experiment_by_name(cfg.mlflow.experiment)
+    run = client.create_run(
+        experiment.experiment_id if experiment else client.create_experiment(cfg.mlflow.experiment)
+    )
+    client.log_artifact(run.info.run_id, model_path, "model")
+    client.set_terminated(run.info.run_id)
+    decision = {
+        "promote": True,
+        "reason": "test champion",
+        "primary_metric": "roc_auc",
+        "challenger": {"metrics": {"roc_auc": PROMOTED_AUC}},
+        "champion_version": None,
+        "floor_failed": False,
+    }
+    result = registry.register(
+        cfg, run.info.run_id, tracking_uri=tracking_uri, decision=decision, data_version=data_version
+    )
+    assert result["promoted"]
+    return Champion(result["version"], run.info.run_id, data_version, model_path)
+
+
+@pytest.fixture
+def world(store: ObjectStore, cfg: PipelineConfig, champion: Champion) -> ObjectStore:
+    """A fresh bucket holding the champion's reference data version."""
+    assert publish_reference(store, cfg) == champion.data_version
+    return store
+
+
+def score(store: ObjectStore, cfg: PipelineConfig, champion: Champion, days: list[dt.date]) -> None:
+    """Plan, score and publish each day with the champion, as the batch-inference DAG does."""
+    identity = {
+        "model_name": cfg.registered_model_name,
+        "model_version": champion.version,
+        "run_id": champion.run_id,
+    }
+    for day in days:
+        results = [
+            inference.score_part(store, cfg, unit, model_path=champion.model_path, **identity)
+            for unit in inference.plan_parts(store, cfg, day)
+        ]
+        inference.publish_predictions(store, cfg, day, results, **identity)
+
+
+def publish_window(
+    store: ObjectStore,
+    cfg: PipelineConfig,
+    champion: Champion,
+    scored: dict[dt.date, list[int]] = SCORED,
+    change: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
+) -> Frames:
+    """Curate the window (scored days and the unscored one) and score the scored days; returns the
+    scored days' frames."""
+    frames = make_frames(scored, change)
+    publish(store, cfg, frames | make_frames(UNSCORED, change))
+    score(store, cfg, champion, sorted(scored))
+    return frames
+
+
+def monitor(store: ObjectStore, cfg: PipelineConfig, mlflow_server: str) -> dict:
+    return run_drift_monitor(store, cfg, DAY, tracking_uri=mlflow_server)
+
+
+def warmer(frame: pd.DataFrame) -> pd.DataFrame:
+    """A summer window: the critical column temp moves far from the winter reference."""
+    return frame.assign(temp=frame["temp"] + 25)
+
+
+def earlier_check(store: ObjectStore, cfg: PipelineConfig) -> bytes:
+    """Store the state an earlier check left (a trigger in February); returns its bytes."""
+    state = {
+        "triggers": ["2013-02-20"],
+        "last_check": {"day": "2013-03-03", "status": "no_drift", "retrain": False},
+    }
+    store.put_json(state_key(cfg), state)
+    return store.get_bytes(state_key(cfg))
+
+
+def assert_refused_without_trace(store: ObjectStore, cfg: PipelineConfig, state: bytes) -> None:
+    """A refused check triggers nothing: the state is as the earlier check left it, and no report."""
+    assert store.get_bytes(state_key(cfg)) == state
+    assert store.list(f"{cfg.prefix}/reports/drift/") == []
+
+
+# -- the decision -----------------------------------------------------------------------------------
+
+
+def in_order(frames: Frames) -> list[pd.DataFrame]:
+    """Days ascending, parts in manifest order: the order in which the monitor reads and samples them."""
+    return [frame for day in sorted(frames) for frame in frames[day]]
+
+
+def in_memory_decision(
+    store: ObjectStore, cfg: PipelineConfig, champion: Champion, window: Frames, new_rows: int
+) -> tuple[dict, dict]:
+    """compare + decide on the whole concatenated frames, as the drift module's docstring defines them:
+    reference = the version's parts in day/part order, scored by the champion; current = the scored
+    days' rows with their published scores; live metric on the seeded sample of the current rows."""
+    keys = list(cfg.data.key)
+    reference = pd.concat(in_order(make_frames(REFERENCE)), ignore_index=True)
+    session = inference.make_session(champion.model_path, cfg)
+    reference_scores = session.run([SCORE], features.onnx_inputs(reference, cfg.features))[0]
+    published = [
+        inference.read_predictions(store, cfg, day, columns=[*keys, SCORE]) for day in sorted(window)
+    ]
+    current = pd.concat(in_order(window), ignore_index=True).merge(
+        pd.concat(published, ignore_index=True), on=keys, how="left", validate="one_to_one"
+    )
+    assert current[SCORE].notna().all()
+    limit, seed = cfg.drift.sample_rows, cfg.drift.seed
+    sample = current.iloc[np.sort(np.random.default_rng(seed).choice(len(current), limit, replace=False))]
+    labels = features.derive_label(sample, cfg.target)
+    known = labels.notna().to_numpy()
+    live = compute_metrics("binary", labels[known].to_numpy(), sample[SCORE].to_numpy()[known])
+    comparison = drift.compare(
+        cfg,
+        reference,
+        current,
+        reference_scores=reference_scores,
+        current_scores=current[SCORE].to_numpy(),
+    )
+    decision = drift.decide(
+        cfg,
+        comparison,
+        day=DAY,
+        state=None,
+        new_rows_since_training=new_rows,
+        live_metric_drop=PROMOTED_AUC - live["roc_auc"],
+    )
+    return decision, comparison
+
+
+def some_labels_pending(frame: pd.DataFrame) -> pd.DataFrame:
+    """A warmer window whose latest flights have no dep_delay yet (labels not arrived)."""
+    frame = warmer(frame)
+    return frame.assign(dep_delay=frame["dep_delay"].where(frame["hour"] < 20))
+
+
+def test_monitor_decision_equals_compare_and_decide_on_the_concatenated_window(
+    world: ObjectStore, cfg: PipelineConfig, champion: Champion, mlflow_server: str
+) -> None:
+    window = publish_window(world, cfg, champion, change=some_labels_pending)
+    new_rows = sum(sum(sizes) for sizes in (SCORED | UNSCORED).values())
+
+    result = monitor(world, cfg, mlflow_server)
+
+    expected, comparison = in_memory_decision(world, cfg, champion, window, new_rows)
+    assert {k: result[k] for k in expected} == expected
+    assert (result["status"], result["retrain"], result["champion_version"]) == (
+        "drift",
+        True,
+        champion.version,
+    )
+    assert result["rows"] == {"reference": 1250, "current": 1700}
+    assert "temp" in result["drifted_critical"]
+    assert any(r.startswith("live roc_auc dropped by") for r in result["reasons"])
+    assert f"{new_rows} new validated rows since training (>= 2000)" in result["reasons"]
+
+    stored = world.get_json(f"{cfg.prefix}/{REPORTS}drift.json")
+    assert result["report_json_uri"] == world.uri(f"{cfg.prefix}/{REPORTS}drift.json")
+    assert result["report_html_uri"] == world.uri(f"{cfg.prefix}/{REPORTS}drift.html")
+    assert stored["decision"] == expected
+    assert stored["comparison"]["columns"] == comparison["columns"]
+    assert {k: stored["comparison"]["rows"][k] for k in ("reference_compared", "current_compared")} == {
+        "reference_compared": 1000,
+        "current_compared": 1000,
+    }
+    assert b"<html" in world.get_bytes(f"{cfg.prefix}/{REPORTS}drift.html")[:300]
+    assert world.get_json(state_key(cfg)) == {
+        "triggers": [DAY.isoformat()],
+        "last_check": {"day": DAY.isoformat(), "status": "drift", "retrain": True},
+    }
+
+
+# -- issue #6: bad inputs ---------------------------------------------------------------------------
+
+
+def second_part(store: ObjectStore, cfg: PipelineConfig, version: str) -> str:
+    """The key of a curated part the data version's record lists (the 1st day's 2nd part)."""
+    return read_record(store, cfg, version)["files"][1]["curated_key"]
+
+
+def delete_part(store: ObjectStore, cfg: PipelineConfig, version: str) -> str:
+    key = second_part(store, cfg, version)
+    store.delete([key])
+    return store.uri(key)
+
+
+def overwrite_part(store: ObjectStore, cfg: PipelineConfig, version: str) -> str:
+    key = second_part(store, cfg, version)
+    store.put_bytes(key, b"not the parquet bytes the record hashed")
+    return store.uri(key)
+
+
+def delete_record(store: ObjectStore, cfg: PipelineConfig, version: str) -> str:
+    key = f"{cfg.prefix}/data_versions/{version}.json"
+    store.delete([key])
+    return store.uri(key)
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [(delete_part, "no longer exists"), (overwrite_part, "has changed"), (delete_record, "is unknown")],
+    ids=["part_missing", "part_overwritten", "record_missing"],
+)
+def test_missing_or_unreadable_reference_stops_the_monitor_without_trigger(
+    world: ObjectStore,
+    cfg: PipelineConfig,
+    champion: Champion,
+    mlflow_server: str,
+    damage: Callable[[ObjectStore, PipelineConfig, str], str],
+    message: str,
+) -> None:
+    publish_window(world, cfg, champion, change=warmer)  # would trigger a retrain if compared
+    state = earlier_check(world, cfg)
+    named = damage(world, cfg, champion.data_version)
+
+    with pytest.raises(MonitoringError) as raised:
+        monitor(world, cfg, mlflow_server)
+
+    text = str(raised.value)
+    assert f"champion v{champion.version} (data version {champion.data_version})" in text
+    assert named in text and message in text and "No retraining is triggered" in text
+    assert_refused_without_trace(world, cfg, state)
+
+
+@pytest.mark.parametrize("data_version", [None, ""], ids=["no_model", "champion_without_data_version"])
+def test_no_champion_with_a_data_version_stops_the_monitor(
+    store: ObjectStore, cfg: PipelineConfig, champion: Champion, mlflow_server: str, data_version: str | None
+) -> None:
+    name = f"none_{uuid.uuid4().hex[:8]}"
+    other = cfg.model_copy(update={"mlflow": cfg.mlflow.model_copy(update={"registered_model": name})})
+    publish_window(store, other, champion, change=warmer)
+    state = earlier_check(store, other)
+    if data_version is not None:
+        register_champion(other, mlflow_server, champion.model_path, data_version)
+
+    with pytest.raises(MonitoringError, match=f"{name}: no champion with a data version"):
+        monitor(store, other, mlflow_server)
+    assert_refused_without_trace(store, other, state)
+
+
+@pytest.mark.parametrize(
+    ("scored", "current_rows"),
+    [({}, 0), ({DAY: [120, 80]}, 200)],
+    ids=["no_scored_day", "fewer_than_min_rows"],
+)
+def test_too_little_scored_data_is_insufficient_data_without_trigger_or_html(
+    world: ObjectStore,
+    cfg: PipelineConfig,
+    champion: Champion,
+    mlflow_server: str,
+    scored: dict,
+    current_rows: int,
+) -> None:
+    publish_window(world, cfg, champion, scored=scored, change=warmer)
+
+    result = monitor(world, cfg, mlflow_server)
+
+    assert_insufficient(world, cfg, result, current_rows)
+
+
+def assert_insufficient(store: ObjectStore, cfg: PipelineConfig, result: dict, current_rows: int) -> None:
+    """No decision, no trigger, no Evidently HTML: only drift.json, and the check in the state."""
+    assert (result["status"], result["retrain"], result["report_html_uri"]) == (
+        "insufficient_data",
+        False,
+        None,
+    )
+    assert result["rows"] == {"reference": 1250, "current": current_rows}
+    assert result["reasons"] == [f"current has {current_rows} rows, fewer than drift.min_rows=300"]
+    assert [o.key for o in store.list(f"{cfg.prefix}/reports/drift/")] == [
+        f"{cfg.prefix}/{REPORTS}drift.json"
+    ]
+    assert store.get_json(state_key(cfg)) == {
+        "triggers": [],
+        "last_check": {"day": DAY.isoformat(), "status": "insufficient_data", "retrain": False},
+    }
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="monitoring.py run_drift_monitor passes current_rows = sample_parts' total over every curated "
+    "row of the scored days, including rows curated after scoring that it drops from the sample: 250 "
+    "scored rows (< min_rows 300) count as 350, and the monitor decides 'drift' and triggers a retrain",
+)
+def test_rows_curated_after_scoring_do_not_count_as_current_rows(
+    world: ObjectStore, cfg: PipelineConfig, champion: Champion, mlflow_server: str
+) -> None:
+    publish_window(world, cfg, champion, scored={DAY: [250]}, change=warmer)
+    publish(world, cfg, make_frames({DAY: [250, 100]}, warmer))  # re-curated: 100 late rows, not scored
+
+    result = monitor(world, cfg, mlflow_server)
+
+    assert_insufficient(world, cfg, result, 250)
+
+
+def test_all_missing_columns_in_the_window_are_reported_drifted_with_their_reason(
+    world: ObjectStore, cfg: PipelineConfig, champion: Champion, mlflow_server: str
+) -> None:
+    # temp: all-NaN doubles (critical); dest: all-null strings (a parquet column of type null).
+    publish_window(world, cfg, champion, change=lambda f: f.assign(temp=np.nan, dest=None))
+
+    result = monitor(world, cfg, mlflow_server)
+
+    reason = f"all values are missing in current (scored rows {min(SCORED)}..{DAY})"
+    assert result["retrain"] is True and result["drifted_critical"][0] == "temp"
+    assert {"temp", "dest"} <= set(result["drifted_columns"])
+    assert f"critical column 'temp' ({reason}) drifted" in result["reasons"]
+    stored = world.get_json(f"{cfg.prefix}/{REPORTS}drift.json")
+    for summary in (stored["comparison"], stored["evidently"]):
+        for column in ("temp", "dest"):
+            entry = summary["columns"][column]
+            assert (entry["drifted"], entry["stat_test"], entry["reason"]) == (True, None, reason)
+    assert world.exists(f"{cfg.prefix}/{REPORTS}drift.html")
+
+
+def test_monitored_column_missing_from_the_reference_names_column_and_data_version(
+    world: ObjectStore, cfg: PipelineConfig, champion: Champion, mlflow_server: str
+) -> None:
+    # A column monitored since after the champion was trained: the window has it, the reference not.
+    watched = cfg.model_copy(
+        update={
+            "drift": cfg.drift.model_copy(
+                update={"critical_columns": [*cfg.drift.critical_columns, "tailnum"]}
+            )
+        }
+    )
+    publish_window(world, watched, champion, change=lambda f: f.assign(tailnum="N14228"))
+    state = earlier_check(world, watched)
+
+    with pytest.raises(MonitoringError) as raised:
+        monitor(world, watched, mlflow_server)
+
+    assert "tailnum" in str(raised.value) and champion.data_version in str(raised.value)
+    assert_refused_without_trace(world, watched, state)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=pa.ArrowInvalid,
+    reason="monitoring.py _scored_part (read_part with the monitored columns) lets pyarrow's ArrowInvalid "
+    "'No match for FieldRef.Name(dep_time) in <schema dump>' escape: no DriftInputError/MonitoringError, "
+    "no part or side named",
+)
+def test_monitored_column_missing_from_the_current_window_names_column_and_partition(
+    world: ObjectStore, cfg: PipelineConfig, champion: Champion, mlflow_server: str
+) -> None:
+    # dep_time is monitored (critical) but no feature: inference scores the days without it.
+    publish_window(world, cfg, champion, change=lambda f: f.drop(columns=["dep_time"]))
+    state = earlier_check(world, cfg)
+
+    with pytest.raises((MonitoringError, drift.DriftInputError)) as raised:
+        monitor(world, cfg, mlflow_server)
+
+    # named: the column, and the window's curated data it is missing from (partition or part)
+    where = world.uri(partition_prefix(cfg.prefix, "curated", min(SCORED)))
+    assert "dep_time" in str(raised.value) and where in str(raised.value)
+    assert_refused_without_trace(world, cfg, state)
