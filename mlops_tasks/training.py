@@ -9,7 +9,8 @@ pickle anywhere, and :mod:`mlops_tasks.export` can rebuild the exact network fro
 
 Categorical code 0 is the out-of-vocabulary slot (also used for missing values), so unseen values at
 serving time are a normal input, not an error. Training is deterministic for a fixed seed: one seeded
-validation split, one seeded data order per epoch, deterministic torch kernels.
+validation split, one seeded data order per epoch, deterministic torch kernels. A retry of a killed
+attempt (same run name) marks the attempt's run, left RUNNING, as KILLED.
 """
 
 from __future__ import annotations
@@ -281,6 +282,23 @@ def _ensure_experiment(client: Any, name: str) -> str:
         return experiment.experiment_id
 
 
+def _end_killed_attempts(client: Any, experiment_id: str, run_name: str) -> None:
+    """Mark KILLED the runs of earlier attempts of this task that are still RUNNING.
+
+    An attempt killed mid-training (``kill -9``, a lost worker) never ends its MLflow run, which would
+    otherwise show as running forever next to the retry's. Its run name is the retry's (the pipeline
+    and the Airflow run id), and Airflow starts a retry only once the attempt is gone.
+    """
+    if "'" in run_name:  # MLflow's filter syntax cannot quote it; such a run stays as it is
+        return
+    filter_string = f"attributes.run_name = '{run_name}' and attributes.status = 'RUNNING'"
+    for run in client.search_runs([experiment_id], filter_string=filter_string):
+        log.warning(
+            "MLflow run %s of an earlier attempt never ended (killed): marking it KILLED", run.info.run_id
+        )
+        client.set_terminated(run.info.run_id, "KILLED")
+
+
 def _params(cfg: PipelineConfig, spec: NetSpec, train_rows: int, val_rows: int) -> list[Param]:
     values = {
         **{f"model.{k}": v for k, v in cfg.model.model_dump().items()},
@@ -335,6 +353,8 @@ def train(
             "trigger": trigger,
             "pipeline": cfg.name,
         }
+        if run_name:
+            _end_killed_attempts(client, experiment_id, run_name)
         run = client.create_run(experiment_id, run_name=run_name, tags=run_tags)
     run_id = run.info.run_id
     try:

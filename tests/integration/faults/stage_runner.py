@@ -1,35 +1,56 @@
 """One stage of the pipeline as a separate process, so a test can ``kill -9`` it mid-write.
 
-``python -m tests.integration.faults.stage_runner <ingest|score> <endpoint> <bucket> [model.onnx]``
-(the same :func:`run_stage` also runs in the test process for clean runs and retries).
+``python -m tests.integration.faults.stage_runner <step> <endpoint> <bucket> [<json arguments>]`` runs
+what the DAG's task(s) for ``step`` do (the same :func:`run_stage` also runs in the test process for
+clean runs and retries). :class:`HoldingProxy` stalls the stage at a chosen request, so the kill lands
+at a known point of its work; :func:`kill_when` is the kill.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
+import os
+import signal
+import socket
+import subprocess
 import sys
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from mlops_tasks import stack
 from mlops_tasks.config import PipelineConfig, load_config
 from mlops_tasks.storage import ObjectStore, S3Settings, partition_prefix
 
-EXAMPLE_CONFIG = Path(__file__).resolve().parents[3] / "configs" / "flights_delay.yaml"
+REPO = Path(__file__).resolve().parents[3]
+EXAMPLE_CONFIG = REPO / "configs" / "flights_delay.yaml"
 
 DAY = dt.date(2013, 3, 1)
-IDENTITY = {
-    "model_name": "flights_delay",
-    "model_version": "1",
-    "run_id": "scheduled__2013-03-01T00:00:00+00:00",
-}
+AIRFLOW_RUN_ID = "scheduled__2013-03-01T00:00:00+00:00"
+IDENTITY = {"model_name": "flights_delay", "model_version": "1", "run_id": AIRFLOW_RUN_ID}
 OUTPUT_AREA = {"ingest": "staging", "score": "predictions"}
+VALIDATION_AREAS = ("curated", "quarantine", "reports/validation")
 
 
 def config() -> PipelineConfig:
     cfg = load_config(EXAMPLE_CONFIG)
     small = cfg.inference.model_copy(update={"part_rows": 200, "batch_rows": 128, "intra_op_threads": 1})
     return cfg.model_copy(update={"inference": small})
+
+
+def model_config(name: str) -> PipelineConfig:
+    """The example with a small network (3 epochs), 2 evaluation days, and experiment and registered
+    model ``name`` (one per test: the MLflow server outlives the tests)."""
+    from tests.model_frames import small_config
+
+    cfg = config()
+    training = cfg.training.model_copy(update={"window_days": 6, "evaluation_days": 2})
+    return small_config(cfg, name, training=training)
 
 
 def store_for(endpoint: str, bucket: str, max_attempts: int = 8) -> ObjectStore:
@@ -44,25 +65,218 @@ def store_for(endpoint: str, bucket: str, max_attempts: int = 8) -> ObjectStore:
     )
 
 
-def output_partition(step: str) -> str:
-    return partition_prefix(config().prefix, OUTPUT_AREA[step], DAY)
+def output_partition(step: str, area: str | None = None) -> str:
+    return partition_prefix(config().prefix, area or OUTPUT_AREA[step], DAY)
 
 
-def run_stage(step: str, store: ObjectStore, model_path: str | None = None) -> dict[str, Any]:
-    """What the DAG's task(s) for ``step`` do for DAY: ingest the day, or plan + score + publish."""
-    from mlops_tasks import inference
-    from mlops_tasks.ingestion import ingest_day
+def run_stage(step: str, store: ObjectStore, model_path: str | None = None, **args: Any) -> Any:
+    """What the DAG's task(s) for ``step`` do.
 
-    cfg = config()
+    ``ingest``, ``validate``: the day DAY; ``score``: plan + score + publish DAY with ``model_path``;
+    ``train``, ``export``: the Train/ExportModelOperator on ``data_version`` (export: of ``run_id``);
+    ``register``: the RegisterModelOperator for ``run_id`` with the gate's ``decision``. The model
+    steps take ``tracking_uri`` and the ``name`` of :func:`model_config`.
+    """
     if step == "ingest":
-        return ingest_day(store, cfg, DAY)
-    results = [
-        inference.score_part(store, cfg, unit, model_path=model_path, output_area="predictions", **IDENTITY)
-        for unit in inference.plan_parts(store, cfg, DAY)
-    ]
-    return inference.publish_predictions(store, cfg, DAY, results, output_area="predictions", **IDENTITY)
+        from mlops_tasks.ingestion import ingest_day
+
+        return ingest_day(store, config(), DAY)
+    if step == "validate":
+        from mlops_tasks.validation import validate_day
+
+        return validate_day(store, config(), DAY)
+    if step == "score":
+        from mlops_tasks import inference
+
+        cfg = config()
+        results = [
+            inference.score_part(
+                store, cfg, unit, model_path=model_path, output_area="predictions", **IDENTITY
+            )
+            for unit in inference.plan_parts(store, cfg, DAY)
+        ]
+        return inference.publish_predictions(store, cfg, DAY, results, output_area="predictions", **IDENTITY)
+    return _model_step(step, store, model_config(args["name"]), **args)
+
+
+def _model_step(
+    step: str,
+    store: ObjectStore,
+    cfg: PipelineConfig,
+    *,
+    tracking_uri: str,
+    data_version: str,
+    run_id: str | None = None,
+    decision: dict[str, Any] | None = None,
+    **_: Any,
+) -> dict[str, Any]:
+    if step == "register":
+        from mlops_tasks.registry import register
+
+        assert run_id is not None and decision is not None
+        return register(cfg, run_id, tracking_uri=tracking_uri, decision=decision, data_version=data_version)
+    from mlops_tasks.training import split_window, train
+    from mlops_tasks.versioning import load_data_version
+
+    train_frame, eval_frame = split_window(load_data_version(store, cfg, data_version), cfg)
+    if step == "train":
+        return train(
+            cfg,
+            train_frame,
+            tracking_uri=tracking_uri,
+            data_version=data_version,
+            trigger="schedule",
+            run_name=f"{cfg.name}-{AIRFLOW_RUN_ID}",
+            tags={"airflow_dag_id": cfg.dag_id("training"), "airflow_run_id": AIRFLOW_RUN_ID},
+        )
+    if step == "export":
+        from mlops_tasks.export import export_run
+
+        assert run_id is not None
+        return export_run(cfg, run_id, tracking_uri=tracking_uri, sample_frame=eval_frame)
+    raise ValueError(f"unknown step '{step}'")
+
+
+def start_stage(step: str, endpoint: str, bucket: str, **args: Any) -> subprocess.Popen:
+    """The stage as a child process (its stderr is kept for the failure message)."""
+    argv = [sys.executable, "-m", "tests.integration.faults.stage_runner", step, endpoint, bucket]
+    return subprocess.Popen(
+        [*argv, json.dumps(args)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+
+
+def kill_when(process: subprocess.Popen, ready: Callable[[], bool], timeout: float = 120) -> None:
+    """``kill -9`` the stage as soon as ``ready()``; fails if the stage ends first."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if process.poll() is not None:
+            stderr = process.stderr.read().decode(errors="replace") if process.stderr else ""
+            raise AssertionError(f"the stage finished before the kill point:\n{stderr[-3000:]}")
+        assert time.monotonic() < deadline, "kill point not reached in time"
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    assert process.wait(10) == -signal.SIGKILL
+    if process.stderr:
+        process.stderr.close()
+
+
+# -- stalling a stage at a chosen request ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Request:
+    """One HTTP request as the proxy saw it; ``body`` is None when it was streamed (Expect: 100-continue)."""
+
+    method: str
+    target: str
+    body: bytes | None
+
+    @property
+    def path(self) -> str:
+        """The target without its query, percent-decoded (boto3 quotes the ``=`` of ``date=``)."""
+        return urllib.parse.unquote(self.target.partition("?")[0])
+
+    def json(self) -> dict[str, Any]:
+        return json.loads(self.body or b"{}")
+
+
+# Decides per request: None = forward it; n = stall it after its head and the first n body bytes
+# (0: the server sees nothing of it).
+Hold = Callable[[Request], int | None]
+
+
+class HoldingProxy:
+    """HTTP/1.1 proxy in front of a server (the S3 endpoint, MLflow) that forwards every request until
+    ``hold`` picks one. That request is stalled (never answered) and :attr:`held` is set, so a test can
+    ``kill -9`` the client at a point it chose by what the client was sending, without any hook in the
+    product code. When the killed client's connection closes, the proxy closes the server side too, as
+    the kernel of a killed client would: a partly sent body ends early."""
+
+    def __init__(self, server_url: str, hold: Hold) -> None:
+        self.server = ("127.0.0.1", int(server_url.rsplit(":", 1)[1]))
+        self.hold = hold
+        self.held = threading.Event()
+        self.held_request: Request | None = None
+        self._decide = threading.Lock()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.server)
+            threading.Thread(target=self._requests, args=(client, server), daemon=True).start()
+            threading.Thread(target=self._responses, args=(server, client), daemon=True).start()
+
+    def _requests(self, client: socket.socket, server: socket.socket) -> None:
+        reader = client.makefile("rb")
+        try:
+            while head := _read_head(reader):
+                method, target, length, streamed = _parse_head(head)
+                body = None if streamed else reader.read(length)
+                request = Request(method, target, body)
+                with self._decide:  # one hold per proxy: the first request it picks
+                    cut = None if self.held.is_set() else self.hold(request)
+                    if cut is not None:
+                        self.held_request = request
+                if cut is not None:
+                    if cut > 0:
+                        server.sendall(head + (body or b"")[:cut])
+                    self.held.set()
+                    reader.read()  # until the client is gone
+                    return
+                server.sendall(head + (body or b""))
+                if streamed:
+                    server.sendall(reader.read(length))
+        except OSError:
+            pass
+        finally:
+            _close(client, server)
+
+    @staticmethod
+    def _responses(server: socket.socket, client: socket.socket) -> None:
+        try:
+            while data := server.recv(65536):
+                client.sendall(data)
+        except OSError:
+            pass
+        finally:
+            _close(server, client)
+
+
+def _read_head(reader: BinaryIO) -> bytes:
+    lines = []
+    while (line := reader.readline()) not in (b"\r\n", b""):
+        lines.append(line)
+    return b"".join(lines) + b"\r\n" if lines and line else b""
+
+
+def _parse_head(head: bytes) -> tuple[str, str, int, bool]:
+    """(method, target, body length, body streamed after an Expect: 100-continue)."""
+    request_line, *lines = head.decode("latin-1").split("\r\n")
+    method, target, _ = request_line.split(" ", 2)
+    headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in lines if h)}
+    if "chunked" in headers.get("transfer-encoding", ""):
+        raise ValueError(f"{method} {target}: chunked request bodies are not supported")
+    return method, target, int(headers.get("content-length", 0)), headers.get("expect") == "100-continue"
+
+
+def _close(*sockets: socket.socket) -> None:
+    for sock in sockets:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        sock.close()
 
 
 if __name__ == "__main__":
-    step, endpoint, bucket, *model = sys.argv[1:]
-    run_stage(step, store_for(endpoint, bucket), model[0] if model else None)
+    step, endpoint, bucket, *rest = sys.argv[1:]
+    run_stage(step, store_for(endpoint, bucket), **(json.loads(rest[0]) if rest else {}))
