@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 LOWER_IS_BETTER = {"log_loss", "rmse", "mae"}
 
 
+_CURATED = "_curated_match"  # merge indicator: was the scored row's curated row found
+
+
 class MonitoringError(ValueError):
     """The monitor cannot run (no champion, reference unreadable); nothing is triggered."""
 
@@ -53,47 +56,43 @@ def monitored_days(cfg: PipelineConfig, day: dt.date) -> list[dt.date]:
 def _window_parts(
     store: ObjectStore, cfg: PipelineConfig, day: dt.date, columns: list[str]
 ) -> list[drift.Part]:
-    """The curated parts of the window's scored days; each loads its rows with the day's published
-    ``score`` joined on the key (in curated order, so sampling positions are stable)."""
+    """The published predictions parts of the window's days: the scored rows are the current side.
+    Each loads its keys and scores joined with the day's curated columns (in predictions order, so
+    sampling positions are stable); a day's curated rows are read once, one day at a time."""
     keys = list(cfg.data.key)
+    curated_day = functools.lru_cache(maxsize=1)(
+        lambda d: _curated_day(store, cfg, d, list(dict.fromkeys([*keys, *columns])))
+    )
     parts = []
     for d in monitored_days(cfg, day):
-        curated = store.read_manifest(partition_prefix(cfg.prefix, "curated", d))
-        predictions = partition_prefix(cfg.prefix, "predictions", d)
-        scored = store.read_manifest(predictions)
-        if curated is None or not (scored and scored["rows"]):
-            continue
-        scores = functools.cache(lambda p=predictions: _day_scores(store, p, keys))
-        for part in curated["parts"]:
+        scored = store.read_manifest(partition_prefix(cfg.prefix, "predictions", d))
+        for part in scored["parts"] if scored else []:
             if part["key"].endswith(".parquet") and part["rows"]:
                 parts.append(
                     drift.Part(
                         rows=part["rows"],
-                        load=functools.partial(_scored_part, store, part, columns, keys, scores),
+                        load=functools.partial(
+                            _scored_rows, store, part, keys, functools.partial(curated_day, d)
+                        ),
                         name=store.uri(part["key"]),
                     )
                 )
     return parts
 
 
-def _day_scores(store: ObjectStore, partition: str, keys: list[str]) -> pd.DataFrame:
-    table, _ = read_published(store, partition, columns=[*keys, features.SCORE_OUTPUT])
+def _curated_day(store: ObjectStore, cfg: PipelineConfig, day: dt.date, columns: list[str]) -> pd.DataFrame:
+    partition = partition_prefix(cfg.prefix, "curated", day)
+    table, _ = read_published(store, partition, columns=columns)
     if table is None:
-        raise FileNotFoundError(
-            f"{store.uri(partition)}: the predictions were unpublished while the monitor ran"
-        )
+        raise FileNotFoundError(f"{store.uri(partition)}: the day was scored but its curated rows are gone")
     return table.to_pandas()
 
 
-def _scored_part(
-    store: ObjectStore,
-    part: dict[str, Any],
-    columns: list[str],
-    keys: list[str],
-    scores: Callable[[], pd.DataFrame],
+def _scored_rows(
+    store: ObjectStore, part: dict[str, Any], keys: list[str], curated: Callable[[], pd.DataFrame]
 ) -> pd.DataFrame:
-    curated = read_part(store, part, columns=list(dict.fromkeys([*keys, *columns]))).to_pandas()
-    return curated.merge(scores(), on=keys, how="left", validate="one_to_one")
+    scores = read_part(store, part, columns=[*keys, features.SCORE_OUTPUT]).to_pandas()
+    return scores.merge(curated(), on=keys, how="left", validate="one_to_one", indicator=_CURATED)
 
 
 def _version_parts(store: ObjectStore, version: str, record: dict, columns: list[str]) -> list[drift.Part]:
@@ -169,14 +168,21 @@ def run_drift_monitor(
     except (FileNotFoundError, ValueError) as exc:
         raise MonitoringError(
             f"reference data of champion v{champion['version']} (data version {champion['data_version']}) "
-            f"is missing or unreadable: {exc}. No retraining is triggered."
+            f"cannot be used: {exc}. No retraining is triggered."
         ) from None
     window_columns = [*columns, *([cfg.target.column] if cfg.target.column not in columns else [])]
-    current, current_rows = drift.sample_parts(
-        _window_parts(store, cfg, day, window_columns), cfg.drift.sample_rows, cfg.drift.seed
-    )
+    try:
+        current, current_rows = drift.sample_parts(
+            _window_parts(store, cfg, day, window_columns), cfg.drift.sample_rows, cfg.drift.seed
+        )
+    except (FileNotFoundError, ValueError) as exc:
+        raise MonitoringError(
+            f"the scored rows of {monitored_days(cfg, day)[0]}..{day} cannot be read: {exc}. "
+            "No retraining is triggered."
+        ) from None
     if len(current):
-        current = current[current[features.SCORE_OUTPUT].notna()]  # rows curated after scoring
+        # A day curated again after scoring: rows it no longer has are not compared.
+        current = current[current.pop(_CURATED) == "both"].reset_index(drop=True)
     with tempfile.TemporaryDirectory() as tmp:
         model = download_onnx(cfg, tracking_uri=tracking_uri, version=champion["version"], dest_dir=tmp)
         reference_scores = _score(str(model), cfg, reference) if len(reference) else None

@@ -486,11 +486,28 @@ def read_published(
 
 def read_part(store: ObjectStore, part: dict[str, Any], columns: list[str] | None = None) -> pa.Table:
     """One parquet part of a manifest (``{"key", "sha256", ...}``), its checksum verified."""
-    import pyarrow.parquet as pq
-
     with store.spooled(part["key"]) as path:
         if sha256_file(path) != part["sha256"]:
             raise ManifestMismatchError(
                 f"{store.uri(part['key'])}: content does not match its manifest sha256"
             )
-        return pq.read_table(path, columns=columns)
+        return read_parquet(path, store.uri(part["key"]), columns)
+
+
+class MissingColumnsError(ValueError):
+    """A parquet file lacks columns a reader needs; the message names them and the file."""
+
+
+def read_parquet(
+    source: str | Path | pa.NativeFile, where: str, columns: list[str] | None = None
+) -> pa.Table:
+    """``columns`` of a parquet file; a column the file does not have is a :class:`MissingColumnsError`
+    naming it and ``where`` (pyarrow's own error prints the whole schema and no file)."""
+    import pyarrow.parquet as pq
+
+    if columns is not None:
+        present = pq.read_schema(source).names
+        missing = [c for c in columns if c not in present]
+        if missing:
+            raise MissingColumnsError(f"{where}: column(s) {missing} are missing (it has {present})")
+    return pq.read_table(source, columns=columns)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import io
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -27,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from mlops_tasks.config import PipelineConfig
-from mlops_tasks.storage import ObjectStore, partition_prefix, sha256_bytes, sha256_file
+from mlops_tasks.storage import ObjectStore, partition_prefix, read_parquet, sha256_bytes, sha256_file
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -135,7 +134,7 @@ def read_version_file(
     store: ObjectStore, version: str, file: dict[str, Any], columns: list[str] | None = None
 ) -> pd.DataFrame:
     """One curated part of a data version record (``record["files"][i]``), checked against its sha256."""
-    import pyarrow.parquet as pq
+    import pyarrow as pa
 
     try:
         data = store.get_bytes(file["curated_key"])
@@ -149,7 +148,7 @@ def read_version_file(
             f"data version '{version}': curated part {store.uri(file['curated_key'])} has changed "
             f"(sha256 {sha256_bytes(data)[:12]}..., recorded {file['sha256'][:12]}...)."
         )
-    return pq.read_table(io.BytesIO(data), columns=columns).to_pandas()
+    return read_parquet(pa.BufferReader(data), store.uri(file["curated_key"]), columns).to_pandas()
 
 
 def _record_key(cfg: PipelineConfig, version: str, suffix: str = ".json") -> str:

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pytest
 
 from mlops_tasks import drift, features, inference, registry, tracking
@@ -397,13 +396,6 @@ def assert_insufficient(store: ObjectStore, cfg: PipelineConfig, result: dict, c
     }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="monitoring.py run_drift_monitor passes current_rows = sample_parts' total over every curated "
-    "row of the scored days, including rows curated after scoring that it drops from the sample: 250 "
-    "scored rows (< min_rows 300) count as 350, and the monitor decides 'drift' and triggers a retrain",
-)
 def test_rows_curated_after_scoring_do_not_count_as_current_rows(
     world: ObjectStore, cfg: PipelineConfig, champion: Champion, mlflow_server: str
 ) -> None:
@@ -456,13 +448,6 @@ def test_monitored_column_missing_from_the_reference_names_column_and_data_versi
     assert_refused_without_trace(world, watched, state)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=pa.ArrowInvalid,
-    reason="monitoring.py _scored_part (read_part with the monitored columns) lets pyarrow's ArrowInvalid "
-    "'No match for FieldRef.Name(dep_time) in <schema dump>' escape: no DriftInputError/MonitoringError, "
-    "no part or side named",
-)
 def test_monitored_column_missing_from_the_current_window_names_column_and_partition(
     world: ObjectStore, cfg: PipelineConfig, champion: Champion, mlflow_server: str
 ) -> None:
