@@ -1,28 +1,41 @@
 """The MLflow model registry, driven by aliases (not stages).
 
-* Every exported run becomes a registered model version, tagged with its data version, gate
-  decision, gate metrics and run id, so the registry alone explains why each version is where it is.
-* ``champion`` is what batch inference serves; ``previous_champion`` is the one-step rollback target;
-  ``challenger`` marks a rejected-but-sane model that batch inference shadow-scores.
+* Every exported run becomes a registered model version, tagged with its data version, gate decision,
+  gate metrics, the champion its gate compared it against, and its run id, so the registry alone
+  explains why each version is where it is. A version's gate tags are written once; retries reuse them.
+* ``champion`` is what batch inference serves; ``previous_champion`` is the one-step rollback target
+  (the champion the serving version's gate beat); ``challenger`` marks a rejected-but-sane model that
+  batch inference shadow-scores.
+* Who is champion is a function of the version tags alone (:func:`_target`): the versions the gate
+  promoted form a tree, each under the champion its gate beat; from the top, follow the best-gated child
+  (primary metric; on a tie the older version) down to a version that no one has beaten. A rejected
+  version is not in the tree, so it never becomes champion. A rollback fences the restored version: the
+  versions gated against it that exist at the rollback (the rolled-back champion and those it beat in a
+  race) never count again; challengers gated against it later do.
+* Concurrent registrations, across processes and machines (MLflow has no compare-and-set on aliases):
+  "register, then converge". A registration writes all its tags first (``gate_decision`` last, so a
+  half-tagged version does not count), then loops: read the tags and both aliases; if the aliases are not
+  on the target of those tags, move them and read again; return only after a read that agrees.
+  Why it settles: the target depends on tags only, and they stop changing once every registration has
+  written them. Take the last alias write W. Its writer reads again after W; if W came after the last tag
+  write, that read sees the final tags and aliases, and a disagreement would make it write again (W was
+  the last). If no alias write follows the last tag write, the last tagger's own loop reads the final tags
+  and aliases, and stops only when they agree. So when all registrations have returned, the aliases are
+  the final target. A writer holding stale tags can move an alias to an outdated (gate-passed) version
+  for a moment, never for good. Rollback writes its fence, then runs the same loop.
 * Promotion moves aliases as the very last step (``previous_champion`` first, then ``champion``), so a
-  failure at any earlier point leaves the served model untouched.
-* Concurrent registrations: just before moving, the current champion is re-read; if it changed since
-  the gate and the new champion scored at least as well at its own gate, this model is not promoted.
-  Re-read and move happen under a per-model lock, which serialises registrations in one process; across
-  Airflow workers, run the register task in a one-slot pool (MLflow has no compare-and-set on aliases).
-* Retries are safe: a version already registered for the run is reused, and a champion that already
-  is this version is left as it is.
+  failure at any earlier point leaves the served model untouched; a retry converges again.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import threading
 from pathlib import Path
 from typing import Any
 
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
+from sqlalchemy.exc import IntegrityError
 
 from mlops_tasks import tracking
 from mlops_tasks.config import PipelineConfig
@@ -32,8 +45,13 @@ CHAMPION = "champion"
 PREVIOUS_CHAMPION = "previous_champion"
 CHALLENGER = "challenger"
 
-_LOCKS: dict[tuple[str, str], threading.Lock] = {}
-_LOCKS_GUARD = threading.Lock()
+GATE_DECISION = "gate_decision"
+# The champion version the gate compared this version against ("" when there was none).
+BASELINE = "gate_champion_version"
+# On a rollback target: versions gated against it numbered up to this one no longer count.
+ROLLBACK_FENCE = "rollback_fence"
+# Bound on read-move-verify rounds: a round after the first only follows another writer's change.
+_MAX_ROUNDS = 30
 
 
 class RegistryUnavailable(tracking.TrackingUnavailable):
@@ -44,13 +62,22 @@ class RegistryError(RuntimeError):
     """A registry operation is impossible as asked (e.g. no previous champion to roll back to)."""
 
 
-def _lock(tracking_uri: str, model_name: str) -> threading.Lock:
-    with _LOCKS_GUARD:
-        return _LOCKS.setdefault((tracking_uri, model_name), threading.Lock())
-
-
 def _reachable(tracking_uri: str, action: str) -> Any:
     return tracking.reachable(tracking_uri, action, RegistryUnavailable)
+
+
+def _write(call: Any, *args: str) -> None:
+    """One tag or alias write. MLflow's SQL store upserts by reading, then inserting: two writers inserting
+    one key at once make one of them fail with an IntegrityError (a BAD_REQUEST ending in SQLAlchemy's
+    error link). The key exists by then, so writing again is an update."""
+    for attempt in range(3):
+        try:
+            call(*args)
+            return
+        except MlflowException as exc:
+            lost_insert_race = exc.error_code == "BAD_REQUEST" and f"/{IntegrityError.code})" in str(exc)
+            if attempt == 2 or not lost_insert_race:
+                raise
 
 
 def _ensure_model(client: Any, name: str) -> None:
@@ -64,7 +91,8 @@ def _ensure_model(client: Any, name: str) -> None:
 def _version_for_run(client: Any, cfg: PipelineConfig, run_id: str) -> ModelVersion:
     """The run's model version: reused if a previous attempt created it, else created now."""
     name = cfg.registered_model_name
-    existing = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
+    query = f"name='{name}' and run_id='{run_id}'"
+    existing = client.search_model_versions(query)
     if existing:
         return min(existing, key=lambda v: int(v.version))
     run = client.get_run(run_id)
@@ -73,7 +101,10 @@ def _version_for_run(client: Any, cfg: PipelineConfig, run_id: str) -> ModelVers
             f"run {run_id} has no {tracking.ONNX_ARTIFACT}; export (with a passing parity check) must "
             "succeed before a model can be registered"
         )
-    return client.create_model_version(name, f"{run.info.artifact_uri}/model", run_id=run_id)
+    client.create_model_version(name, f"{run.info.artifact_uri}/model", run_id=run_id)
+    # Two attempts of one run (a task and its zombie) may both create one: both go on with the lowest,
+    # the other stays untagged and never counts.
+    return min(client.search_model_versions(query), key=lambda v: int(v.version))
 
 
 def _gate_value(version: ModelVersion | None, metric: str) -> float | None:
@@ -81,117 +112,146 @@ def _gate_value(version: ModelVersion | None, metric: str) -> float | None:
     return float(raw) if raw not in (None, "", "None") else None
 
 
+def _write_gate_tags(
+    client: Any, version: ModelVersion, run_id: str, decision: dict[str, Any], data_version: str
+) -> dict[str, str]:
+    """Tag the version with its gate record, ``gate_decision`` last: only then does it count."""
+    name = version.name
+    tags = {
+        "run_id": run_id,
+        "data_version": data_version,
+        "gate_reason": decision["reason"][:4000],
+        "gate_primary_metric": decision["primary_metric"],
+        BASELINE: decision.get("champion_version") or "",
+        **{f"gate_{k}": str(v) for k, v in decision["challenger"]["metrics"].items()},
+    }
+    for key, val in tags.items():
+        _write(client.set_model_version_tag, name, version.version, key, val)
+    if not decision["promote"] and not decision.get("floor_failed"):
+        _write(client.set_registered_model_alias, name, CHALLENGER, version.version)
+    tags[GATE_DECISION] = "promote" if decision["promote"] else "reject"
+    _write(client.set_model_version_tag, name, version.version, GATE_DECISION, tags[GATE_DECISION])
+    return tags
+
+
 def register(
     cfg: PipelineConfig, run_id: str, *, tracking_uri: str, decision: dict[str, Any], data_version: str
 ) -> dict[str, Any]:
-    """Register the run's model and, if the gate said so, make it the champion (see module doc)."""
+    """Register the run's model, record its gate, and converge the aliases (see module doc)."""
     name = cfg.registered_model_name
+    primary = cfg.gate.primary_metric
     client = tracking.client(tracking_uri)
-    primary = decision["primary_metric"]
-    value = decision["challenger"]["metrics"].get(primary)
     with _reachable(tracking_uri, f"register run {run_id} as a version of '{name}'"):
         _ensure_model(client, name)
         version = _version_for_run(client, cfg, run_id)
-        tags = {
-            "run_id": run_id,
-            "data_version": data_version,
-            "gate_decision": "promote" if decision["promote"] else "reject",
-            "gate_reason": decision["reason"][:4000],
-            "gate_primary_metric": primary,
-            **{f"gate_{k}": str(v) for k, v in decision["challenger"]["metrics"].items()},
-        }
-        for key, val in tags.items():
-            client.set_model_version_tag(name, version.version, key, val)
-        result = {
-            "model_name": name,
-            "version": version.version,
-            "promoted": False,
-            "champion_version": None,
-            "previous_champion_version": None,
-            "reason": decision["reason"],
-        }
-        if not decision["promote"]:
-            if not decision.get("floor_failed"):
-                client.set_registered_model_alias(name, CHALLENGER, version.version)
-            current = tracking.alias_version(client, name, CHAMPION)
-            previous = tracking.alias_version(client, name, PREVIOUS_CHAMPION)
-            return result | {
-                "champion_version": current.version if current else None,
-                "previous_champion_version": previous.version if previous else None,
-            }
-        with _lock(tracking_uri, name):
-            return result | _promote(client, name, version.version, decision, primary, value)
-
-
-def _promote(
-    client: Any, name: str, version: str, decision: dict[str, Any], primary: str, value: float | None
-) -> dict[str, Any]:
-    current = tracking.alias_version(client, name, CHAMPION)
-    previous = tracking.alias_version(client, name, PREVIOUS_CHAMPION)
-    if current is not None and current.version == version:
-        return {
-            "promoted": True,
-            "champion_version": version,
-            "previous_champion_version": previous.version if previous else None,
-            "reason": f"v{version} is already the champion",
-        }
-    if current is not None and current.version != decision.get("champion_version"):
-        theirs = _gate_value(current, primary)
-        higher = HIGHER_IS_BETTER[primary]
-        if theirs is not None and (value is None or (theirs >= value if higher else theirs <= value)):
-            return {
-                "promoted": False,
-                "champion_version": current.version,
-                "previous_champion_version": previous.version if previous else None,
-                "reason": (
-                    f"not promoted: the champion changed to v{current.version} since the gate (which saw "
-                    f"{decision.get('champion_version')}) and its gate {primary} {theirs:.4f} is at least "
-                    f"as good as this model's {value}"
-                ),
-            }
-    # Aliases last: previous_champion first, then champion, so a failure in between still serves
-    # the old champion and a retry completes the move.
-    client.set_model_version_tag(name, version, "promoted_at", dt.datetime.now(dt.UTC).isoformat())
-    if current is not None:
-        client.set_model_version_tag(name, version, "replaced_version", current.version)
-        client.set_registered_model_alias(name, PREVIOUS_CHAMPION, current.version)
-    client.set_registered_model_alias(name, CHAMPION, version)
-    challenger = tracking.alias_version(client, name, CHALLENGER)
-    if challenger is not None and challenger.version == version:
-        client.delete_registered_model_alias(name, CHALLENGER)
+        tags = dict(version.tags or {})
+        if GATE_DECISION not in tags:
+            tags = _write_gate_tags(client, version, run_id, decision, data_version)
+        champion, previous = _converge(client, name, primary)
+    promoted = champion == version.version
+    reason = tags["gate_reason"]
+    if tags[GATE_DECISION] == "promote" and not promoted:
+        reason = (
+            f"not promoted: the gate passed, but v{champion} is the champion after the registrations "
+            f"that raced this one (compare its gate {primary})"
+        )
     return {
-        "promoted": True,
-        "champion_version": version,
-        "previous_champion_version": current.version if current else (previous.version if previous else None),
+        "model_name": name,
+        "version": version.version,
+        "promoted": promoted,
+        "champion_version": champion,
+        "previous_champion_version": previous,
+        "reason": reason,
     }
+
+
+def _target(versions: list[ModelVersion], primary: str) -> tuple[ModelVersion | None, ModelVersion | None]:
+    """(champion, previous champion) as the promoted ``versions``' tags say (see module doc)."""
+    higher = HIGHER_IS_BETTER[primary]
+
+    def rank(v: ModelVersion) -> tuple[bool, float, int]:  # a missing metric ranks last; ties: older
+        value = _gate_value(v, primary)
+        if value is None:
+            return False, 0.0, -int(v.version)
+        return True, value if higher else -value, -int(v.version)
+
+    children: dict[str, list[ModelVersion]] = {}
+    for v in versions:
+        children.setdefault((v.tags or {}).get(BASELINE, ""), []).append(v)
+    node: ModelVersion | None = None
+    parent: ModelVersion | None = None
+    while True:
+        fence = int((node.tags or {}).get(ROLLBACK_FENCE, 0)) if node is not None else 0
+        beaten_by = [v for v in children.get(node.version if node else "", []) if int(v.version) > fence]
+        if not beaten_by:
+            return node, parent
+        parent, node = node, max(beaten_by, key=rank)
+
+
+def _converge(client: Any, name: str, primary: str) -> tuple[str | None, str | None]:
+    """Move ``champion``/``previous_champion`` to the target until a read after our last write agrees;
+    returns the (champion, previous champion) versions it agreed on."""
+    for _ in range(_MAX_ROUNDS):
+        promoted = client.search_model_versions(f"name='{name}' and tags.{GATE_DECISION}='promote'")
+        target, parent = _target(list(promoted), primary)
+        champion = tracking.alias_version(client, name, CHAMPION)
+        previous = tracking.alias_version(client, name, PREVIOUS_CHAMPION)
+        have = (champion.version if champion else None, previous.version if previous else None)
+        if target is None:  # nothing promoted (yet): leave whatever is served alone
+            return have
+        want = (target.version, parent.version if parent else None)
+        if have == want:
+            return have
+        if have[0] != want[0]:
+            _write(
+                client.set_model_version_tag,
+                name,
+                target.version,
+                "promoted_at",
+                dt.datetime.now(dt.UTC).isoformat(),
+            )
+        # previous_champion first, then champion: a failure in between still serves the old champion.
+        if have[1] != want[1]:
+            if parent is not None:
+                _write(client.set_registered_model_alias, name, PREVIOUS_CHAMPION, parent.version)
+            else:
+                client.delete_registered_model_alias(name, PREVIOUS_CHAMPION)
+        if have[0] != want[0]:
+            _write(client.set_registered_model_alias, name, CHAMPION, target.version)
+    raise RegistryError(
+        f"the aliases of '{name}' did not settle in {_MAX_ROUNDS} rounds of concurrent registrations; retry"
+    )
 
 
 def rollback(cfg: PipelineConfig, *, tracking_uri: str) -> dict[str, Any]:
     """Serve ``previous_champion`` again; ``previous_champion`` then points one step further back."""
     name = cfg.registered_model_name
     client = tracking.client(tracking_uri)
-    with _reachable(tracking_uri, f"roll back the champion of '{name}'"), _lock(tracking_uri, name):
+    with _reachable(tracking_uri, f"roll back the champion of '{name}'"):
         previous = tracking.alias_version(client, name, PREVIOUS_CHAMPION)
         if previous is None:
             raise RegistryError(
                 f"cannot roll back '{name}': it has no '{PREVIOUS_CHAMPION}' alias (no earlier champion)"
             )
         current = tracking.alias_version(client, name, CHAMPION)
-        client.set_registered_model_alias(name, CHAMPION, previous.version)
+        newest = client.search_model_versions(
+            f"name='{name}'", max_results=1, order_by=["version_number DESC"]
+        )
+        _write(client.set_model_version_tag, name, previous.version, ROLLBACK_FENCE, newest[0].version)
         if current is not None:
-            client.set_model_version_tag(
-                name, current.version, "rolled_back_at", dt.datetime.now(dt.UTC).isoformat()
+            _write(
+                client.set_model_version_tag,
+                name,
+                current.version,
+                "rolled_back_at",
+                dt.datetime.now(dt.UTC).isoformat(),
             )
-        before = (previous.tags or {}).get("replaced_version")
-        if before:
-            client.set_registered_model_alias(name, PREVIOUS_CHAMPION, before)
-        else:
-            client.delete_registered_model_alias(name, PREVIOUS_CHAMPION)
+        champion, before = _converge(client, name, cfg.gate.primary_metric)
     return {
         "model_name": name,
-        "champion_version": previous.version,
+        "champion_version": champion,
         "rolled_back_version": current.version if current else None,
-        "previous_champion_version": before or None,
+        "previous_champion_version": before,
     }
 
 
