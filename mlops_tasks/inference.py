@@ -42,7 +42,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mlops_tasks import features as F
-from mlops_tasks.storage import ObjectStore, partition_prefix, publish_manifest, read_published, write_part
+from mlops_tasks.storage import (
+    ObjectStore,
+    RangedObject,
+    partition_prefix,
+    publish_manifest,
+    read_published,
+    write_part,
+)
 
 if TYPE_CHECKING:
     from mlops_tasks.config import PipelineConfig
@@ -52,6 +59,7 @@ SHADOW_REPORT_NAME = "shadow.json"
 BINARY_THRESHOLD = 0.5
 ROW_GROUP_ROWS = 65_536  # rows per row group of a predictions part
 PREFETCH_BATCHES = 2  # batches read and preprocessed ahead of scoring
+HOLD_BYTES = 32 * 2**20  # most bytes of consecutive row groups fetched (and held) by one GET
 _Item = TypeVar("_Item")
 _FOOTER_GUESS = 64 * 1024  # one ranged GET usually covers the whole parquet footer
 _OPTIMIZATION = {
@@ -264,14 +272,39 @@ def _check_schema(schema: pa.Schema, cfg: PipelineConfig, where: str) -> None:
                 )
 
 
+def _row_group_span(metadata: pq.FileMetaData, group: int, columns: list[str]) -> tuple[int, int]:
+    """(first byte, end byte) of the row group's chunks of ``columns``."""
+    row_group = metadata.row_group(group)
+    chunks = [row_group.column(i) for i in range(row_group.num_columns)]
+    chunks = [c for c in chunks if c.path_in_schema.split(".")[0] in columns]
+    starts = [
+        c.dictionary_page_offset if c.has_dictionary_page and c.dictionary_page_offset else c.data_page_offset
+        for c in chunks
+    ]
+    return min(starts), max(s + c.total_compressed_size for s, c in zip(starts, chunks, strict=True))
+
+
 def _unit_batches(
-    parquet: pq.ParquetFile, unit: dict[str, Any], batch_rows: int, columns: list[str]
+    parquet: pq.ParquetFile,
+    source: RangedObject,
+    unit: dict[str, Any],
+    batch_rows: int,
+    columns: list[str],
 ) -> Iterator[pa.RecordBatch]:
-    """The unit's rows (row groups, then the ``row_offset``/``rows`` window) by record batch."""
+    """The unit's rows (row groups, then the ``row_offset``/``rows`` window) by record batch.
+
+    Consecutive row groups are fetched together, one ranged GET per ``HOLD_BYTES`` (a GET costs tens
+    of milliseconds whatever its size), and held only while they are decoded."""
     start, stop = unit["row_offset"], unit["row_offset"] + unit["rows"]
     position = 0
-    # One row group per call: a pre-buffering reader fetches (and holds) every row group it is given.
-    for group in unit["row_groups"]:
+    spans = {g: _row_group_span(parquet.metadata, g, columns) for g in unit["row_groups"]}
+    held_until = -1
+    for index, group in enumerate(unit["row_groups"]):
+        if spans[group][1] > held_until:
+            first = spans[group][0]
+            following = [spans[g][1] for g in unit["row_groups"][index:]]
+            held_until = max([end for end in following if end - first <= HOLD_BYTES], default=spans[group][1])
+            source.hold(first, held_until - first)
         for batch in parquet.iter_batches(batch_size=batch_rows, row_groups=[group], columns=columns):
             lo, hi = max(start - position, 0), min(stop - position, batch.num_rows)
             position += batch.num_rows
@@ -318,14 +351,14 @@ def score_part(
             # String categoricals decode straight into dictionaries: each distinct value becomes
             # one Python string in the model inputs, not one per row.
             strings = [c for c in cfg.features.categorical if pa.types.is_string(stored.field(c).type)]
-            parquet = pq.ParquetFile(source, metadata=metadata, read_dictionary=strings, pre_buffer=True)
+            parquet = pq.ParquetFile(source, metadata=metadata, read_dictionary=strings)
             schema = pa.schema(
                 [stored.field(k) for k in keys]
                 + model.output_fields()
                 + [pa.field(name, pa.string()) for name in ("model_name", "model_version", "run_id")]
             )
             columns = list(dict.fromkeys([*keys, *cfg.features.all]))
-            batches = _unit_batches(parquet, unit, cfg.inference.batch_rows, columns)
+            batches = _unit_batches(parquet, source, unit, cfg.inference.batch_rows, columns)
             with _RowGroupWriter(local, schema) as writer:
                 seconds["read"] += time.perf_counter() - clock
                 for batch, inputs in _prefetched(_prepared(batches, cfg, where, seconds), PREFETCH_BATCHES):

@@ -439,6 +439,13 @@ class RangedObject(io.RawIOBase):
         super().__init__()
         self.store, self.key, self.size = store, key, size
         self._position = 0
+        self._block_start, self._block = 0, b""
+
+    def hold(self, start: int, length: int) -> None:
+        """Fetch ``length`` bytes from ``start`` in one GET and serve reads inside them from memory
+        (e.g. a parquet row group's column chunks: one request instead of one per column)."""
+        self._block_start, self._block = start, b""
+        self._block = self.store.get_range(self.key, start, min(length, self.size - start))
 
     def readable(self) -> bool:
         return True
@@ -458,7 +465,11 @@ class RangedObject(io.RawIOBase):
         length = min(len(buffer), self.size - self._position)
         if length <= 0:
             return 0
-        data = self.store.get_range(self.key, self._position, length)
+        offset = self._position - self._block_start
+        if 0 <= offset and offset + length <= len(self._block):
+            data = self._block[offset : offset + length]
+        else:
+            data = self.store.get_range(self.key, self._position, length)
         buffer[: len(data)] = data
         self._position += len(data)
         return len(data)
