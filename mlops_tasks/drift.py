@@ -40,7 +40,7 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 import numpy as np
 import pandas as pd
@@ -161,17 +161,37 @@ def _typed(values: pd.Series, kind: str, source: str) -> pd.Series:
     return values.astype(object).where(values.notna(), np.nan).map(str, na_action="ignore")
 
 
+Scores = Sequence[float] | np.ndarray | pd.Series
+
+
+class Sides(TypedDict, total=False):
+    """What :func:`compare`, :func:`evidently_report` and :func:`run_check` may be told about each side.
+
+    ``*_scores``: the model's score per row (prediction drift; both or neither); ``*_name``: how errors
+    and the result name the frames (e.g. their S3 keys); ``*_rows``: the row count a pre-sampled frame
+    (:func:`sample_parts`) was drawn from.
+    """
+
+    reference_scores: Scores | None
+    current_scores: Scores | None
+    reference_name: str
+    current_name: str
+    reference_rows: int | None
+    current_rows: int | None
+
+
 def _prepare(
     cfg: PipelineConfig,
     reference: pd.DataFrame,
     current: pd.DataFrame,
-    reference_scores: Sequence[float] | np.ndarray | pd.Series | None,
-    current_scores: Sequence[float] | np.ndarray | pd.Series | None,
-    reference_name: str,
-    current_name: str,
-    *,
     limit: int,
-    total_rows: dict[str, int | None],
+    *,
+    reference_scores: Scores | None = None,
+    current_scores: Scores | None = None,
+    reference_name: str = "reference",
+    current_name: str = "current",
+    reference_rows: int | None = None,
+    current_rows: int | None = None,
 ) -> _Prepared:
     kinds = _monitored_kinds(cfg)
     names = {"reference": reference_name, "current": current_name}
@@ -222,8 +242,8 @@ def _prepare(
         kinds=kinds | ({PREDICTION_COLUMN: "numeric"} if has_scores else {}),
         monitored=columns,
         rows={
-            "reference": total_rows["reference"] or len(reference),
-            "current": total_rows["current"] or len(current),
+            "reference": reference_rows or len(reference),
+            "current": current_rows or len(current),
             "reference_compared": len(sides["reference"]),
             "current_compared": len(sides["current"]),
         },
@@ -378,16 +398,7 @@ def _summary(
 
 
 def compare(
-    cfg: PipelineConfig,
-    reference: pd.DataFrame,
-    current: pd.DataFrame,
-    *,
-    reference_scores: Sequence[float] | np.ndarray | pd.Series | None = None,
-    current_scores: Sequence[float] | np.ndarray | pd.Series | None = None,
-    reference_name: str = "reference",
-    current_name: str = "current",
-    reference_rows: int | None = None,
-    current_rows: int | None = None,
+    cfg: PipelineConfig, reference: pd.DataFrame, current: pd.DataFrame, **sides: Unpack[Sides]
 ) -> dict[str, Any]:
     """Fast per-column drift of ``current`` against ``reference`` on seeded samples (module docstring).
 
@@ -395,22 +406,10 @@ def compare(
     ``share_drifted``, ``drifted_columns``, ``drifted_critical``, ``prediction_drift`` (the score
     column's entry, or None without scores), ``rows`` (input and compared counts), ``sources`` and
     ``sample``. A column with no values on a side is reported as drifted with the reason.
-    ``*_name`` name the frames (e.g. their S3 keys) in errors and in the result; ``*_rows`` are the
-    row counts a pre-sampled frame (:func:`sample_parts`) was drawn from.
+    ``sides``: see :class:`Sides`.
     """
     limit = cfg.drift.sample_rows
-    totals = {"reference": reference_rows, "current": current_rows}
-    data = _prepare(
-        cfg,
-        reference,
-        current,
-        reference_scores,
-        current_scores,
-        reference_name,
-        current_name,
-        limit=limit,
-        total_rows=totals,
-    )
+    data = _prepare(cfg, reference, current, limit, **sides)
     columns = {
         col: _compare_column(cfg, kind, data.reference[col], data.current[col], data.names)
         for col, kind in data.kinds.items()
@@ -438,12 +437,7 @@ def evidently_report(
     current: pd.DataFrame,
     *,
     day: dt.date,
-    reference_scores: Sequence[float] | np.ndarray | pd.Series | None = None,
-    current_scores: Sequence[float] | np.ndarray | pd.Series | None = None,
-    reference_name: str = "reference",
-    current_name: str = "current",
-    reference_rows: int | None = None,
-    current_rows: int | None = None,
+    **sides: Unpack[Sides],
 ) -> tuple[str, dict[str, Any]]:
     """Evidently 0.7 ``DataDriftPreset`` (+ ``ValueDrift`` on the score) on seeded samples of
     ``drift.report_rows`` rows, with the same per-column tests and thresholds as :func:`compare`.
@@ -458,18 +452,7 @@ def evidently_report(
     from evidently.presets import DataDriftPreset
 
     limit = min(cfg.drift.report_rows, cfg.drift.sample_rows)
-    totals = {"reference": reference_rows, "current": current_rows}
-    data = _prepare(
-        cfg,
-        reference,
-        current,
-        reference_scores,
-        current_scores,
-        reference_name,
-        current_name,
-        limit=limit,
-        total_rows=totals,
-    )
+    data = _prepare(cfg, reference, current, limit, **sides)
     plans: dict[str, _Plan] = {}
     columns: dict[str, dict] = {}
     for col, kind in data.kinds.items():
@@ -664,14 +647,9 @@ def run_check(
     reference: pd.DataFrame,
     current: pd.DataFrame,
     state: dict | None,
-    reference_scores: Sequence[float] | np.ndarray | pd.Series | None = None,
-    current_scores: Sequence[float] | np.ndarray | pd.Series | None = None,
     new_rows_since_training: int | None = None,
     live_metric_drop: float | None = None,
-    reference_name: str = "reference",
-    current_name: str = "current",
-    reference_rows: int | None = None,
-    current_rows: int | None = None,
+    **sides: Unpack[Sides],
 ) -> dict[str, Any]:
     """compare + Evidently report + decide for ``day``; writes ``drift.json`` (decision, comparison,
     Evidently summary) and ``drift.html`` under ``reports/drift/date=<day>/`` with one PUT each.
@@ -679,10 +657,7 @@ def run_check(
     Returns the decision plus ``report_uri`` and ``html_uri`` (None when there was too little data to
     decide: no Evidently report is rendered then). The caller stores :func:`next_state`.
     """
-    scores = {"reference_scores": reference_scores, "current_scores": current_scores}
-    names = {"reference_name": reference_name, "current_name": current_name}
-    names |= {"reference_rows": reference_rows, "current_rows": current_rows}
-    comparison = compare(cfg, reference, current, **scores, **names)
+    comparison = compare(cfg, reference, current, **sides)
     decision = decide(
         cfg,
         comparison,
@@ -694,7 +669,7 @@ def run_check(
     prefix = partition_prefix(cfg.prefix, "reports/drift", day)
     html_uri = summary = None
     if decision["status"] != "insufficient_data":
-        html, summary = evidently_report(cfg, reference, current, day=day, **scores, **names)
+        html, summary = evidently_report(cfg, reference, current, day=day, **sides)
         html_uri = store.put_bytes(prefix + "drift.html", html.encode(), "text/html; charset=utf-8")
     report_uri = store.put_json(
         prefix + "drift.json", {"decision": decision, "comparison": comparison, "evidently": summary}
