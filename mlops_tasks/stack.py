@@ -11,6 +11,7 @@ The same launchers serve the test suite, so tests run against exactly what users
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -61,6 +62,7 @@ class Service:
     process: subprocess.Popen[bytes]
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)
+    signalled: bool = field(default=False, init=False)  # by terminate(): stop() then clears its group
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -70,17 +72,27 @@ class Service:
         if self.alive():
             try:
                 os.killpg(self.process.pid, signal.SIGTERM)
+                self.signalled = True
             except ProcessLookupError:
                 pass
 
     def stop(self, timeout: float = 15) -> None:
-        """SIGTERM, then SIGKILL after ``timeout`` seconds."""
+        """SIGTERM, then SIGKILL after ``timeout`` seconds; then SIGKILL what is left of the group.
+
+        A process of the group can outlive the main one: SIGTERM also ends the scheduler's forkserver,
+        after which the scheduler takes every executor worker for dead and exits without stopping the
+        one that was forwarding the signal to its task; that worker would then wait for work forever.
+        A service that died by other hands is left as it is (its group too): stop() is then a no-op.
+        """
         self.terminate()
         try:
             self.process.wait(timeout)
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(5)
+        if self.signalled:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -196,6 +208,12 @@ def connection_env(
     }
 
 
+# The LocalExecutor's workers fork from a server process that imported the stage libraries once,
+# so each task starts at its work instead of importing pandas, GX, torch, ... (airflow/preload.py).
+PRELOAD_SETTINGS = {
+    "AIRFLOW__SCHEDULER__MP_START_METHOD": "forkserver",
+    "AIRFLOW__SCHEDULER__MP_FORKSERVER_PRELOAD": "mlops_tasks.airflow.preload",
+}
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_STATE_DIR = REPO_ROOT / ".stack"
 AIRFLOW_COMPONENTS = ("scheduler", "dag-processor", "triggerer", "api-server")
@@ -337,9 +355,10 @@ class LocalStack:
             "MLOPS_TASKS_CONFIG_DIR": str(self.config_dir),
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-            # Tasks spend most of their time starting up and waiting on S3/MLflow, not on the CPU: four
-            # at a time keep two cores busy (docs/benchmarks.md, make demo).
+            # Tasks spend much of their time waiting on S3, MLflow and the Airflow API, not on the CPU:
+            # four at a time keep two cores busy (docs/benchmarks.md, make demo).
             "AIRFLOW__CORE__PARALLELISM": "4",
+            **PRELOAD_SETTINGS,
             "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags_dir),
             "AIRFLOW__CORE__PLUGINS_FOLDER": str(self.plugins_dir),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
