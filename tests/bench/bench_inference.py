@@ -44,6 +44,7 @@ from tests.integration.onnx_fixtures import MlpParams, build_model, random_param
 
 IDENTITY = {"model_name": "flights_delay", "model_version": "1", "run_id": "bench"}
 THREADS = 2
+REPEATS = 3  # (b) and (d) report the best of this many runs
 PART_FILE_ROWS = 2_000_000  # curated part files of at most this many rows
 
 
@@ -305,9 +306,21 @@ def main(args: argparse.Namespace) -> None:
             store.ensure_bucket()
             small_day, big_day = dt.date(2013, 6, 1), dt.date(2013, 6, 2)
             publish_day(store, cfg, small_day, base, args.small_rows)
-            e2e = result(spawn(service.url, "bench", small_day, model_path, publish=True))
+            # Best of REPEATS, the alternatives interleaved: shared machines are noisy.
+            e2e = min(
+                (
+                    result(spawn(service.url, "bench", small_day, model_path, publish=True))
+                    for _ in range(REPEATS)
+                ),
+                key=lambda run: run["end"] - run["start"],
+            )
             quarter = args.small_rows // 4
-            one, two = (task_lanes(service.url, small_day, model_path, lanes, quarter) for lanes in (1, 2))
+            lanes = [
+                task_lanes(service.url, small_day, model_path, n, quarter)
+                for _ in range(REPEATS)
+                for n in (1, 2)
+            ]
+            one, two = (min(lanes[n::2], key=lambda run: run["wall"]) for n in (0, 1))
             publish_day(store, cfg, big_day, base, args.big_rows)
             big = result(spawn(service.url, "bench", big_day, model_path, publish=True))
         finally:
