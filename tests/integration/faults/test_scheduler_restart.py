@@ -18,6 +18,7 @@ scoring of the same units with the same model.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import shutil
@@ -48,7 +49,6 @@ class Env:
     cfg: PipelineConfig
     api: AirflowApi
     version: str  # the champion's registry version
-    scheduler_groups: set[int]  # process groups of every scheduler started, killed at the end
 
 
 @pytest.fixture(scope="module")
@@ -62,14 +62,7 @@ def env(tmp_path_factory: pytest.TempPathFactory, model_path: str) -> Iterator[E
         assert stack.wait_dags_parsed() == []
         api = AirflowApi(stack.airflow_url, stack.api_token())
         api.unpause(cfg.dag_id("batch_inference"))
-        groups = {stack.services["scheduler"].process.pid}
-        try:
-            yield Env(stack, cfg, api, version, groups)
-        finally:
-            stack.stop()
-            # A scheduler that exits on SIGTERM can leave idle executor workers behind in its group.
-            for pgid in groups:
-                kill_group(pgid)
+        yield Env(stack, cfg, api, version)
 
 
 def register_champion(stack: LocalStack, cfg: PipelineConfig, model_path: str, tmp: Path) -> str:
@@ -104,13 +97,6 @@ def group_pids(pgid: int) -> list[int]:
         if int(fields[2]) == pgid and fields[0] != "Z":
             pids.append(int(stat.parent.name))
     return pids
-
-
-def kill_group(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def wait_for(ready: Callable[[], bool], timeout: float, what: str) -> None:
@@ -157,12 +143,13 @@ def run_through_a_scheduler_crash(env: Env, day: dt.date, *, whole_group: bool) 
         )
         restart_after = time.monotonic() - killed_at
         env.stack.restart("scheduler")  # the dead one's stop() is a no-op; a new one starts
-        env.scheduler_groups.add(env.stack.services["scheduler"].process.pid)
         progress: list[str] = []
         run = env.api.wait_for_run(dag_id, run_id, timeout=240, progress=progress.append)
         still_left = group_pids(pgid)
     finally:
-        kill_group(pgid)  # whatever the killed scheduler left behind
+        # What the killed scheduler left in its group (stack.stop() leaves a service killed by others).
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
     tis = env.api.task_instances(dag_id, run_id)
     observed = {
         "in_flight": sorted(t for t, s in at_kill.items() if s in ("queued", "running")),
