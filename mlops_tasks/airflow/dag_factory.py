@@ -111,7 +111,7 @@ def build_training_dag(cfg: PipelineConfig) -> DAG:
             decision=gate.output,
             export=export.output,
             data_version=version.output,
-            # Registrations of one pipeline never interleave; the registry re-checks the champion too.
+            # Not needed for correctness (the registry converges across workers); avoids alias churn.
             max_active_tis_per_dag=1,
             **common,
         )
