@@ -13,7 +13,7 @@ import pytest
 
 from mlops_tasks import stack
 from tests.conftest import make_store, require_service
-from tests.integration.faults.stage_runner import config
+from tests.integration.faults.stage_runner import config, pump
 from tests.integration.onnx_fixtures import EXAMPLE_VOCAB, build_model, random_params
 from tests.integration.services import PG_HOST, PG_PORT, postgres_database
 
@@ -49,20 +49,8 @@ class OutageProxy:
                 self.requests += 1
                 self._open |= {client, upstream}
             for src, dst in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
-
-    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for sock in (src, dst):
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+                # Not closed here: outage() resets them (SO_LINGER 0) to look like a stopped endpoint.
+                threading.Thread(target=pump, args=(src, dst), kwargs={"close": False}, daemon=True).start()
 
     def outage(self, seconds: float) -> None:
         """Close the listener and reset every open connection; listen again after ``seconds``."""

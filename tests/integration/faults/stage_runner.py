@@ -213,7 +213,7 @@ class HoldingProxy:
                 return
             server = socket.create_connection(self.server)
             threading.Thread(target=self._requests, args=(client, server), daemon=True).start()
-            threading.Thread(target=self._responses, args=(server, client), daemon=True).start()
+            threading.Thread(target=pump, args=(server, client), daemon=True).start()
 
     def _requests(self, client: socket.socket, server: socket.socket) -> None:
         reader = client.makefile("rb")
@@ -240,16 +240,6 @@ class HoldingProxy:
         finally:
             _close(client, server)
 
-    @staticmethod
-    def _responses(server: socket.socket, client: socket.socket) -> None:
-        try:
-            while data := server.recv(65536):
-                client.sendall(data)
-        except OSError:
-            pass
-        finally:
-            _close(server, client)
-
 
 def _read_head(reader: BinaryIO) -> bytes:
     lines = []
@@ -268,13 +258,37 @@ def _parse_head(head: bytes) -> tuple[str, str, int, bool]:
     return method, target, int(headers.get("content-length", 0)), headers.get("expect") == "100-continue"
 
 
-def _close(*sockets: socket.socket) -> None:
+def pump(src: socket.socket, dst: socket.socket, *, close: bool = True) -> None:
+    """Copy ``src`` to ``dst`` until either side goes away, then shut both down (and close them)."""
+    try:
+        while data := src.recv(65536):
+            dst.sendall(data)
+    except OSError:
+        pass
+    finally:
+        _close(src, dst, close=close)
+
+
+def _close(*sockets: socket.socket, close: bool = True) -> None:
     for sock in sockets:
         try:
             sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
-        sock.close()
+        if close:
+            sock.close()
+
+
+def decision(auc: float, champion_version: str | None = None, promote: bool = True) -> dict:
+    """A gate decision as evaluation makes it: ``champion_version`` is the champion the gate compared with."""
+    return {
+        "promote": promote,
+        "reason": f"gate {'passed' if promote else 'failed'} with roc_auc {auc}",
+        "primary_metric": "roc_auc",
+        "challenger": {"metrics": {"roc_auc": auc}},
+        "champion_version": champion_version,
+        "floor_failed": False,
+    }
 
 
 if __name__ == "__main__":

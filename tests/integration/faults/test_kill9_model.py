@@ -30,6 +30,7 @@ from tests.integration.faults.stage_runner import (
     Hold,
     HoldingProxy,
     Request,
+    decision,
     kill_when,
     model_config,
     run_stage,
@@ -128,18 +129,6 @@ def assert_registry_refuses(tracking_uri: str, name: str, run_id: str) -> None:
             decision=decision(0.7, None),
             data_version="dv",
         )
-
-
-def decision(auc: float, champion_version: str | None) -> dict[str, Any]:
-    """What the gate hands to the register task when it promotes."""
-    return {
-        "promote": True,
-        "reason": f"promoted: roc_auc {auc}",
-        "primary_metric": "roc_auc",
-        "challenger": {"metrics": {"roc_auc": auc}},
-        "champion_version": champion_version,
-        "floor_failed": False,
-    }
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ from mlops_tasks import registry, tracking
 from mlops_tasks.config import PipelineConfig, load_config
 from tests.conftest import EXAMPLE_CONFIG
 from tests.integration.faults.conftest import RestartableMlflow
+from tests.integration.faults.stage_runner import decision
 
 pytestmark = pytest.mark.services
 
@@ -45,18 +46,6 @@ def exported_run(tracking_uri: str, tmp_path: Path) -> str:
     client.log_artifact(run.info.run_id, str(model), "model")
     client.set_terminated(run.info.run_id)
     return run.info.run_id
-
-
-def decision(auc: float, champion_version: str | None = None, promote: bool = True) -> dict:
-    """A gate decision as evaluation makes it: ``champion_version`` is the champion the gate compared with."""
-    return {
-        "promote": promote,
-        "reason": f"gate {'passed' if promote else 'failed'} with roc_auc {auc}",
-        "primary_metric": "roc_auc",
-        "challenger": {"metrics": {"roc_auc": auc}},
-        "champion_version": champion_version,
-        "floor_failed": False,
-    }
 
 
 def model_versions(tracking_uri: str, cfg: PipelineConfig) -> dict[str, str]:
