@@ -13,6 +13,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,6 +29,11 @@ os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(REPO / "dags"))
 os.environ.setdefault("MLOPS_TASKS_CONFIG_DIR", str(REPO / "configs"))
 EXAMPLE_CONFIG = REPO / "configs" / "flights_delay.yaml"
+
+
+def tune(cfg: PipelineConfig, section: str, values: dict[str, Any]) -> PipelineConfig:
+    """``cfg`` with some fields of one section (e.g. ``drift``) replaced."""
+    return cfg.model_copy(update={section: getattr(cfg, section).model_copy(update=values)})
 
 
 def require_service(name: str, host: str, port: int) -> None:

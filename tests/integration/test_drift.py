@@ -14,6 +14,7 @@ import pytest
 from mlops_tasks import drift, example
 from mlops_tasks.config import PipelineConfig
 from mlops_tasks.storage import ObjectStore
+from tests.conftest import tune
 
 # The example's drift thresholds (configs/flights_delay.yaml, drift:). A one-week window sits in one
 # weather regime, so Evidently's 0.1 distance thresholds flag every week; these flag the seasons.
@@ -26,7 +27,7 @@ def cfg(example_config: PipelineConfig) -> PipelineConfig:
     undeclared = {
         k: v for k, v in EXAMPLE_DRIFT_KNOBS.items() if k not in type(example_config.drift).model_fields
     }
-    return example_config.model_copy(update={"drift": example_config.drift.model_copy(update=undeclared)})
+    return tune(example_config, "drift", undeclared)
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +72,7 @@ def test_a_december_week_is_not_flagged(cfg, winter, flights_weather):
 
 def test_evidently_report_agrees_with_the_fast_comparison_column_by_column(cfg, winter, flights_weather):
     same_sample = {"sample_rows": 10_000, "report_rows": 10_000}
-    cfg = cfg.model_copy(update={"drift": cfg.drift.model_copy(update=same_sample)})
+    cfg = tune(cfg, "drift", same_sample)
     july = days(flights_weather, "2013-07-08", "2013-07-14")
     html, summary = drift.evidently_report(cfg, winter, july, day=dt.date(2013, 7, 14))
     fast = drift.compare(cfg, winter, july)
@@ -88,7 +89,7 @@ def test_evidently_report_agrees_with_the_fast_comparison_column_by_column(cfg, 
 def test_run_check_writes_html_and_json_reports_to_the_store(
     store: ObjectStore, cfg, winter, flights_weather
 ):
-    small = cfg.model_copy(update={"drift": cfg.drift.model_copy(update={"sample_rows": 3000})})
+    small = tune(cfg, "drift", {"sample_rows": 3000})
     day = dt.date(2013, 7, 14)
     result = drift.run_check(
         store,
@@ -109,7 +110,7 @@ def test_run_check_writes_html_and_json_reports_to_the_store(
 
 
 def test_run_check_rerun_writes_identical_bytes(store: ObjectStore, cfg, winter, flights_weather):
-    small = cfg.model_copy(update={"drift": cfg.drift.model_copy(update={"sample_rows": 2000})})
+    small = tune(cfg, "drift", {"sample_rows": 2000})
     day, current = dt.date(2013, 12, 15), days(flights_weather, "2013-12-09", "2013-12-15")
     keys = ("drift.json", "drift.html")
     snapshots = []

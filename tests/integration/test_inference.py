@@ -14,6 +14,7 @@ import pytest
 from mlops_tasks import inference
 from mlops_tasks.config import PipelineConfig
 from mlops_tasks.storage import ObjectStore, partition_prefix, sha256_bytes, write_part
+from tests.conftest import tune
 
 from .onnx_fixtures import (
     EXAMPLE_VOCAB,
@@ -308,9 +309,7 @@ def test_peak_memory_of_scoring_does_not_grow_with_the_rows_of_a_unit(
     # bytes one GET may fetch (lowered from 32 MiB so that small test files exceed it).
     monkeypatch.setattr(inference, "HOLD_BYTES", 2**20)
     limit = 4 * inference.ROW_GROUP_ROWS
-    big = cfg.model_copy(
-        update={"inference": cfg.inference.model_copy(update={"part_rows": limit, "batch_rows": 1024})}
-    )
+    big = tune(cfg, "inference", {"part_rows": limit, "batch_rows": 1024})
     publish_curated(store, big, DAY, [curated_frame(DAY, limit + 17 * 4096)], row_group_size=4096)
     big_unit, small_unit = inference.plan_parts(store, big, DAY)
     assert (big_unit["rows"], small_unit["rows"]) == (limit, 17 * 4096)

@@ -18,7 +18,7 @@ from mlops_tasks import export, lineage, registry, tracking, training
 from mlops_tasks.config import FeatureSpec, GateSpec, PipelineConfig, TargetSpec, load_config
 from mlops_tasks.features import META_CLASSES, META_FEATURES, META_TASK, onnx_inputs
 from mlops_tasks.storage import ObjectStore
-from tests.conftest import EXAMPLE_CONFIG
+from tests.conftest import EXAMPLE_CONFIG, tune
 from tests.model_frames import example_rows, small_config
 
 DAY = dt.date(2013, 2, 14)
@@ -113,9 +113,7 @@ def test_export_is_byte_identical_on_rerun(
 def test_parity_failure_raises_and_leaves_nothing_to_register(
     binary_cfg: PipelineConfig, split: tuple, mlflow_server: str
 ) -> None:
-    strict = binary_cfg.model_copy(
-        update={"export": binary_cfg.export.model_copy(update={"parity_tolerance": 0.0})}
-    )
+    strict = tune(binary_cfg, "export", {"parity_tolerance": 0.0})
     run = training.train(strict, split[0], tracking_uri=mlflow_server, data_version="dv1", trigger="test")
     with pytest.raises(export.ParityError, match="exceeds export.parity_tolerance 0"):
         export.export_run(strict, run["run_id"], tracking_uri=mlflow_server, sample_frame=split[1])
@@ -151,13 +149,7 @@ def test_constant_feature_and_all_nan_column_train_and_export(
 def test_quantized_export_is_kept_only_within_the_metric_tolerance(
     binary_cfg: PipelineConfig, split: tuple, trained: dict, mlflow_server: str
 ) -> None:
-    cfg = binary_cfg.model_copy(
-        update={
-            "export": binary_cfg.export.model_copy(
-                update={"quantize": True, "quantize_metric_tolerance": 1.0}
-            )
-        }
-    )
+    cfg = tune(binary_cfg, "export", {"quantize": True, "quantize_metric_tolerance": 1.0})
     result = export.export_run(cfg, trained["run_id"], tracking_uri=mlflow_server, sample_frame=split[1])
     assert result["quantized"] is True and result["onnx_sha256"] != trained["export"]["onnx_sha256"]
     # Put the shared run's fp32 model back for the tests that follow.
@@ -172,13 +164,7 @@ def test_quantized_export_beyond_the_metric_tolerance_keeps_the_fp32_model(
 ) -> None:
     # A tolerance below any possible metric change (the config itself only allows >= 0) forces the
     # rejection branch whatever int8 does to this model.
-    cfg = binary_cfg.model_copy(
-        update={
-            "export": binary_cfg.export.model_copy(
-                update={"quantize": True, "quantize_metric_tolerance": -2.0}
-            )
-        }
-    )
+    cfg = tune(binary_cfg, "export", {"quantize": True, "quantize_metric_tolerance": -2.0})
     result = export.export_run(cfg, trained["run_id"], tracking_uri=mlflow_server, sample_frame=split[1])
     assert result["quantized"] is False
     assert result["onnx_sha256"] == trained["export"]["onnx_sha256"]

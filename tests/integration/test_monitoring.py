@@ -24,7 +24,7 @@ from mlops_tasks.evaluation import compute_metrics
 from mlops_tasks.monitoring import MonitoringError, run_drift_monitor, state_key
 from mlops_tasks.storage import ObjectStore, partition_prefix
 from mlops_tasks.versioning import create_data_version, read_record
-from tests.conftest import EXAMPLE_CONFIG, make_store
+from tests.conftest import EXAMPLE_CONFIG, make_store, tune
 
 from .onnx_fixtures import EXAMPLE_VOCAB, build_model, curated_frame, publish_curated, random_params
 
@@ -347,7 +347,7 @@ def test_no_champion_with_a_data_version_stops_the_monitor(
     store: ObjectStore, cfg: PipelineConfig, champion: Champion, mlflow_server: str, data_version: str | None
 ) -> None:
     name = f"none_{uuid.uuid4().hex[:8]}"
-    other = cfg.model_copy(update={"mlflow": cfg.mlflow.model_copy(update={"registered_model": name})})
+    other = tune(cfg, "mlflow", {"registered_model": name})
     publish_window(store, other, champion, change=warmer)
     state = earlier_check(store, other)
     if data_version is not None:
@@ -431,13 +431,7 @@ def test_monitored_column_missing_from_the_reference_names_column_and_data_versi
     world: ObjectStore, cfg: PipelineConfig, champion: Champion, mlflow_server: str
 ) -> None:
     # A column monitored since after the champion was trained: the window has it, the reference not.
-    watched = cfg.model_copy(
-        update={
-            "drift": cfg.drift.model_copy(
-                update={"critical_columns": [*cfg.drift.critical_columns, "tailnum"]}
-            )
-        }
-    )
+    watched = tune(cfg, "drift", {"critical_columns": [*cfg.drift.critical_columns, "tailnum"]})
     publish_window(world, watched, champion, change=lambda f: f.assign(tailnum="N14228"))
     state = earlier_check(world, watched)
 

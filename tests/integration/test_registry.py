@@ -17,7 +17,7 @@ import pytest
 from mlops_tasks import evaluation, export, registry, stack, training
 from mlops_tasks.config import GateSpec, PipelineConfig, load_config
 from mlops_tasks.storage import ObjectStore
-from tests.conftest import EXAMPLE_CONFIG
+from tests.conftest import EXAMPLE_CONFIG, tune
 from tests.model_frames import example_rows, small_config, with_shuffled_labels
 
 DAY = dt.date(2013, 2, 14)
@@ -36,7 +36,7 @@ def split(base_cfg: PipelineConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
 @pytest.fixture(scope="module")
 def runs(base_cfg: PipelineConfig, split: tuple, mlflow_server: str) -> dict[str, str]:
     """name -> run id of an exported model."""
-    seeded = base_cfg.model_copy(update={"model": base_cfg.model.model_copy(update={"seed": 7})})
+    seeded = tune(base_cfg, "model", {"seed": 7})
     plans = {
         "good": (base_cfg, split[0]),
         "good_other_seed": (seeded, split[0]),

@@ -36,6 +36,7 @@ from mlops_tasks.config import PipelineConfig, load_config
 from mlops_tasks.example import seed_landing
 from mlops_tasks.stack import LocalStack, airflow_health
 from mlops_tasks.storage import MANIFEST_NAME, partition_prefix
+from tests.conftest import tune
 from tests.e2e.conftest import small_config
 
 pytestmark = pytest.mark.slow
@@ -180,7 +181,7 @@ def assert_complete_predictions(env: Env, day: dt.date, model_path: str) -> None
     assert len(on_stack) == manifest["rows"] == curated["rows"]
 
     # The reference run publishes under another prefix.
-    cfg = env.cfg.model_copy(update={"storage": env.cfg.storage.model_copy(update={"prefix": "reference"})})
+    cfg = tune(env.cfg, "storage", {"prefix": "reference"})
     identity = {"model_name": cfg.registered_model_name, "model_version": env.version, "run_id": "reference"}
     results = [inference.score_part(store, cfg, unit, model_path=model_path, **identity) for unit in units]
     inference.publish_predictions(store, cfg, day, results, **identity)
