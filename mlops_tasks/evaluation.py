@@ -33,7 +33,10 @@ from mlops_tasks.features import (
     PROBABILITIES_OUTPUT,
     SCORE_OUTPUT,
     derive_label,
+    is_legacy_session,
     onnx_inputs,
+    session_inputs,
+    take_rows,
 )
 from mlops_tasks.storage import ObjectStore, partition_prefix
 
@@ -160,14 +163,21 @@ class OnnxModel:
         self.task = meta[META_TASK]
         self.classes = json.loads(meta[META_CLASSES]) if META_CLASSES in meta else None
         self.outputs = [o.name for o in self.session.get_outputs()]
+        self.legacy = is_legacy_session(self.session)
+
+    def _inputs(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+        return onnx_inputs(frame, self.features, source="evaluation rows")
+
+    def _run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self.session.run(None, session_inputs(inputs, self.legacy))
 
     def score(self, frame: pd.DataFrame, batch_rows: int = 65536) -> tuple[np.ndarray, np.ndarray | None]:
         """(score [N], probabilities [N, C] or None) of raw rows, ``batch_rows`` rows per call."""
-        inputs = onnx_inputs(frame, self.features, source="evaluation rows")
+        inputs = self._inputs(frame)
         scores, probas = [], []
         for start in range(0, max(len(frame), 1), batch_rows):
-            batch = {name: arr[start : start + batch_rows] for name, arr in inputs.items()}
-            result = dict(zip(self.outputs, self.session.run(None, batch), strict=True))
+            batch = take_rows(inputs, slice(start, start + batch_rows))
+            result = dict(zip(self.outputs, self._run(batch), strict=True))
             scores.append(result[SCORE_OUTPUT])
             if PROBABILITIES_OUTPUT in result:
                 probas.append(result[PROBABILITIES_OUTPUT])
@@ -175,14 +185,12 @@ class OnnxModel:
 
     def p95_batch_latency_ms(self, frame: pd.DataFrame, batch_rows: int) -> float:
         """p95 wall time of one ``batch_rows``-row call (rows of ``frame`` repeated to fill a batch)."""
-        inputs = onnx_inputs(frame, self.features, source="evaluation rows")
-        take = np.resize(np.arange(len(frame)), batch_rows)
-        batch = {name: arr[take] for name, arr in inputs.items()}
-        self.session.run(None, batch)  # warm-up: first call allocates
+        batch = take_rows(self._inputs(frame), np.resize(np.arange(len(frame)), batch_rows))
+        self._run(batch)  # warm-up: first call allocates
         times = []
         for _ in range(LATENCY_REPEATS):
             started = time.perf_counter()
-            self.session.run(None, batch)
+            self._run(batch)
             times.append((time.perf_counter() - started) * 1000)
         return float(np.percentile(times, 95))
 

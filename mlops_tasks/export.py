@@ -5,10 +5,15 @@ JSON rather than traced with ``torch.onnx.export``: the network is a fixed, smal
 (embedding lookups, Linear, ReLU), so the direct graph is exact, takes milliseconds, has no exporter
 version quirks, and produces identical bytes for identical weights. Preprocessing lives in the graph:
 
-    numeric  [N,k] float32 -> IsNaN/Where (median) -> Sub (mean) -> Div (std)            --+
-    categorical [N,m] string -> per column: Gather -> ai.onnx.ml LabelEncoder (vocab -> 1..V,  +-> Concat
-                                unseen/"" -> 0) -> Gather (embedding table)               --+
+    numeric  [N,k] float32 -> IsNaN/Where (median) ------------------------------------------+
+    categorical_values [D] string -> per column: ai.onnx.ml LabelEncoder (vocab -> 1..V,        +-> Concat
+        unseen/"" -> 0) -> Gather (embedding table) -> [D, d]; Gather by categorical_codes[:, j] --+
     -> Gemm/Relu ... -> Sigmoid (binary) | Softmax + ReduceMax (multiclass) | affine (regression)
+
+Standardisation ``(x - mean) / std`` is folded into the first layer's weights and bias (computed in
+float64): an affine map followed by an affine map is one affine map, and scoring skips two
+elementwise passes over ``[N, k]``. The vocabulary lookup runs over the batch's distinct values
+(``D``), not its rows (see :mod:`mlops_tasks.features`, contract 2).
 
 Because the graph is not traced, the parity check is the guarantee: onnxruntime and torch must agree
 on ``export.parity_rows`` real rows within ``export.parity_tolerance``, else :class:`ParityError` and
@@ -34,8 +39,11 @@ from mlops_tasks import tracking
 from mlops_tasks.config import PipelineConfig
 from mlops_tasks.evaluation import HIGHER_IS_BETTER, OnnxModel, compute_metrics, label_targets, labelled_rows
 from mlops_tasks.features import (
-    CATEGORICAL_INPUT,
+    CATEGORICAL_CODES_INPUT,
+    CATEGORICAL_VALUES_INPUT,
+    CONTRACT_VERSION,
     META_CLASSES,
+    META_CONTRACT,
     META_FEATURES,
     META_TASK,
     NUMERIC_INPUT,
@@ -68,6 +76,8 @@ def build_onnx(net: TabularNet, spec: NetSpec) -> onnx.ModelProto:
         inits.append(numpy_helper.from_array(value, name))
         return name
 
+    layers = [layer for layer in net.mlp if type(layer).__name__ != "Dropout"]  # identity at inference
+    first_weight, first_bias = _standardisation_folded(layers[0], spec)
     parts: list[str] = []
     if spec.numeric:
         inputs.append(
@@ -77,53 +87,52 @@ def build_onnx(net: TabularNet, spec: NetSpec) -> onnx.ModelProto:
         nodes += [
             helper.make_node("IsNaN", [NUMERIC_INPUT], ["num_missing"]),
             helper.make_node("Where", ["num_missing", median, NUMERIC_INPUT], ["num_imputed"]),
-            helper.make_node(
-                "Sub", ["num_imputed", const("mean", np.asarray(spec.mean, np.float32))], ["num_c"]
-            ),
-            helper.make_node(
-                "Div", ["num_c", const("std", np.asarray(spec.std, np.float32))], ["num_scaled"]
+        ]
+        parts.append("num_imputed")
+    if spec.categorical:
+        inputs += [
+            helper.make_tensor_value_info(CATEGORICAL_VALUES_INPUT, TensorProto.STRING, ["D"]),
+            helper.make_tensor_value_info(
+                CATEGORICAL_CODES_INPUT, TensorProto.INT64, ["N", len(spec.categorical)]
             ),
         ]
-        parts.append("num_scaled")
-    if spec.categorical:
-        inputs.append(
-            helper.make_tensor_value_info(CATEGORICAL_INPUT, TensorProto.STRING, ["N", len(spec.categorical)])
-        )
         for i, (vocab, emb) in enumerate(zip(spec.vocab, net.embeddings, strict=True)):
             keys = vocab or [""]  # LabelEncoder needs one key; "" already means out-of-vocabulary
             values = list(range(1, len(vocab) + 1)) or [0]
             table = const(f"embedding_{i}", emb.weight.detach().numpy().astype(np.float32))
             nodes += [
                 helper.make_node(
-                    "Gather",
-                    [CATEGORICAL_INPUT, const(f"col_{i}", np.array(i, np.int64))],
-                    [f"cat_{i}"],
-                    axis=1,
-                ),
-                helper.make_node(
                     "LabelEncoder",
-                    [f"cat_{i}"],
-                    [f"code_{i}"],
+                    [CATEGORICAL_VALUES_INPUT],
+                    [f"value_code_{i}"],
                     domain="ai.onnx.ml",
                     keys_strings=keys,
                     values_int64s=values,
                     default_int64=0,
                 ),
-                helper.make_node("Gather", [table, f"code_{i}"], [f"emb_{i}"], axis=0),
+                helper.make_node("Gather", [table, f"value_code_{i}"], [f"value_emb_{i}"], axis=0),
+                helper.make_node(
+                    "Gather",
+                    [CATEGORICAL_CODES_INPUT, const(f"col_{i}", np.array(i, np.int64))],
+                    [f"row_code_{i}"],
+                    axis=1,
+                ),
+                helper.make_node("Gather", [f"value_emb_{i}", f"row_code_{i}"], [f"emb_{i}"], axis=0),
             ]
             parts.append(f"emb_{i}")
     nodes.append(helper.make_node("Concat", parts, ["h0"], axis=1))
     hidden = "h0"
-    for j, layer in enumerate(net.mlp):
+    for j, layer in enumerate(layers):
         kind = type(layer).__name__  # by name: importing torch here would precede training's OpenMP setup
         if kind == "Linear":
-            weight = const(f"w{j}", layer.weight.detach().numpy().astype(np.float32))
-            bias = const(f"b{j}", layer.bias.detach().numpy().astype(np.float32))
-            nodes.append(helper.make_node("Gemm", [hidden, weight, bias], [f"h{j + 1}"], transB=1))
+            weight, bias = (first_weight, first_bias) if j == 0 else _weights(layer)
+            nodes.append(
+                helper.make_node(
+                    "Gemm", [hidden, const(f"w{j}", weight), const(f"b{j}", bias)], [f"h{j + 1}"], transB=1
+                )
+            )
         elif kind == "ReLU":
             nodes.append(helper.make_node("Relu", [hidden], [f"h{j + 1}"]))
-        elif kind == "Dropout":
-            continue  # identity at inference
         else:
             raise TypeError(f"cannot export layer {kind}")
         hidden = f"h{j + 1}"
@@ -166,10 +175,28 @@ def build_onnx(net: TabularNet, spec: NetSpec) -> onnx.ModelProto:
     return model
 
 
+def _weights(linear: Any) -> tuple[np.ndarray, np.ndarray]:
+    return linear.weight.detach().numpy().astype(np.float32), linear.bias.detach().numpy().astype(np.float32)
+
+
+def _standardisation_folded(first: Any, spec: NetSpec) -> tuple[np.ndarray, np.ndarray]:
+    """The first Linear's (weight, bias) applied to imputed, *unscaled* numeric columns: with
+    ``x' = (x - mean) / std``, ``W x' + b = (W / std) x + (b - (W / std) mean)``."""
+    if type(first).__name__ != "Linear":
+        raise TypeError(f"the network must start with a Linear layer, not {type(first).__name__}")
+    weight = first.weight.detach().numpy().astype(np.float64)
+    bias = first.bias.detach().numpy().astype(np.float64)
+    k = len(spec.numeric)
+    weight[:, :k] /= np.asarray(spec.std, np.float64)
+    bias -= weight[:, :k] @ np.asarray(spec.mean, np.float64)
+    return weight.astype(np.float32), bias.astype(np.float32)
+
+
 def _set_metadata(model: onnx.ModelProto, spec: NetSpec) -> None:
     meta = {
         META_FEATURES: json.dumps({"numeric": spec.numeric, "categorical": spec.categorical}),
         META_TASK: spec.task,
+        META_CONTRACT: CONTRACT_VERSION,
     }
     if spec.classes is not None:
         meta[META_CLASSES] = json.dumps(spec.classes)

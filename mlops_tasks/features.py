@@ -1,17 +1,28 @@
 """The one contract between curated data, the trained model, its ONNX export and every scorer.
 
-ONNX model contract (written by :mod:`mlops_tasks.export`, read by evaluation, inference, drift):
+ONNX model contract 2 (written by :mod:`mlops_tasks.export`, read by evaluation, inference, drift):
 
 * input ``numeric``: float32 ``[N, len(features.numeric)]`` in config order; NaN means missing
   (imputation and scaling happen inside the graph);
-* input ``categorical``: string ``[N, len(features.categorical)]`` in config order; a value the
-  training data did not have (or missing, encoded as "") maps to the out-of-vocabulary slot;
+* categorical columns arrive dictionary-encoded, as arrow and parquet already hold them: input
+  ``categorical_values`` string ``[D]`` lists the raw values, and input ``categorical_codes`` int64
+  ``[N, len(features.categorical)]`` (config order) says which of them each row has, so row ``i``'s
+  value of column ``j`` is ``categorical_values[categorical_codes[i, j]]``. A value the training
+  data did not have (or missing, encoded as "") maps to the out-of-vocabulary slot. The graph looks
+  the ``D`` values up in its vocabularies (``D`` is the number of distinct values in the batch, not
+  ``N``), so the lookup stays in the graph while no string is handled per row;
 * an input is absent when its feature list is empty;
 * output ``score``: float32 ``[N]``: P(positive) for binary, the prediction for regression, the
   probability of the predicted class for multiclass; multiclass also outputs ``probabilities``
   float32 ``[N, C]``;
 * metadata_props: ``mlops_tasks.features`` (JSON {"numeric": [...], "categorical": [...]}),
-  ``mlops_tasks.task``, ``mlops_tasks.classes`` (JSON list, classification only).
+  ``mlops_tasks.task``, ``mlops_tasks.classes`` (JSON list, classification only),
+  ``mlops_tasks.contract`` ("2").
+
+Contract 1 (models exported by mlops_tasks 0.1) took the categoricals as one string tensor
+``categorical`` ``[N, m]``: converting N x m Python strings into onnxruntime strings and looking
+each up cost about a third of scoring time (docs/benchmarks.md). Such models still score:
+:func:`session_inputs` hands them the strings they expect.
 
 Because preprocessing lives in the graph and the inputs are raw columns, serving cannot skew from
 training: the same function below builds the inputs everywhere.
@@ -24,18 +35,23 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
+    import onnxruntime as ort
     import pandas as pd
     import pyarrow as pa
 
     from mlops_tasks.config import FeatureSpec, TargetSpec
 
 NUMERIC_INPUT = "numeric"
-CATEGORICAL_INPUT = "categorical"
+CATEGORICAL_VALUES_INPUT = "categorical_values"
+CATEGORICAL_CODES_INPUT = "categorical_codes"
+LEGACY_CATEGORICAL_INPUT = "categorical"  # contract 1: [N, m] strings
 SCORE_OUTPUT = "score"
 PROBABILITIES_OUTPUT = "probabilities"
 META_FEATURES = "mlops_tasks.features"
 META_TASK = "mlops_tasks.task"
 META_CLASSES = "mlops_tasks.classes"
+META_CONTRACT = "mlops_tasks.contract"
+CONTRACT_VERSION = "2"
 
 
 class FeatureError(ValueError):
@@ -48,8 +64,9 @@ def onnx_inputs(
     """Raw feature columns of ``frame`` as the model's ONNX inputs (see module docstring).
 
     Arrow tables/batches (what batch inference streams) convert column by column without a pandas
-    frame: numbers cast in C++, dictionary-encoded strings decoded once per distinct value. Any
-    other column type goes through the pandas rules, so both kinds of input give equal arrays.
+    frame: numbers cast in C++, dictionary-encoded strings keep their dictionary (one Python string
+    per distinct value). Any other column type goes through the pandas rules; both kinds of input
+    give equal numbers and equal strings (:func:`categorical_strings`).
     """
     names = list(frame.column_names) if hasattr(frame, "column_names") else list(frame.columns)
     missing = [c for c in features.all if c not in names]
@@ -63,11 +80,43 @@ def onnx_inputs(
             numeric[:, i] = _numeric(_column(frame, col), col, source)
         inputs[NUMERIC_INPUT] = numeric
     if features.categorical:
-        cats = np.empty((rows, len(features.categorical)), dtype=object)
+        codes = np.empty((rows, len(features.categorical)), dtype=np.int64)
+        values: list[np.ndarray] = []
+        offset = 0
         for i, col in enumerate(features.categorical):
-            cats[:, i] = _categorical(_column(frame, col))
-        inputs[CATEGORICAL_INPUT] = cats
+            column_values, codes[:, i] = _categorical(_column(frame, col), offset)
+            values.append(column_values)
+            offset += len(column_values)
+        inputs[CATEGORICAL_VALUES_INPUT] = np.concatenate(values)
+        inputs[CATEGORICAL_CODES_INPUT] = codes
     return inputs
+
+
+def categorical_strings(inputs: dict[str, np.ndarray]) -> np.ndarray:
+    """The categorical inputs decoded: object array ``[N, m]`` of each row's raw value ("" = missing)."""
+    return inputs[CATEGORICAL_VALUES_INPUT][inputs[CATEGORICAL_CODES_INPUT]]
+
+
+def take_rows(inputs: dict[str, np.ndarray], rows: slice | np.ndarray) -> dict[str, np.ndarray]:
+    """``inputs`` of only the selected rows (the dictionary of values is shared, not row-aligned)."""
+    return {name: arr if name == CATEGORICAL_VALUES_INPUT else arr[rows] for name, arr in inputs.items()}
+
+
+def is_legacy_session(session: ort.InferenceSession) -> bool:
+    """Whether an onnxruntime session holds a contract-1 model (categoricals as [N, m] strings)."""
+    return any(i.name == LEGACY_CATEGORICAL_INPUT for i in session.get_inputs())
+
+
+def session_inputs(inputs: dict[str, np.ndarray], legacy: bool) -> dict[str, np.ndarray]:
+    """``inputs`` in the form the model takes: as they are (contract 2), or for a contract-1 model
+    (``legacy``, see :func:`is_legacy_session`) with the categoricals as one string tensor."""
+    if not legacy or CATEGORICAL_CODES_INPUT not in inputs:
+        return inputs
+    converted = {
+        k: v for k, v in inputs.items() if k not in (CATEGORICAL_VALUES_INPUT, CATEGORICAL_CODES_INPUT)
+    }
+    converted[LEGACY_CATEGORICAL_INPUT] = categorical_strings(inputs)
+    return converted
 
 
 def _column(frame: pd.DataFrame | pa.Table | pa.RecordBatch, col: str) -> pd.Series | list[pa.Array]:
@@ -107,16 +156,22 @@ def _numeric(values: pd.Series | list[pa.Array], col: str, source: str) -> np.nd
     return values.to_numpy(dtype=np.float32, na_value=np.nan)
 
 
-def _categorical(values: pd.Series | list[pa.Array]) -> np.ndarray:
+def _categorical(values: pd.Series | list[pa.Array], offset: int) -> tuple[np.ndarray, np.ndarray]:
+    """One categorical column as (its distinct raw values, each row's index into them + ``offset``).
+
+    The values always end with "", which missing rows point at; values may repeat (one dictionary
+    per arrow chunk), which the graph's lookup does not mind."""
     import pandas as pd
 
     if not isinstance(values, pd.Series):
         import pyarrow as pa
 
         if all(_arrow_strings(c.type) for c in values):
-            return _joined([_arrow_labels(c) for c in values], object)
+            return _arrow_dictionary(values, offset)
         values = pa.chunked_array(values).to_pandas()
-    return values.astype("string").fillna("").to_numpy(dtype=object)
+    strings = values.astype("string").fillna("")
+    codes, uniques = pd.factorize(strings)
+    return np.append(uniques.to_numpy(dtype=object), ""), codes.astype(np.int64) + offset
 
 
 def _arrow_strings(kind: pa.DataType) -> bool:
@@ -128,17 +183,24 @@ def _arrow_strings(kind: pa.DataType) -> bool:
     )
 
 
-def _arrow_labels(chunk: pa.Array) -> np.ndarray:
-    """Strings of a string or dictionary chunk as an object array, missing -> "". A dictionary's
-    values become Python strings once each and rows share them."""
+def _arrow_dictionary(chunks: list[pa.Array], offset: int) -> tuple[np.ndarray, np.ndarray]:
+    """Dictionary-encode string chunks (a dictionary chunk keeps its own dictionary): the values of
+    every chunk's dictionary, then "", and each row's index into them."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    if not pa.types.is_dictionary(chunk.type):
-        return chunk.fill_null("").to_numpy(zero_copy_only=False)
-    labels = np.append(chunk.dictionary.fill_null("").to_numpy(zero_copy_only=False).astype(object), "")
-    codes = pc.fill_null(chunk.indices.cast(pa.int64()), -1).to_numpy()  # -1: the "" appended last
-    return labels[codes]
+    values: list[np.ndarray] = []
+    codes: list[np.ndarray] = []
+    for chunk in chunks:
+        encoded = chunk if pa.types.is_dictionary(chunk.type) else pc.dictionary_encode(chunk)
+        dictionary = encoded.dictionary.fill_null("").to_numpy(zero_copy_only=False).astype(object)
+        indices = pc.fill_null(encoded.indices.cast(pa.int64()), -1).to_numpy()
+        codes.append(np.where(indices < 0, -1, indices + offset))  # -1: missing, resolved below
+        values.append(dictionary)
+        offset += len(dictionary)
+    row_codes = _joined(codes, np.int64)
+    row_codes[row_codes < 0] = offset  # missing rows point at the trailing ""
+    return np.concatenate([*values, np.array([""], dtype=object)]), row_codes
 
 
 def _joined(parts: list[np.ndarray], dtype: type) -> np.ndarray:

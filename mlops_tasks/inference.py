@@ -112,6 +112,7 @@ class _Model:
     session: ort.InferenceSession
     task: str
     classes: list[Any] | None
+    legacy: bool  # a contract-1 model (see mlops_tasks.features)
 
     @classmethod
     def load(cls, model_path: str | Path, cfg: PipelineConfig) -> _Model:
@@ -129,9 +130,12 @@ class _Model:
                 f"{model_path}: the model's features {meta[F.META_FEATURES]} differ from the config's "
                 f"{json.dumps(expected)}; retrain or fix features in the pipeline config"
             )
-        wanted = {name for name, cols in expected.items() if cols}
+        numeric = [F.NUMERIC_INPUT] if cfg.features.numeric else []
+        categorical = cfg.features.categorical
+        wanted = {*numeric, *([F.CATEGORICAL_VALUES_INPUT, F.CATEGORICAL_CODES_INPUT] if categorical else [])}
+        contract_1 = {*numeric, *([F.LEGACY_CATEGORICAL_INPUT] if categorical else [])}
         have = {i.name for i in session.get_inputs()}
-        if have != wanted:
+        if have not in (wanted, contract_1):
             raise ModelContractError(
                 f"{model_path}: the model's inputs are {sorted(have)}, expected {sorted(wanted)}"
             )
@@ -140,7 +144,8 @@ class _Model:
             raise ModelContractError(f"{model_path}: a binary model needs 2 classes, has {classes}")
         if task == "multiclass" and not classes:
             raise ModelContractError(f"{model_path}: a multiclass model must list its classes in metadata")
-        return cls(session, task, classes if task != "binary" else (classes or [0, 1]))
+        legacy = bool(categorical) and have == contract_1
+        return cls(session, task, classes if task != "binary" else (classes or [0, 1]), legacy)
 
     def output_fields(self) -> list[pa.Field]:
         fields = [pa.field("prediction", self._label_type()), pa.field("score", pa.float32())]
@@ -158,6 +163,7 @@ class _Model:
 
     def predict(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Arrays in the order of :meth:`output_fields`."""
+        inputs = F.session_inputs(inputs, self.legacy)
         if self.task != "multiclass":
             (score,) = self.session.run([F.SCORE_OUTPUT], inputs)
             if self.task == "regression":

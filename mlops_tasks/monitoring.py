@@ -112,7 +112,9 @@ def _score(model_path: str, cfg: PipelineConfig, frame: pd.DataFrame) -> np.ndar
 
     session = make_session(model_path, cfg)
     inputs = features.onnx_inputs(frame, cfg.features, source="reference sample")
-    return session.run([features.SCORE_OUTPUT], inputs)[0]
+    return session.run(
+        [features.SCORE_OUTPUT], features.session_inputs(inputs, features.is_legacy_session(session))
+    )[0]
 
 
 def _live_metric_drop(cfg: PipelineConfig, current: pd.DataFrame, champion: dict[str, Any]) -> float | None:

@@ -39,7 +39,7 @@ from torch import nn
 from mlops_tasks import tracking
 from mlops_tasks.config import FeatureSpec, PipelineConfig
 from mlops_tasks.evaluation import compute_metrics, label_targets, labelled_rows
-from mlops_tasks.features import onnx_inputs
+from mlops_tasks.features import CATEGORICAL_CODES_INPUT, CATEGORICAL_VALUES_INPUT, onnx_inputs
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,9 @@ def encode(frame: pd.DataFrame, spec: NetSpec) -> tuple[np.ndarray, np.ndarray]:
     numeric = (numeric - np.asarray(spec.mean, dtype=np.float32)) / np.asarray(spec.std, dtype=np.float32)
     codes = np.zeros((len(frame), len(spec.categorical)), dtype=np.int64)
     for i, vocab in enumerate(spec.vocab):
-        codes[:, i] = pd.Categorical(inputs["categorical"][:, i], categories=vocab).codes.astype(np.int64) + 1
+        # Look the batch's distinct values up once (-1 = unseen or "" -> slot 0), then index by row.
+        value_codes = pd.Index(vocab, dtype=object).get_indexer(inputs[CATEGORICAL_VALUES_INPUT]) + 1
+        codes[:, i] = value_codes[inputs[CATEGORICAL_CODES_INPUT][:, i]]
     return numeric.astype(np.float32), codes
 
 
@@ -169,9 +171,10 @@ def fit_spec(frame: pd.DataFrame, label: pd.Series, cfg: PipelineConfig) -> NetS
         median.append(float(np.float32(med)))
         mean.append(float(filled.mean(dtype=np.float64).astype(np.float32)))
         std.append(float(np.float32(sd)))
-    vocab = [
-        sorted({v for v in inputs["categorical"][:, i] if v != ""}) for i in range(len(feats.categorical))
-    ]
+    vocab = []
+    for i in range(len(feats.categorical)):
+        present = inputs[CATEGORICAL_VALUES_INPUT][np.unique(inputs[CATEGORICAL_CODES_INPUT][:, i])]
+        vocab.append(sorted({v for v in present if v != ""}))
     dims = [cfg.model.embedding_dim or max(1, min(16, (len(v) + 1) // 2)) for v in vocab]
     classes, target_mean, target_std, outputs = None, 0.0, 1.0, 1
     if cfg.target.task == "regression":

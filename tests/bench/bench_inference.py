@@ -36,16 +36,17 @@ import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from mlops_tasks import example, inference, stack  # noqa: E402
+from mlops_tasks import example, export, inference, stack, training  # noqa: E402
 from mlops_tasks import features as F  # noqa: E402
 from mlops_tasks.config import PipelineConfig, load_config  # noqa: E402
 from mlops_tasks.storage import ObjectStore, S3Settings, partition_prefix, publish_manifest, write_part  # noqa: E402
-from tests.integration.onnx_fixtures import MlpParams, build_model, random_params  # noqa: E402
+from tests.integration.onnx_fixtures import MlpParams, build_model  # noqa: E402
 
 IDENTITY = {"model_name": "flights_delay", "model_version": "1", "run_id": "bench"}
 THREADS = 2
 REPEATS = 3  # (b) and (d) report the best of this many runs
 PART_FILE_ROWS = 2_000_000  # curated part files of at most this many rows
+ROWS_A = 262_144  # example rows scored in (a)
 
 
 def store_for(endpoint: str, bucket: str) -> ObjectStore:
@@ -98,33 +99,32 @@ def publish_day(store: ObjectStore, cfg: PipelineConfig, day: dt.date, base: pa.
 # -- (a) onnxruntime vs torch eager ---------------------------------------------------------------
 
 
-def torch_model(params: MlpParams, cfg: PipelineConfig) -> Any:
+def example_network(cfg: PipelineConfig, base: pa.Table) -> tuple[Any, training.NetSpec]:
+    """The example's network (``mlops_tasks.training.TabularNet``), preprocessing statistics and
+    vocabularies fitted on the example's rows, seeded weights: the model a training run registers."""
     import torch
 
-    class TorchMlp(torch.nn.Module):
-        """The fixture model's graph in torch eager: impute + scale, embeddings, MLP, sigmoid."""
+    frame = base.slice(0, 262_144).to_pandas()
+    label = F.derive_label(frame, cfg.target).fillna(0)
+    spec = training.fit_spec(frame, label, cfg)
+    torch.manual_seed(1)
+    return training.TabularNet(spec).eval(), spec
 
-        def __init__(self) -> None:
-            super().__init__()
-            self.mean = torch.tensor(params.mean)
-            self.std = torch.tensor(params.std)
-            self.embeddings = torch.nn.ModuleList(
-                torch.nn.Embedding.from_pretrained(torch.tensor(params.embeddings[c]))
-                for c in cfg.features.categorical
-            )
-            layers: list[torch.nn.Module] = []
-            for i, (w, b) in enumerate(params.layers):
-                linear = torch.nn.Linear(*w.shape)
-                linear.weight.data, linear.bias.data = torch.tensor(w.T.copy()), torch.tensor(b)
-                layers += [linear] if i == len(params.layers) - 1 else [linear, torch.nn.ReLU()]
-            self.mlp = torch.nn.Sequential(*layers)
 
-        def forward(self, numeric: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-            x = (torch.where(torch.isnan(numeric), self.mean, numeric) - self.mean) / self.std
-            parts = [x] + [emb(codes[:, j]) for j, emb in enumerate(self.embeddings)]
-            return torch.sigmoid(self.mlp(torch.cat(parts, 1))).squeeze(1)
-
-    return TorchMlp().eval()
+def contract_1_model(path: Path, net: Any, spec: training.NetSpec, cfg: PipelineConfig) -> Path:
+    """The same weights as a graph of mlops_tasks 0.1 (categoricals as [N, m] strings, scaling in
+    two elementwise ops): what this path scored before contract 2, for reference."""
+    linear = [m for m in net.mlp if type(m).__name__ == "Linear"]
+    params = MlpParams(
+        mean=np.asarray(spec.mean, np.float32),
+        std=np.asarray(spec.std, np.float32),
+        vocab=dict(zip(spec.categorical, spec.vocab, strict=True)),
+        embeddings={
+            c: e.weight.detach().numpy() for c, e in zip(spec.categorical, net.embeddings, strict=True)
+        },
+        layers=[(m.weight.detach().numpy().T.copy(), m.bias.detach().numpy()) for m in linear],
+    )
+    return build_model(path, cfg.features, params, classes=[0.0, 1.0], contract=1)
 
 
 def rate(fn: Callable[[], object], rows: int, repeats: int = 3) -> float:
@@ -140,65 +140,81 @@ def _seconds(fn: Callable[[], object]) -> float:
     return time.perf_counter() - clock
 
 
+def decoded_batches(cfg: PipelineConfig, base: pa.Table, rows: int, batch: int) -> list[pa.RecordBatch]:
+    """The example's rows as batch inference decodes them: parquet record batches of ``batch`` rows,
+    string categoricals read as dictionaries."""
+    import io
+
+    buffer = io.BytesIO()
+    pq.write_table(base.slice(0, rows), buffer, row_group_size=65536)
+    strings = [c for c in cfg.features.categorical if pa.types.is_string(base.schema.field(c).type)]
+    parquet = pq.ParquetFile(pa.BufferReader(buffer.getvalue()), read_dictionary=strings)
+    return list(parquet.iter_batches(batch_size=batch, columns=list(cfg.features.all)))
+
+
 def bench_engines(
-    cfg: PipelineConfig, base: pa.Table, params: MlpParams, model_path: Path, rows: int, batch: int
+    cfg: PipelineConfig, base: pa.Table, net: Any, spec: training.NetSpec, models: dict[str, Path], batch: int
 ) -> dict:
-    import onnxruntime as ort
-    import pandas as pd
+    """rows/s of each way to score the same decoded batches, best of 3 rounds, interleaved."""
     import torch
 
     torch.set_num_threads(THREADS)
-    frame = base.slice(0, rows).to_pandas()
-    ort_inputs = [F.onnx_inputs(frame.iloc[i : i + batch], cfg.features) for i in range(0, rows, batch)]
-    session = inference.make_session(model_path, cfg)
-    # torch gets the very same raw inputs (float32 with NaN, category strings); like
-    # mlops_tasks.training.encode, its eager path looks the strings up in the vocabulary itself.
-    torch_inputs = [(torch.from_numpy(x[F.NUMERIC_INPUT]), x[F.CATEGORICAL_INPUT]) for x in ort_inputs]
-    vocab = [pd.Index(params.vocab[c]) for c in cfg.features.categorical]
-    model = torch_model(params, cfg)
+    batches = decoded_batches(cfg, base, ROWS_A, batch)
+    session = inference.make_session(models["contract 2"], cfg)
+    before = inference.make_session(models["contract 1"], cfg)
+    spinning = spinning_session(models["contract 2"])
+    inputs = [F.onnx_inputs(b, cfg.features) for b in batches]
+    tensors = [tuple(map(torch.from_numpy, training.encode(b, spec))) for b in batches]
 
-    def codes(strings: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(
-            np.stack([v.get_indexer(strings[:, j]) + 1 for j, v in enumerate(vocab)], axis=1).astype(np.int64)
-        )
-
-    encoded = [(numeric, codes(strings)) for numeric, strings in torch_inputs]
-
-    spinning = ort.SessionOptions()
-    spinning.intra_op_num_threads, spinning.log_severity_level = THREADS, 3
-    spinning_session = ort.InferenceSession(str(model_path), spinning, providers=["CPUExecutionProvider"])
-
-    def run_ort(sess: ort.InferenceSession = session) -> list:
-        return [sess.run([F.SCORE_OUTPUT], x)[0] for x in ort_inputs]
-
-    def run_torch() -> list:
+    def forward() -> list:
         with torch.inference_mode():
-            return [model(numeric, codes(strings)) for numeric, strings in torch_inputs]
+            return [net(numeric, codes) for numeric, codes in tensors]
 
-    def run_torch_forward_only() -> list:
-        with torch.inference_mode():
-            return [model(numeric, coded) for numeric, coded in encoded]
-
-    parity = float(np.max(np.abs(np.concatenate(run_ort()) - torch.cat(run_torch()).numpy())))
+    candidates: dict[str, Callable[[], object]] = {
+        # what score_part does with each batch: build the contract's inputs, run the session
+        "onnx_path": lambda: [session.run([F.SCORE_OUTPUT], F.onnx_inputs(b, cfg.features)) for b in batches],
+        # the package's torch inference (the parity reference): encode the rows, forward
+        "torch_eager": lambda: [training.predict(net, spec, b) for b in batches],
+        "onnx_path_contract_1": lambda: [
+            before.run([F.SCORE_OUTPUT], F.session_inputs(F.onnx_inputs(b, cfg.features), legacy=True))
+            for b in batches
+        ],
+        "onnxruntime_only": lambda: [session.run([F.SCORE_OUTPUT], x) for x in inputs],
+        "torch_forward_only": forward,
+        "onnxruntime_only_spinning": lambda: [spinning.run([F.SCORE_OUTPUT], x) for x in inputs],
+    }
+    best = dict.fromkeys(candidates, float("inf"))
+    for fn in candidates.values():
+        fn()  # warm-up: first calls allocate
+    for _ in range(3):
+        for name, fn in candidates.items():
+            best[name] = min(best[name], _seconds(fn))
+    onnx_scores = np.concatenate([session.run([F.SCORE_OUTPUT], x)[0] for x in inputs])
+    torch_scores = np.concatenate([training.predict(net, spec, b)[0] for b in batches])
     return {
-        "rows": rows,
+        "rows": ROWS_A,
         "batch": batch,
-        "onnxruntime": rate(run_ort, rows),
-        "torch": rate(run_torch, rows),
-        "torch_forward_only": rate(run_torch_forward_only, rows),
-        "onnxruntime_spinning": rate(lambda: run_ort(spinning_session), rows),
-        "max_abs_diff": parity,
+        **{name: ROWS_A / seconds for name, seconds in best.items()},
+        "max_abs_diff": float(np.max(np.abs(onnx_scores - torch_scores))),
     }
 
 
-def bench_batch_sizes(cfg: PipelineConfig, base: pa.Table, model_path: Path, rows: int) -> dict[int, float]:
+def spinning_session(path: Path) -> Any:
+    """onnxruntime with its default spin-waiting threads (the package's sessions do not spin)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.log_severity_level = THREADS, 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def bench_batch_sizes(cfg: PipelineConfig, base: pa.Table, model_path: Path) -> dict[int, float]:
     """onnxruntime rows/s per rows-per-call: big batches spill the MLP's activations out of cache."""
-    frame = base.slice(0, rows).to_pandas()
     session = inference.make_session(model_path, cfg)
     rates = {}
     for batch in (1024, 4096, 8192, 16384, 65536):
-        inputs = [F.onnx_inputs(frame.iloc[i : i + batch], cfg.features) for i in range(0, rows, batch)]
-        rates[batch] = rate(lambda inputs=inputs: [session.run([F.SCORE_OUTPUT], x) for x in inputs], rows)
+        inputs = [F.onnx_inputs(b, cfg.features) for b in decoded_batches(cfg, base, ROWS_A, batch)]
+        rates[batch] = rate(lambda inputs=inputs: [session.run([F.SCORE_OUTPUT], x) for x in inputs], ROWS_A)
     return rates
 
 
@@ -290,16 +306,19 @@ def result(process: subprocess.Popen) -> dict:
 def main(args: argparse.Namespace) -> None:
     cfg = bench_config()
     base = example_table(cfg)
-    vocab = {c: sorted(base.column(c).unique().to_pylist()) for c in cfg.features.categorical}
-    params = random_params(cfg.features, vocab, cfg.model.hidden_layers, embedding_dim=8, seed=1)
+    net, spec = example_network(cfg, base)
     with tempfile.TemporaryDirectory(prefix="bench-inference-") as tmp:
-        model_path = build_model(Path(tmp) / "model.onnx", cfg.features, params, classes=[0.0, 1.0])
-        rows = min(base.num_rows, 262_144)
+        model_path = Path(tmp) / "model.onnx"
+        model_path.write_bytes(export.build_onnx(net, spec).SerializeToString())  # what export_run logs
+        models = {
+            "contract 2": model_path,
+            "contract 1": contract_1_model(Path(tmp) / "c1.onnx", net, spec, cfg),
+        }
         engines = [
-            bench_engines(cfg, base, params, model_path, rows, batch)
+            bench_engines(cfg, base, net, spec, models, batch)
             for batch in (cfg.inference.batch_rows, cfg.gate.latency_batch_rows)
         ]
-        by_batch = bench_batch_sizes(cfg, base, model_path, rows)
+        by_batch = bench_batch_sizes(cfg, base, model_path)
         service = stack.start_s3(Path(tmp) / "s3")
         try:
             store = store_for(service.url, "bench")
@@ -334,23 +353,27 @@ def report(
     wall_e2e = e2e["end"] - e2e["start"]
     e2e_rate = e2e["rows"] / wall_e2e
     for run in engines:
-        print(f"(a) engines, {run['rows']:,} example rows, batch {run['batch']}, {THREADS} threads")
-        print(f"    onnxruntime        {run['onnxruntime']:>12,.0f} rows/s")
-        print(f"    torch eager        {run['torch']:>12,.0f} rows/s   (vocabulary lookup + forward)")
         print(
-            f"    torch forward only {run['torch_forward_only']:>12,.0f} rows/s   (codes looked up beforehand)"
+            f"(a) {run['rows']:,} example rows as decoded parquet batches of {run['batch']}, {THREADS} threads"
         )
-        print(
-            f"    ort, spinning      {run['onnxruntime_spinning']:>12,.0f} rows/s   (onnxruntime's default)"
-        )
-        print(f"    ratio ort/torch    {run['onnxruntime'] / run['torch']:>12.2f}x   (target >= 2x)")
+        for name, label, note in (
+            ("onnx_path", "ONNX path", "contract inputs + onnxruntime, as score_part"),
+            ("torch_eager", "torch eager", "training.predict: encode + forward"),
+            ("onnx_path_contract_1", "ONNX path, c. 1", "the same weights as a 0.1 graph"),
+            ("onnxruntime_only", "onnxruntime only", "inputs built beforehand"),
+            ("torch_forward_only", "torch fwd only", "tensors built beforehand"),
+            ("onnxruntime_only_spinning", "ort only, spin", "onnxruntime's default threads"),
+        ):
+            print(f"    {label:<18} {run[name]:>12,.0f} rows/s   ({note})")
+        print(f"    ratio path         {run['onnx_path'] / run['torch_eager']:>12.2f}x   (target >= 2x)")
+        print(f"    ratio engines only {run['onnxruntime_only'] / run['torch_forward_only']:>12.2f}x")
         print(f"    max |ort - torch|  {run['max_abs_diff']:>12.2e}")
     print(f"(a) onnxruntime by rows per call, {THREADS} threads")
     for batch, value in by_batch.items():
         print(
             f"    batch {batch:>6}       {value:>12,.0f} rows/s   ({value / by_batch[65536]:.2f}x batch 65536)"
         )
-    score_only = engines[0]["onnxruntime"]
+    score_only = engines[0]["onnxruntime_only"]
     print(f"(b) end to end, {e2e['rows']:,} rows, curated parquet in S3 -> published predictions")
     print(f"    end to end         {e2e_rate:>12,.0f} rows/s   ({wall_e2e:.2f} s)")
     for name, value in e2e["seconds"].items():

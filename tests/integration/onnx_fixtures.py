@@ -152,9 +152,15 @@ def threshold_params(features: FeatureSpec, column: str, threshold: float, steep
 
 
 def build_model(
-    path: Path, features: FeatureSpec, params: MlpParams, task: str = "binary", classes: list | None = None
+    path: Path,
+    features: FeatureSpec,
+    params: MlpParams,
+    task: str = "binary",
+    classes: list | None = None,
+    contract: int = 2,
 ) -> Path:
-    """Write the ONNX model of ``params`` to ``path`` and return it."""
+    """Write the ONNX model of ``params`` to ``path`` and return it; ``contract=1`` builds a model
+    of mlops_tasks 0.1 (categoricals as one [N, m] string input)."""
     nodes: list[onnx.NodeProto] = []
     inits: list[onnx.TensorProto] = []
     inputs: list[onnx.ValueInfoProto] = []
@@ -176,27 +182,45 @@ def build_model(
         parts.append("num_s")
     if features.categorical:
         n = len(features.categorical)
-        inputs.append(helper.make_tensor_value_info(F.CATEGORICAL_INPUT, TensorProto.STRING, ["N", n]))
+        if contract == 1:
+            inputs.append(
+                helper.make_tensor_value_info(F.LEGACY_CATEGORICAL_INPUT, TensorProto.STRING, ["N", n])
+            )
+        else:
+            inputs += [
+                helper.make_tensor_value_info(F.CATEGORICAL_VALUES_INPUT, TensorProto.STRING, ["D"]),
+                helper.make_tensor_value_info(F.CATEGORICAL_CODES_INPUT, TensorProto.INT64, ["N", n]),
+            ]
         for j, col in enumerate(features.categorical):
             vocab = params.vocab[col]
+            column = const(f"col{j}", np.array(j, np.int64))
+            # contract 1 looks every row's string up; contract 2 the batch's distinct values, then
+            # picks each row's by its code
+            strings = (
+                [helper.make_node("Gather", [F.LEGACY_CATEGORICAL_INPUT, column], [f"cat{j}"], axis=1)]
+                if contract == 1
+                else []
+            )
+            lookup = f"cat{j}" if contract == 1 else F.CATEGORICAL_VALUES_INPUT
+            embedded = f"e{j}" if contract == 1 else f"value_e{j}"
             nodes += [
-                helper.make_node(
-                    "Gather",
-                    [F.CATEGORICAL_INPUT, const(f"col{j}", np.array(j, np.int64))],
-                    [f"cat{j}"],
-                    axis=1,
-                ),
+                *strings,
                 helper.make_node(
                     "LabelEncoder",
-                    [f"cat{j}"],
+                    [lookup],
                     [f"idx{j}"],
                     domain="ai.onnx.ml",
                     keys_strings=vocab,
                     values_int64s=list(range(1, len(vocab) + 1)),
                     default_int64=0,
                 ),
-                helper.make_node("Gather", [const(f"emb{j}", params.embeddings[col]), f"idx{j}"], [f"e{j}"]),
+                helper.make_node("Gather", [const(f"emb{j}", params.embeddings[col]), f"idx{j}"], [embedded]),
             ]
+            if contract != 1:
+                nodes += [
+                    helper.make_node("Gather", [F.CATEGORICAL_CODES_INPUT, column], [f"code{j}"], axis=1),
+                    helper.make_node("Gather", [embedded, f"code{j}"], [f"e{j}"]),
+                ]
             parts.append(f"e{j}")
     nodes.append(helper.make_node("Concat", parts, ["h0"], axis=1))
     h = "h0"
@@ -231,6 +255,7 @@ def build_model(
     meta = {
         F.META_FEATURES: json.dumps({"numeric": features.numeric, "categorical": features.categorical}),
         F.META_TASK: task,
+        **({F.META_CONTRACT: F.CONTRACT_VERSION} if contract != 1 else {}),
     }
     if classes is not None:
         meta[F.META_CLASSES] = json.dumps(classes)

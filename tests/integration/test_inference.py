@@ -157,6 +157,30 @@ def test_units_cut_from_one_big_row_group_score_each_row_exactly_once(
     assert sorted(out["flight"]) == sorted(frame["flight"])
 
 
+def test_a_champion_exported_before_contract_2_still_scores_the_same_predictions(
+    store: ObjectStore, cfg: PipelineConfig, tmp_path: Path
+) -> None:
+    # mlops_tasks 0.1 models take the categoricals as [N, m] strings; the registry may still serve one.
+    params = random_params(cfg.features, EXAMPLE_VOCAB, hidden=[32, 16], seed=7)
+    models = {
+        contract: str(
+            build_model(
+                tmp_path / f"c{contract}.onnx", cfg.features, params, classes=[0.0, 1.0], contract=contract
+            )
+        )
+        for contract in (1, 2)
+    }
+    two_parts(store, cfg)
+    scored = {}
+    for contract, path in models.items():
+        score_day(store, cfg, path)
+        scored[contract] = inference.read_predictions(store, cfg, DAY)
+
+    assert len(scored[1]) == 950
+    assert scored[1]["prediction"].tolist() == scored[2]["prediction"].tolist()
+    assert scored[1]["score"].tolist() == pytest.approx(scored[2]["score"].tolist(), abs=1e-6)
+
+
 def test_rerun_writes_the_same_keys_and_bytes(store: ObjectStore, cfg: PipelineConfig, mlp_path: str) -> None:
     two_parts(store, cfg)
     prefix = partition_prefix(cfg.prefix, "predictions", DAY)

@@ -42,10 +42,52 @@ def test_arrow_and_pandas_inputs_are_identical() -> None:
     from_pandas = F.onnx_inputs(data.to_pandas(), FEATURES)
     np.testing.assert_array_equal(from_arrow[F.NUMERIC_INPUT], from_pandas[F.NUMERIC_INPUT])
     assert from_arrow[F.NUMERIC_INPUT].dtype == np.float32
-    assert from_arrow[F.CATEGORICAL_INPUT].tolist() == from_pandas[F.CATEGORICAL_INPUT].tolist()
-    assert from_arrow[F.CATEGORICAL_INPUT][:, 1].tolist() == ["AA", "", "B6", "UA", "AA"]
+    strings = F.categorical_strings(from_arrow)
+    assert strings.tolist() == F.categorical_strings(from_pandas).tolist()
+    assert strings[:, 1].tolist() == ["AA", "", "B6", "UA", "AA"]
     for batch in data.to_batches():
-        assert F.onnx_inputs(batch, FEATURES)[F.CATEGORICAL_INPUT].shape == (batch.num_rows, 4)
+        assert F.categorical_strings(F.onnx_inputs(batch, FEATURES)).shape == (batch.num_rows, 4)
+
+
+def test_categoricals_are_dictionary_encoded_so_strings_are_not_handled_per_row() -> None:
+    rows = 10_000
+    carriers = pa.array(["AA", "UA", None, "B6"] * (rows // 4)).dictionary_encode()
+    inputs = F.onnx_inputs(pa.table({"carrier": carriers}), FeatureSpec(numeric=[], categorical=["carrier"]))
+
+    values, codes = inputs[F.CATEGORICAL_VALUES_INPUT], inputs[F.CATEGORICAL_CODES_INPUT]
+    assert values.tolist() == ["AA", "UA", "B6", ""]  # the dictionary, then "" for missing rows
+    assert codes.dtype == np.int64 and codes.shape == (rows, 1)
+    assert values[codes[:4, 0]].tolist() == ["AA", "UA", "", "B6"]
+
+
+def test_each_column_indexes_its_own_slice_of_the_shared_values() -> None:
+    frame = pd.DataFrame({"origin": ["JFK", "LGA", "JFK"], "dest": ["LGA", "LGA", None]})
+    inputs = F.onnx_inputs(frame, FeatureSpec(numeric=[], categorical=["origin", "dest"]))
+
+    assert F.categorical_strings(inputs).tolist() == [["JFK", "LGA"], ["LGA", "LGA"], ["JFK", ""]]
+    origin_slice = {inputs[F.CATEGORICAL_VALUES_INPUT][c] for c in inputs[F.CATEGORICAL_CODES_INPUT][:, 0]}
+    assert origin_slice == {"JFK", "LGA"}
+    assert inputs[F.CATEGORICAL_CODES_INPUT][:, 1].min() > inputs[F.CATEGORICAL_CODES_INPUT][:, 0].max()
+
+
+def test_take_rows_keeps_the_shared_values_and_selects_rows() -> None:
+    inputs = F.onnx_inputs(table(), FEATURES)
+
+    taken = F.take_rows(inputs, np.array([4, 0]))
+
+    assert taken[F.CATEGORICAL_VALUES_INPUT] is inputs[F.CATEGORICAL_VALUES_INPUT]
+    assert F.categorical_strings(taken).tolist() == F.categorical_strings(inputs)[[4, 0]].tolist()
+    np.testing.assert_array_equal(taken[F.NUMERIC_INPUT], inputs[F.NUMERIC_INPUT][[4, 0]])
+
+
+def test_a_contract_1_model_gets_the_categoricals_as_one_string_tensor() -> None:
+    inputs = F.onnx_inputs(table(), FEATURES)
+
+    legacy = F.session_inputs(inputs, legacy=True)
+
+    assert set(legacy) == {F.NUMERIC_INPUT, F.LEGACY_CATEGORICAL_INPUT}
+    assert legacy[F.LEGACY_CATEGORICAL_INPUT].tolist() == F.categorical_strings(inputs).tolist()
+    assert F.session_inputs(inputs, legacy=False) is inputs
 
 
 @pytest.mark.parametrize("as_arrow", [True, False], ids=["arrow", "pandas"])
