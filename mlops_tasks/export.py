@@ -5,7 +5,7 @@ JSON rather than traced with ``torch.onnx.export``: the network is a fixed, smal
 (embedding lookups, Linear, ReLU), so the direct graph is exact, takes milliseconds, has no exporter
 version quirks, and produces identical bytes for identical weights. Preprocessing lives in the graph:
 
-    numeric  [N,k] float32 -> IsNaN/Where (median) ------------------------------------------+
+    numeric  [N,k] float32 -> ai.onnx.ml Imputer (NaN -> median) -----------------------------+
     categorical_values [D] string -> per column: ai.onnx.ml LabelEncoder (vocab -> 1..V,        +-> Concat
         unseen/"" -> 0) -> Gather (embedding table) -> [D, d]; Gather by categorical_codes[:, j] --+
     -> Gemm/Relu ... -> Sigmoid (binary) | Softmax + ReduceMax (multiclass) | affine (regression)
@@ -71,6 +71,7 @@ def build_onnx(net: TabularNet, spec: NetSpec) -> onnx.ModelProto:
     nodes: list[onnx.NodeProto] = []
     inits: list[onnx.TensorProto] = []
     inputs: list[onnx.ValueInfoProto] = []
+    value_info: list[onnx.ValueInfoProto] = []
 
     def const(name: str, value: np.ndarray) -> str:
         inits.append(numpy_helper.from_array(value, name))
@@ -83,12 +84,23 @@ def build_onnx(net: TabularNet, spec: NetSpec) -> onnx.ModelProto:
         inputs.append(
             helper.make_tensor_value_info(NUMERIC_INPUT, TensorProto.FLOAT, ["N", len(spec.numeric)])
         )
-        median = const("median", np.asarray(spec.median, dtype=np.float32))
-        nodes += [
-            helper.make_node("IsNaN", [NUMERIC_INPUT], ["num_missing"]),
-            helper.make_node("Where", ["num_missing", median, NUMERIC_INPUT], ["num_imputed"]),
-        ]
+        # ai.onnx.ml Imputer: one pass over [N, k]; IsNaN + Where took 2-3x as long in onnxruntime
+        nodes.append(
+            helper.make_node(
+                "Imputer",
+                [NUMERIC_INPUT],
+                ["num_imputed"],
+                domain="ai.onnx.ml",
+                imputed_value_floats=[float(np.float32(m)) for m in spec.median],
+                replaced_value_float=float("nan"),
+            )
+        )
         parts.append("num_imputed")
+        # ONNX shape inference has no rule for ai.onnx.ml ops; tools downstream (the int8 quantizer)
+        # need the type of what the Imputer produces
+        value_info.append(
+            helper.make_tensor_value_info("num_imputed", TensorProto.FLOAT, ["N", len(spec.numeric)])
+        )
     if spec.categorical:
         inputs += [
             helper.make_tensor_value_info(CATEGORICAL_VALUES_INPUT, TensorProto.STRING, ["D"]),
@@ -163,7 +175,7 @@ def build_onnx(net: TabularNet, spec: NetSpec) -> onnx.ModelProto:
                 "Add", ["zs", const("target_mean", np.array(spec.target_mean, np.float32))], [SCORE_OUTPUT]
             ),
         ]
-    graph = helper.make_graph(nodes, "mlops_tasks_model", inputs, outputs, inits)
+    graph = helper.make_graph(nodes, "mlops_tasks_model", inputs, outputs, inits, value_info=value_info)
     model = helper.make_model(
         graph,
         opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("ai.onnx.ml", ML_OPSET)],

@@ -68,7 +68,8 @@ def onnx_inputs(
     per distinct value). Any other column type goes through the pandas rules; both kinds of input
     give equal numbers and equal strings (:func:`categorical_strings`).
     """
-    names = list(frame.column_names) if hasattr(frame, "column_names") else list(frame.columns)
+    arrow = hasattr(frame, "schema")  # asked once: arrow's attribute lookups cost microseconds
+    names = frame.schema.names if arrow else list(frame.columns)
     missing = [c for c in features.all if c not in names]
     if missing:
         raise FeatureError(f"{source}: feature columns {missing} are missing (has {names})")
@@ -77,14 +78,14 @@ def onnx_inputs(
     if features.numeric:
         numeric = np.empty((rows, len(features.numeric)), dtype=np.float32)
         for i, col in enumerate(features.numeric):
-            numeric[:, i] = _numeric(_column(frame, col), col, source)
+            numeric[:, i] = _numeric(_column(frame, col, arrow), col, source)
         inputs[NUMERIC_INPUT] = numeric
     if features.categorical:
         codes = np.empty((rows, len(features.categorical)), dtype=np.int64)
         values: list[np.ndarray] = []
         offset = 0
         for i, col in enumerate(features.categorical):
-            column_values, codes[:, i] = _categorical(_column(frame, col), offset)
+            column_values, codes[:, i] = _categorical(_column(frame, col, arrow), offset)
             values.append(column_values)
             offset += len(column_values)
         inputs[CATEGORICAL_VALUES_INPUT] = np.concatenate(values)
@@ -119,12 +120,16 @@ def session_inputs(inputs: dict[str, np.ndarray], legacy: bool) -> dict[str, np.
     return converted
 
 
-def _column(frame: pd.DataFrame | pa.Table | pa.RecordBatch, col: str) -> pd.Series | list[pa.Array]:
+def _column(
+    frame: pd.DataFrame | pa.Table | pa.RecordBatch, col: str, arrow: bool
+) -> pd.Series | list[pa.Array]:
     """A pandas column, or an arrow column as its chunks (chunks may carry different dictionaries)."""
-    if not hasattr(frame, "column_names"):
+    if not arrow:
         return frame[col]
+    import pyarrow as pa
+
     values = frame.column(col)
-    return list(values.chunks) if hasattr(values, "chunks") else [values]
+    return values.chunks if isinstance(values, pa.ChunkedArray) else [values]
 
 
 def _numeric(values: pd.Series | list[pa.Array], col: str, source: str) -> np.ndarray:
@@ -134,14 +139,13 @@ def _numeric(values: pd.Series | list[pa.Array], col: str, source: str) -> np.nd
         import pyarrow as pa
         import pyarrow.compute as pc
 
-        if all(
-            pa.types.is_integer(c.type) or pa.types.is_floating(c.type) or pa.types.is_boolean(c.type)
-            for c in values
-        ):
-            # safe=False: large ints round to the nearest float32, as numpy's astype does.
+        if all(pa.types.is_integer(c.type) or pa.types.is_floating(c.type) for c in values):
+            # Numbers as numpy (nulls -> NaN); the caller's float32 buffer rounds them on assignment,
+            # as astype does. One conversion per chunk, no compute-kernel dispatch.
+            return _joined([c.to_numpy(zero_copy_only=False) for c in values], np.float64)
+        if all(pa.types.is_boolean(c.type) for c in values):
             return _joined(
-                [pc.cast(c, pa.float32(), safe=False).to_numpy(zero_copy_only=False) for c in values],
-                np.float32,
+                [pc.cast(c, pa.float32()).to_numpy(zero_copy_only=False) for c in values], np.float32
             )
         values = pa.chunked_array(values).to_pandas().rename(col)
     if values.dtype == object or isinstance(values.dtype, pd.StringDtype):
@@ -191,15 +195,24 @@ def _arrow_dictionary(chunks: list[pa.Array], offset: int) -> tuple[np.ndarray, 
 
     values: list[np.ndarray] = []
     codes: list[np.ndarray] = []
+    missing: list[np.ndarray] = []
+    first_row = 0
     for chunk in chunks:
         encoded = chunk if pa.types.is_dictionary(chunk.type) else pc.dictionary_encode(chunk)
-        dictionary = encoded.dictionary.fill_null("").to_numpy(zero_copy_only=False).astype(object)
-        indices = pc.fill_null(encoded.indices.cast(pa.int64()), -1).to_numpy()
-        codes.append(np.where(indices < 0, -1, indices + offset))  # -1: missing, resolved below
-        values.append(dictionary)
+        dictionary = encoded.dictionary
+        if dictionary.null_count:
+            dictionary = dictionary.fill_null("")
+        values.append(dictionary.to_numpy(zero_copy_only=False))
+        indices = encoded.indices
+        if indices.null_count:  # missing rows: index 0 for now, pointed at the trailing "" below
+            missing.append(np.flatnonzero(indices.is_null().to_numpy(zero_copy_only=False)) + first_row)
+            indices = indices.fill_null(0)
+        codes.append(indices.to_numpy() + offset)
         offset += len(dictionary)
-    row_codes = _joined(codes, np.int64)
-    row_codes[row_codes < 0] = offset  # missing rows point at the trailing ""
+        first_row += len(indices)
+    row_codes = _joined(codes, np.int64).astype(np.int64, copy=False)
+    for rows in missing:
+        row_codes[rows] = offset
     return np.concatenate([*values, np.array([""], dtype=object)]), row_codes
 
 
