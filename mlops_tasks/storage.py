@@ -461,6 +461,18 @@ class RangedObject(io.RawIOBase):
         self._position = max(0, base + offset)
         return self._position
 
+    def read(self, size: int = -1) -> bytes | memoryview:
+        """Inside the held block, a view of it: pyarrow wraps what ``read`` returns without copying
+        (``readinto`` would copy every column chunk twice more)."""
+        length = (
+            self.size - self._position if size is None or size < 0 else min(size, self.size - self._position)
+        )
+        offset = self._position - self._block_start
+        if length > 0 and 0 <= offset and offset + length <= len(self._block):
+            self._position += length
+            return memoryview(self._block)[offset : offset + length]
+        return super().read(size)
+
     def readinto(self, buffer: bytearray | memoryview) -> int:
         length = min(len(buffer), self.size - self._position)
         if length <= 0:

@@ -27,7 +27,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
@@ -36,11 +36,14 @@ import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from mlops_tasks import example, export, inference, stack, training  # noqa: E402
+from mlops_tasks import example, inference, stack  # noqa: E402
 from mlops_tasks import features as F  # noqa: E402
 from mlops_tasks.config import PipelineConfig, load_config  # noqa: E402
 from mlops_tasks.storage import ObjectStore, S3Settings, partition_prefix, publish_manifest, write_part  # noqa: E402
 from tests.integration.onnx_fixtures import MlpParams, build_model  # noqa: E402
+
+if TYPE_CHECKING:
+    from mlops_tasks.training import NetSpec
 
 IDENTITY = {"model_name": "flights_delay", "model_version": "1", "run_id": "bench"}
 THREADS = 2
@@ -99,10 +102,12 @@ def publish_day(store: ObjectStore, cfg: PipelineConfig, day: dt.date, base: pa.
 # -- (a) onnxruntime vs torch eager ---------------------------------------------------------------
 
 
-def example_network(cfg: PipelineConfig, base: pa.Table) -> tuple[Any, training.NetSpec]:
+def example_network(cfg: PipelineConfig, base: pa.Table) -> tuple[Any, NetSpec]:
     """The example's network (``mlops_tasks.training.TabularNet``), preprocessing statistics and
     vocabularies fitted on the example's rows, seeded weights: the model a training run registers."""
     import torch
+
+    from mlops_tasks import training
 
     frame = base.slice(0, 262_144).to_pandas()
     label = F.derive_label(frame, cfg.target).fillna(0)
@@ -111,7 +116,7 @@ def example_network(cfg: PipelineConfig, base: pa.Table) -> tuple[Any, training.
     return training.TabularNet(spec).eval(), spec
 
 
-def contract_1_model(path: Path, net: Any, spec: training.NetSpec, cfg: PipelineConfig) -> Path:
+def contract_1_model(path: Path, net: Any, spec: NetSpec, cfg: PipelineConfig) -> Path:
     """The same weights as a graph of mlops_tasks 0.1 (categoricals as [N, m] strings, scaling in
     two elementwise ops): what this path scored before contract 2, for reference."""
     linear = [m for m in net.mlp if type(m).__name__ == "Linear"]
@@ -153,10 +158,12 @@ def decoded_batches(cfg: PipelineConfig, base: pa.Table, rows: int, batch: int) 
 
 
 def bench_engines(
-    cfg: PipelineConfig, base: pa.Table, net: Any, spec: training.NetSpec, models: dict[str, Path], batch: int
+    cfg: PipelineConfig, base: pa.Table, net: Any, spec: NetSpec, models: dict[str, Path], batch: int
 ) -> dict:
     """rows/s of each way to score the same decoded batches, best of 3 rounds, interleaved."""
     import torch
+
+    from mlops_tasks import training
 
     torch.set_num_threads(THREADS)
     batches = decoded_batches(cfg, base, ROWS_A, batch)
@@ -306,6 +313,10 @@ def result(process: subprocess.Popen) -> dict:
 def main(args: argparse.Namespace) -> None:
     cfg = bench_config()
     base = example_table(cfg)
+    # torch and MLFlow load in this process only: the scoring processes of (b)-(d) stay as lean as
+    # an inference task (peak RSS is measured there)
+    from mlops_tasks import export
+
     net, spec = example_network(cfg, base)
     with tempfile.TemporaryDirectory(prefix="bench-inference-") as tmp:
         model_path = Path(tmp) / "model.onnx"
