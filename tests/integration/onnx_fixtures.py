@@ -1,13 +1,15 @@
 """Scoring fixtures: curated partitions shaped like the example's, and small ONNX models that follow
 the contract in :mod:`mlops_tasks.features`, built with onnx.helper.
 
-They stand in for the exported champion in tests and benchmarks: raw inputs ``numeric`` (float32,
-NaN = missing) and ``categorical`` (string) go through in-graph imputation, scaling and an
-``ai.onnx.ml.LabelEncoder`` + embedding lookup per categorical column, then an MLP, then the
-contract's ``score`` (and ``probabilities`` for multiclass) outputs and metadata.
+They stand in for the exported champion in tests: raw inputs ``numeric`` (float32, NaN = missing)
+and the dictionary-encoded categoricals (``categorical_values`` + ``categorical_codes``) go through
+in-graph imputation, scaling and an ``ai.onnx.ml.LabelEncoder`` + embedding lookup per categorical
+column, then an MLP, then the contract's ``score`` (and ``probabilities`` for multiclass) outputs
+and metadata. ``build_model(..., contract=1)`` builds a model of mlops_tasks 0.1 (categoricals as
+one ``[N, m]`` string tensor), which scorers must keep serving.
 
-:class:`MlpParams` holds every weight as numpy, so the benchmark can load the very same weights
-into a torch module and compare like with like.
+:class:`MlpParams` holds every weight as numpy, so a test or benchmark can put the very same
+weights into another graph and compare like with like.
 """
 
 from __future__ import annotations
