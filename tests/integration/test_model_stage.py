@@ -16,7 +16,16 @@ import torch
 
 from mlops_tasks import export, lineage, registry, tracking, training
 from mlops_tasks.config import FeatureSpec, GateSpec, PipelineConfig, TargetSpec, load_config
-from mlops_tasks.features import META_CLASSES, META_FEATURES, META_TASK, onnx_inputs
+from mlops_tasks.features import (
+    CATEGORICAL_CODES_INPUT,
+    CATEGORICAL_VALUES_INPUT,
+    META_CLASSES,
+    META_CONTRACT,
+    META_FEATURES,
+    META_TASK,
+    NUMERIC_INPUT,
+    onnx_inputs,
+)
 from mlops_tasks.storage import ObjectStore
 from tests.conftest import EXAMPLE_CONFIG, tune
 from tests.model_frames import example_rows, small_config
@@ -92,6 +101,13 @@ def test_exported_onnx_follows_the_feature_contract(
     meta = {p.key: p.value for p in model.metadata_props}
     assert json.loads(meta[META_FEATURES]) == binary_cfg.features.model_dump()
     assert meta[META_TASK] == "binary" and json.loads(meta[META_CLASSES]) == ["0", "1"]
+    assert meta[META_CONTRACT] == "2"
+    # categoricals go in dictionary-encoded: no input carries one string per row
+    assert {i.name: i.type.tensor_type.elem_type for i in model.graph.input} == {
+        NUMERIC_INPUT: onnx.TensorProto.FLOAT,
+        CATEGORICAL_VALUES_INPUT: onnx.TensorProto.STRING,
+        CATEGORICAL_CODES_INPUT: onnx.TensorProto.INT64,
+    }
     assert trained["export"]["parity_max_abs_diff"] <= binary_cfg.export.parity_tolerance
     probe = split[1].head(4).copy()
     probe["carrier"] = ["ZZ", None, "UA", "UA"]  # unseen and missing categories are valid input
