@@ -234,6 +234,8 @@ def plan_parts(store: ObjectStore, cfg: PipelineConfig, day: dt.date) -> list[di
                 f"parquet footer says {meta.num_rows}; the partition is corrupt, re-run ingestion"
             )
         group_rows = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+        present = set(meta.schema.to_arrow_schema().names)
+        columns = [c for c in _scored_columns(cfg) if c in present]  # a missing one fails in scoring
         for groups, offset, rows in split_row_groups(group_rows, cfg.inference.part_rows):
             units.append(
                 {
@@ -244,6 +246,9 @@ def plan_parts(store: ObjectStore, cfg: PipelineConfig, day: dt.date) -> list[di
                     "row_groups": groups,
                     "row_offset": offset,
                     "rows": rows,
+                    "first_block": _block([_row_group_span(meta, g, columns) for g in groups])
+                    if columns
+                    else None,
                 }
             )
     return units
@@ -253,7 +258,7 @@ def plan_parts(store: ObjectStore, cfg: PipelineConfig, day: dt.date) -> list[di
 
 
 def _check_schema(schema: pa.Schema, cfg: PipelineConfig, where: str) -> None:
-    missing = [c for c in dict.fromkeys([*cfg.data.key, *cfg.features.all]) if c not in schema.names]
+    missing = [c for c in _scored_columns(cfg) if c not in schema.names]
     if missing:
         raise InferenceInputError(
             f"{where}: column(s) {missing} needed for scoring (data.key + features) are missing; the part "
@@ -291,6 +296,19 @@ def _row_group_span(metadata: pq.FileMetaData, group: int, columns: list[str]) -
     return min(starts), max(s + c.total_compressed_size for s, c in zip(starts, chunks, strict=True))
 
 
+def _scored_columns(cfg: PipelineConfig) -> list[str]:
+    """The curated columns scoring reads: the keys the output carries, then the features."""
+    return list(dict.fromkeys([*cfg.data.key, *cfg.features.all]))
+
+
+def _block(spans: list[tuple[int, int]]) -> list[int]:
+    """[start, length] (JSON-ready, as units travel by XCom) of the one GET that fetches the first row group of ``spans`` and as many of
+    the following ones as fit in ``HOLD_BYTES``."""
+    first = spans[0][0]
+    end = max([end for _, end in spans if end - first <= HOLD_BYTES], default=spans[0][1])
+    return [first, end - first]
+
+
 def _unit_batches(
     parquet: pq.ParquetFile,
     source: RangedObject,
@@ -301,17 +319,14 @@ def _unit_batches(
     """The unit's rows (row groups, then the ``row_offset``/``rows`` window) by record batch.
 
     Consecutive row groups are fetched together, one ranged GET per ``HOLD_BYTES`` (a GET costs tens
-    of milliseconds whatever its size), and held only while they are decoded."""
+    of milliseconds whatever its size), and held only while they are decoded. A block the source
+    already holds (fetched while the footer was read) is used as it is."""
     start, stop = unit["row_offset"], unit["row_offset"] + unit["rows"]
     position = 0
-    spans = {g: _row_group_span(parquet.metadata, g, columns) for g in unit["row_groups"]}
-    held_until = -1
+    spans = [_row_group_span(parquet.metadata, g, columns) for g in unit["row_groups"]]
     for index, group in enumerate(unit["row_groups"]):
-        if spans[group][1] > held_until:
-            first = spans[group][0]
-            following = [spans[g][1] for g in unit["row_groups"][index:]]
-            held_until = max([end for end in following if end - first <= HOLD_BYTES], default=spans[group][1])
-            source.hold(first, held_until - first)
+        if not source.holds(*spans[index]):
+            source.hold(*_block(spans[index:]))
         for batch in parquet.iter_batches(batch_size=batch_rows, row_groups=[group], columns=columns):
             lo, hi = max(start - position, 0), min(stop - position, batch.num_rows)
             position += batch.num_rows
@@ -351,8 +366,12 @@ def score_part(
         clock = time.perf_counter()
         # Ranged reads of the unit's row groups and columns only: a part cut into several units
         # is not downloaded once per unit.
-        with store.open_ranged(key, unit["source_bytes"]) as source:
-            # one ranged GET (pyarrow reading the footer through the file takes two or three)
+        with store.open_ranged(key, unit["source_bytes"]) as source, ThreadPoolExecutor(1) as early:
+            # The plan says where the unit's first rows are: fetch them while reading the footer
+            # (one ranged GET; pyarrow reading it through the file takes two or three).
+            early_block = (
+                early.submit(store.get_range, key, *unit["first_block"]) if unit.get("first_block") else None
+            )
             metadata = _parquet_metadata(store, key, unit["source_bytes"])
             stored = metadata.schema.to_arrow_schema()
             _check_schema(stored, cfg, where)
@@ -365,7 +384,9 @@ def score_part(
                 + model.output_fields()
                 + [pa.field(name, pa.string()) for name in ("model_name", "model_version", "run_id")]
             )
-            columns = list(dict.fromkeys([*keys, *cfg.features.all]))
+            if early_block is not None:
+                source.hold_data(unit["first_block"][0], early_block.result())
+            columns = _scored_columns(cfg)
             batches = _unit_batches(parquet, source, unit, cfg.inference.batch_rows, columns)
             identity = (model_name, model_version, run_id)
             constants: dict[int, list[pa.Array]] = {}  # by batch length: every batch but the last is full

@@ -444,8 +444,16 @@ class RangedObject(io.RawIOBase):
     def hold(self, start: int, length: int) -> None:
         """Fetch ``length`` bytes from ``start`` in one GET and serve reads inside them from memory
         (e.g. a parquet row group's column chunks: one request instead of one per column)."""
-        self._block_start, self._block = start, b""
-        self._block = self.store.get_range(self.key, start, min(length, self.size - start))
+        self._block_start, self._block = start, b""  # drop the previous block before the GET
+        self.hold_data(start, self.store.get_range(self.key, start, min(length, self.size - start)))
+
+    def hold_data(self, start: int, data: bytes) -> None:
+        """Serve reads inside ``data``, the object's bytes from ``start``, from memory."""
+        self._block_start, self._block = start, data
+
+    def holds(self, start: int, end: int) -> bool:
+        """Whether the held block covers the bytes ``[start, end)``."""
+        return self._block_start <= start and end <= self._block_start + len(self._block)
 
     def readable(self) -> bool:
         return True

@@ -140,6 +140,24 @@ def test_predictions_carry_keys_threshold_labels_scores_and_model_identity(
     assert set(zip(out.model_name, out.model_version, out.run_id, strict=True)) == {tuple(IDENTITY.values())}
 
 
+def test_a_unit_is_read_with_one_get_for_the_footer_and_one_for_its_rows_fetched_meanwhile(
+    store: ObjectStore, cfg: PipelineConfig, mlp_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    two_parts(store, cfg)
+    unit = inference.plan_parts(store, cfg, DAY)[2]  # row groups 2 and 3 of the first part
+    requests: list[str] = []
+    for method in ("get_tail", "get_range", "get_bytes"):
+        real = getattr(store, method)
+        monkeypatch.setattr(
+            store, method, lambda *a, real=real, method=method: requests.append(method) or real(*a)
+        )
+
+    result = inference.score_part(store, cfg, unit, model_path=mlp_path, **IDENTITY)
+
+    assert result["rows"] == 300
+    assert sorted(requests) == ["get_range", "get_tail"]  # the plan's first block, the footer
+
+
 def test_units_cut_from_one_big_row_group_score_each_row_exactly_once(
     store: ObjectStore, cfg: PipelineConfig, mlp_path: str
 ) -> None:
