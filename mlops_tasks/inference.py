@@ -302,8 +302,8 @@ def _scored_columns(cfg: PipelineConfig) -> list[str]:
 
 
 def _block(spans: list[tuple[int, int]]) -> list[int]:
-    """[start, length] (JSON-ready, as units travel by XCom) of the one GET that fetches the first row group of ``spans`` and as many of
-    the following ones as fit in ``HOLD_BYTES``."""
+    """``[start, length]`` of the one GET that fetches the first row group of ``spans`` and as many
+    of the following ones as fit in ``HOLD_BYTES`` (a list: units travel as JSON, by XCom)."""
     first = spans[0][0]
     end = max([end for _, end in spans if end - first <= HOLD_BYTES], default=spans[0][1])
     return [first, end - first]
