@@ -145,8 +145,8 @@ class _Model:
             raise ModelContractError(f"{model_path}: a binary model needs 2 classes, has {classes}")
         if task == "multiclass" and not classes:
             raise ModelContractError(f"{model_path}: a multiclass model must list its classes in metadata")
-        legacy = bool(categorical) and have == contract_1
-        return cls(session, task, classes if task != "binary" else (classes or [0, 1]), legacy)
+        labels = classes if task != "binary" else (classes or [0, 1])
+        return cls(session, task, labels, F.is_legacy_session(session))
 
     def output_fields(self) -> list[pa.Field]:
         fields = [pa.field("prediction", self._label_type()), pa.field("score", pa.float32())]
