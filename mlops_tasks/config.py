@@ -224,7 +224,19 @@ class InferenceSpec(_Strict):
         8192, ge=1, description="Rows per onnxruntime call (small batches stay in CPU cache)."
     )
     part_rows: int = Field(500_000, ge=1, description="Rows per output part (and per mapped task).")
-    intra_op_threads: int = Field(0, ge=0, description="0 lets onnxruntime pick.")
+    scoring_threads: int = Field(
+        0,
+        ge=0,
+        description="Batches batch inference scores at the same time, each by a single-threaded onnxruntime "
+        "call (0: one per CPU core the task may use; set it to the worker's CPU limit in containers). 1 scores "
+        "one batch at a time with intra_op_threads threads.",
+    )
+    intra_op_threads: int = Field(
+        0,
+        ge=0,
+        description="onnxruntime threads inside one call (0 lets onnxruntime pick): the evaluation gate, "
+        "the drift monitor, and batch inference when scoring_threads is 1.",
+    )
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
 
 

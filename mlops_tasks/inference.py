@@ -25,11 +25,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import os
 import queue
 import struct
 import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -62,6 +64,7 @@ ROW_GROUP_ROWS = 65_536  # rows per row group of a predictions part
 PREFETCH_BATCHES = 2  # batches read and preprocessed ahead of scoring
 HOLD_BYTES = 32 * 2**20  # most bytes of consecutive row groups fetched (and held) by one GET
 _Item = TypeVar("_Item")
+_TEXT = pa.dictionary(pa.int32(), pa.string())  # how pyarrow decodes a parquet dictionary string column
 _FOOTER_GUESS = 64 * 1024  # one ranged GET usually covers the whole parquet footer
 _OPTIMIZATION = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -86,13 +89,18 @@ class PredictionsError(ValueError):
 # -- model ------------------------------------------------------------------------------------------
 
 
-def make_session(model_path: str | Path, cfg: PipelineConfig) -> ort.InferenceSession:
-    """An onnxruntime CPU session tuned by ``cfg.inference`` (threads, graph optimisation level)."""
+def make_session(
+    model_path: str | Path, cfg: PipelineConfig, *, intra_op_threads: int | None = None
+) -> ort.InferenceSession:
+    """An onnxruntime CPU session tuned by ``cfg.inference`` (threads, graph optimisation level);
+    ``intra_op_threads`` overrides the config's threads per call."""
     path = Path(model_path)
     if not path.is_file():
         raise FileNotFoundError(f"ONNX model file {path} does not exist")
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = cfg.inference.intra_op_threads
+    opts.intra_op_num_threads = (
+        cfg.inference.intra_op_threads if intra_op_threads is None else intra_op_threads
+    )
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = _OPTIMIZATION[cfg.inference.graph_optimization]
@@ -116,8 +124,8 @@ class _Model:
     legacy: bool  # a contract-1 model (see mlops_tasks.features)
 
     @classmethod
-    def load(cls, model_path: str | Path, cfg: PipelineConfig) -> _Model:
-        session = make_session(model_path, cfg)
+    def load(cls, model_path: str | Path, cfg: PipelineConfig, intra_op_threads: int | None = None) -> _Model:
+        session = make_session(model_path, cfg, intra_op_threads=intra_op_threads)
         meta = session.get_modelmeta().custom_metadata_map
         task = meta.get(F.META_TASK, cfg.target.task)
         if task != cfg.target.task:
@@ -355,7 +363,13 @@ def score_part(
     """
     day = dt.date.fromisoformat(unit["day"])
     output = partition_prefix(cfg.prefix, output_area, day)
-    model = _Model.load(model_path, cfg)
+    threads = scoring_threads(cfg)
+    # Several single-threaded calls at once: each batch runs start to end on one core, with no
+    # hand-offs between onnxruntime's pool threads at every operator (a thread another process
+    # delays stalls the whole call) and with the operators onnxruntime runs on one thread anyway
+    # (imputer, encoders, gathers, concat) in parallel too: 1.5-1.7x the rows/s of one call on
+    # 2 threads (bench_inference.py (a)). The session is thread-safe; outputs keep their order.
+    model = _Model.load(model_path, cfg, intra_op_threads=1 if threads > 1 else None)
     key = unit["source_key"]
     where = store.uri(key)
     keys = list(cfg.data.key)
@@ -379,10 +393,13 @@ def score_part(
             # one Python string in the model inputs, not one per row.
             strings = [c for c in cfg.features.categorical if pa.types.is_string(stored.field(c).type)]
             parquet = pq.ParquetFile(source, metadata=metadata, read_dictionary=strings)
+            # Strings as the writer receives them: read as dictionaries (string categoricals) or
+            # constant (the model's identity), written as parquet dictionaries without re-hashing
+            # every value; readers see plain strings (see _RowGroupWriter).
             schema = pa.schema(
-                [stored.field(k) for k in keys]
+                [pa.field(k, _TEXT) if k in strings else stored.field(k) for k in keys]
                 + model.output_fields()
-                + [pa.field(name, pa.string()) for name in ("model_name", "model_version", "run_id")]
+                + [pa.field(name, _TEXT) for name in ("model_name", "model_version", "run_id")]
             )
             if early_block is not None:
                 source.hold_data(unit["first_block"][0], early_block.result())
@@ -392,16 +409,13 @@ def score_part(
             constants: dict[int, list[pa.Array]] = {}  # by batch length: every batch but the last is full
             with _RowGroupWriter(local, schema) as writer:
                 seconds["read"] += time.perf_counter() - clock
-                for batch, inputs in _prefetched(_prepared(batches, cfg, where, seconds), PREFETCH_BATCHES):
-                    clock = time.perf_counter()
-                    outputs = model.predict(inputs)
-                    seconds["score"] += time.perf_counter() - clock
+                prepared = _prefetched(_prepared(batches, cfg, where, seconds), PREFETCH_BATCHES)
+                for batch, outputs in _scored(model, prepared, threads, seconds):
                     clock = time.perf_counter()
                     n = batch.num_rows
                     if n not in constants:
-                        constants[n] = [pa.repeat(str(v), n) for v in identity]
-                    # keys as read (categoricals still dictionary-encoded): the writer casts them to
-                    # the schema once per row group, in its thread
+                        zeros = pa.array(np.zeros(n, np.int32))
+                        constants[n] = [pa.DictionaryArray.from_arrays(zeros, [str(v)]) for v in identity]
                     writer.write(
                         [batch.column(k) for k in keys] + [pa.array(o) for o in outputs] + constants[n], n
                     )
@@ -431,14 +445,31 @@ class _RowGroupWriter:
     encodes and compresses each row group in a background thread while the next batches score.
 
     At most one row group is in flight, and row groups are written in order: the file is the same
-    bytes as a sequential write. Floating-point columns are not dictionary-encoded: scores rarely
-    repeat, and trying costs parquet a hash table per page before it falls back (a quarter of the
-    encode time here, and larger files)."""
+    bytes as a sequential write. What encoding costs, measured per 1M rows of the example's
+    predictions (bench_inference.py (b)), and what is done instead:
+
+    - Floating-point columns are not dictionary-encoded: scores rarely repeat, and trying costs
+      parquet a hash table per page before it falls back (a quarter of the encode time, and larger
+      files).
+    - String columns arrive as arrow dictionaries (``_TEXT``: categoricals as read, the model's
+      identity as one value) and are written as parquet dictionaries directly; plain strings would
+      be hashed again value by value (55 ms of 200). The file does not store the arrow schema, so
+      readers see them as the plain strings they are; the other types are parquet's own.
+    - No min/max statistics on string columns (25 ms): they prune no row group of mixed values.
+    """
 
     def __init__(self, path: Path, schema: pa.Schema) -> None:
         self._schema = schema
         dictionary = [f.name for f in schema if not pa.types.is_floating(f.type)]
-        self._writer = pq.ParquetWriter(path, schema, compression="zstd", use_dictionary=dictionary)
+        statistics = [f.name for f in schema if f.type != _TEXT and not pa.types.is_string(f.type)]
+        self._writer = pq.ParquetWriter(
+            path,
+            schema,
+            compression="zstd",
+            use_dictionary=dictionary,
+            write_statistics=statistics,
+            store_schema=False,
+        )
         self._pending: list[list[pa.Array]] = []
         self._rows = 0
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="inference-writer")
@@ -461,7 +492,10 @@ class _RowGroupWriter:
     def _write_row_group(self, pending: list[list[pa.Array]], rows: int) -> None:
         names = self._schema.names
         table = pa.Table.from_batches([pa.record_batch(columns, names=names) for columns in pending])
-        self._writer.write_table(table.cast(self._schema), row_group_size=rows)
+        # one dictionary per column in a row group: parquet allows one per column chunk, and a
+        # change of dictionary between batches would make the writer hash the values after all
+        table = table.cast(self._schema).unify_dictionaries()
+        self._writer.write_table(table, row_group_size=rows)
 
     def _wait(self) -> None:
         """Wait for the row group in flight; its error, if any, is raised here."""
@@ -494,6 +528,50 @@ def _prepared(
             raise InferenceInputError(str(exc)) from None
         seconds["preprocess"] += time.perf_counter() - clock
         yield batch, inputs
+
+
+def scoring_threads(cfg: PipelineConfig) -> int:
+    """How many batches :func:`score_part` scores at once: ``inference.scoring_threads``, or one per
+    CPU core this process may run on."""
+    return cfg.inference.scoring_threads or len(os.sched_getaffinity(0))
+
+
+def _scored(
+    model: _Model,
+    prepared: Iterator[tuple[pa.RecordBatch, dict[str, np.ndarray]]],
+    threads: int,
+    seconds: dict[str, float],
+) -> Iterator[tuple[pa.RecordBatch, list[np.ndarray]]]:
+    """Each batch with its model outputs, in input order, ``threads`` batches scoring at a time (one
+    more queued, so no core idles while the caller writes); the calls' times add to
+    ``seconds["score"]``. An error in any call is raised here and cancels the queued ones."""
+
+    def predict(inputs: dict[str, np.ndarray]) -> tuple[list[np.ndarray], float]:
+        clock = time.perf_counter()
+        outputs = model.predict(inputs)
+        return outputs, time.perf_counter() - clock
+
+    def done(batch: pa.RecordBatch, timed: tuple[list[np.ndarray], float]) -> tuple[pa.RecordBatch, list]:
+        seconds["score"] += timed[1]  # here, in the caller's thread: `+=` is not atomic across threads
+        return batch, timed[0]
+
+    if threads == 1:
+        for batch, inputs in prepared:
+            yield done(batch, predict(inputs))
+        return
+    in_flight: deque[tuple[pa.RecordBatch, Future]] = deque()
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="inference-score")
+    try:
+        for batch, inputs in prepared:
+            in_flight.append((batch, pool.submit(predict, inputs)))
+            if len(in_flight) > threads:
+                batch, timed = in_flight.popleft()
+                yield done(batch, timed.result())
+        while in_flight:
+            batch, timed = in_flight.popleft()
+            yield done(batch, timed.result())
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _prefetched(items: Iterator[_Item], depth: int) -> Iterator[_Item]:

@@ -7,6 +7,7 @@ import json
 import tracemalloc
 from pathlib import Path
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -133,6 +134,9 @@ def test_predictions_carry_keys_threshold_labels_scores_and_model_identity(
         "model_version",
         "run_id",
     ]
+    # strings written from arrow dictionaries read back as the plain strings they are
+    assert not [c for c, dtype in out.dtypes.items() if isinstance(dtype, pd.CategoricalDtype)]
+    assert out["carrier"].tolist() == frame["carrier"].tolist()
     joined = out.merge(frame[["flight", "hour"]], on="flight")  # flight numbers are unique here
     assert len(joined) == 400
     assert (joined["prediction"] == (joined["hour"] >= 12).astype(int)).all()
@@ -208,6 +212,20 @@ def test_rerun_writes_the_same_keys_and_bytes(store: ObjectStore, cfg: PipelineC
     score_day(store, cfg, mlp_path)
 
     assert contents(store, prefix) == first
+
+
+def test_batches_scored_at_once_write_the_same_bytes_as_one_at_a_time(
+    store: ObjectStore, cfg: PipelineConfig, mlp_path: str
+) -> None:
+    two_parts(store, cfg)
+    prefix = partition_prefix(cfg.prefix, "predictions", DAY)
+    outputs = []
+    for threads in (1, 3):
+        update = {"inference": cfg.inference.model_copy(update={"scoring_threads": threads})}
+        score_day(store, cfg.model_copy(update=update), mlp_path)
+        outputs.append(contents(store, prefix))
+
+    assert outputs[0] == outputs[1]
 
 
 def test_killed_attempt_is_invisible_and_the_retry_publishes_each_row_once(

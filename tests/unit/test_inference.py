@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+import pyarrow as pa
 import pytest
 
 from mlops_tasks import features as F
@@ -56,6 +61,77 @@ def test_session_uses_the_configured_threads_and_optimisation_level(
 
     assert options.intra_op_num_threads == 1
     assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+
+
+def test_a_session_for_calls_scored_at_once_overrides_the_configured_threads(
+    cfg: PipelineConfig, tmp_path: Path
+) -> None:
+    path = build_model(tmp_path / "m.onnx", cfg.features, random_params(cfg.features, EXAMPLE_VOCAB, [4]))
+    two = cfg.model_copy(update={"inference": cfg.inference.model_copy(update={"intra_op_threads": 2})})
+
+    assert inference.make_session(path, two).get_session_options().intra_op_num_threads == 2
+    assert (
+        inference.make_session(path, two, intra_op_threads=1).get_session_options().intra_op_num_threads == 1
+    )
+
+
+def test_scoring_threads_default_to_the_cores_the_process_may_use(cfg: PipelineConfig) -> None:
+    three = cfg.model_copy(update={"inference": cfg.inference.model_copy(update={"scoring_threads": 3})})
+
+    assert inference.scoring_threads(cfg) == len(os.sched_getaffinity(0))
+    assert inference.scoring_threads(three) == 3
+
+
+class _SlowModel:
+    """Scores batch i (its only input is [i]) as [i], in time inversely proportional to i, so
+    batches scored at once finish out of order; fails on batch ``fail_at``."""
+
+    def __init__(self, fail_at: int | None = None) -> None:
+        self.fail_at = fail_at
+        self.started: list[int] = []
+        self.lock = threading.Lock()
+        self.peak = self.running = 0
+
+    def predict(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        index = int(inputs["x"][0])
+        with self.lock:
+            self.started.append(index)
+            self.running += 1
+            self.peak = max(self.peak, self.running)
+        try:
+            time.sleep(0.02 / (1 + index % 4))
+            if index == self.fail_at:
+                raise RuntimeError(f"batch {index} failed")
+            return [np.array([index])]
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+def _prepared(batches: int) -> Any:
+    return ((pa.record_batch([pa.array([i])], names=["i"]), {"x": np.array([i])}) for i in range(batches))
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_batches_scored_at_once_come_back_in_input_order(threads: int) -> None:
+    model = _SlowModel()
+    seconds = {"score": 0.0}
+
+    scored = list(inference._scored(model, _prepared(12), threads, seconds))  # type: ignore[arg-type]
+
+    assert [batch.column(0)[0].as_py() for batch, _ in scored] == list(range(12))
+    assert [int(outputs[0][0]) for _, outputs in scored] == list(range(12))
+    assert model.peak == threads
+    assert seconds["score"] > 0
+
+
+def test_a_failing_batch_is_raised_and_the_queued_ones_are_not_scored() -> None:
+    model = _SlowModel(fail_at=2)
+
+    with pytest.raises(RuntimeError, match="batch 2 failed"):
+        list(inference._scored(model, _prepared(50), 2, {"score": 0.0}))  # type: ignore[arg-type]
+
+    assert len(model.started) < 10  # at most the batches in flight when batch 2 failed
 
 
 def test_session_on_a_file_that_is_not_onnx_names_the_file(cfg: PipelineConfig, tmp_path: Path) -> None:
