@@ -20,3 +20,7 @@ RUN pip install --no-cache-dir --extra-index-url "${PIP_EXTRA_INDEX_URL}" \
 
 # DAGs, plugins and pipeline configs are mounted (compose) or baked/ConfigMapped (Kubernetes).
 ENV MLOPS_TASKS_CONFIG_DIR=/opt/airflow/configs
+# glibc gives every thread that allocates its own malloc arena; a scoring task runs half a dozen
+# (prefetch, scorers, writer, uploads), and with one arena each its peak memory grew with the rows
+# it scored (1.13x for 10x the rows; 1.05x with 2 arenas, docs/benchmarks.md (c)).
+ENV MALLOC_ARENA_MAX=2

@@ -62,7 +62,7 @@ SHADOW_REPORT_NAME = "shadow.json"
 BINARY_THRESHOLD = 0.5
 ROW_GROUP_ROWS = 65_536  # rows per row group of a predictions part
 PREFETCH_BATCHES = 2  # batches read and preprocessed ahead of scoring
-HOLD_BYTES = 32 * 2**20  # most bytes of consecutive row groups fetched (and held) by one GET
+HOLD_BYTES = 8 * 2**20  # most bytes of consecutive row groups fetched (and held) by one GET
 _Item = TypeVar("_Item")
 _TEXT = pa.dictionary(pa.int32(), pa.string())  # how pyarrow decodes a parquet dictionary string column
 _FOOTER_GUESS = 64 * 1024  # one ranged GET usually covers the whole parquet footer
@@ -323,18 +323,32 @@ def _unit_batches(
     unit: dict[str, Any],
     batch_rows: int,
     columns: list[str],
+    read_ahead: ThreadPoolExecutor,
 ) -> Iterator[pa.RecordBatch]:
     """The unit's rows (row groups, then the ``row_offset``/``rows`` window) by record batch.
 
     Consecutive row groups are fetched together, one ranged GET per ``HOLD_BYTES`` (a GET costs tens
-    of milliseconds whatever its size), and held only while they are decoded. A block the source
-    already holds (fetched while the footer was read) is used as it is."""
+    of milliseconds whatever its size), and held only while they are decoded. While one block is
+    decoded, the next one is fetched by ``read_ahead``: at most two blocks are in memory, and the
+    GETs do not stall decoding. A block the source already holds (fetched while the footer was
+    read) is used as it is."""
     start, stop = unit["row_offset"], unit["row_offset"] + unit["rows"]
     position = 0
     spans = [_row_group_span(parquet.metadata, g, columns) for g in unit["row_groups"]]
+    ahead: tuple[list[int], Future] | None = None  # the next block and its GET
     for index, group in enumerate(unit["row_groups"]):
         if not source.holds(*spans[index]):
-            source.hold(*_block(spans[index:]))
+            block = _block(spans[index:])
+            if ahead is not None and ahead[0] == block:
+                source.hold_data(block[0], ahead[1].result())
+            else:
+                source.hold(*block)
+            ahead = None
+        if ahead is None:
+            following = next((i for i in range(index + 1, len(spans)) if not source.holds(*spans[i])), None)
+            if following is not None:
+                block = _block(spans[following:])
+                ahead = (block, read_ahead.submit(source.fetch, *block))
         for batch in parquet.iter_batches(batch_size=batch_rows, row_groups=[group], columns=columns):
             lo, hi = max(start - position, 0), min(stop - position, batch.num_rows)
             position += batch.num_rows
@@ -380,11 +394,11 @@ def score_part(
         clock = time.perf_counter()
         # Ranged reads of the unit's row groups and columns only: a part cut into several units
         # is not downloaded once per unit.
-        with store.open_ranged(key, unit["source_bytes"]) as source, ThreadPoolExecutor(1) as early:
+        with store.open_ranged(key, unit["source_bytes"]) as source, ThreadPoolExecutor(1) as fetcher:
             # The plan says where the unit's first rows are: fetch them while reading the footer
             # (one ranged GET; pyarrow reading it through the file takes two or three).
             early_block = (
-                early.submit(store.get_range, key, *unit["first_block"]) if unit.get("first_block") else None
+                fetcher.submit(source.fetch, *unit["first_block"]) if unit.get("first_block") else None
             )
             metadata = _parquet_metadata(store, key, unit["source_bytes"])
             stored = metadata.schema.to_arrow_schema()
@@ -404,7 +418,7 @@ def score_part(
             if early_block is not None:
                 source.hold_data(unit["first_block"][0], early_block.result())
             columns = _scored_columns(cfg)
-            batches = _unit_batches(parquet, source, unit, cfg.inference.batch_rows, columns)
+            batches = _unit_batches(parquet, source, unit, cfg.inference.batch_rows, columns, fetcher)
             identity = (model_name, model_version, run_id)
             constants: dict[int, list[pa.Array]] = {}  # by batch length: every batch but the last is full
             with _RowGroupWriter(local, schema) as writer:

@@ -355,6 +355,7 @@ class LocalStack:
             "MLOPS_TASKS_CONFIG_DIR": str(self.config_dir),
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "MALLOC_ARENA_MAX": "2",  # as the image sets it (Dockerfile: bounded memory of scoring)
             # Tasks spend much of their time waiting on S3, MLflow and the Airflow API, not on the CPU:
             # four at a time keep two cores busy (docs/benchmarks.md, make demo).
             "AIRFLOW__CORE__PARALLELISM": "4",

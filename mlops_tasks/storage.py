@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import boto3
+from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
@@ -47,6 +48,10 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 MANIFEST_NAME = "_SUCCESS"
+# Files up to 64 MiB (parts, models, reports) go up in one streamed PUT; boto3's default would cut
+# anything over 8 MiB into a multipart upload holding up to 10 chunks of 8 MiB in memory at once,
+# which made a task's peak memory depend on the size of what it wrote.
+_UPLOADS = TransferConfig(multipart_threshold=64 * 2**20, multipart_chunksize=16 * 2**20, max_concurrency=4)
 
 # Areas of a pipeline's key space (DESIGN.md, "Object layout").
 AREAS = (
@@ -309,7 +314,9 @@ class ObjectStore:
 
     def upload(self, path: str | Path, key: str, content_type: str = "application/octet-stream") -> str:
         with self._explain("upload", key):
-            self.client.upload_file(str(path), self.bucket, key, ExtraArgs={"ContentType": content_type})
+            self.client.upload_file(
+                str(path), self.bucket, key, ExtraArgs={"ContentType": content_type}, Config=_UPLOADS
+            )
         return self.uri(key)
 
     def delete(self, keys: list[str]) -> None:
@@ -445,7 +452,12 @@ class RangedObject(io.RawIOBase):
         """Fetch ``length`` bytes from ``start`` in one GET and serve reads inside them from memory
         (e.g. a parquet row group's column chunks: one request instead of one per column)."""
         self._block_start, self._block = start, b""  # drop the previous block before the GET
-        self.hold_data(start, self.store.get_range(self.key, start, min(length, self.size - start)))
+        self.hold_data(start, self.fetch(start, length))
+
+    def fetch(self, start: int, length: int) -> bytes:
+        """Up to ``length`` bytes from ``start`` in one GET, without holding them (for a read-ahead
+        thread: hand them to :meth:`hold_data` when they are needed)."""
+        return self.store.get_range(self.key, start, min(length, self.size - start))
 
     def hold_data(self, start: int, data: bytes) -> None:
         """Serve reads inside ``data``, the object's bytes from ``start``, from memory."""

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -329,7 +330,10 @@ def spawn(
     argv += ["--part-rows", str(part_rows)] if part_rows else []
     argv += ["--publish"] if publish else []
     argv += ["--score-only"] if score_only else []
-    return subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    # the worker environment the image ships (Dockerfile): 2 glibc malloc arenas
+    return subprocess.Popen(
+        argv, stdout=subprocess.PIPE, text=True, env={**os.environ, "MALLOC_ARENA_MAX": "2"}
+    )
 
 
 def task_lanes(endpoint: str, day: dt.date, model: Path, lanes: int, part_rows: int) -> dict:

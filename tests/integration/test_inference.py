@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import threading
 import tracemalloc
 from pathlib import Path
 
@@ -160,6 +161,29 @@ def test_a_unit_is_read_with_one_get_for_the_footer_and_one_for_its_rows_fetched
 
     assert result["rows"] == 300
     assert sorted(requests) == ["get_range", "get_tail"]  # the plan's first block, the footer
+
+
+def test_a_unit_bigger_than_one_get_reads_each_next_block_ahead_and_scores_the_same_bytes(
+    store: ObjectStore, cfg: PipelineConfig, mlp_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    whole = tune(cfg, "inference", {"part_rows": 1200})
+    publish_curated(store, whole, DAY, [curated_frame(DAY, 1200)], row_group_size=100)
+    (unit,) = inference.plan_parts(store, whole, DAY)
+    expected = inference.score_part(store, whole, unit, model_path=mlp_path, **IDENTITY)["part"]
+    monkeypatch.setattr(inference, "HOLD_BYTES", 2**14)  # a few of the 12 row groups per GET
+    (unit,) = inference.plan_parts(store, whole, DAY)
+    fetched_by: list[str] = []
+    real = store.get_range
+    monkeypatch.setattr(
+        store, "get_range", lambda *a: fetched_by.append(threading.current_thread().name) or real(*a)
+    )
+
+    part = inference.score_part(store, whole, unit, model_path=mlp_path, **IDENTITY)["part"]
+
+    assert part == expected
+    assert len(fetched_by) >= 3
+    # every block came from the read-ahead thread: decoding never stopped for a GET of its own
+    assert not [name for name in fetched_by if name.startswith("inference-prefetch")]
 
 
 def test_units_cut_from_one_big_row_group_score_each_row_exactly_once(
