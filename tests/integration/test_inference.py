@@ -150,17 +150,33 @@ def test_a_unit_is_read_with_one_get_for_the_footer_and_one_for_its_rows_fetched
 ) -> None:
     two_parts(store, cfg)
     unit = inference.plan_parts(store, cfg, DAY)[2]  # row groups 2 and 3 of the first part
-    requests: list[str] = []
+    requests: list[tuple] = []
     for method in ("get_tail", "get_range", "get_bytes"):
         real = getattr(store, method)
         monkeypatch.setattr(
-            store, method, lambda *a, real=real, method=method: requests.append(method) or real(*a)
+            store, method, lambda *a, real=real, method=method: requests.append((method, *a)) or real(*a)
         )
 
     result = inference.score_part(store, cfg, unit, model_path=mlp_path, **IDENTITY)
 
     assert result["rows"] == 300
-    assert sorted(requests) == ["get_range", "get_tail"]  # the plan's first block, the footer
+    # the plan's first block, and the footer: as many bytes as the plan found it has
+    assert sorted(requests) == [
+        ("get_range", unit["source_key"], *unit["first_block"]),
+        ("get_tail", unit["source_key"], unit["footer_bytes"]),
+    ]
+
+
+def test_a_unit_planned_without_its_footer_size_reads_a_footer_longer_than_the_guess(
+    store: ObjectStore, cfg: PipelineConfig, mlp_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    two_parts(store, cfg)
+    unit = inference.plan_parts(store, cfg, DAY)[0]
+    expected = inference.score_part(store, cfg, unit, model_path=mlp_path, **IDENTITY)["part"]
+    monkeypatch.setattr(inference, "_FOOTER_GUESS", 64)  # far shorter than any footer
+    del unit["footer_bytes"]  # as an earlier release planned it
+
+    assert inference.score_part(store, cfg, unit, model_path=mlp_path, **IDENTITY)["part"] == expected
 
 
 def test_a_unit_bigger_than_one_get_reads_each_next_block_ahead_and_scores_the_same_bytes(

@@ -13,12 +13,15 @@ import pytest
 from mlops_tasks import stack
 from mlops_tasks.storage import (
     MANIFEST_NAME,
+    SINGLE_PUT_BYTES,
     ObjectStore,
     S3Settings,
     StorageError,
     parse_partition_date,
     partition_prefix,
     publish_manifest,
+    sha256_bytes,
+    sha256_file,
     write_part,
 )
 
@@ -142,3 +145,19 @@ def test_rejected_credentials_are_reported_as_such(tmp_path: Path) -> None:
             ObjectStore(settings).check()
     finally:
         service.stop()
+
+
+@pytest.mark.parametrize("extra", [0, 1], ids=["one PUT", "multipart"])
+def test_upload_sends_files_up_to_the_single_put_size_in_one_put_and_bigger_ones_multipart(
+    store: ObjectStore, tmp_path: Path, extra: int
+) -> None:
+    path = tmp_path / "part.bin"
+    with open(path, "wb") as out:  # compressible filler: the endpoint keeps it in memory
+        out.truncate(SINGLE_PUT_BYTES + extra)
+
+    store.upload(path, "uploads/part.bin")
+
+    head = store.client.head_object(Bucket=store.bucket, Key="uploads/part.bin")
+    assert head["ContentLength"] == SINGLE_PUT_BYTES + extra
+    assert ("-" in head["ETag"]) == bool(extra)  # a multipart upload's ETag ends in -<parts>
+    assert sha256_bytes(store.get_bytes("uploads/part.bin")) == sha256_file(path)
