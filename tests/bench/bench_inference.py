@@ -292,11 +292,14 @@ def score_only(store: ObjectStore, cfg: PipelineConfig, day: dt.date, model: str
             "one_call": lambda: [one_call.run([F.SCORE_OUTPUT], x) for x in inputs],
             "calls_at_once": lambda: list(pool.map(lambda x: single.run([F.SCORE_OUTPUT], x), inputs)),
         }
-        seconds = {}
+        seconds, cpu = {}, {}
         for name, fn in ways.items():
             fn()  # warm-up: first calls allocate
+            cpu[name] = time.process_time()
             seconds[name] = _seconds(fn)
-    print(json.dumps({"rows": table.num_rows, **{name: table.num_rows / s for name, s in seconds.items()}}))
+            cpu[name] = time.process_time() - cpu[name]
+    rates = {name: table.num_rows / s for name, s in seconds.items()}
+    print(json.dumps({"rows": table.num_rows, **rates, "cpu": cpu}))
 
 
 def spawn(
@@ -465,6 +468,12 @@ def report(
     ):
         print(f"      {label:<16} {max(score[way] for _, score in pairs):>12,.0f} rows/s")
     print(f"    ratio of the bests {e2e_rate / score_only:>12.0%}")
+    e2e_cpu = sorted(run["cpu"] for run, _ in pairs)[len(pairs) // 2]
+    score_cpu = sorted(score["cpu"]["calls_at_once"] for _, score in pairs)[len(pairs) // 2]
+    print(
+        f"    CPU seconds        {e2e_cpu:>9.2f} vs {score_cpu:.2f}   (medians, end to end vs score-only: "
+        f"at most {score_cpu / e2e_cpu:.0%} of score-only with both cores always busy)"
+    )
     pairs_text = " ".join(f"{r:.0%}" for r in ratios)
     print(f"    ratio, median pair {ratios[len(ratios) // 2]:>12.0%}   (target >= 40%; pairs: {pairs_text})")
     print("(c) peak RSS of a whole day in a fresh process (plan + score every unit + publish)")
