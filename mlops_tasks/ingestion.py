@@ -37,7 +37,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mlops_tasks.config import ColumnSpec, JoinSpec, PipelineConfig
-from mlops_tasks.storage import ObjectStore, partition_prefix, publish_manifest, sha256_bytes, write_part
+from mlops_tasks.storage import (
+    PARQUET_COMPRESSION,
+    ObjectStore,
+    partition_prefix,
+    publish_manifest,
+    sha256_bytes,
+    write_part,
+)
 
 LINEAGE_COLUMNS = ("_day", "_source_file", "_source_line", "_ingest_error")
 # Tokens that mean "missing" in numeric, bool and timestamp columns (R's NA, pandas' NaN, SQL NULL).
@@ -48,7 +55,6 @@ FALSE_TOKENS = frozenset({"false", "f", "no", "n", "0"})
 CSV_SUFFIXES = (".csv",)
 GZIP_SUFFIXES = (".csv.gz", ".gz")
 PARQUET_SUFFIXES = (".parquet", ".pq")
-PARQUET_COMPRESSION = "zstd"
 STRING_DTYPE = pd.StringDtype()
 
 

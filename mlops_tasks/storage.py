@@ -18,6 +18,7 @@ Airflow connection.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hashlib
 import io
@@ -53,6 +54,13 @@ MANIFEST_NAME = "_SUCCESS"
 # (a task's peak memory then grew with what it wrote), and its transfer manager costs a task's first
 # upload some 20 ms to start. Bigger files go multipart, 4 chunks of 16 MiB at a time.
 SINGLE_PUT_BYTES = 64 * 2**20
+# Compression of every parquet file the stages write (staging, curated, quarantine, predictions).
+# Snappy, parquet's usual default: curated data is written once and read by every training, drift
+# and inference run, and pyarrow decodes snappy in 0.6x the CPU of zstd (it builds a new zstd
+# context for every page it decompresses, and another for every page it compresses), for files
+# about a quarter bigger (docs/benchmarks.md, batch inference). Files written with zstd by earlier
+# releases read as before: the codec is recorded per column chunk.
+PARQUET_COMPRESSION = "snappy"
 _MULTIPART = TransferConfig(
     multipart_threshold=SINGLE_PUT_BYTES, multipart_chunksize=16 * 2**20, max_concurrency=4
 )
@@ -316,12 +324,27 @@ class ObjectStore:
         data = json.dumps(obj, indent=1, sort_keys=True, default=str).encode()
         return self.put_bytes(key, data, "application/json")
 
-    def upload(self, path: str | Path, key: str, content_type: str = "application/octet-stream") -> str:
-        """Upload a local file (see ``SINGLE_PUT_BYTES``); botocore rewinds the file to retry."""
+    def upload(
+        self,
+        path: str | Path,
+        key: str,
+        content_type: str = "application/octet-stream",
+        sha256: str | None = None,
+    ) -> str:
+        """Upload a local file (see ``SINGLE_PUT_BYTES``); botocore rewinds the file to retry.
+
+        ``sha256`` (hex), when the caller knows it, goes with a single PUT as its checksum: S3 and
+        MinIO refuse the object unless the bytes they received have that digest (the local moto
+        endpoint stores it without checking), and botocore skips computing a CRC32 of its own."""
         with self._explain("upload", key):
             if Path(path).stat().st_size <= SINGLE_PUT_BYTES:
+                checksum = (
+                    {"ChecksumSHA256": base64.b64encode(bytes.fromhex(sha256)).decode()} if sha256 else {}
+                )
                 with open(path, "rb") as body:
-                    self.client.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType=content_type)
+                    self.client.put_object(
+                        Bucket=self.bucket, Key=key, Body=body, ContentType=content_type, **checksum
+                    )
             else:
                 self.client.upload_file(
                     str(path), self.bucket, key, ExtraArgs={"ContentType": content_type}, Config=_MULTIPART
@@ -379,20 +402,21 @@ class ObjectStore:
 
 
 def write_part(
-    store: ObjectStore, partition: str, name: str, data: bytes | Path, rows: int
+    store: ObjectStore, partition: str, name: str, data: bytes | Path, rows: int, sha256: str | None = None
 ) -> dict[str, Any]:
     """Upload one part of a partition under a content-addressed name; not visible to manifest readers
     until :func:`publish_manifest` lists it. Returns the part's manifest entry. Safe to call from
-    several (mapped) tasks for one partition."""
+    several (mapped) tasks for one partition. ``sha256``: the file's digest if the caller computed it
+    while writing the file (it travels with the PUT, which the endpoint checks)."""
     partition = partition.rstrip("/") + "/"
     if isinstance(data, Path):
-        digest, size = sha256_file(data), data.stat().st_size
+        digest, size = sha256 or sha256_file(data), data.stat().st_size
     else:
         digest, size = sha256_bytes(data), len(data)
     stem, dot, ext = name.partition(".")
     key = f"{partition}{stem}-{digest[:16]}{dot}{ext}"
     if isinstance(data, Path):
-        store.upload(data, key)
+        store.upload(data, key, sha256=digest)
     else:
         store.put_bytes(key, data)
     return {"key": key, "rows": int(rows), "sha256": digest, "bytes": size}

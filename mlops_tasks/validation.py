@@ -32,8 +32,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mlops_tasks.config import PipelineConfig
-from mlops_tasks.ingestion import PARQUET_COMPRESSION, rejected_copy_name, to_parquet_bytes
-from mlops_tasks.storage import ObjectStore, partition_prefix, publish_manifest, write_part
+from mlops_tasks.ingestion import rejected_copy_name, to_parquet_bytes
+from mlops_tasks.storage import (
+    PARQUET_COMPRESSION,
+    ObjectStore,
+    partition_prefix,
+    publish_manifest,
+    write_part,
+)
 
 if TYPE_CHECKING:
     from great_expectations.core import ExpectationValidationResult

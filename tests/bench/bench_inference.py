@@ -45,7 +45,14 @@ import pyarrow.parquet as pq  # noqa: E402
 from mlops_tasks import example, inference, stack  # noqa: E402
 from mlops_tasks import features as F  # noqa: E402
 from mlops_tasks.config import PipelineConfig, load_config  # noqa: E402
-from mlops_tasks.storage import ObjectStore, S3Settings, partition_prefix, publish_manifest, write_part  # noqa: E402
+from mlops_tasks.storage import (  # noqa: E402
+    PARQUET_COMPRESSION,
+    ObjectStore,
+    S3Settings,
+    partition_prefix,
+    publish_manifest,
+    write_part,
+)
 
 if TYPE_CHECKING:
     from mlops_tasks.training import NetSpec
@@ -95,7 +102,7 @@ def publish_day(store: ObjectStore, cfg: PipelineConfig, day: dt.date, base: pa.
         while written < rows:
             n = min(PART_FILE_ROWS, rows - written)
             path = Path(tmp) / f"part-{len(parts):05d}.parquet"
-            with pq.ParquetWriter(path, base.schema, compression="zstd") as writer:
+            with pq.ParquetWriter(path, base.schema, compression=PARQUET_COMPRESSION) as writer:
                 left = n
                 while left:
                     chunk = base.slice(0, min(left, base.num_rows))

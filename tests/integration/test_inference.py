@@ -145,6 +145,28 @@ def test_predictions_carry_keys_threshold_labels_scores_and_model_identity(
     assert set(zip(out.model_name, out.model_version, out.run_id, strict=True)) == {tuple(IDENTITY.values())}
 
 
+def test_predictions_are_snappy_parquet_with_delta_integers_and_required_model_columns(
+    store: ObjectStore, cfg: PipelineConfig, mlp_path: str
+) -> None:
+    two_parts(store, cfg)
+
+    score_day(store, cfg, mlp_path)
+
+    manifest = store.read_manifest(partition_prefix(cfg.prefix, "predictions", DAY))
+    metadata = pq.read_metadata(pa.BufferReader(store.get_bytes(manifest["parts"][0]["key"])))
+    chunks = {metadata.schema.column(i).name: metadata.row_group(0).column(i) for i in range(12)}
+    assert {chunk.compression for chunk in chunks.values()} == {"SNAPPY"}
+    for name in ("year", "flight", "sched_dep_time", "prediction"):
+        assert "DELTA_BINARY_PACKED" in chunks[name].encodings, name
+    assert "RLE_DICTIONARY" in chunks["carrier"].encodings
+    required = [
+        metadata.schema.column(i).name
+        for i in range(12)
+        if metadata.schema.column(i).max_definition_level == 0
+    ]
+    assert required == ["prediction", "score", "model_name", "model_version", "run_id"]
+
+
 def test_a_unit_is_read_with_one_get_for_the_footer_and_one_for_its_rows_fetched_meanwhile(
     store: ObjectStore, cfg: PipelineConfig, mlp_path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import sys
 from pathlib import Path
@@ -161,3 +162,21 @@ def test_upload_sends_files_up_to_the_single_put_size_in_one_put_and_bigger_ones
     assert head["ContentLength"] == SINGLE_PUT_BYTES + extra
     assert ("-" in head["ETag"]) == bool(extra)  # a multipart upload's ETag ends in -<parts>
     assert sha256_bytes(store.get_bytes("uploads/part.bin")) == sha256_file(path)
+
+
+def test_a_file_uploaded_with_its_sha256_sends_it_as_the_put_checksum_instead_of_a_crc32(
+    store: ObjectStore, tmp_path: Path
+) -> None:
+    path = tmp_path / "part.bin"
+    path.write_bytes(b"rows" * 1000)
+    sent: list[dict[str, str]] = []
+    store.client.meta.events.register(
+        "before-send.s3.PutObject", lambda request, **_: sent.append(request.headers)
+    )
+
+    part = write_part(store, "p/predictions/date=2013-03-01/", "part-00000.bin", path, rows=1)
+
+    assert part["sha256"] == sha256_file(path)
+    (headers,) = sent
+    assert base64.b64decode(headers["x-amz-checksum-sha256"]).hex() == part["sha256"]
+    assert not [h for h in headers if h.lower() == "x-amz-checksum-crc32"]

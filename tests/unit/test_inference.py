@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import os
 import threading
 import time
@@ -132,6 +133,28 @@ def test_a_failing_batch_is_raised_and_the_queued_ones_are_not_scored() -> None:
         list(inference._scored(model, _prepared(50), 2, {"score": 0.0}))  # type: ignore[arg-type]
 
     assert len(model.started) < 10  # at most the batches in flight when batch 2 failed
+
+
+def test_scoring_freezes_the_collector_and_allocates_from_jemalloc_then_restores_both() -> None:
+    default_pool = pa.default_memory_pool()
+    gc.unfreeze()  # from no freeze: Airflow code that other tests run in this process may freeze
+
+    with inference._scoring_process():
+        assert gc.get_freeze_count() > 0
+        assert pa.default_memory_pool().backend_name in ("jemalloc", "system")
+
+    assert gc.get_freeze_count() == 0
+    assert pa.default_memory_pool().backend_name == default_pool.backend_name
+
+
+def test_scoring_keeps_a_freeze_the_caller_made() -> None:
+    gc.freeze()
+    try:
+        with inference._scoring_process():
+            pass
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
 
 
 def test_session_on_a_file_that_is_not_onnx_names_the_file(cfg: PipelineConfig, tmp_path: Path) -> None:
