@@ -42,7 +42,7 @@ import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from mlops_tasks import example, inference, stack  # noqa: E402
+from mlops_tasks import example, inference, stack, validation  # noqa: E402
 from mlops_tasks import features as F  # noqa: E402
 from mlops_tasks.config import PipelineConfig, load_config  # noqa: E402
 from mlops_tasks.storage import (  # noqa: E402
@@ -95,7 +95,9 @@ def example_table(cfg: PipelineConfig) -> pa.Table:
 
 
 def publish_day(store: ObjectStore, cfg: PipelineConfig, day: dt.date, base: pa.Table, rows: int) -> None:
-    """Publish ``rows`` replicated example rows as the day's curated parts (row groups of 64Ki)."""
+    """Publish ``rows`` replicated example rows as the day's curated parts (row groups of 64Ki),
+    in the schema and compression validation writes curated data with."""
+    base = validation.required_where_declared(base, cfg)
     partition = partition_prefix(cfg.prefix, "curated", day)
     parts, written = [], 0
     with tempfile.TemporaryDirectory() as tmp:

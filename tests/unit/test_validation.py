@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import pandas as pd
+import pyarrow as pa
 import pytest
 from great_expectations import expectations as gxe
 
 from mlops_tasks.config import PipelineConfig
-from mlops_tasks.validation import Rule, ValidationConfigError, bad_row_mask, build_rules, render_html, run_gx
+from mlops_tasks.validation import (
+    Rule,
+    ValidationConfigError,
+    bad_row_mask,
+    build_rules,
+    render_html,
+    required_where_declared,
+    run_gx,
+)
 
 FRAME = pd.DataFrame(
     {
@@ -76,3 +85,24 @@ def test_html_report_escapes_values():
     assert (
         "<img" not in page and "&lt;img src=x&gt;" in page and "k&lt;script&gt;" in page and "FAILED" in page
     )
+
+
+def test_curated_columns_declared_not_nullable_are_written_as_required(example_config: PipelineConfig):
+    # flight and carrier are declared nullable: false; temp (weather) may be missing
+    table = pa.table(
+        {"flight": [1, 2], "carrier": ["AA", "UA"], "temp": [50.0, None]}
+    ).replace_schema_metadata({"origin": "kept"})
+
+    curated = required_where_declared(table, example_config)
+
+    assert [f.nullable for f in curated.schema] == [False, False, True]
+    assert curated.schema.metadata == {b"origin": b"kept"}
+    assert curated.to_pydict() == table.to_pydict()
+
+
+def test_a_declared_not_nullable_column_that_still_holds_a_null_stays_nullable(
+    example_config: PipelineConfig,
+):
+    table = pa.table({"flight": [1, None]})
+
+    assert required_where_declared(table, example_config).schema.field("flight").nullable
