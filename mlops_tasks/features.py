@@ -78,7 +78,7 @@ def onnx_inputs(
     if features.numeric:
         numeric = np.empty((rows, len(features.numeric)), dtype=np.float32)
         for i, col in enumerate(features.numeric):
-            numeric[:, i] = _numeric(_column(frame, col, arrow), col, source)
+            _fill_numeric(numeric[:, i], _column(frame, col, arrow), col, source)
         inputs[NUMERIC_INPUT] = numeric
     if features.categorical:
         codes = np.empty((rows, len(features.categorical)), dtype=np.int64)
@@ -132,6 +132,41 @@ def _column(
     return values.chunks if isinstance(values, pa.ChunkedArray) else [values]
 
 
+def _fill_numeric(out: np.ndarray, values: pd.Series | list[pa.Array], col: str, source: str) -> None:
+    """Write one numeric feature into ``out`` (its float32 column of the input), missing as NaN.
+
+    Arrow integers and floats convert chunk by chunk straight into ``out``, rounded on assignment
+    as astype rounds; anything else goes through :func:`_numeric`."""
+    import pandas as pd
+
+    if not isinstance(values, pd.Series):
+        import pyarrow as pa
+
+        if all(pa.types.is_integer(c.type) or pa.types.is_floating(c.type) for c in values):
+            start = 0
+            for chunk in values:
+                _fill_arrow_numbers(out[start : start + len(chunk)], chunk)
+                start += len(chunk)
+            return
+    out[:] = _numeric(values, col, source)
+
+
+def _fill_arrow_numbers(out: np.ndarray, chunk: pa.Array) -> None:
+    """An arrow integer/float array into ``out``: its values buffer converts in place (no copy for
+    a chunk without nulls), then the null slots become NaN. Arrow's own conversion would first copy
+    the chunk to float64 with NaN filled in: a quarter of the time of building the inputs."""
+    if not chunk.null_count:
+        out[:] = chunk.to_numpy()
+        return
+    validity, data = chunk.buffers()[:2]
+    n, offset = len(chunk), chunk.offset
+    with np.errstate(all="ignore"):  # null slots hold arbitrary bits until overwritten below
+        out[:] = np.frombuffer(data, dtype=chunk.type.to_pandas_dtype(), count=offset + n)[offset:]
+    bits = np.frombuffer(validity, np.uint8, count=(offset + n + 7) // 8)[offset // 8 :]
+    valid = np.unpackbits(bits, bitorder="little")[offset % 8 : offset % 8 + n]
+    out[valid == 0] = np.nan
+
+
 def _numeric(values: pd.Series | list[pa.Array], col: str, source: str) -> np.ndarray:
     import pandas as pd
 
@@ -139,10 +174,6 @@ def _numeric(values: pd.Series | list[pa.Array], col: str, source: str) -> np.nd
         import pyarrow as pa
         import pyarrow.compute as pc
 
-        if all(pa.types.is_integer(c.type) or pa.types.is_floating(c.type) for c in values):
-            # Numbers as numpy (nulls -> NaN); the caller's float32 buffer rounds them on assignment,
-            # as astype does. One conversion per chunk, no compute-kernel dispatch.
-            return _joined([c.to_numpy(zero_copy_only=False) for c in values], np.float64)
         if all(pa.types.is_boolean(c.type) for c in values):
             return _joined(
                 [pc.cast(c, pa.float32()).to_numpy(zero_copy_only=False) for c in values], np.float32

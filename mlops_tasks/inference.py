@@ -404,12 +404,6 @@ def score_part(
     day = dt.date.fromisoformat(unit["day"])
     output = partition_prefix(cfg.prefix, output_area, day)
     threads = scoring_threads(cfg)
-    # Several single-threaded calls at once: each batch runs start to end on one core, with no
-    # hand-offs between onnxruntime's pool threads at every operator (a thread another process
-    # delays stalls the whole call) and with the operators onnxruntime runs on one thread anyway
-    # (imputer, encoders, gathers, concat) in parallel too: 1.5-1.7x the rows/s of one call on
-    # 2 threads (bench_inference.py (a)). The session is thread-safe; outputs keep their order.
-    model = _Model.load(model_path, cfg, intra_op_threads=1 if threads > 1 else None)
     key = unit["source_key"]
     where = store.uri(key)
     keys = list(cfg.data.key)
@@ -420,13 +414,23 @@ def score_part(
         clock = time.perf_counter()
         # Ranged reads of the unit's row groups and columns only: a part cut into several units
         # is not downloaded once per unit.
-        with store.open_ranged(key, unit["source_bytes"]) as source, ThreadPoolExecutor(1) as fetcher:
-            # The plan says where the unit's first rows are: fetch them while reading the footer
-            # (one ranged GET; pyarrow reading it through the file takes two or three).
+        with store.open_ranged(key, unit["source_bytes"]) as source, ThreadPoolExecutor(2) as fetcher:
+            # The plan says where the unit's first rows are: fetch them and the footer at once (one
+            # ranged GET each; pyarrow reading the footer through the file takes two or three).
             early_block = (
                 fetcher.submit(source.fetch, *unit["first_block"]) if unit.get("first_block") else None
             )
-            metadata = _parquet_metadata(store, key, unit["source_bytes"], unit.get("footer_bytes"))
+            footer = fetcher.submit(
+                _parquet_metadata, store, key, unit["source_bytes"], unit.get("footer_bytes")
+            )
+            # Meanwhile the model loads. Several single-threaded calls at once: each batch runs start
+            # to end on one core, with no hand-offs between onnxruntime's pool threads at every
+            # operator (a thread another process delays stalls the whole call) and with the
+            # operators onnxruntime runs on one thread anyway (imputer, encoders, gathers, concat)
+            # in parallel too: 1.5-1.7x the rows/s of one call on 2 threads (bench_inference.py
+            # (a)). The session is thread-safe; outputs keep their order.
+            model = _Model.load(model_path, cfg, intra_op_threads=1 if threads > 1 else None)
+            metadata = footer.result()
             stored = metadata.schema.to_arrow_schema()
             _check_schema(stored, cfg, where)
             # String categoricals decode straight into dictionaries: each distinct value becomes

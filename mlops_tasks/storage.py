@@ -430,6 +430,8 @@ def publish_manifest(
     ``extra`` goes into the manifest; keep it deterministic (no wall-clock times) so reruns are
     byte-identical.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     partition = partition.rstrip("/") + "/"
     manifest = {
         "partition": partition,
@@ -437,9 +439,15 @@ def publish_manifest(
         "rows": sum(p["rows"] for p in parts),
         **extra,
     }
-    store.put_json(partition + MANIFEST_NAME, manifest)
-    listed = {p["key"] for p in parts} | {partition + MANIFEST_NAME}
-    stale = [o.key for o in store.list(partition) if o.key not in listed]
+    # The listing runs while the manifest goes up (one round trip less): the parts are all uploaded
+    # by now, so it finds the same stale objects. Those are deleted only once the new manifest is
+    # visible, never from under a reader of the old one.
+    _ = store.client  # one client, built before the two threads share it
+    with ThreadPoolExecutor(1) as lister:
+        present = lister.submit(store.list, partition)
+        store.put_json(partition + MANIFEST_NAME, manifest)
+        listed = {p["key"] for p in parts} | {partition + MANIFEST_NAME}
+        stale = [o.key for o in present.result() if o.key not in listed]
     if stale:
         store.delete(stale)
     return manifest

@@ -49,6 +49,25 @@ def test_arrow_and_pandas_inputs_are_identical() -> None:
         assert F.categorical_strings(F.onnx_inputs(batch, FEATURES)).shape == (batch.num_rows, 4)
 
 
+@pytest.mark.parametrize("offset", [0, 3, 8, 13])
+def test_numbers_with_missing_values_in_a_slice_of_a_batch_convert_as_pandas_converts_them(
+    offset: int,
+) -> None:
+    # batch inference slices scoring batches out of bigger decoded batches: the slice's values and
+    # validity bits start mid-buffer
+    rng = np.random.default_rng(offset)
+    floats = [None if rng.random() < 0.3 else float(v) for v in rng.normal(size=100)]
+    ints = [None if rng.random() < 0.3 else int(v) for v in rng.integers(-(2**40), 2**40, size=100)]
+    features = FeatureSpec(numeric=["f", "i"], categorical=[])
+    batch = pa.record_batch({"f": pa.array(floats, pa.float64()), "i": pa.array(ints, pa.int64())})
+    sliced = batch.slice(offset, 50)
+
+    from_arrow = F.onnx_inputs(sliced, features)[F.NUMERIC_INPUT]
+
+    np.testing.assert_array_equal(from_arrow, F.onnx_inputs(sliced.to_pandas(), features)[F.NUMERIC_INPUT])
+    assert np.isnan(from_arrow[:, 0]).tolist() == [v is None for v in floats[offset : offset + 50]]
+
+
 def test_categoricals_are_dictionary_encoded_so_strings_are_not_handled_per_row() -> None:
     rows = 10_000
     carriers = pa.array(["AA", "UA", None, "B6"] * (rows // 4)).dictionary_encode()
