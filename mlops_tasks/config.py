@@ -41,7 +41,11 @@ class ColumnSpec(_Strict):
 
     name: Annotated[str, Field(min_length=1, description="Column name as it appears in the raw files.")]
     type: ColumnType = Field(description="Logical type the column is normalised to on ingest.")
-    nullable: bool = Field(True, description="False: a null value quarantines the row.")
+    nullable: bool = Field(
+        True,
+        description="False: a null value quarantines the row, and curated parquet stores the column as "
+        "REQUIRED (readers decode no null flags).",
+    )
     min: float | None = Field(None, description="Smallest allowed value (numeric columns).")
     max: float | None = Field(None, description="Largest allowed value (numeric columns).")
     allowed: list[str] | None = Field(
