@@ -335,11 +335,16 @@ class ObjectStore:
 
         ``sha256`` (hex), when the caller knows it, goes with a single PUT as its checksum: S3 and
         MinIO refuse the object unless the bytes they received have that digest (the local moto
-        endpoint stores it without checking), and botocore skips computing a CRC32 of its own."""
+        endpoint stores it without checking), and botocore skips computing a CRC32 of its own. Not
+        where checksums are turned off (``AWS_REQUEST_CHECKSUM_CALCULATION=when_required``, for
+        S3-compatible stores that reject checksum headers)."""
+        checksums_on = self.client.meta.config.request_checksum_calculation != "when_required"
         with self._explain("upload", key):
             if Path(path).stat().st_size <= SINGLE_PUT_BYTES:
                 checksum = (
-                    {"ChecksumSHA256": base64.b64encode(bytes.fromhex(sha256)).decode()} if sha256 else {}
+                    {"ChecksumSHA256": base64.b64encode(bytes.fromhex(sha256)).decode()}
+                    if sha256 and checksums_on
+                    else {}
                 )
                 with open(path, "rb") as body:
                     self.client.put_object(

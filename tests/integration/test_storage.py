@@ -180,3 +180,22 @@ def test_a_file_uploaded_with_its_sha256_sends_it_as_the_put_checksum_instead_of
     (headers,) = sent
     assert base64.b64decode(headers["x-amz-checksum-sha256"]).hex() == part["sha256"]
     assert not [h for h in headers if h.lower() == "x-amz-checksum-crc32"]
+
+
+def test_no_checksum_goes_with_the_put_where_checksums_are_turned_off(
+    store: ObjectStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the setting users of S3-compatible stores that reject checksum headers choose
+    monkeypatch.setenv("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required")
+    plain = ObjectStore(store.settings)
+    path = tmp_path / "part.bin"
+    path.write_bytes(b"rows" * 1000)
+    sent: list[dict[str, str]] = []
+    plain.client.meta.events.register(
+        "before-send.s3.PutObject", lambda request, **_: sent.append(request.headers)
+    )
+
+    write_part(plain, "p/predictions/date=2013-03-01/", "part-00000.bin", path, rows=1)
+
+    (headers,) = sent
+    assert not [h for h in headers if h.lower().startswith("x-amz-checksum-")]
