@@ -8,6 +8,7 @@ import gzip
 import io
 
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from mlops_tasks import example
@@ -123,6 +124,18 @@ def test_malformed_csv_lines_are_quarantined_verbatim_with_their_line_number(sto
     assert (line["line"], line["raw"], line["reason"]) == (3, "2,0,UA", "3 fields, the header has 5")
     assert curated(store, cfg)["id"].tolist() == [1, 3, 4]
     assert validated["passed"] and report(store, validated)["malformed_lines"] == 1
+
+
+def test_curated_parquet_stores_the_columns_declared_not_nullable_as_required(store, cfg):
+    land(store, cfg, "flights.csv", csv(GOOD[0], "2,,UA,JFK,2013-01-01T10:00:00Z", *GOOD[2:]))
+    run(store, cfg)
+    [part] = store.read_manifest(partition_prefix(cfg.prefix, "curated", DAY))["parts"]
+
+    schema = pq.read_schema(io.BytesIO(store.get_bytes(part["key"])))
+
+    required = [f.name for f in schema if not f.nullable]
+    assert required == ["id", "delay", "carrier", "origin", "time_hour"]  # the missing delay was quarantined
+    assert schema.field("temp").nullable
 
 
 def test_wrong_type_keeps_the_row_and_quarantines_it_with_the_reason(store, cfg):
