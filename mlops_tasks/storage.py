@@ -27,6 +27,7 @@ import os
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -313,8 +314,6 @@ class ObjectStore:
         self, objects: dict[str, bytes], content_type: str = "application/octet-stream", threads: int = 8
     ) -> int:
         """Independent single-object PUTs in parallel (e.g. landing many files); returns bytes sent."""
-        from concurrent.futures import ThreadPoolExecutor
-
         _ = self.client  # build the (thread-safe) client once, before the threads share it
         with ThreadPoolExecutor(threads) as pool:
             list(pool.map(lambda item: self.put_bytes(item[0], item[1], content_type), objects.items()))
@@ -435,8 +434,6 @@ def publish_manifest(
     ``extra`` goes into the manifest; keep it deterministic (no wall-clock times) so reruns are
     byte-identical.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     partition = partition.rstrip("/") + "/"
     manifest = {
         "partition": partition,

@@ -164,20 +164,24 @@ def test_upload_sends_files_up_to_the_single_put_size_in_one_put_and_bigger_ones
     assert sha256_bytes(store.get_bytes("uploads/part.bin")) == sha256_file(path)
 
 
-def test_a_file_uploaded_with_its_sha256_sends_it_as_the_put_checksum_instead_of_a_crc32(
-    store: ObjectStore, tmp_path: Path
-) -> None:
-    path = tmp_path / "part.bin"
+def write_part_sending(store: ObjectStore, path: Path) -> tuple[dict, dict[str, str]]:
+    """write_part of a small file: its manifest entry and the headers of the one PUT it sent."""
     path.write_bytes(b"rows" * 1000)
     sent: list[dict[str, str]] = []
     store.client.meta.events.register(
         "before-send.s3.PutObject", lambda request, **_: sent.append(request.headers)
     )
-
     part = write_part(store, "p/predictions/date=2013-03-01/", "part-00000.bin", path, rows=1)
-
-    assert part["sha256"] == sha256_file(path)
     (headers,) = sent
+    return part, headers
+
+
+def test_a_file_uploaded_with_its_sha256_sends_it_as_the_put_checksum_instead_of_a_crc32(
+    store: ObjectStore, tmp_path: Path
+) -> None:
+    part, headers = write_part_sending(store, tmp_path / "part.bin")
+
+    assert part["sha256"] == sha256_file(tmp_path / "part.bin")
     assert base64.b64decode(headers["x-amz-checksum-sha256"]).hex() == part["sha256"]
     assert not [h for h in headers if h.lower() == "x-amz-checksum-crc32"]
 
@@ -187,15 +191,7 @@ def test_no_checksum_goes_with_the_put_where_checksums_are_turned_off(
 ) -> None:
     # the setting users of S3-compatible stores that reject checksum headers choose
     monkeypatch.setenv("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required")
-    plain = ObjectStore(store.settings)
-    path = tmp_path / "part.bin"
-    path.write_bytes(b"rows" * 1000)
-    sent: list[dict[str, str]] = []
-    plain.client.meta.events.register(
-        "before-send.s3.PutObject", lambda request, **_: sent.append(request.headers)
-    )
 
-    write_part(plain, "p/predictions/date=2013-03-01/", "part-00000.bin", path, rows=1)
+    _, headers = write_part_sending(ObjectStore(store.settings), tmp_path / "part.bin")
 
-    (headers,) = sent
     assert not [h for h in headers if h.lower().startswith("x-amz-checksum-")]
