@@ -7,7 +7,7 @@ embeddings, hidden [128, 64]) with preprocessing fitted on the example's rows, e
 ``mlops_tasks.export.build_onnx``:
 
 (a) rows/s of the ONNX path (the contract's inputs built from each decoded parquet batch, then
-    onnxruntime, as ``score_part`` does) vs torch eager inference of the same network on the same
+    onnxruntime, in jobs of a few batches on each thread, as ``score_part`` does) vs torch eager inference of the same network on the same
     batches (``mlops_tasks.training.predict``: the package's torch inference, the parity
     reference), 2 threads each, at the configured batch and at the gate's latency batch; for
     reference the same weights as a contract-1 graph, and each engine alone on inputs built
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import json
 import os
 import subprocess
@@ -172,6 +173,9 @@ def bench_engines(
     torch.set_num_threads(THREADS)
     batches = decoded_batches(cfg, base, ROWS_A, batch)
     path_model = inference._Model.load(model, cfg, intra_op_threads=1)
+    at_batch = cfg.model_copy(update={"inference": cfg.inference.model_copy(update={"batch_rows": batch})})
+    score_rows = functools.partial(inference._score_rows, path_model, at_batch, "bench")
+    jobs = decoded_batches(cfg, base, ROWS_A, batch * inference.JOB_BATCHES)
     one_call = inference.make_session(model, cfg, intra_op_threads=THREADS)
     single = inference.make_session(model, cfg, intra_op_threads=1)
     inputs = [F.onnx_inputs(b, cfg.features) for b in batches]
@@ -179,9 +183,9 @@ def bench_engines(
     pool = ThreadPoolExecutor(THREADS)
 
     def onnx_path() -> list:
-        """What score_part does: the contract's inputs of each batch, THREADS calls at once."""
-        prepared = ((b, F.onnx_inputs(b, cfg.features)) for b in batches)
-        return list(inference._scored(path_model, prepared, THREADS, {"score": 0.0}))
+        """What score_part does: jobs of JOB_BATCHES batches, THREADS at once, each building the
+        contract's inputs of a batch and scoring them in turn."""
+        return list(inference._scored(score_rows, jobs, THREADS, {}))
 
     def torch_calls_at_once() -> list:
         torch.set_num_threads(1)

@@ -83,8 +83,8 @@ def test_scoring_threads_default_to_the_cores_the_process_may_use(cfg: PipelineC
     assert inference.scoring_threads(three) == 3
 
 
-class _SlowModel:
-    """Scores batch i (its only input is [i]) as [i], in time inversely proportional to i, so
+class _SlowScorer:
+    """Scores batch i (its only column is [i]) as [i], in time inversely proportional to i, so
     batches scored at once finish out of order; fails on batch ``fail_at``."""
 
     def __init__(self, fail_at: int | None = None) -> None:
@@ -93,8 +93,8 @@ class _SlowModel:
         self.lock = threading.Lock()
         self.peak = self.running = 0
 
-    def predict(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
-        index = int(inputs["x"][0])
+    def __call__(self, batch: pa.RecordBatch) -> tuple[list[np.ndarray], dict[str, float]]:
+        index = batch.column(0)[0].as_py()
         with self.lock:
             self.started.append(index)
             self.running += 1
@@ -103,36 +103,36 @@ class _SlowModel:
             time.sleep(0.02 / (1 + index % 4))
             if index == self.fail_at:
                 raise RuntimeError(f"batch {index} failed")
-            return [np.array([index])]
+            return [np.array([index])], {"preprocess": 0.001, "score": 0.002}
         finally:
             with self.lock:
                 self.running -= 1
 
 
-def _prepared(batches: int) -> Any:
-    return ((pa.record_batch([pa.array([i])], names=["i"]), {"x": np.array([i])}) for i in range(batches))
+def _batches(count: int) -> Any:
+    return (pa.record_batch([pa.array([i])], names=["i"]) for i in range(count))
 
 
 @pytest.mark.parametrize("threads", [1, 3])
 def test_batches_scored_at_once_come_back_in_input_order(threads: int) -> None:
-    model = _SlowModel()
+    scorer = _SlowScorer()
     seconds = {"score": 0.0}
 
-    scored = list(inference._scored(model, _prepared(12), threads, seconds))  # type: ignore[arg-type]
+    scored = list(inference._scored(scorer, _batches(12), threads, seconds))
 
     assert [batch.column(0)[0].as_py() for batch, _ in scored] == list(range(12))
     assert [int(outputs[0][0]) for _, outputs in scored] == list(range(12))
-    assert model.peak == threads
-    assert seconds["score"] > 0
+    assert scorer.peak == threads
+    assert seconds == pytest.approx({"preprocess": 0.012, "score": 0.024})
 
 
 def test_a_failing_batch_is_raised_and_the_queued_ones_are_not_scored() -> None:
-    model = _SlowModel(fail_at=2)
+    scorer = _SlowScorer(fail_at=2)
 
     with pytest.raises(RuntimeError, match="batch 2 failed"):
-        list(inference._scored(model, _prepared(50), 2, {"score": 0.0}))  # type: ignore[arg-type]
+        list(inference._scored(scorer, _batches(50), 2, {}))
 
-    assert len(model.started) < 10  # at most the batches in flight when batch 2 failed
+    assert len(scorer.started) < 10  # at most the batches in flight when batch 2 failed
 
 
 def test_scoring_freezes_the_collector_and_allocates_from_jemalloc_then_restores_both() -> None:
@@ -217,3 +217,38 @@ def test_binary_labels_are_integers_when_the_classes_are_numbers(cfg: PipelineCo
 
     assert label.dtype == np.int64
     assert (label == (score >= 0.5)).all()
+
+
+def test_a_job_of_several_batches_scores_each_slice_and_joins_them_in_order(
+    cfg: PipelineConfig, tmp_path: Path
+) -> None:
+    cfg = multiclass(cfg)
+    cfg = cfg.model_copy(update={"inference": cfg.inference.model_copy(update={"batch_rows": 7})})
+    params = random_params(cfg.features, EXAMPLE_VOCAB, [8], outputs=3, seed=4)
+    classes = ["early", "on_time", "late"]
+    model = inference._Model.load(
+        build_model(tmp_path / "m.onnx", cfg.features, params, "multiclass", classes), cfg
+    )
+    rows = pa.RecordBatch.from_pandas(curated_frame(dt.date(2013, 3, 1), 30), preserve_index=False)
+
+    outputs, seconds = inference._score_rows(model, cfg, "s3://b/part", rows)
+
+    whole = model.predict(F.onnx_inputs(rows, cfg.features))
+    assert len(outputs) == len(whole) == 5
+    for joined, expected in zip(outputs, whole, strict=True):
+        np.testing.assert_array_equal(joined, expected)
+    assert seconds["preprocess"] > 0 and seconds["score"] > 0
+
+
+def test_a_job_with_a_feature_column_of_the_wrong_type_names_the_file_and_column(
+    cfg: PipelineConfig, tmp_path: Path
+) -> None:
+    model = inference._Model.load(
+        build_model(tmp_path / "m.onnx", cfg.features, random_params(cfg.features, EXAMPLE_VOCAB, [4])), cfg
+    )
+    frame = curated_frame(dt.date(2013, 3, 1), 10)
+    frame["temp"] = "warm"
+    rows = pa.RecordBatch.from_pandas(frame, preserve_index=False)
+
+    with pytest.raises(inference.InferenceInputError, match=r"s3://b/part.*'temp'"):
+        inference._score_rows(model, cfg, "s3://b/part", rows)
