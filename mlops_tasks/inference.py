@@ -67,7 +67,7 @@ SHADOW_REPORT_NAME = "shadow.json"
 BINARY_THRESHOLD = 0.5
 ROW_GROUP_ROWS = 65_536  # rows per row group of a predictions part
 PREFETCH_BATCHES = 2  # batches read ahead of scoring
-JOB_BATCHES = 4  # batches a scoring thread takes at a time: fewer hand-offs between threads per row
+JOB_ROWS = 32_768  # rows a scoring thread takes at a time, in whole batches (see _job_rows)
 DECODE_ROWS = 65_536  # rows of curated parquet decoded at a time (at most about 10 MB of columns)
 HOLD_BYTES = 8 * 2**20  # most bytes of consecutive row groups fetched (and held) by one GET
 _Item = TypeVar("_Item")
@@ -443,8 +443,9 @@ def score_part(
             if early_block is not None:
                 source.hold_data(unit["first_block"][0], early_block.result())
             columns = _scored_columns(cfg)
-            job_rows = cfg.inference.batch_rows * JOB_BATCHES
-            batches = _unit_batches(parquet, source, unit, job_rows, columns, fetcher)
+            batches = _unit_batches(
+                parquet, source, unit, _job_rows(cfg.inference.batch_rows), columns, fetcher
+            )
             identity = (model_name, model_version, run_id)
             constants: dict[int, list[pa.Array]] = {}  # by batch length: every batch but the last is full
             with _RowGroupWriter(local, schema) as writer:
@@ -620,10 +621,17 @@ class _RowGroupWriter:
             self.sha256 = self._digest.hexdigest()
 
 
+def _job_rows(batch_rows: int) -> int:
+    """Rows of one scoring thread's job: as many whole batches as fit in ``JOB_ROWS`` (4 of the
+    default 8,192), at least one. Jobs, not the batches in them, are what decoding slices and hands
+    to the threads, so the decoded rows in memory do not grow with more batches per job."""
+    return max(batch_rows, JOB_ROWS // batch_rows * batch_rows)
+
+
 def _score_rows(
     model: _Model, cfg: PipelineConfig, where: str, rows: pa.RecordBatch
 ) -> tuple[list[np.ndarray], dict[str, float]]:
-    """Model outputs of ``rows`` (a scoring thread's job of up to ``JOB_BATCHES`` batches) and the
+    """Model outputs of ``rows`` (a scoring thread's job, see :func:`_job_rows`) and the
     seconds spent preprocessing and scoring. Each ``batch_rows`` slice's inputs are built and scored
     in turn, on this thread: they are still in this core's cache when the model reads them, and one
     hand-off per job instead of per batch leaves the threads fewer wake-ups and GIL switches (6%

@@ -175,7 +175,7 @@ def bench_engines(
     path_model = inference._Model.load(model, cfg, intra_op_threads=1)
     at_batch = cfg.model_copy(update={"inference": cfg.inference.model_copy(update={"batch_rows": batch})})
     score_rows = functools.partial(inference._score_rows, path_model, at_batch, "bench")
-    jobs = decoded_batches(cfg, base, ROWS_A, batch * inference.JOB_BATCHES)
+    jobs = decoded_batches(cfg, base, ROWS_A, inference._job_rows(batch))
     one_call = inference.make_session(model, cfg, intra_op_threads=THREADS)
     single = inference.make_session(model, cfg, intra_op_threads=1)
     inputs = [F.onnx_inputs(b, cfg.features) for b in batches]
@@ -183,7 +183,7 @@ def bench_engines(
     pool = ThreadPoolExecutor(THREADS)
 
     def onnx_path() -> list:
-        """What score_part does: jobs of JOB_BATCHES batches, THREADS at once, each building the
+        """What score_part does: jobs of a few batches, THREADS at once, each building the
         contract's inputs of a batch and scoring them in turn."""
         return list(inference._scored(score_rows, jobs, THREADS, {}))
 

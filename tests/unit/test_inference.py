@@ -252,3 +252,12 @@ def test_a_job_with_a_feature_column_of_the_wrong_type_names_the_file_and_column
 
     with pytest.raises(inference.InferenceInputError, match=r"s3://b/part.*'temp'"):
         inference._score_rows(model, cfg, "s3://b/part", rows)
+
+
+@pytest.mark.parametrize(
+    ("batch_rows", "job_rows"), [(8192, 32768), (1000, 32000), (20000, 20000), (100_000, 100_000)]
+)
+def test_a_job_is_whole_batches_up_to_the_job_size_and_at_least_one_batch(
+    batch_rows: int, job_rows: int
+) -> None:
+    assert inference._job_rows(batch_rows) == job_rows
