@@ -447,7 +447,7 @@ def score_part(
                 parquet, source, unit, _job_rows(cfg.inference.batch_rows), columns, fetcher
             )
             identity = (model_name, model_version, run_id)
-            constants: dict[int, list[pa.Array]] = {}  # by batch length: every batch but the last is full
+            constants: dict[int, list[pa.Array]] = {}  # by job length: every job but the last is full
             with _RowGroupWriter(local, schema) as writer:
                 seconds["read"] += time.perf_counter() - clock
                 decoded = _prefetched(_timed(batches, seconds, "read"), PREFETCH_BATCHES)
@@ -500,7 +500,8 @@ def _scoring_process() -> Iterator[None]:
       (``gc.freeze``). A task process holds hundreds of thousands of long-lived objects (Airflow,
       boto3, pandas, pyarrow, onnxruntime) that every full collection walks, and the small objects
       each batch creates trigger collections throughout a unit (63 ms of a measured run's CPU,
-      35 ms with the freeze). Objects created while scoring are collected as usual. If the caller had frozen objects itself, its freeze stays.
+      35 ms with the freeze). Objects created while scoring are collected as usual; a freeze the
+      caller made stays.
     - Arrow allocates from jemalloc (or the system allocator) instead of its default mimalloc, which
       hands freed pages back to the OS after 10 ms: every batch decoded into the same sizes then
       faults its pages in again and the kernel zeroes them (50 ms). jemalloc reuses them for a second.
