@@ -6,10 +6,10 @@ with the origin's hourly weather, replicated to the needed size) and the example
 embeddings, hidden [128, 64]) with preprocessing fitted on the example's rows, exported by
 ``mlops_tasks.export.build_onnx``:
 
-(a) rows/s of the ONNX path (the contract's inputs built from each decoded parquet batch, then
-    onnxruntime, in jobs of a few batches on each thread, as ``score_part`` does) vs torch eager inference of the same network on the same
-    batches (``mlops_tasks.training.predict``: the package's torch inference, the parity
-    reference), 2 threads each, at the configured batch and at the gate's latency batch; for
+(a) rows/s of the ONNX path (jobs of a few decoded parquet batches on each thread: the contract's
+    inputs built from a job's rows, then onnxruntime a batch at a time, as ``score_part`` does) vs
+    torch eager inference of the same network on the same batches (``mlops_tasks.training.predict``:
+    the package's torch inference, the parity reference), 2 threads each, at the configured batch and at the gate's latency batch; for
     reference the same weights as a contract-1 graph, and each engine alone on inputs built
     beforehand (onnxruntime also with its default spin-waiting threads);
 (b) end to end rows/s from curated parquet in the local S3 endpoint to published predictions, split
@@ -184,7 +184,7 @@ def bench_engines(
 
     def onnx_path() -> list:
         """What score_part does: jobs of a few batches, THREADS at once, each building the
-        contract's inputs of a batch and scoring them in turn."""
+        contract's inputs of its rows, then scoring them a batch at a time."""
         return list(inference._scored(score_rows, jobs, THREADS, {}))
 
     def torch_calls_at_once() -> list:
