@@ -633,8 +633,8 @@ class _RowGroupWriter:
 
 
 def _job_rows(batch_rows: int) -> int:
-    """Rows of one scoring thread's job: as many whole batches as fit in ``JOB_ROWS`` (4 of the
-    default 8,192), at least one. Jobs, not the batches in them, are what decoding slices and hands
+    """Rows of one scoring thread's job: as many whole batches as fit in ``JOB_ROWS`` (8 of the
+    default 4,096), at least one. Jobs, not the batches in them, are what decoding slices and hands
     to the threads, so the decoded rows in memory do not grow with more batches per job."""
     return max(batch_rows, JOB_ROWS // batch_rows * batch_rows)
 
