@@ -234,8 +234,7 @@ class ObjectStore:
     def list(self, prefix: str) -> list[ObjectInfo]:
         out: list[ObjectInfo] = []
         with self._explain("list", prefix):
-            paginator = self.client.get_paginator("list_objects_v2")
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            for page in self._listing_pages(Prefix=prefix):
                 for obj in page.get("Contents", []):
                     etag = obj.get("ETag", "").strip('"')
                     out.append(ObjectInfo(obj["Key"], int(obj["Size"]), etag, obj.get("LastModified")))
@@ -245,13 +244,23 @@ class ObjectStore:
         """Dates of the ``date=YYYY-MM-DD/`` folders directly under ``prefix``."""
         dates: set[dt.date] = set()
         with self._explain("list", prefix):
-            paginator = self.client.get_paginator("list_objects_v2")
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix, Delimiter="/"):
+            for page in self._listing_pages(Prefix=prefix, Delimiter="/"):
                 for cp in page.get("CommonPrefixes", []):
                     day = parse_partition_date(cp["Prefix"])
                     if day:
                         dates.add(day)
         return sorted(dates)
+
+    def _listing_pages(self, **params: str) -> Iterator[dict[str, Any]]:
+        """ListObjectsV2 pages, following continuation tokens. Not botocore's paginator: a process's
+        first one loads botocore's pagination models (15-20 ms; a publish task lists once)."""
+        token: dict[str, str] = {}
+        while True:
+            page = self.client.list_objects_v2(Bucket=self.bucket, **params, **token)
+            yield page
+            if not page.get("IsTruncated"):
+                return
+            token = {"ContinuationToken": page["NextContinuationToken"]}
 
     def exists(self, key: str) -> bool:
         try:

@@ -92,6 +92,29 @@ def test_list_partition_dates(store: ObjectStore) -> None:
     assert store.list_partition_dates("p/landing/") == [DAY, DAY + dt.timedelta(days=1)]
 
 
+def test_listings_follow_continuation_tokens_across_pages(
+    store: ObjectStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    days = [DAY + dt.timedelta(days=i) for i in range(5)]
+    for day in days:
+        store.put_bytes(partition_prefix("p", "landing", day) + "f.csv", b"a\n1\n")
+    real = store.client.list_objects_v2
+    pages: list[int] = []
+
+    def two_per_page(**params: str) -> dict:
+        page = real(**params, MaxKeys=2)  # the endpoint's own pages and continuation tokens
+        pages.append(page["KeyCount"])
+        return page
+
+    monkeypatch.setattr(store.client, "list_objects_v2", two_per_page)
+
+    assert [o.key for o in store.list("p/landing/")] == [
+        partition_prefix("p", "landing", day) + "f.csv" for day in days
+    ]
+    assert pages == [2, 2, 1]
+    assert store.list_partition_dates("p/landing/") == days
+
+
 def test_uri_of_another_bucket_is_refused(store: ObjectStore) -> None:
     with pytest.raises(StorageError, match="is not in bucket"):
         store.key_of("s3://someone-else/key")
