@@ -228,7 +228,8 @@ class InferenceSpec(_Strict):
         4096,
         ge=1,
         description="Rows per onnxruntime call: the activations of a small batch stay in the CPU cache "
-        "(4,096 scores 1.1x the rows/s of 8,192 end to end on an AVX2 host, as fast on AVX-512).",
+        "(4,096 scored 1.1x the rows/s of 8,192 end to end on an AVX2 host; an AVX-512 host scored "
+        "4k-32k alike).",
     )
     part_rows: int = Field(
         2_000_000,
