@@ -153,8 +153,13 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    import signal
+
     from mlops_tasks.stack import LocalStack
 
+    # Ctrl-C (SIGINT) stops the stack even when a script started it in the background: such jobs
+    # inherit SIGINT ignored, and Python would keep it ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     with LocalStack(state_dir=Path(args.state_dir), airflow=not args.no_airflow) as local:
         write_stack_connections(local.airflow_env(), Path(args.state_dir))
         if not args.no_seed:

@@ -90,17 +90,23 @@ def test_up_serves_until_interrupted_then_stops_every_process(tmp_path: Path) ->
         text=True,
         cwd=REPO,
     )
-    lines = []
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        lines.append(line)
-        if "Press Ctrl-C" in line or not line:
-            break
-    text = "".join(lines)
-    assert "IN-MEMORY and EPHEMERAL" in text and "MLflow" in text, text
-    assert (state / "connections.env").stat().st_mode & 0o777 == 0o600
-    proc.send_signal(signal.SIGINT)
-    assert proc.wait(60) in (0, 130)
-    children = subprocess.run(["pgrep", "-f", str(state)], capture_output=True, text=True).stdout.split()
-    assert children == [], f"processes left running: {children}"
+    try:
+        lines = []
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            lines.append(line)
+            if "Press Ctrl-C" in line or not line:
+                break
+        text = "".join(lines)
+        assert "IN-MEMORY and EPHEMERAL" in text and "MLflow" in text, text
+        assert (state / "connections.env").stat().st_mode & 0o777 == 0o600
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) in (0, 130)
+        children = subprocess.run(["pgrep", "-f", str(state)], capture_output=True, text=True).stdout.split()
+        assert children == [], f"processes left running: {children}"
+    finally:  # a failed run leaves no stack behind
+        proc.kill()
+        proc.wait()
+        left = subprocess.run(["pgrep", "-f", str(state)], capture_output=True, text=True).stdout.split()
+        subprocess.run(["kill", "-9", *left], capture_output=True)
