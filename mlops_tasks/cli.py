@@ -13,6 +13,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -153,8 +154,6 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    import signal
-
     from mlops_tasks.stack import LocalStack
 
     # Ctrl-C (SIGINT) stops the stack even when a script started it in the background: such jobs

@@ -9,9 +9,10 @@ embeddings, hidden [128, 64]) with preprocessing fitted on the example's rows, e
 (a) rows/s of the ONNX path (jobs of a few decoded parquet batches on each thread: the contract's
     inputs built from a job's rows, then onnxruntime a batch at a time, as ``score_part`` does) vs
     torch eager inference of the same network on the same batches (``mlops_tasks.training.predict``:
-    the package's torch inference, the parity reference), 2 threads each, at the configured batch and at the gate's latency batch; for
-    reference the same weights as a contract-1 graph, and each engine alone on inputs built
-    beforehand (onnxruntime also with its default spin-waiting threads);
+    the package's torch inference, the parity reference), 2 threads each, at the configured batch
+    and at the gate's latency batch; for reference the same weights as a contract-1 graph, and each
+    engine alone on inputs built beforehand (onnxruntime also with its default spin-waiting
+    threads);
 (b) end to end rows/s from curated parquet in the local S3 endpoint to published predictions, split
     into read / preprocess / score / write, vs the score-only rate: onnxruntime alone on the same
     rows held in memory as model inputs; both in fresh processes, 5 adjacent pairs, the median
