@@ -457,6 +457,9 @@ def score_part(
                 parquet, source, unit, _job_rows(cfg.inference.batch_rows), columns, fetcher
             )
             identity = (model_name, model_version, run_id)
+            # Typed: pyarrow converts a float32 array of unknown type about 700x slower (1.7 ms per
+            # 32Ki rows, holding the GIL the scoring threads want; 50 ms per 1M rows).
+            output_types = [f.type for f in model.output_fields()]
             constants: dict[int, list[pa.Array]] = {}  # by job length: every job but the last is full
             with _RowGroupWriter(local, schema) as writer:
                 seconds["read"] += time.perf_counter() - clock
@@ -469,7 +472,10 @@ def score_part(
                         zeros = pa.array(np.zeros(n, np.int32))
                         constants[n] = [pa.DictionaryArray.from_arrays(zeros, [str(v)]) for v in identity]
                     writer.write(
-                        [batch.column(k) for k in keys] + [pa.array(o) for o in outputs] + constants[n], n
+                        [batch.column(k) for k in keys]
+                        + [pa.array(o, type=t) for o, t in zip(outputs, output_types, strict=True)]
+                        + constants[n],
+                        n,
                     )
                     rows += n
                     seconds["write"] += time.perf_counter() - clock
