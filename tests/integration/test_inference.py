@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from mlops_tasks import inference
-from mlops_tasks.config import PipelineConfig
+from mlops_tasks.config import PipelineConfig, TargetSpec
 from mlops_tasks.storage import ObjectStore, partition_prefix, sha256_bytes, write_part
 from tests.conftest import tune
 
@@ -143,6 +143,28 @@ def test_predictions_carry_keys_threshold_labels_scores_and_model_identity(
     assert (joined["prediction"] == (joined["hour"] >= 12).astype(int)).all()
     assert ((joined["score"] >= 0.5) == (joined["hour"] >= 12)).all()
     assert set(zip(out.model_name, out.model_version, out.run_id, strict=True)) == {tuple(IDENTITY.values())}
+
+
+def test_a_multiclass_day_is_written_with_its_class_labels_and_one_float_column_per_class(
+    store: ObjectStore, cfg: PipelineConfig, tmp_path: Path
+) -> None:
+    cfg = cfg.model_copy(update={"target": TargetSpec(task="multiclass", column="dep_delay")})
+    classes = ["early", "on_time", "late"]
+    params = random_params(cfg.features, EXAMPLE_VOCAB, [8], outputs=3, seed=3)
+    model = str(build_model(tmp_path / "m.onnx", cfg.features, params, "multiclass", classes))
+    publish_curated(store, cfg, DAY, [curated_frame(DAY, 400)], row_group_size=100)
+
+    score_day(store, cfg, model)
+
+    manifest = store.read_manifest(partition_prefix(cfg.prefix, "predictions", DAY))
+    schema = pq.read_schema(pa.BufferReader(store.get_bytes(manifest["parts"][0]["key"])))
+    probabilities = [f"probability_{c}" for c in classes]
+    assert schema.field("prediction").type == pa.string()
+    assert {schema.field(c).type for c in ["score", *probabilities]} == {pa.float32()}
+    out = inference.read_predictions(store, cfg, DAY)
+    assert len(out) == 400 and set(out["prediction"]) <= set(classes)
+    best = out[probabilities].to_numpy().argmax(axis=1)
+    assert out["prediction"].tolist() == [classes[i] for i in best]
 
 
 def test_predictions_are_snappy_parquet_with_delta_integers_and_required_model_columns(
