@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 from onnx import TensorProto, helper, numpy_helper
 
 from mlops_tasks import features as F
-from mlops_tasks.config import FeatureSpec, PipelineConfig
+from mlops_tasks.config import FeatureSpec, PipelineConfig, TargetSpec
 from mlops_tasks.storage import ObjectStore, partition_prefix, publish_manifest, write_part
 
 OPSET = 17
@@ -38,6 +38,11 @@ EXAMPLE_VOCAB = {
     "origin": ["EWR", "JFK", "LGA"],
     "dest": ["ATL", "BOS", "CLT", "DEN", "DFW", "LAX", "MCO", "MIA", "ORD", "SFO"],
 }
+
+
+def multiclass(cfg: PipelineConfig) -> PipelineConfig:
+    """``cfg`` predicting ``dep_delay`` as classes (the labels come from the model's metadata)."""
+    return cfg.model_copy(update={"target": TargetSpec(task="multiclass", column="dep_delay")})
 
 
 def curated_frame(day: dt.date, rows: int, seed: int = 0, first_flight: int = 1) -> pd.DataFrame:

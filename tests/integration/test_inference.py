@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from mlops_tasks import inference
-from mlops_tasks.config import PipelineConfig, TargetSpec
+from mlops_tasks.config import PipelineConfig
 from mlops_tasks.storage import ObjectStore, partition_prefix, sha256_bytes, write_part
 from tests.conftest import tune
 
@@ -22,6 +22,7 @@ from .onnx_fixtures import (
     EXAMPLE_VOCAB,
     build_model,
     curated_frame,
+    multiclass,
     publish_curated,
     random_params,
     threshold_params,
@@ -148,7 +149,7 @@ def test_predictions_carry_keys_threshold_labels_scores_and_model_identity(
 def test_a_multiclass_day_is_written_with_its_class_labels_and_one_float_column_per_class(
     store: ObjectStore, cfg: PipelineConfig, tmp_path: Path
 ) -> None:
-    cfg = cfg.model_copy(update={"target": TargetSpec(task="multiclass", column="dep_delay")})
+    cfg = multiclass(cfg)
     classes = ["early", "on_time", "late"]
     params = random_params(cfg.features, EXAMPLE_VOCAB, [8], outputs=3, seed=3)
     model = str(build_model(tmp_path / "m.onnx", cfg.features, params, "multiclass", classes))

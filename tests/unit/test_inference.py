@@ -17,18 +17,20 @@ import pytest
 
 from mlops_tasks import features as F
 from mlops_tasks import inference
-from mlops_tasks.config import PipelineConfig, TargetSpec
-from tests.integration.onnx_fixtures import EXAMPLE_VOCAB, build_model, curated_frame, random_params
+from mlops_tasks.config import PipelineConfig
+from tests.integration.onnx_fixtures import (
+    EXAMPLE_VOCAB,
+    build_model,
+    curated_frame,
+    multiclass,
+    random_params,
+)
 
 
 @pytest.fixture
 def cfg(example_config: PipelineConfig) -> PipelineConfig:
     tuned = example_config.inference.model_copy(update={"intra_op_threads": 1, "graph_optimization": "basic"})
     return example_config.model_copy(update={"inference": tuned})
-
-
-def multiclass(cfg: PipelineConfig) -> PipelineConfig:
-    return cfg.model_copy(update={"target": TargetSpec(task="multiclass", column="dep_delay")})
 
 
 def test_split_packs_whole_row_groups_up_to_the_limit() -> None:
