@@ -17,6 +17,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from mlops_tasks.errors import DataError
+
 CONFIG_DIR_ENV = "MLOPS_TASKS_CONFIG_DIR"
 DEFAULT_CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -25,7 +27,7 @@ _IDENTIFIER = r"^[a-z][a-z0-9_]{0,62}$"
 _SAFE_PREFIX = re.compile(r"^(?!.*\.\.)(?!/)[A-Za-z0-9_\-./]*$")
 
 
-class ConfigError(ValueError):
+class ConfigError(DataError):
     """A pipeline config is missing, unreadable or invalid. The message names file and field."""
 
 

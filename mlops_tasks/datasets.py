@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from mlops_tasks.errors import DataError
 from mlops_tasks.storage import partition_prefix
 
 if TYPE_CHECKING:
@@ -31,7 +32,7 @@ TARGET_COLUMN = "target"
 LAND_THREADS = 8  # boto3's default connection pool holds 10
 
 
-class DatasetError(ValueError):
+class DatasetError(DataError):
     """A landing request the bundled data cannot satisfy (unknown data set, no days)."""
 
 

@@ -47,6 +47,7 @@ import pandas as pd
 from scipy import stats
 from scipy.spatial import distance
 
+from mlops_tasks.errors import DataError
 from mlops_tasks.features import SCORE_OUTPUT
 from mlops_tasks.storage import partition_prefix
 
@@ -64,7 +65,7 @@ FEW_VALUES = 5
 MAX_REMEMBERED_TRIGGERS = 32
 
 
-class DriftInputError(ValueError):
+class DriftInputError(DataError):
     """The frames handed to drift monitoring cannot be compared; the message names frame and column."""
 
 

@@ -26,6 +26,7 @@ from sklearn import metrics as skm
 
 from mlops_tasks import tracking
 from mlops_tasks.config import FeatureSpec, PipelineConfig
+from mlops_tasks.errors import DataError
 from mlops_tasks.features import (
     META_CLASSES,
     META_FEATURES,
@@ -54,7 +55,7 @@ LATENCY_REPEATS = 20
 _EPS = 1e-7
 
 
-class EvaluationDataError(ValueError):
+class EvaluationDataError(DataError):
     """The evaluation rows cannot judge a model (no labelled rows)."""
 
 

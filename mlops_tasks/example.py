@@ -13,6 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mlops_tasks.errors import DataError
 from mlops_tasks.storage import partition_prefix
 
 if TYPE_CHECKING:
@@ -26,7 +27,7 @@ LANDING_FILES = ("flights", "weather")
 SEED_THREADS = 8  # boto3's default connection pool holds 10
 
 
-class ExampleDataError(ValueError):
+class ExampleDataError(DataError):
     """A seeding request the example data cannot satisfy (e.g. a day outside 2013)."""
 
 

@@ -37,6 +37,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from mlops_tasks import tracking
 from mlops_tasks.config import PipelineConfig
+from mlops_tasks.errors import DataError
 from mlops_tasks.evaluation import HIGHER_IS_BETTER, OnnxModel, compute_metrics, label_targets, labelled_rows
 from mlops_tasks.features import (
     CATEGORICAL_CODES_INPUT,
@@ -58,11 +59,11 @@ ML_OPSET = 3
 IR_VERSION = 9
 
 
-class ParityError(RuntimeError):
+class ParityError(DataError):
     """The ONNX model does not reproduce the torch model's outputs; it must not be served."""
 
 
-class ExportDataError(ValueError):
+class ExportDataError(DataError):
     """The rows given to the export cannot prove parity (none)."""
 
 

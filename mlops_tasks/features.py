@@ -34,6 +34,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from mlops_tasks.errors import DataError
+
 if TYPE_CHECKING:
     import onnxruntime as ort
     import pandas as pd
@@ -54,7 +56,7 @@ META_CONTRACT = "mlops_tasks.contract"
 CONTRACT_VERSION = "2"
 
 
-class FeatureError(ValueError):
+class FeatureError(DataError):
     """Input rows do not carry the columns/types the model needs; the message names them."""
 
 

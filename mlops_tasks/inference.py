@@ -49,6 +49,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mlops_tasks import features as F
+from mlops_tasks.errors import DataError
 from mlops_tasks.storage import (
     PARQUET_COMPRESSION,
     ObjectStore,
@@ -85,11 +86,11 @@ class InferenceInputError(F.FeatureError):
     """Curated rows cannot be scored: a key/feature column is missing or has the wrong type."""
 
 
-class ModelContractError(ValueError):
+class ModelContractError(DataError):
     """The ONNX model does not follow the contract of :mod:`mlops_tasks.features` for this config."""
 
 
-class PredictionsError(ValueError):
+class PredictionsError(DataError):
     """Published predictions are missing, inconsistent or were written by another model."""
 
 

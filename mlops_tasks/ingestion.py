@@ -37,6 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mlops_tasks.config import ColumnSpec, JoinSpec, PipelineConfig
+from mlops_tasks.errors import DataError
 from mlops_tasks.storage import (
     PARQUET_COMPRESSION,
     ObjectStore,
@@ -58,7 +59,7 @@ PARQUET_SUFFIXES = (".parquet", ".pq")
 STRING_DTYPE = pd.StringDtype()
 
 
-class RejectedFileError(ValueError):
+class RejectedFileError(DataError):
     """A landing file cannot be ingested at all; the message names the key (and column) and why."""
 
 

@@ -34,6 +34,7 @@ import re
 from typing import Any
 
 from mlops_tasks.config import PipelineConfig
+from mlops_tasks.errors import DataError
 from mlops_tasks.storage import ObjectStore
 
 SCHEMA_VERSION = 1
@@ -52,7 +53,7 @@ REQUIRED: dict[str, type | tuple[type, ...]] = {
 _VERSION_KEY = re.compile(r"/v(\d+)\.json$")
 
 
-class LineageError(ValueError):
+class LineageError(DataError):
     """A lineage record is incomplete or malformed; the message names the keys."""
 
 

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from mlops_tasks import drift, features
+from mlops_tasks.errors import DataError
 from mlops_tasks.storage import partition_prefix, read_part, read_published
 from mlops_tasks.versioning import read_record, read_version_file
 
@@ -41,7 +42,7 @@ LOWER_IS_BETTER = {"log_loss", "rmse", "mae"}
 _CURATED = "_curated_match"  # merge indicator: was the scored row's curated row found
 
 
-class MonitoringError(ValueError):
+class MonitoringError(DataError):
     """The monitor cannot run (no champion, reference unreadable); nothing is triggered."""
 
 

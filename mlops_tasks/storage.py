@@ -46,6 +46,8 @@ from botocore.exceptions import (
     ResponseStreamingError,
 )
 
+from mlops_tasks.errors import DataError
+
 if TYPE_CHECKING:
     import pyarrow as pa
 
@@ -559,7 +561,7 @@ class RangedObject(io.RawIOBase):
         return len(data)
 
 
-class ManifestMismatchError(StorageError):
+class ManifestMismatchError(StorageError, DataError):
     """A published part's bytes differ from the sha256 its manifest recorded."""
 
 
@@ -589,7 +591,7 @@ def read_part(store: ObjectStore, part: dict[str, Any], columns: list[str] | Non
         return read_parquet(path, store.uri(part["key"]), columns)
 
 
-class MissingColumnsError(ValueError):
+class MissingColumnsError(DataError):
     """A parquet file lacks columns a reader needs; the message names them and the file."""
 
 

@@ -38,6 +38,7 @@ from torch import nn
 
 from mlops_tasks import tracking
 from mlops_tasks.config import FeatureSpec, PipelineConfig
+from mlops_tasks.errors import DataError
 from mlops_tasks.evaluation import compute_metrics, label_targets, labelled_rows
 from mlops_tasks.features import CATEGORICAL_CODES_INPUT, CATEGORICAL_VALUES_INPUT, onnx_inputs
 
@@ -48,7 +49,7 @@ MIN_TRAINING_ROWS = 100
 SPEC_FORMAT = 1
 
 
-class TrainingDataError(ValueError):
+class TrainingDataError(DataError):
     """The training rows cannot produce a model (too few rows, a single class, no window)."""
 
 

@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mlops_tasks.config import PipelineConfig
+from mlops_tasks.errors import DataError
 from mlops_tasks.ingestion import rejected_copy_name, to_parquet_bytes
 from mlops_tasks.storage import (
     PARQUET_COMPRESSION,
@@ -67,11 +68,11 @@ class StagedDataMissingError(FileNotFoundError):
     """Validation was asked for a day that ingest has not staged."""
 
 
-class ValidationConfigError(ValueError):
+class ValidationConfigError(DataError):
     """A ``validation.expectations`` entry names an unknown expectation or bad arguments."""
 
 
-class ValidationGateError(ValueError):
+class ValidationGateError(DataError):
     """The day's data failed the gate; ``result`` is the same dict :func:`validate_day` returns."""
 
     def __init__(self, message: str, result: dict[str, Any]) -> None:

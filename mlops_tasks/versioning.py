@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from mlops_tasks.config import PipelineConfig
+from mlops_tasks.errors import DataError
 from mlops_tasks.storage import ObjectStore, partition_prefix, read_parquet, sha256_bytes, sha256_file
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ DVC_REMOTE_PREFIX = "dvc"
 DATA_DIR = "data"
 
 
-class DataVersionError(ValueError):
+class DataVersionError(DataError):
     """A data version cannot be made or read; the message names the version, day or key."""
 
 
