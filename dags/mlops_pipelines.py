@@ -1,9 +1,8 @@
 """Every pipeline in configs/ (or $MLOPS_TASKS_CONFIG_DIR) becomes its training, batch inference and
-drift monitor DAGs. Parsing imports only Airflow, pydantic and yaml: tests/unit/test_dag_parse_cost.py
-keeps it that way."""
+drift monitor DAGs; a config that cannot be built becomes an error DAG saying why, and the others
+still load. Parsing imports only Airflow, pydantic and yaml: tests/unit/test_dag_parse_cost.py keeps
+it that way."""
 
-from mlops_tasks.airflow.dag_factory import build_dags
-from mlops_tasks.config import load_all
+from mlops_tasks.airflow.dag_factory import build_all_dags
 
-for _config in load_all():
-    globals().update(build_dags(_config))
+globals().update(build_all_dags())

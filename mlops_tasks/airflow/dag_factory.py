@@ -9,15 +9,31 @@ Per pipeline ``p``:
   score (mapped) -> publish atomically (emits the predictions asset); shadow-scores the challenger.
 * ``p_drift_monitor``: on the predictions asset: Evidently drift check -> retrain asset event.
 
+Batch inference (and the drift monitor's optional cron) run once a day is over, the classic daily
+batch: the run for day D has logical date D and starts at D+1 00:00 (``CronDataIntervalTimetable``),
+so it scores a complete day. Training's cron fires at the start of a day and trains up to the day
+before (``CronTriggerTimetable``: its logical date is when it fires).
+
 Only Airflow and the config are imported here; stage libraries load inside tasks.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
+from pathlib import Path
 from typing import Any
 
-from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, CronTriggerTimetable, XComArg
+from airflow.sdk import (
+    DAG,
+    Asset,
+    AssetOrTimeSchedule,
+    BaseOperator,
+    CronDataIntervalTimetable,
+    CronTriggerTimetable,
+    XComArg,
+)
+from airflow.sdk.exceptions import AirflowFailException
 
 from mlops_tasks.airflow.notifiers import MlopsNotifier
 from mlops_tasks.airflow.operators import (
@@ -38,9 +54,11 @@ from mlops_tasks.airflow.operators import (
     TriggerRetrainingOperator,
     ValidateDayOperator,
 )
-from mlops_tasks.config import PipelineConfig
+from mlops_tasks.config import PipelineConfig, config_paths, load_config
 
 NONE_FAILED = "none_failed"
+CONFIG_ERROR_DAG = "mlops_config_error_{stem}"
+log = logging.getLogger(__name__)
 
 
 def predictions_asset(cfg: PipelineConfig) -> Asset:
@@ -52,12 +70,16 @@ def retrain_asset(cfg: PipelineConfig) -> Asset:
     return Asset(name=f"{cfg.name}_retrain", uri=f"mlops://{cfg.name}/retrain")
 
 
-def _schedule(cron: str | None, asset: Asset) -> Any:
-    if not cron:
-        return asset
-    presets = {"@daily": "0 0 * * *", "@weekly": "0 0 * * 0", "@monthly": "0 0 1 * *", "@hourly": "0 * * * *"}
-    timetable = CronTriggerTimetable(presets.get(cron, cron), timezone="UTC")
-    return AssetOrTimeSchedule(timetable=timetable, assets=asset)
+_PRESETS = {"@daily": "0 0 * * *", "@weekly": "0 0 * * 0", "@monthly": "0 0 1 * *", "@hourly": "0 * * * *"}
+
+
+def _after_each_day(cron: str | None) -> CronDataIntervalTimetable | None:
+    """Runs whose logical date is the start of the interval they process, started at its end."""
+    return CronDataIntervalTimetable(_PRESETS.get(cron, cron), timezone="UTC") if cron else None
+
+
+def _schedule(timetable: Any, asset: Asset) -> Any:
+    return AssetOrTimeSchedule(timetable=timetable, assets=asset) if timetable else asset
 
 
 def _dag(cfg: PipelineConfig, kind: str, schedule: Any, doc: str) -> DAG:
@@ -68,8 +90,13 @@ def _dag(cfg: PipelineConfig, kind: str, schedule: Any, doc: str) -> DAG:
         start_date=dt.datetime.combine(cfg.start_date, dt.time(), tzinfo=dt.UTC),
         end_date=dt.datetime.combine(cfg.end_date, dt.time(), tzinfo=dt.UTC) if cfg.end_date else None,
         catchup=False,
-        max_active_runs=1 if kind == "training" else 4,
+        # Training and the drift monitor read and write state shared across runs (the registry, the
+        # retrain cooldown): one run at a time. Scoring runs of different days are independent.
+        max_active_runs=4 if kind == "batch_inference" else 1,
         tags=["mlops", cfg.name, kind],
+        # Only the DAGs the DAG file puts in its globals: a pipeline whose build fails half-way
+        # must not leave its first DAGs scheduled (see build_all_dags).
+        auto_register=False,
         doc_md=f"**{cfg.name}** — {cfg.description}\n\n{doc}",
         default_args={
             "owner": cfg.owner,
@@ -87,7 +114,13 @@ def build_training_dag(cfg: PipelineConfig) -> DAG:
     with _dag(
         cfg,
         "training",
-        _schedule(cfg.training.schedule, retrain_asset(cfg)),
+        _schedule(
+            cfg.training.schedule
+            and CronTriggerTimetable(
+                _PRESETS.get(cfg.training.schedule, cfg.training.schedule), timezone="UTC"
+            ),
+            retrain_asset(cfg),
+        ),
         "Ingest, validate and version the training window, train, export, gate and register.",
     ) as dag:
         plan = PlanIngestionOperator(task_id="plan_ingestion", **common)
@@ -134,7 +167,7 @@ def build_batch_inference_dag(cfg: PipelineConfig) -> DAG:
     with _dag(
         cfg,
         "batch_inference",
-        cfg.inference.schedule,
+        _after_each_day(cfg.inference.schedule),
         "Score the day's validated data with the champion ONNX model; publish atomically.",
     ) as dag:
         models = ResolveChampionOperator(task_id="resolve_champion", **common)
@@ -146,7 +179,7 @@ def build_batch_inference_dag(cfg: PipelineConfig) -> DAG:
         score = ScorePartOperator.partial(task_id="score", models=models.output, **common).expand(
             unit=plan.output
         )
-        PublishPredictionsOperator(
+        publish = PublishPredictionsOperator(
             task_id="publish",
             part_results=score.output,
             models=models.output,
@@ -163,7 +196,10 @@ def build_batch_inference_dag(cfg: PipelineConfig) -> DAG:
             role="challenger",
             **common,
         )
-        publish_shadow >> ShadowReportOperator(task_id="shadow_report", models=models.output, **common)
+        # The report reads both published days.
+        [publish, publish_shadow] >> ShadowReportOperator(
+            task_id="shadow_report", models=models.output, **common
+        )
     return dag
 
 
@@ -172,7 +208,7 @@ def build_drift_dag(cfg: PipelineConfig) -> DAG:
     with _dag(
         cfg,
         "drift_monitor",
-        _schedule(cfg.drift.schedule, predictions_asset(cfg)),
+        _schedule(_after_each_day(cfg.drift.schedule), predictions_asset(cfg)),
         "Compare scored inputs with the champion's training data; request retraining on drift.",
     ) as dag:
         check = DriftCheckOperator(task_id="drift_check", **common)
@@ -185,3 +221,63 @@ def build_drift_dag(cfg: PipelineConfig) -> DAG:
 def build_dags(cfg: PipelineConfig) -> dict[str, DAG]:
     dags = [build_training_dag(cfg), build_batch_inference_dag(cfg), build_drift_dag(cfg)]
     return {dag.dag_id: dag for dag in dags}
+
+
+class _ConfigErrorOperator(BaseOperator):
+    """Fails with the reason its pipeline's config could not become DAGs."""
+
+    ui_color = "#fde8e8"
+
+    def __init__(self, *, reason: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.reason = reason
+
+    def execute(self, context: Any) -> None:
+        raise AirflowFailException(self.reason)
+
+
+def config_error_dag(path: Path, reason: str) -> DAG:
+    """Stands in for the DAGs of a config that cannot be built: its description and its one task
+    say why (a run fails with the reason), and it never runs on its own."""
+    with DAG(
+        dag_id=CONFIG_ERROR_DAG.format(stem="".join(c if c.isalnum() else "_" for c in path.stem)),
+        schedule=None,
+        start_date=dt.datetime(2000, 1, 1, tzinfo=dt.UTC),
+        tags=["mlops", "config-error"],
+        description=f"{path.name} is invalid: fix it (mlops-tasks config validate {path.name})",
+        doc_md=f"**{path}** could not become DAGs:\n\n```\n{reason}\n```",
+    ) as dag:
+        _ConfigErrorOperator(task_id="config_error", reason=reason)
+    return dag
+
+
+def build_all_dags(directory: Path | None = None) -> dict[str, DAG]:
+    """The DAGs of every pipeline config in ``directory``. One config's mistake must not stop the
+    others: an exception in a DAG file discards every DAG of the file, and the scheduler then stops
+    scheduling all of them. A config that cannot be built (invalid, or a pipeline name or storage
+    prefix another config already uses) gets an error DAG instead (:func:`config_error_dag`), and
+    the reason is logged by the DAG processor."""
+    dags: dict[str, DAG] = {}
+    owners: dict[tuple[str, str], Path] = {}  # (bucket, prefix) -> the config that uses it
+    for path in config_paths(directory):
+        try:
+            cfg = load_config(path)
+            storage = (cfg.storage.bucket, cfg.prefix)
+            if storage in owners:
+                raise ValueError(
+                    f"{path}: storage.bucket + storage.prefix s3://{storage[0]}/{storage[1]} is already "
+                    f"used by {owners[storage].name}; pipelines would overwrite each other's data"
+                )
+            built = build_dags(cfg)
+            clash = sorted(set(built) & set(dags))
+            if clash:
+                raise ValueError(f"{path}: DAG ids {clash} are already built from another config")
+        except Exception as exc:  # any error: it is reported in the error DAG, the others still load
+            reason = f"{type(exc).__name__}: {exc}"
+            log.error("Pipeline config %s is not scheduled: %s", path, reason)
+            error = config_error_dag(path, reason)
+            dags[error.dag_id] = error
+            continue
+        owners[storage] = path
+        dags.update(built)
+    return dags

@@ -87,8 +87,13 @@ class MlflowHook(BaseHook):
             raise ValueError(f"Airflow connection '{self.conn_id}' has no host (the MLflow tracking URI)")
         if "://" not in host:
             host = f"{conn.schema or 'http'}://{host}" + (f":{conn.port}" if conn.port else "")
+        # MLflow's client reads basic-auth credentials from the environment only. Set or cleared
+        # for every connection resolved: a process that serves several pipelines (the UI in the API
+        # server) must not send one server's credentials to a server that has none.
         if conn.login:
-            # MLflow's client reads basic-auth credentials from the environment only.
             os.environ["MLFLOW_TRACKING_USERNAME"] = conn.login
             os.environ["MLFLOW_TRACKING_PASSWORD"] = conn.password or ""
+        else:
+            os.environ.pop("MLFLOW_TRACKING_USERNAME", None)
+            os.environ.pop("MLFLOW_TRACKING_PASSWORD", None)
         return host

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import urllib.parse
 import urllib.request
 from typing import TYPE_CHECKING, Any
 
@@ -46,7 +47,9 @@ def announce(pipeline: str, event: str, message: str, details: dict[str, Any] | 
         with urllib.request.urlopen(request, timeout=10):
             return True
     except OSError as exc:
-        log.error("Alert webhook %s failed: %s", url.split("?")[0], exc)
+        # Scheme and host only: Slack and Teams webhooks carry their secret in the path.
+        parts = urllib.parse.urlsplit(url)
+        log.error("Alert webhook %s://%s failed: %s", parts.scheme, parts.hostname, exc)
         return False
 
 

@@ -3,14 +3,16 @@ function. Heavy libraries are imported inside ``execute`` so DAG files parse fas
 
 Every operator names its pipeline (the ``name`` in ``configs/<pipeline>.yaml``); dates are templated
 and default to the run's logical date, never the wall clock. Return values (XCom) are small dicts.
-Data problems raise :class:`AirflowFailException` (retrying bad data is pointless); infrastructure
-problems raise ordinary exceptions so Airflow retries with backoff.
+Data problems (any :class:`mlops_tasks.errors.DataError`: bad rows, a broken config or model
+contract) fail the task at once with :class:`AirflowFailException`, as retrying bad data is
+pointless; infrastructure problems raise ordinary exceptions so Airflow retries with backoff.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +32,7 @@ from mlops_tasks.airflow.links import (
 )
 from mlops_tasks.airflow.notifiers import announce
 from mlops_tasks.config import PipelineConfig, load_pipeline
+from mlops_tasks.errors import DataError
 from mlops_tasks.observability import emit
 
 if TYPE_CHECKING:
@@ -83,20 +86,42 @@ def retrain_window_end(context: Context) -> tuple[dt.date, str]:
             if extra.get("window_end"):
                 reason = extra.get("reason", "asset event")
                 return as_date(extra["window_end"]), f"asset:{extra.get('source', 'external')}: {reason}"
-    interval_end = context.get("data_interval_end") or context["logical_date"]
+    # Asset-triggered and manual runs without a logical date have neither of the first two.
+    interval_end = (
+        context.get("data_interval_end") or context.get("logical_date") or context["dag_run"].run_after
+    )
     run_type = context["dag_run"].run_type
     run_type = str(getattr(run_type, "value", run_type))
     trigger = "schedule" if run_type == "scheduled" else run_type
     return as_date(interval_end) - dt.timedelta(days=1), trigger
 
 
+def _fail_on_data_errors(execute: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(execute)
+    def run(self: BaseOperator, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return execute(self, *args, **kwargs)
+        except DataError as exc:
+            raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
+
+    return run
+
+
 class PipelineOperator(BaseOperator):
     """Base of every mlops_tasks operator: resolves the pipeline config and its connections.
+
+    The ``execute`` of every subclass fails its task at once on a :class:`DataError` (no retries:
+    the same input fails the same way); any other exception is retried as the task says.
 
     :param pipeline: pipeline name (file stem or ``name:`` of a config in ``$MLOPS_TASKS_CONFIG_DIR``).
     """
 
     ui_color = "#e8f4fd"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "execute" in vars(cls):
+            cls.execute = _fail_on_data_errors(vars(cls)["execute"])  # type: ignore[method-assign]
 
     def __init__(self, *, pipeline: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -350,15 +375,12 @@ class ExportModelOperator(_DataVersionInput):
         self.training = training
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from mlops_tasks.export import ParityError, export_run
+        from mlops_tasks.export import export_run
 
         _, eval_frame = self.splits()
-        try:
-            result = export_run(
-                self.config, self.training["run_id"], tracking_uri=self.tracking_uri, sample_frame=eval_frame
-            )
-        except ParityError as exc:
-            raise AirflowFailException(str(exc)) from None
+        result = export_run(
+            self.config, self.training["run_id"], tracking_uri=self.tracking_uri, sample_frame=eval_frame
+        )
         self.log.info("Exported %s", result)
         return result
 

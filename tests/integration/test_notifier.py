@@ -50,3 +50,16 @@ def test_alert_is_posted_as_json_to_the_webhook(webhook: list[dict]) -> None:
 def test_without_a_webhook_connection_the_alert_is_only_logged(caplog: pytest.LogCaptureFixture) -> None:
     assert announce("flights_delay", "gate_rejected", "roc_auc 0.55 must be >= 0.6") is False
     assert "gate_rejected: roc_auc 0.55 must be >= 0.6" in caplog.text
+
+
+def test_a_failed_post_logs_the_webhook_host_not_its_secret_path(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Nothing listens on port 9 of loopback: the POST fails at once.
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_MLOPS_ALERTS",
+        json.dumps({"conn_type": "http", "host": "http://127.0.0.1:9/services/T000/B000/SECRETTOKENxyz"}),
+    )
+    assert announce("flights_delay", "task_failed", "train failed") is False
+    assert "Alert webhook http://127.0.0.1 failed" in caplog.text
+    assert "SECRETTOKENxyz" not in caplog.text

@@ -1,0 +1,149 @@
+"""The Airflow layer's contracts with Airflow itself: data errors fail a task without retries, runs
+without a logical date still find their window, scoring runs once a day is complete, a broken config
+leaves the other pipelines scheduled, connections do not leak credentials between pipelines."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_a_data_error_fails_the_task_at_once_and_other_errors_stay_retryable() -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from mlops_tasks.airflow.operators import PipelineOperator
+    from mlops_tasks.training import TrainingDataError
+
+    class Raises(PipelineOperator):
+        def __init__(self, *, error: Exception, **kwargs: object) -> None:
+            super().__init__(**kwargs)
+            self.error = error
+
+        def execute(self, context: object) -> None:
+            raise self.error
+
+    bad_data = Raises(task_id="bad", pipeline="flights_delay", error=TrainingDataError("only one class"))
+    with pytest.raises(AirflowFailException, match="TrainingDataError: only one class"):
+        bad_data.execute({})
+    outage = Raises(task_id="outage", pipeline="flights_delay", error=ConnectionError("endpoint down"))
+    with pytest.raises(ConnectionError):
+        outage.execute({})
+
+
+def test_a_retrain_event_without_window_end_trains_up_to_the_day_before_the_run() -> None:
+    from mlops_tasks.airflow.operators import retrain_window_end
+
+    event = SimpleNamespace(extra={"reason": "external request"})
+    context = {
+        "triggering_asset_events": {"retrain": [event]},
+        # an asset-triggered run: no logical date, no data interval
+        "dag_run": SimpleNamespace(
+            run_after=dt.datetime(2013, 7, 2, 9, tzinfo=dt.UTC), run_type="asset_triggered"
+        ),
+    }
+    assert retrain_window_end(context) == (dt.date(2013, 7, 1), "asset_triggered")
+
+
+@pytest.fixture(scope="module")
+def dags():
+    from mlops_tasks.airflow.dag_factory import build_all_dags
+
+    return build_all_dags(REPO / "configs")
+
+
+def test_scheduled_batch_inference_scores_a_day_once_it_is_over(dags) -> None:
+    from airflow.serialization.serialized_objects import DagSerialization
+    from airflow.timetables.base import DataInterval, TimeRestriction
+
+    # the timetable as the scheduler sees it (the serialized DAG's)
+    scheduled = DagSerialization.from_dict(DagSerialization.to_dict(dags["flights_delay_batch_inference"]))
+    june_1 = DataInterval(dt.datetime(2013, 6, 1, tzinfo=dt.UTC), dt.datetime(2013, 6, 2, tzinfo=dt.UTC))
+    after = scheduled.timetable.next_dagrun_info(
+        last_automated_data_interval=june_1, restriction=TimeRestriction(None, None, catchup=True)
+    )
+    # the run whose logical date (the day it scores) is 2013-06-02 starts when that day is over
+    assert after.data_interval.start == dt.datetime(2013, 6, 2, tzinfo=dt.UTC)
+    assert after.run_after == dt.datetime(2013, 6, 3, tzinfo=dt.UTC)
+
+
+def test_the_shadow_report_waits_for_both_published_days(dags) -> None:
+    report = dags["flights_delay_batch_inference"].get_task("shadow_report")
+    assert {"publish", "publish_shadow"} <= report.upstream_task_ids
+
+
+def test_one_drift_run_at_a_time_as_runs_share_the_retrain_cooldown(dags) -> None:
+    assert dags["flights_delay_drift_monitor"].max_active_runs == 1
+
+
+def test_a_broken_config_becomes_an_error_dag_and_the_others_still_load(tmp_path: Path) -> None:
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.sdk.exceptions import AirflowFailException
+
+    shutil.copy(REPO / "configs" / "flights_delay.yaml", tmp_path / "flights_delay.yaml")
+    broken = (
+        (REPO / "configs" / "flights_delay.yaml").read_text().replace("name: flights_delay", "name: other")
+    )
+    (tmp_path / "other.yaml").write_text(broken.replace("inference:", "inference:\n  schedul: daily", 1))
+    # same storage prefix as flights_delay under another name: would delete each other's parts
+    twin = (REPO / "configs" / "flights_delay.yaml").read_text().replace("name: flights_delay", "name: twin")
+    (tmp_path / "same_prefix.yaml").write_text(
+        twin.replace("storage:", "storage:\n  prefix: flights_delay", 1)
+    )
+    dags_dir = tmp_path / "dags"
+    dags_dir.mkdir()
+    shutil.copy(REPO / "dags" / "mlops_pipelines.py", dags_dir)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("MLOPS_TASKS_CONFIG_DIR", str(tmp_path))
+        bag = DagBag(dag_folder=str(dags_dir))
+    assert bag.import_errors == {}
+    assert {"flights_delay_training", "flights_delay_batch_inference", "flights_delay_drift_monitor"} <= set(
+        bag.dag_ids
+    )
+    assert not any(d.startswith(("other_", "twin_")) for d in bag.dag_ids), bag.dag_ids
+    error = bag.dags["mlops_config_error_other"]
+    assert error.schedule is None or error.timetable.summary in ("None", "")
+    task = error.get_task("config_error")
+    assert "schedul" in task.reason and "other.yaml" in task.reason
+    with pytest.raises(AirflowFailException, match="schedul"):
+        task.execute({})
+    assert (
+        "already used by flights_delay.yaml"
+        in bag.dags["mlops_config_error_same_prefix"].get_task("config_error").reason
+    )
+
+
+def test_an_mlflow_connection_without_login_clears_the_previous_ones_credentials(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from mlops_tasks.airflow.hooks import MlflowHook
+
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_MLFLOW_A",
+        json.dumps(
+            {
+                "conn_type": "mlflow",
+                "host": "https://mlflow-a.example",
+                "login": "alice",
+                "password": "s3cret",
+            }
+        ),
+    )
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_MLFLOW_B", json.dumps({"conn_type": "mlflow", "host": "https://mlflow-b.example"})
+    )
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
+    from mlflow.utils.credentials import get_default_host_creds
+
+    assert MlflowHook("mlflow_a").get_tracking_uri() == "https://mlflow-a.example"
+    assert get_default_host_creds("https://mlflow-a.example").password == "s3cret"
+    uri = MlflowHook("mlflow_b").get_tracking_uri()
+    creds = get_default_host_creds(uri)
+    assert (creds.username, creds.password) == (None, None)
