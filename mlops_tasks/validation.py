@@ -23,6 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import html
 import io
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -33,12 +34,13 @@ import pyarrow.parquet as pq
 
 from mlops_tasks.config import PipelineConfig
 from mlops_tasks.errors import DataError
-from mlops_tasks.ingestion import rejected_copy_name, to_parquet_bytes
+from mlops_tasks.ingestion import LINEAGE_COLUMNS, rejected_copy_name, to_parquet_bytes
 from mlops_tasks.storage import (
     PARQUET_COMPRESSION,
     ObjectStore,
     partition_prefix,
     publish_manifest,
+    read_part,
     write_part,
 )
 
@@ -62,6 +64,8 @@ GX_TYPES = {
 SCHEMA = ("<schema>",)
 # Expectations that look at a column's dtype, not at its values: table rules even if map-shaped.
 _TYPE_EXPECTATIONS = {"expect_column_values_to_be_of_type", "expect_column_values_to_be_in_type_list"}
+# Expectation kwargs that name columns of the batch.
+_COLUMN_KWARGS = ("column", "column_A", "column_B", "column_list", "column_set")
 
 
 class StagedDataMissingError(FileNotFoundError):
@@ -69,7 +73,8 @@ class StagedDataMissingError(FileNotFoundError):
 
 
 class ValidationConfigError(DataError):
-    """A ``validation.expectations`` entry names an unknown expectation or bad arguments."""
+    """A ``validation.expectations`` entry names an unknown expectation, bad arguments or a column
+    the data does not have."""
 
 
 class ValidationGateError(DataError):
@@ -155,8 +160,9 @@ def build_rules(cfg: PipelineConfig) -> list[Rule]:
     rules.append(
         Rule("values convert to their types", gxe.ExpectColumnValuesToBeNull(column=INGEST_ERROR), True)
     )
+    declared = [c.name for c in cfg.data.all_columns()]
     for i, spec in enumerate(v.expectations):
-        where = f"validation.expectations[{i}] ({spec.type})"
+        where = f"pipeline '{cfg.name}': validation.expectations[{i}] ({spec.type})"
         try:
             expectation = get_expectation_impl(spec.type)(**spec.kwargs)
         except ExpectationNotFoundError:
@@ -165,6 +171,15 @@ def build_rules(cfg: PipelineConfig) -> list[Rule]:
             ) from None
         except (TypeError, ValueError) as exc:
             raise ValidationConfigError(f"{where}: invalid kwargs {spec.kwargs}: {exc}") from None
+        # GX would only find out on the day's data, as a rule it cannot evaluate.
+        for key, names in _named_columns(expectation).items():
+            unknown = [n for n in names if n not in declared and n not in LINEAGE_COLUMNS]
+            if unknown:
+                raise ValidationConfigError(
+                    f"{where}: kwarg '{key}' names column(s) {unknown} that the data does not have; "
+                    f"use one of the columns declared under data (columns and joins): {declared}, or a "
+                    f"lineage column: {list(LINEAGE_COLUMNS)}."
+                )
         row_level = spec.type not in _TYPE_EXPECTATIONS and isinstance(
             expectation, ColumnMapExpectation | MulticolumnMapExpectation | ColumnPairMapExpectation
         )
@@ -217,13 +232,31 @@ def run_gx(
 def _columns_read(rule: Rule) -> tuple[str, ...] | None:
     """The columns a rule reads: :data:`SCHEMA` for column presence and type, () for the row
     count, None for other table rules (they get the whole frame)."""
-    kind, kw = rule.expectation.expectation_type, rule.kwargs
+    expectation = rule.expectation
+    kind = expectation.expectation_type
     if kind in _TYPE_EXPECTATIONS or kind == "expect_column_to_exist":
         return SCHEMA
     if kind == "expect_table_row_count_to_be_between":
         return ()
-    columns = [kw[k] for k in ("column", "column_A", "column_B") if k in kw] + list(kw.get("column_list", []))
+    # Only domain columns: a table rule's column_list (e.g. the expected column order) is compared
+    # with the whole frame's columns, so it must see the whole frame.
+    columns = [
+        name
+        for key, names in _named_columns(expectation).items()
+        if key in expectation.domain_keys
+        for name in names
+    ]
     return tuple(columns) if columns else None
+
+
+def _named_columns(expectation: Expectation) -> dict[str, list[str]]:
+    """The columns an expectation's kwargs name, by kwarg (``column``, ``column_list``...)."""
+    kw = expectation.configuration.kwargs
+    return {
+        key: [kw[key]] if isinstance(kw[key], str) else list(kw[key])
+        for key in _COLUMN_KWARGS
+        if kw.get(key) is not None
+    }
 
 
 def _gx_view(frame: pd.DataFrame, columns: tuple[str, ...] | None) -> pd.DataFrame:
@@ -344,7 +377,7 @@ def validate_day(store: ObjectStore, cfg: PipelineConfig, day: dt.date) -> dict[
             f"{store.uri(staging)} has no published manifest: ingest has not staged {day} for pipeline "
             f"'{cfg.name}' (run the ingest step for that day first)."
         )
-    table = read_staged(store, staged["data_parts"])
+    table = read_staged(store, staged)
     frame = staged_frame(table)
     rules = build_rules(cfg)
     gx_results = run_gx(frame, rules)
@@ -421,9 +454,11 @@ def required_where_declared(table: pa.Table, cfg: PipelineConfig) -> pa.Table:
     return table.cast(pa.schema(fields, metadata=table.schema.metadata))
 
 
-def read_staged(store: ObjectStore, keys: list[str]) -> pa.Table:
-    """The staged parts as one arrow table."""
-    return pa.concat_tables([pq.read_table(io.BytesIO(store.get_bytes(k))) for k in keys])
+def read_staged(store: ObjectStore, staged: dict[str, Any]) -> pa.Table:
+    """The data parts of a staging manifest (``data_parts``; its other parts are quarantine
+    material) as one arrow table, each checked against the sha256 the manifest recorded."""
+    parts = {p["key"]: p for p in staged["parts"]}
+    return pa.concat_tables([read_part(store, parts[k]) for k in staged["data_parts"]])
 
 
 def staged_frame(table: pa.Table) -> pd.DataFrame:
@@ -441,9 +476,7 @@ def _split(
     per_row: dict[int, list[str]] = {}
     outcomes = []
     for rule, res in zip(rules, gx_results, strict=True):
-        error = None
-        if res.exception_info and res.exception_info.get("raised_exception"):
-            error = str(res.exception_info.get("exception_message"))
+        error = gx_error(res)
         summary = res.result or {}
         outcome = _RuleOutcome(
             rule=rule,
@@ -471,6 +504,22 @@ def _split(
             per_row.setdefault(i, []).append(f"ingest: {errors[i]}" if is_ingest else rule.name)
     reasons = [per_row[i] for i in np.flatnonzero(bad).tolist()]
     return outcomes, bad, reasons
+
+
+def gx_error(result: ExpectationValidationResult) -> str | None:
+    """What GX raised while evaluating a rule, or None if it evaluated.
+
+    GX 1.x keys ``exception_info`` by metric id when a metric fails (e.g. a missing column), and
+    gives one flat ``{"raised_exception", "exception_message", ...}`` when the expectation itself
+    raises."""
+    info = result.exception_info or {}
+    entries = [info] if "raised_exception" in info else list(info.values())
+    messages = [
+        str(e.get("exception_message"))
+        for e in entries
+        if isinstance(e, Mapping) and e.get("raised_exception")
+    ]
+    return "; ".join(dict.fromkeys(messages)) or None
 
 
 def _examples(frame: pd.DataFrame, rule: Rule, mask: np.ndarray) -> list[str]:

@@ -7,9 +7,10 @@ names the data, not the run that made it. Each version leaves two single-PUT obj
 (days, files with their curated key, sha256, md5 and rows). The record is written last, after the
 push, so an existing record means the version is complete in the remote and nothing is uploaded.
 
-DVC runs through its Python API in a throwaway ``dvc init --no-scm`` repository. The remote's
-endpoint and credentials come from the store's settings and are written only to that repository's
-``.dvc/config.local``, which is deleted with it; they are never logged or returned.
+DVC runs through its Python API in a throwaway ``dvc init --no-scm`` repository. Its settings (the
+remote's URL, endpoint and credentials, from the store's settings) are handed to DVC in memory
+(``Repo(config=...)``), never written to a config file, logged or returned: a secret in a configobj
+file would need quoting (an unquoted ``#`` starts a comment) and would sit on disk.
 """
 
 from __future__ import annotations
@@ -27,7 +28,13 @@ import yaml
 
 from mlops_tasks.config import PipelineConfig
 from mlops_tasks.errors import DataError
-from mlops_tasks.storage import ObjectStore, partition_prefix, read_parquet, sha256_bytes, sha256_file
+from mlops_tasks.storage import (
+    ManifestMismatchError,
+    ObjectStore,
+    partition_prefix,
+    read_part,
+    sha256_file,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -51,7 +58,7 @@ def create_data_version(store: ObjectStore, cfg: PipelineConfig, days: list[dt.d
     """
     if not days:
         raise DataVersionError(f"cannot create a data version of '{cfg.name}': no days were given.")
-    with _dvc_repo(store) as (root, repo):
+    with dvc_repo(store) as (root, repo):
         files, included, missing = [], [], []
         for day in sorted(set(days)):
             manifest = store.read_manifest(partition_prefix(cfg.prefix, "curated", day))
@@ -107,7 +114,7 @@ def checkout_data_version(
     record = read_record(store, cfg, version)
     dvc_text = store.get_bytes(_record_key(cfg, version, ".dvc"))
     target = Path(target_dir)
-    with _dvc_repo(store) as (root, repo):
+    with dvc_repo(store) as (root, repo):
         (root / f"{DATA_DIR}.dvc").write_bytes(dvc_text)
         repo.pull(remote=DVC_REMOTE)
         for f in record["files"]:
@@ -135,21 +142,20 @@ def read_version_file(
     store: ObjectStore, version: str, file: dict[str, Any], columns: list[str] | None = None
 ) -> pd.DataFrame:
     """One curated part of a data version record (``record["files"][i]``), checked against its sha256."""
-    import pyarrow as pa
-
+    uri = store.uri(file["curated_key"])
     try:
-        data = store.get_bytes(file["curated_key"])
+        table = read_part(store, {"key": file["curated_key"], "sha256": file["sha256"]}, columns)
     except FileNotFoundError:
         raise DataVersionError(
-            f"data version '{version}': curated part {store.uri(file['curated_key'])} no longer exists (its "
-            "day was curated again); restore the version with checkout_data_version."
+            f"data version '{version}': curated part {uri} no longer exists (its day was curated "
+            "again); restore the version with checkout_data_version."
         ) from None
-    if sha256_bytes(data) != file["sha256"]:
+    except ManifestMismatchError:
         raise DataVersionError(
-            f"data version '{version}': curated part {store.uri(file['curated_key'])} has changed "
-            f"(sha256 {sha256_bytes(data)[:12]}..., recorded {file['sha256'][:12]}...)."
-        )
-    return read_parquet(pa.BufferReader(data), store.uri(file["curated_key"]), columns).to_pandas()
+            f"data version '{version}': curated part {uri} has changed (its sha256 is no longer the "
+            f"recorded {file['sha256'][:12]}...); restore the version with checkout_data_version."
+        ) from None
+    return table.to_pandas()
 
 
 def _record_key(cfg: PipelineConfig, version: str, suffix: str = ".json") -> str:
@@ -173,33 +179,27 @@ def _fetch_part(store: ObjectStore, root: Path, day: dt.date, part: dict[str, An
 
 
 @contextmanager
-def _dvc_repo(store: ObjectStore) -> Iterator[tuple[Path, Repo]]:
-    """A temporary no-SCM DVC repository whose default remote is ``s3://<bucket>/dvc``."""
+def dvc_repo(store: ObjectStore) -> Iterator[tuple[Path, Repo]]:
+    """A temporary no-SCM DVC repository whose default remote is ``s3://<bucket>/dvc``; its settings
+    live in memory only (see the module docstring)."""
     from dvc.repo import Repo
 
     s = store.settings
+    remote = {
+        "url": f"s3://{store.bucket}/{DVC_REMOTE_PREFIX}",
+        "region": s.region_name,
+        "endpointurl": s.endpoint_url,
+        "access_key_id": s.aws_access_key_id,
+        "secret_access_key": s.aws_secret_access_key,
+    }
     with tempfile.TemporaryDirectory(prefix="mlops-dvc-") as tmp:
         root = Path(tmp)
         Repo.init(str(root), no_scm=True).close()
-        (root / ".dvc" / "config").write_text(
-            "[core]\n"
-            "    no_scm = true\n"
-            f"    remote = {DVC_REMOTE}\n"
-            "    analytics = false\n"
-            f"    site_cache_dir = {root / '.dvc' / 'site'}\n"
-            f"['remote \"{DVC_REMOTE}\"']\n"
-            f"    url = s3://{store.bucket}/{DVC_REMOTE_PREFIX}\n"
-            f"    region = {s.region_name}\n"
-        )
-        local = [f"['remote \"{DVC_REMOTE}\"']"]
-        if s.endpoint_url:
-            local.append(f"    endpointurl = {s.endpoint_url}")
-        if s.aws_access_key_id:
-            local.append(f"    access_key_id = {s.aws_access_key_id}")
-        if s.aws_secret_access_key:
-            local.append(f"    secret_access_key = {s.aws_secret_access_key}")
-        (root / ".dvc" / "config.local").write_text("\n".join(local) + "\n")
-        repo = Repo(str(root))
+        config = {
+            "core": {"remote": DVC_REMOTE, "analytics": False, "site_cache_dir": str(root / ".dvc" / "site")},
+            "remote": {DVC_REMOTE: {k: v for k, v in remote.items() if v}},
+        }
+        repo = Repo(str(root), config=config)
         try:
             yield root, repo
         finally:

@@ -107,7 +107,7 @@ def child(mode: str, endpoint: str, bucket: str) -> None:
         out.update(seconds=time.perf_counter() - start, bad_rows=result["bad_rows"], passed=result["passed"])
     else:
         manifest = store.read_manifest(partition_prefix(cfg.prefix, "staging", BENCH_DAY))
-        frame = validation.staged_frame(validation.read_staged(store, manifest["data_parts"]))
+        frame = validation.staged_frame(validation.read_staged(store, manifest))
         out["rss_after_load_mb"] = current_rss_mb()
         start = time.perf_counter()
         results = validation.run_gx(frame, validation.build_rules(cfg))

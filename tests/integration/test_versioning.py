@@ -9,11 +9,13 @@ import pandas as pd
 import pytest
 
 from mlops_tasks.ingestion import to_parquet_bytes
-from mlops_tasks.storage import ObjectStore, partition_prefix, publish_manifest, write_part
+from mlops_tasks.storage import ObjectStore, S3Settings, partition_prefix, publish_manifest, write_part
 from mlops_tasks.versioning import (
+    DVC_REMOTE,
     DataVersionError,
     checkout_data_version,
     create_data_version,
+    dvc_repo,
     load_data_version,
 )
 
@@ -76,6 +78,28 @@ def test_load_refuses_a_version_whose_curated_part_was_replaced(store, example_c
     curate(store, example_config, DAY1, [7])
     with pytest.raises(DataVersionError, match="no longer exists.*checkout_data_version"):
         load_data_version(store, example_config, version)
+
+
+def test_load_refuses_a_version_whose_curated_part_has_other_bytes(store, example_config):
+    key = curate(store, example_config, DAY1, [1, 2])
+    version = create_data_version(store, example_config, [DAY1])["data_version"]
+    store.put_bytes(key, to_parquet_bytes(pd.DataFrame({"dep_delay": [7.0], "_day": "2013-01-01"})))
+    with pytest.raises(DataVersionError, match=f"data version '{version}': curated part .* has changed"):
+        load_data_version(store, example_config, version)
+
+
+def test_credentials_reach_dvc_intact_and_no_file_holds_them(s3_endpoint):
+    # '#' starts a comment in DVC's configobj files; quotes and spaces need quoting there too.
+    secret = "abc#def 'q\" ;x"
+    settings = S3Settings(
+        bucket="b", endpoint_url=s3_endpoint, aws_access_key_id="key#1", aws_secret_access_key=secret
+    )
+    with dvc_repo(ObjectStore(settings)) as (root, repo):
+        remote = repo.config["remote"][DVC_REMOTE]
+        assert (remote["access_key_id"], remote["secret_access_key"]) == ("key#1", secret)
+        assert remote["endpointurl"] == s3_endpoint and remote["url"] == "s3://b/dvc"
+        written = [p for p in root.rglob("*") if p.is_file() and b"abc#def" in p.read_bytes()]
+        assert written == []
 
 
 def test_unknown_version_is_a_clear_error(store, example_config):

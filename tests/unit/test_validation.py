@@ -6,6 +6,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 from great_expectations import expectations as gxe
+from great_expectations.core import ExpectationValidationResult
 
 from mlops_tasks.config import PipelineConfig
 from mlops_tasks.validation import (
@@ -13,6 +14,7 @@ from mlops_tasks.validation import (
     ValidationConfigError,
     bad_row_mask,
     build_rules,
+    gx_error,
     render_html,
     required_where_declared,
     run_gx,
@@ -43,16 +45,85 @@ def test_row_mask_counts_what_gx_counts(rule: Rule):
     assert int(bad_row_mask(FRAME, rule).sum()) == result.result["unexpected_count"]
 
 
-def test_unknown_expectation_type_is_a_config_error(example_config: PipelineConfig):
-    broken = example_config.model_copy(
-        update={
-            "validation": example_config.validation.model_validate(
-                {"expectations": [{"type": "expect_magic"}]}
-            )
-        }
+def with_expectations(cfg: PipelineConfig, *expectations: dict) -> PipelineConfig:
+    return cfg.model_copy(
+        update={"validation": cfg.validation.model_validate({"expectations": list(expectations)})}
     )
+
+
+def test_unknown_expectation_type_is_a_config_error(example_config: PipelineConfig):
+    broken = with_expectations(example_config, {"type": "expect_magic"})
     with pytest.raises(ValidationConfigError, match=r"validation.expectations\[0\] \(expect_magic\): Great"):
         build_rules(broken)
+
+
+def test_an_expectation_on_an_undeclared_column_is_a_config_error(example_config: PipelineConfig):
+    broken = with_expectations(
+        example_config, {"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "origen"}}
+    )
+    with pytest.raises(
+        ValidationConfigError,
+        match=r"'flights_delay': validation.expectations\[0\] \(expect_column_values_to_not_be_null\): "
+        r"kwarg 'column' names column\(s\) \['origen'\] that the data does not have; use one of .*'origin'",
+    ):
+        build_rules(broken)
+
+
+def test_every_column_an_expectation_names_is_checked(example_config: PipelineConfig):
+    broken = with_expectations(
+        example_config,
+        {"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "origin"}},
+        {"type": "expect_compound_columns_to_be_unique", "kwargs": {"column_list": ["flight", "tailnum_"]}},
+    )
+    with pytest.raises(
+        ValidationConfigError, match=r"expectations\[1\].*kwarg 'column_list' names .*\['tailnum_'\]"
+    ):
+        build_rules(broken)
+
+
+def test_expectations_may_name_join_and_lineage_columns(example_config: PipelineConfig):
+    cfg = with_expectations(
+        example_config,
+        {"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "temp"}},
+        {"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "_source_file"}},
+    )
+    assert [r.kwargs["column"] for r in build_rules(cfg)[-2:]] == ["temp", "_source_file"]
+
+
+@pytest.mark.parametrize(
+    "expectation",
+    [
+        gxe.ExpectColumnValuesToNotBeNull(column="gone"),
+        gxe.ExpectColumnMeanToBeBetween(column="gone", min_value=0),
+    ],
+    ids=["row rule", "table rule"],
+)
+def test_a_rule_gx_cannot_evaluate_reports_why(expectation):
+    # GX 1.x keys exception_info by the id of the metric that raised.
+    [result] = run_gx(FRAME, [Rule("r", expectation, True)])
+
+    assert result.success is False
+    assert gx_error(result) == 'Error: The column "gone" in BatchData does not exist.'
+
+
+def test_an_expectation_level_exception_is_reported_too():
+    flat = {"raised_exception": True, "exception_message": "TypeError: boom", "exception_traceback": "..."}
+
+    assert gx_error(ExpectationValidationResult(success=False, exception_info=flat)) == "TypeError: boom"
+
+
+def test_a_rule_gx_evaluated_has_no_error():
+    [result] = run_gx(FRAME, [RULES[0]])
+
+    assert gx_error(result) is None
+
+
+def test_a_table_rule_on_the_column_list_sees_every_column():
+    rule = Rule("order", gxe.ExpectTableColumnsToMatchOrderedList(column_list=["n", "s"]), False)
+
+    [result] = run_gx(FRAME, [rule])
+
+    assert result.success is False and result.result["observed_value"] == ["n", "s", "k"]
 
 
 def test_html_report_escapes_values():
