@@ -3,12 +3,14 @@
 Why our own layer instead of calling boto3 everywhere:
 
 * **Atomic publication.** A single S3 PUT is atomic, a directory of parts is not. Multi-part outputs
-  are published with :class:`PartitionWriter`: parts get content-addressed names, then one
-  ``_SUCCESS`` manifest (part keys, row counts, sha256) is written last and is the only switch
-  readers honour, and finally parts the manifest does not list are deleted. A rerun with the same
-  input produces the same part names and the same manifest bytes, so reruns are byte-identical and
-  never duplicate rows; a killed attempt leaves only unlisted parts behind.
-* **Bounded memory.** Parquet is read by record batch from a local spool file, never whole.
+  are uploaded with :func:`write_part` (content-addressed names, from any number of tasks) and
+  published with :func:`publish_manifest`: one ``_SUCCESS`` manifest (part keys, row counts, sha256)
+  is written last and is the only switch readers honour, and finally parts the manifest does not
+  list are deleted. A rerun with the same input produces the same part names and the same manifest
+  bytes, so reruns are byte-identical and never duplicate rows; a killed attempt leaves only
+  unlisted parts behind.
+* **Bounded memory where it matters.** Batch inference reads parquet by ranged GETs of the row
+  groups and columns it needs (:meth:`ObjectStore.open_ranged`), never a whole day.
 * **Clear errors.** Endpoint unreachable, bucket missing, credentials rejected: one sentence
   naming the endpoint, bucket and key, instead of a botocore traceback.
 
@@ -387,10 +389,6 @@ class ObjectStore:
         except FileNotFoundError:
             return None
 
-    def published_parts(self, partition: str) -> list[str]:
-        manifest = self.read_manifest(partition)
-        return [p["key"] for p in manifest["parts"]] if manifest else []
-
     @contextmanager
     def spooled(self, key: str) -> Iterator[Path]:
         """Download an object to a temporary file that is removed afterwards."""
@@ -401,19 +399,6 @@ class ObjectStore:
             yield self.download(key, name)
         finally:
             Path(name).unlink(missing_ok=True)
-
-    def iter_parquet_batches(
-        self, key: str, batch_rows: int = 65536, columns: list[str] | None = None
-    ) -> Iterator[pa.RecordBatch]:
-        """Stream a parquet object as record batches; memory stays bounded by ``batch_rows``."""
-        import pyarrow.parquet as pq
-
-        with self.spooled(key) as path:
-            parquet = pq.ParquetFile(path)
-            yield from parquet.iter_batches(batch_size=batch_rows, columns=columns)
-
-    def partition_writer(self, partition: str, **manifest_extra: Any) -> PartitionWriter:
-        return PartitionWriter(self, partition, manifest_extra)
 
 
 def write_part(
@@ -464,30 +449,6 @@ def publish_manifest(
     if stale:
         store.delete(stale)
     return manifest
-
-
-class PartitionWriter:
-    """Single-process convenience over :func:`write_part` + :func:`publish_manifest`; the manifest
-    is published only if the ``with`` block finishes without error."""
-
-    def __init__(self, store: ObjectStore, partition: str, extra: dict[str, Any]) -> None:
-        self.store = store
-        self.partition = partition
-        self.extra = extra
-        self.parts: list[dict[str, Any]] = []
-        self.manifest: dict[str, Any] | None = None
-
-    def write_part(self, name: str, data: bytes | Path, rows: int) -> str:
-        part = write_part(self.store, self.partition, name, data, rows)
-        self.parts.append(part)
-        return part["key"]
-
-    def __enter__(self) -> PartitionWriter:
-        return self
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is None:
-            self.manifest = publish_manifest(self.store, self.partition, self.parts, **self.extra)
 
 
 _CUT_OFF = (IncompleteReadError, ResponseStreamingError, ReadTimeoutError, ConnectionClosedError)

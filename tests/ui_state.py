@@ -14,7 +14,7 @@ from typing import Any
 
 from mlops_tasks import lineage, registry, tracking
 from mlops_tasks.config import PipelineConfig
-from mlops_tasks.storage import ObjectStore, partition_prefix
+from mlops_tasks.storage import ObjectStore, partition_prefix, publish_manifest, write_part
 
 EARLIER_GATE_DAY = dt.date(2013, 2, 1)
 GATE_DAY = dt.date(2013, 3, 1)
@@ -87,8 +87,8 @@ def write_drift_report(store: ObjectStore, cfg: PipelineConfig, status: str, sha
 
 def write_predictions(store: ObjectStore, cfg: PipelineConfig, rows: int, model_version: str) -> None:
     partition = partition_prefix(cfg.prefix, "predictions", INFERENCE_DAY)
-    with store.partition_writer(partition, model_version=model_version) as writer:
-        writer.write_part("part-0.parquet", b"not read by the view", rows)
+    part = write_part(store, partition, "part-0.parquet", b"not read by the view", rows)
+    publish_manifest(store, partition, [part], model_version=model_version)
 
 
 def write_lineage(
