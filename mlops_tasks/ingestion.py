@@ -7,9 +7,14 @@ Bad input is normal input, and nothing is lost:
   quarantines the row with the reason;
 * a CSV line with the wrong number of fields is kept verbatim, with its line number, in
   ``malformed_lines.jsonl``;
-* a whole-file problem (zero bytes, no header, unknown extension, wrong encoding, unreadable
-  parquet or gzip, a required column missing) rejects that file with a one-sentence reason and a
+* a whole-file problem (zero bytes, no header or a blank first line, unknown extension, wrong
+  encoding, bytes that are not UTF-8 in a parquet text column, unreadable parquet or gzip, a column
+  twice, a required column missing) rejects that file with a one-sentence reason and a
   byte-for-byte copy; the other files of the day still ingest.
+
+Each file is typed on its own, from its own column types (CSV text is parsed, parquet values are
+converted from their arrow type: integers exactly, never through float), so what happens to a value
+never depends on the other files of the day.
 
 Validation (:mod:`mlops_tasks.validation`) moves the copies and malformed lines into the quarantine
 partition, so the staging manifest is the hand-over: it lists the data parts, the rejected files
@@ -27,8 +32,10 @@ import fnmatch
 import gzip
 import io
 import json
+import re
 import zlib
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 import numpy as np
@@ -57,6 +64,14 @@ CSV_SUFFIXES = (".csv",)
 GZIP_SUFFIXES = (".csv.gz", ".gz")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 STRING_DTYPE = pd.StringDtype()
+TIMESTAMP_DTYPE = "datetime64[ns, UTC]"
+TIMESTAMP_MIN = pd.Timestamp.min.tz_localize("UTC")
+TIMESTAMP_MAX = pd.Timestamp.max.tz_localize("UTC")
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# An integer, optionally with a zero fraction ("12", "12.0": pandas writes an int column with nulls
+# that way); other numbers ("1.2e1") go through Decimal, slower but just as exact.
+_INTEGER = re.compile(r"([+-]?[0-9]+)(?:\.0*)?")
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
 
 class RejectedFileError(DataError):
@@ -65,7 +80,7 @@ class RejectedFileError(DataError):
 
 @dataclass
 class _Table:
-    """The rows of one table (main or a join) read from one day's files, before typing."""
+    """One table (main or a join): its typed frames, one per file of the day, and their sources."""
 
     frames: list[pd.DataFrame] = field(default_factory=list)
     sources: list[dict[str, Any]] = field(default_factory=list)
@@ -122,12 +137,13 @@ def ingest_day(store: ObjectStore, cfg: PipelineConfig, day: dt.date) -> dict[st
             continue
         found.malformed.extend(malformed)
         table = main if target == "" else joins[target]
-        table.frames.append(frame)
+        # Typed per file: a value's outcome must not depend on the other files of the day.
+        table.frames.append(_type_frame(frame, columns, day))
         table.sources.append(
             {"key": key, "sha256": sha256_bytes(data), "rows": len(frame), "table": target or "main"}
         )
 
-    frame = _type_table(main.frames, cfg.data.columns, day)
+    frame = _stack(main.frames, cfg.data.columns, day)
     for join in cfg.data.joins:
         frame = _left_join(frame, join, joins[join.name].frames, day, found.warnings)
     frame = frame[[c.name for c in cfg.data.all_columns()] + list(LINEAGE_COLUMNS)]
@@ -222,50 +238,124 @@ def _read_file(
     lower = key.rsplit("/", 1)[-1].lower()
     if not data:
         raise RejectedFileError(f"{key} is a zero-byte object.")
+    declared = [c.name for c in columns]
     malformed: list[dict[str, Any]] = []
     if lower.endswith(PARQUET_SUFFIXES):
-        try:
-            frame = pq.read_table(io.BytesIO(data)).to_pandas()
-        except (pa.ArrowException, OSError) as exc:
-            raise RejectedFileError(f"{key} is not a readable parquet file ({exc}).") from None
-        lines = np.arange(1, len(frame) + 1)
+        names, raw, lines = _read_parquet(key, data, declared)
     elif lower.endswith(GZIP_SUFFIXES + CSV_SUFFIXES):
         if lower.endswith(GZIP_SUFFIXES):
             try:
                 data = gzip.decompress(data)
             except (OSError, EOFError, zlib.error) as exc:
-                raise RejectedFileError(f"{key} is not a valid gzip file ({exc}).") from None
+                raise RejectedFileError(f"{key} is not a valid gzip file ({_one_line(exc)}).") from None
         frame, lines, malformed = _parse_csv(
             key, data, cfg.data.source.encoding, cfg.data.source.csv_delimiter
         )
+        names, raw = list(frame.columns), {c: frame[c] for c in frame.columns if c in declared}
     else:
         raise RejectedFileError(
             f"{key} has an unsupported file extension; expected one of "
             f"{', '.join(CSV_SUFFIXES + GZIP_SUFFIXES + PARQUET_SUFFIXES)}."
         )
-    declared = [c.name for c in columns]
-    missing = [c for c in declared if c not in frame.columns]
+    missing = [c for c in declared if c not in names]
     missing_required = [c for c in missing if c in required]
     if missing_required:
         raise RejectedFileError(
             f"{key} lacks the required column '{missing_required[0]}'"
             + (f" (and {missing_required[1:]})" if len(missing_required) > 1 else "")
-            + f"; its columns are {list(frame.columns)}."
+            + f"; its columns are {names}."
         )
     if missing:
         warnings.append(f"{key}: optional columns {missing} are missing and were filled with nulls")
-    extra = [c for c in frame.columns if c not in declared]
+    extra = [c for c in names if c not in declared]
     if extra:
         warnings.append(f"{key}: extra columns {extra} were dropped")
     out = pd.DataFrame(
-        {
-            c: frame[c] if c in frame.columns else pd.Series([None] * len(frame), dtype=object)
-            for c in declared
-        }
+        {c: raw[c] if c in raw else pd.Series([None] * len(lines), dtype=object) for c in declared},
+        index=pd.RangeIndex(len(lines)),
     )
     out["_source_file"] = key
     out["_source_line"] = lines
     return out, malformed
+
+
+def _read_parquet(
+    key: str, data: bytes, declared: list[str]
+) -> tuple[list[str], dict[str, pd.Series], np.ndarray]:
+    """The column names of a parquet file, its declared columns as lossless pandas series, and the
+    row numbers (1-based)."""
+    try:
+        # ParquetFile, not read_table: the dataset reader fails on a repeated column name with an
+        # unreadable message; the check below names the column instead.
+        table = pq.ParquetFile(io.BytesIO(data)).read()
+    except (pa.ArrowException, OSError) as exc:
+        raise RejectedFileError(f"{key} is not a readable parquet file ({_one_line(exc)}).") from None
+    index = _pandas_index_columns(table)
+    names = [n for n in table.column_names if n not in index]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise RejectedFileError(f"{key} has the column '{dupes[0]}' more than once in its schema.")
+    raw = {n: _arrow_series(key, n, table.column(n)) for n in names if n in declared}
+    return names, raw, np.arange(1, table.num_rows + 1, dtype=np.int64)
+
+
+def _pandas_index_columns(table: pa.Table) -> set[str]:
+    """Columns that pandas wrote for a DataFrame's index (``__index_level_0__``): not data."""
+    try:
+        meta = table.schema.pandas_metadata or {}
+    except ValueError:  # metadata that is not JSON: no index columns to recognise
+        return set()
+    return {c for c in meta.get("index_columns", []) if isinstance(c, str)}
+
+
+def _arrow_series(key: str, name: str, column: pa.ChunkedArray) -> pd.Series:
+    """One parquet column as the pandas dtype that holds its values exactly, chosen from the file's
+    own arrow type: integers stay integers (pandas' default turns an int column with nulls into
+    float64, which rounds above 2**53), timestamps keep their unit, dates become midnight, binary is
+    decoded as UTF-8. Whether a value suits the column's config type is decided per value by
+    :func:`convert_column`, the same rule as for CSV text."""
+    arrow = column.type
+    if pa.types.is_dictionary(arrow):
+        column, arrow = column.cast(arrow.value_type), arrow.value_type
+    if pa.types.is_binary(arrow) or pa.types.is_large_binary(arrow) or pa.types.is_fixed_size_binary(arrow):
+        column, arrow = _decode_utf8(key, name, column), pa.large_string()
+    if pa.types.is_integer(arrow):
+        wide = pa.uint64() if arrow == pa.uint64() else pa.int64()
+        mapper = {pa.int64(): pd.Int64Dtype(), pa.uint64(): pd.UInt64Dtype()}
+        return column.cast(wide).to_pandas(types_mapper=mapper.get)
+    if pa.types.is_boolean(arrow):
+        return column.to_pandas(types_mapper={pa.bool_(): pd.BooleanDtype()}.get)
+    if pa.types.is_floating(arrow):
+        return column.cast(pa.float64()).to_pandas()
+    if pa.types.is_date(arrow):
+        return column.cast(pa.timestamp("ms")).to_pandas()
+    return column.to_pandas()
+
+
+def _decode_utf8(key: str, name: str, column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """A binary column as strings; bytes that are not UTF-8 reject the file, like a CSV file in the
+    wrong encoding."""
+    column = column.cast(pa.large_binary())  # fixed-size binary has no cast to text
+    try:
+        return column.cast(pa.large_string())
+    except pa.ArrowInvalid:
+        pass
+    for row, value in enumerate(column.to_pylist(), start=1):
+        if value is None:
+            continue
+        try:
+            value.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise RejectedFileError(
+                f"{key}: column '{name}' holds bytes that are not valid UTF-8 text (row {row}: byte "
+                f"{exc.start} of {_show(value)} cannot be decoded)."
+            ) from None
+    raise RejectedFileError(f"{key}: column '{name}' cannot be read as UTF-8 text.")
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception's text on one line: a rejection reason is a single paragraph."""
+    return " ".join(str(exc).split())
 
 
 def _parse_csv(
@@ -284,8 +374,17 @@ def _parse_csv(
         raise RejectedFileError(f"{key} is empty: it has no header line.")
     lines = list(io.StringIO(text, newline=""))
     reader = csv.reader(lines, delimiter=delimiter)
-    header = [h.strip() for h in next(reader)]
-    header[0] = header[0].lstrip("\ufeff")
+    try:
+        header = [h.strip() for h in next(reader)]
+    except csv.Error as exc:
+        raise RejectedFileError(
+            f"{key}: its header line cannot be parsed as CSV ({_one_line(exc)})."
+        ) from None
+    if header:
+        header[0] = header[0].lstrip("\ufeff")
+    if not any(header):
+        # Not skipped: a file whose header is not on line 1 is not the file the writer meant.
+        raise RejectedFileError(f"{key} has no column names on line 1; the header must be the first line.")
     dupes = sorted({h for h in header if header.count(h) > 1})
     if dupes:
         raise RejectedFileError(f"{key} has the column '{dupes[0]}' more than once in its header.")
@@ -319,14 +418,8 @@ def _parse_csv(
 # -- typing -------------------------------------------------------------------------------------
 
 
-def _type_table(frames: list[pd.DataFrame], columns: list[ColumnSpec], day: dt.date) -> pd.DataFrame:
-    """Concatenate one table's raw frames and convert every declared column to its type."""
-    names = [c.name for c in columns] + ["_source_file", "_source_line"]
-    raw = (
-        pd.concat(frames, ignore_index=True)
-        if frames
-        else pd.DataFrame({n: pd.Series([], dtype=object) for n in names})
-    )
+def _type_frame(raw: pd.DataFrame, columns: list[ColumnSpec], day: dt.date) -> pd.DataFrame:
+    """Convert every declared column of one file's raw frame to its type and add the lineage."""
     out = pd.DataFrame(index=raw.index)
     errors: list[list[str]] = [[] for _ in range(len(raw))]
     for spec in columns:
@@ -341,71 +434,187 @@ def _type_table(frames: list[pd.DataFrame], columns: list[ColumnSpec], day: dt.d
     return out
 
 
+def _stack(frames: list[pd.DataFrame], columns: list[ColumnSpec], day: dt.date) -> pd.DataFrame:
+    """One table's typed per-file frames, in file order (an empty typed frame when there are none)."""
+    if frames:
+        return pd.concat(frames, ignore_index=True)
+    names = [c.name for c in columns] + ["_source_file", "_source_line"]
+    return _type_frame(pd.DataFrame({n: pd.Series([], dtype=object) for n in names}), columns, day)
+
+
 def _join_errors(errors: list[str]) -> str | None:
     return "; ".join(errors) if errors else None
 
 
 def _show(value: object) -> str:
-    text = repr(value)
+    if isinstance(value, np.generic):
+        value = value.item()  # 1.5, not np.float64(1.5)
+    text = repr(value.isoformat()) if isinstance(value, pd.Timestamp) else repr(value)
     return text if len(text) <= 40 else text[:37] + "...'"
 
 
 def convert_column(raw: pd.Series, kind: str) -> tuple[pd.Series, np.ndarray, str]:
-    """``raw`` (strings from CSV, or parquet-typed values) as the config type ``kind``.
+    """``raw`` (strings from CSV, or one parquet file's typed values) as the config type ``kind``.
 
     Returns the typed series (unconvertible values become null), the boolean mask of values that
-    were present but unconvertible, and the reason to report for them.
+    were present but unconvertible, and the reason to report for them. Text is parsed; typed values
+    are converted without a detour through text or float, and a typed value that cannot be of
+    ``kind`` (a number for a timestamp, whose unit is unknown) is flagged like unparseable text.
+    Never raises on values.
     """
-    if kind in ("string", "category"):
-        typed = raw.astype(STRING_DTYPE)
-        return typed.mask(typed == ""), np.zeros(len(raw), dtype=bool), ""
-    textual = raw.dtype == object or isinstance(raw.dtype, pd.StringDtype)
-    if textual:
-        stripped = raw.astype(STRING_DTYPE).str.strip()
-        missing = (stripped.isna() | stripped.isin(NA_TOKENS)).to_numpy(dtype=bool)
-        values: pd.Series = stripped.mask(missing)
-    else:
+    family = _family(raw.dtype)
+    if family != "text":
+        if kind in ("string", "category"):
+            return raw.astype(STRING_DTYPE), np.zeros(len(raw), dtype=bool), ""
         missing = raw.isna().to_numpy(dtype=bool)
         values = raw
-    if kind in ("int", "float"):
-        return _to_number(values, missing, kind)
+    else:
+        text, undecodable = _as_text(raw)
+        if kind in ("string", "category"):
+            return text.mask(text == ""), undecodable, "is not valid UTF-8 text"
+        stripped = text.str.strip()
+        # An undecodable value is null but present: it is flagged, not taken as missing.
+        missing = (stripped.isna() | stripped.isin(NA_TOKENS)).to_numpy(dtype=bool) & ~undecodable
+        values = stripped.mask(missing)
+    if kind == "int":
+        return _to_int(values, missing, family)
+    if kind == "float":
+        return _to_float(values, missing, family)
     if kind == "bool":
-        if not textual:
-            return values.astype("boolean"), np.zeros(len(raw), dtype=bool), ""
+        return _to_bool(values, missing, family)
+    return _to_timestamp(values, missing, family)
+
+
+def _family(dtype: Any) -> str:
+    """What a series holds: "text", "int", "float", "bool", "timestamp" or "other"."""
+    if pd.api.types.is_object_dtype(dtype) or isinstance(dtype, pd.StringDtype | pd.CategoricalDtype):
+        return "text"
+    if pd.api.types.is_bool_dtype(dtype):
+        return "bool"
+    if pd.api.types.is_integer_dtype(dtype):
+        return "int"
+    if pd.api.types.is_float_dtype(dtype):
+        return "float"
+    if pd.api.types.is_datetime64_any_dtype(dtype):
+        return "timestamp"
+    return "other"
+
+
+def _as_text(raw: pd.Series) -> tuple[pd.Series, np.ndarray]:
+    """Text values as a string series; bytes are decoded as UTF-8, and those that cannot be become
+    null, flagged in the mask."""
+    undecodable = np.zeros(len(raw), dtype=bool)
+    if isinstance(raw.dtype, pd.CategoricalDtype):
+        raw = raw.astype(object)
+    if raw.dtype == object and pd.api.types.infer_dtype(raw, skipna=True) not in ("string", "empty"):
+        values = raw.to_numpy(copy=True)
+        for i, value in enumerate(values):
+            if isinstance(value, bytes | bytearray):
+                try:
+                    values[i] = bytes(value).decode("utf-8")
+                except UnicodeDecodeError:
+                    values[i], undecodable[i] = None, True
+        raw = pd.Series(values, index=raw.index)
+    return raw.astype(STRING_DTYPE), undecodable
+
+
+def _wrong_family(
+    values: pd.Series, missing: np.ndarray, dtype: str, reason: str
+) -> tuple[pd.Series, np.ndarray, str]:
+    """Every present value flagged: the series' type can hold no value of the column's type."""
+    return pd.Series(index=values.index, dtype=dtype), ~missing, reason
+
+
+def _to_int(values: pd.Series, missing: np.ndarray, family: str) -> tuple[pd.Series, np.ndarray, str]:
+    reason = "is not a 64-bit integer"
+    if family == "text":
+        parsed = [_exact_int(v) if isinstance(v, str) else None for v in values.tolist()]
+        bad = np.array([p is None for p in parsed], dtype=bool) & ~missing
+        return pd.Series(parsed, index=values.index, dtype="Int64"), bad, reason
+    if family == "int":
+        # Exact: no float in between. Only an unsigned 64-bit value can be too large for int64.
+        if not pd.api.types.is_unsigned_integer_dtype(values.dtype):
+            return values.astype("Int64"), np.zeros(len(values), dtype=bool), reason
+        unsigned = values.astype("UInt64")
+        too_big = (unsigned > INT64_MAX).fillna(False).to_numpy(dtype=bool)
+        return unsigned.mask(too_big).astype("Int64"), too_big, reason
+    if family == "float":
+        array = values.to_numpy(dtype="float64", na_value=np.nan)
+        with np.errstate(invalid="ignore"):
+            integral = np.isfinite(array) & (array == np.floor(array)) & (np.abs(array) < 2.0**63)
+        bad = ~integral & ~missing
+        return pd.Series(np.where(integral, array, np.nan), index=values.index).astype("Int64"), bad, reason
+    return _wrong_family(values, missing, "Int64", reason)
+
+
+def _exact_int(text: str) -> int | None:
+    """``text`` as an int64 when it is an integer ("12", "12.0", "1.2e1"), else None; parsed exactly
+    (Python int / Decimal), never through float."""
+    if match := _INTEGER.fullmatch(text):
+        value = int(match.group(1))
+    elif _DECIMAL.fullmatch(text):
+        number = Decimal(text)
+        if number != number.to_integral_value() or not INT64_MIN <= number <= INT64_MAX:
+            return None
+        value = int(number)
+    else:
+        return None
+    return value if INT64_MIN <= value <= INT64_MAX else None
+
+
+def _to_float(values: pd.Series, missing: np.ndarray, family: str) -> tuple[pd.Series, np.ndarray, str]:
+    reason = "is not a finite float"
+    if family == "text":
+        array = pd.to_numeric(values.astype(object), errors="coerce").astype("float64").to_numpy()
+    elif family in ("int", "float"):
+        array = values.to_numpy(dtype="float64", na_value=np.nan)
+    else:
+        return _wrong_family(values, missing, "float64", reason)
+    bad = ~np.isfinite(array) & ~missing
+    return pd.Series(np.where(bad, np.nan, array), index=values.index), bad, reason
+
+
+def _to_bool(values: pd.Series, missing: np.ndarray, family: str) -> tuple[pd.Series, np.ndarray, str]:
+    reason = "is not a boolean"
+    typed = pd.Series(pd.NA, index=values.index, dtype="boolean")
+    if family == "text":
         lower = values.str.lower()
-        typed = pd.Series(pd.NA, index=raw.index, dtype="boolean")
         typed[lower.isin(TRUE_TOKENS).to_numpy(dtype=bool)] = True
         typed[lower.isin(FALSE_TOKENS).to_numpy(dtype=bool)] = False
-        return typed, (typed.isna().to_numpy() & ~missing), "is not a boolean"
-    # timestamp: naive values are taken as UTC.
-    if textual:
+    elif family == "bool":
+        typed = values.astype("boolean")
+    elif family == "int":
+        # 1 and 0 are booleans in CSV text too; any other integer is not.
+        typed[(values == 1).fillna(False).to_numpy(dtype=bool)] = True
+        typed[(values == 0).fillna(False).to_numpy(dtype=bool)] = False
+    return typed, (typed.isna().to_numpy() & ~missing), reason
+
+
+def _to_timestamp(values: pd.Series, missing: np.ndarray, family: str) -> tuple[pd.Series, np.ndarray, str]:
+    """Naive values are taken as UTC; the result is nanoseconds, so values outside 1677-2262 are
+    flagged rather than wrapped."""
+    if family == "text":
         # Parsed in two groups: pandas 2.3 gives a naive value the offset of an aware one before it.
         aware = values.str.contains(r"(?:Z|[+-]\d\d:?\d\d)$", regex=True).fillna(False).to_numpy(dtype=bool)
-        typed = pd.Series(pd.NaT, index=values.index, dtype="datetime64[ns, UTC]")
+        typed = pd.Series(pd.NaT, index=values.index, dtype=TIMESTAMP_DTYPE)
         for group in (aware, ~aware):
             if group.any():
                 typed[group] = pd.to_datetime(values[group], utc=True, errors="coerce", format="ISO8601")
-    elif isinstance(values.dtype, pd.DatetimeTZDtype):
-        typed = values.dt.tz_convert("UTC")
+        return typed, (typed.isna().to_numpy() & ~missing), "is not an ISO 8601 timestamp"
+    if family == "timestamp":
+        utc = values.dt.tz_localize("UTC") if values.dt.tz is None else values.dt.tz_convert("UTC")
+        in_range = (utc >= TIMESTAMP_MIN) & (utc <= TIMESTAMP_MAX)
+        typed = utc.where(in_range).astype(TIMESTAMP_DTYPE)
+        return (
+            typed,
+            (typed.isna().to_numpy() & ~missing),
+            "is outside the timestamp range 1677-09-21..2262-04-11",
+        )
+    if family in ("int", "float"):
+        reason = "is a number, not a timestamp (its epoch unit is unknown)"
     else:
-        typed = pd.to_datetime(values, utc=True, errors="coerce")
-    typed = typed.astype("datetime64[ns, UTC]")
-    return typed, (typed.isna().to_numpy() & ~missing), "is not an ISO 8601 timestamp"
-
-
-def _to_number(values: pd.Series, missing: np.ndarray, kind: str) -> tuple[pd.Series, np.ndarray, str]:
-    numbers = pd.to_numeric(values.astype(object), errors="coerce").astype("float64")
-    array = numbers.to_numpy()
-    unparsed = np.isnan(array) & ~missing
-    if kind == "float":
-        infinite = np.isinf(array)
-        array = np.where(infinite, np.nan, array)
-        return pd.Series(array, index=values.index), unparsed | infinite, "is not a finite float"
-    with np.errstate(invalid="ignore"):
-        fractional = np.isfinite(array) & ((array != np.floor(array)) | (np.abs(array) >= 2.0**63))
-    bad = unparsed | fractional | np.isinf(array)
-    array = np.where(bad, np.nan, array)
-    return pd.Series(array, index=values.index).astype("Int64"), bad, "is not an integer"
+        reason = "is not a timestamp"
+    return _wrong_family(values, missing, TIMESTAMP_DTYPE, reason)
 
 
 # -- joins --------------------------------------------------------------------------------------
@@ -419,7 +628,7 @@ def _left_join(
     A conversion error in a side value marks the rows it joins to (``weather: temp: ...``)."""
     if not frames:
         warnings.append(f"join '{join.name}': no file matching '{join.file_pattern}'; its columns are null")
-    side = _type_table(frames, join.columns, day)
+    side = _stack(frames, join.columns, day)
     no_key = side[join.keys].isna().any(axis=1)
     if no_key.any():
         warnings.append(f"join '{join.name}': {int(no_key.sum())} row(s) without a complete key were dropped")

@@ -8,6 +8,7 @@ import gzip
 import io
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -87,6 +88,29 @@ def land(store: ObjectStore, cfg: PipelineConfig, name: str, data: bytes | str, 
 
 def csv(*lines: str, header: str = HEADER) -> str:
     return "\n".join([header, *lines]) + "\n"
+
+
+def flights_parquet(**columns: object) -> bytes:
+    """A two-row parquet file of the main table (ids 5, 6); ``columns`` replace the defaults."""
+    table = {
+        "id": [5, 6],
+        "delay": [1.0, 2.0],
+        "carrier": ["AA", "UA"],
+        "origin": ["EWR", "JFK"],
+        "time_hour": ["2013-01-01T10:00:00Z"] * 2,
+    }
+    buffer = io.BytesIO()
+    pq.write_table(pa.table({**table, **columns}), buffer)
+    return buffer.getvalue()
+
+
+def variant(cfg: PipelineConfig, name: str | None = None, **columns: dict) -> PipelineConfig:
+    """``cfg`` under another pipeline name (its own prefix) and/or with some main columns changed."""
+    data = cfg.model_dump()
+    data["name"] = name or data["name"]
+    for column in data["data"]["columns"]:
+        column.update(columns.get(column["name"], {}))
+    return PipelineConfig.model_validate(data)
 
 
 def read_partition(store: ObjectStore, cfg: PipelineConfig, area: str, prefix: str = "") -> pd.DataFrame:
@@ -248,6 +272,22 @@ def test_wrong_file_extension_is_rejected(store, cfg):
     assert_rejected(store, cfg, ingested, key, b"PK\x03\x04", "unsupported file extension")
 
 
+def test_csv_whose_first_line_is_blank_is_rejected(store, cfg):
+    land(store, cfg, "flights_a.csv", csv(*GOOD))
+    data = ("\n" + csv("9,1,AA,EWR,2013-01-01T10:00:00Z")).encode()
+    key = land(store, cfg, "flights_b.csv", data)
+    ingested, _ = run(store, cfg)
+    assert_rejected(store, cfg, ingested, key, data, key, "no column names on line 1")
+
+
+def test_parquet_text_column_with_non_utf8_bytes_is_rejected_naming_the_column(store, cfg):
+    land(store, cfg, "flights_a.csv", csv(*GOOD))
+    data = flights_parquet(carrier=pa.array([b"AA", b"\xff\xfe"], pa.binary()))
+    key = land(store, cfg, "flights_b.parquet", data)
+    ingested, _ = run(store, cfg)
+    assert_rejected(store, cfg, ingested, key, data, key, "column 'carrier'", "not valid UTF-8", "row 2")
+
+
 def test_non_utf8_file_is_rejected_with_the_byte_position(store, cfg):
     land(store, cfg, "flights_a.csv", csv(*GOOD))
     data = csv("9,1,AA,EWR,2013-01-01T10:00:00Z").encode() + "10,1,AA,Zürich,x\n".encode("latin-1")
@@ -267,6 +307,55 @@ def test_ten_times_larger_day_fails_the_gate_with_a_clear_message(store, cfg):
     assert failure.value.result["report_html_uri"] in message and "\n" not in message
     assert store.read_manifest(partition_prefix(cfg.prefix, "curated", DAY)) is None
     assert report(store, failure.value.result)["passed"] is False
+
+
+def test_integers_beyond_float_precision_are_kept_exactly_from_csv_and_parquet(store, cfg):
+    cfg = variant(cfg, id={"max": None})
+    land(
+        store,
+        cfg,
+        "flights_a.csv",
+        csv(*(f"{9007199254740992 + i},1,AA,EWR,2013-01-01T10:00:00Z" for i in (1, 0))),
+    )
+    ids = pa.array([9007199254740995, 9007199254740994], pa.int64())
+    land(store, cfg, "flights_b.parquet", flights_parquet(id=ids))
+    _, validated = run(store, cfg)
+    got = curated(store, cfg)
+    assert got["id"].tolist() == [9007199254740993, 9007199254740992, 9007199254740995, 9007199254740994]
+    assert validated["bad_rows"] == 0
+
+
+def test_epoch_numbers_in_a_parquet_timestamp_column_are_quarantined_whatever_else_landed(store, cfg):
+    """Not read as nanoseconds after 1970, and flagged the same alone and next to a CSV file."""
+    cfg = cfg.model_copy(
+        update={"validation": cfg.validation.model_copy(update={"max_bad_row_fraction": 1.0})}
+    )
+    beside = variant(cfg, "tiny_beside")
+    epochs = flights_parquet(time_hour=[1357034400.0, 1357038000.5])
+    land(store, cfg, "flights_p.parquet", epochs)
+    land(store, beside, "flights_p.parquet", epochs)
+    land(store, beside, "flights_c.csv", csv(*GOOD[2:]))
+    run(store, cfg)
+    run(store, beside)
+    for pipeline in (cfg, beside):
+        bad = quarantined(store, pipeline)
+        assert bad["id"].tolist() == [5, 6] and bad["time_hour"].isna().all()
+        for value, reasons in zip(["1357034400.0", "1357038000.5"], bad["_reasons"], strict=True):
+            assert (
+                f"ingest: time_hour: {value} is a number, not a timestamp (its epoch unit is unknown)"
+                in list(reasons)
+            )
+    assert curated(store, cfg).empty and curated(store, beside)["id"].tolist() == [3, 4]
+
+
+def test_bool_parquet_column_in_a_timestamp_column_quarantines_its_rows_and_the_day_ingests(store, cfg):
+    land(store, cfg, "flights_a.csv", csv(*GOOD))
+    land(store, cfg, "flights_b.parquet", flights_parquet(time_hour=[True, False]))
+    ingested, validated = run(store, cfg)
+    bad = quarantined(store, cfg)
+    assert ingested["rows"] == 6 and bad["id"].tolist() == [5, 6]
+    assert "ingest: time_hour: True is not a timestamp" in list(bad["_reasons"][0])
+    assert curated(store, cfg)["id"].tolist() == [1, 2, 3, 4] and validated["bad_rows"] == 2
 
 
 def test_too_many_bad_rows_fail_the_gate(store, cfg):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pandas as pd
 
 from mlops_tasks.ingestion import convert_column, rejected_copy_name
@@ -14,7 +16,10 @@ def raw(*values: object) -> pd.Series:
 def test_int_accepts_integral_text_and_flags_text_and_fractions():
     typed, bad, reason = convert_column(raw("1", " 2 ", "3.0", "abc", "1.5", "NA", ""), "int")
     assert typed.dtype == "Int64" and typed.tolist()[:3] == [1, 2, 3]
-    assert bad.tolist() == [False, False, False, True, True, False, False] and reason == "is not an integer"
+    assert (
+        bad.tolist() == [False, False, False, True, True, False, False]
+        and reason == "is not a 64-bit integer"
+    )
     assert typed.isna().tolist()[3:] == [True] * 4
 
 
@@ -51,6 +56,63 @@ def test_timestamps_become_utc_and_naive_ones_are_taken_as_utc():
 def test_parquet_typed_values_convert_without_text_parsing():
     typed, bad, _ = convert_column(pd.Series([1.0, 2.5, float("inf")]), "int")
     assert typed.tolist()[0] == 1 and bad.tolist() == [False, True, True]
+
+
+def test_int_text_is_parsed_exactly_beyond_float_precision():
+    typed, bad, _ = convert_column(
+        raw("9007199254740993", "9007199254740992", "9223372036854775807", "9007199254740993.0", "1e3"), "int"
+    )
+    assert typed.tolist() == [9007199254740993, 9007199254740992, 2**63 - 1, 9007199254740993, 1000]
+    assert not bad.any()
+
+
+def test_int_text_outside_int64_is_flagged_not_rounded():
+    typed, bad, reason = convert_column(
+        raw("9223372036854775808", "-9223372036854775809", "1e19", "-9223372036854775808"), "int"
+    )
+    assert bad.tolist() == [True, True, True, False] and reason == "is not a 64-bit integer"
+    assert typed.isna().tolist() == [True, True, True, False] and typed.iloc[3] == -(2**63)
+
+
+def test_parquet_integers_pass_through_without_float():
+    typed, bad, _ = convert_column(pd.Series([9007199254740993, None], dtype="Int64"), "int")
+    assert typed.iloc[0] == 9007199254740993 and typed.isna().tolist() == [False, True] and not bad.any()
+    typed, bad, _ = convert_column(pd.Series([2**64 - 1, 9007199254740993], dtype="UInt64"), "int")
+    assert bad.tolist() == [True, False] and typed.isna().tolist() == [True, False]
+    assert typed.iloc[1] == 9007199254740993 and typed.dtype == "Int64"
+
+
+def test_typed_integers_one_and_zero_are_booleans_and_other_numbers_are_flagged():
+    typed, bad, reason = convert_column(pd.Series([1, 0, 2]), "bool")
+    assert typed.tolist()[:2] == [True, False] and bad.tolist() == [False, False, True]
+    for series in (pd.Series([1.0, float("nan")]), pd.Series(pd.to_datetime(["2013-01-01", None]))):
+        typed, bad, reason = convert_column(series, "bool")
+        assert typed.isna().all() and bad.tolist() == [True, False] and reason == "is not a boolean"
+
+
+def test_numbers_in_a_timestamp_column_are_flagged_not_read_as_nanoseconds():
+    typed, bad, reason = convert_column(pd.Series([1357034400.0, None]), "timestamp")
+    assert typed.isna().all() and bad.tolist() == [True, False]
+    assert reason == "is a number, not a timestamp (its epoch unit is unknown)"
+    typed, bad, reason = convert_column(pd.Series([True, None], dtype="boolean"), "timestamp")
+    assert typed.isna().all() and bad.tolist() == [True, False] and reason == "is not a timestamp"
+
+
+def test_typed_timestamps_of_any_unit_become_utc_and_out_of_range_ones_are_flagged():
+    naive = pd.Series([dt.datetime(2013, 1, 1, 10), dt.datetime(3000, 1, 1), None], dtype="datetime64[us]")
+    typed, bad, reason = convert_column(naive, "timestamp")
+    assert str(typed.dtype) == "datetime64[ns, UTC]" and typed.iloc[0] == pd.Timestamp("2013-01-01T10:00Z")
+    assert bad.tolist() == [False, True, False] and "outside the timestamp range" in reason
+    aware = pd.Series(pd.to_datetime(["2013-01-01 05:00"]).tz_localize("America/New_York"))
+    assert convert_column(aware, "timestamp")[0].iloc[0] == pd.Timestamp("2013-01-01T10:00Z")
+
+
+def test_bytes_that_are_not_utf8_are_flagged_in_text_columns():
+    typed, bad, reason = convert_column(raw(b"AA", b"\xff", None), "category")
+    assert typed.tolist()[0] == "AA" and typed.isna().tolist() == [False, True, True]
+    assert bad.tolist() == [False, True, False] and reason == "is not valid UTF-8 text"
+    _, bad, _ = convert_column(raw(b"12", b"\xff"), "int")
+    assert bad.tolist() == [False, True]
 
 
 def test_rejected_copy_name_is_key_safe():
