@@ -266,7 +266,13 @@ def _gx_view(frame: pd.DataFrame, columns: tuple[str, ...] | None) -> pd.DataFra
         return frame.iloc[:0]
     present = [c for c in columns if c in frame.columns] or list(frame.columns[:1])
     view = frame[present]
-    ints = [c for c in present if isinstance(view[c].dtype, pd.Int64Dtype)]
+    # float64 holds every integer up to 2**53 exactly; a column beyond that (large ids) stays as it
+    # is, on GX's slower path, rather than letting distinct values compare equal.
+    ints = [
+        c
+        for c in present
+        if isinstance(view[c].dtype, pd.Int64Dtype) and not bool((view[c].abs() > 2**53).any())
+    ]
     if ints:
         view = view.assign(**{c: view[c].to_numpy(dtype="float64", na_value=np.nan) for c in ints})
     return view
