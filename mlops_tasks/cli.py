@@ -13,17 +13,21 @@ import argparse
 import datetime as dt
 import json
 import os
+import re
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from mlops_tasks.config import (
     ConfigError,
     PipelineConfig,
+    config_paths,
     load_all,
     load_config,
+    load_configs,
     load_pipeline,
     render_reference,
 )
@@ -33,7 +37,8 @@ CONNECTIONS_FILE = "connections.env"
 
 
 class CliError(RuntimeError):
-    """A user-facing failure: printed as one line, exit code 1."""
+    """A user-facing failure: printed as one line, exit code 1. Commands raise it for errors of the
+    libraries underneath (Airflow connections, MLflow) that would otherwise end in a traceback."""
 
 
 def load_stack_connections(stack_dir: Path = STACK_DIR) -> None:
@@ -55,18 +60,67 @@ def write_stack_connections(env: dict[str, str], stack_dir: Path = STACK_DIR) ->
     return path
 
 
+@contextmanager
+def _connection(cfg: PipelineConfig, field: str, conn_id: str) -> Iterator[None]:
+    """An undefined Airflow connection as a CliError saying how to define it."""
+    from airflow.sdk.exceptions import AirflowNotFoundException  # loaded by the hooks anyway
+
+    try:
+        yield
+    except AirflowNotFoundException:
+        raise CliError(
+            f"pipeline '{cfg.name}': the Airflow connection '{conn_id}' ({field} of its config) is not "
+            f"defined: set AIRFLOW_CONN_{conn_id.upper()}, or start the local stack with `mlops-tasks up` "
+            f"(its connections are read from {STACK_DIR / CONNECTIONS_FILE})"
+        ) from None
+
+
 def _store(cfg: PipelineConfig) -> Any:
     from mlops_tasks.airflow.hooks import ObjectStoreHook
 
     load_stack_connections()
-    return ObjectStoreHook(cfg.storage.connection_id, cfg.storage.bucket).get_store()
+    with _connection(cfg, "storage.connection_id", cfg.storage.connection_id):
+        return ObjectStoreHook(cfg.storage.connection_id, cfg.storage.bucket).get_store()
 
 
 def _tracking_uri(cfg: PipelineConfig) -> str:
     from mlops_tasks.airflow.hooks import MlflowHook
 
     load_stack_connections()
-    return MlflowHook(cfg.mlflow.connection_id).get_tracking_uri()
+    with _connection(cfg, "mlflow.connection_id", cfg.mlflow.connection_id):
+        return MlflowHook(cfg.mlflow.connection_id).get_tracking_uri()
+
+
+@contextmanager
+def _mlflow(cfg: PipelineConfig, tracking_uri: str) -> Iterator[None]:
+    """An MLflow server that answers with an error (wrong URL, credentials, permissions) as a
+    CliError naming the server and the connection to fix. Unreachable servers already raise a
+    clear RuntimeError (mlops_tasks.tracking)."""
+    from mlflow.exceptions import MlflowException, RestException  # the command loads MLflow anyway
+
+    from mlops_tasks.status import without_credentials
+
+    try:
+        yield
+    except MlflowException as exc:
+        # First line, without the response body (an HTML error page says nothing more).
+        message = (str(exc).splitlines() or [type(exc).__name__])[0].split(". Response body:")[0]
+        code = re.search(r"failed with error code (\d+)", message)
+        status = int(code.group(1)) if code else None
+        if status is None and isinstance(exc, RestException):  # an MLflow error answer (JSON)
+            status = exc.get_http_status_code()
+        fix = {
+            401: "check the login and password of the connection",
+            403: "the connection's user lacks a permission this needs; check its login or the server's "
+            "permissions",
+            404: "the server has no MLflow API at this URL; check that the connection's host is the MLflow "
+            "tracking server's URL",
+        }.get(status, "check the connection and the server's logs")
+        raise CliError(
+            f"pipeline '{cfg.name}': the MLflow server {without_credentials(tracking_uri)} (Airflow connection "
+            f"'{cfg.mlflow.connection_id}') {f'answered HTTP {status}' if status else 'failed'}: {fix} "
+            f"({message[:200]})"
+        ) from None
 
 
 def _print(obj: Any, as_json: bool) -> None:
@@ -77,9 +131,19 @@ def _print(obj: Any, as_json: bool) -> None:
 
 
 def cmd_config_validate(args: argparse.Namespace) -> int:
-    paths = [Path(p) for p in args.files] or None
-    configs = [load_config(p) for p in paths] if paths else load_all()
-    for cfg in configs:
+    from mlops_tasks.validation import build_rules
+
+    # Named files are checked one by one (e.g. an edited copy next to its original); the config
+    # directory as the set the DAG factory loads: names and storage locations unique.
+    files = [Path(p) for p in args.files]
+    configs = {p: load_config(p) for p in files} if files else load_configs(config_paths())
+    for path, cfg in configs.items():
+        # The Great Expectations rules are built by the validate task; a typo'd expectation type or
+        # bad kwargs must show here, not on the first run.
+        try:
+            build_rules(cfg)
+        except ValueError as exc:  # GX's own messages span lines: one line here
+            raise ConfigError(f"{path}: " + " ".join(str(exc).split())) from None
         print(
             f"ok: {cfg.name} ({', '.join(cfg.dag_id(k) for k in ('training', 'batch_inference', 'drift_monitor'))})"
         )
@@ -92,7 +156,7 @@ def cmd_config_reference(args: argparse.Namespace) -> int:
         Path(args.output).write_text(text)
         print(f"wrote {args.output}")
     else:
-        print(text)
+        sys.stdout.write(text)  # the same bytes as --output writes (the text ends with its newline)
     return 0
 
 
@@ -130,7 +194,9 @@ def cmd_model_rollback(args: argparse.Namespace) -> int:
     from mlops_tasks.registry import rollback
 
     cfg = load_pipeline(args.pipeline)
-    result = rollback(cfg, tracking_uri=_tracking_uri(cfg))
+    tracking_uri = _tracking_uri(cfg)
+    with _mlflow(cfg, tracking_uri):
+        result = rollback(cfg, tracking_uri=tracking_uri)
     print(f"{cfg.registered_model_name}: champion is now version {result['champion_version']} ({result})")
     return 0
 
@@ -148,7 +214,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     from mlops_tasks.status import format_status, pipeline_status
 
     configs = [load_pipeline(args.pipeline)] if args.pipeline else load_all()
-    rows = [pipeline_status(_store(cfg), cfg, tracking_uri=_tracking_uri(cfg)) for cfg in configs]
+    rows = []
+    for cfg in configs:
+        store, tracking_uri = _store(cfg), _tracking_uri(cfg)
+        with _mlflow(cfg, tracking_uri):
+            rows.append(pipeline_status(store, cfg, tracking_uri=tracking_uri))
     _print(rows if args.json else format_status(rows), args.json)
     return 0
 

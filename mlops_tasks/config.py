@@ -11,11 +11,20 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from mlops_tasks.errors import DataError
 
@@ -25,6 +34,11 @@ DEFAULT_CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 _IDENTIFIER = r"^[a-z][a-z0-9_]{0,62}$"
 # An object-store prefix segment: no "..", no leading "/", no backslashes, no URL schemes.
 _SAFE_PREFIX = re.compile(r"^(?!.*\.\.)(?!/)[A-Za-z0-9_\-./]*$")
+# Columns ingest adds to every row (mlops_tasks.ingestion.LINEAGE_COLUMNS; a test keeps them equal),
+# and the one it uses while joining: a data column of that name would be overwritten or break joins.
+RESERVED_COLUMNS = ("_day", "_source_file", "_source_line", "_ingest_error", "_join_error")
+# Cron presets Airflow's cron timetables accept (airflow.utils.dates.cron_presets).
+SCHEDULE_PRESETS = ("@hourly", "@daily", "@weekly", "@monthly", "@quarterly", "@yearly")
 
 
 class ConfigError(DataError):
@@ -33,6 +47,28 @@ class ConfigError(DataError):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_schedule(value: str | None) -> str | None:
+    """A 5-field cron expression or an Airflow preset. Checked here because Airflow builds a DAG
+    with a bad cron without complaint and fails only when the scheduler computes its next run."""
+    if value is None or value in SCHEDULE_PRESETS:
+        return value
+    shape = "a 5-field cron expression (minute hour day-of-month month day-of-week) or one of " + ", ".join(
+        SCHEDULE_PRESETS
+    )
+    if len(value.split()) != 5:
+        raise ValueError(f"schedule must be {shape}")
+    try:
+        from croniter import croniter  # small; imported only for a non-preset schedule
+    except ImportError:  # Airflow brings croniter; without it only the shape can be checked
+        return value
+    if not croniter.is_valid(value):
+        raise ValueError(f"schedule is not a valid cron expression; expected {shape}")
+    return value
+
+
+Schedule = Annotated[str | None, AfterValidator(_check_schedule)]
 
 
 ColumnType = Literal["int", "float", "string", "category", "bool", "timestamp"]
@@ -60,6 +96,17 @@ class ColumnSpec(_Strict):
             raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
         if (self.min is not None or self.max is not None) and self.type not in ("int", "float"):
             raise ValueError(f"min/max only apply to int/float columns, not {self.type}")
+        # Validation compares the typed values with these strings: on any other type nothing
+        # would match and every row would be quarantined.
+        if self.allowed is not None and self.type not in ("category", "string"):
+            raise ValueError(
+                f"column '{self.name}': allowed only applies to category/string columns, not {self.type}"
+            )
+        if self.name in RESERVED_COLUMNS:
+            raise ValueError(
+                f"column name '{self.name}' is reserved for the lineage columns ingest adds "
+                f"{list(RESERVED_COLUMNS)}; rename the column"
+            )
         return self
 
 
@@ -68,7 +115,22 @@ class SourceSpec(_Strict):
 
     file_pattern: str = Field("*", description="Glob matched against file names in a landing partition.")
     csv_delimiter: str = Field(",", min_length=1, max_length=1)
-    encoding: str = Field("utf-8", description="Text encoding of CSV files.")
+    encoding: str = Field(
+        "utf-8", description="Text encoding of CSV files (a Python codec: utf-8, latin-1, ...)."
+    )
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_codec(cls, value: str) -> str:
+        # Decoding is what ingest does with it; one byte, because decoding b"" skips the codec
+        # lookup. Unknown and non-text codecs (e.g. base64) raise LookupError.
+        try:
+            b"a".decode(value)
+        except LookupError as exc:
+            raise ValueError(f"encoding is not a known text codec ({exc})") from None
+        except UnicodeError:  # a real codec that needs more than one byte (utf-16)
+            pass
+        return value
 
 
 class JoinSpec(_Strict):
@@ -102,13 +164,40 @@ class DataSpec(_Strict):
         missing_key = [k for k in self.key if k not in names]
         if missing_key:
             raise ValueError(f"key columns {missing_key} are not declared in columns")
+        join_names = [j.name for j in self.joins]
+        dupes = sorted({n for n in join_names if join_names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"joins: names {dupes} are used twice (ingest routes files to a join by name)")
+        main_types = {c.name: c.type for c in self.columns}
+        owner = dict.fromkeys(names, "data.columns")  # column -> where it was declared first
         for join in self.joins:
-            join_names = {c.name for c in join.columns}
+            join_types = {c.name: c.type for c in join.columns}
             for col in join.keys:
-                if col not in names:
+                if col not in main_types:
                     raise ValueError(f"join '{join.name}': key column '{col}' is not a main column")
-                if col not in join_names:
+                if col not in join_types:
                     raise ValueError(f"join '{join.name}': key column '{col}' is not in its columns")
+                # Ingest stores category and string alike; other differing types cannot be merged.
+                types = {main_types[col], join_types[col]}
+                if len(types) > 1 and types != {"category", "string"}:
+                    raise ValueError(
+                        f"join '{join.name}': key column '{col}' is {join_types[col]} in the join's "
+                        f"columns but {main_types[col]} in data.columns; declare the same type"
+                    )
+            seen: set[str] = set()
+            for c in join.columns:
+                if c.name in seen:
+                    raise ValueError(f"join '{join.name}': column '{c.name}' is declared twice")
+                seen.add(c.name)
+                if c.name in join.keys:
+                    continue
+                if c.name in owner:
+                    # The join would silently keep the other declaration's values and drop its own.
+                    raise ValueError(
+                        f"join '{join.name}': column '{c.name}' is already a column of {owner[c.name]}; "
+                        "rename it (only join keys may appear in both)"
+                    )
+                owner[c.name] = f"join '{join.name}'"
         return self
 
     def all_columns(self) -> list[ColumnSpec]:
@@ -132,6 +221,14 @@ class ValidationSpec(_Strict):
     expectations: list[ExpectationSpec] = Field(
         default_factory=list, description="Extra Great Expectations expectations to run."
     )
+
+    @model_validator(mode="after")
+    def _rows_are_ordered(self) -> ValidationSpec:
+        if self.max_rows is not None and self.min_rows > self.max_rows:
+            raise ValueError(
+                f"min_rows ({self.min_rows}) is greater than max_rows ({self.max_rows}): every day would fail"
+            )
+        return self
 
 
 class PositiveWhen(_Strict):
@@ -184,7 +281,11 @@ class ModelSpec(_Strict):
 
 
 class TrainingSpec(_Strict):
-    schedule: str | None = Field("@monthly", description="Cron/preset; the DAG also runs on drift events.")
+    schedule: Schedule = Field(
+        "@monthly",
+        description="5-field cron or a preset (@hourly, @daily, @weekly, @monthly, @quarterly, @yearly); "
+        "the DAG also runs on drift events.",
+    )
     window_days: int = Field(60, ge=1, description="Days of curated data the model is trained on.")
     evaluation_days: int = Field(7, ge=1, description="Last days of the window held out for the gate.")
     validation_fraction: float = Field(
@@ -225,7 +326,7 @@ class GateSpec(_Strict):
 
 
 class InferenceSpec(_Strict):
-    schedule: str | None = "@daily"
+    schedule: Schedule = Field("@daily", description="5-field cron or a preset, as training.schedule.")
     batch_rows: int = Field(
         4096,
         ge=1,
@@ -256,7 +357,10 @@ class InferenceSpec(_Strict):
 
 
 class DriftSpec(_Strict):
-    schedule: str | None = Field(None, description="Optional cron in addition to the predictions asset.")
+    schedule: Schedule = Field(
+        None,
+        description="Optional cron or preset (as training.schedule) in addition to the predictions asset.",
+    )
     window_days: int = Field(7, ge=1)
     drift_share_threshold: float = Field(0.3, gt=0, le=1)
     critical_columns: list[str] = Field(default_factory=list)
@@ -344,6 +448,40 @@ class PipelineConfig(_Strict):
             raise ValueError(f"target column '{self.target.column}' is not a column of data.columns")
         if self.target.column in self.features.all:
             raise ValueError(f"target column '{self.target.column}' is also a feature (label leak)")
+        types = {c.name: c.type for c in self.data.all_columns()}
+        # The model reads numeric features as numbers: category values are not, and a timestamp
+        # would be nanoseconds in float32 (and a missing one a huge negative number in drift).
+        not_numbers = {f: types[f] for f in self.features.numeric if types[f] in ("category", "timestamp")}
+        if not_numbers:
+            advice = {
+                "category": "list category columns under features.categorical",
+                "timestamp": "derive a numeric column (e.g. the hour) from a timestamp",
+            }
+            raise ValueError(
+                "features.numeric lists "
+                + ", ".join(f"'{f}' ({t})" for f, t in not_numbers.items())
+                + ", which the model cannot read as numbers; "
+                + "; ".join(advice[t] for t in sorted(set(not_numbers.values())))
+            )
+        target_type = types[self.target.column]
+        # features.derive_label coerces the column to numbers for a positive_when rule and for
+        # regression: category/string values would all become missing labels.
+        if target_type in ("category", "string"):
+            if self.target.positive_when is not None:
+                raise ValueError(
+                    f"target.positive_when compares numbers, but target column '{self.target.column}' is "
+                    f"{target_type}: every label would be missing; declare the column int or float, or drop "
+                    "positive_when to use its values as the classes"
+                )
+            if self.target.task == "regression":
+                raise ValueError(
+                    f"target.task regression needs a numeric target, but column '{self.target.column}' is "
+                    f"{target_type}: every label would be missing; use task binary or multiclass"
+                )
+        if self.end_date is not None and self.end_date < self.start_date:
+            raise ValueError(
+                f"end_date ({self.end_date}) is before start_date ({self.start_date}): nothing would be scheduled"
+            )
         unknown_critical = [c for c in self.drift.critical_columns if c not in known]
         if unknown_critical:
             raise ValueError(f"drift.critical_columns {unknown_critical} are not known columns")
@@ -366,10 +504,6 @@ class PipelineConfig(_Strict):
     @property
     def registered_model_name(self) -> str:
         return self.mlflow.registered_model or self.name
-
-    @property
-    def label_column(self) -> str:
-        return "label"
 
     def dag_id(self, kind: Literal["training", "batch_inference", "drift_monitor"]) -> str:
         return f"{self.name}_{kind}"
@@ -418,14 +552,47 @@ def config_paths(directory: Path | None = None) -> list[Path]:
     return sorted(p for p in directory.glob("*.y*ml") if p.suffix in (".yaml", ".yml"))
 
 
-def load_all(directory: Path | None = None) -> list[PipelineConfig]:
-    """Every pipeline config in the directory; names must be unique."""
-    configs = [load_config(p) for p in config_paths(directory)]
-    names = [c.name for c in configs]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise ConfigError(f"{directory or config_dir()}: pipeline names used twice: {dupes}")
+def load_each(paths: list[Path]) -> Iterator[tuple[Path, PipelineConfig | ConfigError]]:
+    """Each config of ``paths`` in turn, or the :class:`ConfigError` why it cannot run beside the
+    configs before it: it must be valid, and no two may share a pipeline name (DAG ids) or a storage
+    location (``storage.bucket`` + prefix: publishing a partition deletes the objects its manifest
+    does not list, so one pipeline would delete the other's). The error names both files."""
+    names: dict[str, Path] = {}
+    locations: dict[tuple[str, str], Path] = {}
+    for path in paths:
+        try:
+            cfg = load_config(path)
+            if cfg.name in names:
+                raise ConfigError(
+                    f"{path}: field 'name': pipeline name '{cfg.name}' is already used by {names[cfg.name]}"
+                )
+            where = (cfg.storage.bucket, cfg.prefix)
+            if where in locations:
+                raise ConfigError(
+                    f"{path}: fields 'storage.bucket' + 'storage.prefix': s3://{where[0]}/{where[1]}/ is "
+                    f"already used by {locations[where]}; pipelines would overwrite and delete each "
+                    "other's data"
+                )
+        except ConfigError as exc:
+            yield path, exc
+            continue
+        names[cfg.name], locations[where] = path, path
+        yield path, cfg
+
+
+def load_configs(paths: list[Path]) -> dict[Path, PipelineConfig]:
+    """Configs that run side by side (see :func:`load_each`); the first problem is raised."""
+    configs: dict[Path, PipelineConfig] = {}
+    for path, loaded in load_each(paths):
+        if isinstance(loaded, ConfigError):
+            raise loaded
+        configs[path] = loaded
     return configs
+
+
+def load_all(directory: Path | None = None) -> list[PipelineConfig]:
+    """Every pipeline config in the directory (see :func:`load_configs` for what must be unique)."""
+    return list(load_configs(config_paths(directory)).values())
 
 
 def load_pipeline(name: str, directory: Path | None = None) -> PipelineConfig:

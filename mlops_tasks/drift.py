@@ -48,7 +48,7 @@ from scipy import stats
 from scipy.spatial import distance
 
 from mlops_tasks.errors import DataError
-from mlops_tasks.features import SCORE_OUTPUT
+from mlops_tasks.features import SCORE_OUTPUT, category_strings
 from mlops_tasks.storage import partition_prefix
 
 if TYPE_CHECKING:
@@ -146,7 +146,9 @@ def sample_parts(parts: Sequence[Part], limit: int, seed: int) -> tuple[pd.DataF
 
 
 def _typed(values: pd.Series, kind: str, source: str) -> pd.Series:
-    """Numeric -> float64 with NaN for missing/inf; categorical -> str values with NaN for missing."""
+    """Numeric -> float64 with NaN for missing/inf; categorical -> str values with NaN for missing,
+    rendered as the model's inputs render them (:func:`features.category_strings`), so an integer
+    column compares equal whether or not one side's sample holds a null."""
     if kind == "numeric":
         if pd.api.types.is_bool_dtype(values) or not pd.api.types.is_numeric_dtype(values):
             converted = pd.to_numeric(values, errors="coerce")
@@ -159,7 +161,8 @@ def _typed(values: pd.Series, kind: str, source: str) -> pd.Series:
             values = converted
         out = values.astype("float64")
         return out.where(np.isfinite(out))
-    return values.astype(object).where(values.notna(), np.nan).map(str, na_action="ignore")
+    strings = category_strings(values)
+    return strings.astype(object).where(strings.notna(), np.nan)
 
 
 Scores = Sequence[float] | np.ndarray | pd.Series
@@ -522,12 +525,14 @@ def evidently_report(
 
 
 def _recent_trigger(state: dict | None, day: dt.date, cooldown_days: int) -> dt.date | None:
-    """The latest trigger strictly before ``day`` and less than ``cooldown_days`` before it. A trigger on
-    ``day`` itself is this run's own (a rerun), so it does not block: reruns reproduce the decision."""
+    """The latest trigger less than ``cooldown_days`` away from ``day``, before or after it: checks
+    may run out of order (backfills, a late rerun), and a retrain requested for 07-10 already covers
+    a 07-09 check made afterwards. A trigger on ``day`` itself is this run's own (a rerun), so it
+    does not block: reruns reproduce the decision."""
     recent = [
         t
         for t in (dt.date.fromisoformat(s) for s in (state or {}).get("triggers", []))
-        if 0 < (day - t).days < cooldown_days
+        if 0 < abs((day - t).days) < cooldown_days
     ]
     return max(recent, default=None)
 
@@ -555,8 +560,9 @@ def decide(
     score distribution drifted, the live primary metric dropped by more than ``max_metric_drop``
     (``live_metric_drop`` = champion's metric minus live metric, oriented so that positive is worse),
     or ``new_rows_since_training`` reached ``retrain_after_new_rows``. Fewer than ``drift.min_rows``
-    rows on a side: "insufficient_data", no trigger. A trigger less than ``drift.cooldown_days`` before
-    ``day`` (per ``state``): "cooldown", reasons reported, no trigger.
+    rows on a side: "insufficient_data", no trigger. A trigger on another day less than
+    ``drift.cooldown_days`` before or after ``day`` (per ``state``): "cooldown", reasons reported, no
+    trigger.
     """
     drift = cfg.drift
     rows = comparison["rows"]

@@ -10,7 +10,10 @@ ONNX model contract 2 (written by :mod:`mlops_tasks.export`, read by evaluation,
   value of column ``j`` is ``categorical_values[categorical_codes[i, j]]``. A value the training
   data did not have (or missing, encoded as "") maps to the out-of-vocabulary slot. The graph looks
   the ``D`` values up in its vocabularies (``D`` is the number of distinct values in the batch, not
-  ``N``), so the lookup stays in the graph while no string is handled per row;
+  ``N``), so the lookup stays in the graph while no string is handled per row. Values are
+  rendered by :func:`category_strings`: a whole number is "5" whether its column holds int64 or
+  float64 (pandas makes an integer column with a null float64), so a value's string never depends
+  on whether its batch holds a null;
 * an input is absent when its feature list is empty;
 * output ``score``: float32 ``[N]``: P(positive) for binary, the prediction for regression, the
   probability of the predicted class for multiclass; multiclass also outputs ``probabilities``
@@ -30,6 +33,7 @@ training: the same function below builds the inputs everywhere.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -203,26 +207,66 @@ def _categorical(values: pd.Series | list[pa.Array], offset: int) -> tuple[np.nd
     if not isinstance(values, pd.Series):
         import pyarrow as pa
 
-        if all(_arrow_strings(c.type) for c in values):
+        if all(_arrow_encodable(c.type) for c in values):
             return _arrow_dictionary(values, offset)
         values = pa.chunked_array(values).to_pandas()
-    strings = values.astype("string").fillna("")
-    codes, uniques = pd.factorize(strings)
-    return np.append(uniques.to_numpy(dtype=object), ""), codes.astype(np.int64) + offset
+    # Factorised first, so only the distinct values are rendered as strings.
+    codes, uniques = pd.factorize(values)
+    rendered = _rendered(uniques)
+    codes = np.where(codes < 0, len(rendered), codes)  # missing -> the trailing ""
+    return np.append(rendered, ""), codes.astype(np.int64) + offset
 
 
-def _arrow_strings(kind: pa.DataType) -> bool:
+def category_strings(values: pd.Series) -> pd.Series:
+    """``values`` as the strings a categorical feature, a class label or a drift category compares
+    (pandas "string" dtype, missing stays missing).
+
+    Whole numbers render as integers ("5", never "5.0") whatever the container: an int64 column
+    with one null arrives as float64 (pandas) and must still give the strings it gives without the
+    null, or vocabularies learned on one batch send another batch's values out of vocabulary. Every
+    other value renders as pandas renders it (``astype("string")``). This is the one rule training
+    inputs, ONNX inputs, labels and drift share."""
+    import pandas as pd
+
+    codes, uniques = pd.factorize(values)
+    rendered = np.append(_rendered(uniques), None)  # code -1 (missing) -> the trailing None
+    return pd.Series(rendered[codes], index=values.index, name=values.name, dtype="string")
+
+
+def _rendered(uniques: pd.Index) -> np.ndarray:
+    """Distinct non-missing values as an object array of canonical strings (see
+    :func:`category_strings`)."""
+    import pandas as pd
+
+    values = pd.Series(uniques)  # its own dtype: float32 0.1 renders "0.1", as pandas renders it
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        values = pd.Series(np.asarray(uniques))  # the categories' values, in their dtype
+    strings = values.astype("string").to_numpy(dtype=object)
+    if values.dtype.kind == "f":
+        numbers = values.to_numpy(dtype=np.float64)
+        whole = np.flatnonzero(np.isfinite(numbers) & (numbers == np.floor(numbers)))
+        strings[whole] = [str(int(numbers[i])) for i in whole]
+    elif values.dtype == object:
+        for i, v in enumerate(values):
+            if isinstance(v, float | np.floating) and math.isfinite(v) and v == math.floor(v):
+                strings[i] = str(int(v))
+    return strings
+
+
+def _arrow_encodable(kind: pa.DataType) -> bool:
+    """Arrow strings and integers (or dictionaries of them): dictionary-encoded in arrow, so only
+    the distinct values become Python strings, and integers keep their exact value."""
     import pyarrow as pa
 
-    strings = (pa.types.is_string, pa.types.is_large_string)
-    return any(is_(kind) for is_ in strings) or (
-        pa.types.is_dictionary(kind) and any(is_(kind.value_type) for is_ in strings)
+    plain = (pa.types.is_string, pa.types.is_large_string, pa.types.is_integer)
+    return any(is_(kind) for is_ in plain) or (
+        pa.types.is_dictionary(kind) and any(is_(kind.value_type) for is_ in plain)
     )
 
 
 def _arrow_dictionary(chunks: list[pa.Array], offset: int) -> tuple[np.ndarray, np.ndarray]:
-    """Dictionary-encode string chunks (a dictionary chunk keeps its own dictionary): the values of
-    every chunk's dictionary, then "", and each row's index into them."""
+    """Dictionary-encode string/integer chunks (a dictionary chunk keeps its own dictionary): the
+    values of every chunk's dictionary, then "", and each row's index into them."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -233,9 +277,12 @@ def _arrow_dictionary(chunks: list[pa.Array], offset: int) -> tuple[np.ndarray, 
     for chunk in chunks:
         encoded = chunk if pa.types.is_dictionary(chunk.type) else pc.dictionary_encode(chunk)
         dictionary = encoded.dictionary
-        if dictionary.null_count:
-            dictionary = dictionary.fill_null("")
-        values.append(dictionary.to_numpy(zero_copy_only=False))
+        if pa.types.is_integer(dictionary.type):
+            values.append(category_strings(dictionary.to_pandas()).fillna("").to_numpy(dtype=object))
+        else:
+            if dictionary.null_count:
+                dictionary = dictionary.fill_null("")
+            values.append(dictionary.to_numpy(zero_copy_only=False))
         indices = encoded.indices
         if indices.null_count:  # missing rows: index 0 for now, pointed at the trailing "" below
             missing.append(np.flatnonzero(indices.is_null().to_numpy(zero_copy_only=False)) + first_row)
@@ -254,7 +301,9 @@ def _joined(parts: list[np.ndarray], dtype: type) -> np.ndarray:
 
 
 def derive_label(frame: pd.DataFrame, target: TargetSpec) -> pd.Series:
-    """The label per the config: a rule on a numeric column (binary) or the column itself."""
+    """The label per the config: a rule on a numeric column (binary), the column as numbers
+    (regression) or as class strings (:func:`category_strings`: a 0/1 column stored as float64
+    because one label is missing still gives classes "0"/"1")."""
     import pandas as pd
 
     raw = frame[target.column]
@@ -264,4 +313,4 @@ def derive_label(frame: pd.DataFrame, target: TargetSpec) -> pd.Series:
         return label.where(values.notna())
     if target.task == "regression":
         return pd.to_numeric(raw, errors="coerce").astype("float32")
-    return raw.astype("string")
+    return category_strings(raw)

@@ -54,7 +54,7 @@ from mlops_tasks.airflow.operators import (
     TriggerRetrainingOperator,
     ValidateDayOperator,
 )
-from mlops_tasks.config import PipelineConfig, config_paths, load_config
+from mlops_tasks.config import PipelineConfig, config_paths, load_each
 
 NONE_FAILED = "none_failed"
 CONFIG_ERROR_DAG = "mlops_config_error_{stem}"
@@ -255,29 +255,19 @@ def build_all_dags(directory: Path | None = None) -> dict[str, DAG]:
     """The DAGs of every pipeline config in ``directory``. One config's mistake must not stop the
     others: an exception in a DAG file discards every DAG of the file, and the scheduler then stops
     scheduling all of them. A config that cannot be built (invalid, or a pipeline name or storage
-    prefix another config already uses) gets an error DAG instead (:func:`config_error_dag`), and
-    the reason is logged by the DAG processor."""
+    location another config already uses: :func:`mlops_tasks.config.load_each`) gets an error DAG
+    instead (:func:`config_error_dag`), and the reason is logged by the DAG processor."""
     dags: dict[str, DAG] = {}
-    owners: dict[tuple[str, str], Path] = {}  # (bucket, prefix) -> the config that uses it
-    for path in config_paths(directory):
+    for path, loaded in load_each(config_paths(directory)):
         try:
-            cfg = load_config(path)
-            storage = (cfg.storage.bucket, cfg.prefix)
-            if storage in owners:
-                raise ValueError(
-                    f"{path}: storage.bucket + storage.prefix s3://{storage[0]}/{storage[1]} is already "
-                    f"used by {owners[storage].name}; pipelines would overwrite each other's data"
-                )
-            built = build_dags(cfg)
-            clash = sorted(set(built) & set(dags))
-            if clash:
-                raise ValueError(f"{path}: DAG ids {clash} are already built from another config")
+            if isinstance(loaded, Exception):
+                raise loaded
+            built = build_dags(loaded)
         except Exception as exc:  # any error: it is reported in the error DAG, the others still load
             reason = f"{type(exc).__name__}: {exc}"
             log.error("Pipeline config %s is not scheduled: %s", path, reason)
             error = config_error_dag(path, reason)
             dags[error.dag_id] = error
             continue
-        owners[storage] = path
         dags.update(built)
     return dags

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import http.server
 import os
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from mlops_tasks import stack
 from tests.conftest import EXAMPLE_CONFIG, REPO, make_store
@@ -38,6 +42,112 @@ def test_invalid_config_is_one_line_naming_file_and_field(tmp_path: Path) -> Non
     assert result.stderr.startswith("error: ")
     assert "bad.yaml" in result.stderr and "model.epochs" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("expectation", "says"),
+    [
+        (
+            {"type": "expect_column_values_to_be_betwen", "kwargs": {"column": "dest"}},
+            "Great Expectations has no expectation of that type",
+        ),
+        (
+            {"type": "expect_column_values_to_match_regex", "kwargs": {"column": "dest", "regexx": "^A"}},
+            "invalid kwargs",
+        ),
+    ],
+    ids=["typo-in-type", "unknown-kwarg"],
+)
+def test_config_validate_builds_the_expectations_and_names_the_file(
+    tmp_path: Path, expectation: dict, says: str
+) -> None:
+    raw = yaml.safe_load(EXAMPLE_CONFIG.read_text())
+    raw["validation"]["expectations"].append(expectation)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(raw))
+    result = cli("config", "validate", str(bad))
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"error: {bad}: ")
+    assert "validation.expectations[1]" in result.stderr and says in result.stderr
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["status"],
+        ["lineage", "flights_delay"],
+        ["model", "rollback", "flights_delay"],
+        ["seed", "flights_delay"],
+        ["data", "checkout", "flights_delay", "0" * 32, "restored"],
+    ],
+    ids=lambda c: c[0] if c[0] not in ("model", "data") else "-".join(c[:2]),
+)
+def test_an_undefined_connection_is_one_line_saying_how_to_define_it(
+    command: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in [n for n in os.environ if n.startswith("AIRFLOW_CONN_")]:
+        monkeypatch.delenv(name)
+    result = cli(*command, cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: pipeline 'flights_delay': the Airflow connection 'mlops_")
+    assert "is not defined: set AIRFLOW_CONN_MLOPS_" in result.stderr
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+
+
+@pytest.fixture(params=[401, 403, 404])
+def refusing_server(request: pytest.FixtureRequest) -> Iterator[tuple[str, int]]:
+    """An HTTP server that answers every request with one error status and an HTML page, as a
+    proxy or another service at a wrong MLflow URL does."""
+    status = request.param
+
+    class Refuse(http.server.BaseHTTPRequestHandler):
+        def answer(self) -> None:
+            body = b"<html><body><h1>Nope</h1>\n<p>not here</p></body></html>"
+            self.send_response(status)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = do_PATCH = do_DELETE = answer
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", status
+    server.shutdown()
+    server.server_close()
+
+
+def test_model_rollback_against_a_server_answering_an_error_is_one_line(
+    refusing_server: tuple[str, int],
+) -> None:
+    url, status = refusing_server
+    env = stack.connection_env(f"http://127.0.0.1:{stack.free_port()}", url)
+    result = cli("model", "rollback", "flights_delay", env=env)
+    assert result.returncode == 1
+    assert result.stderr.startswith(
+        f"error: pipeline 'flights_delay': the MLflow server {url} (Airflow connection 'mlops_mlflow') "
+        f"answered HTTP {status}: "
+    )
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+
+
+def test_status_against_an_mlflow_server_answering_an_error_is_one_line(
+    s3_endpoint: str, refusing_server: tuple[str, int]
+) -> None:
+    make_store(s3_endpoint, "mlops")
+    url, status = refusing_server
+    result = cli("status", "flights_delay", env=stack.connection_env(s3_endpoint, url))
+    assert result.returncode == 1
+    assert (
+        f"the MLflow server {url} (Airflow connection 'mlops_mlflow') answered HTTP {status}" in result.stderr
+    )
+    assert len(result.stderr.splitlines()) == 1, result.stderr
 
 
 def test_seed_lands_example_days_through_the_connection(s3_endpoint: str, mlflow_server: str) -> None:

@@ -114,7 +114,7 @@ def test_a_broken_config_becomes_an_error_dag_and_the_others_still_load(tmp_path
     with pytest.raises(AirflowFailException, match="schedul"):
         task.execute({})
     assert (
-        "already used by flights_delay.yaml"
+        "flights_delay.yaml; pipelines would overwrite"
         in bag.dags["mlops_config_error_same_prefix"].get_task("config_error").reason
     )
 

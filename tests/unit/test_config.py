@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mlops_tasks.config import ConfigError, load_all, load_config, render_reference
+from mlops_tasks.config import RESERVED_COLUMNS, ConfigError, load_all, load_config, render_reference
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "configs" / "flights_delay.yaml"
@@ -26,6 +26,15 @@ def write_variant(tmp_path: Path, **changes: object) -> Path:
         else:
             node[leaf] = value
     path = tmp_path / "variant.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def write_mutated(tmp_path: Path, mutate: object, name: str = "variant.yaml") -> Path:
+    """The example config changed by ``mutate(raw)`` (for changes dotted paths cannot say)."""
+    raw = yaml.safe_load(EXAMPLE.read_text())
+    mutate(raw)  # type: ignore[operator]
+    path = tmp_path / name
     path.write_text(yaml.safe_dump(raw))
     return path
 
@@ -116,3 +125,148 @@ def test_reference_documents_every_section() -> None:
 
 def test_committed_reference_is_up_to_date() -> None:
     assert (REPO / "docs" / "configuration.md").read_text() == render_reference()
+
+
+# -- mistakes that used to load and failed on the first run ------------------------------------------
+
+WEATHER = "data.joins.0"
+
+
+@pytest.mark.parametrize(
+    ("changes", "error"),
+    [
+        (
+            {"data.source.encoding": "utf-9"},
+            r"field 'data\.source\.encoding': encoding is not a known text codec",
+        ),
+        ({"data.source.encoding": "base64"}, r"'base64' is not a text encoding"),
+        (
+            {"validation.min_rows": 100, "validation.max_rows": 10},
+            r"field 'validation': min_rows \(100\) is greater than max_rows \(10\)",
+        ),
+        (
+            {f"{WEATHER}.columns.1.type": "string"},
+            r"join 'weather': key column 'time_hour' is string in the join's columns but timestamp in data",
+        ),
+        (
+            {f"{WEATHER}.columns.2.name": "distance"},
+            r"join 'weather': column 'distance' is already a column of data\.columns",
+        ),
+        (
+            {"data.columns.11.allowed": ["1", "2"]},
+            r"field 'data\.columns\.11': column 'hour': allowed only applies to category/string columns, not int",
+        ),
+        (
+            {"features.numeric": ["distance", "carrier"], "features.categorical": ["origin", "dest"]},
+            r"features\.numeric lists 'carrier' \(category\), which the model cannot read as numbers",
+        ),
+        (
+            {"features.numeric": ["distance", "time_hour"]},
+            r"features\.numeric lists 'time_hour' \(timestamp\)",
+        ),
+        (
+            {"target.column": "dest", "features.categorical": ["carrier", "origin"]},
+            r"target\.positive_when compares numbers, but target column 'dest' is category",
+        ),
+        (
+            {
+                "target": {"task": "regression", "column": "dest"},
+                "features.categorical": ["carrier", "origin"],
+                "gate": {"primary_metric": "rmse"},
+            },
+            r"target\.task regression needs a numeric target, but column 'dest' is category",
+        ),
+        ({"end_date": "2012-12-31"}, r"end_date \(2012-12-31\) is before start_date \(2013-01-01\)"),
+        ({"training.schedule": "@dayly"}, r"field 'training\.schedule': schedule must be a 5-field cron"),
+        ({"inference.schedule": "61 * * * *"}, r"field 'inference\.schedule': schedule is not a valid cron"),
+        ({"drift.schedule": "0 0 * * * 30"}, r"field 'drift\.schedule': schedule must be a 5-field cron"),
+    ],
+    ids=[
+        "unknown-encoding",
+        "non-text-codec",
+        "min-rows-above-max-rows",
+        "join-key-type-differs",
+        "join-column-clashes-with-main-column",
+        "allowed-on-int",
+        "category-as-numeric-feature",
+        "timestamp-as-numeric-feature",
+        "positive-when-on-category",
+        "regression-on-category",
+        "end-before-start",
+        "schedule-typo",
+        "cron-out-of-range",
+        "cron-with-seconds",
+    ],
+)
+def test_mistakes_that_would_fail_later_are_rejected_at_load(
+    tmp_path: Path, changes: dict[str, object], error: str
+) -> None:
+    with pytest.raises(ConfigError, match=r"variant\.yaml: invalid pipeline config: .*" + error):
+        load_config(write_variant(tmp_path, **changes))
+
+
+@pytest.mark.parametrize("name", ["_source_line", "_day", "_source_file", "_ingest_error", "_join_error"])
+def test_a_column_named_like_a_lineage_column_is_rejected(tmp_path: Path, name: str) -> None:
+    path = write_mutated(tmp_path, lambda raw: raw["data"]["columns"].append({"name": name, "type": "int"}))
+    with pytest.raises(ConfigError, match=rf"field 'data\.columns\.14': column name '{name}' is reserved"):
+        load_config(path)
+
+
+def test_the_reserved_names_cover_every_lineage_column_ingest_adds() -> None:
+    from mlops_tasks.ingestion import LINEAGE_COLUMNS
+
+    assert set(LINEAGE_COLUMNS) <= set(RESERVED_COLUMNS)
+
+
+def test_two_joins_with_one_name_are_rejected(tmp_path: Path) -> None:
+    def second_weather(raw: dict) -> None:
+        raw["data"]["joins"].append({**raw["data"]["joins"][0], "file_pattern": "wx*"})
+
+    with pytest.raises(ConfigError, match=r"field 'data': joins: names \['weather'\] are used twice"):
+        load_config(write_mutated(tmp_path, second_weather))
+
+
+def test_a_category_and_a_string_join_key_match(tmp_path: Path) -> None:
+    # ingest stores both as strings, so the join works
+    cfg = load_config(write_variant(tmp_path, **{f"{WEATHER}.columns.0.type": "string"}))
+    assert cfg.data.joins[0].columns[0].type == "string"
+
+
+@pytest.mark.parametrize("schedule", ["*/15 * * * *", "0 6 * * MON-FRI", "@hourly", "@yearly", None])
+def test_cron_expressions_airflow_presets_and_no_schedule_are_accepted(
+    tmp_path: Path, schedule: str | None
+) -> None:
+    path = write_mutated(tmp_path, lambda raw: raw["training"].update(schedule=schedule))
+    assert load_config(path).training.schedule == schedule
+
+
+@pytest.mark.parametrize("encoding", ["latin-1", "utf-16", "cp1252"])
+def test_text_codecs_are_accepted(tmp_path: Path, encoding: str) -> None:
+    assert (
+        load_config(write_variant(tmp_path, **{"data.source.encoding": encoding})).data.source.encoding
+        == encoding
+    )
+
+
+def test_two_pipelines_on_one_storage_location_are_rejected_naming_both_files(tmp_path: Path) -> None:
+    write_mutated(tmp_path, lambda raw: None, "a.yaml")
+
+    def other_name_same_prefix(raw: dict) -> None:
+        raw["name"] = "other"
+        raw["storage"]["prefix"] = "flights_delay"
+
+    write_mutated(tmp_path, other_name_same_prefix, "b.yaml")
+    with pytest.raises(ConfigError) as err:
+        load_all(tmp_path)
+    message = str(err.value)
+    assert message.startswith(f"{tmp_path / 'b.yaml'}: fields 'storage.bucket' + 'storage.prefix'")
+    assert "s3://mlops/flights_delay/" in message and str(tmp_path / "a.yaml") in message
+
+
+def test_two_configs_with_one_pipeline_name_are_rejected_naming_both_files(tmp_path: Path) -> None:
+    write_mutated(tmp_path, lambda raw: None, "a.yaml")
+    write_mutated(tmp_path, lambda raw: raw["storage"].update(prefix="elsewhere"), "b.yaml")
+    with pytest.raises(
+        ConfigError, match=r"b\.yaml: field 'name': pipeline name 'flights_delay' is already used"
+    ):
+        load_all(tmp_path)

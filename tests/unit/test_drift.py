@@ -110,6 +110,19 @@ def test_non_numeric_values_in_a_numeric_feature_are_an_error_naming_column():
         drift.compare(make_config(), frame(3000, 1), current)
 
 
+def test_an_integer_category_with_a_null_on_one_side_only_is_not_drift():
+    # pandas makes an int64 column with a null float64; 5.0 and 5 are the same category
+    cfg = make_config(critical_columns=[])
+    ref, cur = frame(3000, 1), frame(3000, 2)
+    rng = np.random.default_rng(3)
+    ref["c"] = rng.integers(5, 23, 3000).astype("float64")
+    ref.loc[0, "c"] = np.nan
+    cur["c"] = rng.integers(5, 23, 3000)
+    column = drift.compare(cfg, ref, cur)["columns"]["c"]
+    assert (column["stat_test"], column["drifted"]) == ("jensenshannon", False)
+    assert column["statistic"] < 0.1
+
+
 def test_large_inputs_are_sampled_to_sample_rows_with_the_seed():
     result = drift.compare(make_config(sample_rows=1000), frame(4000, 1), frame(2500, 2))
     assert result["rows"] == {
@@ -238,6 +251,18 @@ def test_drift_twice_inside_the_cooldown_triggers_once():
         decisions.append((decision["status"], decision["retrain"]))
     assert decisions == [("drift", True), ("cooldown", False), ("drift", True)]
     assert state["triggers"] == [DAY.isoformat(), (DAY + dt.timedelta(days=7)).isoformat()]
+
+
+def test_a_later_trigger_inside_the_cooldown_blocks_an_earlier_day_checked_afterwards():
+    # out of order (backfill): the retrain requested for DAY already covers the day before
+    cfg, comparison = make_config(cooldown_days=7), drifted_comparison()
+    state = drift.next_state(None, drift.decide(cfg, comparison, day=DAY, state=None), DAY)
+    earlier = DAY - dt.timedelta(days=1)
+    decision = drift.decide(cfg, comparison, day=earlier, state=state)
+    assert (decision["status"], decision["retrain"]) == ("cooldown", False)
+    assert decision["cooldown_until"] == (DAY + dt.timedelta(days=7)).isoformat()
+    week_before = DAY - dt.timedelta(days=7)
+    assert drift.decide(cfg, comparison, day=week_before, state=state)["status"] == "drift"
 
 
 def test_rerun_of_the_trigger_day_reproduces_the_decision():

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from mlops_tasks import features as F
-from mlops_tasks.config import FeatureSpec
+from mlops_tasks.config import FeatureSpec, TargetSpec
 
 FEATURES = FeatureSpec(numeric=["i", "f", "b", "big", "s_num", "d"], categorical=["s", "cat", "n", "empty"])
 
@@ -122,3 +122,55 @@ def test_a_non_numeric_value_in_a_numeric_feature_names_source_and_column(as_arr
 def test_missing_feature_columns_are_named() -> None:
     with pytest.raises(F.FeatureError, match=r"curated: feature columns \['s'\] are missing"):
         F.onnx_inputs(pa.table({"i": [1]}), FeatureSpec(numeric=["i"], categorical=["s"]), "curated")
+
+
+@pytest.mark.parametrize("as_arrow", [True, False], ids=["arrow", "pandas"])
+def test_an_integer_category_gives_the_same_strings_whether_or_not_its_batch_holds_a_null(
+    as_arrow: bool,
+) -> None:
+    # pandas makes an int64 column with a null float64: 5 must still be "5", or a vocabulary learned
+    # on one batch sends the next batch's values out of vocabulary
+    features = FeatureSpec(numeric=[], categorical=["station"])
+    with_null = pa.table({"station": pa.array([5, 7, None], pa.int64())})
+    without = pa.table({"station": pa.array([5, 7, 7], pa.int64())})
+
+    def strings(data: pa.Table) -> list[str]:
+        inputs = F.onnx_inputs(data if as_arrow else data.to_pandas(), features)
+        return F.categorical_strings(inputs)[:, 0].tolist()
+
+    assert strings(with_null) == ["5", "7", ""]
+    assert strings(without) == ["5", "7", "7"]
+
+
+def test_an_arrow_integer_category_keeps_its_exact_value() -> None:
+    inputs = F.onnx_inputs(
+        pa.table({"id": pa.array([2**60 + 1, None], pa.int64())}), FeatureSpec(numeric=[], categorical=["id"])
+    )
+    assert F.categorical_strings(inputs)[:, 0].tolist() == [str(2**60 + 1), ""]
+
+
+def test_category_strings_render_whole_numbers_as_integers_and_everything_else_as_pandas_does() -> None:
+    cases = [
+        (pd.Series([1.0, 2.5, None, -0.0, float("inf")]), ["1", "2.5", None, "0", "inf"]),
+        (pd.Series(np.array([0.1, 3.0], dtype=np.float32)), ["0.1", "3"]),
+        (pd.Series([1, None], dtype="Int64"), ["1", None]),
+        (pd.Series([5.0, 7.0, None]).astype("category"), ["5", "7", None]),
+        (pd.Series([5, "5", 5.0, 2.5, None], dtype=object), ["5", "5", "5", "2.5", None]),
+        (pd.Series([True, None], dtype="boolean"), ["True", None]),
+        (pd.Series(["JFK", "", None], dtype="string"), ["JFK", "", None]),
+    ]
+    for values, expected in cases:
+        strings = F.category_strings(values)
+        assert isinstance(strings.dtype, pd.StringDtype)
+        assert [None if pd.isna(s) else s for s in strings] == expected, values.dtype
+
+
+def test_class_labels_of_a_0_1_column_do_not_depend_on_a_missing_label() -> None:
+    # one missing label makes the parquet column float64: the classes must stay "0"/"1"
+    target = TargetSpec(task="binary", column="y")
+    as_int = F.derive_label(pd.DataFrame({"y": [0, 1, 1]}), target)
+    as_float = F.derive_label(pd.DataFrame({"y": [0.0, 1.0, 1.0, np.nan]}), target)
+
+    assert as_int.tolist() == ["0", "1", "1"]
+    assert as_float[:3].tolist() == as_int.tolist()
+    assert pd.isna(as_float[3])
