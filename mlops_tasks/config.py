@@ -424,7 +424,16 @@ class PipelineConfig(_Strict):
         "asset-triggered runs are not limited by it.",
     )
     owner: str = "mlops"
-    retries: int = Field(2, ge=0, le=10)
+    retries: int = Field(
+        2, ge=0, le=10, description="Retries of a task that failed for an infrastructure reason."
+    )
+    task_timeout_minutes: int = Field(
+        360,
+        ge=1,
+        description="Longest any task of this pipeline may run: a hung task (a stalled connection, a "
+        "stuck training) then fails and is retried instead of holding its worker slot, and training "
+        "runs one at a time, forever.",
+    )
     storage: StorageSpec = StorageSpec()
     mlflow: MlflowSpec = MlflowSpec()
     data: DataSpec

@@ -101,6 +101,7 @@ def _dag(cfg: PipelineConfig, kind: str, schedule: Any, doc: str) -> DAG:
         default_args={
             "owner": cfg.owner,
             "retries": cfg.retries,
+            "execution_timeout": dt.timedelta(minutes=cfg.task_timeout_minutes),
             "retry_delay": dt.timedelta(seconds=30),
             "retry_exponential_backoff": True,
             "max_retry_delay": dt.timedelta(minutes=10),

@@ -147,3 +147,8 @@ def test_an_mlflow_connection_without_login_clears_the_previous_ones_credentials
     uri = MlflowHook("mlflow_b").get_tracking_uri()
     creds = get_default_host_creds(uri)
     assert (creds.username, creds.password) == (None, None)
+
+
+def test_every_task_has_the_pipelines_timeout(dags) -> None:
+    for dag in dags.values():
+        assert {task.execution_timeout for task in dag.tasks} == {dt.timedelta(hours=6)}, dag.dag_id
