@@ -41,6 +41,10 @@ RESERVED_COLUMNS = ("_day", "_source_file", "_source_line", "_ingest_error", "_j
 SCHEDULE_PRESETS = ("@hourly", "@daily", "@weekly", "@monthly", "@quarterly", "@yearly")
 
 
+def _repeated(names: list[str]) -> list[str]:
+    return sorted({n for n in names if names.count(n) > 1})
+
+
 class ConfigError(DataError):
     """A pipeline config is missing, unreadable or invalid. The message names file and field."""
 
@@ -164,6 +168,8 @@ class DataSpec(_Strict):
         missing_key = [k for k in self.key if k not in names]
         if missing_key:
             raise ValueError(f"key columns {missing_key} are not declared in columns")
+        if _repeated(self.key):
+            raise ValueError(f"key columns {_repeated(self.key)} are listed more than once")
         join_names = [j.name for j in self.joins]
         dupes = sorted({n for n in join_names if join_names.count(n) > 1})
         if dupes:
@@ -260,6 +266,9 @@ class FeatureSpec(_Strict):
         both = sorted(set(self.numeric) & set(self.categorical))
         if both:
             raise ValueError(f"features {both} are listed as both numeric and categorical")
+        for kind, names in (("numeric", self.numeric), ("categorical", self.categorical)):
+            if _repeated(names):
+                raise ValueError(f"{kind} features {_repeated(names)} are listed more than once")
         return self
 
     @property

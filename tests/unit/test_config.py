@@ -96,6 +96,24 @@ def test_target_used_as_feature_is_a_label_leak(tmp_path: Path) -> None:
         load_config(path)
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        (
+            "features.numeric",
+            ["distance", "temp", "distance"],
+            r"numeric features \['distance'\] are listed more",
+        ),
+        ("data.key", ["year", "month", "year"], r"key columns \['year'\] are listed more than once"),
+    ],
+)
+def test_a_column_listed_twice_is_rejected(
+    tmp_path: Path, field: str, value: list[str], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(write_variant(tmp_path, **{field: value}))
+
+
 @pytest.mark.parametrize("prefix", ["../other", "/abs", "a/../../b", "a\\b"])
 def test_prefix_path_traversal_is_rejected(tmp_path: Path, prefix: str) -> None:
     path = write_variant(tmp_path, **{"storage.prefix": prefix})
