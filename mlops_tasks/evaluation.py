@@ -3,9 +3,12 @@
 The gate scores the held-out evaluation days with onnxruntime, i.e. with the exact artifact batch
 inference would serve, for both the challenger (this run's ``model/model.onnx``) and the current
 champion (registry alias ``champion``), on the same rows. A challenger is promoted only if its primary
-metric clears the absolute floor, beats the champion by ``gate.min_improvement``, and its ONNX file
-and p95 batch latency fit the budgets. A rejection is a normal outcome: it is reported (JSON + a
-self-contained HTML page under ``reports/gate/``, both also logged to the MLflow run), not raised.
+metric clears the absolute floor, beats the champion by ``gate.min_improvement`` (a champion whose
+metric is undefined on these rows cannot be shown to be beaten: rejected), and its ONNX file and p95
+batch latency fit the budgets. The decision also records the registry's newest version at gate
+time, so the registry knows which versions the gate came after. A rejection is a normal outcome: it
+is reported (JSON + a self-contained HTML page under ``reports/gate/``, both also logged to the MLflow
+run), not raised.
 The report keys are fixed per (day, run); its bytes repeat on a rerun except the measured latencies.
 """
 
@@ -33,6 +36,7 @@ from mlops_tasks.features import (
     META_TASK,
     PROBABILITIES_OUTPUT,
     SCORE_OUTPUT,
+    category_strings,
     derive_label,
     is_legacy_session,
     onnx_inputs,
@@ -62,25 +66,35 @@ class EvaluationDataError(DataError):
 # -- labels and metrics -----------------------------------------------------------------------------
 
 
+def class_text(values: pd.Series) -> pd.Series:
+    """Class labels (or a model's classes) as :func:`~mlops_tasks.features.category_strings` writes
+    them, whole numbers as integers ("1", never "1.0"); also for text "1.0", which is how models
+    trained before that rule stored the classes of a label column read as floats."""
+    return category_strings(values).str.replace(r"^(-?\d+)\.0+$", r"\1", regex=True)
+
+
 def labelled_rows(frame: pd.DataFrame, cfg: PipelineConfig) -> tuple[pd.DataFrame, pd.Series]:
     """Rows with a label; the label as strings (classification, "0"/"1" for a rule) or floats."""
     label = derive_label(frame, cfg.target)
     keep = label.notna().to_numpy()
     label = label[keep]
     if cfg.target.task != "regression":
-        label = (label.astype("Int64") if pd.api.types.is_numeric_dtype(label) else label).astype("string")
+        label = class_text(label)
     return frame[keep], label
 
 
-def label_targets(label: pd.Series, task: str, classes: list[str] | None) -> np.ndarray:
+def label_targets(label: pd.Series, task: str, classes: list[Any] | None) -> np.ndarray:
     """Labels as metric inputs: binary 0/1 (positive = last class), multiclass class index (-1 =
-    a class the model does not know), regression floats."""
+    a class the model does not know), regression floats. Labels and classes are compared as
+    :func:`class_text` (a model's metadata may list its classes as numbers)."""
     if task == "regression":
         return label.to_numpy(dtype=np.float64)
     assert classes is not None, "classification needs the model's classes"
+    known = list(class_text(pd.Series(classes, dtype=object)))
+    text = class_text(label)
     if task == "binary":
-        return (label.astype("string") == classes[-1]).to_numpy(dtype=np.float64)
-    return pd.Categorical(label.astype("string"), categories=classes).codes.astype(np.int64)
+        return (text == known[-1]).to_numpy(dtype=np.float64, na_value=0.0)
+    return pd.Categorical(text, categories=known).codes.astype(np.int64)
 
 
 def _defined(fn: Any, *args: Any, **kwargs: Any) -> float | None:
@@ -241,7 +255,19 @@ def gate_checks(
             )
         )
     champ_value = champion["metrics"].get(name) if champion else None
-    if champ_value is not None:
+    if champion is not None and champ_value is None:
+        # Without the champion's value there is no comparison: passing would promote blind.
+        checks.append(
+            _check(
+                "beats_champion",
+                False,
+                None,
+                gate.min_improvement,
+                f"champion v{champion['version']}'s {name} is undefined on the evaluation rows, so "
+                f"{name} {value:.4f} cannot be shown to beat it",
+            )
+        )
+    elif champ_value is not None:
         improvement = value - champ_value if higher else champ_value - value
         ok = improvement > 0 and improvement >= gate.min_improvement
         checks.append(
@@ -291,16 +317,23 @@ def _reason(checks: list[dict[str, Any]], champion: dict[str, Any] | None) -> st
 
 def _champion(
     cfg: PipelineConfig, tracking_uri: str, run_id: str, tmp: Path
-) -> tuple[Any | None, OnnxModel | None]:
+) -> tuple[Any | None, OnnxModel | None, str | None]:
+    """(champion version, its loaded model unless it is this run, the registry's newest version)."""
     client = tracking.client(tracking_uri)
-    with tracking.reachable(tracking_uri, f"read the champion of '{cfg.registered_model_name}'"):
-        version = tracking.alias_version(client, cfg.registered_model_name, "champion")
+    name = cfg.registered_model_name
+    with tracking.reachable(tracking_uri, f"read the champion of '{name}'"):
+        version = tracking.alias_version(client, name, "champion")
+        # Recorded so the registry knows which versions this gate ran after (see registry's challenger).
+        newest = client.search_model_versions(
+            f"name='{name}'", max_results=1, order_by=["version_number DESC"]
+        )
+    newest_version = newest[0].version if newest else None
     if version is None or version.run_id == run_id:
-        return version, None
+        return version, None, newest_version
     path = tracking.download_run_artifact(
         tracking_uri, version.run_id, tracking.ONNX_ARTIFACT, tmp / "champion"
     )
-    return version, OnnxModel(path, cfg)
+    return version, OnnxModel(path, cfg), newest_version
 
 
 def evaluate_and_gate(
@@ -324,7 +357,7 @@ def evaluate_and_gate(
             tracking_uri, run_id, tracking.ONNX_ARTIFACT, Path(tmp) / "challenger"
         )
         challenger = {"run_id": run_id, **OnnxModel(onnx_path, cfg).assess(rows, label, cfg)}
-        version, champ_model = _champion(cfg, tracking_uri, run_id, Path(tmp))
+        version, champ_model, newest = _champion(cfg, tracking_uri, run_id, Path(tmp))
         champion = None
         if champ_model is not None:
             champion = {"version": version.version, "run_id": version.run_id}
@@ -343,6 +376,7 @@ def evaluate_and_gate(
         "challenger": challenger,
         "champion": champion,
         "champion_version": version.version if version is not None else None,
+        "registry_newest_version": newest,
         "checks": checks,
         "floor_failed": any(c["name"] in FLOOR_CHECKS and not c["passed"] for c in checks),
         "model_name": cfg.registered_model_name,

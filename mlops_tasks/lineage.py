@@ -22,8 +22,8 @@ key                      type        meaning
 =======================  ==========  ============================================================
 
 Optional keys: ``experiment_id``, ``trigger`` (schedule / drift / manual), ``training_window``
-({"start", "end"} ISO dates), ``dag_run_id``, ``onnx_sha256``, ``champion_version`` (before this
-one). Any further JSON-serialisable key is kept as is.
+({"start", "end"} ISO dates), ``dag_run_id``, ``onnx_sha256``, ``champion_version`` (the champion
+the gate compared this version with). Any further JSON-serialisable key is kept as is.
 """
 
 from __future__ import annotations
@@ -181,7 +181,8 @@ def assemble_record(
             for key in ("promote", "reason", "primary_metric", "report_json_uri", "report_html_uri")
         },
         "promoted": bool(registration["promoted"]),
-        "champion_version": registration.get("previous_champion_version"),
+        # The champion the gate compared this model with, not whatever the registry holds afterwards.
+        "champion_version": decision.get("champion_version"),
         "trigger": data_version.get("trigger"),
         "training_window": {"start": data_version["days"][0], "end": data_version["days"][-1]},
         "dag_run_id": airflow_run_id,

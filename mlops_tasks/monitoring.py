@@ -2,9 +2,12 @@
 
 * reference = the champion's training snapshot: its DVC data version (tag on the registry version),
   a seeded sample of it, scored by the champion's ONNX model for prediction drift;
-* current = the monitored window's curated rows that were scored, with the published scores;
+* current = the monitored window's curated rows that the champion scored, with the published scores
+  (days whose predictions another model version published are skipped, and listed in the result);
 * live metric = the champion's primary metric on current rows whose label has arrived, against the
-  metric it was promoted with;
+  metric it was promoted with; labels and classes as the gate derives them, multiclass from the
+  published ``probability_<class>`` columns. Where it cannot be computed (too few labels, undefined on
+  these rows, labels the model does not know) it is skipped, and the result says why;
 * new data = validated rows curated after the champion's training window.
 
 Both sides are read part by part through :func:`mlops_tasks.drift.sample_parts`, keeping only the
@@ -33,10 +36,10 @@ from mlops_tasks.versioning import read_record, read_version_file
 
 if TYPE_CHECKING:
     from mlops_tasks.config import PipelineConfig
+    from mlops_tasks.inference import _Model
     from mlops_tasks.storage import ObjectStore
 
 log = logging.getLogger(__name__)
-LOWER_IS_BETTER = {"log_loss", "rmse", "mae"}
 
 
 _CURATED = "_curated_match"  # merge indicator: was the scored row's curated row found
@@ -55,30 +58,55 @@ def monitored_days(cfg: PipelineConfig, day: dt.date) -> list[dt.date]:
 
 
 def _window_parts(
-    store: ObjectStore, cfg: PipelineConfig, day: dt.date, columns: list[str]
-) -> list[drift.Part]:
-    """The published predictions parts of the window's days: the scored rows are the current side.
-    Each loads its keys and scores joined with the day's curated columns (in predictions order, so
-    sampling positions are stable); a day's curated rows are read once, one day at a time."""
+    store: ObjectStore,
+    cfg: PipelineConfig,
+    day: dt.date,
+    columns: list[str],
+    *,
+    model_version: str,
+    outputs: list[str],
+) -> tuple[list[drift.Part], list[dict[str, Any]]]:
+    """The predictions parts the champion (``model_version``) published for the window's days: the
+    scored rows are the current side; and the days another version published, which are skipped (an
+    earlier champion's scores would blend its prediction drift and metric into this one's).
+
+    Each part loads its keys and ``outputs`` joined with the day's curated columns (in predictions
+    order, so sampling positions are stable); a day's curated rows are read once, one day at a time."""
     keys = list(cfg.data.key)
     curated_day = functools.lru_cache(maxsize=1)(
         lambda d: _curated_day(store, cfg, d, list(dict.fromkeys([*keys, *columns])))
     )
-    parts = []
+    parts, skipped = [], []
     for d in monitored_days(cfg, day):
         scored = store.read_manifest(partition_prefix(cfg.prefix, "predictions", d))
-        for part in scored["parts"] if scored else []:
+        if scored is None:
+            continue
+        if str(scored.get("model_version")) != str(model_version):
+            skipped.append(
+                {
+                    "day": d.isoformat(),
+                    "model_version": scored.get("model_version"),
+                    "rows": scored.get("rows"),
+                }
+            )
+            continue
+        for part in scored["parts"]:
             if part["key"].endswith(".parquet") and part["rows"]:
                 parts.append(
                     drift.Part(
                         rows=part["rows"],
                         load=functools.partial(
-                            _scored_rows, store, part, keys, functools.partial(curated_day, d)
+                            _scored_rows,
+                            store,
+                            part,
+                            [*keys, *outputs],
+                            keys,
+                            functools.partial(curated_day, d),
                         ),
                         name=store.uri(part["key"]),
                     )
                 )
-    return parts
+    return parts, skipped
 
 
 def _curated_day(store: ObjectStore, cfg: PipelineConfig, day: dt.date, columns: list[str]) -> pd.DataFrame:
@@ -90,9 +118,13 @@ def _curated_day(store: ObjectStore, cfg: PipelineConfig, day: dt.date, columns:
 
 
 def _scored_rows(
-    store: ObjectStore, part: dict[str, Any], keys: list[str], curated: Callable[[], pd.DataFrame]
+    store: ObjectStore,
+    part: dict[str, Any],
+    columns: list[str],
+    keys: list[str],
+    curated: Callable[[], pd.DataFrame],
 ) -> pd.DataFrame:
-    scores = read_part(store, part, columns=[*keys, features.SCORE_OUTPUT]).to_pandas()
+    scores = read_part(store, part, columns=columns).to_pandas()
     return scores.merge(curated(), on=keys, how="left", validate="one_to_one", indicator=_CURATED)
 
 
@@ -108,35 +140,90 @@ def _version_parts(store: ObjectStore, version: str, record: dict, columns: list
     ]
 
 
-def _score(model_path: str, cfg: PipelineConfig, frame: pd.DataFrame) -> np.ndarray:
-    from mlops_tasks.inference import make_session
+def _load_model(model_path: str, cfg: PipelineConfig, champion: dict[str, Any]) -> _Model:
+    """The champion's ONNX session, task and classes (checked against the config as inference does)."""
+    from mlops_tasks.inference import ModelContractError, _Model
 
-    session = make_session(model_path, cfg)
+    try:
+        return _Model.load(model_path, cfg)
+    except ModelContractError as exc:
+        raise MonitoringError(
+            f"champion v{champion['version']} cannot be used for the drift check: {exc}. "
+            "No retraining is triggered."
+        ) from None
+
+
+def _probability_columns(model: _Model) -> list[str]:
+    """The published ``probability_<class>`` columns of a multiclass model, in class order."""
+    return [f.name for f in model.output_fields() if f.name.startswith("probability_")]
+
+
+def _score(model: _Model, cfg: PipelineConfig, frame: pd.DataFrame) -> np.ndarray:
     inputs = features.onnx_inputs(frame, cfg.features, source="reference sample")
-    return session.run(
-        [features.SCORE_OUTPUT], features.session_inputs(inputs, features.is_legacy_session(session))
-    )[0]
+    return model.session.run([features.SCORE_OUTPUT], features.session_inputs(inputs, model.legacy))[0]
 
 
-def _live_metric_drop(cfg: PipelineConfig, current: pd.DataFrame, champion: dict[str, Any]) -> float | None:
-    """Promoted metric minus live metric (positive = worse), on rows whose label has arrived."""
-    from mlops_tasks.evaluation import compute_metrics
+def live_metric(
+    cfg: PipelineConfig, current: pd.DataFrame, champion: dict[str, Any], model: _Model
+) -> dict[str, Any]:
+    """The champion's primary metric on ``current`` rows whose label has arrived, against the value it
+    was promoted with: ``{"metric", "promoted", "live", "drop", "labelled_rows"}`` with ``drop`` =
+    promoted minus live, oriented so that positive is worse; ``drop`` None and ``skipped`` (why) when it
+    cannot be computed. Labels and targets are derived as the gate derives them."""
+    from mlops_tasks.evaluation import (
+        HIGHER_IS_BETTER,
+        class_text,
+        compute_metrics,
+        label_targets,
+        labelled_rows,
+    )
 
     metric = cfg.gate.primary_metric
     promoted = (champion.get("metrics") or {}).get(metric)
-    if promoted is None or cfg.target.column not in current:
-        return None
-    labels = features.derive_label(current, cfg.target)
-    known = labels.notna().to_numpy()
-    if known.sum() < cfg.drift.min_rows:
-        return None
+    result: dict[str, Any] = {
+        "metric": metric,
+        "promoted": promoted,
+        "live": None,
+        "drop": None,
+        "labelled_rows": 0,
+    }
+
+    def skipped(reason: str) -> dict[str, Any]:
+        log.info("live %s of champion v%s not computed: %s", metric, champion["version"], reason)
+        return {**result, "skipped": reason}
+
+    if promoted is None:
+        return skipped(f"champion v{champion['version']} has no gate {metric} to compare with")
+    if current.empty:
+        return skipped(f"no rows scored by champion v{champion['version']} in the window")
+    rows, label = labelled_rows(current, cfg)
+    result["labelled_rows"] = len(rows)
+    if len(rows) < cfg.drift.min_rows:
+        return skipped(
+            f"{len(rows)} scored rows have a label, fewer than drift.min_rows={cfg.drift.min_rows}"
+        )
+    if model.task == "binary":
+        # A binary model cannot be right or wrong about a label outside its two classes.
+        classes = list(class_text(pd.Series(model.classes, dtype=object)))
+        unknown = sorted(set(label) - set(classes))
+        if unknown:
+            return skipped(
+                f"labels {unknown[:5]} of column '{cfg.target.column}' are not among champion "
+                f"v{champion['version']}'s classes {classes}"
+            )
+    probabilities = None
+    if model.task == "multiclass":
+        probabilities = rows[_probability_columns(model)].to_numpy(dtype=np.float64)
     live = compute_metrics(
-        cfg.target.task, labels[known].to_numpy(), current[features.SCORE_OUTPUT].to_numpy()[known]
-    )
-    if live.get(metric) is None:
-        return None
-    drop = promoted - live[metric]
-    return -drop if metric in LOWER_IS_BETTER else drop
+        model.task,
+        label_targets(label, model.task, model.classes),
+        rows[features.SCORE_OUTPUT].to_numpy(dtype=np.float64),
+        probabilities,
+    ).get(metric)
+    if live is None:
+        return skipped(f"{metric} is undefined on the {len(rows)} labelled rows (e.g. all of one class)")
+    drop = promoted - live if HIGHER_IS_BETTER[metric] else live - promoted
+    return {**result, "live": live, "drop": drop}
 
 
 def _rows_since(store: ObjectStore, cfg: PipelineConfig, after: dt.date, day: dt.date) -> int:
@@ -173,22 +260,33 @@ def run_drift_monitor(
             f"reference data of champion v{champion['version']} (data version {champion['data_version']}) "
             f"cannot be used: {exc}. No retraining is triggered."
         ) from None
+    with tempfile.TemporaryDirectory() as tmp:
+        path = download_onnx(cfg, tracking_uri=tracking_uri, version=champion["version"], dest_dir=tmp)
+        model = _load_model(str(path), cfg, champion)
+    outputs = [features.SCORE_OUTPUT, *(_probability_columns(model) if model.task == "multiclass" else [])]
     window_columns = [*columns, *([cfg.target.column] if cfg.target.column not in columns else [])]
     try:
-        current, current_rows = drift.sample_parts(
-            _window_parts(store, cfg, day, window_columns), cfg.drift.sample_rows, cfg.drift.seed
+        parts, skipped = _window_parts(
+            store, cfg, day, window_columns, model_version=champion["version"], outputs=outputs
         )
+        current, current_rows = drift.sample_parts(parts, cfg.drift.sample_rows, cfg.drift.seed)
     except (FileNotFoundError, ValueError) as exc:
         raise MonitoringError(
             f"the scored rows of {monitored_days(cfg, day)[0]}..{day} cannot be read: {exc}. "
             "No retraining is triggered."
         ) from None
+    if skipped:
+        log.warning(
+            "drift check of %s: skipped predictions not made by champion v%s: %s",
+            day,
+            champion["version"],
+            ", ".join(f"{s['day']} (v{s['model_version']}, {s['rows']} rows)" for s in skipped),
+        )
     if len(current):
         # A day curated again after scoring: rows it no longer has are not compared.
         current = current[current.pop(_CURATED) == "both"].reset_index(drop=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        model = download_onnx(cfg, tracking_uri=tracking_uri, version=champion["version"], dest_dir=tmp)
-        reference_scores = _score(str(model), cfg, reference) if len(reference) else None
+    reference_scores = _score(model, cfg, reference) if len(reference) else None
+    live = live_metric(cfg, current, champion, model)
     state = store.get_json(state_key(cfg)) if store.exists(state_key(cfg)) else None
     training_end = max(dt.date.fromisoformat(d) for d in record["days"])
     result = drift.run_check(
@@ -201,7 +299,7 @@ def run_drift_monitor(
         reference_scores=reference_scores if len(current) else None,
         current_scores=current[features.SCORE_OUTPUT].to_numpy() if len(current) else None,
         new_rows_since_training=_rows_since(store, cfg, training_end, day),
-        live_metric_drop=_live_metric_drop(cfg, current, champion) if len(current) else None,
+        live_metric_drop=live["drop"],
         reference_rows=reference_rows,
         current_rows=current_rows if len(current) else 0,
         reference_name=f"champion v{champion['version']} training data ({champion['data_version'][:12]})",
@@ -211,6 +309,8 @@ def run_drift_monitor(
     return {
         **result,
         "champion_version": champion["version"],
+        "live_metric": live,
+        "skipped_predictions": skipped,
         "report_html_uri": result.get("html_uri"),
         "report_json_uri": result.get("report_uri"),
     }

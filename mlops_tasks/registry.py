@@ -1,20 +1,33 @@
 """The MLflow model registry, driven by aliases (not stages).
 
 * Every exported run becomes a registered model version, tagged with its data version, gate decision,
-  gate metrics, the champion its gate compared it against, and its run id, so the registry alone
-  explains why each version is where it is. A version's gate tags are written once; retries reuse them.
+  gate metrics, the champion its gate compared it against, the newest version its gate saw, and its run
+  id, so the registry alone explains why each version is where it is. A version's gate tags are written
+  once; retries reuse them (a stale version's are written again, see below).
 * ``champion`` is what batch inference serves; ``previous_champion`` is the one-step rollback target
   (the champion the serving version's gate beat); ``challenger`` marks a rejected-but-sane model that
   batch inference shadow-scores.
-* Who is champion is a function of the version tags alone (:func:`_target`): the versions the gate
-  promoted form a tree, each under the champion its gate beat; from the top, follow the best-gated child
-  (primary metric; on a tie the older version) down to a version that no one has beaten. A rejected
-  version is not in the tree, so it never becomes champion. A rollback fences the restored version: the
-  versions gated against it that exist at the rollback (the rolled-back champion and those it beat in a
-  race) never count again; challengers gated against it later do.
+* Who is champion is a function of the version tags alone (:func:`_champion_line`): the versions the
+  gate promoted form a tree, each under the champion its gate beat; from the top, follow the best-gated
+  child (primary metric; on a tie the older version) down to a version that no one has beaten. A
+  rejected version is not in the tree, so it never becomes champion. A rollback fences the restored
+  version: the versions gated against it that exist at the rollback (the rolled-back champion and
+  those it beat in a race) never count again; challengers gated against it later do.
+* Stale gates: siblings compete on metrics measured on different evaluation windows, which is only fair
+  between registrations that raced each other from one champion. So a registration is tagged
+  ``stale`` (registered, never promoted, never shadow-scored) when, by the time it registers, the tags
+  already name a champion that is neither the one its gate compared with nor a sibling gated against
+  that same one: the champion moved on (e.g. its register task was retried after an outage). Its result
+  says so; registering the run again after a new gate (against the current champion) writes its tags
+  again. A registration that comes after a sibling has already won cannot be told apart from a race
+  (same tags, only timing differs), so it is judged as one.
+* ``challenger`` is also a function of the tags: the newest rejected-but-sane version, unless a gate on
+  the champion's line ran after that version was registered (``gate_newest_version``): the champion
+  has moved past it, so there is nothing left to shadow. A challenger that raced the champion (both
+  gated against the same one, before either registered) stays.
 * Concurrent registrations, across processes and machines (MLflow has no compare-and-set on aliases):
   "register, then converge". A registration writes all its tags first (``gate_decision`` last, so a
-  half-tagged version does not count), then loops: read the tags and both aliases; if the aliases are not
+  half-tagged version does not count), then loops: read the tags and the aliases; if the aliases are not
   on the target of those tags, move them and read again; return only after a read that agrees.
   Why it settles: the target depends on tags only, and they stop changing once every registration has
   written them. Take the last alias write W. Its writer reads again after W; if W came after the last tag
@@ -22,9 +35,12 @@
   the last). If no alias write follows the last tag write, the last tagger's own loop reads the final tags
   and aliases, and stops only when they agree. So when all registrations have returned, the aliases are
   the final target. A writer holding stale tags can move an alias to an outdated (gate-passed) version
-  for a moment, never for good. Rollback writes its fence, then runs the same loop.
-* Promotion moves aliases as the very last step (``previous_champion`` first, then ``champion``), so a
-  failure at any earlier point leaves the served model untouched; a retry converges again.
+  for a moment, never for good. Rollback writes its fence, then runs the same loop. (The one input that
+  is not a tag: a version rejected before the ``challenger_eligible`` tag existed stays eligible while it
+  holds the alias; once moved off it, it never is again, so this settles too.)
+* Promotion moves aliases as the very last step (``previous_champion`` first, then ``champion``, then
+  ``challenger``), so a failure at any earlier point leaves the served model untouched; a retry
+  converges again.
 """
 
 from __future__ import annotations
@@ -46,8 +62,13 @@ PREVIOUS_CHAMPION = "previous_champion"
 CHALLENGER = "challenger"
 
 GATE_DECISION = "gate_decision"
+PROMOTE, REJECT, STALE = "promote", "reject", "stale"  # values of GATE_DECISION
 # The champion version the gate compared this version against ("" when there was none).
 BASELINE = "gate_champion_version"
+# The newest version of the model when the gate ran ("" when unknown or none).
+GATE_NEWEST = "gate_newest_version"
+# "true" on a rejected-but-sane version that may be shadow-scored as the challenger.
+CHALLENGER_ELIGIBLE = "challenger_eligible"
 # On a rollback target: versions gated against it numbered up to this one no longer count.
 ROLLBACK_FENCE = "rollback_fence"
 # Bound on read-move-verify rounds: a round after the first only follows another writer's change.
@@ -107,50 +128,98 @@ def _version_for_run(client: Any, cfg: PipelineConfig, run_id: str) -> ModelVers
     return min(client.search_model_versions(query), key=lambda v: int(v.version))
 
 
+def _tags(version: ModelVersion) -> dict[str, str]:
+    return version.tags or {}
+
+
 def _gate_value(version: ModelVersion | None, metric: str) -> float | None:
-    raw = (version.tags or {}).get(f"gate_{metric}") if version is not None else None
+    raw = _tags(version).get(f"gate_{metric}") if version is not None else None
     return float(raw) if raw not in (None, "", "None") else None
 
 
+def _number(raw: str | None) -> int:
+    return int(raw) if raw and raw.isdigit() else 0
+
+
+def _versions(client: Any, name: str) -> list[ModelVersion]:
+    return list(client.search_model_versions(f"name='{name}'"))
+
+
+def _stale_against(versions: list[ModelVersion], primary: str, baseline: str) -> str | None:
+    """The champion (as the tags say) that makes a gate against ``baseline`` out of date, or None when
+    the champion is that baseline or a sibling gated against it (a race; see module doc)."""
+    line = _champion_line(versions, primary)
+    if not line:
+        return None
+    champion = line[-1]
+    if baseline in (champion.version, _tags(champion).get(BASELINE, "")):
+        return None
+    return champion.version
+
+
 def _write_gate_tags(
-    client: Any, version: ModelVersion, run_id: str, decision: dict[str, Any], data_version: str
+    client: Any, version: ModelVersion, run_id: str, decision: dict[str, Any], data_version: str, primary: str
 ) -> dict[str, str]:
     """Tag the version with its gate record, ``gate_decision`` last: only then does it count."""
     name = version.name
+    baseline = decision.get("champion_version") or ""
+    stale = _stale_against(_versions(client, name), primary, baseline)
+    outcome = PROMOTE if decision["promote"] else REJECT
+    reason = decision["reason"]
+    if stale is not None:
+        compared = f"v{baseline}" if baseline else "no champion"
+        if outcome == PROMOTE:
+            outcome = STALE
+            reason = (
+                f"not promoted, stale gate: the gate compared this model with {compared}, but v{stale} "
+                f"was the champion when it registered, and metrics of other evaluation windows do not "
+                f"compare; gate it again against v{stale} and register it again. The gate said: {reason}"
+            )
+        else:
+            reason = (
+                f"{reason} (gated against {compared}; v{stale} was the champion when it registered, "
+                "so it is not shadow-scored as the challenger)"
+            )
+    eligible = outcome == REJECT and not decision.get("floor_failed") and stale is None
     tags = {
         "run_id": run_id,
         "data_version": data_version,
-        "gate_reason": decision["reason"][:4000],
+        "gate_reason": reason[:4000],
         "gate_primary_metric": decision["primary_metric"],
-        BASELINE: decision.get("champion_version") or "",
+        BASELINE: baseline,
+        GATE_NEWEST: str(decision.get("registry_newest_version") or ""),
+        CHALLENGER_ELIGIBLE: "true" if eligible else "false",
         **{f"gate_{k}": str(v) for k, v in decision["challenger"]["metrics"].items()},
     }
     for key, val in tags.items():
         _write(client.set_model_version_tag, name, version.version, key, val)
-    if not decision["promote"] and not decision.get("floor_failed"):
-        _write(client.set_registered_model_alias, name, CHALLENGER, version.version)
-    tags[GATE_DECISION] = "promote" if decision["promote"] else "reject"
-    _write(client.set_model_version_tag, name, version.version, GATE_DECISION, tags[GATE_DECISION])
+    tags[GATE_DECISION] = outcome
+    _write(client.set_model_version_tag, name, version.version, GATE_DECISION, outcome)
     return tags
 
 
 def register(
     cfg: PipelineConfig, run_id: str, *, tracking_uri: str, decision: dict[str, Any], data_version: str
 ) -> dict[str, Any]:
-    """Register the run's model, record its gate, and converge the aliases (see module doc)."""
+    """Register the run's model, record its gate, and converge the aliases (see module doc).
+
+    ``stale`` in the result: the gate compared the model with a champion that had been replaced by the
+    time it registered; it is registered but never promoted until gated (and registered) again.
+    """
     name = cfg.registered_model_name
     primary = cfg.gate.primary_metric
     client = tracking.client(tracking_uri)
     with _reachable(tracking_uri, f"register run {run_id} as a version of '{name}'"):
         _ensure_model(client, name)
         version = _version_for_run(client, cfg, run_id)
-        tags = dict(version.tags or {})
-        if GATE_DECISION not in tags:
-            tags = _write_gate_tags(client, version, run_id, decision, data_version)
+        tags = dict(_tags(version))
+        # A stale version is not in the tree, so writing its tags again (after a new gate) is safe.
+        if tags.get(GATE_DECISION) in (None, STALE):
+            tags = _write_gate_tags(client, version, run_id, decision, data_version, primary)
         champion, previous = _converge(client, name, primary)
     promoted = champion == version.version
     reason = tags["gate_reason"]
-    if tags[GATE_DECISION] == "promote" and not promoted:
+    if tags[GATE_DECISION] == PROMOTE and not promoted:
         reason = (
             f"not promoted: the gate passed, but v{champion} is the champion after the registrations "
             f"that raced this one (compare its gate {primary})"
@@ -159,14 +228,16 @@ def register(
         "model_name": name,
         "version": version.version,
         "promoted": promoted,
+        "stale": tags[GATE_DECISION] == STALE,
         "champion_version": champion,
         "previous_champion_version": previous,
         "reason": reason,
     }
 
 
-def _target(versions: list[ModelVersion], primary: str) -> tuple[ModelVersion | None, ModelVersion | None]:
-    """(champion, previous champion) as the promoted ``versions``' tags say (see module doc)."""
+def _champion_line(versions: list[ModelVersion], primary: str) -> list[ModelVersion]:
+    """The promoted versions from the first champion down to the champion, as the tags say (see module
+    doc); empty when nothing is promoted."""
     higher = HIGHER_IS_BETTER[primary]
 
     def rank(v: ModelVersion) -> tuple[bool, float, int]:  # a missing metric ranks last; ties: older
@@ -177,47 +248,73 @@ def _target(versions: list[ModelVersion], primary: str) -> tuple[ModelVersion | 
 
     children: dict[str, list[ModelVersion]] = {}
     for v in versions:
-        children.setdefault((v.tags or {}).get(BASELINE, ""), []).append(v)
-    node: ModelVersion | None = None
-    parent: ModelVersion | None = None
+        if _tags(v).get(GATE_DECISION) == PROMOTE:
+            children.setdefault(_tags(v).get(BASELINE, ""), []).append(v)
+    line: list[ModelVersion] = []
     while True:
-        fence = int((node.tags or {}).get(ROLLBACK_FENCE, 0)) if node is not None else 0
+        node = line[-1] if line else None
+        fence = _number(_tags(node).get(ROLLBACK_FENCE)) if node is not None else 0
         beaten_by = [v for v in children.get(node.version if node else "", []) if int(v.version) > fence]
         if not beaten_by:
-            return node, parent
-        parent, node = node, max(beaten_by, key=rank)
+            return line
+        line.append(max(beaten_by, key=rank))
+
+
+def _challenger(versions: list[ModelVersion], line: list[ModelVersion], holder: str | None) -> str | None:
+    """The newest rejected-but-sane version that no gate on the champion's ``line`` ran after (see
+    module doc); ``holder`` is the version the alias is on now."""
+
+    def eligible(v: ModelVersion) -> bool:
+        tags = _tags(v)
+        if tags.get(GATE_DECISION) != REJECT:  # also: not before its gate record is complete
+            return False
+        if CHALLENGER_ELIGIBLE in tags:
+            return tags[CHALLENGER_ELIGIBLE] == "true"
+        return v.version == holder  # rejected before the flag existed
+
+    # A gate ran after every version up to the newest it saw, and after the champion it compared with.
+    seen = max(
+        (max(_number(_tags(v).get(GATE_NEWEST)), _number(_tags(v).get(BASELINE))) for v in line), default=0
+    )
+    candidates = [int(v.version) for v in versions if int(v.version) > seen and eligible(v)]
+    return str(max(candidates)) if candidates else None
+
+
+def _alias(client: Any, name: str, alias: str) -> str | None:
+    found = tracking.alias_version(client, name, alias)
+    return found.version if found is not None else None
 
 
 def _converge(client: Any, name: str, primary: str) -> tuple[str | None, str | None]:
-    """Move ``champion``/``previous_champion`` to the target until a read after our last write agrees;
-    returns the (champion, previous champion) versions it agreed on."""
+    """Move ``champion``/``previous_champion``/``challenger`` to the target until a read after our last
+    write agrees; returns the (champion, previous champion) versions it agreed on."""
     for _ in range(_MAX_ROUNDS):
-        promoted = client.search_model_versions(f"name='{name}' and tags.{GATE_DECISION}='promote'")
-        target, parent = _target(list(promoted), primary)
-        champion = tracking.alias_version(client, name, CHAMPION)
-        previous = tracking.alias_version(client, name, PREVIOUS_CHAMPION)
-        have = (champion.version if champion else None, previous.version if previous else None)
-        if target is None:  # nothing promoted (yet): leave whatever is served alone
-            return have
-        want = (target.version, parent.version if parent else None)
+        versions = _versions(client, name)
+        line = _champion_line(versions, primary)
+        have = tuple(_alias(client, name, a) for a in (CHAMPION, PREVIOUS_CHAMPION, CHALLENGER))
+        challenger = _challenger(versions, line, have[2])
+        if line:
+            want = (line[-1].version, line[-2].version if len(line) > 1 else None, challenger)
+        else:  # nothing promoted (yet): leave whatever is served alone
+            want = (have[0], have[1], challenger)
         if have == want:
-            return have
+            return have[0], have[1]
         if have[0] != want[0]:
             _write(
                 client.set_model_version_tag,
                 name,
-                target.version,
+                want[0],
                 "promoted_at",
                 dt.datetime.now(dt.UTC).isoformat(),
             )
         # previous_champion first, then champion: a failure in between still serves the old champion.
-        if have[1] != want[1]:
-            if parent is not None:
-                _write(client.set_registered_model_alias, name, PREVIOUS_CHAMPION, parent.version)
+        for i, alias in ((1, PREVIOUS_CHAMPION), (0, CHAMPION), (2, CHALLENGER)):
+            if have[i] == want[i]:
+                continue
+            if want[i] is not None:
+                _write(client.set_registered_model_alias, name, alias, want[i])
             else:
-                client.delete_registered_model_alias(name, PREVIOUS_CHAMPION)
-        if have[0] != want[0]:
-            _write(client.set_registered_model_alias, name, CHAMPION, target.version)
+                client.delete_registered_model_alias(name, alias)
     raise RegistryError(
         f"the aliases of '{name}' did not settle in {_MAX_ROUNDS} rounds of concurrent registrations; retry"
     )

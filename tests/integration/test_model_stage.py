@@ -298,3 +298,54 @@ def test_lineage_format_shows_the_chain_in_order() -> None:
     ]
     positions = [text.index(step) for step in steps]
     assert positions == sorted(positions) and "-> champion" in text
+
+
+def test_lineage_names_the_champion_the_gate_compared_with(
+    store: ObjectStore, example_config: PipelineConfig, mlflow_server: str, tmp_path: Path
+) -> None:
+    """v3 rejected while v2 serves: the record says v2 (the registration's previous champion is v1)."""
+    cfg = example_config.model_copy(
+        update={
+            "mlflow": example_config.mlflow.model_copy(
+                update={"registered_model": f"lineage_{uuid.uuid4().hex[:8]}"}
+            )
+        }
+    )
+    client = tracking.client(mlflow_server)
+    experiment = client.create_experiment(f"lineage_{uuid.uuid4().hex[:8]}")
+
+    def register(auc: float, champion: str | None, promote: bool) -> tuple[str, dict, dict]:
+        run_id = client.create_run(experiment).info.run_id
+        model = tmp_path / run_id / "model.onnx"
+        model.parent.mkdir()
+        model.write_bytes(b"onnx")
+        client.log_artifact(run_id, str(model), "model")
+        decision = {
+            "promote": promote,
+            "reason": f"roc_auc {auc}",
+            "primary_metric": "roc_auc",
+            "challenger": {"metrics": {"roc_auc": auc}},
+            "champion_version": champion,
+            "floor_failed": False,
+        }
+        result = registry.register(
+            cfg, run_id, tracking_uri=mlflow_server, decision=decision, data_version="dv"
+        )
+        return run_id, decision, result
+
+    register(0.70, None, True)
+    register(0.72, "1", True)
+    run_id, decision, registration = register(0.60, "2", False)
+    assert registration["previous_champion_version"] == "1"
+
+    record = lineage.assemble_record(
+        store,
+        cfg,
+        data_version={"data_version": "dv", "days": ["2013-01-01"], "trigger": "test"},
+        training={"run_id": run_id},
+        export={"onnx_artifact_uri": f"runs:/{run_id}/model/model.onnx"},
+        decision=decision,
+        registration=registration,
+    )
+
+    assert (record["model_version"], record["promoted"], record["champion_version"]) == ("3", False, "2")

@@ -13,13 +13,14 @@ import datetime as dt
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from mlops_tasks import drift, features, inference, registry, tracking
-from mlops_tasks.config import PipelineConfig, load_config
+from mlops_tasks.config import FeatureSpec, PipelineConfig, TargetSpec, load_config
 from mlops_tasks.evaluation import compute_metrics
 from mlops_tasks.monitoring import MonitoringError, run_drift_monitor, state_key
 from mlops_tasks.storage import ObjectStore, partition_prefix
@@ -114,8 +115,16 @@ def champion(
     return register_champion(cfg, mlflow_server, str(model), data_version)
 
 
-def register_champion(cfg: PipelineConfig, tracking_uri: str, model_path: str, data_version: str) -> Champion:
-    """Log ``model_path`` as a run's model/model.onnx and register it through a passed gate."""
+def register_champion(
+    cfg: PipelineConfig,
+    tracking_uri: str,
+    model_path: str,
+    data_version: str,
+    metric: str = "roc_auc",
+    promoted: float = PROMOTED_AUC,
+) -> Champion:
+    """Log ``model_path`` as a run's model/model.onnx and register it through a passed gate that
+    measured ``metric`` = ``promoted``."""
     client = tracking.client(tracking_uri)
     experiment = client.get_experiment_by_name(cfg.mlflow.experiment)
     run = client.create_run(
@@ -126,8 +135,8 @@ def register_champion(cfg: PipelineConfig, tracking_uri: str, model_path: str, d
     decision = {
         "promote": True,
         "reason": "test champion",
-        "primary_metric": "roc_auc",
-        "challenger": {"metrics": {"roc_auc": PROMOTED_AUC}},
+        "primary_metric": metric,
+        "challenger": {"metrics": {metric: promoted}},
         "champion_version": None,
         "floor_failed": False,
     }
@@ -145,11 +154,18 @@ def world(store: ObjectStore, cfg: PipelineConfig, champion: Champion) -> Object
     return store
 
 
-def score(store: ObjectStore, cfg: PipelineConfig, champion: Champion, days: list[dt.date]) -> None:
-    """Plan, score and publish each day with the champion, as the batch-inference DAG does."""
+def score(
+    store: ObjectStore,
+    cfg: PipelineConfig,
+    champion: Champion,
+    days: list[dt.date],
+    version: str | None = None,
+) -> None:
+    """Plan, score and publish each day with the champion, as the batch-inference DAG does (published
+    as model ``version`` when given: predictions another version made)."""
     identity = {
         "model_name": cfg.registered_model_name,
-        "model_version": champion.version,
+        "model_version": version or champion.version,
         "run_id": champion.run_id,
     }
     for day in days:
@@ -208,25 +224,34 @@ def in_order(frames: Frames) -> list[pd.DataFrame]:
     return [frame for day in sorted(frames) for frame in frames[day]]
 
 
-def in_memory_decision(
-    store: ObjectStore, cfg: PipelineConfig, champion: Champion, window: Frames, new_rows: int
-) -> tuple[dict, dict]:
-    """compare + decide on the whole concatenated frames, as the drift module's docstring defines them:
-    reference = the version's parts in day/part order, scored by the champion; current = the scored
-    days' rows with their published scores; live metric on the seeded sample of the current rows."""
+def current_sample(
+    store: ObjectStore, cfg: PipelineConfig, window: Frames, outputs: tuple[str, ...] = (SCORE,)
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(current, its seeded sample): the scored days' rows joined with their published ``outputs``, and
+    the rows of it the monitor samples (``drift.sample_rows`` of them, seeded)."""
     keys = list(cfg.data.key)
-    reference = pd.concat(in_order(make_frames(REFERENCE)), ignore_index=True)
-    session = inference.make_session(champion.model_path, cfg)
-    reference_scores = session.run([SCORE], features.onnx_inputs(reference, cfg.features))[0]
     published = [
-        inference.read_predictions(store, cfg, day, columns=[*keys, SCORE]) for day in sorted(window)
+        inference.read_predictions(store, cfg, day, columns=[*keys, *outputs]) for day in sorted(window)
     ]
     current = pd.concat(in_order(window), ignore_index=True).merge(
         pd.concat(published, ignore_index=True), on=keys, how="left", validate="one_to_one"
     )
     assert current[SCORE].notna().all()
     limit, seed = cfg.drift.sample_rows, cfg.drift.seed
-    sample = current.iloc[np.sort(np.random.default_rng(seed).choice(len(current), limit, replace=False))]
+    picked = np.sort(np.random.default_rng(seed).choice(len(current), limit, replace=False))
+    return current, current.iloc[picked].reset_index(drop=True)
+
+
+def in_memory_decision(
+    store: ObjectStore, cfg: PipelineConfig, champion: Champion, window: Frames, new_rows: int
+) -> tuple[dict, dict]:
+    """compare + decide on the whole concatenated frames, as the drift module's docstring defines them:
+    reference = the version's parts in day/part order, scored by the champion; current = the scored
+    days' rows with their published scores; live metric on the seeded sample of the current rows."""
+    reference = pd.concat(in_order(make_frames(REFERENCE)), ignore_index=True)
+    session = inference.make_session(champion.model_path, cfg)
+    reference_scores = session.run([SCORE], features.onnx_inputs(reference, cfg.features))[0]
+    current, sample = current_sample(store, cfg, window)
     labels = features.derive_label(sample, cfg.target)
     known = labels.notna().to_numpy()
     live = compute_metrics("binary", labels[known].to_numpy(), sample[SCORE].to_numpy()[known])
@@ -263,6 +288,7 @@ def test_monitor_decision_equals_compare_and_decide_on_the_concatenated_window(
     result = monitor(world, cfg, mlflow_server)
 
     expected, comparison = in_memory_decision(world, cfg, champion, window, new_rows)
+    pending = int(current_sample(world, cfg, window)[1]["dep_delay"].isna().sum())
     assert {k: result[k] for k in expected} == expected
     assert (result["status"], result["retrain"], result["champion_version"]) == (
         "drift",
@@ -272,6 +298,13 @@ def test_monitor_decision_equals_compare_and_decide_on_the_concatenated_window(
     assert result["rows"] == {"reference": 1250, "current": 1700}
     assert "temp" in result["drifted_critical"]
     assert any(r.startswith("live roc_auc dropped by") for r in result["reasons"])
+    live = result["live_metric"]
+    assert (live["metric"], live["promoted"], live["labelled_rows"]) == (
+        "roc_auc",
+        PROMOTED_AUC,
+        1000 - pending,
+    )
+    assert "skipped" not in live and result["skipped_predictions"] == []
     assert f"{new_rows} new validated rows since training (>= 2000)" in result["reasons"]
 
     stored = world.get_json(f"{cfg.prefix}/{REPORTS}drift.json")
@@ -456,3 +489,58 @@ def test_monitored_column_missing_from_the_current_window_names_column_and_parti
     where = world.uri(partition_prefix(cfg.prefix, "curated", min(SCORED)))
     assert "dep_time" in str(raised.value) and where in str(raised.value)
     assert_refused_without_trace(world, cfg, state)
+
+
+# -- which predictions, which labels -----------------------------------------------------------------
+
+
+def test_days_scored_by_another_model_version_are_skipped_and_listed(
+    world: ObjectStore, cfg: PipelineConfig, champion: Champion, mlflow_server: str
+) -> None:
+    # 03-04 was scored while an earlier champion served: its scores are not this champion's.
+    publish_window(world, cfg, champion, scored={d: s for d, s in SCORED.items() if d != DAY}, change=warmer)
+    earlier = str(int(champion.version) + 100)
+    publish(world, cfg, make_frames({DAY: SCORED[DAY]}, warmer))
+    score(world, cfg, champion, [DAY], version=earlier)
+
+    result = monitor(world, cfg, mlflow_server)
+
+    assert result["skipped_predictions"] == [{"day": DAY.isoformat(), "model_version": earlier, "rows": 500}]
+    assert result["rows"]["current"] == 1200  # 1700 scored rows, less the other version's 500
+    assert result["live_metric"]["labelled_rows"] == 1000
+
+
+def test_multiclass_champion_s_live_metric_uses_its_published_class_probabilities(
+    store: ObjectStore, cfg: PipelineConfig, champion: Champion, mlflow_server: str, tmp_path: Path
+) -> None:
+    """Origin airport as three classes (not a feature here), scored by a multiclass champion."""
+    classes = ["EWR", "JFK", "LGA"]
+    name = f"multi_{uuid.uuid4().hex[:8]}"
+    multi = cfg.model_copy(
+        update={
+            "target": TargetSpec(task="multiclass", column="origin"),
+            "features": FeatureSpec(numeric=cfg.features.numeric, categorical=["carrier", "dest"]),
+            "gate": cfg.gate.model_copy(update={"primary_metric": "accuracy"}),
+            "mlflow": cfg.mlflow.model_copy(update={"registered_model": name}),
+        }
+    )
+    assert publish_reference(store, multi) == champion.data_version
+    params = random_params(multi.features, EXAMPLE_VOCAB, hidden=[8], outputs=len(classes), seed=3)
+    path = build_model(tmp_path / "model.onnx", multi.features, params, "multiclass", classes)
+    multi_champion = register_champion(
+        multi, mlflow_server, str(path), champion.data_version, "accuracy", 0.9
+    )
+    window = publish_window(store, multi, multi_champion)
+
+    result = monitor(store, multi, mlflow_server)
+
+    probabilities = tuple(f"probability_{c}" for c in classes)
+    _, sample = current_sample(store, multi, window, (SCORE, *probabilities))
+    y = pd.Categorical(sample["origin"].astype(str), categories=classes).codes
+    expected = compute_metrics(
+        "multiclass", y, sample[SCORE].to_numpy(), sample[list(probabilities)].to_numpy()
+    )["accuracy"]
+    live = result["live_metric"]
+    assert "skipped" not in live and live["labelled_rows"] == 1000
+    assert live["live"] == pytest.approx(expected) and live["drop"] == pytest.approx(0.9 - expected)
+    assert result["status"] != "insufficient_data"

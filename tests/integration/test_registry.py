@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mlops_tasks import evaluation, export, registry, stack, training
+from mlops_tasks import evaluation, export, registry, stack, tracking, training
 from mlops_tasks.config import GateSpec, PipelineConfig, load_config
 from mlops_tasks.storage import ObjectStore
 from tests.conftest import EXAMPLE_CONFIG, tune
@@ -81,7 +81,9 @@ def test_first_registration_becomes_champion(
 ) -> None:
     cfg = model_cfg(base_cfg, min_value=0.55)
     decision, result = gate_and_register(cfg, runs["good"], split, mlflow_server, store)
-    assert decision["promote"] and decision["champion"] is None
+    assert (
+        decision["promote"] and decision["champion"] is None and decision["registry_newest_version"] is None
+    )
     assert result["promoted"] and result["version"] == "1" and result["previous_champion_version"] is None
     info = registry.champion_info(cfg, tracking_uri=mlflow_server)
     assert info["run_id"] == runs["good"] and info["data_version"] == "dv" and info["promoted_at"]
@@ -217,3 +219,133 @@ def test_download_onnx_by_alias_and_by_version(
     assert by_alias.name == "model.onnx" and by_alias.read_bytes() == by_version.read_bytes()
     with pytest.raises(registry.RegistryError, match="no version with alias 'challenger'"):
         registry.download_onnx(cfg, tracking_uri=mlflow_server, alias="challenger", dest_dir=tmp_path / "c")
+
+
+# -- stale gates and the challenger's lifetime --------------------------------------------------------
+
+
+def bare_run(mlflow_server: str, tmp_path: Path) -> str:
+    """A run holding a model/model.onnx artifact (registration checks its presence, not its content)."""
+    client = tracking.client(mlflow_server)
+    experiment = client.get_experiment_by_name("registry_bare") or client.get_experiment(
+        client.create_experiment("registry_bare")
+    )
+    run = client.create_run(experiment.experiment_id)
+    model = tmp_path / run.info.run_id / "model.onnx"
+    model.parent.mkdir(parents=True)
+    model.write_bytes(b"onnx bytes of " + run.info.run_id.encode())
+    client.log_artifact(run.info.run_id, str(model), "model")
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id
+
+
+def gate(auc: float, champion: str | None, promote: bool = True) -> dict:
+    """A gate decision as evaluation makes it, compared with ``champion`` (None: there was none)."""
+    return {
+        "promote": promote,
+        "reason": f"gate {'passed' if promote else 'failed'} with roc_auc {auc}",
+        "primary_metric": "roc_auc",
+        "challenger": {"metrics": {"roc_auc": auc}},
+        "champion_version": champion,
+        "floor_failed": False,
+    }
+
+
+def register_bare(cfg: PipelineConfig, run_id: str, decision: dict, mlflow_server: str) -> dict:
+    return registry.register(cfg, run_id, tracking_uri=mlflow_server, decision=decision, data_version="dv")
+
+
+def alias_version(cfg: PipelineConfig, alias: str, mlflow_server: str) -> str | None:
+    info = registry.alias_info(cfg, alias, tracking_uri=mlflow_server)
+    return info["version"] if info else None
+
+
+def test_late_registration_gated_against_a_replaced_champion_is_stale_and_rollback_keeps_the_chain(
+    base_cfg: PipelineConfig, mlflow_server: str, tmp_path: Path
+) -> None:
+    cfg = model_cfg(base_cfg)
+    late = bare_run(mlflow_server, tmp_path)  # gated against v1; its register task retried after an outage
+    for auc, baseline in ((0.70, None), (0.72, "1"), (0.73, "2")):
+        register_bare(cfg, bare_run(mlflow_server, tmp_path), gate(auc, baseline), mlflow_server)
+
+    result = register_bare(cfg, late, gate(0.75, "1"), mlflow_server)
+
+    assert (result["version"], result["promoted"], result["stale"]) == ("4", False, True)
+    assert "stale gate" in result["reason"] and "gate it again against v3" in result["reason"]
+    assert (result["champion_version"], result["previous_champion_version"]) == ("3", "2")
+    assert registry.alias_info(cfg, "champion", tracking_uri=mlflow_server)["version"] == "3"
+    stale = tracking.client(mlflow_server).get_model_version(cfg.registered_model_name, "4")
+    assert stale.tags["gate_decision"] == "stale" and stale.tags["gate_champion_version"] == "1"
+    assert alias_version(cfg, registry.CHALLENGER, mlflow_server) is None  # never shadow-scored either
+    rolled = registry.rollback(cfg, tracking_uri=mlflow_server)
+    assert (rolled["champion_version"], rolled["rolled_back_version"]) == ("2", "3")
+
+
+def test_a_stale_version_gated_again_against_the_champion_is_promoted(
+    base_cfg: PipelineConfig, mlflow_server: str, tmp_path: Path
+) -> None:
+    cfg = model_cfg(base_cfg)
+    late = bare_run(mlflow_server, tmp_path)
+    register_bare(cfg, bare_run(mlflow_server, tmp_path), gate(0.70, None), mlflow_server)
+    register_bare(cfg, bare_run(mlflow_server, tmp_path), gate(0.72, "1"), mlflow_server)
+    register_bare(cfg, bare_run(mlflow_server, tmp_path), gate(0.73, "2"), mlflow_server)
+    assert register_bare(cfg, late, gate(0.75, "1"), mlflow_server)["stale"]
+    assert register_bare(cfg, late, gate(0.75, "1"), mlflow_server)["stale"]  # a retry: still stale
+
+    again = register_bare(cfg, late, gate(0.76, "3"), mlflow_server)
+
+    assert (again["version"], again["promoted"], again["stale"]) == ("4", True, False)
+    assert again["previous_champion_version"] == "3"
+
+
+def test_registration_gated_against_the_champion_s_own_baseline_races_it_on_the_gate_metric(
+    base_cfg: PipelineConfig, mlflow_server: str, tmp_path: Path
+) -> None:
+    """Both gated against v1: registered one after the other or at once is the same tags, so the same
+    outcome (see the registry's module doc): the better gate wins, neither is stale."""
+    cfg = model_cfg(base_cfg)
+    register_bare(cfg, bare_run(mlflow_server, tmp_path), gate(0.70, None), mlflow_server)
+    first = register_bare(cfg, bare_run(mlflow_server, tmp_path), gate(0.72, "1"), mlflow_server)
+    second = register_bare(cfg, bare_run(mlflow_server, tmp_path), gate(0.75, "1"), mlflow_server)
+    assert first["promoted"] and not (first["stale"] or second["stale"])
+    assert (second["promoted"], second["previous_champion_version"]) == (True, "1")
+
+
+def test_challenger_is_cleared_once_a_champion_gated_after_it_is_promoted(
+    base_cfg: PipelineConfig, split: tuple, runs: dict, mlflow_server: str, store: ObjectStore
+) -> None:
+    cfg = model_cfg(base_cfg)
+    gate_and_register(cfg, runs["shuffled"], split, mlflow_server, store)  # v1
+    strict = cfg.model_copy(update={"gate": cfg.gate.model_copy(update={"min_improvement": 0.99})})
+    decision, rejected = gate_and_register(strict, runs["good"], split, mlflow_server, store)  # v2
+    assert not decision["promote"] and not decision["floor_failed"]
+    assert alias_version(cfg, registry.CHALLENGER, mlflow_server) == rejected["version"] == "2"
+
+    decision, promoted = gate_and_register(cfg, runs["good_other_seed"], split, mlflow_server, store)
+
+    assert decision["registry_newest_version"] == "2" and promoted["promoted"]
+    assert promoted["champion_version"] == "3"
+    assert alias_version(cfg, registry.CHALLENGER, mlflow_server) is None
+
+
+def test_challenger_gated_before_the_new_champion_registered_stays(
+    base_cfg: PipelineConfig, split: tuple, runs: dict, mlflow_server: str, store: ObjectStore
+) -> None:
+    """Both gated against v1 before either registered (a race): the new champion's gate never saw the
+    challenger, so shadow-scoring it against the new champion still tells something."""
+    cfg = model_cfg(base_cfg)
+    gate_and_register(cfg, runs["shuffled"], split, mlflow_server, store)  # v1
+    strict = cfg.model_copy(update={"gate": cfg.gate.model_copy(update={"min_improvement": 0.99})})
+    decisions = {
+        name: evaluation.evaluate_and_gate(
+            c, runs[name], split[1], tracking_uri=mlflow_server, store=store, day=DAY
+        )
+        for name, c in (("good", strict), ("good_other_seed", cfg))
+    }
+    assert {d["registry_newest_version"] for d in decisions.values()} == {"1"}
+
+    rejected = register_bare(cfg, runs["good"], decisions["good"], mlflow_server)
+    promoted = register_bare(cfg, runs["good_other_seed"], decisions["good_other_seed"], mlflow_server)
+
+    assert not rejected["promoted"] and promoted["promoted"]
+    assert alias_version(cfg, registry.CHALLENGER, mlflow_server) == rejected["version"]

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from mlops_tasks import evaluation
-from mlops_tasks.config import GateSpec, PipelineConfig
+from mlops_tasks.config import GateSpec, PipelineConfig, TargetSpec
 
 
 def test_binary_metrics_of_a_perfect_ranking() -> None:
@@ -110,3 +110,33 @@ def test_html_report_is_self_contained_and_shows_every_check(example_config: Pip
     assert "<svg" in page and "<script" not in page and "http" not in page.replace("http://www.w3.org", "")
     assert "&lt;size&gt;" in page and "0.6500" in page and "0.6100" in page
     assert page.count("<td>max_onnx_bytes</td>") == 1 and "FAIL" in page
+
+
+def test_gate_rejects_when_the_champion_s_metric_is_undefined_on_the_rows(
+    example_config: PipelineConfig,
+) -> None:
+    checks = evaluation.gate_checks(
+        gated(example_config), candidate("roc_auc", 0.7), candidate("roc_auc", None, version="3")
+    )
+    (beats,) = [c for c in checks if c["name"] == "beats_champion"]
+    assert failed(checks) == ["beats_champion"] and beats["value"] is None
+    assert "champion v3's roc_auc is undefined on the evaluation rows" in beats["detail"]
+    assert evaluation._reason(checks, candidate("roc_auc", None, version="3")).startswith("rejected: ")
+
+
+def test_a_label_column_read_as_floats_because_of_a_missing_label_gives_the_same_classes(
+    example_config: PipelineConfig,
+) -> None:
+    cfg = example_config.model_copy(update={"target": TargetSpec(task="binary", column="y")})
+    whole = pd.DataFrame({"y": [0, 1, 1]})
+    with_gap = pd.DataFrame({"y": [0.0, 1.0, 1.0, np.nan]})
+    assert evaluation.labelled_rows(whole, cfg)[1].tolist() == ["0", "1", "1"]
+    rows, label = evaluation.labelled_rows(with_gap, cfg)
+    assert len(rows) == 3 and label.tolist() == ["0", "1", "1"]
+
+
+def test_label_targets_match_classes_however_the_model_s_metadata_writes_them() -> None:
+    labels = pd.Series(["1", "0", "1.0"], dtype="string")
+    for classes in (["0", "1"], [0.0, 1.0], [0, 1], ["0.0", "1.0"]):
+        assert evaluation.label_targets(labels, "binary", classes).tolist() == [1.0, 0.0, 1.0]
+    assert evaluation.label_targets(labels, "multiclass", [0.0, 1.0]).tolist() == [1, 0, 1]
