@@ -18,6 +18,8 @@ from mlops_tasks import evaluation, export, registry, stack, tracking, training
 from mlops_tasks.config import GateSpec, PipelineConfig, load_config
 from mlops_tasks.storage import ObjectStore
 from tests.conftest import EXAMPLE_CONFIG, tune
+from tests.integration.faults.stage_runner import decision as gate
+from tests.integration.faults.stage_runner import exported_run
 from tests.model_frames import example_rows, small_config, with_shuffled_labels
 
 DAY = dt.date(2013, 2, 14)
@@ -224,33 +226,6 @@ def test_download_onnx_by_alias_and_by_version(
 # -- stale gates and the challenger's lifetime --------------------------------------------------------
 
 
-def bare_run(mlflow_server: str, tmp_path: Path) -> str:
-    """A run holding a model/model.onnx artifact (registration checks its presence, not its content)."""
-    client = tracking.client(mlflow_server)
-    experiment = client.get_experiment_by_name("registry_bare") or client.get_experiment(
-        client.create_experiment("registry_bare")
-    )
-    run = client.create_run(experiment.experiment_id)
-    model = tmp_path / run.info.run_id / "model.onnx"
-    model.parent.mkdir(parents=True)
-    model.write_bytes(b"onnx bytes of " + run.info.run_id.encode())
-    client.log_artifact(run.info.run_id, str(model), "model")
-    client.set_terminated(run.info.run_id)
-    return run.info.run_id
-
-
-def gate(auc: float, champion: str | None, promote: bool = True) -> dict:
-    """A gate decision as evaluation makes it, compared with ``champion`` (None: there was none)."""
-    return {
-        "promote": promote,
-        "reason": f"gate {'passed' if promote else 'failed'} with roc_auc {auc}",
-        "primary_metric": "roc_auc",
-        "challenger": {"metrics": {"roc_auc": auc}},
-        "champion_version": champion,
-        "floor_failed": False,
-    }
-
-
 def register_bare(cfg: PipelineConfig, run_id: str, decision: dict, mlflow_server: str) -> dict:
     return registry.register(cfg, run_id, tracking_uri=mlflow_server, decision=decision, data_version="dv")
 
@@ -264,9 +239,11 @@ def test_late_registration_gated_against_a_replaced_champion_is_stale_and_rollba
     base_cfg: PipelineConfig, mlflow_server: str, tmp_path: Path
 ) -> None:
     cfg = model_cfg(base_cfg)
-    late = bare_run(mlflow_server, tmp_path)  # gated against v1; its register task retried after an outage
+    late = exported_run(
+        mlflow_server, tmp_path
+    )  # gated against v1; its register task retried after an outage
     for auc, baseline in ((0.70, None), (0.72, "1"), (0.73, "2")):
-        register_bare(cfg, bare_run(mlflow_server, tmp_path), gate(auc, baseline), mlflow_server)
+        register_bare(cfg, exported_run(mlflow_server, tmp_path), gate(auc, baseline), mlflow_server)
 
     result = register_bare(cfg, late, gate(0.75, "1"), mlflow_server)
 
@@ -285,10 +262,10 @@ def test_a_stale_version_gated_again_against_the_champion_is_promoted(
     base_cfg: PipelineConfig, mlflow_server: str, tmp_path: Path
 ) -> None:
     cfg = model_cfg(base_cfg)
-    late = bare_run(mlflow_server, tmp_path)
-    register_bare(cfg, bare_run(mlflow_server, tmp_path), gate(0.70, None), mlflow_server)
-    register_bare(cfg, bare_run(mlflow_server, tmp_path), gate(0.72, "1"), mlflow_server)
-    register_bare(cfg, bare_run(mlflow_server, tmp_path), gate(0.73, "2"), mlflow_server)
+    late = exported_run(mlflow_server, tmp_path)
+    register_bare(cfg, exported_run(mlflow_server, tmp_path), gate(0.70, None), mlflow_server)
+    register_bare(cfg, exported_run(mlflow_server, tmp_path), gate(0.72, "1"), mlflow_server)
+    register_bare(cfg, exported_run(mlflow_server, tmp_path), gate(0.73, "2"), mlflow_server)
     assert register_bare(cfg, late, gate(0.75, "1"), mlflow_server)["stale"]
     assert register_bare(cfg, late, gate(0.75, "1"), mlflow_server)["stale"]  # a retry: still stale
 
@@ -304,9 +281,9 @@ def test_registration_gated_against_the_champion_s_own_baseline_races_it_on_the_
     """Both gated against v1: registered one after the other or at once is the same tags, so the same
     outcome (see the registry's module doc): the better gate wins, neither is stale."""
     cfg = model_cfg(base_cfg)
-    register_bare(cfg, bare_run(mlflow_server, tmp_path), gate(0.70, None), mlflow_server)
-    first = register_bare(cfg, bare_run(mlflow_server, tmp_path), gate(0.72, "1"), mlflow_server)
-    second = register_bare(cfg, bare_run(mlflow_server, tmp_path), gate(0.75, "1"), mlflow_server)
+    register_bare(cfg, exported_run(mlflow_server, tmp_path), gate(0.70, None), mlflow_server)
+    first = register_bare(cfg, exported_run(mlflow_server, tmp_path), gate(0.72, "1"), mlflow_server)
+    second = register_bare(cfg, exported_run(mlflow_server, tmp_path), gate(0.75, "1"), mlflow_server)
     assert first["promoted"] and not (first["stale"] or second["stale"])
     assert (second["promoted"], second["previous_champion_version"]) == (True, "1")
 

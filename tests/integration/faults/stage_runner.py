@@ -279,6 +279,23 @@ def _close(*sockets: socket.socket, close: bool = True) -> None:
             sock.close()
 
 
+def exported_run(tracking_uri: str, tmp_path: Path) -> str:
+    """An MLflow run holding a model/model.onnx artifact (the registry checks only its presence)."""
+    from mlops_tasks import tracking  # MLflow: not for the stage processes that import this module
+
+    client = tracking.client(tracking_uri)
+    experiment = client.get_experiment_by_name("faults") or client.get_experiment(
+        client.create_experiment("faults")
+    )
+    run = client.create_run(experiment.experiment_id)
+    model = tmp_path / run.info.run_id / "model.onnx"
+    model.parent.mkdir()
+    model.write_bytes(b"onnx bytes of " + run.info.run_id.encode())
+    client.log_artifact(run.info.run_id, str(model), "model")
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id
+
+
 def decision(auc: float, champion_version: str | None = None, promote: bool = True) -> dict:
     """A gate decision as evaluation makes it: ``champion_version`` is the champion the gate compared with."""
     return {

@@ -18,7 +18,7 @@ from mlops_tasks import registry, tracking
 from mlops_tasks.config import PipelineConfig, load_config
 from tests.conftest import EXAMPLE_CONFIG
 from tests.integration.faults.conftest import RestartableMlflow
-from tests.integration.faults.stage_runner import decision
+from tests.integration.faults.stage_runner import decision, exported_run
 
 pytestmark = pytest.mark.services
 
@@ -31,21 +31,6 @@ def cfg() -> PipelineConfig:
             "mlflow": base.mlflow.model_copy(update={"registered_model": f"fault_{uuid.uuid4().hex[:8]}"})
         }
     )
-
-
-def exported_run(tracking_uri: str, tmp_path: Path) -> str:
-    """An MLflow run holding a model/model.onnx artifact (the registry checks only its presence)."""
-    client = tracking.client(tracking_uri)
-    experiment = client.get_experiment_by_name("faults") or client.get_experiment(
-        client.create_experiment("faults")
-    )
-    run = client.create_run(experiment.experiment_id)
-    model = tmp_path / run.info.run_id / "model.onnx"
-    model.parent.mkdir()
-    model.write_bytes(b"onnx bytes of " + run.info.run_id.encode())
-    client.log_artifact(run.info.run_id, str(model), "model")
-    client.set_terminated(run.info.run_id)
-    return run.info.run_id
 
 
 def model_versions(tracking_uri: str, cfg: PipelineConfig) -> dict[str, str]:
