@@ -18,8 +18,8 @@ from mlops_tasks import evaluation, export, registry, stack, tracking, training
 from mlops_tasks.config import GateSpec, PipelineConfig, load_config
 from mlops_tasks.storage import ObjectStore
 from tests.conftest import EXAMPLE_CONFIG, tune
+from tests.integration.faults.stage_runner import alias, exported_run
 from tests.integration.faults.stage_runner import decision as gate
-from tests.integration.faults.stage_runner import exported_run
 from tests.model_frames import example_rows, small_config, with_shuffled_labels
 
 DAY = dt.date(2013, 2, 14)
@@ -230,11 +230,6 @@ def register_bare(cfg: PipelineConfig, run_id: str, decision: dict, mlflow_serve
     return registry.register(cfg, run_id, tracking_uri=mlflow_server, decision=decision, data_version="dv")
 
 
-def alias_version(cfg: PipelineConfig, alias: str, mlflow_server: str) -> str | None:
-    info = registry.alias_info(cfg, alias, tracking_uri=mlflow_server)
-    return info["version"] if info else None
-
-
 def test_late_registration_gated_against_a_replaced_champion_is_stale_and_rollback_keeps_the_chain(
     base_cfg: PipelineConfig, mlflow_server: str, tmp_path: Path
 ) -> None:
@@ -253,7 +248,7 @@ def test_late_registration_gated_against_a_replaced_champion_is_stale_and_rollba
     assert registry.alias_info(cfg, "champion", tracking_uri=mlflow_server)["version"] == "3"
     stale = tracking.client(mlflow_server).get_model_version(cfg.registered_model_name, "4")
     assert stale.tags["gate_decision"] == "stale" and stale.tags["gate_champion_version"] == "1"
-    assert alias_version(cfg, registry.CHALLENGER, mlflow_server) is None  # never shadow-scored either
+    assert alias(cfg, registry.CHALLENGER, mlflow_server) is None  # never shadow-scored either
     rolled = registry.rollback(cfg, tracking_uri=mlflow_server)
     assert (rolled["champion_version"], rolled["rolled_back_version"]) == ("2", "3")
 
@@ -296,13 +291,13 @@ def test_challenger_is_cleared_once_a_champion_gated_after_it_is_promoted(
     strict = cfg.model_copy(update={"gate": cfg.gate.model_copy(update={"min_improvement": 0.99})})
     decision, rejected = gate_and_register(strict, runs["good"], split, mlflow_server, store)  # v2
     assert not decision["promote"] and not decision["floor_failed"]
-    assert alias_version(cfg, registry.CHALLENGER, mlflow_server) == rejected["version"] == "2"
+    assert alias(cfg, registry.CHALLENGER, mlflow_server) == rejected["version"] == "2"
 
     decision, promoted = gate_and_register(cfg, runs["good_other_seed"], split, mlflow_server, store)
 
     assert decision["registry_newest_version"] == "2" and promoted["promoted"]
     assert promoted["champion_version"] == "3"
-    assert alias_version(cfg, registry.CHALLENGER, mlflow_server) is None
+    assert alias(cfg, registry.CHALLENGER, mlflow_server) is None
 
 
 def test_challenger_gated_before_the_new_champion_registered_stays(
@@ -325,4 +320,4 @@ def test_challenger_gated_before_the_new_champion_registered_stays(
     promoted = register_bare(cfg, runs["good_other_seed"], decisions["good_other_seed"], mlflow_server)
 
     assert not rejected["promoted"] and promoted["promoted"]
-    assert alias_version(cfg, registry.CHALLENGER, mlflow_server) == rejected["version"]
+    assert alias(cfg, registry.CHALLENGER, mlflow_server) == rejected["version"]

@@ -296,6 +296,14 @@ def exported_run(tracking_uri: str, tmp_path: Path) -> str:
     return run.info.run_id
 
 
+def alias(cfg: PipelineConfig, name: str, tracking_uri: str) -> str | None:
+    """The version holding the alias ``name``, or None."""
+    from mlops_tasks import registry  # MLflow: not for the stage processes that import this module
+
+    info = registry.alias_info(cfg, name, tracking_uri=tracking_uri)
+    return info["version"] if info else None
+
+
 def decision(auc: float, champion_version: str | None = None, promote: bool = True) -> dict:
     """A gate decision as evaluation makes it: ``champion_version`` is the champion the gate compared with."""
     return {

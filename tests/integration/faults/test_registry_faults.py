@@ -18,7 +18,7 @@ from mlops_tasks import registry, tracking
 from mlops_tasks.config import PipelineConfig, load_config
 from tests.conftest import EXAMPLE_CONFIG
 from tests.integration.faults.conftest import RestartableMlflow
-from tests.integration.faults.stage_runner import decision, exported_run
+from tests.integration.faults.stage_runner import alias, decision, exported_run
 
 pytestmark = pytest.mark.services
 
@@ -37,11 +37,6 @@ def model_versions(tracking_uri: str, cfg: PipelineConfig) -> dict[str, str]:
     """version -> run id of every version of the model."""
     found = tracking.client(tracking_uri).search_model_versions(f"name='{cfg.registered_model_name}'")
     return {v.version: v.run_id for v in found}
-
-
-def alias(cfg: PipelineConfig, name: str, tracking_uri: str) -> str | None:
-    info = registry.alias_info(cfg, name, tracking_uri=tracking_uri)
-    return info["version"] if info else None
 
 
 def test_mlflow_down_at_registration_fails_fast_then_retry_promotes_exactly_once(
