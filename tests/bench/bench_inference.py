@@ -15,7 +15,7 @@ embeddings, hidden [128, 64]) with preprocessing fitted on the example's rows, e
     threads);
 (b) end to end rows/s from curated parquet in the local S3 endpoint to published predictions, split
     into read / preprocess / score / write, vs the score-only rate: onnxruntime alone on the same
-    rows held in memory as model inputs; both in fresh processes, 5 adjacent pairs, the median
+    rows held in memory as model inputs; both in fresh processes, 9 adjacent pairs, the median
     pair's ratio;
 (c) peak RSS of scoring a 1M-row and a 10M-row day, each in a fresh process;
 (d) wall time of scoring a day's 4 units as 4 task processes, 2 at a time vs 1 at a time (what
@@ -62,7 +62,7 @@ if TYPE_CHECKING:
 IDENTITY = {"model_name": "flights_delay", "model_version": "1", "run_id": "bench"}
 THREADS = 2
 REPEATS = 3  # (d) reports the best of this many runs
-PAIRS = 5  # (b): adjacent end-to-end and score-only runs
+PAIRS = 9  # (b): adjacent end-to-end and score-only runs (an odd number: the median is one pair)
 PART_FILE_ROWS = 2_000_000  # curated part files of at most this many rows
 ROWS_A = 262_144  # example rows scored in (a)
 ROUNDS_A = 5  # (a): rounds of every candidate in turn
