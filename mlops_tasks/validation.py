@@ -36,6 +36,7 @@ from mlops_tasks.config import PipelineConfig
 from mlops_tasks.errors import DataError
 from mlops_tasks.ingestion import LINEAGE_COLUMNS, rejected_copy_name, to_parquet_bytes
 from mlops_tasks.storage import (
+    CURATED_ROW_GROUP_ROWS,
     PARQUET_COMPRESSION,
     ObjectStore,
     partition_prefix,
@@ -439,7 +440,7 @@ def validate_day(store: ObjectStore, cfg: PipelineConfig, day: dt.date) -> dict[
     # Filtering the arrow table (not the frame) keeps the staged schema and needs no pandas copy.
     good = required_where_declared(table.filter(pa.array(~bad)), cfg)
     buffer = io.BytesIO()
-    pq.write_table(good, buffer, compression=PARQUET_COMPRESSION)
+    pq.write_table(good, buffer, compression=PARQUET_COMPRESSION, row_group_size=CURATED_ROW_GROUP_ROWS)
     part = write_part(store, curated, "data.parquet", buffer.getvalue(), rows=good.num_rows)
     publish_manifest(
         store, curated, [part], day=day.isoformat(), validation_report=reports + "validation.json"

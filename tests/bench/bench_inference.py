@@ -48,6 +48,7 @@ from mlops_tasks import example, inference, stack, validation  # noqa: E402
 from mlops_tasks import features as F  # noqa: E402
 from mlops_tasks.config import PipelineConfig, load_config  # noqa: E402
 from mlops_tasks.storage import (  # noqa: E402
+    CURATED_ROW_GROUP_ROWS,
     PARQUET_COMPRESSION,
     ObjectStore,
     S3Settings,
@@ -97,8 +98,8 @@ def example_table(cfg: PipelineConfig) -> pa.Table:
 
 
 def publish_day(store: ObjectStore, cfg: PipelineConfig, day: dt.date, base: pa.Table, rows: int) -> None:
-    """Publish ``rows`` replicated example rows as the day's curated parts (row groups of 64Ki),
-    in the schema and compression validation writes curated data with."""
+    """Publish ``rows`` replicated example rows as the day's curated parts, in the schema,
+    compression and row groups validation writes curated data with."""
     base = validation.required_where_declared(base, cfg)
     partition = partition_prefix(cfg.prefix, "curated", day)
     parts, written = [], 0
@@ -110,7 +111,7 @@ def publish_day(store: ObjectStore, cfg: PipelineConfig, day: dt.date, base: pa.
                 left = n
                 while left:
                     chunk = base.slice(0, min(left, base.num_rows))
-                    writer.write_table(chunk, row_group_size=65536)
+                    writer.write_table(chunk, row_group_size=CURATED_ROW_GROUP_ROWS)
                     left -= chunk.num_rows
             parts.append(write_part(store, partition, path.name, path, n))
             path.unlink()
@@ -154,7 +155,7 @@ def decoded_batches(cfg: PipelineConfig, base: pa.Table, rows: int, batch: int) 
     import io
 
     buffer = io.BytesIO()
-    pq.write_table(base.slice(0, rows), buffer, row_group_size=65536)
+    pq.write_table(base.slice(0, rows), buffer, row_group_size=CURATED_ROW_GROUP_ROWS)
     strings = [c for c in cfg.features.categorical if pa.types.is_string(base.schema.field(c).type)]
     parquet = pq.ParquetFile(pa.BufferReader(buffer.getvalue()), read_dictionary=strings)
     return list(parquet.iter_batches(batch_size=batch, columns=list(cfg.features.all)))

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mlops_tasks import example
+from mlops_tasks import example, inference, validation
 from mlops_tasks.config import PipelineConfig
 from mlops_tasks.ingestion import ingest_day
 from mlops_tasks.storage import ObjectStore, partition_prefix
@@ -160,6 +160,22 @@ def test_curated_parquet_stores_the_columns_declared_not_nullable_as_required(st
     required = [f.name for f in schema if not f.nullable]
     assert required == ["id", "delay", "carrier", "origin", "time_hour"]  # the missing delay was quarantined
     assert schema.field("temp").nullable
+
+
+def test_curated_parquet_is_cut_into_row_groups_that_inference_maps_whole(store, cfg, monkeypatch):
+    # the real size is 64Ki rows; two rows per group show the cut on a four-row day
+    monkeypatch.setattr(validation, "CURATED_ROW_GROUP_ROWS", 2)
+    land(store, cfg, "flights.csv", csv(*GOOD))
+    run(store, cfg)
+    [part] = store.read_manifest(partition_prefix(cfg.prefix, "curated", DAY))["parts"]
+
+    metadata = pq.read_metadata(io.BytesIO(store.get_bytes(part["key"])))
+    units = inference.plan_parts(
+        store, cfg.model_copy(update={"inference": cfg.inference.model_copy(update={"part_rows": 2})}), DAY
+    )
+
+    assert [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)] == [2, 2]
+    assert [(u["row_groups"], u["row_offset"], u["rows"]) for u in units] == [([0], 0, 2), ([1], 0, 2)]
 
 
 def test_wrong_type_keeps_the_row_and_quarantines_it_with_the_reason(store, cfg):
