@@ -36,6 +36,7 @@ from mlops_tasks.config import PipelineConfig
 from mlops_tasks.errors import DataError
 from mlops_tasks.ingestion import LINEAGE_COLUMNS, rejected_copy_name, to_parquet_bytes
 from mlops_tasks.storage import (
+    CURATED_FILE_ROWS,
     CURATED_ROW_GROUP_ROWS,
     PARQUET_COMPRESSION,
     ObjectStore,
@@ -439,13 +440,21 @@ def validate_day(store: ObjectStore, cfg: PipelineConfig, day: dt.date) -> dict[
         raise ValidationGateError(result["message"], result)
     # Filtering the arrow table (not the frame) keeps the staged schema and needs no pandas copy.
     good = required_where_declared(table.filter(pa.array(~bad)), cfg)
-    buffer = io.BytesIO()
-    pq.write_table(good, buffer, compression=PARQUET_COMPRESSION, row_group_size=CURATED_ROW_GROUP_ROWS)
-    part = write_part(store, curated, "data.parquet", buffer.getvalue(), rows=good.num_rows)
+    parts = [
+        write_curated_file(store, curated, index, good.slice(start, CURATED_FILE_ROWS))
+        for index, start in enumerate(range(0, max(good.num_rows, 1), CURATED_FILE_ROWS))
+    ]
     publish_manifest(
-        store, curated, [part], day=day.isoformat(), validation_report=reports + "validation.json"
+        store, curated, parts, day=day.isoformat(), validation_report=reports + "validation.json"
     )
     return result
+
+
+def write_curated_file(store: ObjectStore, curated: str, index: int, rows: pa.Table) -> dict[str, Any]:
+    """Upload one unpublished curated file (see ``storage.CURATED_FILE_ROWS``); its manifest entry."""
+    buffer = io.BytesIO()
+    pq.write_table(rows, buffer, compression=PARQUET_COMPRESSION, row_group_size=CURATED_ROW_GROUP_ROWS)
+    return write_part(store, curated, f"data-{index:05d}.parquet", buffer.getvalue(), rows=rows.num_rows)
 
 
 def required_where_declared(table: pa.Table, cfg: PipelineConfig) -> pa.Table:

@@ -48,13 +48,12 @@ from mlops_tasks import example, inference, stack, validation  # noqa: E402
 from mlops_tasks import features as F  # noqa: E402
 from mlops_tasks.config import PipelineConfig, load_config  # noqa: E402
 from mlops_tasks.storage import (  # noqa: E402
+    CURATED_FILE_ROWS,
     CURATED_ROW_GROUP_ROWS,
-    PARQUET_COMPRESSION,
     ObjectStore,
     S3Settings,
     partition_prefix,
     publish_manifest,
-    write_part,
 )
 
 if TYPE_CHECKING:
@@ -64,7 +63,6 @@ IDENTITY = {"model_name": "flights_delay", "model_version": "1", "run_id": "benc
 THREADS = 2
 REPEATS = 3  # (d) reports the best of this many runs
 PAIRS = 9  # (b): adjacent end-to-end and score-only runs (an odd number: the median is one pair)
-PART_FILE_ROWS = 2_000_000  # curated part files of at most this many rows
 ROWS_A = 262_144  # example rows scored in (a)
 ROUNDS_A = 5  # (a): rounds of every candidate in turn
 
@@ -98,24 +96,15 @@ def example_table(cfg: PipelineConfig) -> pa.Table:
 
 
 def publish_day(store: ObjectStore, cfg: PipelineConfig, day: dt.date, base: pa.Table, rows: int) -> None:
-    """Publish ``rows`` replicated example rows as the day's curated parts, in the schema,
-    compression and row groups validation writes curated data with."""
+    """Publish ``rows`` replicated example rows as the day's curated files, written as validation
+    writes them (its schema, files, row groups and compression)."""
     base = validation.required_where_declared(base, cfg)
     partition = partition_prefix(cfg.prefix, "curated", day)
-    parts, written = [], 0
-    with tempfile.TemporaryDirectory() as tmp:
-        while written < rows:
-            n = min(PART_FILE_ROWS, rows - written)
-            path = Path(tmp) / f"part-{len(parts):05d}.parquet"
-            with pq.ParquetWriter(path, base.schema, compression=PARQUET_COMPRESSION) as writer:
-                left = n
-                while left:
-                    chunk = base.slice(0, min(left, base.num_rows))
-                    writer.write_table(chunk, row_group_size=CURATED_ROW_GROUP_ROWS)
-                    left -= chunk.num_rows
-            parts.append(write_part(store, partition, path.name, path, n))
-            path.unlink()
-            written += n
+    replicated = pa.concat_tables([base] * -(-rows // base.num_rows)).slice(0, rows)  # no copies
+    parts = [
+        validation.write_curated_file(store, partition, index, replicated.slice(start, CURATED_FILE_ROWS))
+        for index, start in enumerate(range(0, rows, CURATED_FILE_ROWS))
+    ]
     publish_manifest(store, partition, parts)
 
 

@@ -178,6 +178,18 @@ def test_curated_parquet_is_cut_into_row_groups_that_inference_maps_whole(store,
     assert [(u["row_groups"], u["row_offset"], u["rows"]) for u in units] == [([0], 0, 2), ([1], 0, 2)]
 
 
+def test_a_big_day_is_curated_as_several_files_in_row_order(store, cfg, monkeypatch):
+    # the real size is 2M rows; three rows per file show the cut on a four-row day
+    monkeypatch.setattr(validation, "CURATED_FILE_ROWS", 3)
+    land(store, cfg, "flights.csv", csv(*GOOD))
+    _, validated = run(store, cfg)
+    manifest = store.read_manifest(partition_prefix(cfg.prefix, "curated", DAY))
+
+    assert sorted(p["rows"] for p in manifest["parts"]) == [1, 3] and manifest["rows"] == 4
+    assert curated(store, cfg)["id"].tolist() == [1, 2, 3, 4]
+    assert validated["passed"]
+
+
 def test_wrong_type_keeps_the_row_and_quarantines_it_with_the_reason(store, cfg):
     land(store, cfg, "flights.csv", csv(GOOD[0], "2,abc,UA,JFK,2013-01-01T10:00:00Z", *GOOD[2:]))
     _, validated = run(store, cfg)
