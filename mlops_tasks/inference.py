@@ -13,7 +13,7 @@ The work is split so Airflow can map it and every step is a transaction:
    scoring thread builds the inputs of a job of several batches and scores them batch by batch
    (see :func:`_score_rows`). The file is uploaded as one content-addressed part that nobody reads yet.
 3. :func:`publish_predictions` publishes every part in one manifest PUT, which makes the day visible
-   at once and deletes parts of earlier attempts: a rerun replaces the day, it never adds rows.
+   at once and deletes the parts it replaced: a rerun replaces the day, it never adds rows.
 
 Same curated bytes + same model + same run id -> same keys and same bytes. :func:`shadow_report`
 compares a challenger scored into ``predictions_shadow`` with the champion, without touching
@@ -52,6 +52,7 @@ from mlops_tasks import features as F
 from mlops_tasks.errors import DataError
 from mlops_tasks.storage import (
     PARQUET_COMPRESSION,
+    ObjectNotFoundError,
     ObjectStore,
     RangedObject,
     partition_prefix,
@@ -130,6 +131,7 @@ class _Model:
     task: str
     classes: list[Any] | None
     legacy: bool  # a contract-1 model (see mlops_tasks.features)
+    path: str
 
     @classmethod
     def load(cls, model_path: str | Path, cfg: PipelineConfig, intra_op_threads: int | None = None) -> _Model:
@@ -161,8 +163,16 @@ class _Model:
             raise ModelContractError(f"{model_path}: a binary model needs 2 classes, has {classes}")
         if task == "multiclass" and not classes:
             raise ModelContractError(f"{model_path}: a multiclass model must list its classes in metadata")
+        if task == "multiclass":
+            outputs = {o.name: o.shape for o in session.get_outputs()}
+            width = (outputs.get(F.PROBABILITIES_OUTPUT) or [None, None])[-1]
+            if F.PROBABILITIES_OUTPUT not in outputs or (isinstance(width, int) and width != len(classes)):
+                raise ModelContractError(
+                    f"{model_path}: a multiclass model needs an output '{F.PROBABILITIES_OUTPUT}' of one "
+                    f"column per class of its metadata ({len(classes)}: {classes}); it has {outputs}"
+                )
         labels = classes if task != "binary" else (classes or [0, 1])
-        return cls(session, task, labels, F.is_legacy_session(session))
+        return cls(session, task, labels, F.is_legacy_session(session), str(model_path))
 
     def output_fields(self) -> list[pa.Field]:
         """The columns :meth:`predict` fills: never null (a regression may predict NaN, not null)."""
@@ -198,6 +208,11 @@ class _Model:
         if self.task == "binary":
             return [self._labels((outputs[0] >= BINARY_THRESHOLD).astype(np.int64)), outputs[0]]
         score, proba = outputs
+        if proba.shape[1] != len(self.classes):  # a dynamic output shape is checked here, not at load
+            raise ModelContractError(
+                f"{self.path}: the model gives {proba.shape[1]} probabilities per row but its metadata "
+                f"lists {len(self.classes)} classes ({self.classes})"
+            )
         return [self._labels(proba.argmax(axis=1)), score, *proba.T]
 
     def _labels(self, index: np.ndarray) -> np.ndarray:
@@ -412,7 +427,11 @@ def score_part(
     keys = list(cfg.data.key)
     seconds = dict.fromkeys(("read", "preprocess", "score", "write"), 0.0)
     rows = 0
-    with _scoring_process(), tempfile.TemporaryDirectory(prefix="mlops-inference-") as tmp:
+    with (
+        _scoring_process(),
+        tempfile.TemporaryDirectory(prefix="mlops-inference-") as tmp,
+        _planned_source(where, key),
+    ):
         local = Path(tmp) / "predictions.parquet"
         clock = time.perf_counter()
         # Ranged reads of the unit's row groups and columns only: a part cut into several units
@@ -483,8 +502,8 @@ def score_part(
                     seconds["write"] += time.perf_counter() - clock
         if rows != unit["rows"]:
             raise InferenceInputError(
-                f"{where}: the plan expected {unit['rows']} rows, the part gave {rows}; was the curated day "
-                "republished after planning? Re-run the whole inference run."
+                f"{where}: the plan expected {unit['rows']} rows, the part gave {rows}: the object changed "
+                "after planning. Re-run the whole inference run."
             )
         clock = time.perf_counter()
         name = PART_NAME.format(index=unit["part_index"])
@@ -498,6 +517,21 @@ def score_part(
         "run_id": run_id,
         "seconds": {k: round(v, 4) for k, v in seconds.items()},
     }
+
+
+@contextmanager
+def _planned_source(where: str, key: str) -> Iterator[None]:
+    """The planned curated part gone is not an outage to retry: the day was validated again (parts
+    are named by their content) and the plan is stale."""
+    try:
+        yield
+    except ObjectNotFoundError as exc:
+        if exc.key != key:
+            raise
+        raise InferenceInputError(
+            f"{where}: the curated part this unit was planned on is gone: the day was published again "
+            "after planning. Re-run the whole inference run, which plans the new parts."
+        ) from None
 
 
 @functools.cache
@@ -774,7 +808,7 @@ def publish_predictions(
     run_id: str,
     output_area: str = "predictions",
 ) -> dict[str, Any]:
-    """Make the day's predictions visible in one manifest PUT and drop parts of earlier attempts.
+    """Make the day's predictions visible in one manifest PUT (see :func:`storage.publish_manifest`).
 
     Refuses results of another model version or run, and two results for one unit, so a day never
     mixes models or counts rows twice. Returns ``{"uri", "rows", "parts", "model_version"}``.
@@ -857,14 +891,22 @@ def _metrics(task: str, label: pd.Series, prediction: pd.Series, score: pd.Serie
         }
     out: dict[str, float | None] = {"accuracy": float(_same(prediction, label).mean())}
     if task == "binary":
-        # Numeric labels (positive_when rules) are 0/1; for string classes the positive one is the
-        # class predicted where score >= threshold.
-        positive = prediction[score >= BINARY_THRESHOLD]
-        y = _same(label, pd.Series(positive.iloc[0] if len(positive) else 1, index=label.index))
+        y = _same(label, pd.Series(_positive_class(label, prediction, score), index=label.index))
         p = score.astype(float).to_numpy()
         out["roc_auc"] = float(metrics.roc_auc_score(y, p)) if y.nunique() == 2 else None
         out["log_loss"] = float(metrics.log_loss(y, np.clip(p, 1e-7, 1 - 1e-7), labels=[False, True]))
     return out
+
+
+def _positive_class(label: pd.Series, prediction: pd.Series, score: pd.Series) -> Any:
+    """The class a binary model's score is the probability of: 1 for labels of positive_when rules,
+    else one of two class names. It is the prediction where the score reaches the threshold; where
+    no row does, the label that differs from the (negative) prediction."""
+    above = prediction[score >= BINARY_THRESHOLD]
+    if len(above):
+        return above.iloc[0]
+    other = label[~_same(label, pd.Series(prediction.iloc[0], index=label.index))]
+    return other.iloc[0] if len(other) else 1
 
 
 def shadow_report(

@@ -5,10 +5,11 @@ Why our own layer instead of calling boto3 everywhere:
 * **Atomic publication.** A single S3 PUT is atomic, a directory of parts is not. Multi-part outputs
   are uploaded with :func:`write_part` (content-addressed names, from any number of tasks) and
   published with :func:`publish_manifest`: one ``_SUCCESS`` manifest (part keys, row counts, sha256)
-  is written last and is the only switch readers honour, and finally parts the manifest does not
-  list are deleted. A rerun with the same input produces the same part names and the same manifest
-  bytes, so reruns are byte-identical and never duplicate rows; a killed attempt leaves only
-  unlisted parts behind.
+  is written last and is the only switch readers honour, and then the parts it replaced are deleted.
+  A rerun with the same input produces the same part names and the same manifest bytes, so reruns
+  are byte-identical and never duplicate rows; a killed attempt leaves only unlisted parts behind.
+  Two runs publishing the same partition at once (a scheduled and a manual run of one day) never
+  leave a manifest that lists a deleted part (see :func:`publish_manifest`).
 * **Bounded memory where it matters.** Batch inference reads parquet by ranged GETs of the row
   groups and columns it needs (:meth:`ObjectStore.open_ranged`), never a whole day.
 * **Clear errors.** Endpoint unreachable, bucket missing, credentials rejected: one sentence
@@ -106,6 +107,14 @@ AREAS = (
 
 class StorageError(RuntimeError):
     """The object store could not do what was asked; the message says where and why."""
+
+
+class ObjectNotFoundError(FileNotFoundError):
+    """The object ``key`` does not exist (anymore)."""
+
+    def __init__(self, message: str, key: str) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 @dataclass(frozen=True)
@@ -227,7 +236,7 @@ class ObjectStore:
                     "login/password of the Airflow connection for the object store."
                 ) from None
             if code in ("NoSuchKey", "404", "NotFound"):
-                raise FileNotFoundError(f"{target} does not exist") from None
+                raise ObjectNotFoundError(f"{target} does not exist", key) from None
             raise StorageError(f"Cannot {action} {target}: {code or exc}") from None
         except BotoCoreError as exc:
             raise StorageError(f"Cannot {action} {target}: {exc}") from None
@@ -437,10 +446,27 @@ def write_part(
     return {"key": key, "rows": int(rows), "sha256": digest, "bytes": size}
 
 
+UNLISTED_GRACE = dt.timedelta(hours=6)
+"""How long :func:`publish_manifest` leaves an object alone that no manifest lists: it may be a part
+of a concurrent run of the same partition that has not published yet (longer than any run's
+scoring or staging takes)."""
+
+
+class PartsMissingError(StorageError, DataError):
+    """Parts to publish are gone from the store (another publish of the partition replaced them)."""
+
+
 def publish_manifest(
     store: ObjectStore, partition: str, parts: list[dict[str, Any]], **extra: Any
 ) -> dict[str, Any]:
-    """Make ``parts`` the partition's content in one PUT, then delete every unlisted object.
+    """Make ``parts`` the partition's content in one PUT, then delete what no manifest needs.
+
+    Deleted: the parts the previous manifest listed and this one does not, and objects no manifest
+    lists once they are older than :data:`UNLISTED_GRACE` (parts of killed attempts whose retry
+    wrote other bytes). Younger unlisted objects stay: they may be the parts of a concurrent run of
+    the same partition, which publishes after this one and replaces it. Every part is checked to
+    exist before the PUT, so a publish whose parts a concurrent one deleted raises
+    :class:`PartsMissingError` and leaves the other's complete partition as it is.
 
     ``extra`` goes into the manifest; keep it deterministic (no wall-clock times) so reruns are
     byte-identical.
@@ -452,15 +478,28 @@ def publish_manifest(
         "rows": sum(p["rows"] for p in parts),
         **extra,
     }
-    # The listing runs while the manifest goes up (one round trip less): the parts are all uploaded
-    # by now, so it finds the same stale objects. Those are deleted only once the new manifest is
-    # visible, never from under a reader of the old one.
     _ = store.client  # one client, built before the two threads share it
-    with ThreadPoolExecutor(1) as lister:
-        present = lister.submit(store.list, partition)
-        store.put_json(partition + MANIFEST_NAME, manifest)
-        listed = {p["key"] for p in parts} | {partition + MANIFEST_NAME}
-        stale = [o.key for o in present.result() if o.key not in listed]
+    with ThreadPoolExecutor(1) as reader:
+        previous = reader.submit(store.read_manifest, partition)
+        present = {o.key: o for o in store.list(partition)}
+        replaced = {p["key"] for p in (previous.result() or {}).get("parts", [])}
+    missing = [p["key"] for p in manifest["parts"] if p["key"] not in present]
+    if missing:
+        raise PartsMissingError(
+            f"{store.uri(partition)}: part(s) {[store.uri(k) for k in missing]} to publish are gone, "
+            "deleted by another run that published this partition meanwhile; nothing was published "
+            "by this run and the partition keeps the other run's complete content. Re-run the tasks "
+            "that wrote the parts to publish this run's instead."
+        )
+    store.put_json(partition + MANIFEST_NAME, manifest)
+    listed = {p["key"] for p in parts} | {partition + MANIFEST_NAME}
+    abandoned_before = dt.datetime.now(dt.UTC) - UNLISTED_GRACE
+    stale = [
+        key
+        for key, info in present.items()
+        if key not in listed
+        and (key in replaced or info.last_modified is None or info.last_modified < abandoned_before)
+    ]
     if stale:
         store.delete(stale)
     return manifest
@@ -545,16 +584,28 @@ def read_published(
     store: ObjectStore, partition: str, columns: list[str] | None = None
 ) -> tuple[pa.Table | None, dict[str, Any] | None]:
     """The parquet parts a partition's manifest lists, checksums verified, as one table, with the
-    manifest; ``(None, None)`` if nothing is published there, ``(None, manifest)`` for an empty one."""
+    manifest; ``(None, None)`` if nothing is published there, ``(None, manifest)`` for an empty one.
+
+    A rerun that publishes the partition while it is read deletes the parts it replaces: the read
+    then starts again from the new manifest, so it returns one whole publication or the other."""
     import pyarrow as pa
 
     manifest = store.read_manifest(partition)
-    if manifest is None:
-        return None, None
-    tables = [
-        read_part(store, part, columns) for part in manifest["parts"] if part["key"].endswith(".parquet")
-    ]
-    return (pa.concat_tables(tables) if tables else None), manifest
+    while manifest is not None:
+        try:
+            tables = [
+                read_part(store, part, columns)
+                for part in manifest["parts"]
+                if part["key"].endswith(".parquet")
+            ]
+        except FileNotFoundError:
+            newer = store.read_manifest(partition)
+            if newer == manifest:
+                raise
+            manifest = newer
+            continue
+        return (pa.concat_tables(tables) if tables else None), manifest
+    return None, None
 
 
 def read_part(store: ObjectStore, part: dict[str, Any], columns: list[str] | None = None) -> pa.Table:

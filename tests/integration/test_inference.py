@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mlops_tasks import inference
+from mlops_tasks import inference, storage
 from mlops_tasks.config import PipelineConfig
 from mlops_tasks.storage import ObjectStore, partition_prefix, sha256_bytes, write_part
 from tests.conftest import tune
@@ -314,7 +314,7 @@ def test_batches_scored_at_once_write_the_same_bytes_as_one_at_a_time(
 
 
 def test_killed_attempt_is_invisible_and_the_retry_publishes_each_row_once(
-    store: ObjectStore, cfg: PipelineConfig, mlp_path: str
+    store: ObjectStore, cfg: PipelineConfig, mlp_path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     two_parts(store, cfg)
     partition = partition_prefix(cfg.prefix, "predictions", DAY)
@@ -331,7 +331,47 @@ def test_killed_attempt_is_invisible_and_the_retry_publishes_each_row_once(
     out = inference.read_predictions(store, cfg, DAY)
     assert len(out) == 950
     assert not out.duplicated(cfg.data.key).any()
+    assert stray not in {p["key"] for p in store.read_manifest(partition)["parts"]}
+    # unlisted, the stray could be a concurrent run's part: deleted by a publish once it is old
+    assert stray in {o.key for o in store.list(partition)}
+    monkeypatch.setattr(storage, "UNLISTED_GRACE", dt.timedelta(0))
+    score_day(store, cfg, mlp_path)
     assert stray not in {o.key for o in store.list(partition)}
+
+
+def test_a_unit_planned_on_a_day_validated_again_since_fails_without_retrying(
+    store: ObjectStore, cfg: PipelineConfig, mlp_path: str
+) -> None:
+    """Curated parts are named by their content: a day published again replaces (deletes) the parts
+    a plan names. That is a stale plan, not an outage worth retrying."""
+    two_parts(store, cfg)
+    unit = inference.plan_parts(store, cfg, DAY)[0]
+    publish_curated(store, cfg, DAY, [curated_frame(DAY, 710, seed=5)], row_group_size=200)
+
+    with pytest.raises(inference.InferenceInputError, match=r"s3://.*/curated/.*planned on is gone.*Re-run"):
+        inference.score_part(store, cfg, unit, model_path=mlp_path, **IDENTITY)
+
+
+def test_two_runs_of_one_day_publishing_in_turn_leave_the_last_runs_whole_day(
+    store: ObjectStore, cfg: PipelineConfig, mlp_path: str
+) -> None:
+    """A scheduled and a manual run of the same day score at once; the first to publish must not
+    delete the other's parts."""
+    two_parts(store, cfg)
+    runs = {run_id: {**IDENTITY, "run_id": run_id} for run_id in ("scheduled", "manual")}
+    results = {
+        run_id: [
+            inference.score_part(store, cfg, unit, model_path=mlp_path, **identity)
+            for unit in inference.plan_parts(store, cfg, DAY)
+        ]
+        for run_id, identity in runs.items()
+    }
+    for run_id, identity in runs.items():
+        inference.publish_predictions(store, cfg, DAY, results[run_id], **identity)
+
+    out = inference.read_predictions(store, cfg, DAY)
+    assert len(out) == 950 and set(out["run_id"]) == {"manual"}
+    assert not out.duplicated(cfg.data.key).any()
 
 
 def test_rerun_with_a_new_model_version_replaces_the_day(

@@ -9,16 +9,18 @@ from pathlib import Path
 
 import pytest
 
-from mlops_tasks import stack
+from mlops_tasks import stack, storage
 from mlops_tasks.storage import (
     MANIFEST_NAME,
     SINGLE_PUT_BYTES,
     ObjectStore,
+    PartsMissingError,
     S3Settings,
     StorageError,
     parse_partition_date,
     partition_prefix,
     publish_manifest,
+    read_published,
     sha256_bytes,
     sha256_file,
     write_part,
@@ -60,12 +62,82 @@ def test_rerun_with_same_content_is_byte_identical(store: ObjectStore) -> None:
     assert store.read_manifest(partition)["rows"] == 15
 
 
-def test_publishing_removes_parts_of_earlier_attempts(store: ObjectStore) -> None:
+def parquet_part(store: ObjectStore, partition: str, name: str, values: list[int]) -> dict:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.table({"x": values}), sink)
+    return write_part(store, partition, name, sink.getvalue().to_pybytes(), rows=len(values))
+
+
+def keys_in(store: ObjectStore, partition: str) -> set[str]:
+    return {o.key for o in store.list(partition)}
+
+
+def test_publishing_deletes_the_parts_it_replaces_and_abandoned_ones_once_old(
+    store: ObjectStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
     partition = partition_prefix("p", "curated", DAY)
-    write_part(store, partition, "part-0.parquet", b"killed attempt", rows=1)
+    first = write_part(store, partition, "part-0.parquet", b"first run", rows=1)
+    publish_manifest(store, partition, [first])
+    abandoned = write_part(store, partition, "part-0.parquet", b"killed attempt", rows=1)
     kept = write_part(store, partition, "part-0.parquet", b"final", rows=1)
     publish_manifest(store, partition, [kept])
-    assert [o.key for o in store.list(partition)] == sorted([kept["key"], partition + MANIFEST_NAME])
+    # the replaced part goes at once; an unlisted one may be a concurrent run's and stays for now
+    assert keys_in(store, partition) == {kept["key"], abandoned["key"], partition + MANIFEST_NAME}
+    monkeypatch.setattr(storage, "UNLISTED_GRACE", dt.timedelta(0))
+    publish_manifest(store, partition, [kept])
+    assert keys_in(store, partition) == {kept["key"], partition + MANIFEST_NAME}
+
+
+def test_two_runs_publishing_one_partition_leave_the_last_ones_whole(store: ObjectStore) -> None:
+    """A scheduled and a manual run of the same day: both stage their parts, then both publish.
+    The first publish must not delete the second run's parts, or its manifest would list missing
+    ones."""
+    partition = partition_prefix("p", "predictions", DAY)
+    run_a = [parquet_part(store, partition, f"part-{i}.parquet", [i, 10 + i]) for i in range(2)]
+    run_b = [parquet_part(store, partition, f"part-{i}.parquet", [i, 20 + i, 30]) for i in range(2)]
+    publish_manifest(store, partition, run_a, run_id="a")
+    publish_manifest(store, partition, run_b, run_id="b")
+    table, manifest = read_published(store, partition)
+    assert (manifest["run_id"], table.num_rows) == ("b", 6)
+    assert keys_in(store, partition) == {p["key"] for p in run_b} | {partition + MANIFEST_NAME}
+
+
+def test_a_publish_whose_parts_are_gone_fails_and_keeps_the_published_partition(
+    store: ObjectStore,
+) -> None:
+    partition = partition_prefix("p", "predictions", DAY)
+    published = [parquet_part(store, partition, "part-0.parquet", [1, 2])]
+    publish_manifest(store, partition, published, run_id="a")
+    lost = parquet_part(store, partition, "part-0.parquet", [3])
+    store.delete([lost["key"]])  # as a concurrent publish deletes parts it replaced
+    with pytest.raises(PartsMissingError, match=r"part-0-.*\.parquet.* are gone.*Re-run the tasks"):
+        publish_manifest(store, partition, [lost], run_id="b")
+    table, manifest = read_published(store, partition)
+    assert (manifest["run_id"], table.column("x").to_pylist()) == ("a", [1, 2])
+
+
+def test_a_reader_of_a_replaced_manifest_reads_the_new_publication(
+    store: ObjectStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    partition = partition_prefix("p", "predictions", DAY)
+    publish_manifest(store, partition, [parquet_part(store, partition, "part-0.parquet", [1])], run_id="a")
+    read_manifest = store.read_manifest
+    first_read = read_manifest(partition)
+
+    def republished_after_the_first_read(prefix: str) -> dict | None:
+        """The reader gets run a's manifest, then run b publishes and deletes run a's part."""
+        monkeypatch.setattr(store, "read_manifest", read_manifest)
+        publish_manifest(
+            store, partition, [parquet_part(store, partition, "part-0.parquet", [2, 3])], run_id="b"
+        )
+        return first_read
+
+    monkeypatch.setattr(store, "read_manifest", republished_after_the_first_read)
+    table, manifest = read_published(store, partition)
+    assert (manifest["run_id"], table.column("x").to_pylist()) == ("b", [2, 3])
 
 
 def test_list_partition_dates(store: ObjectStore) -> None:

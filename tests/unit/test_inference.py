@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+import pandas as pd
 import pyarrow as pa
 import pytest
 
@@ -263,3 +264,47 @@ def test_a_job_is_whole_batches_up_to_the_job_size_and_at_least_one_batch(
     batch_rows: int, job_rows: int
 ) -> None:
     assert inference._job_rows(batch_rows) == job_rows
+
+
+def test_a_multiclass_model_with_more_classes_than_probabilities_is_a_contract_error(
+    cfg: PipelineConfig, tmp_path: Path
+) -> None:
+    cfg = multiclass(cfg)
+    params = random_params(cfg.features, EXAMPLE_VOCAB, [4], outputs=3)
+    path = build_model(tmp_path / "m.onnx", cfg.features, params, "multiclass", ["a", "b", "c", "d"])
+    with pytest.raises(inference.ModelContractError, match=r"m\.onnx: .*one column per class.*\(4: "):
+        inference._Model.load(path, cfg)
+
+    import onnx  # a width onnxruntime cannot infer (a runtime reshape) is checked when scoring
+
+    proto = onnx.load(path)
+    nodes = proto.graph.node
+    softmax = next(n for n in nodes if n.op_type == "Softmax")
+    softmax.output[0] = "softmax"
+    nodes.extend(
+        [
+            onnx.helper.make_node("Shape", ["softmax"], ["softmax_shape"]),
+            onnx.helper.make_node("Reshape", ["softmax", "softmax_shape"], [F.PROBABILITIES_OUTPUT]),
+        ]
+    )
+    next(n for n in nodes if n.op_type == "ReduceMax").input[0] = "softmax"
+    out = next(o for o in proto.graph.output if o.name == F.PROBABILITIES_OUTPUT)
+    out.type.tensor_type.shape.dim[1].dim_param = "classes"
+    onnx.save(proto, path)
+    model = inference._Model.load(path, cfg)
+    rows = pa.RecordBatch.from_pandas(curated_frame(dt.date(2013, 3, 1), 10), preserve_index=False)
+    with pytest.raises(
+        inference.ModelContractError, match=r"m\.onnx: the model gives 3 probabilities .* 4 classes"
+    ):
+        inference._score_rows(model, cfg, "s3://b/part", rows)
+
+
+def test_binary_shadow_metrics_know_the_positive_class_when_no_row_reaches_the_threshold() -> None:
+    """String classes: the positive one is the class that is not predicted below the threshold."""
+    label = pd.Series(["yes", "no", "yes", "no"])
+    prediction = pd.Series(["no"] * 4)
+    score = pd.Series([0.4, 0.1, 0.3, 0.2])
+    metrics = inference._metrics("binary", label, prediction, score)
+    assert metrics["roc_auc"] == 1.0
+    assert metrics["log_loss"] == pytest.approx(-np.mean(np.log([0.4, 0.9, 0.3, 0.8])))
+    assert metrics["accuracy"] == 0.5
