@@ -201,7 +201,7 @@ def connection_env(
         "password": LOCAL_SECRET_KEY,
         "extra": {"endpoint_url": s3_endpoint, "region_name": "us-east-1"},
     }
-    mlflow = {"conn_type": "mlflow", "host": mlflow_url}
+    mlflow = {"conn_type": "mlflow", "host": mlflow_url, "extra": {"ui_url": mlflow_url}}
     return {
         f"AIRFLOW_CONN_{s3_conn_id.upper()}": json.dumps(s3),
         f"AIRFLOW_CONN_{mlflow_conn_id.upper()}": json.dumps(mlflow),

@@ -90,7 +90,7 @@ def last_drift(store: ObjectStore, cfg: PipelineConfig) -> dict[str, Any] | None
     }
 
 
-def last_training(cfg: PipelineConfig, tracking_uri: str) -> dict[str, Any] | None:
+def last_training(cfg: PipelineConfig, tracking_uri: str, ui_url: str | None = None) -> dict[str, Any] | None:
     from mlops_tasks import tracking
 
     client = tracking.client(tracking_uri)
@@ -109,11 +109,14 @@ def last_training(cfg: PipelineConfig, tracking_uri: str) -> dict[str, Any] | No
         "trigger": run.data.tags.get("trigger"),
         "data_version": run.data.tags.get("data_version"),
         "started_ms": run.info.start_time,
-        "url": f"{without_credentials(tracking_uri)}/#/experiments/{experiment.experiment_id}/runs/{run.info.run_id}",
+        "url": f"{ui_url or without_credentials(tracking_uri)}/#/experiments/{experiment.experiment_id}"
+        f"/runs/{run.info.run_id}",
     }
 
 
-def pipeline_status(store: ObjectStore, cfg: PipelineConfig, *, tracking_uri: str) -> dict[str, Any]:
+def pipeline_status(
+    store: ObjectStore, cfg: PipelineConfig, *, tracking_uri: str, ui_url: str | None = None
+) -> dict[str, Any]:
     """The summary row of one pipeline (see module docstring)."""
     from mlops_tasks.registry import champion_info
 
@@ -133,7 +136,7 @@ def pipeline_status(store: ObjectStore, cfg: PipelineConfig, *, tracking_uri: st
             "run_id": champion.get("run_id"),
         },
         "last_gate": last_gate(store, cfg),
-        "last_training": last_training(cfg, tracking_uri),
+        "last_training": last_training(cfg, tracking_uri, ui_url),
         "last_drift": last_drift(store, cfg),
         "last_inference": last_inference(store, cfg),
     }

@@ -58,7 +58,9 @@ class MlflowHook(BaseHook):
     """MLflow tracking server from an ``mlflow`` connection.
 
     host: the tracking URI (``http://mlflow:5000``), or host + port (+ schema ``https``);
-    login / password: basic-auth credentials of the tracking server, if it uses them.
+    login / password: basic-auth credentials of the tracking server, if it uses them;
+    extra ``ui_url``: where browsers reach the MLflow UI, when workers reach the server by a name
+    browsers cannot resolve (``http://mlflow:5000`` in docker-compose, a Kubernetes Service).
 
     :param conn_id: Airflow connection id (``mlflow.connection_id`` of the pipeline config).
     """
@@ -75,9 +77,11 @@ class MlflowHook(BaseHook):
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
         return {
-            "hidden_fields": ["extra"],
             "relabeling": {"host": "Tracking URI or host", "schema": "Scheme (http/https)"},
-            "placeholders": {"host": "http://mlflow:5000"},
+            "placeholders": {
+                "host": "http://mlflow:5000",
+                "extra": '{"ui_url": "https://mlflow.example.org"}',
+            },
         }
 
     def get_tracking_uri(self) -> str:
@@ -97,3 +101,11 @@ class MlflowHook(BaseHook):
             os.environ.pop("MLFLOW_TRACKING_USERNAME", None)
             os.environ.pop("MLFLOW_TRACKING_PASSWORD", None)
         return host
+
+    def get_ui_url(self) -> str:
+        """The MLflow UI's address for links in Airflow: extra ``ui_url``, else the tracking URI
+        (without credentials)."""
+        from mlops_tasks.status import without_credentials
+
+        ui_url = (self.get_connection(self.conn_id).extra_dejson or {}).get("ui_url")
+        return ui_url.rstrip("/") if ui_url else without_credentials(self.get_tracking_uri())

@@ -71,9 +71,9 @@ class DriftReportLink(_StoredLink):
     label: str = "Drift report"
 
 
-def mlflow_run_url(tracking_uri: str, result: dict[str, Any]) -> str:
-    return f"{tracking_uri}/#/experiments/{result['experiment_id']}/runs/{result['run_id']}"
+def mlflow_run_url(ui_url: str, result: dict[str, Any]) -> str:
+    return f"{ui_url}/#/experiments/{result['experiment_id']}/runs/{result['run_id']}"
 
 
-def model_version_url(tracking_uri: str, result: dict[str, Any]) -> str:
-    return f"{tracking_uri}/#/models/{result['model_name']}/versions/{result['version']}"
+def model_version_url(ui_url: str, result: dict[str, Any]) -> str:
+    return f"{ui_url}/#/models/{result['model_name']}/versions/{result['version']}"

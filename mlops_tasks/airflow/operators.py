@@ -140,6 +140,10 @@ class PipelineOperator(BaseOperator):
     def tracking_uri(self) -> str:
         return MlflowHook(self.config.mlflow.connection_id).get_tracking_uri()
 
+    @cached_property
+    def mlflow_ui_url(self) -> str:
+        return MlflowHook(self.config.mlflow.connection_id).get_ui_url()
+
 
 # -- data stage ---------------------------------------------------------------------------------------
 
@@ -357,7 +361,7 @@ class TrainModelOperator(_DataVersionInput):
             run_name=f"{self.config.name}-{context['run_id']}",
             tags={"airflow_dag_id": self.dag_id, "airflow_run_id": context["run_id"]},
         )
-        MlflowRunLink.persist(context, mlflow_run_url(self.tracking_uri, result))
+        MlflowRunLink.persist(context, mlflow_run_url(self.mlflow_ui_url, result))
         self.log.info("Trained run %s: %s", result["run_id"], result)
         return result
 
@@ -456,7 +460,7 @@ class RegisterModelOperator(PipelineOperator):
             decision=self.decision,
             data_version=self.data_version["data_version"],
         )
-        RegisteredModelLink.persist(context, model_version_url(self.tracking_uri, result))
+        RegisteredModelLink.persist(context, model_version_url(self.mlflow_ui_url, result))
         self.log.info("Registry: %s", result)
         return result
 

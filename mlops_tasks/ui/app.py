@@ -47,9 +47,16 @@ def _hook_tracking_uri(cfg: PipelineConfig) -> str:
     return MlflowHook(cfg.mlflow.connection_id).get_tracking_uri()
 
 
+def _hook_mlflow_ui_url(cfg: PipelineConfig) -> str:
+    from mlops_tasks.airflow.hooks import MlflowHook
+
+    return MlflowHook(cfg.mlflow.connection_id).get_ui_url()
+
+
 @dataclass(frozen=True)
 class Sources:
-    """Where the app reads from: the pipeline configs and, per pipeline, its store and tracking URI.
+    """Where the app reads from: the pipeline configs and, per pipeline, its store, tracking URI and
+    the MLflow UI's address for links.
 
     Configs are re-read on every request, so a new pipeline shows up without restarting Airflow.
     """
@@ -57,6 +64,7 @@ class Sources:
     configs: Callable[[], list[PipelineConfig]] = field(default=load_all)
     store: Callable[[PipelineConfig], ObjectStore] = field(default=_hook_store)
     tracking_uri: Callable[[PipelineConfig], str] = field(default=_hook_tracking_uri)
+    mlflow_ui_url: Callable[[PipelineConfig], str] = field(default=_hook_mlflow_ui_url)
 
 
 def _failure(cfg: PipelineConfig, exc: Exception) -> dict[str, Any]:
@@ -105,7 +113,11 @@ def build_app(sources: Sources | None = None) -> FastAPI:
         out = []
         for cfg in src.configs():
             try:
-                out.append(pipeline_status(src.store(cfg), cfg, tracking_uri=src.tracking_uri(cfg)))
+                out.append(
+                    pipeline_status(
+                        src.store(cfg), cfg, tracking_uri=src.tracking_uri(cfg), ui_url=src.mlflow_ui_url(cfg)
+                    )
+                )
             except _unavailable() as exc:
                 out.append(_failure(cfg, exc))
         return views.redact(out)
@@ -127,7 +139,9 @@ def build_app(sources: Sources | None = None) -> FastAPI:
         if cfg is None:
             raise HTTPException(404, f"no pipeline named {name!r}")
         try:
-            view = views.pipeline_detail(src.store(cfg), cfg, tracking_uri=src.tracking_uri(cfg))
+            view = views.pipeline_detail(
+                src.store(cfg), cfg, tracking_uri=src.tracking_uri(cfg), ui_url=src.mlflow_ui_url(cfg)
+            )
         except _unavailable() as exc:
             failure = _failure(cfg, exc)
             return HTMLResponse(render.overview([failure], root_of(request)), status_code=503)

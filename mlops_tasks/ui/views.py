@@ -133,20 +133,24 @@ def read_lineage(store: ObjectStore, cfg: PipelineConfig, version: str | None) -
         return None
 
 
-def _run_url(tracking_uri: str, run_id: str | None) -> str | None:
+def _run_url(tracking_uri: str, ui_url: str, run_id: str | None) -> str | None:
     from mlops_tasks import tracking
 
     if not run_id:
         return None
     with tracking.reachable(tracking_uri, f"read run {run_id}"):
         experiment_id = tracking.client(tracking_uri).get_run(run_id).info.experiment_id
-    return f"{tracking_uri}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"{ui_url}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
-def pipeline_detail(store: ObjectStore, cfg: PipelineConfig, *, tracking_uri: str) -> dict[str, Any]:
+def pipeline_detail(
+    store: ObjectStore, cfg: PipelineConfig, *, tracking_uri: str, ui_url: str | None = None
+) -> dict[str, Any]:
     """The drill-down of one pipeline: the status row, version history, lineage of the champion (or
-    of the newest version) and links into MLflow and the pipeline's Airflow DAGs. Redacted."""
-    status = pipeline_status(store, cfg, tracking_uri=tracking_uri)
+    of the newest version) and links into MLflow (at ``ui_url``, default the tracking URI) and the
+    pipeline's Airflow DAGs. Redacted."""
+    status = pipeline_status(store, cfg, tracking_uri=tracking_uri, ui_url=ui_url)
+    ui_url = ui_url or tracking_uri
     champion = status["champion"]
     history = version_history(cfg, tracking_uri)
     shown = champion["version"] if champion else (history[-1]["version"] if history else None)
@@ -156,11 +160,11 @@ def pipeline_detail(store: ObjectStore, cfg: PipelineConfig, *, tracking_uri: st
         "history": history,
         "lineage": read_lineage(store, cfg, shown) if shown else None,
         "links": {
-            "mlflow_model": f"{tracking_uri}/#/models/{model}",
-            "mlflow_champion_version": f"{tracking_uri}/#/models/{model}/versions/{champion['version']}"
+            "mlflow_model": f"{ui_url}/#/models/{model}",
+            "mlflow_champion_version": f"{ui_url}/#/models/{model}/versions/{champion['version']}"
             if champion
             else None,
-            "mlflow_champion_run": _run_url(tracking_uri, champion["run_id"]) if champion else None,
+            "mlflow_champion_run": _run_url(tracking_uri, ui_url, champion["run_id"]) if champion else None,
             "dags": {kind: f"/dags/{cfg.dag_id(kind)}" for kind in DAG_KINDS},
         },
     }

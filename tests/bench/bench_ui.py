@@ -84,7 +84,12 @@ def bench_requests() -> None:
             cfg = isolated_config(load_config(EXAMPLE_CONFIG), store.bucket)
             state = seed_lifecycle(store, cfg, mlflow.url)
             app = build_app(
-                Sources(configs=lambda: [cfg], store=lambda c: store, tracking_uri=lambda c: mlflow.url)
+                Sources(
+                    configs=lambda: [cfg],
+                    store=lambda c: store,
+                    tracking_uri=lambda c: mlflow.url,
+                    mlflow_ui_url=lambda c: mlflow.url,
+                )
             )
             app.dependency_overrides[get_user] = lambda: SimpleAuthManagerUser(username="bench", role="admin")
             routes = {

@@ -149,6 +149,30 @@ def test_an_mlflow_connection_without_login_clears_the_previous_ones_credentials
     assert (creds.username, creds.password) == (None, None)
 
 
+def test_mlflow_links_use_the_connections_ui_url_else_the_tracking_uri_without_credentials(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from mlops_tasks.airflow.hooks import MlflowHook
+
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_MLFLOW_UI",
+        json.dumps(
+            {
+                "conn_type": "mlflow",
+                "host": "http://mlflow:5000",
+                "extra": {"ui_url": "http://localhost:5000/"},
+            }
+        ),
+    )
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_MLFLOW_PLAIN",
+        json.dumps({"conn_type": "mlflow", "host": "https://bob:pw@mlflow.example"}),
+    )
+    assert MlflowHook("mlflow_ui").get_ui_url() == "http://localhost:5000"
+    assert MlflowHook("mlflow_ui").get_tracking_uri() == "http://mlflow:5000"
+    assert MlflowHook("mlflow_plain").get_ui_url() == "https://mlflow.example"
+
+
 def test_every_task_has_the_pipelines_timeout(dags) -> None:
     for dag in dags.values():
         assert {task.execution_timeout for task in dag.tasks} == {dt.timedelta(hours=6)}, dag.dag_id

@@ -38,7 +38,7 @@ def airflow_env(compose: dict[str, Any]) -> dict[str, str]:
 
 def fill(template: str) -> str:
     """Replace ${VAR} with a placeholder so JSON connection values can be parsed."""
-    return re.sub(r"\$\{[A-Z0-9_]+\}", "x", template)
+    return re.sub(r"\$\{[A-Z0-9_]+(:[-?][^}]*)?\}", "x", template)
 
 
 def test_every_long_running_service_has_a_healthcheck(compose: dict[str, Any]) -> None:
@@ -131,7 +131,7 @@ def test_airflow_reads_mounted_configs_dags_and_plugins(compose: dict[str, Any])
 
 def test_secrets_come_from_the_env_file_and_every_variable_is_documented(compose: dict[str, Any]) -> None:
     text = (REPO / "docker-compose.yaml").read_text()
-    used = set(re.findall(r"(?<!\$)\$\{([A-Z0-9_]+)(?::-[^}]*)?\}", text))  # $${X} is escaped
+    used = set(re.findall(r"(?<!\$)\$\{([A-Z0-9_]+)(?::[-?][^}]*)?\}", text))  # $${X} is escaped
     example = {
         line.split("=", 1)[0]
         for line in (REPO / ".env.example").read_text().splitlines()
@@ -139,3 +139,21 @@ def test_secrets_come_from_the_env_file_and_every_variable_is_documented(compose
     }
     assert used - {"MLOPS_TASKS_IMAGE"} <= example
     assert not re.search(r"(PASSWORD|SECRET)[A-Z_]*: [\"']?[A-Za-z0-9]", text)  # no literal secrets
+
+
+def test_secrets_must_be_set_and_unauthenticated_services_listen_on_this_host_only(
+    compose: dict[str, Any],
+) -> None:
+    """An unset secret stops `docker compose up` (Airflow would otherwise store connections
+    unencrypted, or each container sign its own JWTs); MLflow and Prometheus have no login."""
+    text = (REPO / "docker-compose.yaml").read_text()
+    example = (REPO / ".env.example").read_text()
+    secrets = re.findall(r"^([A-Z0-9_]+)=", example, re.MULTILINE)
+    assert {"AIRFLOW_FERNET_KEY", "AIRFLOW_JWT_SECRET", "POSTGRES_PASSWORD"} <= set(secrets)
+    unguarded = sorted({v for v in re.findall(r"\$\{([A-Z0-9_]+)\}", text) if v in secrets})
+    assert unguarded == []
+    for name in ("mlflow", "prometheus"):
+        assert all(p.startswith("127.0.0.1:") for p in compose["services"][name]["ports"]), name
+    assert "POSTGRES_PASSWORD" not in " ".join(compose["services"]["mlflow"]["command"])
+    init = " ".join(compose["services"]["minio-init"]["command"])
+    assert "policy attach local readwrite" not in init and "arn:aws:s3:::$$MLOPS_BUCKET/*" in init

@@ -7,6 +7,7 @@ champion), v3 rejected after a drift-triggered retraining, a drift report, predi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Iterator
@@ -47,6 +48,7 @@ def fixed_sources(pipelines: list[tuple[PipelineConfig, ObjectStore]], tracking_
         configs=lambda: [cfg for cfg, _ in pipelines],
         store=lambda cfg: stores[cfg.name + cfg.prefix],
         tracking_uri=lambda cfg: tracking_uri,
+        mlflow_ui_url=lambda cfg: tracking_uri,
     )
 
 
@@ -152,6 +154,21 @@ def test_drill_down_links_to_mlflow_and_the_airflow_dag_runs(
     assert re.search(
         rf'href="{re.escape(mlflow)}/#/experiments/\d+/runs/{lifecycle["versions"][1]["run_id"]}"', page
     )
+
+
+def test_mlflow_links_go_to_the_ui_address_of_the_connection_not_the_workers_tracking_uri(
+    lifecycle: dict[str, Any],
+) -> None:
+    """docker-compose: tasks reach MLflow at http://mlflow:5000, browsers at the connection's ui_url."""
+    cfg, ui = lifecycle["cfg"], "https://mlflow.example.org"
+    sources = fixed_sources([(cfg, lifecycle["store"])], lifecycle["mlflow"])
+    with client_for(dataclasses.replace(sources, mlflow_ui_url=lambda c: ui)) as client:
+        page = client.get(f"/pipelines/{cfg.name}").text
+        status = client.get("/api/status").json()["pipelines"][0]
+    assert f'href="{ui}/#/models/{cfg.registered_model_name}/versions/2"' in page
+    assert re.search(rf'href="{re.escape(ui)}/#/experiments/\d+/runs/', page)
+    assert lifecycle["mlflow"] not in page
+    assert status["last_training"]["url"].startswith(f"{ui}/#/experiments/")
 
 
 def test_drill_down_shows_the_champions_lineage_with_report_links(
