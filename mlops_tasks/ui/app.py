@@ -16,6 +16,7 @@ their Airflow connections, exactly as the DAGs use them. Connection secrets neve
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +34,10 @@ PAGE_CSP = (
 )
 # Reports are rendered by other tools (Evidently ships its own scripts): run them in an opaque origin.
 REPORT_CSP = "sandbox allow-scripts allow-popups; frame-ancestors 'self'"
+# MLflow's client takes basic-auth credentials from the process environment only, which
+# MlflowHook.get_tracking_uri sets for its connection: the API server runs requests in a thread pool,
+# so a pipeline's MLflow calls hold this lock from resolving its connection to the last call.
+_MLFLOW_CREDENTIALS = threading.Lock()
 
 
 def _hook_store(cfg: PipelineConfig) -> ObjectStore:
@@ -113,11 +118,15 @@ def build_app(sources: Sources | None = None) -> FastAPI:
         out = []
         for cfg in src.configs():
             try:
-                out.append(
-                    pipeline_status(
-                        src.store(cfg), cfg, tracking_uri=src.tracking_uri(cfg), ui_url=src.mlflow_ui_url(cfg)
+                with _MLFLOW_CREDENTIALS:
+                    out.append(
+                        pipeline_status(
+                            src.store(cfg),
+                            cfg,
+                            tracking_uri=src.tracking_uri(cfg),
+                            ui_url=src.mlflow_ui_url(cfg),
+                        )
                     )
-                )
             except _unavailable() as exc:
                 out.append(_failure(cfg, exc))
         return views.redact(out)
@@ -139,9 +148,10 @@ def build_app(sources: Sources | None = None) -> FastAPI:
         if cfg is None:
             raise HTTPException(404, f"no pipeline named {name!r}")
         try:
-            view = views.pipeline_detail(
-                src.store(cfg), cfg, tracking_uri=src.tracking_uri(cfg), ui_url=src.mlflow_ui_url(cfg)
-            )
+            with _MLFLOW_CREDENTIALS:
+                view = views.pipeline_detail(
+                    src.store(cfg), cfg, tracking_uri=src.tracking_uri(cfg), ui_url=src.mlflow_ui_url(cfg)
+                )
         except _unavailable() as exc:
             failure = _failure(cfg, exc)
             return HTMLResponse(render.overview([failure], root_of(request)), status_code=503)
