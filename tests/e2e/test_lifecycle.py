@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from mlops_tasks import tracking
 from mlops_tasks.config import load_pipeline
 from mlops_tasks.example import seed_landing
 from mlops_tasks.inference import read_predictions
@@ -71,6 +72,22 @@ def test_lifecycle_from_landing_to_a_retrain_request(lifecycle_env: dict) -> Non
     assert second.drop(columns="run_id").equals(first.drop(columns="run_id"))
     listed = {p["key"] for p in store.read_manifest(partition)["parts"]} | {partition + MANIFEST_NAME}
     assert {o.key for o in store.list(partition)} == listed
+
+    # Shadow scoring: with a challenger alias the run also scores the day into predictions_shadow and
+    # writes the agreement report; the published predictions stay the champion's.
+    shadow_partition = partition_prefix(cfg.prefix, "predictions_shadow", day)
+    assert store.read_manifest(shadow_partition) is None  # no challenger so far
+    registry = tracking.client(lifecycle_env["mlflow"])
+    registry.set_registered_model_alias(cfg.registered_model_name, "challenger", "1")
+    try:
+        assert run_dag("flights_delay_batch_inference", day.isoformat()).state == "success"
+    finally:
+        registry.delete_registered_model_alias(cfg.registered_model_name, "challenger")
+    rows = store.read_manifest(partition)["rows"]
+    assert store.read_manifest(shadow_partition)["rows"] == rows
+    report = store.get_json(partition_prefix(cfg.prefix, "reports/shadow", day) + "shadow.json")
+    assert (report["rows"]["compared"], report["agreement_rate"]) == (rows, 1.0)  # v1 shadows itself
+    assert read_predictions(store, cfg, day).drop(columns="run_id").equals(first.drop(columns="run_id"))
 
     # Summer: the drift monitor compares scored July rows with the champion's January data and emits
     # the retrain asset event, with the window to train on in its extra.
