@@ -80,12 +80,18 @@ def retrain_window_end(context: Context) -> tuple[dt.date, str]:
     current. Scheduled runs train up to the last day of their data interval.
     """
     events = context.get("triggering_asset_events") or {}
-    for asset_events in events.values():
-        for event in reversed(list(asset_events)):
-            extra = event.extra or {}
-            if extra.get("window_end"):
-                reason = extra.get("reason", "asset event")
-                return as_date(extra["window_end"]), f"asset:{extra.get('source', 'external')}: {reason}"
+    # A run may take in several events (drift, a late backfill request, an external one): it trains
+    # up to the latest window asked for, whatever order they came in.
+    requests = [
+        (as_date(extra["window_end"]), extra)
+        for asset_events in events.values()
+        for extra in (event.extra or {} for event in asset_events)
+        if extra.get("window_end")
+    ]
+    if requests:
+        window_end, extra = max(requests, key=lambda request: request[0])
+        reason = extra.get("reason", "asset event")
+        return window_end, f"asset:{extra.get('source', 'external')}: {reason}"
     # Asset-triggered and manual runs without a logical date have neither of the first two.
     interval_end = (
         context.get("data_interval_end") or context.get("logical_date") or context["dag_run"].run_after
@@ -685,7 +691,25 @@ class DriftCheckOperator(PipelineOperator):
             return as_date(self.day)
         events = context.get("triggering_asset_events") or {}
         days = [e.extra["day"] for evs in events.values() for e in evs if (e.extra or {}).get("day")]
-        return as_date(max(days)) if days else run_day(None, context)
+        if days:
+            return as_date(max(days))
+        if context.get("logical_date") is not None:
+            return run_day(None, context)
+        # An event without `day` (posted by hand or through the REST API): the newest published day.
+        from mlops_tasks.storage import partition_prefix
+
+        published = (
+            day
+            for day in reversed(self.store.list_partition_dates(f"{self.config.prefix}/predictions/"))
+            if self.store.read_manifest(partition_prefix(self.config.prefix, "predictions", day))
+        )
+        day = next(published, None)
+        if day is None:
+            raise AirflowSkipException(
+                "Triggered without a day and no predictions are published: nothing to check."
+            )
+        self.log.info("The triggering event names no day: checking the newest published day, %s", day)
+        return day
 
     def execute(self, context: Context) -> dict[str, Any]:
         from mlops_tasks.monitoring import run_drift_monitor

@@ -79,7 +79,9 @@ def test_the_shadow_report_waits_for_both_published_days(dags) -> None:
 
 
 def test_one_drift_run_at_a_time_as_runs_share_the_retrain_cooldown(dags) -> None:
-    assert dags["flights_delay_drift_monitor"].max_active_runs == 1
+    dag = dags["flights_delay_drift_monitor"]
+    assert dag.max_active_runs == 1
+    assert dag.get_task("drift_check").max_active_tis_per_dag == 1  # backfill runs too
 
 
 def test_a_broken_config_becomes_an_error_dag_and_the_others_still_load(tmp_path: Path) -> None:

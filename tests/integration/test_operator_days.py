@@ -1,0 +1,64 @@
+"""Which day an asset-triggered run works on: retrain windows and drift checks (no logical date)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from airflow.sdk.exceptions import AirflowSkipException
+
+from mlops_tasks.airflow.operators import DriftCheckOperator, retrain_window_end
+from mlops_tasks.config import PipelineConfig
+from mlops_tasks.storage import ObjectStore, partition_prefix, publish_manifest, write_part
+
+
+def asset_run(*extras: dict[str, Any]) -> dict[str, Any]:
+    """The context of a run that an asset's events triggered: no logical date or data interval."""
+    events = [SimpleNamespace(extra=extra) for extra in extras]
+    return {
+        "triggering_asset_events": {"asset": events},
+        "logical_date": None,
+        "data_interval_end": None,
+        "dag_run": SimpleNamespace(
+            run_after=dt.datetime(2026, 12, 3, tzinfo=dt.UTC), run_type="asset_triggered"
+        ),
+    }
+
+
+def test_a_run_taking_in_several_retrain_requests_trains_up_to_the_latest_window() -> None:
+    context = asset_run(
+        {"window_end": "2013-07-20", "source": "drift_monitor", "reason": "drift"},
+        {"window_end": "2013-06-01", "source": "backfill", "reason": "late labels"},
+    )
+    assert retrain_window_end(context) == (dt.date(2013, 7, 20), "asset:drift_monitor: drift")
+
+
+def test_a_retrain_event_without_a_window_trains_up_to_the_day_before_it_arrived() -> None:
+    assert retrain_window_end(asset_run({"reason": "manual"})) == (dt.date(2026, 12, 2), "asset_triggered")
+
+
+def drift_check(store: ObjectStore) -> DriftCheckOperator:
+    operator = DriftCheckOperator(task_id="drift_check", pipeline="flights_delay")
+    operator.__dict__["store"] = store  # the connection's store, without an Airflow connection
+    return operator
+
+
+def test_a_drift_check_triggered_by_an_event_without_a_day_checks_the_newest_published_day(
+    store: ObjectStore, example_config: PipelineConfig
+) -> None:
+    operator = drift_check(store)
+    with pytest.raises(AirflowSkipException, match="no predictions are published"):
+        operator._day(asset_run({}))
+    for day, published in (
+        (dt.date(2013, 7, 1), True),
+        (dt.date(2013, 7, 2), True),
+        (dt.date(2013, 7, 3), False),
+    ):
+        partition = partition_prefix(example_config.prefix, "predictions", day)
+        part = write_part(store, partition, "part-00000.parquet", b"rows", rows=1)
+        if published:
+            publish_manifest(store, partition, [part])
+    assert operator._day(asset_run({})) == dt.date(2013, 7, 2)  # 07-03 has parts but no manifest
+    assert operator._day(asset_run({"day": "2013-07-01"})) == dt.date(2013, 7, 1)
