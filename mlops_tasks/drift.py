@@ -9,9 +9,13 @@ Three layers, cheapest first, all pure functions of their inputs:
   never the only source of truth because Evidently on millions of rows is slow and memory hungry,
   and it refuses all-empty columns.
 * :func:`decide` - the retrain policy (drift share, critical columns, prediction drift, live metric
-  drop, new data volume), with a cooldown kept in a small JSON state (:func:`next_state`).
+  drop, new data volume), with a cooldown kept in a small JSON state (:func:`next_state`): the days
+  a retrain was requested for, and by which run, so that one day's drift is one retrain however
+  often that day is checked.
 
-Statistical test per column (Evidently's defaults, reproduced so that both layers agree):
+Statistical test per column (Evidently's defaults, reproduced so that both layers agree), chosen
+once from the decision sample (``drift.sample_rows``) and reused by the report, whose smaller sample
+could otherwise fall on the other side of the 1000-values switch for a sparse column:
 
 * more than 1000 non-missing reference values (the normal case): numeric columns use the
   Wasserstein distance normalised by the reference standard deviation, categorical columns (and
@@ -343,23 +347,24 @@ def _num(value: float | None) -> float | None:
     return round(float(value), 6) if value is not None and math.isfinite(value) else None
 
 
-def _empty_reason(ref: pd.Series, cur: pd.Series, names: dict[str, str]) -> str | None:
+def _untestable(kind: str, ref: pd.Series, cur: pd.Series, names: dict[str, str]) -> dict | None:
+    """The entry of a column without values on a side (None when both have values): never tested.
+    Values on one side only is drift; on neither, nothing changed (e.g. a column the source never
+    fills), which must not request a retrain every cooldown."""
     empty = [
         f"{side} ({names[side]})" for side, values in (("reference", ref), ("current", cur)) if values.empty
     ]
-    return f"all values are missing in {' and '.join(empty)}" if empty else None
-
-
-def _untestable(kind: str, reason: str) -> dict:
-    """A column with no values on one side: reported as drifted, with the reason, never tested."""
+    if not empty:
+        return None
+    reason = f"all values are missing in {' and '.join(empty)}"
     return {
         "kind": kind,
         "stat_test": None,
         "statistic": None,
         "p_value": None,
         "threshold": None,
-        "drifted": True,
-        "reason": reason,
+        "drifted": len(empty) == 1,
+        "reason": reason if len(empty) == 1 else f"{reason}: nothing to compare, not drift",
     }
 
 
@@ -367,9 +372,9 @@ def _compare_column(
     cfg: PipelineConfig, kind: str, ref: pd.Series, cur: pd.Series, names: dict[str, str]
 ) -> dict:
     ref, cur = ref.dropna(), cur.dropna()
-    reason = _empty_reason(ref, cur, names)
-    if reason:
-        return _untestable(kind, reason)
+    untestable = _untestable(kind, ref, cur, names)
+    if untestable:
+        return untestable
     plan = _plan(cfg, kind, ref, cur)
     statistic, p_value = _TESTS[plan.stat_test](ref, cur)
     return {
@@ -409,8 +414,8 @@ def compare(
     Returns ``columns`` ({column: {kind, stat_test, statistic, p_value, threshold, drifted, reason}}),
     ``share_drifted``, ``drifted_columns``, ``drifted_critical``, ``prediction_drift`` (the score
     column's entry, or None without scores), ``rows`` (input and compared counts), ``sources`` and
-    ``sample``. A column with no values on a side is reported as drifted with the reason.
-    ``sides``: see :class:`Sides`.
+    ``sample``. A column with no values on one side is reported as drifted, on neither side as not
+    drifted, both with the reason. ``sides``: see :class:`Sides`.
     """
     limit = cfg.drift.sample_rows
     data = _prepare(cfg, reference, current, limit, **sides)
@@ -441,31 +446,44 @@ def evidently_report(
     current: pd.DataFrame,
     *,
     day: dt.date,
+    comparison: dict[str, Any] | None = None,
     **sides: Unpack[Sides],
 ) -> tuple[str, dict[str, Any]]:
     """Evidently 0.7 ``DataDriftPreset`` (+ ``ValueDrift`` on the score) on seeded samples of
-    ``drift.report_rows`` rows, with the same per-column tests and thresholds as :func:`compare`.
+    ``drift.report_rows`` rows, with the per-column tests and thresholds of ``comparison`` (the
+    :func:`compare` result of the same inputs; computed here when not given).
 
     Returns the standalone HTML (ids renumbered, so equal inputs give equal bytes) and a summary with
     the same keys as :func:`compare`'s result (``engine`` = "evidently"), so :func:`decide` accepts
-    either. Columns without values on a side cannot go through Evidently; they are listed as drifted
-    with the reason, as in :func:`compare`.
+    either. Columns the comparison could not test keep its entry; columns without values on a side of
+    the report's sample cannot go through Evidently and are listed with the reason, as in :func:`compare`.
     """
     from evidently import DataDefinition, Dataset, Report
     from evidently.metrics import ValueDrift
     from evidently.presets import DataDriftPreset
 
+    comparison = comparison or compare(cfg, reference, current, **sides)
+    decided = {**comparison["columns"], PREDICTION_COLUMN: comparison["prediction_drift"]}
     limit = min(cfg.drift.report_rows, cfg.drift.sample_rows)
     data = _prepare(cfg, reference, current, limit, **sides)
+    unknown = [c for c in data.kinds if not decided.get(c)]
+    if unknown:
+        raise DriftInputError(
+            f"drift: the comparison has no entry for {unknown}; pass compare()'s result for the same inputs"
+        )
     plans: dict[str, _Plan] = {}
     columns: dict[str, dict] = {}
     for col, kind in data.kinds.items():
+        entry = decided[col]
+        if entry["stat_test"] is None:
+            columns[col] = entry
+            continue
         ref, cur = data.reference[col].dropna(), data.current[col].dropna()
-        reason = _empty_reason(ref, cur, data.names)
-        if reason:
-            columns[col] = _untestable(kind, reason)
+        untestable = _untestable(kind, ref, cur, data.names)
+        if untestable:
+            columns[col] = untestable
         else:
-            plans[col] = _plan(cfg, kind, ref, cur)
+            plans[col] = _Plan(entry["kind"], entry["stat_test"], entry["threshold"])
     if not plans:
         raise DriftInputError(
             f"drift: no monitored column has values in both {data.names['reference']} and "
@@ -524,17 +542,33 @@ def evidently_report(
 # -- policy ---------------------------------------------------------------------------------------
 
 
-def _recent_trigger(state: dict | None, day: dt.date, cooldown_days: int) -> dt.date | None:
-    """The latest trigger less than ``cooldown_days`` away from ``day``, before or after it: checks
-    may run out of order (backfills, a late rerun), and a retrain requested for 07-10 already covers
-    a 07-09 check made afterwards. A trigger on ``day`` itself is this run's own (a rerun), so it
-    does not block: reruns reproduce the decision."""
-    recent = [
-        t
-        for t in (dt.date.fromisoformat(s) for s in (state or {}).get("triggers", []))
-        if 0 < abs((day - t).days) < cooldown_days
+def _triggers(state: dict | None) -> list[dict[str, Any]]:
+    """The state's triggers as ``{"day", "run_id"}``. States written before run ids were recorded list
+    bare days: read as triggers of an unknown run, which no run can claim as its own."""
+    return [
+        t if isinstance(t, dict) else {"day": t, "run_id": None} for t in (state or {}).get("triggers", [])
     ]
-    return max(recent, default=None)
+
+
+def _own(trigger: dict[str, Any], check_run_id: str | None) -> bool:
+    """Whether ``trigger`` is this run's earlier decision (a task retry): without a run id, none is."""
+    return check_run_id is not None and trigger["run_id"] == check_run_id
+
+
+def _blocking_trigger(
+    state: dict | None, day: dt.date, cooldown_days: int, check_run_id: str | None
+) -> dict[str, Any] | None:
+    """Another run's trigger that makes a retrain for ``day`` redundant: one on ``day`` itself (any
+    second check of a day - a schedule plus the predictions event, a re-scored day, a new run - must
+    not train again), else the latest less than ``cooldown_days`` away, before or after: checks may
+    run out of order (backfills), and a retrain requested for 07-10 already covers a later check of
+    07-09. This run's own trigger never blocks, so a retry reproduces its decision."""
+    others = [t for t in _triggers(state) if not _own(t, check_run_id)]
+    same_day = [t for t in others if t["day"] == day.isoformat()]
+    if same_day:  # whatever the cooldown, even 0 days
+        return same_day[0]
+    near = [t for t in others if abs((day - dt.date.fromisoformat(t["day"])).days) < cooldown_days]
+    return max(near, key=lambda t: t["day"], default=None)
 
 
 def _describe(column: str, entry: dict) -> str:
@@ -551,6 +585,7 @@ def decide(
     *,
     day: dt.date,
     state: dict | None,
+    check_run_id: str | None = None,
     new_rows_since_training: int | None = None,
     live_metric_drop: float | None = None,
 ) -> dict[str, Any]:
@@ -560,9 +595,12 @@ def decide(
     score distribution drifted, the live primary metric dropped by more than ``max_metric_drop``
     (``live_metric_drop`` = champion's metric minus live metric, oriented so that positive is worse),
     or ``new_rows_since_training`` reached ``retrain_after_new_rows``. Fewer than ``drift.min_rows``
-    rows on a side: "insufficient_data", no trigger. A trigger on another day less than
-    ``drift.cooldown_days`` before or after ``day`` (per ``state``): "cooldown", reasons reported, no
-    trigger.
+    rows on a side: "insufficient_data", no trigger. Reasons to retrain but another run's trigger (per
+    ``state``) on ``day``: "already_requested" (``requested_by`` its run id, None if unknown); on
+    another day less than ``drift.cooldown_days`` before or after ``day``: "cooldown"
+    (``cooldown_until``); both report the reasons and do not trigger. ``check_run_id`` identifies
+    the run deciding (e.g. the DAG run id): only the same run deciding again (a retry) may
+    re-request its day's retrain; None never matches a recorded trigger.
     """
     drift = cfg.drift
     rows = comparison["rows"]
@@ -605,11 +643,19 @@ def decide(
     ):
         reasons.append(f"{new_rows_since_training} new validated rows since training (>= {enough_rows})")
 
-    blocker = _recent_trigger(state, day, drift.cooldown_days) if reasons else None
+    blocker = _blocking_trigger(state, day, drift.cooldown_days, check_run_id) if reasons else None
     if not reasons:
         decision = {**base, "retrain": False, "status": "no_drift", "reasons": []}
+    elif blocker is not None and blocker["day"] == day.isoformat():
+        decision = {
+            **base,
+            "retrain": False,
+            "status": "already_requested",
+            "reasons": reasons,
+            "requested_by": blocker["run_id"],
+        }
     elif blocker is not None:
-        until = blocker + dt.timedelta(days=drift.cooldown_days)
+        until = dt.date.fromisoformat(blocker["day"]) + dt.timedelta(days=drift.cooldown_days)
         decision = {
             **base,
             "retrain": False,
@@ -629,18 +675,23 @@ def decide(
     return decision
 
 
-def next_state(state: dict | None, decision: dict[str, Any], day: dt.date) -> dict[str, Any]:
-    """The state after ``decision`` on ``day``: the trigger days (a rerun of ``day`` replaces its own
-    entry) and the latest check. Deterministic, so storing it is idempotent."""
-    state = state or {}
-    triggers = {t for t in state.get("triggers", []) if t != day.isoformat()}
+def next_state(
+    state: dict | None, decision: dict[str, Any], day: dt.date, *, check_run_id: str | None = None
+) -> dict[str, Any]:
+    """The state after ``decision`` on ``day`` by run ``check_run_id``: the triggers (``{"day",
+    "run_id"}``) and the latest check. A trigger stays once written - a later check of its day ending
+    in no_drift or insufficient_data must not lift the cooldown of a retrain already requested -
+    except that the same run deciding again (a retry) replaces its own. Deterministic, so storing it
+    is idempotent."""
+    triggers = [t for t in _triggers(state) if not _own(t, check_run_id)]
     if decision["retrain"]:
-        triggers.add(day.isoformat())
+        triggers.append({"day": day.isoformat(), "run_id": check_run_id})
+    triggers.sort(key=lambda t: (t["day"], t["run_id"] or ""))
     check = {"day": day.isoformat(), "status": decision["status"], "retrain": decision["retrain"]}
-    previous = state.get("last_check")
+    previous = (state or {}).get("last_check")
     if previous and previous["day"] > check["day"]:
         check = previous
-    return {"triggers": sorted(triggers)[-MAX_REMEMBERED_TRIGGERS:], "last_check": check}
+    return {"triggers": triggers[-MAX_REMEMBERED_TRIGGERS:], "last_check": check}
 
 
 # -- the whole check ------------------------------------------------------------------------------
@@ -654,6 +705,7 @@ def run_check(
     reference: pd.DataFrame,
     current: pd.DataFrame,
     state: dict | None,
+    check_run_id: str | None = None,
     new_rows_since_training: int | None = None,
     live_metric_drop: float | None = None,
     **sides: Unpack[Sides],
@@ -662,7 +714,8 @@ def run_check(
     Evidently summary) and ``drift.html`` under ``reports/drift/date=<day>/`` with one PUT each.
 
     Returns the decision plus ``report_uri`` and ``html_uri`` (None when there was too little data to
-    decide: no Evidently report is rendered then). The caller stores :func:`next_state`.
+    decide: no Evidently report is rendered then). The caller stores :func:`next_state` with the same
+    ``check_run_id`` (see :func:`decide`).
     """
     comparison = compare(cfg, reference, current, **sides)
     decision = decide(
@@ -670,13 +723,14 @@ def run_check(
         comparison,
         day=day,
         state=state,
+        check_run_id=check_run_id,
         new_rows_since_training=new_rows_since_training,
         live_metric_drop=live_metric_drop,
     )
     prefix = partition_prefix(cfg.prefix, "reports/drift", day)
     html_uri = summary = None
     if decision["status"] != "insufficient_data":
-        html, summary = evidently_report(cfg, reference, current, day=day, **sides)
+        html, summary = evidently_report(cfg, reference, current, day=day, comparison=comparison, **sides)
         html_uri = store.put_bytes(prefix + "drift.html", html.encode(), "text/html; charset=utf-8")
     report_uri = store.put_json(
         prefix + "drift.json", {"decision": decision, "comparison": comparison, "evidently": summary}

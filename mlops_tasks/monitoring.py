@@ -236,9 +236,14 @@ def _rows_since(store: ObjectStore, cfg: PipelineConfig, after: dt.date, day: dt
 
 
 def run_drift_monitor(
-    store: ObjectStore, cfg: PipelineConfig, day: dt.date, *, tracking_uri: str
+    store: ObjectStore, cfg: PipelineConfig, day: dt.date, *, tracking_uri: str, check_run_id: str | None
 ) -> dict[str, Any]:
-    """Run the drift check of ``day`` against the current champion; store the cooldown state."""
+    """Run the drift check of ``day`` against the current champion; store the cooldown state.
+
+    ``check_run_id`` identifies the run checking (the DAG run id): a retry of the same run may request
+    its day's retrain again, any other check of a day already requested reports "already_requested".
+    Required so that no caller forgets it: None (no identity) never counts as a retry.
+    """
     from mlops_tasks.registry import champion_info, download_onnx
 
     champion = champion_info(cfg, tracking_uri=tracking_uri)
@@ -287,6 +292,9 @@ def run_drift_monitor(
         current = current[current.pop(_CURATED) == "both"].reset_index(drop=True)
     reference_scores = _score(model, cfg, reference) if len(reference) else None
     live = live_metric(cfg, current, champion, model)
+    # Read-modify-write without a lock: the store has no conditional PUT, so this assumes one check at
+    # a time per pipeline (the drift DAG runs drift_check with max_active_tis_per_dag=1, backfills
+    # included); two concurrent checks would each miss the other's trigger.
     state = store.get_json(state_key(cfg)) if store.exists(state_key(cfg)) else None
     training_end = max(dt.date.fromisoformat(d) for d in record["days"])
     result = drift.run_check(
@@ -296,6 +304,7 @@ def run_drift_monitor(
         reference=reference,
         current=current if len(current) else reference.iloc[:0],
         state=state,
+        check_run_id=check_run_id,
         reference_scores=reference_scores if len(current) else None,
         current_scores=current[features.SCORE_OUTPUT].to_numpy() if len(current) else None,
         new_rows_since_training=_rows_since(store, cfg, training_end, day),
@@ -305,7 +314,7 @@ def run_drift_monitor(
         reference_name=f"champion v{champion['version']} training data ({champion['data_version'][:12]})",
         current_name=f"scored rows {monitored_days(cfg, day)[0]}..{day}",
     )
-    store.put_json(state_key(cfg), drift.next_state(state, result, day))
+    store.put_json(state_key(cfg), drift.next_state(state, result, day, check_run_id=check_run_id))
     return {
         **result,
         "champion_version": champion["version"],

@@ -715,7 +715,11 @@ class DriftCheckOperator(PipelineOperator):
         from mlops_tasks.monitoring import run_drift_monitor
 
         day = self._day(context)
-        result = run_drift_monitor(self.store, self.config, day, tracking_uri=self.tracking_uri)
+        # the run id tells a retry of the run that requested retraining (which may decide again) from
+        # another run checking the same day (which must not request it twice)
+        result = run_drift_monitor(
+            self.store, self.config, day, tracking_uri=self.tracking_uri, check_run_id=context["run_id"]
+        )
         DriftReportLink.persist(context, report_url(result.get("report_html_uri")))
         emit("drift", result, pipeline=self.pipeline)
         self.log.info("Drift check for %s: %s", day, result)

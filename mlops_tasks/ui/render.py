@@ -31,6 +31,7 @@ _PILL = {
     "rejected": "bad",
     "drift": "bad",
     "cooldown": "warn",
+    "already_requested": "warn",
     "insufficient_data": "none",
 }
 

@@ -86,6 +86,20 @@ def test_evidently_report_agrees_with_the_fast_comparison_column_by_column(cfg, 
     )
 
 
+def test_the_report_tests_the_sparse_wind_gust_as_the_decision_does(cfg, winter, flights_weather):
+    # wind_gust is missing in ~80% of hours: the decision's 20000 reference rows hold ~4000 values
+    # (distance test), the report's 3000 about 600, for which alone Evidently would choose KS.
+    cfg = tune(cfg, "drift", {"sample_rows": 20_000, "report_rows": 3000})
+    july = days(flights_weather, "2013-07-08", "2013-07-14")
+    comparison = drift.compare(cfg, winter, july)
+    _, summary = drift.evidently_report(cfg, winter, july, day=dt.date(2013, 7, 14), comparison=comparison)
+    gust = summary["columns"]["wind_gust"]
+    assert (gust["stat_test"], gust["threshold"]) == ("wasserstein", 1.0)
+    assert {c: e["stat_test"] for c, e in summary["columns"].items()} == {
+        c: e["stat_test"] for c, e in comparison["columns"].items()
+    }
+
+
 def test_run_check_writes_html_and_json_reports_to_the_store(
     store: ObjectStore, cfg, winter, flights_weather
 ):

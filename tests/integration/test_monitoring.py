@@ -36,6 +36,7 @@ SCORED = {dt.date(2013, 3, 1): [400, 300], dt.date(2013, 3, 3): [500], dt.date(2
 UNSCORED = {dt.date(2013, 3, 2): [300]}  # curated, never scored: counts as new data, not as current
 PROMOTED_AUC = 0.9  # the champion's gate metric; the random model's live AUC is far below it
 REPORTS = f"reports/drift/date={DAY.isoformat()}/"
+RUN = "asset_triggered__2013-03-04"  # the DAG run checking DAY
 SCORE = features.SCORE_OUTPUT
 
 Frames = dict[dt.date, list[pd.DataFrame]]
@@ -191,8 +192,8 @@ def publish_window(
     return frames
 
 
-def monitor(store: ObjectStore, cfg: PipelineConfig, mlflow_server: str) -> dict:
-    return run_drift_monitor(store, cfg, DAY, tracking_uri=mlflow_server)
+def monitor(store: ObjectStore, cfg: PipelineConfig, mlflow_server: str, run: str = RUN) -> dict:
+    return run_drift_monitor(store, cfg, DAY, tracking_uri=mlflow_server, check_run_id=run)
 
 
 def warmer(frame: pd.DataFrame) -> pd.DataFrame:
@@ -318,9 +319,29 @@ def test_monitor_decision_equals_compare_and_decide_on_the_concatenated_window(
     }
     assert b"<html" in world.get_bytes(f"{cfg.prefix}/{REPORTS}drift.html")[:300]
     assert world.get_json(state_key(cfg)) == {
-        "triggers": [DAY.isoformat()],
+        "triggers": [{"day": DAY.isoformat(), "run_id": RUN}],
         "last_check": {"day": DAY.isoformat(), "status": "drift", "retrain": True},
     }
+
+
+def test_a_day_s_retrain_is_requested_once_however_many_runs_check_it(
+    world: ObjectStore, cfg: PipelineConfig, champion: Champion, mlflow_server: str
+) -> None:
+    publish_window(world, cfg, champion, change=warmer)
+    earlier_check(world, cfg)  # a state written before triggers named their run: a bare day
+
+    first = monitor(world, cfg, mlflow_server)
+    retry = monitor(world, cfg, mlflow_server)  # the same run again, e.g. a task retry
+    other = monitor(world, cfg, mlflow_server, run="scheduled__2013-03-04")
+
+    assert (first["status"], first["retrain"]) == ("drift", True)
+    assert {k: retry[k] for k in first} == first
+    assert (other["status"], other["retrain"], other["requested_by"]) == ("already_requested", False, RUN)
+    assert other["reasons"] == first["reasons"]
+    assert world.get_json(state_key(cfg))["triggers"] == [
+        {"day": "2013-02-20", "run_id": None},
+        {"day": DAY.isoformat(), "run_id": RUN},
+    ]
 
 
 # -- issue #6: bad inputs ---------------------------------------------------------------------------
@@ -427,6 +448,19 @@ def assert_insufficient(store: ObjectStore, cfg: PipelineConfig, result: dict, c
         "triggers": [],
         "last_check": {"day": DAY.isoformat(), "status": "insufficient_data", "retrain": False},
     }
+
+
+def test_a_later_check_with_too_little_data_keeps_the_day_s_trigger(
+    world: ObjectStore, cfg: PipelineConfig, champion: Champion, mlflow_server: str
+) -> None:
+    publish_window(world, cfg, champion, change=warmer)
+    assert monitor(world, cfg, mlflow_server)["retrain"] is True
+    world.delete_prefix(f"{cfg.prefix}/predictions/")  # the window's scores withdrawn, e.g. to re-score
+
+    later = monitor(world, cfg, mlflow_server, run="manual__rerun")
+
+    assert (later["status"], later["retrain"]) == ("insufficient_data", False)
+    assert world.get_json(state_key(cfg))["triggers"] == [{"day": DAY.isoformat(), "run_id": RUN}]
 
 
 def test_rows_curated_after_scoring_do_not_count_as_current_rows(

@@ -95,6 +95,24 @@ def test_all_missing_column_in_current_is_reported_as_drifted_with_reason():
     assert "all values are missing in current (s3://b/p/predictions/x)" == y["reason"]
 
 
+def test_a_column_empty_on_both_sides_is_not_drift_and_requests_no_retrain():
+    # e.g. a column the source never fills: nothing changed, so no retrain every cooldown
+    cfg = make_config()
+    ref, cur = frame(3000, 1), frame(3000, 2)
+    ref["x"], cur["x"] = np.nan, np.nan
+    result = drift.compare(cfg, ref, cur, reference_name="v1", current_name="window")
+    x = result["columns"]["x"]
+    assert (x["drifted"], x["stat_test"]) == (False, None)
+    assert (
+        x["reason"]
+        == "all values are missing in reference (v1) and current (window): nothing to compare, not drift"
+    )
+    assert (result["drifted_columns"], result["drifted_critical"]) == ([], [])
+    assert drift.decide(cfg, result, day=DAY, state=None)["status"] == "no_drift"
+    _, summary = drift.evidently_report(cfg, ref, cur, day=DAY, comparison=result)
+    assert summary["columns"]["x"] == x
+
+
 def test_column_missing_on_one_side_is_an_error_naming_it():
     with pytest.raises(drift.DriftInputError, match=r"missing from today\.parquet \(current\): \['c'\]"):
         drift.compare(
@@ -179,6 +197,39 @@ def test_the_evidently_report_renders_report_rows_while_the_decision_uses_sample
     assert summary["drifted_columns"] == drift.compare(cfg, ref, cur)["drifted_columns"] == ["x"]
 
 
+def test_the_evidently_report_uses_the_tests_chosen_on_the_decision_sample():
+    # A sparse column: 1500 reference values in the decision sample (distance test), about 600 in the
+    # report's sample, which alone would choose KS and could contradict the decision.
+    cfg = make_config(sample_rows=5000, report_rows=2000, critical_columns=[])
+    ref, cur = frame(5000, 1), frame(5000, 2)
+    rng = np.random.default_rng(4)
+    ref.loc[rng.permutation(5000)[:3500], "x"] = np.nan
+    assert drift.compare(make_config(sample_rows=2000), ref, cur)["columns"]["x"]["stat_test"] == "ks"
+    comparison = drift.compare(cfg, ref, cur)
+    for summary in (
+        drift.evidently_report(cfg, ref, cur, day=DAY, comparison=comparison)[1],
+        drift.evidently_report(cfg, ref, cur, day=DAY)[1],  # without a comparison: computed the same way
+    ):
+        assert {c: (e["kind"], e["stat_test"], e["threshold"]) for c, e in summary["columns"].items()} == {
+            c: (e["kind"], e["stat_test"], e["threshold"]) for c, e in comparison["columns"].items()
+        }
+        assert summary["columns"]["x"]["stat_test"] == "wasserstein"
+
+
+def test_a_comparison_of_other_inputs_is_refused_by_the_report():
+    comparison = drift.compare(make_config(), frame(3000, 1), frame(3000, 2))  # without scores
+    with pytest.raises(drift.DriftInputError, match=r"no entry for \['score'\]"):
+        drift.evidently_report(
+            make_config(),
+            frame(3000, 1),
+            frame(3000, 2),
+            day=DAY,
+            comparison=comparison,
+            reference_scores=np.zeros(3000),
+            current_scores=np.zeros(3000),
+        )
+
+
 def test_shifted_scores_are_prediction_drift():
     rng = np.random.default_rng(0)
     result = drift.compare(
@@ -208,6 +259,13 @@ def test_scores_of_the_wrong_length_are_an_error():
 
 def drifted_comparison():
     return drift.compare(make_config(), frame(3000, 1), frame(3000, 2, x_shift=1.0))
+
+
+def requested(cfg: PipelineConfig, day: dt.date = DAY, run: str = "run-a") -> dict:
+    """The state after ``run`` requested a retrain for ``day``."""
+    decision = drift.decide(cfg, drifted_comparison(), day=day, state=None, check_run_id=run)
+    assert decision["retrain"] is True
+    return drift.next_state(None, decision, day, check_run_id=run)
 
 
 def test_critical_column_drift_triggers_retrain():
@@ -245,12 +303,15 @@ def test_drift_twice_inside_the_cooldown_triggers_once():
     cfg, comparison = make_config(cooldown_days=7), drifted_comparison()
     state = None
     decisions = []
-    for day in (DAY, DAY + dt.timedelta(days=3), DAY + dt.timedelta(days=7)):
-        decision = drift.decide(cfg, comparison, day=day, state=state)
-        state = drift.next_state(state, decision, day)
+    for i, day in enumerate((DAY, DAY + dt.timedelta(days=3), DAY + dt.timedelta(days=7))):
+        decision = drift.decide(cfg, comparison, day=day, state=state, check_run_id=f"run-{i}")
+        state = drift.next_state(state, decision, day, check_run_id=f"run-{i}")
         decisions.append((decision["status"], decision["retrain"]))
     assert decisions == [("drift", True), ("cooldown", False), ("drift", True)]
-    assert state["triggers"] == [DAY.isoformat(), (DAY + dt.timedelta(days=7)).isoformat()]
+    assert state["triggers"] == [
+        {"day": DAY.isoformat(), "run_id": "run-0"},
+        {"day": (DAY + dt.timedelta(days=7)).isoformat(), "run_id": "run-2"},
+    ]
 
 
 def test_a_later_trigger_inside_the_cooldown_blocks_an_earlier_day_checked_afterwards():
@@ -265,12 +326,73 @@ def test_a_later_trigger_inside_the_cooldown_blocks_an_earlier_day_checked_after
     assert drift.decide(cfg, comparison, day=week_before, state=state)["status"] == "drift"
 
 
-def test_rerun_of_the_trigger_day_reproduces_the_decision():
+def test_a_retry_of_the_requesting_run_reproduces_its_decision():
     cfg, comparison = make_config(cooldown_days=7), drifted_comparison()
-    first = drift.decide(cfg, comparison, day=DAY, state=None)
-    state = drift.next_state(None, first, DAY)
-    assert drift.decide(cfg, comparison, day=DAY, state=state) == first
-    assert drift.next_state(state, first, DAY) == state
+    first = drift.decide(cfg, comparison, day=DAY, state=None, check_run_id="run-a")
+    state = drift.next_state(None, first, DAY, check_run_id="run-a")
+    assert drift.decide(cfg, comparison, day=DAY, state=state, check_run_id="run-a") == first
+    assert drift.next_state(state, first, DAY, check_run_id="run-a") == state
+
+
+@pytest.mark.parametrize("run", ["run-b", None], ids=["another_run", "no_run_id"])
+@pytest.mark.parametrize("cooldown_days", [7, 0])
+def test_another_check_of_a_requested_day_does_not_request_again(run: str | None, cooldown_days: int):
+    # a schedule and the predictions event, a re-scored day, a new run: one day's drift, one retrain
+    cfg = make_config(cooldown_days=cooldown_days)
+    state = requested(cfg)
+    decision = drift.decide(cfg, drifted_comparison(), day=DAY, state=state, check_run_id=run)
+    assert (decision["status"], decision["retrain"], decision["requested_by"]) == (
+        "already_requested",
+        False,
+        "run-a",
+    )
+    assert any(r.startswith("critical column 'x'") for r in decision["reasons"])  # reported all the same
+    assert drift.next_state(state, decision, DAY, check_run_id=run)["triggers"] == state["triggers"]
+
+
+def test_a_trigger_outlives_later_checks_of_its_day_that_do_not_retrain():
+    cfg = make_config(cooldown_days=7, min_rows=1000)
+    state = requested(cfg)
+    too_few = drift.compare(cfg, frame(3000, 1), frame(400, 2))
+    no_drift = drift.compare(cfg, frame(3000, 1), frame(3000, 2))
+    for i, comparison in enumerate((too_few, no_drift, drifted_comparison())):
+        decision = drift.decide(cfg, comparison, day=DAY, state=state, check_run_id=f"later-{i}")
+        state = drift.next_state(state, decision, DAY, check_run_id=f"later-{i}")
+    assert state["triggers"] == [{"day": DAY.isoformat(), "run_id": "run-a"}]
+    two_days_later = DAY + dt.timedelta(days=2)
+    assert drift.decide(cfg, drifted_comparison(), day=two_days_later, state=state)["status"] == "cooldown"
+
+
+def test_a_retry_that_no_longer_retrains_withdraws_only_its_own_trigger():
+    cfg = make_config(cooldown_days=7)
+    state = requested(cfg, DAY - dt.timedelta(days=10), "run-old")
+    state = drift.next_state(
+        state,
+        drift.decide(cfg, drifted_comparison(), day=DAY, state=state, check_run_id="run-a"),
+        DAY,
+        check_run_id="run-a",
+    )
+    retry = drift.decide(
+        cfg, drift.compare(cfg, frame(3000, 1), frame(3000, 2)), day=DAY, state=state, check_run_id="run-a"
+    )
+    assert retry["status"] == "no_drift"
+    after = drift.next_state(state, retry, DAY, check_run_id="run-a")
+    assert after["triggers"] == [{"day": (DAY - dt.timedelta(days=10)).isoformat(), "run_id": "run-old"}]
+
+
+def test_a_state_of_bare_trigger_days_reads_as_triggers_of_an_unknown_run():
+    cfg, comparison = make_config(cooldown_days=7), drifted_comparison()
+    old = {
+        "triggers": [DAY.isoformat()],
+        "last_check": {"day": DAY.isoformat(), "status": "drift", "retrain": True},
+    }
+    same_day = drift.decide(cfg, comparison, day=DAY, state=old, check_run_id="run-b")
+    assert (same_day["status"], same_day["requested_by"]) == ("already_requested", None)
+    later = DAY + dt.timedelta(days=3)
+    assert drift.decide(cfg, comparison, day=later, state=old, check_run_id="run-b")["status"] == "cooldown"
+    assert drift.next_state(old, same_day, DAY, check_run_id="run-b")["triggers"] == [
+        {"day": DAY.isoformat(), "run_id": None}
+    ]
 
 
 def test_live_metric_drop_beyond_threshold_triggers_retrain():
