@@ -5,12 +5,13 @@ Bad input is normal input, and nothing is lost:
 * a value that cannot be converted to its column's type keeps its row; the value becomes null and
   the lineage column ``_ingest_error`` says why (``dep_delay: 'abc' is not a float``), so validation
   quarantines the row with the reason;
-* a CSV line with the wrong number of fields is kept verbatim, with its line number, in
-  ``malformed_lines.jsonl``;
+* a CSV line with the wrong number of fields, or where a record does not parse (a quote that is
+  never closed), is kept verbatim, with its line number, in ``malformed_lines.jsonl``; parsing
+  resumes on the next line, so one stray quote costs one line, not the rest of the file;
 * a whole-file problem (zero bytes, no header or a blank first line, unknown extension, wrong
   encoding, bytes that are not UTF-8 in a parquet text column, unreadable parquet or gzip, a column
-  twice, a required column missing) rejects that file with a one-sentence reason and a
-  byte-for-byte copy; the other files of the day still ingest.
+  twice, a required column missing) rejects that file with a one-sentence reason, a byte-for-byte
+  copy and the number of lines (rows) it held; the other files of the day still ingest.
 
 Each file is typed on its own, from its own column types (CSV text is parsed, parquet values are
 converted from their arrow type: integers exactly, never through float), so what happens to a value
@@ -72,6 +73,10 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 # that way); other numbers ("1.2e1") go through Decimal, slower but just as exact.
 _INTEGER = re.compile(r"([+-]?[0-9]+)(?:\.0*)?")
 _DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+# Timestamp text (upper-cased) that carries its zone: a time, then Z or an offset of hours with
+# optional minutes ("+05" as PostgreSQL writes it, "+0530", "+05:30"). The time is required: a date
+# alone ends in "-02" too, but is naive.
+_AWARE_TIMESTAMP = r"[T ]\d.*(?:Z|[+-]\d\d(?::?\d\d)?)$"
 
 
 class RejectedFileError(DataError):
@@ -132,15 +137,23 @@ def ingest_day(store: ObjectStore, cfg: PipelineConfig, day: dt.date) -> dict[st
             frame, malformed = _read_file(key, data, columns, required, cfg, found.warnings)
         except RejectedFileError as exc:
             copy = write_part(store, staging, rejected_copy_name(key), data, rows=0)
-            found.rejected.append({"key": key, "reason": str(exc), "copy": copy["key"]})
+            found.rejected.append(
+                {"key": key, "reason": str(exc), "copy": copy["key"], "lines": _rejected_lines(key, data)}
+            )
             parts.append(copy)
             continue
         found.malformed.extend(malformed)
         table = main if target == "" else joins[target]
         # Typed per file: a value's outcome must not depend on the other files of the day.
-        table.frames.append(_type_frame(frame, columns, day))
+        table.frames.append(_type_frame(frame, columns, day, label=f"{target}: " if target else ""))
         table.sources.append(
-            {"key": key, "sha256": sha256_bytes(data), "rows": len(frame), "table": target or "main"}
+            {
+                "key": key,
+                "sha256": sha256_bytes(data),
+                "rows": len(frame),
+                "malformed_lines": len(malformed),
+                "table": target or "main",
+            }
         )
 
     frame = _stack(main.frames, cfg.data.columns, day)
@@ -214,6 +227,28 @@ def _required_columns(cfg: PipelineConfig, target: str) -> set[str]:
         return {c.name for c in join.columns if not c.nullable} | set(join.keys)
     keys = set(cfg.data.key) | {k for j in cfg.data.joins for k in j.keys}
     return {c.name for c in cfg.data.columns if not c.nullable} | keys
+
+
+def _rejected_lines(key: str, data: bytes) -> int:
+    """How many rows a rejected file holds, for the validation gate's bad share: its non-blank lines
+    but the header for CSV, the footer's row count for parquet, and 1 for a file whose content
+    cannot be read at all (it still stands for data that was lost)."""
+    if not data:
+        return 0
+    lower = key.rsplit("/", 1)[-1].lower()
+    if lower.endswith(PARQUET_SUFFIXES):
+        try:
+            return pq.ParquetFile(io.BytesIO(data)).metadata.num_rows
+        except (pa.ArrowException, OSError):
+            return 1
+    if not lower.endswith(GZIP_SUFFIXES + CSV_SUFFIXES):
+        return 1
+    if lower.endswith(GZIP_SUFFIXES):
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error):
+            return 1
+    return max(sum(1 for line in io.BytesIO(data) if line.strip()) - 1, 0)
 
 
 def rejected_copy_name(key: str) -> str:
@@ -370,18 +405,20 @@ def _parse_csv(
         raise RejectedFileError(
             f"{key} is not valid {encoding}: byte {exc.start} (line {line}) cannot be decoded."
         ) from None
+    # Excel's byte order mark goes before parsing: after it, a quoted first name keeps its quotes.
+    text = text.removeprefix("\ufeff")
     if not text.strip():
         raise RejectedFileError(f"{key} is empty: it has no header line.")
-    lines = list(io.StringIO(text, newline=""))
-    reader = csv.reader(lines, delimiter=delimiter)
+    lines = _Lines(list(io.StringIO(text, newline="")))
+    # Strict: a quote that is never closed raises at the end of the file instead of swallowing every
+    # later line into one field.
+    reader = csv.reader(lines, delimiter=delimiter, strict=True)
     try:
         header = [h.strip() for h in next(reader)]
     except csv.Error as exc:
         raise RejectedFileError(
             f"{key}: its header line cannot be parsed as CSV ({_one_line(exc)})."
         ) from None
-    if header:
-        header[0] = header[0].lstrip("\ufeff")
     if not any(header):
         # Not skipped: a file whose header is not on line 1 is not the file the writer meant.
         raise RejectedFileError(f"{key} has no column names on line 1; the header must be the first line.")
@@ -391,41 +428,62 @@ def _parse_csv(
     records: list[list[str]] = []
     numbers: list[int] = []
     malformed: list[dict[str, Any]] = []
-    start = reader.line_num + 1
     while True:
+        first = lines.position  # 0-based: the record starts on line first + 1
         try:
             record = next(reader)
         except StopIteration:
             break
         except csv.Error as exc:
-            record, reason = None, f"unparseable CSV ({exc})"
+            # Only the record's first line is malformed: the lines a broken quote ran over are
+            # records of their own, so parsing resumes on the next line.
+            lines.position = first + 1
+            record, reason = None, f"unparseable CSV ({exc}); parsing resumed on the next line"
         else:
             reason = f"{len(record)} fields, the header has {len(header)}"
-        raw = "".join(lines[start - 1 : reader.line_num])
         if record == []:
-            pass  # a blank line
-        elif record is not None and len(record) == len(header):
+            continue  # a blank line
+        if record is not None and len(record) == len(header):
             records.append(record)
-            numbers.append(start)
+            numbers.append(first + 1)
         else:
-            malformed.append({"source_file": key, "line": start, "raw": raw.rstrip("\r\n"), "reason": reason})
-        start = reader.line_num + 1
+            raw = "".join(lines.lines[first : lines.position]).rstrip("\r\n")
+            malformed.append({"source_file": key, "line": first + 1, "raw": raw, "reason": reason})
     columns = list(zip(*records, strict=True)) if records else [()] * len(header)
     frame = pd.DataFrame({h: np.array(col, dtype=object) for h, col in zip(header, columns, strict=True)})
     return frame, np.array(numbers, dtype=np.int64), malformed
 
 
+class _Lines:
+    """A file's lines for :func:`csv.reader`, with a position that can be set back to resume
+    parsing after a record that does not parse."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = lines
+        self.position = 0
+
+    def __iter__(self) -> _Lines:
+        return self
+
+    def __next__(self) -> str:
+        if self.position == len(self.lines):
+            raise StopIteration
+        self.position += 1
+        return self.lines[self.position - 1]
+
+
 # -- typing -------------------------------------------------------------------------------------
 
 
-def _type_frame(raw: pd.DataFrame, columns: list[ColumnSpec], day: dt.date) -> pd.DataFrame:
-    """Convert every declared column of one file's raw frame to its type and add the lineage."""
+def _type_frame(raw: pd.DataFrame, columns: list[ColumnSpec], day: dt.date, label: str = "") -> pd.DataFrame:
+    """Convert every declared column of one file's raw frame to its type and add the lineage.
+    ``label`` goes before each column name in ``_ingest_error`` (``weather: `` for a join's file)."""
     out = pd.DataFrame(index=raw.index)
     errors: list[list[str]] = [[] for _ in range(len(raw))]
     for spec in columns:
         typed, bad, reason = convert_column(raw[spec.name], spec.type)
         for i in np.flatnonzero(bad):
-            errors[i].append(f"{spec.name}: {_show(raw[spec.name].iloc[i])} {reason}")
+            errors[i].append(f"{label}{spec.name}: {_show(raw[spec.name].iloc[i])} {reason}")
         out[spec.name] = typed
     out["_day"] = pd.Series(day.isoformat(), index=raw.index, dtype=STRING_DTYPE)
     out["_source_file"] = raw["_source_file"].astype(STRING_DTYPE)
@@ -594,8 +652,10 @@ def _to_timestamp(values: pd.Series, missing: np.ndarray, family: str) -> tuple[
     """Naive values are taken as UTC; the result is nanoseconds, so values outside 1677-2262 are
     flagged rather than wrapped."""
     if family == "text":
+        # RFC 3339 allows a lower-case t and z; pandas parses upper case only.
+        values = values.str.upper()
         # Parsed in two groups: pandas 2.3 gives a naive value the offset of an aware one before it.
-        aware = values.str.contains(r"(?:Z|[+-]\d\d:?\d\d)$", regex=True).fillna(False).to_numpy(dtype=bool)
+        aware = values.str.contains(_AWARE_TIMESTAMP, regex=True).fillna(False).to_numpy(dtype=bool)
         typed = pd.Series(pd.NaT, index=values.index, dtype=TIMESTAMP_DTYPE)
         for group in (aware, ~aware):
             if group.any():
@@ -643,11 +703,11 @@ def _left_join(
     added = [c.name for c in join.columns if c.name not in frame.columns]
     side = side[join.keys + added + ["_ingest_error"]].rename(columns={"_ingest_error": "_join_error"})
     merged = frame.merge(side, on=join.keys, how="left", validate="many_to_one", sort=False)
-    side_error = f"{join.name}: " + merged["_join_error"]
+    # The side's errors are already labelled with the join's name (_type_frame).
     merged["_ingest_error"] = (
-        (merged["_ingest_error"] + "; " + side_error)
+        (merged["_ingest_error"] + "; " + merged["_join_error"])
         .fillna(merged["_ingest_error"])
-        .fillna(side_error)
+        .fillna(merged["_join_error"])
         .astype(STRING_DTYPE)
     )
     return merged.drop(columns="_join_error")

@@ -14,8 +14,11 @@ checked by value rules; duplicated keys mark every copy). The report shows both 
 is asked for its unexpected indices (result format COMPLETE), so every row rule splits rows.
 
 Row rules quarantine rows; table rules (row count, a missing column, a wrong type, aggregate
-expectations) fail the gate. The gate also fails when the quarantined share exceeds
-``validation.max_bad_row_fraction``. On failure quarantine and reports are written, curated is not.
+expectations) fail the gate. The gate also fails when the bad share exceeds
+``validation.max_bad_row_fraction``: quarantined rows, malformed CSV lines and the lines of rejected
+files, out of all of them plus the good rows. On failure quarantine and reports are written, curated
+is not, and a curated partition an earlier run published for the day is withdrawn, so no day is both
+curated and quarantined.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import datetime as dt
 import html
 import io
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -38,6 +42,7 @@ from mlops_tasks.ingestion import LINEAGE_COLUMNS, rejected_copy_name, to_parque
 from mlops_tasks.storage import (
     CURATED_FILE_ROWS,
     CURATED_ROW_GROUP_ROWS,
+    MANIFEST_NAME,
     PARQUET_COMPRESSION,
     ObjectStore,
     partition_prefix,
@@ -53,6 +58,8 @@ if TYPE_CHECKING:
 REASONS_COLUMN = "_reasons"
 INGEST_ERROR = "_ingest_error"
 EXAMPLES_PER_RULE = 5
+# Files (and columns) named per rule in the gate's message; the report lists them all.
+NAMED_IN_MESSAGE = 3
 # GX's pandas type names for the config types (what ``ExpectColumnValuesToBeOfType`` compares).
 GX_TYPES = {
     "int": "int64",
@@ -68,6 +75,8 @@ SCHEMA = ("<schema>",)
 _TYPE_EXPECTATIONS = {"expect_column_values_to_be_of_type", "expect_column_values_to_be_in_type_list"}
 # Expectation kwargs that name columns of the batch.
 _COLUMN_KWARGS = ("column", "column_A", "column_B", "column_list", "column_set")
+# The column each entry of an ``_ingest_error`` names: "delay: 'abc' is...; weather: temp: 'x' is...".
+_ERROR_COLUMN = re.compile(r"(?:^|; )((?:[^:;' ]+: )?[^:;' ]+): ")
 
 
 class StagedDataMissingError(FileNotFoundError):
@@ -355,6 +364,8 @@ class _RuleOutcome:
     observed: Any
     error: str | None
     examples: list[str]
+    files: dict[str, int]
+    columns: dict[str, int]
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -368,15 +379,18 @@ class _RuleOutcome:
             "observed": self.observed,
             "error": self.error,
             "examples": self.examples,
+            "files": self.files,
+            "columns": self.columns,
         }
 
 
 def validate_day(store: ObjectStore, cfg: PipelineConfig, day: dt.date) -> dict[str, Any]:
     """Validate the staged partition of ``day``; publish quarantine, reports and (if it passes) curated.
 
-    Returns ``{"date", "passed", "rows", "good_rows", "bad_rows", "bad_fraction", "curated_uri",
-    "quarantine_uri", "report_json_uri", "report_html_uri", "failed_rules", "message"}``; raises
-    :class:`ValidationGateError` (carrying that dict) when the gate fails.
+    Returns ``{"date", "passed", "rows", "good_rows", "bad_rows", "malformed_lines",
+    "rejected_lines", "bad_fraction", "curated_uri", "quarantine_uri", "report_json_uri",
+    "report_html_uri", "failed_rules", "message"}``; raises :class:`ValidationGateError` (carrying
+    that dict) when the gate fails, after withdrawing the day's curated partition.
     """
     staging = partition_prefix(cfg.prefix, "staging", day)
     staged = store.read_manifest(staging)
@@ -392,7 +406,12 @@ def validate_day(store: ObjectStore, cfg: PipelineConfig, day: dt.date) -> dict[
     outcomes, bad, reasons = _split(frame, rules, gx_results)
 
     rows, bad_rows = len(frame), int(bad.sum())
-    bad_fraction = bad_rows / rows if rows else 0.0
+    malformed = int(staged.get("malformed_lines", 0))
+    rejected_lines = sum(int(r.get("lines", 0)) for r in staged.get("rejected_files", []))
+    # Lines that never became rows are bad records too: a day of mostly unparseable lines or
+    # rejected files must not pass on its few good rows.
+    lost = malformed + rejected_lines
+    bad_fraction = (bad_rows + lost) / (rows + lost) if rows + lost else 0.0
     limit = cfg.validation.max_bad_row_fraction
     table_failures = [o for o in outcomes if not o.rule.row_level and not o.success]
     passed = not table_failures and bad_fraction <= limit
@@ -401,12 +420,17 @@ def validate_day(store: ObjectStore, cfg: PipelineConfig, day: dt.date) -> dict[
     quarantine = partition_prefix(cfg.prefix, "quarantine", day)
     reports = partition_prefix(cfg.prefix, "reports/validation", day)
     curated = partition_prefix(cfg.prefix, "curated", day)
+    # Before quarantine is published: the day's new bad rows must never sit next to curated rows of
+    # an earlier run, which training would read as the day's data.
+    withdrawn = not passed and _unpublish(store, curated)
     result = {
         "date": day.isoformat(),
         "passed": passed,
         "rows": rows,
         "good_rows": rows - bad_rows,
         "bad_rows": bad_rows,
+        "malformed_lines": malformed,
+        "rejected_lines": rejected_lines,
         "bad_fraction": round(bad_fraction, 6),
         "curated_uri": store.uri(curated) if passed else None,
         "quarantine_uri": store.uri(quarantine),
@@ -415,7 +439,7 @@ def validate_day(store: ObjectStore, cfg: PipelineConfig, day: dt.date) -> dict[
         "failed_rules": [o.rule.name for o in failed],
         "message": "",
     }
-    result["message"] = _message(cfg, day, result, table_failures, failed, limit)
+    result["message"] = _message(cfg, day, result, staged, table_failures, failed, withdrawn)
 
     quarantined = frame[bad].copy()
     quarantined[REASONS_COLUMN] = pd.Series(reasons, index=quarantined.index, dtype=object)
@@ -431,7 +455,6 @@ def validate_day(store: ObjectStore, cfg: PipelineConfig, day: dt.date) -> dict[
         },
         "rules": [o.as_dict() for o in outcomes],
         "rejected_files": staged.get("rejected_files", []),
-        "malformed_lines": staged.get("malformed_lines", 0),
         "ingest_warnings": staged.get("warnings", []),
     }
     store.put_json(reports + "validation.json", _plain(report))
@@ -448,6 +471,17 @@ def validate_day(store: ObjectStore, cfg: PipelineConfig, day: dt.date) -> dict[
         store, curated, parts, day=day.isoformat(), validation_report=reports + "validation.json"
     )
     return result
+
+
+def _unpublish(store: ObjectStore, partition: str) -> bool:
+    """Unpublish a partition: its manifest first, so readers see nothing from then on, then the parts
+    it listed. Returns whether there was one."""
+    manifest = store.read_manifest(partition)
+    if manifest is None:
+        return False
+    store.delete([partition + MANIFEST_NAME])
+    store.delete([p["key"] for p in manifest["parts"]])
+    return True
 
 
 def write_curated_file(store: ObjectStore, curated: str, index: int, rows: pa.Table) -> dict[str, Any]:
@@ -502,6 +536,8 @@ def _split(
             observed=summary.get("observed_value"),
             error=error,
             examples=[],
+            files={},
+            columns={},
         )
         outcomes.append(outcome)
         if not rule.row_level or error is not None:
@@ -514,12 +550,29 @@ def _split(
             continue
         bad |= mask
         outcome.examples = _examples(frame, rule, mask)
+        outcome.files = _largest_first(frame.loc[mask, "_source_file"].value_counts())
         is_ingest = rule.kwargs.get("column") == INGEST_ERROR
+        if is_ingest:
+            outcome.columns = _error_columns(frame.loc[mask, INGEST_ERROR], frame.columns)
         errors = frame[INGEST_ERROR].to_numpy(dtype=object) if is_ingest else None
         for i in np.flatnonzero(mask).tolist():
             per_row.setdefault(i, []).append(f"ingest: {errors[i]}" if is_ingest else rule.name)
     reasons = [per_row[i] for i in np.flatnonzero(bad).tolist()]
     return outcomes, bad, reasons
+
+
+def _largest_first(counts: Mapping[str, int] | pd.Series) -> dict[str, int]:
+    """Counts by name, largest first (ties by name, so reruns agree)."""
+    return dict(sorted(((str(k), int(n)) for k, n in counts.items()), key=lambda kn: (-kn[1], kn[0])))
+
+
+def _error_columns(errors: pd.Series, columns: pd.Index) -> dict[str, int]:
+    """The columns ``_ingest_error`` texts name, as ``delay`` or ``weather.temp`` (a join's column),
+    with the number of rows each failed in."""
+    named = errors.astype(object).map(
+        lambda text: sorted({c for c in _ERROR_COLUMN.findall(text) if c.rpartition(": ")[2] in columns})
+    )
+    return _largest_first(named.explode().dropna().str.replace(": ", ".", regex=False).value_counts())
 
 
 def gx_error(result: ExpectationValidationResult) -> str | None:
@@ -549,28 +602,70 @@ def _message(
     cfg: PipelineConfig,
     day: dt.date,
     result: dict[str, Any],
+    staged: dict[str, Any],
     table_failures: list[_RuleOutcome],
     failed: list[_RuleOutcome],
-    limit: float,
+    withdrawn: bool,
 ) -> str:
+    """One paragraph: the verdict, each rule with its rows, columns and files, the lines that never
+    became rows, and where the report and the bad rows are."""
     head = f"Validation of '{cfg.name}' for {day}"
+    landing = partition_prefix(cfg.prefix, "landing", day)
     rows, bad_rows = result["rows"], result["bad_rows"]
-    row_rules = ", ".join(f"'{o.rule.name}' ({o.rows} rows)" for o in failed if o.rule.row_level and o.rows)
-    share = f"{bad_rows} of {rows} rows ({result['bad_fraction']:.2%}) broke row rules" + (
+    row_rules = ", ".join(
+        f"'{o.rule.name}' ({o.rows} rows)"
+        + (f" in column(s) {_first_few(o.columns)}" if o.columns else "")
+        + f" from {_first_few(o.files, landing)}"
+        for o in failed
+        if o.rule.row_level and o.rows
+    )
+    share = f"{bad_rows} of {rows} rows ({bad_rows / rows if rows else 0:.2%}) broke row rules" + (
         f": {row_rules}" if row_rules else ""
+    )
+    lost = []
+    if result["malformed_lines"]:
+        per_file = _largest_first(
+            {f["key"]: f["malformed_lines"] for f in staged["source_files"] if f.get("malformed_lines")}
+        )
+        lost.append(f"{result['malformed_lines']} malformed CSV line(s) from {_first_few(per_file, landing)}")
+    if staged.get("rejected_files"):
+        per_file = _largest_first({r["key"]: r.get("lines", 0) for r in staged["rejected_files"]})
+        lost.append(
+            f"{len(per_file)} rejected file(s) with {result['rejected_lines']} line(s): "
+            f"{_first_few(per_file, landing)}"
+        )
+    landed = rows + result["malformed_lines"] + result["rejected_lines"]
+    lost_text = (
+        f"; {' and '.join(lost)} were quarantined too, so {landed - result['good_rows']} of {landed} "
+        f"landed records ({result['bad_fraction']:.2%}) are bad"
+        if lost
+        else ""
     )
     where = f"Report: {result['report_html_uri']}; bad rows: {result['quarantine_uri']}."
     if result["passed"]:
         return (
-            f"{head} passed: {share}; they were quarantined and {result['good_rows']} rows curated. {where}"
+            f"{head} passed: {share}; they were quarantined and {result['good_rows']} rows curated"
+            f"{lost_text}. {where}"
         )
     reasons = []
     for o in table_failures:
         detail = o.error or (f"observed {o.observed}" if o.observed is not None else "failed")
         reasons.append(f"table rule '{o.rule.name}' failed ({detail})")
+    limit = cfg.validation.max_bad_row_fraction
     if result["bad_fraction"] > limit:
-        reasons.append(f"the bad-row share is above the limit of {limit:.2%}")
-    return f"{head} FAILED the gate: {'; '.join(reasons)}; {share}. Curated data was not written. {where}"
+        reasons.append(f"the bad share {result['bad_fraction']:.2%} is above the limit of {limit:.2%}")
+    curated = "Curated data was not written" + (
+        " and the curated partition an earlier run published for the day was withdrawn." if withdrawn else "."
+    )
+    return f"{head} FAILED the gate: {'; '.join(reasons)}; {share}{lost_text}. {curated} {where}"
+
+
+def _first_few(counts: dict[str, int], prefix: str = "") -> str:
+    """``a (2), b (1) and 4 more`` from counts ordered by :func:`_largest_first`; ``prefix`` (the
+    day's landing folder) is cut from the names."""
+    shown = [f"{name.removeprefix(prefix)} ({n})" for name, n in list(counts.items())[:NAMED_IN_MESSAGE]]
+    more = len(counts) - len(shown)
+    return ", ".join(shown) + (f" and {more} more" if more else "")
 
 
 def _publish_quarantine(
@@ -590,7 +685,14 @@ def _publish_quarantine(
         data = store.get_bytes(entry["copy"])
         copy = write_part(store, quarantine, rejected_copy_name(entry["key"]), data, rows=0)
         parts.append(copy)
-        rejected.append({"key": entry["key"], "reason": entry["reason"], "copy": copy["key"]})
+        rejected.append(
+            {
+                "key": entry["key"],
+                "reason": entry["reason"],
+                "copy": copy["key"],
+                "lines": entry.get("lines", 0),
+            }
+        )
     publish_manifest(
         store,
         quarantine,
@@ -643,9 +745,9 @@ tr.fail td{{background:#fde8e8}} .verdict{{font-size:1.4em;font-weight:bold}}
 <h1>Validation of {esc(report["pipeline"])} for {report["date"]}</h1>
 <p class="verdict">{verdict}</p>
 <p>{esc(report["message"])}</p>
-<p>Rows: {report["rows"]}; good: {report["good_rows"]}; quarantined: {report["bad_rows"]}
-({report["bad_fraction"]:.2%}, limit {report["max_bad_row_fraction"]:.2%}).
-Malformed CSV lines: {report["malformed_lines"]}.</p>
+<p>Rows: {report["rows"]}; good: {report["good_rows"]}; quarantined: {report["bad_rows"]}.
+Malformed CSV lines: {report["malformed_lines"]}; lines of rejected files: {report["rejected_lines"]}.
+Bad share: {report["bad_fraction"]:.2%} (limit {report["max_bad_row_fraction"]:.2%}).</p>
 <h2>Rules</h2>
 <table><tr><th>rule</th><th>level</th><th>GX success</th><th>GX unexpected</th><th>rows quarantined</th>
 <th>observed</th><th>examples of bad values</th></tr>

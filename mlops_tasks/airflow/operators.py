@@ -269,10 +269,13 @@ class ValidateDayOperator(PipelineOperator):
         ValidationReportLink.persist(context, report_url(result["report_html_uri"]))
         emit("validate", result, pipeline=self.pipeline)
         self.log.info(
-            "Validation of %s passed: %d good, %d quarantined (%.2f%%). Report: %s",
+            "Validation of %s passed: %d good rows, %d quarantined, %d malformed line(s), %d line(s) of "
+            "rejected files (bad share %.2f%%). Report: %s",
             day,
             result["good_rows"],
             result["bad_rows"],
+            result["malformed_lines"],
+            result["rejected_lines"],
             100 * result["bad_fraction"],
             result["report_html_uri"],
         )

@@ -127,6 +127,12 @@ def quarantined(store: ObjectStore, cfg: PipelineConfig) -> pd.DataFrame:
     return read_partition(store, cfg, "quarantine", "rows")
 
 
+def malformed_lines(store: ObjectStore, cfg: PipelineConfig) -> pd.DataFrame:
+    manifest = store.read_manifest(partition_prefix(cfg.prefix, "quarantine", DAY))
+    [part] = [p["key"] for p in manifest["parts"] if "malformed_lines" in p["key"]]
+    return pd.read_json(io.BytesIO(store.get_bytes(part)), lines=True)
+
+
 def report(store: ObjectStore, result: dict) -> dict:
     return store.get_json(store.key_of(result["report_json_uri"]))
 
@@ -142,12 +148,53 @@ def test_malformed_csv_lines_are_quarantined_verbatim_with_their_line_number(sto
     land(store, cfg, "flights.csv", csv(GOOD[0], "2,0,UA", GOOD[2], GOOD[3]))
     ingested, validated = run(store, cfg)
     assert ingested["malformed_lines"] == 1
-    manifest = store.read_manifest(partition_prefix(cfg.prefix, "quarantine", DAY))
-    [part] = [p["key"] for p in manifest["parts"] if "malformed_lines" in p["key"]]
-    line = pd.read_json(io.BytesIO(store.get_bytes(part)), lines=True).iloc[0]
+    line = malformed_lines(store, cfg).iloc[0]
     assert (line["line"], line["raw"], line["reason"]) == (3, "2,0,UA", "3 fields, the header has 5")
     assert curated(store, cfg)["id"].tolist() == [1, 3, 4]
     assert validated["passed"] and report(store, validated)["malformed_lines"] == 1
+
+
+def test_a_stray_quote_costs_its_own_line_and_the_lines_after_it_still_ingest(store, cfg):
+    rows = [
+        GOOD[0],
+        '2,0,UA,JFK,"2013-01-01T10:00:00Z',  # its quote runs into a quoted field of the next line
+        '3,25,"AA",EWR,2013-01-01T11:00:00Z',
+        GOOD[3],
+        '5,1,AA,EWR,"2013-01-01T10:00:00Z',  # its quote is never closed
+        "6,1,AA,EWR,2013-01-01T10:00:00Z",
+        "7,1,UA,JFK,2013-01-01T11:00:00Z",
+    ]
+    land(store, cfg, "flights.csv", csv(*rows))
+
+    ingested, validated = run(store, cfg)
+
+    lines = malformed_lines(store, cfg)
+    assert lines["line"].tolist() == [3, 6] and lines["raw"].tolist() == [rows[1], rows[4]]
+    assert all("parsing resumed on the next line" in reason for reason in lines["reason"])
+    got = curated(store, cfg)
+    assert got["id"].tolist() == [1, 3, 4, 6, 7] and got["_source_line"].tolist() == [2, 4, 5, 7, 8]
+    assert ingested["malformed_lines"] == 2 and validated["passed"]
+
+
+def test_quoted_fields_may_hold_delimiters_and_newlines(store, cfg):
+    rows = [g + ',""' for g in GOOD]
+    rows[1] = GOOD[1] + ',"a note, on\ntwo lines"'
+    land(store, cfg, "flights.csv", csv(*rows, header=HEADER + ",note"))
+
+    ingested, _ = run(store, cfg)
+
+    got = curated(store, cfg)
+    assert got["id"].tolist() == [1, 2, 3, 4] and got["_source_line"].tolist() == [2, 3, 5, 6]
+    assert ingested["malformed_lines"] == 0
+
+
+def test_a_byte_order_mark_before_a_quoted_header_is_not_part_of_the_first_name(store, cfg):
+    header = ",".join(f'"{name}"' for name in HEADER.split(","))
+    land(store, cfg, "flights.csv", ("\ufeff" + csv(*GOOD, header=header)).encode())
+
+    ingested, _ = run(store, cfg)
+
+    assert ingested["rejected_files"] == [] and curated(store, cfg)["id"].tolist() == [1, 2, 3, 4]
 
 
 def test_curated_parquet_stores_the_columns_declared_not_nullable_as_required(store, cfg):
@@ -392,6 +439,88 @@ def test_too_many_bad_rows_fail_the_gate(store, cfg):
     with pytest.raises(ValidationGateError, match=r"3 of 4 rows \(75.00%\).*'delay not null' \(3 rows\)"):
         validate_day(store, cfg, DAY)
     assert len(quarantined(store, cfg)) == 3
+
+
+def test_malformed_lines_count_as_bad_records_in_the_gate(store, cfg):
+    land(store, cfg, "flights.csv", csv(*GOOD, *(f"{i},0,UA" for i in range(10, 15))))
+    ingest_day(store, cfg, DAY)
+
+    with pytest.raises(ValidationGateError) as failure:
+        validate_day(store, cfg, DAY)
+
+    result = failure.value.result
+    assert (result["rows"], result["bad_rows"], result["malformed_lines"]) == (4, 0, 5)
+    assert result["bad_fraction"] == round(5 / 9, 6)
+    assert (
+        "the bad share 55.56% is above the limit of 50.00%; 0 of 4 rows (0.00%) broke row rules; "
+        "5 malformed CSV line(s) from flights.csv (5) were quarantined too, so 5 of 9 landed records "
+        "(55.56%) are bad."
+    ) in str(failure.value)
+
+
+def test_the_lines_of_a_rejected_file_count_as_bad_records_in_the_gate(store, cfg):
+    land(store, cfg, "flights_a.csv", csv(*GOOD))
+    rows = [f"{i},1,AA,EWR,2013-01-01T10:00:00Z" for i in range(10, 14)]
+    land(store, cfg, "flights_b.csv", csv(*rows).encode() + "15,1,AA,Zürich,x\n".encode("latin-1"))
+    ingest_day(store, cfg, DAY)
+
+    with pytest.raises(ValidationGateError) as failure:
+        validate_day(store, cfg, DAY)
+
+    result = failure.value.result
+    assert (result["rows"], result["rejected_lines"], result["bad_fraction"]) == (4, 5, round(5 / 9, 6))
+    assert "1 rejected file(s) with 5 line(s): flights_b.csv (5) were quarantined too" in str(failure.value)
+
+
+def test_a_rerun_that_fails_the_gate_withdraws_the_days_earlier_curated_data(store, cfg):
+    land(store, cfg, "flights.csv", csv(*GOOD))
+    run(store, cfg)
+    earlier = store.read_manifest(partition_prefix(cfg.prefix, "curated", DAY))
+    land(store, cfg, "flights.csv", csv(*(g.replace(",AA,", ",ZZ,").replace(",UA,", ",ZZ,") for g in GOOD)))
+    ingest_day(store, cfg, DAY)
+
+    with pytest.raises(ValidationGateError) as failure:
+        validate_day(store, cfg, DAY)
+
+    assert store.read_manifest(partition_prefix(cfg.prefix, "curated", DAY)) is None
+    assert not any(store.exists(p["key"]) for p in earlier["parts"])
+    assert quarantined(store, cfg)["id"].tolist() == [1, 2, 3, 4]
+    assert (
+        "Curated data was not written and the curated partition an earlier run published for the day "
+        "was withdrawn." in str(failure.value)
+    )
+
+
+def test_the_gate_message_names_the_files_and_the_columns_of_the_bad_rows(store, cfg):
+    cfg = cfg.model_copy(
+        update={"validation": cfg.validation.model_copy(update={"max_bad_row_fraction": 0.1})}
+    )
+    land(store, cfg, "flights_a.csv", csv("1,abc,AA,EWR,2013-01-01T10:00:00Z", GOOD[1]))
+    land(
+        store,
+        cfg,
+        "flights_b.csv",
+        csv("3,xyz,AA,EWR,2013-01-01T11:00:00Z", "4,,UA,JFK,2013-01-01T11:00:00Z"),
+    )
+    land(store, cfg, "weather.csv", "origin,time_hour,temp\nEWR,2013-01-01T10:00:00Z,hot\n")
+    ingest_day(store, cfg, DAY)
+
+    with pytest.raises(ValidationGateError) as failure:
+        validate_day(store, cfg, DAY)
+
+    message = str(failure.value)
+    assert "'delay not null' (3 rows) from flights_b.csv (2), flights_a.csv (1)" in message
+    assert (
+        "'values convert to their types' (2 rows) in column(s) delay (2), weather.temp (1) from "
+        "flights_a.csv (1), flights_b.csv (1)"
+    ) in message
+    assert "\n" not in message
+    rule = next(
+        r
+        for r in report(store, failure.value.result)["rules"]
+        if r["rule"] == "values convert to their types"
+    )
+    assert rule["columns"] == {"delay": 2, "weather.temp": 1}
 
 
 # -- formats and layout -------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 import pandas as pd
+import pytest
 
 from mlops_tasks.ingestion import convert_column, rejected_copy_name
 
@@ -51,6 +52,29 @@ def test_timestamps_become_utc_and_naive_ones_are_taken_as_utc():
     )
     assert str(typed.dtype) == "datetime64[ns, UTC]"
     assert typed.iloc[0] == typed.iloc[1] == typed.iloc[2] and bad.tolist() == [False, False, False, True]
+
+
+@pytest.mark.parametrize("order", [1, -1], ids=["aware first", "naive first"])
+def test_hour_only_offsets_are_aware_and_do_not_shift_naive_values_in_the_same_column(order: int):
+    # PostgreSQL writes "+05"; a date alone ends in "-02" but is naive; RFC 3339 allows a lower-case z.
+    texts = [
+        "2013-01-01 05:00:00+05",
+        "2013-01-01 06:00:00",
+        "2013-01-02",
+        "2013-01-01t07:30:00-0130",
+        "2013-01-01T10:00:00z",
+    ]
+    expected = [
+        "2013-01-01T00:00Z",
+        "2013-01-01T06:00Z",
+        "2013-01-02T00:00Z",
+        "2013-01-01T09:00Z",
+        "2013-01-01T10:00Z",
+    ]
+
+    typed, bad, _ = convert_column(raw(*texts[::order]), "timestamp")
+
+    assert typed.tolist() == [pd.Timestamp(e) for e in expected[::order]] and not bad.any()
 
 
 def test_parquet_typed_values_convert_without_text_parsing():

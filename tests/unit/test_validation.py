@@ -138,6 +138,7 @@ def test_html_report_escapes_values():
         "bad_fraction": 1.0,
         "max_bad_row_fraction": 0.1,
         "malformed_lines": 0,
+        "rejected_lines": 0,
         "rejected_files": [{"key": "k<script>", "reason": "r"}],
         "rules": [
             {
