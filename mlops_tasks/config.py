@@ -312,7 +312,12 @@ class TrainingSpec(_Strict):
 
 
 class ExportSpec(_Strict):
-    parity_tolerance: float = Field(1e-4, gt=0, description="Max abs diff between torch and onnxruntime.")
+    parity_tolerance: float = Field(
+        1e-4,
+        gt=0,
+        description="Max difference between torch and onnxruntime outputs: absolute for probabilities, "
+        "in target standard deviations for a regression score.",
+    )
     parity_rows: int = Field(2048, ge=1)
     quantize: bool = Field(False, description="Try dynamic int8 quantisation.")
     quantize_metric_tolerance: float = Field(

@@ -84,9 +84,10 @@ def labelled_rows(frame: pd.DataFrame, cfg: PipelineConfig) -> tuple[pd.DataFram
 
 
 def label_targets(label: pd.Series, task: str, classes: list[Any] | None) -> np.ndarray:
-    """Labels as metric inputs: binary 0/1 (positive = last class), multiclass class index (-1 =
-    a class the model does not know), regression floats. Labels and classes are compared as
-    :func:`class_text` (a model's metadata may list its classes as numbers)."""
+    """Labels as metric inputs: binary 0/1 (positive = last class), multiclass class index, regression
+    floats. A multiclass label the model does not know gets an index past the model's classes (one per
+    such label, in sorted order), so :func:`compute_metrics` scores its rows too. Labels and classes are
+    compared as :func:`class_text` (a model's metadata may list its classes as numbers)."""
     if task == "regression":
         return label.to_numpy(dtype=np.float64)
     assert classes is not None, "classification needs the model's classes"
@@ -94,16 +95,21 @@ def label_targets(label: pd.Series, task: str, classes: list[Any] | None) -> np.
     text = class_text(label)
     if task == "binary":
         return (text == known[-1]).to_numpy(dtype=np.float64, na_value=0.0)
-    return pd.Categorical(text, categories=known).codes.astype(np.int64)
+    unknown = sorted(set(text.dropna()) - set(known))
+    return pd.Categorical(text, categories=known + unknown).codes.astype(np.int64)
+
+
+def _finite(value: Any) -> float | None:
+    return float(value) if value is not None and np.isfinite(value) else None
 
 
 def _defined(fn: Any, *args: Any, **kwargs: Any) -> float | None:
-    """A metric value, or None where it is undefined on these rows (e.g. AUC of a single class)."""
+    """A metric value, or None where it is undefined on these rows (e.g. AUC of a single class, any
+    metric of a NaN prediction)."""
     try:
-        value = float(fn(*args, **kwargs))
+        return _finite(fn(*args, **kwargs))
     except ValueError:
         return None
-    return value if np.isfinite(value) else None
 
 
 def compute_metrics(
@@ -113,13 +119,20 @@ def compute_metrics(
 
     ``y_true`` as produced by :func:`label_targets`; ``score``/``probabilities`` as in the ONNX contract.
     """
-    y_true = np.asarray(y_true)
     score = np.asarray(score, dtype=np.float64)
+    metrics = _metrics(task, np.asarray(y_true), score, probabilities)
+    # A model predicting NaN/inf for a row has no defined quality on these rows (accuracy and f1 would
+    # count NaN as a class), so the gate's metric_defined check rejects it whatever the primary metric.
+    finite = np.isfinite(score).all() and (probabilities is None or np.isfinite(probabilities).all())
+    return metrics if finite else dict.fromkeys(metrics)
+
+
+def _metrics(
+    task: str, y_true: np.ndarray, score: np.ndarray, probabilities: np.ndarray | None
+) -> dict[str, float | None]:
     if task == "regression":
-        return {
-            "rmse": float(np.sqrt(np.mean((score - y_true) ** 2))),
-            "mae": float(np.mean(np.abs(score - y_true))),
-        }
+        error = score - y_true
+        return {"rmse": _defined(np.sqrt, np.mean(error**2)), "mae": _defined(np.mean, np.abs(error))}
     if task == "binary":
         y = y_true.astype(np.int64)
         p = np.clip(score, _EPS, 1 - _EPS)
@@ -136,19 +149,28 @@ def compute_metrics(
         raise ValueError("multiclass metrics need the probabilities output")
     proba = np.clip(np.asarray(probabilities, dtype=np.float64), _EPS, 1)
     proba = proba / proba.sum(axis=1, keepdims=True)
-    labels = list(range(proba.shape[1]))
     y = y_true.astype(np.int64)
-    known = y >= 0
+    if (y < 0).any():
+        raise ValueError("multiclass targets must be class indices as label_targets makes them (no -1)")
+    # Every row counts, also one whose class the model does not know (index past its classes): it gets
+    # probability 0 for that class. Dropping such rows instead would score a challenger lacking a class
+    # on other rows than the champion, and reward it for the rows it cannot get right. Refusing the
+    # comparison would block every model trained after a class appeared or vanished.
+    proba = np.pad(proba, ((0, 0), (0, max(0, int(y.max(initial=-1)) + 1 - proba.shape[1]))))
     predicted = proba.argmax(axis=1)
-    onehot = np.eye(len(labels))[y[known]]
+    onehot = np.eye(proba.shape[1])[y]
+    # Averaged over the classes in the rows: the same for every model judged on them.
     present = onehot.any(axis=0)
+    true_p = np.clip(proba[np.arange(len(y)), y], _EPS, 1)
     return {
         "accuracy": float(np.mean(predicted == y)),
-        "f1": float(skm.f1_score(y, predicted, labels=labels, average="macro", zero_division=0)),
-        "log_loss": _defined(skm.log_loss, y[known], proba[known], labels=labels),
-        "roc_auc": _defined(skm.roc_auc_score, onehot[:, present], proba[known][:, present], average="macro"),
+        "f1": float(
+            skm.f1_score(y, predicted, labels=np.flatnonzero(present), average="macro", zero_division=0)
+        ),
+        "log_loss": _defined(np.mean, -np.log(true_p)),
+        "roc_auc": _defined(skm.roc_auc_score, onehot[:, present], proba[:, present], average="macro"),
         "pr_auc": _defined(
-            skm.average_precision_score, onehot[:, present], proba[known][:, present], average="macro"
+            skm.average_precision_score, onehot[:, present], proba[:, present], average="macro"
         ),
     }
 
@@ -234,7 +256,8 @@ def gate_checks(
     gate = cfg.gate
     name = gate.primary_metric
     higher = HIGHER_IS_BETTER[name]
-    value = challenger["metrics"].get(name)
+    # NaN/inf would pass every comparison below that is not written to fail on it.
+    value = _finite(challenger["metrics"].get(name))
     checks = [
         _check(
             "metric_defined",
@@ -254,7 +277,7 @@ def gate_checks(
                 "min_value", ok, value, gate.min_value, f"{name} {value:.4f} must be {rel} {gate.min_value}"
             )
         )
-    champ_value = champion["metrics"].get(name) if champion else None
+    champ_value = _finite(champion["metrics"].get(name)) if champion else None
     if champion is not None and champ_value is None:
         # Without the champion's value there is no comparison: passing would promote blind.
         checks.append(

@@ -5,19 +5,22 @@ JSON rather than traced with ``torch.onnx.export``: the network is a fixed, smal
 (embedding lookups, Linear, ReLU), so the direct graph is exact, takes milliseconds, has no exporter
 version quirks, and produces identical bytes for identical weights. Preprocessing lives in the graph:
 
-    numeric  [N,k] float32 -> ai.onnx.ml Imputer (NaN -> median) -----------------------------+
+    numeric  [N,k] float32 -> ai.onnx.ml Imputer (NaN -> median) -> Sub (mean) --------------+
     categorical_values [D] string -> per column: ai.onnx.ml LabelEncoder (vocab -> 1..V,        +-> Concat
         unseen/"" -> 0) -> Gather (embedding table) -> [D, d]; Gather by categorical_codes[:, j] --+
     -> Gemm/Relu ... -> Sigmoid (binary) | Softmax + ReduceMax (multiclass) | affine (regression)
 
-Standardisation ``(x - mean) / std`` is folded into the first layer's weights and bias (computed in
-float64): an affine map followed by an affine map is one affine map, and scoring skips two
-elementwise passes over ``[N, k]``. The vocabulary lookup runs over the batch's distinct values
-(``D``), not its rows (see :mod:`mlops_tasks.features`, contract 2).
+Of standardisation ``(x - mean) / std``, the division is folded into the first layer's weights
+(computed in float64), which skips an elementwise pass over ``[N, k]``. The centring stays a ``Sub``
+as in torch: folded into the bias as well, a feature far from zero relative to its spread (values
+~1e6, std 5) would be two large float32 terms cancelling in the Gemm, losing the digits that matter.
+The vocabulary lookup runs over the batch's distinct values (``D``), not its rows (see
+:mod:`mlops_tasks.features`, contract 2).
 
 Because the graph is not traced, the parity check is the guarantee: onnxruntime and torch must agree
 on ``export.parity_rows`` real rows within ``export.parity_tolerance``, else :class:`ParityError` and
-nothing is logged (so nothing can be registered).
+nothing is logged (so nothing can be registered). Probabilities compare absolutely, a regression score
+in units of the target's standard deviation (see :func:`check_parity`).
 """
 
 from __future__ import annotations
@@ -79,7 +82,7 @@ def build_onnx(net: TabularNet, spec: NetSpec) -> onnx.ModelProto:
         return name
 
     layers = [layer for layer in net.mlp if type(layer).__name__ != "Dropout"]  # identity at inference
-    first_weight, first_bias = _standardisation_folded(layers[0], spec)
+    first_weight, first_bias = _scaling_folded(layers[0], spec)
     parts: list[str] = []
     if spec.numeric:
         inputs.append(
@@ -96,12 +99,14 @@ def build_onnx(net: TabularNet, spec: NetSpec) -> onnx.ModelProto:
                 replaced_value_float=float("nan"),
             )
         )
-        parts.append("num_imputed")
         # ONNX shape inference has no rule for ai.onnx.ml ops; tools downstream (the int8 quantizer)
         # need the type of what the Imputer produces
         value_info.append(
             helper.make_tensor_value_info("num_imputed", TensorProto.FLOAT, ["N", len(spec.numeric)])
         )
+        mean = const("num_mean", np.asarray(spec.mean, np.float32))
+        nodes.append(helper.make_node("Sub", ["num_imputed", mean], ["num_centred"]))
+        parts.append("num_centred")
     if spec.categorical:
         inputs += [
             helper.make_tensor_value_info(CATEGORICAL_VALUES_INPUT, TensorProto.STRING, ["D"]),
@@ -192,17 +197,15 @@ def _weights(linear: Any) -> tuple[np.ndarray, np.ndarray]:
     return linear.weight.detach().numpy().astype(np.float32), linear.bias.detach().numpy().astype(np.float32)
 
 
-def _standardisation_folded(first: Any, spec: NetSpec) -> tuple[np.ndarray, np.ndarray]:
-    """The first Linear's (weight, bias) applied to imputed, *unscaled* numeric columns: with
-    ``x' = (x - mean) / std``, ``W x' + b = (W / std) x + (b - (W / std) mean)``."""
+def _scaling_folded(first: Any, spec: NetSpec) -> tuple[np.ndarray, np.ndarray]:
+    """The first Linear's (weight, bias) applied to centred, *unscaled* numeric columns: with
+    ``x' = (x - mean) / std``, ``W x' + b = (W / std)(x - mean) + b``."""
     if type(first).__name__ != "Linear":
         raise TypeError(f"the network must start with a Linear layer, not {type(first).__name__}")
     weight = first.weight.detach().numpy().astype(np.float64)
-    bias = first.bias.detach().numpy().astype(np.float64)
     k = len(spec.numeric)
     weight[:, :k] /= np.asarray(spec.std, np.float64)
-    bias -= weight[:, :k] @ np.asarray(spec.mean, np.float64)
-    return weight.astype(np.float32), bias.astype(np.float32)
+    return weight.astype(np.float32), first.bias.detach().numpy().astype(np.float32)
 
 
 def _set_metadata(model: onnx.ModelProto, spec: NetSpec) -> None:
@@ -221,28 +224,36 @@ def _set_metadata(model: onnx.ModelProto, spec: NetSpec) -> None:
 def check_parity(
     model_bytes: bytes, net: TabularNet, spec: NetSpec, frame: pd.DataFrame, tolerance: float
 ) -> float:
-    """Max abs difference of onnxruntime vs torch outputs on ``frame``; ParityError above ``tolerance``."""
+    """Max difference of onnxruntime vs torch outputs on ``frame``; ParityError above ``tolerance``.
+
+    Probabilities (and so classification scores) compare absolutely. A regression score compares in
+    units of the target's standard deviation, the scale the network computes in: float32 rounding of
+    the score alone grows with the target's magnitude (0.06 around 5e5) and says nothing about the graph.
+    """
     import onnxruntime as ort
 
     session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     got = dict(zip(names, session.run(None, onnx_inputs(frame, spec.features, "parity rows")), strict=True))
     score, proba = predict(net, spec, frame)
-    pairs = [(got[SCORE_OUTPUT], score)]
+    regression = spec.task == "regression"
+    pairs = [(got[SCORE_OUTPUT], score, spec.target_std if regression else 1.0)]
     if proba is not None:
-        pairs.append((got[PROBABILITIES_OUTPUT], proba))
+        pairs.append((got[PROBABILITIES_OUTPUT], proba, 1.0))
     diff = 0.0
-    for onnx_out, torch_out in pairs:
+    for onnx_out, torch_out, scale in pairs:
         a, b = np.asarray(onnx_out, np.float64), np.asarray(torch_out, np.float64)
         if a.shape != b.shape or (np.isnan(a) != np.isnan(b)).any():
             diff = float("inf")
             break
         if a.size:
-            diff = max(diff, float(np.nanmax(np.abs(a - b), initial=0.0)))
+            diff = max(diff, float(np.nanmax(np.abs(a - b), initial=0.0)) / scale)
     if not diff <= tolerance:
+        unit = " target standard deviations" if regression else ""
         raise ParityError(
-            f"ONNX export does not match the torch model: max abs difference {diff:.3g} over {len(frame)} "
-            f"rows exceeds export.parity_tolerance {tolerance:g}; the model is not exported or registered"
+            f"ONNX export does not match the torch model: max abs difference {diff:.3g}{unit} over "
+            f"{len(frame)} rows exceeds export.parity_tolerance {tolerance:g}; the model is not exported "
+            "or registered"
         )
     return diff
 

@@ -9,8 +9,11 @@
   batch inference shadow-scores.
 * Who is champion is a function of the version tags alone (:func:`_champion_line`): the versions the
   gate promoted form a tree, each under the champion its gate beat; from the top, follow the best-gated
-  child (primary metric; on a tie the older version) down to a version that no one has beaten. A
-  rejected version is not in the tree, so it never becomes champion. A rollback fences the restored
+  child down to a version that no one has beaten. Children rank on the primary metric their gates
+  recorded, never on the reader's config, so changing ``gate.primary_metric`` re-ranks nothing already
+  registered; children gated on different metrics (the config changed during a race) rank on the
+  oldest one's, which later arrivals do not change; on a tie the older version wins. A rejected
+  version is not in the tree, so it never becomes champion. A rollback fences the restored
   version: the versions gated against it that exist at the rollback (the rolled-back champion and
   those it beat in a race) never count again; challengers gated against it later do.
 * Stale gates: siblings compete on metrics measured on different evaluation windows, which is only fair
@@ -38,9 +41,12 @@
   for a moment, never for good. Rollback writes its fence, then runs the same loop. (The one input that
   is not a tag: a version rejected before the ``challenger_eligible`` tag existed stays eligible while it
   holds the alias; once moved off it, it never is again, so this settles too.)
-* Promotion moves aliases as the very last step (``previous_champion`` first, then ``champion``, then
-  ``challenger``), so a failure at any earlier point leaves the served model untouched; a retry
-  converges again.
+* Promotion moves aliases as the very last step, so a failure at any earlier point leaves the served
+  model untouched; a retry converges again. Of ``champion`` and ``previous_champion``, the one that
+  moves onto the version the other holds goes first (a promotion: ``previous_champion``; a rollback:
+  ``champion``), then ``challenger``. Stopped between the two writes, both aliases name one version and
+  ``previous_champion`` never skips a step, so a retried rollback neither rolls back twice nor jumps
+  over a champion; it sees both aliases on one version and only finishes the move.
 """
 
 from __future__ import annotations
@@ -63,6 +69,8 @@ CHALLENGER = "challenger"
 
 GATE_DECISION = "gate_decision"
 PROMOTE, REJECT, STALE = "promote", "reject", "stale"  # values of GATE_DECISION
+# The metric the gate judged this version on; its value is tagged as gate_<metric>.
+PRIMARY_METRIC = "gate_primary_metric"
 # The champion version the gate compared this version against ("" when there was none).
 BASELINE = "gate_champion_version"
 # The newest version of the model when the gate ran ("" when unknown or none).
@@ -145,10 +153,10 @@ def _versions(client: Any, name: str) -> list[ModelVersion]:
     return list(client.search_model_versions(f"name='{name}'"))
 
 
-def _stale_against(versions: list[ModelVersion], primary: str, baseline: str) -> str | None:
+def _stale_against(versions: list[ModelVersion], baseline: str) -> str | None:
     """The champion (as the tags say) that makes a gate against ``baseline`` out of date, or None when
     the champion is that baseline or a sibling gated against it (a race; see module doc)."""
-    line = _champion_line(versions, primary)
+    line = _champion_line(versions)
     if not line:
         return None
     champion = line[-1]
@@ -158,12 +166,12 @@ def _stale_against(versions: list[ModelVersion], primary: str, baseline: str) ->
 
 
 def _write_gate_tags(
-    client: Any, version: ModelVersion, run_id: str, decision: dict[str, Any], data_version: str, primary: str
+    client: Any, version: ModelVersion, run_id: str, decision: dict[str, Any], data_version: str
 ) -> dict[str, str]:
     """Tag the version with its gate record, ``gate_decision`` last: only then does it count."""
     name = version.name
     baseline = decision.get("champion_version") or ""
-    stale = _stale_against(_versions(client, name), primary, baseline)
+    stale = _stale_against(_versions(client, name), baseline)
     outcome = PROMOTE if decision["promote"] else REJECT
     reason = decision["reason"]
     if stale is not None:
@@ -185,7 +193,7 @@ def _write_gate_tags(
         "run_id": run_id,
         "data_version": data_version,
         "gate_reason": reason[:4000],
-        "gate_primary_metric": decision["primary_metric"],
+        PRIMARY_METRIC: decision["primary_metric"],
         BASELINE: baseline,
         GATE_NEWEST: str(decision.get("registry_newest_version") or ""),
         CHALLENGER_ELIGIBLE: "true" if eligible else "false",
@@ -207,7 +215,6 @@ def register(
     time it registered; it is registered but never promoted until gated (and registered) again.
     """
     name = cfg.registered_model_name
-    primary = cfg.gate.primary_metric
     client = tracking.client(tracking_uri)
     with _reachable(tracking_uri, f"register run {run_id} as a version of '{name}'"):
         _ensure_model(client, name)
@@ -215,14 +222,14 @@ def register(
         tags = dict(_tags(version))
         # A stale version is not in the tree, so writing its tags again (after a new gate) is safe.
         if tags.get(GATE_DECISION) in (None, STALE):
-            tags = _write_gate_tags(client, version, run_id, decision, data_version, primary)
-        champion, previous = _converge(client, name, primary)
+            tags = _write_gate_tags(client, version, run_id, decision, data_version)
+        champion, previous = _converge(client, name)
     promoted = champion == version.version
     reason = tags["gate_reason"]
     if tags[GATE_DECISION] == PROMOTE and not promoted:
         reason = (
             f"not promoted: the gate passed, but v{champion} is the champion after the registrations "
-            f"that raced this one (compare its gate {primary})"
+            f"that raced this one (compare the gate metrics of v{champion} and v{version.version})"
         )
     return {
         "model_name": name,
@@ -235,17 +242,24 @@ def register(
     }
 
 
-def _champion_line(versions: list[ModelVersion], primary: str) -> list[ModelVersion]:
-    """The promoted versions from the first champion down to the champion, as the tags say (see module
-    doc); empty when nothing is promoted."""
-    higher = HIGHER_IS_BETTER[primary]
+def _best(siblings: list[ModelVersion]) -> ModelVersion:
+    """The best-gated of versions gated against one champion, on the metric the oldest one's gate
+    judged on (see module doc)."""
+    metric = _tags(min(siblings, key=lambda v: int(v.version))).get(PRIMARY_METRIC, "")
+    higher = HIGHER_IS_BETTER.get(metric, True)
 
     def rank(v: ModelVersion) -> tuple[bool, float, int]:  # a missing metric ranks last; ties: older
-        value = _gate_value(v, primary)
+        value = _gate_value(v, metric)
         if value is None:
             return False, 0.0, -int(v.version)
         return True, value if higher else -value, -int(v.version)
 
+    return max(siblings, key=rank)
+
+
+def _champion_line(versions: list[ModelVersion]) -> list[ModelVersion]:
+    """The promoted versions from the first champion down to the champion, as the tags say (see module
+    doc); empty when nothing is promoted."""
     children: dict[str, list[ModelVersion]] = {}
     for v in versions:
         if _tags(v).get(GATE_DECISION) == PROMOTE:
@@ -257,7 +271,7 @@ def _champion_line(versions: list[ModelVersion], primary: str) -> list[ModelVers
         beaten_by = [v for v in children.get(node.version if node else "", []) if int(v.version) > fence]
         if not beaten_by:
             return line
-        line.append(max(beaten_by, key=rank))
+        line.append(_best(beaten_by))
 
 
 def _challenger(versions: list[ModelVersion], line: list[ModelVersion], holder: str | None) -> str | None:
@@ -285,12 +299,12 @@ def _alias(client: Any, name: str, alias: str) -> str | None:
     return found.version if found is not None else None
 
 
-def _converge(client: Any, name: str, primary: str) -> tuple[str | None, str | None]:
+def _converge(client: Any, name: str) -> tuple[str | None, str | None]:
     """Move ``champion``/``previous_champion``/``challenger`` to the target until a read after our last
     write agrees; returns the (champion, previous champion) versions it agreed on."""
     for _ in range(_MAX_ROUNDS):
         versions = _versions(client, name)
-        line = _champion_line(versions, primary)
+        line = _champion_line(versions)
         have = tuple(_alias(client, name, a) for a in (CHAMPION, PREVIOUS_CHAMPION, CHALLENGER))
         challenger = _challenger(versions, line, have[2])
         if line:
@@ -307,8 +321,12 @@ def _converge(client: Any, name: str, primary: str) -> tuple[str | None, str | N
                 "promoted_at",
                 dt.datetime.now(dt.UTC).isoformat(),
             )
-        # previous_champion first, then champion: a failure in between still serves the old champion.
-        for i, alias in ((1, PREVIOUS_CHAMPION), (0, CHAMPION), (2, CHALLENGER)):
+        # The alias moving onto the version the other holds first (see module doc): in between, both
+        # name one version, the old champion on a promotion, the restored one on a rollback.
+        pair = ((1, PREVIOUS_CHAMPION), (0, CHAMPION))
+        if want[0] is not None and want[0] == have[1]:
+            pair = pair[::-1]
+        for i, alias in (*pair, (2, CHALLENGER)):
             if have[i] == want[i]:
                 continue
             if want[i] is not None:
@@ -321,7 +339,11 @@ def _converge(client: Any, name: str, primary: str) -> tuple[str | None, str | N
 
 
 def rollback(cfg: PipelineConfig, *, tracking_uri: str) -> dict[str, Any]:
-    """Serve ``previous_champion`` again; ``previous_champion`` then points one step further back."""
+    """Serve ``previous_champion`` again; ``previous_champion`` then points one step further back.
+
+    Retrying a rollback that failed part-way finishes it (``rolled_back_version`` None when the failed
+    attempt had already moved ``champion``) instead of rolling back a second step.
+    """
     name = cfg.registered_model_name
     client = tracking.client(tracking_uri)
     with _reachable(tracking_uri, f"roll back the champion of '{name}'"):
@@ -331,10 +353,18 @@ def rollback(cfg: PipelineConfig, *, tracking_uri: str) -> dict[str, Any]:
                 f"cannot roll back '{name}': it has no '{PREVIOUS_CHAMPION}' alias (no earlier champion)"
             )
         current = tracking.alias_version(client, name, CHAMPION)
-        newest = client.search_model_versions(
-            f"name='{name}'", max_results=1, order_by=["version_number DESC"]
-        )
-        _write(client.set_model_version_tag, name, previous.version, ROLLBACK_FENCE, newest[0].version)
+        if current is not None and current.version == previous.version:
+            # Both aliases on one version: an alias move stopped between its two writes (see module
+            # doc). Nothing served is rolled back; a rollback's move is finished, a promotion's undone.
+            current = None
+        line = _champion_line(_versions(client, name))
+        # Fence, unless the tags already make it champion (a retried rollback, its fence in place):
+        # fencing again would also drop the challengers gated against it since.
+        if not line or line[-1].version != previous.version:
+            newest = client.search_model_versions(
+                f"name='{name}'", max_results=1, order_by=["version_number DESC"]
+            )
+            _write(client.set_model_version_tag, name, previous.version, ROLLBACK_FENCE, newest[0].version)
         if current is not None:
             _write(
                 client.set_model_version_tag,
@@ -343,7 +373,7 @@ def rollback(cfg: PipelineConfig, *, tracking_uri: str) -> dict[str, Any]:
                 "rolled_back_at",
                 dt.datetime.now(dt.UTC).isoformat(),
             )
-        champion, before = _converge(client, name, cfg.gate.primary_metric)
+        champion, before = _converge(client, name)
     return {
         "model_name": name,
         "champion_version": champion,
@@ -354,7 +384,7 @@ def rollback(cfg: PipelineConfig, *, tracking_uri: str) -> dict[str, Any]:
 
 def _describe(version: ModelVersion) -> dict[str, Any]:
     tags = dict(version.tags or {})
-    primary = tags.get("gate_primary_metric")
+    primary = tags.get(PRIMARY_METRIC)
     return {
         "model_name": version.name,
         "version": version.version,

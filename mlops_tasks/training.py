@@ -10,7 +10,8 @@ pickle anywhere, and :mod:`mlops_tasks.export` can rebuild the exact network fro
 Categorical code 0 is the out-of-vocabulary slot (also used for missing values), so unseen values at
 serving time are a normal input, not an error. Training is deterministic for a fixed seed: one seeded
 validation split, one seeded data order per epoch, deterministic torch kernels. A retry of a killed
-attempt (same run name) marks the attempt's run, left RUNNING, as KILLED.
+attempt (same run name) marks the attempt's run, left RUNNING, as KILLED; a retry of an attempt that
+finished its run and failed afterwards reuses that run rather than training a duplicate.
 """
 
 from __future__ import annotations
@@ -303,6 +304,38 @@ def _end_killed_attempts(client: Any, experiment_id: str, run_name: str) -> None
         client.set_terminated(run.info.run_id, "KILLED")
 
 
+def _finished_attempt(
+    client: Any,
+    experiment_id: str,
+    run_name: str,
+    data_version: str,
+    params: list[Param],
+    code: dict[str, str],
+) -> Any | None:
+    """The FINISHED run of an earlier attempt of this task that trained what this one would, or None.
+
+    An attempt can finish its run and fail afterwards (worker lost before its result was stored);
+    training again would leave a duplicate finished run. The run counts only with its weights and spec
+    logged and the same data version, params (config, row counts) and code version: a task cleared
+    after a config change trains again.
+    """
+    if "'" in run_name + data_version:  # not expressible in MLflow's filter syntax: train again
+        return None
+    filter_string = (
+        f"attributes.run_name = '{run_name}' and attributes.status = 'FINISHED' "
+        f"and tags.data_version = '{data_version}'"
+    )
+    wanted = {p.key: p.value for p in params}
+    for run in client.search_runs([experiment_id], filter_string=filter_string):
+        same_code = all(run.data.tags.get(k) == v for k, v in code.items())
+        if run.data.params != wanted or not same_code:
+            continue
+        logged = {a.path for a in client.list_artifacts(run.info.run_id, "model")}
+        if {tracking.WEIGHTS_ARTIFACT, tracking.SPEC_ARTIFACT} <= logged:
+            return run
+    return None
+
+
 def _params(cfg: PipelineConfig, spec: NetSpec, train_rows: int, val_rows: int) -> list[Param]:
     values = {
         **{f"model.{k}": v for k, v in cfg.model.model_dump().items()},
@@ -346,12 +379,14 @@ def train(
     val_rows, val_label = rows.iloc[val_idx], label.iloc[val_idx]
     _check_labels(fit_label, cfg, "training rows (after the validation split)")
     spec = fit_spec(fit_rows, fit_label, cfg)
+    params = _params(cfg, spec, len(fit_rows), len(val_rows))
+    code = tracking.version_tags()
 
     client = tracking.client(tracking_uri)
     with tracking.reachable(tracking_uri, f"start an MLflow run in experiment '{cfg.experiment_name}'"):
         experiment_id = _ensure_experiment(client, cfg.experiment_name)
         run_tags = {
-            **tracking.version_tags(),
+            **code,
             **(tags or {}),
             "data_version": data_version,
             "trigger": trigger,
@@ -359,11 +394,26 @@ def train(
         }
         if run_name:
             _end_killed_attempts(client, experiment_id, run_name)
+            done = _finished_attempt(client, experiment_id, run_name, data_version, params, code)
+            if done is not None:
+                log.warning(
+                    "MLflow run %s of an earlier attempt finished training: reusing it", done.info.run_id
+                )
+                history = client.get_metric_history(done.info.run_id, "val_loss")
+                return {
+                    "run_id": done.info.run_id,
+                    "experiment_id": experiment_id,
+                    "epochs_run": max((m.step for m in history), default=0),
+                    "best_epoch": int(done.data.tags["best_epoch"]),
+                    "best_val_loss": done.data.metrics["best_val_loss"],
+                    "train_rows": len(fit_rows),
+                    "seconds": round(time.perf_counter() - started, 3),
+                }
         run = client.create_run(experiment_id, run_name=run_name, tags=run_tags)
     run_id = run.info.run_id
     try:
         with tracking.reachable(tracking_uri, f"track training run {run_id}"):
-            client.log_batch(run_id, params=_params(cfg, spec, len(fit_rows), len(val_rows)))
+            client.log_batch(run_id, params=params)
             summary = _fit(cfg, spec, (fit_rows, fit_label), (val_rows, val_label), client, run_id)
             client.set_terminated(run_id, "FINISHED")
     except BaseException:

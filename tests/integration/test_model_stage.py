@@ -81,6 +81,30 @@ def test_training_is_deterministic_for_a_fixed_seed(
         assert torch.equal(a, b), name
 
 
+def test_a_retry_after_the_run_finished_reuses_it_and_a_changed_config_trains_again(
+    binary_cfg: PipelineConfig, split: tuple, mlflow_server: str
+) -> None:
+    """The first attempt finished its run, then the task failed (e.g. its worker was lost)."""
+    run_name = f"{binary_cfg.name}-manual__{uuid.uuid4().hex[:8]}"
+
+    def attempt(cfg: PipelineConfig) -> dict:
+        return training.train(
+            cfg, split[0], tracking_uri=mlflow_server, data_version="dv1", trigger="test", run_name=run_name
+        )
+
+    first = attempt(binary_cfg)
+    retry = attempt(binary_cfg)
+    cleared_after_a_config_change = attempt(tune(binary_cfg, "model", {"seed": 8}))
+
+    summary = ("run_id", "experiment_id", "epochs_run", "best_epoch", "best_val_loss", "train_rows")
+    assert {k: retry[k] for k in summary} == {k: first[k] for k in summary}
+    assert cleared_after_a_config_change["run_id"] != first["run_id"]
+    runs = tracking.client(mlflow_server).search_runs(
+        [first["experiment_id"]], f"attributes.run_name = '{run_name}'"
+    )
+    assert sorted(r.info.status for r in runs) == ["FINISHED", "FINISHED"]
+
+
 def test_training_run_records_params_per_epoch_metrics_tags_and_json_spec(
     trained: dict, mlflow_server: str
 ) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from mlflow.exceptions import MlflowException
 
 from mlops_tasks import evaluation, export, registry, stack, tracking, training
 from mlops_tasks.config import GateSpec, PipelineConfig, load_config
@@ -321,3 +322,116 @@ def test_challenger_gated_before_the_new_champion_registered_stays(
 
     assert not rejected["promoted"] and promoted["promoted"]
     assert alias(cfg, registry.CHALLENGER, mlflow_server) == rejected["version"]
+
+
+# -- interrupted alias moves ---------------------------------------------------------------------
+
+
+def failing_alias_write_once(monkeypatch: pytest.MonkeyPatch, failing: str) -> None:
+    """The first write of alias ``failing`` fails as an unreachable server does (the write is lost)."""
+    real_client = tracking.client
+    state = {"failed": False}
+
+    class Client:
+        def __init__(self, tracking_uri: str) -> None:
+            self._client = real_client(tracking_uri)
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self._client, name)
+
+        def set_registered_model_alias(self, name: str, alias: str, version: str) -> None:
+            if alias == failing and not state["failed"]:
+                state["failed"] = True
+                raise MlflowException(f"API request to {alias} failed with exception simulated outage")
+            self._client.set_registered_model_alias(name, alias, version)
+
+    monkeypatch.setattr(tracking, "client", Client)
+
+
+@pytest.mark.parametrize("failing", [registry.CHAMPION, registry.PREVIOUS_CHAMPION])
+def test_rollback_retried_after_an_alias_write_failed_rolls_back_one_step(
+    base_cfg: PipelineConfig,
+    mlflow_server: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    failing: str,
+) -> None:
+    cfg = model_cfg(base_cfg)
+    for auc, baseline in ((0.70, None), (0.72, "1"), (0.73, "2")):
+        register_bare(cfg, exported_run(mlflow_server, tmp_path), gate(auc, baseline), mlflow_server)
+    failing_alias_write_once(monkeypatch, failing)
+    with pytest.raises(registry.RegistryUnavailable, match="not reachable"):
+        registry.rollback(cfg, tracking_uri=mlflow_server)
+
+    retried = registry.rollback(cfg, tracking_uri=mlflow_server)
+
+    assert (retried["champion_version"], retried["previous_champion_version"]) == ("2", "1")
+    assert alias(cfg, registry.CHAMPION, mlflow_server) == "2"
+    assert alias(cfg, registry.PREVIOUS_CHAMPION, mlflow_server) == "1"
+    # A champion the failed attempt had already restored is not reported (nor tagged) as rolled back.
+    assert retried["rolled_back_version"] == ("3" if failing == registry.CHAMPION else None)
+    restored = tracking.client(mlflow_server).get_model_version(cfg.registered_model_name, "2")
+    assert "rolled_back_at" not in restored.tags
+
+
+# -- the gate's own primary metric --------------------------------------------------------------------
+
+
+def gated_on(metric: str, auc: float, log_loss: float, baseline: str | None, promote: bool = True) -> dict:
+    return {
+        **gate(auc, baseline, promote),
+        "primary_metric": metric,
+        "challenger": {"metrics": {"roc_auc": auc, "log_loss": log_loss}},
+    }
+
+
+def on_metric(cfg: PipelineConfig, metric: str) -> PipelineConfig:
+    return cfg.model_copy(update={"gate": cfg.gate.model_copy(update={"primary_metric": metric})})
+
+
+def test_changing_the_primary_metric_re_ranks_no_registered_version(
+    base_cfg: PipelineConfig, mlflow_server: str, tmp_path: Path
+) -> None:
+    """v2 beat v3 in a race on roc_auc; v3 has the better log_loss. After the config switches to
+    log_loss, neither a registration nor a rollback makes v3 champion."""
+    cfg = model_cfg(base_cfg)
+    for auc, ll, baseline in ((0.60, 0.60, None), (0.70, 0.50, "1"), (0.68, 0.45, "1"), (0.75, 0.40, "2")):
+        register_bare(
+            cfg, exported_run(mlflow_server, tmp_path), gated_on("roc_auc", auc, ll, baseline), mlflow_server
+        )
+    assert (
+        alias(cfg, registry.CHAMPION, mlflow_server),
+        alias(cfg, registry.PREVIOUS_CHAMPION, mlflow_server),
+    ) == ("4", "2")
+    by_log_loss = on_metric(cfg, "log_loss")
+
+    rejected = register_bare(
+        by_log_loss,
+        exported_run(mlflow_server, tmp_path),
+        gated_on("log_loss", 0.5, 0.9, "4", False),
+        mlflow_server,
+    )
+    rolled = registry.rollback(by_log_loss, tracking_uri=mlflow_server)
+
+    assert (rejected["champion_version"], rejected["previous_champion_version"]) == ("4", "2")
+    assert (rolled["champion_version"], rolled["previous_champion_version"]) == ("2", "1")
+
+
+def test_a_race_gated_on_two_metrics_ranks_on_the_first_registration_s(
+    base_cfg: PipelineConfig, mlflow_server: str, tmp_path: Path
+) -> None:
+    cfg = model_cfg(base_cfg)
+    register_bare(
+        cfg, exported_run(mlflow_server, tmp_path), gated_on("roc_auc", 0.6, 0.6, None), mlflow_server
+    )
+    first = register_bare(
+        cfg, exported_run(mlflow_server, tmp_path), gated_on("roc_auc", 0.70, 0.50, "1"), mlflow_server
+    )
+    second = register_bare(
+        on_metric(cfg, "log_loss"),
+        exported_run(mlflow_server, tmp_path),
+        gated_on("log_loss", 0.68, 0.45, "1"),
+        mlflow_server,
+    )
+    assert (first["version"], second["version"], second["champion_version"]) == ("2", "3", "2")
+    assert "compare the gate metrics of v2 and v3" in second["reason"] and not second["promoted"]

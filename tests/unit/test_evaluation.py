@@ -28,17 +28,57 @@ def test_regression_metrics() -> None:
 
 def test_multiclass_metrics_count_a_class_the_model_does_not_know_as_wrong() -> None:
     proba = np.array([[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8], [0.8, 0.1, 0.1]])
-    got = evaluation.compute_metrics("multiclass", np.array([0, 1, 2, -1]), proba.max(axis=1), proba)
+    got = evaluation.compute_metrics("multiclass", np.array([0, 1, 2, 3]), proba.max(axis=1), proba)
     assert got["accuracy"] == 0.75
-    assert got["log_loss"] == pytest.approx(-np.log(0.8))
-    assert got["roc_auc"] == 1.0
+    assert got["log_loss"] == pytest.approx(-(3 * np.log(0.8) + np.log(1e-7)) / 4)
+    # per class: the last row ranks among class 0's; the unknown class 3 is not ranked at all (0.5)
+    assert got["roc_auc"] == pytest.approx((2.5 / 3 + 1 + 1 + 0.5) / 4)
+    assert got["f1"] == pytest.approx((2 / 3 + 1 + 1 + 0) / 4)
 
 
-def test_label_targets_use_the_last_class_as_positive_and_minus_one_for_unknown() -> None:
+def test_multiclass_models_with_different_classes_are_scored_on_the_same_rows_and_classes() -> None:
+    """A challenger trained without class C gets every C row wrong: it must not score better than a
+    champion that knows C (with C rows dropped it got roc_auc 1.0 on the remaining rows)."""
+    label = pd.Series(["A", "B", "C", "C", "C", "A", "B"])
+    y_challenger = evaluation.label_targets(label, "multiclass", ["A", "B"])
+    y_champion = evaluation.label_targets(label, "multiclass", ["A", "B", "C"])
+    sure = np.eye(2)[[0, 1, 0, 1, 0, 0, 1]] * 0.98 + 0.01  # perfect on A and B rows
+    decent = np.eye(3)[y_champion] * 0.6 + 0.4 / 3
+
+    challenger = evaluation.compute_metrics("multiclass", y_challenger, sure.max(axis=1), sure)
+    champion = evaluation.compute_metrics("multiclass", y_champion, decent.max(axis=1), decent)
+
+    for metric in ("roc_auc", "pr_auc", "accuracy", "f1"):
+        assert challenger[metric] < champion[metric], metric
+    assert challenger["log_loss"] > champion["log_loss"]
+
+
+def test_a_model_predicting_nan_has_no_defined_metric_and_fails_the_gate(
+    example_config: PipelineConfig,
+) -> None:
+    regression = evaluation.compute_metrics(
+        "regression", np.array([1.0, 2.0, 3.0]), np.array([1.0, np.nan, 3.0])
+    )
+    binary = evaluation.compute_metrics("binary", np.array([0, 1, 1]), np.array([0.1, np.nan, 0.9]))
+    assert regression == {"rmse": None, "mae": None}
+    assert set(binary.values()) == {None}
+    cfg = gated(example_config, primary_metric="rmse")
+    checks = evaluation.gate_checks(
+        cfg, {"metrics": regression, "onnx_bytes": 1, "p95_batch_latency_ms": 1}, None
+    )
+    assert failed(checks) == ["metric_defined"]
+    # A NaN recorded elsewhere (an older report) is undefined too, for the challenger and the champion.
+    assert failed(evaluation.gate_checks(cfg, candidate("rmse", float("nan")), None)) == ["metric_defined"]
+    assert failed(evaluation.gate_checks(cfg, candidate("rmse", 5.0), candidate("rmse", float("nan")))) == [
+        "beats_champion"
+    ]
+
+
+def test_label_targets_use_the_last_class_as_positive_and_index_unknown_classes_past_the_known() -> None:
     labels = pd.Series(["1", "0", "1"], dtype="string")
     assert evaluation.label_targets(labels, "binary", ["0", "1"]).tolist() == [1.0, 0.0, 1.0]
-    multi = pd.Series(["b", "z", "a"], dtype="string")
-    assert evaluation.label_targets(multi, "multiclass", ["a", "b"]).tolist() == [1, -1, 0]
+    multi = pd.Series(["b", "z", "a", "y", "z"], dtype="string")
+    assert evaluation.label_targets(multi, "multiclass", ["a", "b"]).tolist() == [1, 3, 0, 2, 3]
 
 
 def candidate(metric: str, value: float, size: int = 1000, p95: float = 5.0, version: str = "1") -> dict:

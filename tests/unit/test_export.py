@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import numpy as np
 import onnxruntime as ort
+import pandas as pd
 import pyarrow as pa
 import pytest
 import torch
+from onnx import numpy_helper
 
 from mlops_tasks import export, training
 from mlops_tasks import features as F
-from mlops_tasks.config import PipelineConfig
+from mlops_tasks.config import FeatureSpec, PipelineConfig, TargetSpec
 from tests.unit.test_training import tiny_rows
 
 
@@ -68,10 +70,57 @@ def test_dictionary_encoded_arrow_batches_score_like_pandas_rows(
     np.testing.assert_array_equal(from_arrow, from_pandas)
 
 
-def test_the_graph_has_no_standardisation_or_per_row_string_ops(network: tuple) -> None:
+def test_the_graph_centres_numbers_once_and_has_no_division_or_per_row_string_ops(network: tuple) -> None:
     graph = export.build_onnx(*network).graph
 
     ops = [node.op_type for node in graph.node]
-    assert "Sub" not in ops and "Div" not in ops  # folded into the first Gemm
+    assert ops.count("Sub") == 1 and "Div" not in ops  # 1 / std is folded into the first Gemm
     label_encoders = [node for node in graph.node if node.op_type == "LabelEncoder"]
     assert {tuple(node.input) for node in label_encoders} == {(F.CATEGORICAL_VALUES_INPUT,)}
+
+
+def synthetic_model(
+    cfg: PipelineConfig, task: str, x: np.ndarray, target: np.ndarray
+) -> tuple[training.TabularNet, training.NetSpec, pd.DataFrame]:
+    """An untrained network on rows with numeric ``x``, a second unit-scale column and a category."""
+    rng = np.random.default_rng(0)
+    rows = pd.DataFrame({"x": x, "y": rng.normal(size=len(x)), "c": rng.choice(["a", "b"], len(x))})
+    rows["dep_delay"] = target
+    cfg = cfg.model_copy(
+        update={
+            "features": FeatureSpec(numeric=["x", "y"], categorical=["c"]),
+            "target": TargetSpec(task=task, column="dep_delay") if task == "regression" else cfg.target,
+        }
+    )
+    spec = training.fit_spec(*training.labelled_rows(rows, cfg), cfg)
+    torch.manual_seed(0)
+    return training.TabularNet(spec).eval(), spec, rows
+
+
+def test_regression_parity_is_judged_on_the_target_scale(example_config: PipelineConfig) -> None:
+    """Targets around 5e5 round to 0.03 in float32: that is no parity failure, a shift of the network's
+    output by 1e-3 target standard deviations is."""
+    rng = np.random.default_rng(1)
+    net, spec, rows = synthetic_model(
+        example_config, "regression", rng.normal(size=500), rng.normal(5e5, 1e5, 500)
+    )
+    model = export.build_onnx(net, spec)
+
+    diff = export.check_parity(model.SerializeToString(), net, spec, rows, 1e-4)
+
+    assert diff < 1e-5
+    bias = next(t for t in model.graph.initializer if t.name == f"b{len(spec.hidden_layers) * 2}")
+    bias.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(bias) + 1e-3, bias.name))
+    with pytest.raises(export.ParityError, match="difference 0.001 target standard deviations"):
+        export.check_parity(model.SerializeToString(), net, spec, rows, 1e-4)
+
+
+def test_a_feature_far_from_zero_for_its_spread_keeps_parity(example_config: PipelineConfig) -> None:
+    """Values ~1e6 with std 5: folding the mean into the first bias lost 5e-4 of the probability."""
+    rng = np.random.default_rng(2)
+    x = 1e6 + rng.normal(size=500) * 5
+    net, spec, rows = synthetic_model(example_config, "binary", x, rng.normal(10, 30, 500))
+
+    diff = export.check_parity(export.build_onnx(net, spec).SerializeToString(), net, spec, rows, 1e-4)
+
+    assert diff < 1e-6
