@@ -25,22 +25,18 @@ def without_credentials(url: str) -> str:
     return urlunsplit(parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else "")))
 
 
-def _latest_date(store: ObjectStore, cfg: PipelineConfig, area: str) -> Any:
-    dates = store.list_partition_dates(f"{cfg.prefix}/{area}/")
-    return dates[-1] if dates else None
-
-
 def last_gate(store: ObjectStore, cfg: PipelineConfig) -> dict[str, Any] | None:
-    """The newest gate report: latest window date, then (several runs gating one window) latest write."""
-    day = _latest_date(store, cfg, "reports/gate")
-    if day is None:
-        return None
-    found = [
-        o
-        for o in store.list(partition_prefix(cfg.prefix, "reports/gate", day))
-        if o.key.endswith("gate.json")
-    ]
-    if not found:
+    """The newest gate report: latest window date with one, then (several runs gating one window)
+    latest write."""
+    for day in reversed(store.list_partition_dates(f"{cfg.prefix}/reports/gate/")):
+        found = [
+            o
+            for o in store.list(partition_prefix(cfg.prefix, "reports/gate", day))
+            if o.key.endswith("gate.json")
+        ]
+        if found:
+            break
+    else:
         return None
     reports = [
         o.key
@@ -73,11 +69,17 @@ def last_inference(store: ObjectStore, cfg: PipelineConfig) -> dict[str, Any] | 
 
 
 def last_drift(store: ObjectStore, cfg: PipelineConfig) -> dict[str, Any] | None:
-    day = _latest_date(store, cfg, "reports/drift")
-    if day is None:
+    """The newest drift check: the latest day with its ``drift.json`` (the HTML report goes up
+    first, so a check stopped between the two PUTs left a day without one)."""
+    for day in reversed(store.list_partition_dates(f"{cfg.prefix}/reports/drift/")):
+        prefix = partition_prefix(cfg.prefix, "reports/drift", day)
+        try:
+            report = store.get_json(prefix + "drift.json")
+        except FileNotFoundError:
+            continue
+        break
+    else:
         return None
-    prefix = partition_prefix(cfg.prefix, "reports/drift", day)
-    report = store.get_json(prefix + "drift.json")
     decision = report.get("decision", {})
     return {
         "day": day.isoformat(),
