@@ -36,6 +36,7 @@ import json
 import math
 import re
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -49,6 +50,7 @@ from mlops_tasks.config import ColumnSpec, JoinSpec, PipelineConfig
 from mlops_tasks.errors import DataError
 from mlops_tasks.storage import (
     PARQUET_COMPRESSION,
+    ObjectInfo,
     ObjectStore,
     partition_prefix,
     publish_manifest,
@@ -109,7 +111,8 @@ def ingest_day(store: ObjectStore, cfg: PipelineConfig, day: dt.date) -> dict[st
     """
     landing = partition_prefix(cfg.prefix, "landing", day)
     staging = partition_prefix(cfg.prefix, "staging", day)
-    keys = [o.key for o in store.list(landing) if not o.key.endswith("/")]
+    listed = [o for o in store.list(landing) if not o.key.endswith("/")]
+    keys = [o.key for o in listed]
     if not keys:
         return {
             "date": day.isoformat(),
@@ -182,6 +185,7 @@ def ingest_day(store: ObjectStore, cfg: PipelineConfig, day: dt.date) -> dict[st
         malformed_lines=len(found.malformed),
         malformed_part=malformed_key,
         warnings=found.warnings,
+        landing_files=_fingerprints(listed, cfg),
     )
     return {
         "date": day.isoformat(),
@@ -218,6 +222,85 @@ def _route(name: str, cfg: PipelineConfig) -> str | None:
 
 def _join(cfg: PipelineConfig, name: str) -> JoinSpec:
     return next(j for j in cfg.data.joins if j.name == name)
+
+
+# -- days to (re-)ingest ----------------------------------------------------------------------------
+
+
+def _fingerprints(objects: list[ObjectInfo], cfg: PipelineConfig) -> list[dict[str, Any]]:
+    """What a day is ingested from: each landing file a ``file_pattern`` routes, with its size and
+    ETag (S3 gives an object replaced by other bytes another ETag; no download needed to compare)."""
+    return [
+        {"key": o.key, "size": o.size, "etag": o.etag}
+        for o in objects
+        if _route(o.key.rsplit("/", 1)[-1], cfg) is not None
+    ]
+
+
+def landing_changes(
+    store: ObjectStore, cfg: PipelineConfig, day: dt.date, recorded: list[dict[str, Any]] | None
+) -> dict[str, list[str]] | None:
+    """How ``day``'s landing files differ from ``recorded`` (the ``landing_files`` of its curated
+    manifest): keys ``added``, ``changed`` (another size or ETag) and ``removed``. None when nothing
+    was recorded (a day curated before this was recorded: its files cannot be compared)."""
+    if recorded is None:
+        return None
+    landing = partition_prefix(cfg.prefix, "landing", day)
+    now = {f["key"]: (f["size"], f["etag"]) for f in _fingerprints(store.list(landing), cfg)}
+    before = {f["key"]: (f["size"], f["etag"]) for f in recorded}
+    return {
+        "added": sorted(now.keys() - before.keys()),
+        "changed": sorted(k for k in now.keys() & before.keys() if now[k] != before[k]),
+        "removed": sorted(before.keys() - now.keys()),
+    }
+
+
+@dataclass
+class IngestionPlan:
+    """Which days of a training window to ingest (``todo``) and why the others are left alone."""
+
+    todo: list[dt.date] = field(default_factory=list)
+    curated: list[dt.date] = field(default_factory=list)  # curated and unchanged: used as they are
+    missing: list[dt.date] = field(default_factory=list)  # neither curated nor landed
+    # curated, then landing files were added or replaced: in ``todo`` again, {"day", "added", "changed"}
+    changed: list[dict[str, Any]] = field(default_factory=list)
+    # curated, then files added or replaced while others were removed: kept (see plan_ingestion)
+    kept: list[dict[str, Any]] = field(default_factory=list)
+
+
+def plan_ingestion(store: ObjectStore, cfg: PipelineConfig, days: list[dt.date]) -> IngestionPlan:
+    """Sort ``days`` into those to ingest and the rest.
+
+    A day is ingested when it landed and is not curated, or when it is curated but a landing file
+    was added or replaced since (late or corrected data): its curated partition is rebuilt from all
+    its landing files. Removed landing files alone change nothing (landing retention deletes files
+    once they are curated); a day that gained or changed files *and* lost some is kept as it is,
+    since ingesting it again would drop the removed files' rows: it is reported in ``kept``.
+    """
+    landed = set(store.list_partition_dates(f"{cfg.prefix}/landing/"))
+
+    def look(day: dt.date) -> tuple[dt.date, dict[str, Any] | None, dict[str, list[str]] | None]:
+        manifest = store.read_manifest(partition_prefix(cfg.prefix, "curated", day))
+        if manifest is None or day not in landed:
+            return day, manifest, None
+        return day, manifest, landing_changes(store, cfg, day, manifest.get("landing_files"))
+
+    plan = IngestionPlan()
+    _ = store.client  # built once, before the threads share it
+    with ThreadPoolExecutor(8) as pool:  # two requests a day: a long window on remote S3 adds up
+        for day, manifest, changes in pool.map(look, days):
+            grown = changes is not None and bool(changes["added"] or changes["changed"])
+            if manifest is None:
+                (plan.todo if day in landed else plan.missing).append(day)
+            elif grown and changes["removed"]:
+                plan.kept.append({"day": day, **changes})
+                plan.curated.append(day)
+            elif grown:
+                plan.changed.append({"day": day, "added": changes["added"], "changed": changes["changed"]})
+                plan.todo.append(day)
+            else:
+                plan.curated.append(day)
+    return plan
 
 
 def _required_columns(cfg: PipelineConfig, target: str) -> set[str]:

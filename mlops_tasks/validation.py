@@ -468,7 +468,12 @@ def validate_day(store: ObjectStore, cfg: PipelineConfig, day: dt.date) -> dict[
         for index, start in enumerate(range(0, max(good.num_rows, 1), CURATED_FILE_ROWS))
     ]
     publish_manifest(
-        store, curated, parts, day=day.isoformat(), validation_report=reports + "validation.json"
+        store,
+        curated,
+        parts,
+        day=day.isoformat(),
+        validation_report=reports + "validation.json",
+        landing_files=staged.get("landing_files"),  # what training's planning compares (ingestion)
     )
     return result
 

@@ -155,7 +155,8 @@ class PipelineOperator(BaseOperator):
 
 
 class PlanIngestionOperator(PipelineOperator):
-    """Days of the training window that landed but are not curated yet (the ingest map's input).
+    """Days of the training window to ingest (the ingest map's input): landed but not curated, or
+    curated before landing files were added or replaced (see :func:`mlops_tasks.ingestion.plan_ingestion`).
 
     :param window_end: last day of the window (templated); default: from the run (see
         :func:`retrain_window_end`).
@@ -168,37 +169,49 @@ class PlanIngestionOperator(PipelineOperator):
         self.window_end = window_end
 
     def execute(self, context: Context) -> list[str]:
-        from mlops_tasks.storage import MANIFEST_NAME, partition_prefix
+        from mlops_tasks.ingestion import plan_ingestion
 
-        cfg, store = self.config, self.store
+        cfg = self.config
         end, trigger = (
             (as_date(self.window_end), "manual") if self.window_end else retrain_window_end(context)
         )
         days = window_days(cfg, end)
-        landed = set(store.list_partition_dates(f"{cfg.prefix}/landing/"))
-        todo, done, missing = [], [], []
-        for day in days:
-            if store.exists(partition_prefix(cfg.prefix, "curated", day) + MANIFEST_NAME):
-                done.append(day)
-            elif day in landed:
-                todo.append(day)
-            else:
-                missing.append(day)
+        plan = plan_ingestion(self.store, cfg, days)
         self.log.info(
             "Training window %s..%s (trigger: %s): %d day(s) to ingest, %d already curated, %d without "
             "landing data%s",
             days[0],
             days[-1],
             trigger,
-            len(todo),
-            len(done),
-            len(missing),
-            f" ({', '.join(d.isoformat() for d in missing[:10])}{'...' if len(missing) > 10 else ''})"
-            if missing
-            else "",
+            len(plan.todo),
+            len(plan.curated),
+            len(plan.missing),
+            f" ({_some_days(plan.missing)})" if plan.missing else "",
         )
+        for change in plan.changed:
+            self.log.info(
+                "%s is curated again: landing files added since it was curated: %s; replaced: %s",
+                change["day"],
+                ", ".join(change["added"]) or "none",
+                ", ".join(change["changed"]) or "none",
+            )
+        for change in plan.kept:
+            self.log.warning(
+                "%s keeps its curated data although landing files were added (%s) or replaced (%s): "
+                "others were removed since it was curated (%s), and ingesting the day again would lose "
+                "their rows. Land the removed files again, or delete the day's curated manifest to "
+                "rebuild it from the files there are.",
+                change["day"],
+                ", ".join(change["added"]) or "none",
+                ", ".join(change["changed"]) or "none",
+                ", ".join(change["removed"]),
+            )
         context["ti"].xcom_push(key="window", value={"end": end.isoformat(), "trigger": trigger})
-        return [d.isoformat() for d in todo]
+        return [d.isoformat() for d in plan.todo]
+
+
+def _some_days(days: list[dt.date]) -> str:
+    return ", ".join(d.isoformat() for d in days[:10]) + ("..." if len(days) > 10 else "")
 
 
 class IngestDayOperator(PipelineOperator):

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mlops_tasks import example, inference, validation
+from mlops_tasks import example, inference, ingestion, validation
 from mlops_tasks.config import PipelineConfig
 from mlops_tasks.ingestion import ingest_day
 from mlops_tasks.storage import ObjectStore, partition_prefix
@@ -582,6 +582,55 @@ def test_rerun_is_byte_identical(store, cfg):
     first = snapshot()
     run(store, cfg)
     assert snapshot() == first and len(curated(store, cfg)) == 4
+
+
+def test_training_plans_again_a_curated_day_whose_landing_files_were_added_or_replaced(store, cfg):
+    day_before, missing = DAY - dt.timedelta(days=1), DAY + dt.timedelta(days=1)
+    land(store, cfg, "flights.csv", csv(*GOOD[:2]))
+    land(store, cfg, "weather.csv", WEATHER)
+    land(store, cfg, "notes.txt", "routed nowhere: not recorded, not compared")
+    land(store, cfg, "flights.csv", csv(*GOOD), day=day_before)  # landed, not curated
+    run(store, cfg)
+    recorded = store.read_manifest(partition_prefix(cfg.prefix, "curated", DAY))["landing_files"]
+    assert [f["key"].rsplit("/", 1)[-1] for f in recorded] == ["flights.csv", "weather.csv"]
+
+    def plan() -> ingestion.IngestionPlan:
+        return ingestion.plan_ingestion(store, cfg, [day_before, DAY, missing])
+
+    unchanged = plan()
+    assert (unchanged.todo, unchanged.curated, unchanged.missing) == ([day_before], [DAY], [missing])
+    land(store, cfg, "notes.txt", "edited, still routed nowhere")
+    assert plan().curated == [DAY]
+
+    late = land(store, cfg, "flights_late.csv", csv(GOOD[2]))
+    assert plan().todo == [day_before, DAY]
+    assert plan().changed == [{"day": DAY, "added": [late], "changed": []}]
+    run(store, cfg)  # what the training DAG then does: the late rows are curated
+    assert sorted(curated(store, cfg)["id"]) == [1, 2, 3] and plan().todo == [day_before]
+
+    corrected = land(store, cfg, "flights.csv", csv(*GOOD[:2], GOOD[3]))  # same name, new bytes
+    assert plan().changed == [{"day": DAY, "added": [], "changed": [corrected]}]
+    run(store, cfg)
+    assert sorted(curated(store, cfg)["id"]) == [1, 2, 3, 4]
+
+    store.delete([late])  # landing retention: the curated day stays as it is
+    assert plan().curated == [DAY] and plan().todo == [day_before]
+    land(store, cfg, "flights.csv", csv(*GOOD))  # and another correction: ingesting would lose id 3
+    kept = plan()
+    assert kept.todo == [day_before] and kept.curated == [DAY]
+    assert kept.kept == [{"day": DAY, "added": [], "changed": [corrected], "removed": [late]}]
+
+
+def test_a_day_curated_before_landing_files_were_recorded_is_not_compared(store, cfg):
+    land(store, cfg, "flights.csv", csv(*GOOD))
+    run(store, cfg)
+    partition = partition_prefix(cfg.prefix, "curated", DAY)
+    manifest = store.read_manifest(partition)
+    del manifest["landing_files"]
+    store.put_json(partition + "_SUCCESS", manifest)
+    land(store, cfg, "flights_late.csv", csv("9,1,AA,EWR,2013-01-01T10:00:00Z"))
+    plan = ingestion.plan_ingestion(store, cfg, [DAY])
+    assert (plan.todo, plan.curated) == ([], [DAY])
 
 
 def test_day_without_landing_files_is_no_data(store, cfg):
