@@ -9,7 +9,7 @@ never a public S3 URL.
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import attrs
 from airflow.sdk import BaseOperatorLink
@@ -22,11 +22,20 @@ if TYPE_CHECKING:
 UI_APP_PREFIX = "/mlops"
 
 
+def ui_app_path() -> str:
+    """Where the UI app is on the Airflow host: ``/mlops`` under the path of ``[api] base_url``
+    (an API server behind a proxy at ``https://host/airflow`` serves it at ``/airflow/mlops``)."""
+    from airflow.sdk.configuration import conf
+
+    base = conf.get("api", "base_url", fallback="") or ""
+    return urlsplit(base).path.rstrip("/") + UI_APP_PREFIX
+
+
 def report_url(uri: str | None) -> str | None:
     """Link to a report in the bucket, served through the authenticated UI app."""
     if not uri:
         return None
-    return f"{UI_APP_PREFIX}/reports?uri={quote(uri, safe='')}"
+    return f"{ui_app_path()}/reports?uri={quote(uri, safe='')}"
 
 
 @attrs.define()

@@ -175,6 +175,16 @@ def test_mlflow_links_use_the_connections_ui_url_else_the_tracking_uri_without_c
     assert MlflowHook("mlflow_plain").get_ui_url() == "https://mlflow.example"
 
 
+def test_report_links_follow_the_api_servers_base_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlops_tasks.airflow.links import report_url
+
+    monkeypatch.setenv("AIRFLOW__API__BASE_URL", "http://localhost:8080")
+    assert report_url("s3://b/r.html") == "/mlops/reports?uri=s3%3A%2F%2Fb%2Fr.html"
+    monkeypatch.setenv("AIRFLOW__API__BASE_URL", "https://tools.example/airflow/")  # behind a proxy
+    assert report_url("s3://b/r.html") == "/airflow/mlops/reports?uri=s3%3A%2F%2Fb%2Fr.html"
+    assert report_url(None) is None
+
+
 def test_every_task_has_the_pipelines_timeout(dags) -> None:
     for dag in dags.values():
         assert {task.execution_timeout for task in dag.tasks} == {dt.timedelta(hours=6)}, dag.dag_id
