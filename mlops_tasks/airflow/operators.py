@@ -14,7 +14,7 @@ import datetime as dt
 import functools
 from collections.abc import Callable, Sequence
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
@@ -31,7 +31,7 @@ from mlops_tasks.airflow.links import (
     report_url,
 )
 from mlops_tasks.airflow.notifiers import announce
-from mlops_tasks.config import PipelineConfig, load_pipeline
+from mlops_tasks.config import ConfigError, PipelineConfig, load_pipeline
 from mlops_tasks.errors import DataError
 from mlops_tasks.observability import emit
 
@@ -39,6 +39,8 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from mlops_tasks.storage import ObjectStore
+
+_Item = TypeVar("_Item")
 
 
 def as_date(value: str | dt.date | dt.datetime) -> dt.date:
@@ -206,8 +208,29 @@ class PlanIngestionOperator(PipelineOperator):
                 ", ".join(change["changed"]) or "none",
                 ", ".join(change["removed"]),
             )
+        todo = mappable(
+            [d.isoformat() for d in plan.todo],
+            f"days to ingest in {days[0]}..{days[-1]}",
+            "run the training DAG for an earlier window_end first, so that fewer days are left to ingest",
+        )
         context["ti"].xcom_push(key="window", value={"end": end.isoformat(), "trigger": trigger})
-        return [d.isoformat() for d in plan.todo]
+        return todo
+
+
+def mappable(items: list[_Item], what: str, fix: str) -> list[_Item]:
+    """``items`` as a mapped task's input, checked against Airflow's ``[core] max_map_length``: past
+    it the API server refuses the XCom ("pushed value is too large to map"), and the task is
+    retried for nothing. A :class:`~mlops_tasks.config.ConfigError` says how many and what to change."""
+    from airflow.sdk.configuration import conf
+
+    limit = conf.getint("core", "max_map_length", fallback=1024)
+    if len(items) > limit:
+        raise ConfigError(
+            f"{len(items)} {what} are more mapped tasks than Airflow allows ([core] max_map_length = "
+            f"{limit}): {fix}, or raise max_map_length (AIRFLOW__CORE__MAX_MAP_LENGTH on the API server "
+            "and the workers)."
+        )
+    return items
 
 
 def _some_days(days: list[dt.date]) -> str:
@@ -555,7 +578,7 @@ class PlanScoringOperator(PipelineOperator):
         if not units:
             raise AirflowSkipException(f"No curated data for {day}: nothing to score.")
         self.log.info("%d work unit(s) for %s", len(units), day)
-        return units
+        return mappable(units, f"work units of {day}", "raise inference.part_rows in the pipeline config")
 
 
 class ScorePartOperator(PipelineOperator):

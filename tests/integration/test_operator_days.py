@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from airflow.sdk.exceptions import AirflowSkipException
 
-from mlops_tasks.airflow.operators import DriftCheckOperator, retrain_window_end
+from mlops_tasks.airflow.operators import DriftCheckOperator, PlanIngestionOperator, retrain_window_end
 from mlops_tasks.config import PipelineConfig
 from mlops_tasks.storage import ObjectStore, partition_prefix, publish_manifest, write_part
 
@@ -62,3 +62,23 @@ def test_a_drift_check_triggered_by_an_event_without_a_day_checks_the_newest_pub
             publish_manifest(store, partition, [part])
     assert operator._day(asset_run({})) == dt.date(2013, 7, 2)  # 07-03 has parts but no manifest
     assert operator._day(asset_run({"day": "2013-07-01"})) == dt.date(2013, 7, 1)
+
+
+def test_a_window_with_more_days_to_ingest_than_airflow_maps_fails_saying_what_to_change(
+    store: ObjectStore, example_config: PipelineConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    operator = PlanIngestionOperator(
+        task_id="plan_ingestion", pipeline="flights_delay", window_end="2013-02-28"
+    )
+    operator.__dict__["store"] = store
+    pushed: dict[str, Any] = {}
+    context: Any = {"ti": SimpleNamespace(xcom_push=lambda key, value: pushed.update({key: value}))}
+    for day in ("2013-02-25", "2013-02-26", "2013-02-27"):
+        store.put_bytes(f"{example_config.prefix}/landing/date={day}/flights.csv", b"year\n2013\n")
+    assert operator.execute(context) == ["2013-02-25", "2013-02-26", "2013-02-27"]
+    assert pushed["window"] == {"end": "2013-02-28", "trigger": "manual"}
+    monkeypatch.setenv("AIRFLOW__CORE__MAX_MAP_LENGTH", "2")
+    with pytest.raises(AirflowFailException, match=r"3 days to ingest in 2013-01-01\.\.2013-02-28 are more"):
+        operator.execute(context)

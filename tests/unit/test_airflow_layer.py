@@ -185,6 +185,20 @@ def test_report_links_follow_the_api_servers_base_url(monkeypatch: pytest.Monkey
     assert report_url(None) is None
 
 
+def test_more_mapped_tasks_than_airflow_allows_fail_with_the_limit_and_the_fix(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from mlops_tasks.airflow.operators import mappable
+    from mlops_tasks.errors import DataError
+
+    monkeypatch.setenv("AIRFLOW__CORE__MAX_MAP_LENGTH", "3")
+    assert mappable([1, 2, 3], "work units of 2013-06-01", "raise inference.part_rows") == [1, 2, 3]
+    with pytest.raises(
+        DataError, match=r"4 work units of 2013-06-01 are more .* max_map_length = 3\): raise"
+    ):
+        mappable([1, 2, 3, 4], "work units of 2013-06-01", "raise inference.part_rows")
+
+
 def test_every_task_has_the_pipelines_timeout(dags) -> None:
     for dag in dags.values():
         assert {task.execution_timeout for task in dag.tasks} == {dt.timedelta(hours=6)}, dag.dag_id
