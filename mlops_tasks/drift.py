@@ -11,7 +11,8 @@ Three layers, cheapest first, all pure functions of their inputs:
 * :func:`decide` - the retrain policy (drift share, critical columns, prediction drift, live metric
   drop, new data volume), with a cooldown kept in a small JSON state (:func:`next_state`): the days
   a retrain was requested for, and by which run, so that one day's drift is one retrain however
-  often that day is checked.
+  often that day is checked. :func:`run_check` decides and stores the state in one conditional
+  write, so concurrent checks see each other's triggers.
 
 Statistical test per column (Evidently's defaults, reproduced so that both layers agree), chosen
 once from the decision sample (``drift.sample_rows``) and reused by the report, whose smaller sample
@@ -579,6 +580,16 @@ def _describe(column: str, entry: dict) -> str:
     return f"'{column}' ({entry['stat_test']} {label} {value} vs threshold {entry['threshold']})"
 
 
+def _too_few_rows(cfg: PipelineConfig, comparison: dict[str, Any]) -> list[str]:
+    """Why the comparison's sides are too small to decide on (``drift.min_rows``); empty if they are not."""
+    rows, min_rows = comparison["rows"], cfg.drift.min_rows
+    return [
+        f"{side} has {rows[side]} rows, fewer than drift.min_rows={min_rows}"
+        for side in ("reference", "current")
+        if rows[side] < min_rows
+    ]
+
+
 def decide(
     cfg: PipelineConfig,
     comparison: dict[str, Any],
@@ -613,13 +624,10 @@ def decide(
         "prediction_drift": bool(prediction and prediction["drifted"]),
         "rows": {"reference": rows["reference"], "current": rows["current"]},
     }
-    too_few = [side for side in ("reference", "current") if rows[side] < drift.min_rows]
+    too_few = _too_few_rows(cfg, comparison)
     if too_few:
-        reasons = [
-            f"{side} has {rows[side]} rows, fewer than drift.min_rows={drift.min_rows}" for side in too_few
-        ]
-        log.warning("drift check of %s: insufficient data, no decision: %s", day, "; ".join(reasons))
-        return {**base, "retrain": False, "status": "insufficient_data", "reasons": reasons}
+        log.warning("drift check of %s: insufficient data, no decision: %s", day, "; ".join(too_few))
+        return {**base, "retrain": False, "status": "insufficient_data", "reasons": too_few}
 
     columns = comparison["columns"]
     reasons = []
@@ -704,34 +712,49 @@ def run_check(
     *,
     reference: pd.DataFrame,
     current: pd.DataFrame,
-    state: dict | None,
+    state_key: str,
     check_run_id: str | None = None,
     new_rows_since_training: int | None = None,
     live_metric_drop: float | None = None,
     **sides: Unpack[Sides],
 ) -> dict[str, Any]:
-    """compare + Evidently report + decide for ``day``; writes ``drift.json`` (decision, comparison,
-    Evidently summary) and ``drift.html`` under ``reports/drift/date=<day>/`` with one PUT each.
+    """compare + Evidently report + decide for ``day``: stores the cooldown state (:func:`next_state`)
+    at ``state_key`` and writes ``drift.json`` (decision, comparison, Evidently summary) and
+    ``drift.html`` under ``reports/drift/date=<day>/``, with one PUT each.
 
     Returns the decision plus ``report_uri`` and ``html_uri`` (None when there was too little data to
-    decide: no Evidently report is rendered then). The caller stores :func:`next_state` with the same
-    ``check_run_id`` (see :func:`decide`).
+    decide: no Evidently report is rendered then).
+
+    The decision is made on the state in the same conditional write that stores the next state
+    (:meth:`ObjectStore.update_json`): when another check stores a trigger between this one's read
+    and write, this one decides again on the new state, so a nearby or the same day's retrain is not
+    requested twice ("cooldown", "already_requested"). The comparison and the Evidently report do
+    not depend on the state and are made before it is read; ``drift.json`` records the decision
+    committed. A check failing before the state is written has requested nothing; a retry of one
+    failing after (same ``check_run_id``) replaces its own trigger and reaches the same decision.
     """
     comparison = compare(cfg, reference, current, **sides)
-    decision = decide(
-        cfg,
-        comparison,
-        day=day,
-        state=state,
-        check_run_id=check_run_id,
-        new_rows_since_training=new_rows_since_training,
-        live_metric_drop=live_metric_drop,
-    )
     prefix = partition_prefix(cfg.prefix, "reports/drift", day)
     html_uri = summary = None
-    if decision["status"] != "insufficient_data":
+    if not _too_few_rows(cfg, comparison):
         html, summary = evidently_report(cfg, reference, current, day=day, comparison=comparison, **sides)
         html_uri = store.put_bytes(prefix + "drift.html", html.encode(), "text/html; charset=utf-8")
+    decision: dict[str, Any] = {}
+
+    def decide_on(state: dict | None) -> dict[str, Any]:
+        nonlocal decision
+        decision = decide(
+            cfg,
+            comparison,
+            day=day,
+            state=state,
+            check_run_id=check_run_id,
+            new_rows_since_training=new_rows_since_training,
+            live_metric_drop=live_metric_drop,
+        )
+        return next_state(state, decision, day, check_run_id=check_run_id)
+
+    store.update_json(state_key, decide_on)
     report_uri = store.put_json(
         prefix + "drift.json", {"decision": decision, "comparison": comparison, "evidently": summary}
     )

@@ -13,8 +13,8 @@
 Both sides are read part by part through :func:`mlops_tasks.drift.sample_parts`, keeping only the
 seeded sample: the monitor's memory grows with ``drift.sample_rows``, not with the window.
 
-:func:`mlops_tasks.drift.run_check` makes the decision; the cooldown state lives at
-``<prefix>/state/drift.json``.
+:func:`mlops_tasks.drift.run_check` makes the decision and stores the cooldown state at
+``<prefix>/state/drift.json`` in one conditional write.
 """
 
 from __future__ import annotations
@@ -292,10 +292,11 @@ def run_drift_monitor(
         current = current[current.pop(_CURATED) == "both"].reset_index(drop=True)
     reference_scores = _score(model, cfg, reference) if len(reference) else None
     live = live_metric(cfg, current, champion, model)
-    # Read-modify-write without a lock: the store has no conditional PUT, so this assumes one check at
-    # a time per pipeline (the drift DAG runs drift_check with max_active_tis_per_dag=1, backfills
-    # included); two concurrent checks would each miss the other's trigger.
-    state = store.get_json(state_key(cfg)) if store.exists(state_key(cfg)) else None
+    # The cooldown state is decided on and written back by one conditional PUT (If-Match on the ETag
+    # read, ObjectStore.update_json): a check whose state another check changed meanwhile decides
+    # again on the new state, so concurrent checks (a user's DAG without max_active_tis_per_dag=1,
+    # two DAGs checking one pipeline) request one retrain. A store ignoring conditional writes lets
+    # the last writer win, which is safe only for one check at a time (the drift DAG's setting).
     training_end = max(dt.date.fromisoformat(d) for d in record["days"])
     result = drift.run_check(
         store,
@@ -303,7 +304,7 @@ def run_drift_monitor(
         day,
         reference=reference,
         current=current if len(current) else reference.iloc[:0],
-        state=state,
+        state_key=state_key(cfg),
         check_run_id=check_run_id,
         reference_scores=reference_scores if len(current) else None,
         current_scores=current[features.SCORE_OUTPUT].to_numpy() if len(current) else None,
@@ -314,7 +315,6 @@ def run_drift_monitor(
         reference_name=f"champion v{champion['version']} training data ({champion['data_version'][:12]})",
         current_name=f"scored rows {monitored_days(cfg, day)[0]}..{day}",
     )
-    store.put_json(state_key(cfg), drift.next_state(state, result, day, check_run_id=check_run_id))
     return {
         **result,
         "champion_version": champion["version"],

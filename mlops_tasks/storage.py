@@ -14,6 +14,9 @@ Why our own layer instead of calling boto3 everywhere:
   groups and columns it needs (:meth:`ObjectStore.open_ranged`), never a whole day.
 * **Clear errors.** Endpoint unreachable, bucket missing, credentials rejected: one sentence
   naming the endpoint, bucket and key, instead of a botocore traceback.
+* **Small shared state without a lock.** :meth:`ObjectStore.update_json` is a read-modify-write of
+  one JSON object with S3 conditional writes, for state that concurrent tasks update (e.g. the drift
+  monitor's retrain cooldown).
 
 Nothing here imports Airflow; :mod:`mlops_tasks.airflow.hooks` builds :class:`S3Settings` from an
 Airflow connection.
@@ -27,9 +30,10 @@ import hashlib
 import io
 import json
 import os
+import random
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -115,6 +119,15 @@ class ObjectNotFoundError(FileNotFoundError):
     def __init__(self, message: str, key: str) -> None:
         super().__init__(message)
         self.key = key
+
+
+class WriteConflictError(StorageError):
+    """A conditional PUT lost: another writer changed (or created) the object since it was read."""
+
+
+# S3 answers a failed If-Match/If-None-Match with 412 PreconditionFailed, and may answer 409
+# ConditionalRequestConflict while another conditional write of the key is in flight.
+_CONFLICT_CODES = ("PreconditionFailed", "ConditionalRequestConflict", "412")
 
 
 @dataclass(frozen=True)
@@ -237,6 +250,10 @@ class ObjectStore:
                 ) from None
             if code in ("NoSuchKey", "404", "NotFound"):
                 raise ObjectNotFoundError(f"{target} does not exist", key) from None
+            if code in _CONFLICT_CODES:
+                raise WriteConflictError(
+                    f"Cannot {action} {target}: another writer changed it since it was read ({code})"
+                ) from None
             raise StorageError(f"Cannot {action} {target}: {code or exc}") from None
         except BotoCoreError as exc:
             raise StorageError(f"Cannot {action} {target}: {exc}") from None
@@ -357,8 +374,45 @@ class ObjectStore:
         return sum(len(data) for data in objects.values())
 
     def put_json(self, key: str, obj: Any) -> str:
-        data = json.dumps(obj, indent=1, sort_keys=True, default=str).encode()
-        return self.put_bytes(key, data, "application/json")
+        return self.put_bytes(key, _json_bytes(obj), "application/json")
+
+    def update_json(self, key: str, change: Callable[[Any | None], Any], attempts: int = 5) -> Any:
+        """Replace the JSON object ``key`` by ``change(current)`` (``current`` None when it is absent)
+        unless another writer replaces it meanwhile, and return what was written.
+
+        For small state that concurrent tasks read-modify-write: the PUT is conditional on the ETag
+        read (``If-Match``; ``If-None-Match: *`` when absent), so a writer that lost the race reads the
+        winner's object and calls ``change`` on it again, instead of overwriting it. Each conflict
+        means another writer changed the object, so ``attempts`` bounds how many concurrent writers
+        one update outlasts; after that it raises :class:`WriteConflictError` and has written nothing.
+        ``change`` may thus run several times: keep it a cheap function of its argument. A store that
+        ignores conditional headers (older S3-compatible servers) lets the last writer win, as a plain
+        :meth:`put_json` would.
+        """
+        for attempt in range(1, attempts + 1):
+            try:
+                with self._explain("read", key):
+                    response = self.client.get_object(Bucket=self.bucket, Key=key)
+                    current, condition = json.loads(response["Body"].read()), {"IfMatch": response["ETag"]}
+            except FileNotFoundError:
+                current, condition = None, {"IfNoneMatch": "*"}
+            new = change(current)
+            try:
+                with self._explain("write", key):
+                    self.client.put_object(
+                        Bucket=self.bucket,
+                        Key=key,
+                        Body=_json_bytes(new),
+                        ContentType="application/json",
+                        **condition,
+                    )
+                return new
+            except (WriteConflictError, FileNotFoundError):  # replaced, created or deleted meanwhile
+                time.sleep(random.uniform(0, 0.05 * attempt))  # racers answered 409 retry out of step
+        raise WriteConflictError(
+            f"Cannot update {self.uri(key)}: other writers replaced it between each of {attempts} reads "
+            "and the conditional write that followed; this update wrote nothing. Run it again."
+        )
 
     def upload(
         self,
@@ -423,6 +477,11 @@ class ObjectStore:
             yield self.download(key, name)
         finally:
             Path(name).unlink(missing_ok=True)
+
+
+def _json_bytes(obj: Any) -> bytes:
+    """The stored form of JSON objects: indented, keys sorted, so equal content is equal bytes."""
+    return json.dumps(obj, indent=1, sort_keys=True, default=str).encode()
 
 
 def write_part(

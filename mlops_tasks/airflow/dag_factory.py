@@ -212,8 +212,9 @@ def build_drift_dag(cfg: PipelineConfig) -> DAG:
         _schedule(_after_each_day(cfg.drift.schedule), predictions_asset(cfg)),
         "Compare scored inputs with the champion's training data; request retraining on drift.",
     ) as dag:
-        # One check at a time across all runs, backfills included (they ignore max_active_runs):
-        # checks share the retrain cooldown state, read and written back whole.
+        # One check at a time across all runs, backfills included (they ignore max_active_runs): two
+        # checks of a day would render its reports at once. Their shared cooldown state is safe
+        # without it (a conditional write, ObjectStore.update_json) on stores with conditional PUT.
         check = DriftCheckOperator(task_id="drift_check", max_active_tis_per_dag=1, **common)
         TriggerRetrainingOperator(
             task_id="request_retraining", decision=check.output, outlets=[retrain_asset(cfg)], **common

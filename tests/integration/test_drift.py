@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -16,6 +17,7 @@ from mlops_tasks.config import PipelineConfig
 from mlops_tasks.storage import ObjectStore
 from tests.conftest import tune
 
+STATE = "flights_delay/state/drift.json"
 # The example's drift thresholds (configs/flights_delay.yaml, drift:). A one-week window sits in one
 # weather regime, so Evidently's 0.1 distance thresholds flag every week; these flag the seasons.
 EXAMPLE_DRIFT_KNOBS = {"wasserstein_threshold": 1.0, "jensenshannon_threshold": 0.2}
@@ -111,7 +113,7 @@ def test_run_check_writes_html_and_json_reports_to_the_store(
         day,
         reference=winter,
         current=days(flights_weather, "2013-07-08", "2013-07-14"),
-        state=None,
+        state_key=STATE,
     )
     prefix = "flights_delay/reports/drift/date=2013-07-14/"
     assert result["report_uri"] == store.uri(prefix + "drift.json")
@@ -121,6 +123,28 @@ def test_run_check_writes_html_and_json_reports_to_the_store(
     assert stored["decision"]["reasons"] == result["reasons"]
     assert stored["evidently"]["drifted_columns"] == stored["comparison"]["drifted_columns"]
     assert b"Drift is detected" in store.get_bytes(prefix + "drift.html")
+    assert store.get_json(STATE) == {
+        "triggers": [{"day": "2013-07-14", "run_id": None}],
+        "last_check": {"day": "2013-07-14", "status": "drift", "retrain": True},
+    }
+
+
+def test_a_check_whose_report_cannot_be_rendered_stores_no_trigger(
+    store: ObjectStore, cfg, winter, flights_weather
+):
+    # No monitored value in the window: every column "drifted" (no values), nothing for Evidently.
+    # The report is rendered before the state is written, so the failed check requested nothing.
+    july = days(flights_weather, "2013-07-08", "2013-07-14")
+    empty = july.assign(**dict.fromkeys(drift.monitored_columns(cfg), np.nan))
+    assert drift.decide(cfg, drift.compare(cfg, winter, empty), day=dt.date(2013, 7, 14), state=None)[
+        "retrain"
+    ]
+
+    with pytest.raises(drift.DriftInputError, match="nothing for Evidently to compare"):
+        drift.run_check(store, cfg, dt.date(2013, 7, 14), reference=winter, current=empty, state_key=STATE)
+
+    assert not store.exists(STATE)
+    assert store.list("flights_delay/reports/drift/") == []
 
 
 def test_run_check_rerun_writes_identical_bytes(store: ObjectStore, cfg, winter, flights_weather):
@@ -129,7 +153,7 @@ def test_run_check_rerun_writes_identical_bytes(store: ObjectStore, cfg, winter,
     keys = ("drift.json", "drift.html")
     snapshots = []
     for _ in range(2):
-        drift.run_check(store, small, day, reference=winter, current=current, state=None)
+        drift.run_check(store, small, day, reference=winter, current=current, state_key=STATE)
         snapshots.append([store.get_bytes(f"flights_delay/reports/drift/date=2013-12-15/{k}") for k in keys])
     assert snapshots[0] == snapshots[1]
 
@@ -144,9 +168,10 @@ def test_run_check_with_too_few_rows_writes_only_the_json_decision(
         day,
         reference=winter,
         current=days(flights_weather, "2013-07-08", "2013-07-08").head(50),
-        state=None,
+        state_key=STATE,
     )
     assert (result["status"], result["retrain"], result["html_uri"]) == ("insufficient_data", False, None)
     assert [o.key for o in store.list("flights_delay/reports/drift/")] == [
         "flights_delay/reports/drift/date=2013-07-08/drift.json"
     ]
+    assert store.get_json(STATE)["last_check"]["status"] == "insufficient_data"

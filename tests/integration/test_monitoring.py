@@ -344,6 +344,57 @@ def test_a_day_s_retrain_is_requested_once_however_many_runs_check_it(
     ]
 
 
+def another_check_stores(monkeypatch: pytest.MonkeyPatch, store: ObjectStore, state: dict) -> list:
+    """Make another check store ``state`` (its trigger) right after this check read the cooldown state
+    and before its write; returns the states this check decided on."""
+    update, seen = store.update_json, []
+
+    def racing(key: str, change: Callable[[dict | None], dict], attempts: int = 5) -> dict:
+        def overtaken(current: dict | None) -> dict:
+            seen.append(current)
+            if len(seen) == 1:
+                store.put_json(key, state)
+            return change(current)
+
+        return update(key, overtaken, attempts)
+
+    monkeypatch.setattr(store, "update_json", racing)
+    return seen
+
+
+@pytest.mark.parametrize("other_day", [DAY, DAY - dt.timedelta(days=2)], ids=["same_day", "nearby_day"])
+def test_a_check_overtaken_by_another_run_s_trigger_does_not_request_a_second_retrain(
+    world: ObjectStore,
+    cfg: PipelineConfig,
+    champion: Champion,
+    mlflow_server: str,
+    monkeypatch: pytest.MonkeyPatch,
+    other_day: dt.date,
+) -> None:
+    publish_window(world, cfg, champion, change=warmer)  # drifts: a retrain unless another was requested
+    other = {
+        "triggers": [{"day": other_day.isoformat(), "run_id": "scheduled__other"}],
+        "last_check": {"day": other_day.isoformat(), "status": "drift", "retrain": True},
+    }
+    seen = another_check_stores(monkeypatch, world, other)
+
+    result = monitor(world, cfg, mlflow_server)
+
+    assert seen == [None, other]  # the conditional write lost, and the check decided again
+    assert result["retrain"] is False and result["reasons"]
+    if other_day == DAY:
+        assert (result["status"], result["requested_by"]) == ("already_requested", "scheduled__other")
+    else:
+        until = other_day + dt.timedelta(days=cfg.drift.cooldown_days)
+        assert (result["status"], result["cooldown_until"]) == ("cooldown", until.isoformat())
+    assert world.get_json(state_key(cfg)) == {
+        "triggers": other["triggers"],  # the other run's trigger only
+        "last_check": {"day": DAY.isoformat(), "status": result["status"], "retrain": False},
+    }
+    stored = world.get_json(f"{cfg.prefix}/{REPORTS}drift.json")["decision"]
+    assert stored == {k: result[k] for k in stored}  # the report records the committed decision
+
+
 # -- issue #6: bad inputs ---------------------------------------------------------------------------
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,6 +19,7 @@ from mlops_tasks.storage import (
     PartsMissingError,
     S3Settings,
     StorageError,
+    WriteConflictError,
     parse_partition_date,
     partition_prefix,
     publish_manifest,
@@ -272,3 +275,82 @@ def test_no_checksum_goes_with_the_put_where_checksums_are_turned_off(
     _, headers = write_part_sending(ObjectStore(store.settings), tmp_path / "part.bin")
 
     assert not [h for h in headers if h.lower().startswith("x-amz-checksum-")]
+
+
+# -- update_json: read-modify-write with conditional PUTs ---------------------------------------------
+
+STATE = "p/state/counter.json"
+
+
+def increment(current: dict | None) -> dict:
+    return {"n": (current or {"n": 0})["n"] + 1}
+
+
+def test_update_json_creates_an_absent_object_as_put_json_would_write_it(store: ObjectStore) -> None:
+    assert store.update_json(STATE, increment) == {"n": 1}
+
+    written = store.get_bytes(STATE)
+    store.put_json("p/state/plain.json", {"n": 1})
+    assert written == store.get_bytes("p/state/plain.json")
+
+
+def test_update_json_changes_the_stored_object(store: ObjectStore) -> None:
+    store.put_json(STATE, {"n": 5})
+
+    assert store.update_json(STATE, increment) == {"n": 6}
+    assert store.get_json(STATE) == {"n": 6}
+
+
+def other_writer(
+    store: ObjectStore, change: Callable[[Any], dict], writes: int = 1
+) -> tuple[Callable[[Any], dict], list[Any]]:
+    """``change``, wrapped so that for its first ``writes`` calls another writer stores ``{"n": 100 + i}``
+    after this writer's read and before its PUT; records what each call was given."""
+    seen: list[Any] = []
+
+    def racing(current: Any) -> dict:
+        seen.append(current)
+        if len(seen) <= writes:
+            store.put_json(STATE, {"n": 100 + len(seen)})
+        return change(current)
+
+    return racing, seen
+
+
+@pytest.mark.parametrize("before", [None, {"n": 5}], ids=["absent", "existing"])
+def test_update_json_retries_on_the_object_another_writer_stored_between_read_and_put(
+    store: ObjectStore, before: dict | None
+) -> None:
+    if before is not None:
+        store.put_json(STATE, before)
+    change, seen = other_writer(store, increment)
+
+    assert store.update_json(STATE, change) == {"n": 102}
+
+    assert seen == [before, {"n": 101}]  # the second call sees the other writer's object
+    assert store.get_json(STATE) == {"n": 102}  # built on it, not on what was read first
+
+
+def test_update_json_retries_when_another_writer_deleted_the_object_meanwhile(store: ObjectStore) -> None:
+    store.put_json(STATE, {"n": 5})
+    seen: list[Any] = []
+
+    def deleting(current: Any) -> dict:
+        seen.append(current)
+        if len(seen) == 1:
+            store.delete([STATE])
+        return increment(current)
+
+    assert store.update_json(STATE, deleting) == {"n": 1}
+    assert seen == [{"n": 5}, None]
+
+
+def test_update_json_gives_up_after_its_attempts_and_writes_nothing(store: ObjectStore) -> None:
+    store.put_json(STATE, {"n": 5})
+    change, seen = other_writer(store, increment, writes=99)
+
+    with pytest.raises(WriteConflictError, match=rf"Cannot update s3://{store.bucket}/{STATE}: .* 3 reads"):
+        store.update_json(STATE, change, attempts=3)
+
+    assert len(seen) == 3
+    assert store.get_json(STATE) == {"n": 103}  # the other writer's last object, untouched
