@@ -280,6 +280,14 @@ class ModelSpec(_Strict):
     hidden_layers: list[Annotated[int, Field(ge=1, le=4096)]] = Field(default_factory=lambda: [128, 64])
     embedding_dim: int | None = Field(None, ge=1, le=256, description="None: min(16, (vocab+1)//2).")
     dropout: float = Field(0.1, ge=0, lt=1)
+    unknown_category_rate: float = Field(
+        0.05,
+        ge=0,
+        lt=1,
+        description="Share of training values of each categorical feature hidden as unknown (seeded), "
+        "so the out-of-vocabulary slot learns what an unseen or missing value means; at 0 it keeps "
+        "its random initial vector unless the training rows have missing values.",
+    )
     epochs: int = Field(10, ge=1, le=1000)
     batch_size: int = Field(1024, ge=1)
     learning_rate: float = Field(1e-3, gt=0, le=1)

@@ -7,8 +7,9 @@ training rows only and stored as one JSON artifact (``model/model_spec.json``) n
 (``model/weights.pt``, a ``state_dict`` read back only with ``torch.load(weights_only=True)``): no
 pickle anywhere, and :mod:`mlops_tasks.export` can rebuild the exact network from the run alone.
 
-Categorical code 0 is the out-of-vocabulary slot (also used for missing values), so unseen values at
-serving time are a normal input, not an error. Training is deterministic for a fixed seed: one seeded
+Categorical code 0 is the out-of-vocabulary slot (also used for missing values), trained on a small
+share of values hidden as unknown (``model.unknown_category_rate``, :func:`hide_categories`), so
+unseen values at serving time are a normal input, not an error, and score like an average category. Training is deterministic for a fixed seed: one seeded
 validation split, one seeded data order per epoch, deterministic torch kernels. A retry of a killed
 attempt (same run name) marks the attempt's run, left RUNNING, as KILLED; a retry of an attempt that
 finished its run and failed afterwards reuses that run rather than training a duplicate.
@@ -429,6 +430,18 @@ def train(
     }
 
 
+def hide_categories(codes: torch.Tensor, rate: float, generator: torch.Generator) -> torch.Tensor:
+    """``codes`` with each value replaced by the out-of-vocabulary code 0 with probability ``rate``.
+
+    Serving meets values training never saw (a new destination, a new carrier). Code 0 stands for
+    them, but only training rows with missing values would ever train its embedding: without
+    hidden values it keeps its random initial vector, and an unseen value moves the score anywhere.
+    Hidden values teach it the average category instead."""
+    if not rate:
+        return codes
+    return codes.masked_fill(torch.rand(codes.shape, generator=generator) < rate, 0)
+
+
 def _fit(
     cfg: PipelineConfig,
     spec: NetSpec,
@@ -452,6 +465,7 @@ def _fit(
         loss_fn = _loss_fn(spec.task)
         optimizer = torch.optim.AdamW(net.parameters(), lr=m.learning_rate, weight_decay=m.weight_decay)
         order_gen = torch.Generator().manual_seed(m.seed)
+        hide_gen = torch.Generator().manual_seed(m.seed + 1)  # its own stream: the data order stays
         primary = cfg.gate.primary_metric
         best = {"val_loss": float("inf"), "epoch": 0, "state": copy.deepcopy(net.state_dict())}
         epochs_run = 0
@@ -460,7 +474,8 @@ def _fit(
             total = 0.0
             for batch in torch.randperm(len(y), generator=order_gen).split(m.batch_size):
                 optimizer.zero_grad()
-                loss = loss_fn(net(x_num[batch], x_cat[batch]), y[batch])
+                codes = hide_categories(x_cat[batch], m.unknown_category_rate, hide_gen)
+                loss = loss_fn(net(x_num[batch], codes), y[batch])
                 loss.backward()
                 optimizer.step()
                 total += loss.item() * len(batch)

@@ -105,6 +105,28 @@ def test_a_retry_after_the_run_finished_reuses_it_and_a_changed_config_trains_ag
     assert sorted(r.info.status for r in runs) == ["FINISHED", "FINISHED"]
 
 
+def test_the_out_of_vocabulary_slot_is_trained_so_unseen_values_score_like_known_ones(
+    binary_cfg: PipelineConfig, split: tuple, trained: dict, mlflow_server: str, tmp_path: Path
+) -> None:
+    """The example's training rows have no missing categoricals: only values hidden as unknown
+    (model.unknown_category_rate) train the slot an unseen value maps to."""
+    none_hidden = tune(binary_cfg, "model", {"unknown_category_rate": 0.0})
+    bare = training.train(
+        none_hidden, split[0], tracking_uri=mlflow_server, data_version="dv1", trigger="test"
+    )
+
+    def oov_slots(run_id: str, cfg: PipelineConfig) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        net, spec = training.load_run_model(mlflow_server, run_id, tmp_path / run_id)
+        torch.manual_seed(cfg.model.seed)  # as training starts: the initial weights
+        initial = training.TabularNet(spec)
+        return [e.weight[0] for e in net.embeddings], [e.weight[0] for e in initial.embeddings]
+
+    for slot, start in zip(*oov_slots(bare["run_id"], none_hidden), strict=True):
+        assert torch.equal(slot, start)  # untrained: an unseen value lands on a random vector
+    for slot, start in zip(*oov_slots(trained["run_id"], binary_cfg), strict=True):
+        assert not torch.equal(slot, start)
+
+
 def test_training_run_records_params_per_epoch_metrics_tags_and_json_spec(
     trained: dict, mlflow_server: str
 ) -> None:

@@ -98,3 +98,19 @@ def test_too_few_rows_are_refused_with_a_clear_error(example_config: PipelineCon
 def test_net_spec_round_trips_through_json(example_config: PipelineConfig) -> None:
     spec = training.fit_spec(*training.labelled_rows(tiny_rows(), example_config), example_config)
     assert training.NetSpec.from_json(spec.to_json()) == spec
+
+
+def test_hide_categories_hides_the_configured_share_the_same_way_for_a_seed() -> None:
+    import torch
+
+    codes = torch.randint(1, 9, (20_000, 3))
+
+    def hidden(seed: int, rate: float) -> torch.Tensor:
+        return training.hide_categories(codes, rate, torch.Generator().manual_seed(seed))
+
+    once, again = hidden(1, 0.05), hidden(1, 0.05)
+    assert torch.equal(once, again) and not torch.equal(once, hidden(2, 0.05))
+    share = (once == 0).float().mean(dim=0)  # each column on its own
+    assert ((share > 0.045) & (share < 0.055)).all()
+    assert torch.equal(once[once != 0], codes[once != 0])  # the rest untouched
+    assert hidden(1, 0.0) is codes
