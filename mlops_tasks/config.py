@@ -285,8 +285,9 @@ class ModelSpec(_Strict):
         ge=0,
         lt=1,
         description="Share of training values of each categorical feature hidden as unknown (seeded), "
-        "so the out-of-vocabulary slot learns what an unseen or missing value means; at 0 it keeps "
-        "its random initial vector unless the training rows have missing values.",
+        "so the out-of-vocabulary slot learns what an unseen or missing value means; at 0 that slot "
+        "is not trained (it keeps its random initial vector, shrunk by weight_decay) unless the "
+        "training rows have missing values.",
     )
     epochs: int = Field(10, ge=1, le=1000)
     batch_size: int = Field(1024, ge=1)

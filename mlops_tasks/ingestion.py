@@ -233,7 +233,7 @@ def _fingerprints(objects: list[ObjectInfo], cfg: PipelineConfig) -> list[dict[s
     return [
         {"key": o.key, "size": o.size, "etag": o.etag}
         for o in objects
-        if _route(o.key.rsplit("/", 1)[-1], cfg) is not None
+        if not o.key.endswith("/") and _route(o.key.rsplit("/", 1)[-1], cfg) is not None  # not folders
     ]
 
 

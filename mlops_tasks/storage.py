@@ -389,26 +389,31 @@ class ObjectStore:
         ignores conditional headers (older S3-compatible servers) lets the last writer win, as a plain
         :meth:`put_json` would.
         """
+        sent: tuple[Any, bytes] | None = None  # the last conditional write that got a conflict
         for attempt in range(1, attempts + 1):
+            if sent is not None:
+                time.sleep(random.uniform(0, 0.05 * attempt))  # racers answered 409 retry out of step
             try:
                 with self._explain("read", key):
                     response = self.client.get_object(Bucket=self.bucket, Key=key)
-                    current, condition = json.loads(response["Body"].read()), {"IfMatch": response["ETag"]}
+                    stored = response["Body"].read()
+                current, condition = json.loads(stored), {"IfMatch": response["ETag"]}
             except FileNotFoundError:
-                current, condition = None, {"IfNoneMatch": "*"}
+                stored, current, condition = None, None, {"IfNoneMatch": "*"}
+            # botocore resends a PUT whose answer was lost (a timeout, a dropped connection): when S3
+            # had applied it, the resend conflicts with the write itself, which is not another writer's.
+            if sent is not None and stored == sent[1]:
+                return sent[0]
             new = change(current)
+            body = _json_bytes(new)
             try:
                 with self._explain("write", key):
                     self.client.put_object(
-                        Bucket=self.bucket,
-                        Key=key,
-                        Body=_json_bytes(new),
-                        ContentType="application/json",
-                        **condition,
+                        Bucket=self.bucket, Key=key, Body=body, ContentType="application/json", **condition
                     )
                 return new
             except (WriteConflictError, FileNotFoundError):  # replaced, created or deleted meanwhile
-                time.sleep(random.uniform(0, 0.05 * attempt))  # racers answered 409 retry out of step
+                sent = (new, body)
         raise WriteConflictError(
             f"Cannot update {self.uri(key)}: other writers replaced it between each of {attempts} reads "
             "and the conditional write that followed; this update wrote nothing. Run it again."

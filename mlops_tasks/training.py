@@ -9,8 +9,9 @@ pickle anywhere, and :mod:`mlops_tasks.export` can rebuild the exact network fro
 
 Categorical code 0 is the out-of-vocabulary slot (also used for missing values), trained on a small
 share of values hidden as unknown (``model.unknown_category_rate``, :func:`hide_categories`), so
-unseen values at serving time are a normal input, not an error, and score like an average category. Training is deterministic for a fixed seed: one seeded
-validation split, one seeded data order per epoch, deterministic torch kernels. A retry of a killed
+unseen values at serving time are a normal input, not an error, and score like an average category.
+Training is deterministic for a fixed seed: one seeded validation split, one seeded data order per
+epoch, deterministic torch kernels. A retry of a killed
 attempt (same run name) marks the attempt's run, left RUNNING, as KILLED; a retry of an attempt that
 finished its run and failed afterwards reuses that run rather than training a duplicate.
 """

@@ -25,7 +25,7 @@ UI_APP_PREFIX = "/mlops"
 def ui_app_path() -> str:
     """Where the UI app is on the Airflow host: ``/mlops`` under the path of ``[api] base_url``
     (an API server behind a proxy at ``https://host/airflow`` serves it at ``/airflow/mlops``)."""
-    from airflow.sdk.configuration import conf
+    from airflow.sdk import conf
 
     base = conf.get("api", "base_url", fallback="") or ""
     return urlsplit(base).path.rstrip("/") + UI_APP_PREFIX

@@ -221,7 +221,7 @@ def mappable(items: list[_Item], what: str, fix: str) -> list[_Item]:
     """``items`` as a mapped task's input, checked against Airflow's ``[core] max_map_length``: past
     it the API server refuses the XCom ("pushed value is too large to map"), and the task is
     retried for nothing. A :class:`~mlops_tasks.config.ConfigError` says how many and what to change."""
-    from airflow.sdk.configuration import conf
+    from airflow.sdk import conf
 
     limit = conf.getint("core", "max_map_length", fallback=1024)
     if len(items) > limit:
@@ -578,7 +578,12 @@ class PlanScoringOperator(PipelineOperator):
         if not units:
             raise AirflowSkipException(f"No curated data for {day}: nothing to score.")
         self.log.info("%d work unit(s) for %s", len(units), day)
-        return mappable(units, f"work units of {day}", "raise inference.part_rows in the pipeline config")
+        return mappable(
+            units,
+            f"work units of {day}",
+            "raise inference.part_rows in the pipeline config (a unit never spans two curated files, "
+            "of at most 2M rows each, so beyond that only max_map_length helps)",
+        )
 
 
 class ScorePartOperator(PipelineOperator):

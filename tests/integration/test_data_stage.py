@@ -621,6 +621,17 @@ def test_training_plans_again_a_curated_day_whose_landing_files_were_added_or_re
     assert kept.kept == [{"day": DAY, "added": [], "changed": [corrected], "removed": [late]}]
 
 
+def test_folder_markers_in_landing_are_not_files_even_for_a_catch_all_pattern(store, cfg):
+    source = cfg.data.source.model_copy(update={"file_pattern": "*"})
+    catch_all = cfg.model_copy(update={"data": cfg.data.model_copy(update={"source": source})})
+    land(store, catch_all, "", b"")  # the day's folder, as the S3 console's "Create folder" makes it
+    land(store, catch_all, "sub/", b"")
+    land(store, catch_all, "flights.csv", csv(*GOOD))
+    run(store, catch_all)
+    plan = ingestion.plan_ingestion(store, catch_all, [DAY])
+    assert (plan.todo, plan.curated, plan.changed) == ([], [DAY], [])
+
+
 def test_a_day_curated_before_landing_files_were_recorded_is_not_compared(store, cfg):
     land(store, cfg, "flights.csv", csv(*GOOD))
     run(store, cfg)

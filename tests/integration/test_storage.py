@@ -304,14 +304,14 @@ def test_update_json_changes_the_stored_object(store: ObjectStore) -> None:
 def other_writer(
     store: ObjectStore, change: Callable[[Any], dict], writes: int = 1
 ) -> tuple[Callable[[Any], dict], list[Any]]:
-    """``change``, wrapped so that for its first ``writes`` calls another writer stores ``{"n": 100 + i}``
+    """``change``, wrapped so that for its first ``writes`` calls another writer stores ``{"n": 100 * i}``
     after this writer's read and before its PUT; records what each call was given."""
     seen: list[Any] = []
 
     def racing(current: Any) -> dict:
         seen.append(current)
         if len(seen) <= writes:
-            store.put_json(STATE, {"n": 100 + len(seen)})
+            store.put_json(STATE, {"n": 100 * len(seen)})  # never what ``change`` writes
         return change(current)
 
     return racing, seen
@@ -325,10 +325,10 @@ def test_update_json_retries_on_the_object_another_writer_stored_between_read_an
         store.put_json(STATE, before)
     change, seen = other_writer(store, increment)
 
-    assert store.update_json(STATE, change) == {"n": 102}
+    assert store.update_json(STATE, change) == {"n": 101}
 
-    assert seen == [before, {"n": 101}]  # the second call sees the other writer's object
-    assert store.get_json(STATE) == {"n": 102}  # built on it, not on what was read first
+    assert seen == [before, {"n": 100}]  # the second call sees the other writer's object
+    assert store.get_json(STATE) == {"n": 101}  # built on it, not on what was read first
 
 
 def test_update_json_retries_when_another_writer_deleted_the_object_meanwhile(store: ObjectStore) -> None:
@@ -353,4 +353,21 @@ def test_update_json_gives_up_after_its_attempts_and_writes_nothing(store: Objec
         store.update_json(STATE, change, attempts=3)
 
     assert len(seen) == 3
-    assert store.get_json(STATE) == {"n": 103}  # the other writer's last object, untouched
+    assert store.get_json(STATE) == {"n": 300}  # the other writer's last object, untouched
+
+
+def test_update_json_whose_own_write_landed_before_a_conflict_does_not_change_again(
+    store: ObjectStore,
+) -> None:
+    """botocore resends a PUT whose answer was lost; if the store had applied it, the resend answers
+    412. Played here by storing the very object the update then writes, between its read and PUT."""
+    store.put_json(STATE, {"n": 5})
+    seen: list[Any] = []
+
+    def applied_then_conflicting(current: Any) -> dict:
+        seen.append(current)
+        store.put_json(STATE, increment(current))  # the first PUT, applied
+        return increment(current)
+
+    assert store.update_json(STATE, applied_then_conflicting) == {"n": 6}
+    assert seen == [{"n": 5}] and store.get_json(STATE) == {"n": 6}  # not incremented twice
