@@ -544,16 +544,30 @@ def evidently_report(
 
 
 def _triggers(state: dict | None) -> list[dict[str, Any]]:
-    """The state's triggers as ``{"day", "run_id"}``. States written before run ids were recorded list
-    bare days: read as triggers of an unknown run, which no run can claim as its own."""
+    """The state's triggers as ``{"day", "run_id"}`` (plus ``"sent": true`` once the retrain event
+    went out). States written before run ids were recorded list bare days: read as triggers of an
+    unknown run, which no run can claim as its own."""
     return [
         t if isinstance(t, dict) else {"day": t, "run_id": None} for t in (state or {}).get("triggers", [])
     ]
 
 
 def _own(trigger: dict[str, Any], check_run_id: str | None) -> bool:
-    """Whether ``trigger`` is this run's earlier decision (a task retry): without a run id, none is."""
-    return check_run_id is not None and trigger["run_id"] == check_run_id
+    """Whether ``trigger`` is this run's earlier decision that a retry may make again: without a run
+    id, none is; nor one whose retrain event was sent (:func:`mark_sent`): a cleared task of a run
+    that already requested its retrain keeps its run id, and must not request a second one."""
+    return check_run_id is not None and trigger["run_id"] == check_run_id and not trigger.get("sent")
+
+
+def mark_sent(state: dict | None, day: dt.date, check_run_id: str | None) -> dict[str, Any]:
+    """``state`` with the trigger of ``day`` by ``check_run_id`` marked as sent: its retrain event went
+    out, so from then on it blocks that run too (see :func:`_own`)."""
+    new = dict(state or {})
+    new["triggers"] = [
+        {**t, "sent": True} if (t["day"], t["run_id"]) == (day.isoformat(), check_run_id) else t
+        for t in _triggers(state)
+    ]
+    return new
 
 
 def _blocking_trigger(
@@ -689,8 +703,8 @@ def next_state(
     """The state after ``decision`` on ``day`` by run ``check_run_id``: the triggers (``{"day",
     "run_id"}``) and the latest check. A trigger stays once written - a later check of its day ending
     in no_drift or insufficient_data must not lift the cooldown of a retrain already requested -
-    except that the same run deciding again (a retry) replaces its own. Deterministic, so storing it
-    is idempotent."""
+    except that the same run deciding again (a retry) replaces its own, until its retrain event was
+    sent (:func:`mark_sent`). Deterministic, so storing it is idempotent."""
     triggers = [t for t in _triggers(state) if not _own(t, check_run_id)]
     if decision["retrain"]:
         triggers.append({"day": day.isoformat(), "run_id": check_run_id})

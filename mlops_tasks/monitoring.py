@@ -235,6 +235,13 @@ def _rows_since(store: ObjectStore, cfg: PipelineConfig, after: dt.date, day: dt
     return rows
 
 
+def record_retrain_sent(store: ObjectStore, cfg: PipelineConfig, day: dt.date, check_run_id: str) -> None:
+    """Mark the retrain trigger of ``day`` by run ``check_run_id`` as sent (:func:`drift.mark_sent`):
+    a drift check of that run cleared and run again then reports "already_requested" instead of
+    requesting a second retrain."""
+    store.update_json(state_key(cfg), lambda state: drift.mark_sent(state, day, check_run_id))
+
+
 def run_drift_monitor(
     store: ObjectStore, cfg: PipelineConfig, day: dt.date, *, tracking_uri: str, check_run_id: str | None
 ) -> dict[str, Any]:

@@ -785,6 +785,8 @@ class TriggerRetrainingOperator(PipelineOperator):
         self.decision = decision
 
     def execute(self, context: Context) -> dict[str, Any]:
+        from mlops_tasks.monitoring import record_retrain_sent
+
         if not self.decision.get("retrain"):
             raise AirflowSkipException(f"No retraining: {self.decision.get('status')}.")
         extra = {
@@ -795,5 +797,7 @@ class TriggerRetrainingOperator(PipelineOperator):
         }
         for asset in self.outlets:
             context["outlet_events"][asset].extra = extra
+        # A drift check of this run cleared later keeps the run id: it must not request again.
+        record_retrain_sent(self.store, self.config, as_date(self.decision["day"]), context["run_id"])
         announce(self.config.name, "drift_detected", f"retraining requested: {extra['reason']}", extra)
         return extra

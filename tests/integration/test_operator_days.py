@@ -9,7 +9,12 @@ from typing import Any
 import pytest
 from airflow.sdk.exceptions import AirflowSkipException
 
-from mlops_tasks.airflow.operators import DriftCheckOperator, PlanIngestionOperator, retrain_window_end
+from mlops_tasks.airflow.operators import (
+    DriftCheckOperator,
+    PlanIngestionOperator,
+    TriggerRetrainingOperator,
+    retrain_window_end,
+)
 from mlops_tasks.config import PipelineConfig
 from mlops_tasks.storage import ObjectStore, partition_prefix, publish_manifest, write_part
 
@@ -82,3 +87,25 @@ def test_a_window_with_more_days_to_ingest_than_airflow_maps_fails_saying_what_t
     monkeypatch.setenv("AIRFLOW__CORE__MAX_MAP_LENGTH", "2")
     with pytest.raises(AirflowFailException, match=r"3 days to ingest in 2013-01-01\.\.2013-02-28 are more"):
         operator.execute(context)
+
+
+def test_sending_the_retrain_event_marks_the_trigger_so_a_cleared_check_of_the_run_asks_no_more(
+    store: ObjectStore, example_config: PipelineConfig
+) -> None:
+    from collections import defaultdict
+
+    from mlops_tasks.monitoring import state_key
+
+    day, run = dt.date(2013, 7, 14), "scheduled__2013-07-14T00:00:00+00:00"
+    decision = {"day": day.isoformat(), "retrain": True, "status": "drift", "reasons": ["drift"]}
+    other = {"day": "2013-06-01", "run_id": "older"}
+    store.put_json(state_key(example_config), {"triggers": [other, {"day": day.isoformat(), "run_id": run}]})
+    operator = TriggerRetrainingOperator(
+        task_id="request_retraining", pipeline="flights_delay", decision=decision
+    )
+    operator.__dict__["store"] = store
+    context: Any = {"run_id": run, "outlet_events": defaultdict(SimpleNamespace)}
+    assert operator.execute(context)["window_end"] == "2013-07-14"
+    state = store.get_json(state_key(example_config))
+    # what test_drift.py's cleared-check test starts from: the run's trigger blocks the run itself
+    assert state["triggers"] == [other, {"day": day.isoformat(), "run_id": run, "sent": True}]

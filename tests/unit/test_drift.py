@@ -334,6 +334,19 @@ def test_a_retry_of_the_requesting_run_reproduces_its_decision():
     assert drift.next_state(state, first, DAY, check_run_id="run-a") == state
 
 
+def test_a_cleared_check_of_a_run_whose_retrain_went_out_does_not_request_again():
+    """Clearing a finished drift_check reruns it under the same run id; once request_retraining sent
+    the event (mark_sent) the trigger is no longer the run's to make again."""
+    cfg, comparison = make_config(cooldown_days=7), drifted_comparison()
+    state = drift.mark_sent(requested(cfg), DAY, "run-a")
+    assert state["triggers"] == [{"day": DAY.isoformat(), "run_id": "run-a", "sent": True}]
+    again = drift.decide(cfg, comparison, day=DAY, state=state, check_run_id="run-a")
+    assert (again["status"], again["retrain"], again["requested_by"]) == ("already_requested", False, "run-a")
+    assert drift.next_state(state, again, DAY, check_run_id="run-a")["triggers"] == state["triggers"]
+    no_drift = drift.decide(cfg, drift.compare(cfg, frame(3000, 1), frame(3000, 2)), day=DAY, state=state)
+    assert drift.next_state(state, no_drift, DAY, check_run_id="run-a")["triggers"] == state["triggers"]
+
+
 @pytest.mark.parametrize("run", ["run-b", None], ids=["another_run", "no_run_id"])
 @pytest.mark.parametrize("cooldown_days", [7, 0])
 def test_another_check_of_a_requested_day_does_not_request_again(run: str | None, cooldown_days: int):
