@@ -102,12 +102,18 @@ def celery_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[stack_mod
 
 
 @pytest.fixture(scope="module")
-def runs(celery_stack: stack_mod.LocalStack) -> dict[str, dict]:
+def runs(celery_stack: stack_mod.LocalStack) -> Iterator[dict[str, dict]]:
     """Training, then batch inference of one day, both through the scheduler and the workers."""
+    # The stack's configs for this module only: later tests read the repository's.
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("MLOPS_TASKS_CONFIG_DIR", str(celery_stack.config_dir))
+        yield _run_training_and_scoring(celery_stack)
+
+
+def _run_training_and_scoring(celery_stack: stack_mod.LocalStack) -> dict[str, dict]:
     from mlops_tasks.config import load_pipeline
     from mlops_tasks.example import seed_landing
 
-    os.environ["MLOPS_TASKS_CONFIG_DIR"] = str(celery_stack.config_dir)
     cfg = load_pipeline("flights_delay")
     seed_landing(celery_stack.store(cfg.storage.bucket), cfg, dt.date(2013, 1, 1), SCORE_DAY)
     assert celery_stack.wait_dags_parsed() == []
