@@ -6,7 +6,8 @@ Per pipeline ``p``:
   export (ONNX + parity) -> evaluate & gate -> register (alias moved last) -> lineage. Scheduled on
   its cron OR the ``mlops://p/retrain`` asset (drift monitor, or an external POST of an asset event).
 * ``p_batch_inference``: resolve champion once -> ingest + validate the day -> plan parts ->
-  score (mapped) -> publish atomically (emits the predictions asset); shadow-scores the challenger.
+  score (mapped) -> publish atomically (emits the predictions asset); shadow-scores the challenger
+  (a branch skipped as a whole when there is none).
 * ``p_drift_monitor``: on the predictions asset: Evidently drift check -> retrain asset event.
 
 Batch inference (and the drift monitor's optional cron) run once a day is over, the classic daily
@@ -24,6 +25,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from airflow.providers.standard.operators.python import ShortCircuitOperator
 from airflow.sdk import (
     DAG,
     Asset,
@@ -187,9 +189,15 @@ def build_batch_inference_dag(cfg: PipelineConfig) -> DAG:
             outlets=[predictions_asset(cfg)],
             **common,
         )
+        # Without a challenger the whole shadow branch is skipped here, before the mapped task
+        # expands: one skipped task instance, not one per work unit, each taking a worker slot.
+        has_challenger = ShortCircuitOperator(
+            task_id="has_challenger", python_callable=_has_challenger, op_args=[models.output]
+        )
         shadow = ScorePartOperator.partial(
             task_id="shadow_score", models=models.output, role="challenger", **common
         ).expand(unit=plan.output)
+        has_challenger >> shadow
         publish_shadow = PublishPredictionsOperator(
             task_id="publish_shadow",
             part_results=shadow.output,
@@ -202,6 +210,11 @@ def build_batch_inference_dag(cfg: PipelineConfig) -> DAG:
             task_id="shadow_report", models=models.output, **common
         )
     return dag
+
+
+def _has_challenger(models: dict[str, Any]) -> bool:
+    """ResolveChampionOperator found a ``challenger`` alias to shadow-score."""
+    return bool(models.get("challenger"))
 
 
 def build_drift_dag(cfg: PipelineConfig) -> DAG:

@@ -25,6 +25,11 @@ from tests.e2e.conftest import run_dag
 pytestmark = pytest.mark.slow
 
 
+def shadow_states(run) -> dict[tuple[str, int], str]:
+    """``{(task_id, map_index): state}`` of a batch inference run's shadow tasks."""
+    return {(ti.task_id, ti.map_index): ti.state for ti in run.get_task_instances() if "shadow" in ti.task_id}
+
+
 def days(start: str, end: str) -> list[dt.date]:
     first, last = dt.date.fromisoformat(start), dt.date.fromisoformat(end)
     return [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
@@ -66,6 +71,12 @@ def test_lifecycle_from_landing_to_a_retrain_request(lifecycle_env: dict) -> Non
     assert manifest["rows"] > 0
     assert manifest["model_version"] == "1"
     first = read_predictions(store, cfg, day)
+    # No challenger: the shadow branch is skipped as a whole, before the mapped task expands.
+    assert shadow_states(run) == {
+        ("shadow_score", -1): "skipped",
+        ("publish_shadow", -1): "skipped",
+        ("shadow_report", -1): "skipped",
+    }
     run = run_dag("flights_delay_batch_inference", day.isoformat())
     second = read_predictions(store, cfg, day)
     # A new Airflow run differs only by its run id; rows are replaced, never duplicated.
@@ -80,7 +91,11 @@ def test_lifecycle_from_landing_to_a_retrain_request(lifecycle_env: dict) -> Non
     registry = tracking.client(lifecycle_env["mlflow"])
     registry.set_registered_model_alias(cfg.registered_model_name, "challenger", "1")
     try:
-        assert run_dag("flights_delay_batch_inference", day.isoformat()).state == "success"
+        run = run_dag("flights_delay_batch_inference", day.isoformat())
+        assert run.state == "success"
+        shadowed = shadow_states(run)
+        assert shadowed[("publish_shadow", -1)] == shadowed[("shadow_report", -1)] == "success"
+        assert {s for (task, i), s in shadowed.items() if task == "shadow_score" and i >= 0} == {"success"}
     finally:
         registry.delete_registered_model_alias(cfg.registered_model_name, "challenger")
     rows = store.read_manifest(partition)["rows"]

@@ -78,6 +78,15 @@ def test_the_shadow_report_waits_for_both_published_days(dags) -> None:
     assert {"publish", "publish_shadow"} <= report.upstream_task_ids
 
 
+def test_the_shadow_branch_hangs_off_the_challenger_check(dags) -> None:
+    dag = dags["flights_delay_batch_inference"]
+    check = dag.get_task("has_challenger")
+    assert check.upstream_task_ids == {"resolve_champion"}
+    assert check.downstream_task_ids == {"shadow_score"}
+    # everything the check skips is shadow work: the published predictions never wait on it
+    assert check.get_flat_relative_ids(upstream=False) == {"shadow_score", "publish_shadow", "shadow_report"}
+
+
 def test_one_drift_run_at_a_time_as_runs_share_the_retrain_cooldown(dags) -> None:
     dag = dags["flights_delay_drift_monitor"]
     assert dag.max_active_runs == 1
