@@ -305,6 +305,11 @@ class LocalStack:
         return f"http://127.0.0.1:{self._ports['airflow']}"
 
     @property
+    def airflow_base_url(self) -> str:
+        """Where Airflow's UI and API answer: ``[api] base_url``, which may add a path (a proxy's)."""
+        return self.airflow_overrides.get("AIRFLOW__API__BASE_URL", self.airflow_url).rstrip("/")
+
+    @property
     def ui_login(self) -> tuple[str, str]:
         """(user, password) of the Airflow UI admin."""
         return UI_USER, json.loads(self._passwords_file.read_text())[UI_USER]
@@ -482,7 +487,7 @@ class LocalStack:
         """A bearer token of the UI admin for the Airflow REST API (``/api/v2``)."""
         user, password = self.ui_login
         request = urllib.request.Request(
-            self.airflow_url + "/auth/token",
+            self.airflow_base_url + "/auth/token",
             data=json.dumps({"username": user, "password": password}).encode(),
             headers={"Content-Type": "application/json"},
         )

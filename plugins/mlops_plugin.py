@@ -17,10 +17,12 @@ class MlopsPlugin(AirflowPlugin):
     name = "mlops_tasks"
     fastapi_apps = [{"app": app, "url_prefix": UI_PREFIX, "name": "ML models"}]
     # url_route is required: without it Airflow 3 drops the view. The UI embeds href under /plugin/ml-models.
+    # The href is relative (no leading slash): the browser resolves it against the <base> the Airflow UI
+    # sets from [api] base_url, so behind a proxy at https://host/airflow the view is /airflow/mlops/.
     external_views = [
         {
             "name": "ML models",
-            "href": f"{UI_PREFIX}/",
+            "href": f"{UI_PREFIX.lstrip('/')}/",
             "destination": "nav",
             "url_route": "ml-models",
         }

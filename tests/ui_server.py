@@ -28,9 +28,16 @@ AIRFLOW = str(Path(sys.executable).parent / "airflow")
 
 
 @contextmanager
-def api_server_with_lifecycle(state_dir: Path) -> Iterator[tuple[stack.LocalStack, dict[str, Any]]]:
-    """A running api-server (plugins loaded) and the example pipeline's seeded lifecycle state."""
-    local = stack.LocalStack(state_dir).start()
+def api_server_with_lifecycle(
+    state_dir: Path, base_path: str = ""
+) -> Iterator[tuple[stack.LocalStack, dict[str, Any]]]:
+    """A running api-server (plugins loaded) and the example pipeline's seeded lifecycle state.
+
+    ``base_path`` (e.g. ``/airflow``) is the path of ``[api] base_url``, as behind a proxy that
+    serves Airflow under a sub-path; the api-server then answers under that path too."""
+    local = stack.LocalStack(state_dir)
+    local.airflow_overrides["AIRFLOW__API__BASE_URL"] = local.airflow_url + base_path
+    local.start()
     try:
         env = local.airflow_env()
         local.airflow_home.mkdir(parents=True, exist_ok=True)

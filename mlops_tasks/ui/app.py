@@ -134,6 +134,11 @@ def build_app(sources: Sources | None = None) -> FastAPI:
     def root_of(request: Request) -> str:
         return str(request.scope.get("root_path", "")).rstrip("/")
 
+    def airflow_root_of(request: Request) -> str:
+        """Airflow's own path: this app's, less the one segment the plugin mounts it at
+        (``/airflow/mlops`` -> ``/airflow`` behind a proxy at /airflow, ``/mlops`` -> "")."""
+        return root_of(request).rsplit("/", 1)[0]
+
     @app.get("/", response_class=HTMLResponse)
     def index(request: Request) -> HTMLResponse:
         return HTMLResponse(render.overview(rows(), root_of(request)))
@@ -150,7 +155,11 @@ def build_app(sources: Sources | None = None) -> FastAPI:
         try:
             with _MLFLOW_CREDENTIALS:
                 view = views.pipeline_detail(
-                    src.store(cfg), cfg, tracking_uri=src.tracking_uri(cfg), ui_url=src.mlflow_ui_url(cfg)
+                    src.store(cfg),
+                    cfg,
+                    tracking_uri=src.tracking_uri(cfg),
+                    ui_url=src.mlflow_ui_url(cfg),
+                    airflow_path=airflow_root_of(request),
                 )
         except _unavailable() as exc:
             failure = _failure(cfg, exc)

@@ -144,11 +144,16 @@ def _run_url(tracking_uri: str, ui_url: str, run_id: str | None) -> str | None:
 
 
 def pipeline_detail(
-    store: ObjectStore, cfg: PipelineConfig, *, tracking_uri: str, ui_url: str | None = None
+    store: ObjectStore,
+    cfg: PipelineConfig,
+    *,
+    tracking_uri: str,
+    ui_url: str | None = None,
+    airflow_path: str = "",
 ) -> dict[str, Any]:
     """The drill-down of one pipeline: the status row, version history, lineage of the champion (or
     of the newest version) and links into MLflow (at ``ui_url``, default the tracking URI) and the
-    pipeline's Airflow DAGs. Redacted."""
+    pipeline's Airflow DAGs (under ``airflow_path``, the path of Airflow's UI on its host). Redacted."""
     status = pipeline_status(store, cfg, tracking_uri=tracking_uri, ui_url=ui_url)
     ui_url = ui_url or tracking_uri
     champion = status["champion"]
@@ -165,7 +170,7 @@ def pipeline_detail(
             if champion
             else None,
             "mlflow_champion_run": _run_url(tracking_uri, ui_url, champion["run_id"]) if champion else None,
-            "dags": {kind: f"/dags/{cfg.dag_id(kind)}" for kind in DAG_KINDS},
+            "dags": {kind: f"{airflow_path}/dags/{cfg.dag_id(kind)}" for kind in DAG_KINDS},
         },
     }
     return redact(detail)

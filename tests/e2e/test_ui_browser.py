@@ -18,6 +18,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -93,8 +94,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[stack.Loc
 
 @pytest.fixture
 def browser(server: tuple[stack.LocalStack, dict[str, Any]]) -> Iterator[Browser]:
+    with logged_in_browser(server[0]) as tab:
+        yield tab
+
+
+@contextmanager
+def logged_in_browser(local: stack.LocalStack) -> Iterator[Browser]:
     """A fresh headless Chromium whose ``_token`` cookie is the admin's Airflow login."""
-    local = server[0]
     # Chromium's helper processes may still touch the profile while it is removed.
     with tempfile.TemporaryDirectory(prefix="mlops-chromium-", ignore_cleanup_errors=True) as profile:
         argv = [
@@ -178,3 +184,31 @@ def test_the_airflow_ui_embeds_the_view_under_its_nav_route(
         60,
     )
     browser.screenshot(OUTPUT / "airflow_ui_ml_models.png")
+
+
+def test_behind_a_proxy_sub_path_the_nav_view_and_its_report_links_stay_under_it(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """``[api] base_url`` with a path (Airflow behind a proxy at /airflow): the nav route embeds the
+    view from /airflow/mlops/, not from the host's root, and the view's report links keep the path."""
+    require_chromium()
+    with (
+        api_server_with_lifecycle(tmp_path_factory.mktemp("ui-subpath-stack"), "/airflow") as (local, _),
+        logged_in_browser(local) as browser,
+    ):
+        base = local.airflow_base_url
+        assert base == local.airflow_url + "/airflow"
+        browser.open(base + "/plugin/ml-models")
+        src = browser.wait_for("document.querySelector('iframe') && document.querySelector('iframe').src", 90)
+        assert src == base + "/mlops/"
+        view = "document.querySelector('iframe').contentDocument"
+        assert (
+            browser.wait_for(f"{view} && {view}.querySelector('.champion-version')?.textContent", 60) == "v2"
+        )
+        report = browser.evaluate(f"[...{view}.links].find(a => a.textContent === 'Evidently report').href")
+        assert report.startswith(base + "/mlops/reports?")
+        browser.screenshot(OUTPUT / "airflow_ui_ml_models_sub_path.png")
+        # the drill-down's links leave the view for Airflow's DAG pages, under the sub-path too
+        browser.open(base + "/mlops/pipelines/flights_delay")
+        dag_links = browser.evaluate("[...document.links].filter(a => a.target === '_top').map(a => a.href)")
+        assert dag_links and all(link.startswith(base + "/dags/flights_delay_") for link in dag_links)

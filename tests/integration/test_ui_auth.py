@@ -80,9 +80,10 @@ def test_the_plugin_lists_the_app_and_the_ml_models_view(
     plugin = next(p for p in plugins if p["name"] == "mlops_tasks")
     assert [(a["name"], a["url_prefix"]) for a in plugin["fastapi_apps"]] == [("ML models", "/mlops")]
     view = plugin["external_views"][0]
+    # relative: resolved against the UI's <base>, the path of [api] base_url (test_ui_browser.py)
     assert (view["name"], view["href"], view["destination"], view["url_route"]) == (
         "ML models",
-        "/mlops/",
+        "mlops/",
         "nav",
         "ml-models",
     )
