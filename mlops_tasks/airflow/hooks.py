@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseHook
 
 if TYPE_CHECKING:
+    from airflow.sdk import Connection
+
     from mlops_tasks.storage import ObjectStore, S3Settings
 
 
@@ -85,7 +87,9 @@ class MlflowHook(BaseHook):
         }
 
     def get_tracking_uri(self) -> str:
-        conn = self.get_connection(self.conn_id)
+        return self._tracking_uri(self.get_connection(self.conn_id))
+
+    def _tracking_uri(self, conn: Connection) -> str:
         host = (conn.host or "").rstrip("/")
         if not host:
             raise ValueError(f"Airflow connection '{self.conn_id}' has no host (the MLflow tracking URI)")
@@ -107,5 +111,6 @@ class MlflowHook(BaseHook):
         (without credentials)."""
         from mlops_tasks.status import without_credentials
 
-        ui_url = (self.get_connection(self.conn_id).extra_dejson or {}).get("ui_url")
-        return ui_url.rstrip("/") if ui_url else without_credentials(self.get_tracking_uri())
+        conn = self.get_connection(self.conn_id)  # once: each lookup is a metadata DB or secrets call
+        ui_url = (conn.extra_dejson or {}).get("ui_url")
+        return ui_url.rstrip("/") if ui_url else without_credentials(self._tracking_uri(conn))
