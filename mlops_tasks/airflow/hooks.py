@@ -109,8 +109,14 @@ class MlflowHook(BaseHook):
     def get_ui_url(self) -> str:
         """The MLflow UI's address for links in Airflow: extra ``ui_url``, else the tracking URI
         (without credentials)."""
+        return self.get_addresses()[1]
+
+    def get_addresses(self) -> tuple[str, str]:
+        """(tracking URI, UI address) from one lookup of the connection (each lookup is a metadata
+        DB or secrets backend call)."""
         from mlops_tasks.status import without_credentials
 
-        conn = self.get_connection(self.conn_id)  # once: each lookup is a metadata DB or secrets call
+        conn = self.get_connection(self.conn_id)
+        tracking_uri = self._tracking_uri(conn)
         ui_url = (conn.extra_dejson or {}).get("ui_url")
-        return ui_url.rstrip("/") if ui_url else without_credentials(self._tracking_uri(conn))
+        return tracking_uri, ui_url.rstrip("/") if ui_url else without_credentials(tracking_uri)

@@ -46,30 +46,23 @@ def _hook_store(cfg: PipelineConfig) -> ObjectStore:
     return ObjectStoreHook(cfg.storage.connection_id, cfg.storage.bucket).get_store()
 
 
-def _hook_tracking_uri(cfg: PipelineConfig) -> str:
+def _hook_mlflow(cfg: PipelineConfig) -> tuple[str, str]:
     from mlops_tasks.airflow.hooks import MlflowHook
 
-    return MlflowHook(cfg.mlflow.connection_id).get_tracking_uri()
-
-
-def _hook_mlflow_ui_url(cfg: PipelineConfig) -> str:
-    from mlops_tasks.airflow.hooks import MlflowHook
-
-    return MlflowHook(cfg.mlflow.connection_id).get_ui_url()
+    return MlflowHook(cfg.mlflow.connection_id).get_addresses()
 
 
 @dataclass(frozen=True)
 class Sources:
-    """Where the app reads from: the pipeline configs and, per pipeline, its store, tracking URI and
-    the MLflow UI's address for links.
+    """Where the app reads from: the pipeline configs and, per pipeline, its store and MLflow's
+    addresses: ``(tracking URI, UI address for links)``.
 
     Configs are re-read on every request, so a new pipeline shows up without restarting Airflow.
     """
 
     configs: Callable[[], list[PipelineConfig]] = field(default=load_all)
     store: Callable[[PipelineConfig], ObjectStore] = field(default=_hook_store)
-    tracking_uri: Callable[[PipelineConfig], str] = field(default=_hook_tracking_uri)
-    mlflow_ui_url: Callable[[PipelineConfig], str] = field(default=_hook_mlflow_ui_url)
+    mlflow: Callable[[PipelineConfig], tuple[str, str]] = field(default=_hook_mlflow)
 
 
 def _failure(cfg: PipelineConfig, exc: Exception) -> dict[str, Any]:
@@ -119,14 +112,8 @@ def build_app(sources: Sources | None = None) -> FastAPI:
         for cfg in src.configs():
             try:
                 with _MLFLOW_CREDENTIALS:
-                    out.append(
-                        pipeline_status(
-                            src.store(cfg),
-                            cfg,
-                            tracking_uri=src.tracking_uri(cfg),
-                            ui_url=src.mlflow_ui_url(cfg),
-                        )
-                    )
+                    tracking_uri, ui_url = src.mlflow(cfg)
+                    out.append(pipeline_status(src.store(cfg), cfg, tracking_uri=tracking_uri, ui_url=ui_url))
             except _unavailable() as exc:
                 out.append(_failure(cfg, exc))
         return views.redact(out)
@@ -154,11 +141,12 @@ def build_app(sources: Sources | None = None) -> FastAPI:
             raise HTTPException(404, f"no pipeline named {name!r}")
         try:
             with _MLFLOW_CREDENTIALS:
+                tracking_uri, ui_url = src.mlflow(cfg)
                 view = views.pipeline_detail(
                     src.store(cfg),
                     cfg,
-                    tracking_uri=src.tracking_uri(cfg),
-                    ui_url=src.mlflow_ui_url(cfg),
+                    tracking_uri=tracking_uri,
+                    ui_url=ui_url,
                     airflow_path=airflow_root_of(request),
                 )
         except _unavailable() as exc:

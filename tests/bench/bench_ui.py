@@ -87,8 +87,7 @@ def bench_requests() -> None:
                 Sources(
                     configs=lambda: [cfg],
                     store=lambda c: store,
-                    tracking_uri=lambda c: mlflow.url,
-                    mlflow_ui_url=lambda c: mlflow.url,
+                    mlflow=lambda c: (mlflow.url, mlflow.url),
                 )
             )
             app.dependency_overrides[get_user] = lambda: SimpleAuthManagerUser(username="bench", role="admin")

@@ -47,8 +47,7 @@ def fixed_sources(pipelines: list[tuple[PipelineConfig, ObjectStore]], tracking_
     return Sources(
         configs=lambda: [cfg for cfg, _ in pipelines],
         store=lambda cfg: stores[cfg.name + cfg.prefix],
-        tracking_uri=lambda cfg: tracking_uri,
-        mlflow_ui_url=lambda cfg: tracking_uri,
+        mlflow=lambda cfg: (tracking_uri, tracking_uri),
     )
 
 
@@ -162,7 +161,7 @@ def test_mlflow_links_go_to_the_ui_address_of_the_connection_not_the_workers_tra
     """docker-compose: tasks reach MLflow at http://mlflow:5000, browsers at the connection's ui_url."""
     cfg, ui = lifecycle["cfg"], "https://mlflow.example.org"
     sources = fixed_sources([(cfg, lifecycle["store"])], lifecycle["mlflow"])
-    with client_for(dataclasses.replace(sources, mlflow_ui_url=lambda c: ui)) as client:
+    with client_for(dataclasses.replace(sources, mlflow=lambda c: (lifecycle["mlflow"], ui))) as client:
         page = client.get(f"/pipelines/{cfg.name}").text
         status = client.get("/api/status").json()["pipelines"][0]
     assert f'href="{ui}/#/models/{cfg.registered_model_name}/versions/2"' in page
