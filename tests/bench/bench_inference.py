@@ -16,7 +16,7 @@ embeddings, hidden [128, 64]) with preprocessing fitted on the example's rows, e
 (b) end to end rows/s from curated parquet in the local S3 endpoint to published predictions, split
     into read / preprocess / score / write, vs the score-only rate: onnxruntime alone on the same
     rows held in memory as model inputs; both in fresh processes, 9 adjacent pairs, the median
-    pair's ratio;
+    pair's ratio; and the big day of (c), end to end, against the best score-only rate;
 (c) peak RSS of scoring a 1M-row and a 10M-row day, each in a fresh process;
 (d) wall time of scoring a day's 4 units as 4 task processes, 2 at a time vs 1 at a time (what
     LocalExecutor parallelism 2 vs 1 does with the mapped tasks), same config in both.
@@ -480,6 +480,11 @@ def report(
     )
     pairs_text = " ".join(f"{r:.0%}" for r in ratios)
     print(f"    ratio, median pair {ratios[len(ratios) // 2]:>12.0%}   (target >= 40%; pairs: {pairs_text})")
+    big_rate = rows_per_second(big)
+    print(
+        f"    {big['rows']:,}-row day {big_rate:>12,.0f} rows/s   (end to end, the units one after another "
+        f"in one process: {big_rate / score_only:.0%} of the best score-only)"
+    )
     print("(c) peak RSS of a whole day in a fresh process (plan + score every unit + publish)")
     print(f"    {e2e['rows']:>11,} rows     {e2e['max_rss_mb']:>8.0f} MB")
     print(
