@@ -145,12 +145,17 @@ class PipelineOperator(BaseOperator):
         return ObjectStoreHook(cfg.storage.connection_id, cfg.storage.bucket).get_store()
 
     @cached_property
-    def tracking_uri(self) -> str:
-        return MlflowHook(self.config.mlflow.connection_id).get_tracking_uri()
+    def _mlflow_addresses(self) -> tuple[str, str]:
+        """(tracking URI, UI address): one lookup of the MLflow connection per task."""
+        return MlflowHook(self.config.mlflow.connection_id).get_addresses()
 
-    @cached_property
+    @property
+    def tracking_uri(self) -> str:
+        return self._mlflow_addresses[0]
+
+    @property
     def mlflow_ui_url(self) -> str:
-        return MlflowHook(self.config.mlflow.connection_id).get_ui_url()
+        return self._mlflow_addresses[1]
 
 
 # -- data stage ---------------------------------------------------------------------------------------

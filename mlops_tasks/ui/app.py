@@ -34,9 +34,9 @@ PAGE_CSP = (
 )
 # Reports are rendered by other tools (Evidently ships its own scripts): run them in an opaque origin.
 REPORT_CSP = "sandbox allow-scripts allow-popups; frame-ancestors 'self'"
-# MLflow's client takes basic-auth credentials from the process environment only, which
-# MlflowHook.get_tracking_uri sets for its connection: the API server runs requests in a thread pool,
-# so a pipeline's MLflow calls hold this lock from resolving its connection to the last call.
+# MLflow's client takes basic-auth credentials from the process environment only, which MlflowHook
+# sets for its connection when it resolves the tracking URI: the API server runs requests in a thread
+# pool, so a pipeline's MLflow calls hold this lock from resolving its connection to the last call.
 _MLFLOW_CREDENTIALS = threading.Lock()
 
 
