@@ -37,8 +37,18 @@ _SAFE_PREFIX = re.compile(r"^(?!.*\.\.)(?!/)[A-Za-z0-9_\-./]*$")
 # Columns ingest adds to every row (mlops_tasks.ingestion.LINEAGE_COLUMNS; a test keeps them equal),
 # and the one it uses while joining: a data column of that name would be overwritten or break joins.
 RESERVED_COLUMNS = ("_day", "_source_file", "_source_line", "_ingest_error", "_join_error")
+# What batch inference writes beside the keys (mlops_tasks.inference), with probability_<class>.
+PREDICTION_COLUMNS = ("prediction", "score", "model_name", "model_version", "run_id")
 # Cron presets Airflow's cron timetables accept (airflow.utils.dates.cron_presets).
 SCHEDULE_PRESETS = ("@hourly", "@daily", "@weekly", "@monthly", "@quarterly", "@yearly")
+_PRESET_CRONS = {
+    "@hourly": "0 * * * *",
+    "@daily": "0 0 * * *",
+    "@weekly": "0 0 * * 0",
+    "@monthly": "0 0 1 * *",
+    "@quarterly": "0 0 1 */3 *",
+    "@yearly": "0 0 1 1 *",
+}
 
 
 def _repeated(names: list[str]) -> list[str]:
@@ -64,15 +74,46 @@ def _check_schedule(value: str | None) -> str | None:
     if len(value.split()) != 5:
         raise ValueError(f"schedule must be {shape}")
     try:
-        from croniter import croniter  # small; imported only for a non-preset schedule
+        from croniter import CroniterBadDateError, croniter  # imported only for a non-preset schedule
     except ImportError:  # Airflow brings croniter; without it only the shape can be checked
         return value
     if not croniter.is_valid(value):
         raise ValueError(f"schedule is not a valid cron expression; expected {shape}")
+    try:  # valid fields can still name no date (30 February): Airflow would never schedule the DAG
+        croniter(value, _CRON_PROBE_START).get_next(dt.datetime)
+    except CroniterBadDateError:
+        raise ValueError(f"schedule '{value}' never fires (no date matches all its fields)") from None
+    return value
+
+
+_CRON_PROBE_START = dt.datetime(2000, 1, 1)
+_DAY = dt.timedelta(days=1)
+
+
+def _check_daily_schedule(value: str | None) -> str | None:
+    """A schedule whose runs each process one day (the start of their data interval) must fire at
+    least once a day: a weekly run would score one day of seven and never the other six."""
+    if _check_schedule(value) is None:
+        return None
+    from croniter import croniter
+
+    fires = croniter(_PRESET_CRONS.get(value, value), _CRON_PROBE_START)
+    # 5 weeks (at most 1,000 fires) show the weekends and month ends of day-of-week/-month rules
+    times = [_CRON_PROBE_START]
+    while times[-1] < _CRON_PROBE_START + 35 * _DAY and len(times) < 1000:
+        times.append(fires.get_next(dt.datetime))
+    widest = max(b - a for a, b in zip(times[1:], times[2:], strict=False)) if len(times) > 2 else None
+    if widest is None or widest > _DAY:
+        raise ValueError(
+            f"schedule '{value}' fires {f'up to {widest.days} days apart' if widest else 'less than once in 5 weeks'}, "
+            "but each run processes one day (the start of its data interval): the days in between would "
+            "never be processed; use a schedule that fires at least once a day (e.g. @daily)"
+        )
     return value
 
 
 Schedule = Annotated[str | None, AfterValidator(_check_schedule)]
+DailySchedule = Annotated[str | None, AfterValidator(_check_daily_schedule)]
 
 
 ColumnType = Literal["int", "float", "string", "category", "bool", "timestamp"]
@@ -349,7 +390,11 @@ class GateSpec(_Strict):
 
 
 class InferenceSpec(_Strict):
-    schedule: Schedule = Field("@daily", description="5-field cron or a preset, as training.schedule.")
+    schedule: DailySchedule = Field(
+        "@daily",
+        description="5-field cron or a preset, as training.schedule, firing at least once a day: each run "
+        "scores one day.",
+    )
     batch_rows: int = Field(
         4096,
         ge=1,
@@ -380,9 +425,10 @@ class InferenceSpec(_Strict):
 
 
 class DriftSpec(_Strict):
-    schedule: Schedule = Field(
+    schedule: DailySchedule = Field(
         None,
-        description="Optional cron or preset (as training.schedule) in addition to the predictions asset.",
+        description="Optional cron or preset (as training.schedule) in addition to the predictions asset, "
+        "firing at least once a day: each run checks one day.",
     )
     window_days: int = Field(7, ge=1)
     drift_share_threshold: float = Field(0.3, gt=0, le=1)
@@ -443,8 +489,10 @@ class PipelineConfig(_Strict):
     start_date: dt.date = Field(description="First logical date of every DAG of this pipeline.")
     end_date: dt.date | None = Field(
         None,
-        description="Last scheduled date (a finite data set, like the example's 2013); manual and "
-        "asset-triggered runs are not limited by it.",
+        description="Last date the DAGs run on (a finite data set, like the example's 2013). As with any "
+        "Airflow end_date, a run dated after it runs no task at all (Airflow marks it successful), manual "
+        "runs included; asset-triggered runs carry no date and still run (a retrain request with "
+        "window_end trains on any window).",
     )
     owner: str = "mlops"
     retries: int = Field(
@@ -480,6 +528,18 @@ class PipelineConfig(_Strict):
             raise ValueError(f"target column '{self.target.column}' is not a column of data.columns")
         if self.target.column in self.features.all:
             raise ValueError(f"target column '{self.target.column}' is also a feature (label leak)")
+        # Predictions hold the keys beside the model's columns, and the drift monitor and the shadow
+        # report join them with curated features and the target: one name would mean two columns.
+        clashing = [
+            c
+            for c in dict.fromkeys([*self.data.key, *self.features.all, self.target.column])
+            if c in PREDICTION_COLUMNS or c.startswith("probability_")
+        ]
+        if clashing:
+            raise ValueError(
+                f"columns {clashing} (data.key, features or target) are named like the columns batch "
+                f"inference adds to predictions {[*PREDICTION_COLUMNS, 'probability_<class>']}; rename them"
+            )
         types = {c.name: c.type for c in self.data.all_columns()}
         # The model reads numeric features as numbers: category values are not, and a timestamp
         # would be nanoseconds in float32 (and a missing one a huge negative number in drift).
@@ -628,13 +688,19 @@ def load_all(directory: Path | None = None) -> list[PipelineConfig]:
 
 
 def load_pipeline(name: str, directory: Path | None = None) -> PipelineConfig:
-    """The config of pipeline ``name`` (file stem or ``name:`` field)."""
-    for path in config_paths(directory):
-        if path.stem == name:
-            return load_config(path)
-    for cfg in load_all(directory):
-        if cfg.name == name:
-            return cfg
+    """The config of pipeline ``name`` (its ``name:`` field, else its file stem) exactly as the DAG
+    file built it (:func:`load_each`): another config's mistake does not fail this pipeline's tasks,
+    and of two files claiming one name the tasks use the one its DAGs were built from."""
+    by_stem: PipelineConfig | ConfigError | None = None
+    for path, loaded in load_each(config_paths(directory)):
+        if isinstance(loaded, PipelineConfig) and loaded.name == name:
+            return loaded
+        if path.stem == name and by_stem is None:
+            by_stem = loaded
+    if by_stem is not None:
+        if isinstance(by_stem, ConfigError):
+            raise by_stem
+        return by_stem
     raise ConfigError(f"no pipeline named '{name}' in {directory or config_dir()}")
 
 

@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mlops_tasks.config import RESERVED_COLUMNS, ConfigError, load_all, load_config, render_reference
+from mlops_tasks.config import (
+    RESERVED_COLUMNS,
+    ConfigError,
+    load_all,
+    load_config,
+    load_pipeline,
+    render_reference,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "configs" / "flights_delay.yaml"
@@ -198,6 +205,24 @@ WEATHER = "data.joins.0"
         ({"training.schedule": "@dayly"}, r"field 'training\.schedule': schedule must be a 5-field cron"),
         ({"inference.schedule": "61 * * * *"}, r"field 'inference\.schedule': schedule is not a valid cron"),
         ({"drift.schedule": "0 0 * * * 30"}, r"field 'drift\.schedule': schedule must be a 5-field cron"),
+        (
+            {"training.schedule": "0 0 30 2 *"},
+            r"field 'training\.schedule': schedule '0 0 30 2 \*' never fires",
+        ),
+        (
+            {"inference.schedule": "@weekly"},
+            r"field 'inference\.schedule': schedule '@weekly' fires up to 7 days",
+        ),
+        (
+            {"drift.schedule": "0 6 * * MON-FRI"},
+            r"field 'drift\.schedule': schedule '0 6 \* \* MON-FRI' fires up to 3 days apart, but each run "
+            r"processes one day",
+        ),
+        ({"inference.schedule": "@monthly"}, r"field 'inference\.schedule': schedule '@monthly' fires up to"),
+        (
+            {"data.columns.0.name": "score", "data.key": ["score", "month", "day", "carrier", "flight"]},
+            r"columns \['score'\] \(data\.key, features or target\) are named like the columns batch inference",
+        ),
     ],
     ids=[
         "unknown-encoding",
@@ -214,6 +239,11 @@ WEATHER = "data.joins.0"
         "schedule-typo",
         "cron-out-of-range",
         "cron-with-seconds",
+        "cron-that-never-fires",
+        "weekly-inference",
+        "drift-on-weekdays-only",
+        "monthly-inference",
+        "key-named-like-a-prediction-column",
     ],
 )
 def test_mistakes_that_would_fail_later_are_rejected_at_load(
@@ -288,3 +318,28 @@ def test_two_configs_with_one_pipeline_name_are_rejected_naming_both_files(tmp_p
         ConfigError, match=r"b\.yaml: field 'name': pipeline name 'flights_delay' is already used"
     ):
         load_all(tmp_path)
+
+
+@pytest.mark.parametrize("schedule", ["*/15 * * * *", "0 6 * * *", "@hourly", "@daily", None])
+def test_inference_and_drift_schedules_that_fire_daily_are_accepted(
+    tmp_path: Path, schedule: str | None
+) -> None:
+    path = write_mutated(
+        tmp_path, lambda raw: [raw[s].update(schedule=schedule) for s in ("inference", "drift")]
+    )
+    cfg = load_config(path)
+    assert (cfg.inference.schedule, cfg.drift.schedule) == (schedule, schedule)
+
+
+def test_a_pipelines_tasks_load_its_config_whatever_the_other_configs_hold(tmp_path: Path) -> None:
+    """Tasks find their config as the DAG file built it: by name even in a file named otherwise,
+    unharmed by another file's mistake, and of two files claiming one name the accepted one."""
+    write_mutated(tmp_path, lambda raw: None, "flights-delay.yaml")
+    (tmp_path / "other.yaml").write_text("name: other\n")
+    write_mutated(tmp_path, lambda raw: raw["storage"].update(bucket="team-b"), "flights_delay.yaml")
+    cfg = load_pipeline("flights_delay", tmp_path)
+    assert cfg.storage.bucket == "mlops"  # flights-delay.yaml comes first; flights_delay.yaml is rejected
+    with pytest.raises(ConfigError, match=r"other\.yaml: invalid pipeline config"):
+        load_pipeline("other", tmp_path)
+    with pytest.raises(ConfigError, match=r"no pipeline named 'missing'"):
+        load_pipeline("missing", tmp_path)
