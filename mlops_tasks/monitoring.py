@@ -31,6 +31,7 @@ import pandas as pd
 
 from mlops_tasks import drift, features
 from mlops_tasks.errors import DataError
+from mlops_tasks.status import without_credentials
 from mlops_tasks.storage import partition_prefix, read_part, read_published
 from mlops_tasks.versioning import read_record, read_version_file
 
@@ -253,10 +254,17 @@ def run_drift_monitor(
     """
     from mlops_tasks.registry import champion_info, download_onnx
 
+    if not cfg.data.key:
+        raise MonitoringError(
+            f"pipeline '{cfg.name}': the drift monitor joins scored rows to their curated features on "
+            "data.key, which is empty; declare the columns that identify a row in data.key. Nothing is "
+            "triggered."
+        )
     champion = champion_info(cfg, tracking_uri=tracking_uri)
     if champion is None or not champion.get("data_version"):
         raise MonitoringError(
-            f"{cfg.registered_model_name}: no champion with a data version in the registry at {tracking_uri}; "
+            f"{cfg.registered_model_name}: no champion with a data version in the registry at "
+            f"{without_credentials(tracking_uri)}; "
             "nothing to compare against and nothing is triggered."
         )
     try:
@@ -295,8 +303,11 @@ def run_drift_monitor(
             ", ".join(f"{s['day']} (v{s['model_version']}, {s['rows']} rows)" for s in skipped),
         )
     if len(current):
-        # A day curated again after scoring: rows it no longer has are not compared.
-        current = current[current.pop(_CURATED) == "both"].reset_index(drop=True)
+        # A day curated again after scoring: rows it no longer has are not compared, nor counted
+        # toward drift.min_rows (the share the sample keeps stands for the share of every row).
+        kept = current.pop(_CURATED) == "both"
+        current_rows = round(current_rows * float(kept.mean()))
+        current = current[kept].reset_index(drop=True)
     reference_scores = _score(model, cfg, reference) if len(reference) else None
     live = live_metric(cfg, current, champion, model)
     # The cooldown state is decided on and written back by one conditional PUT (If-Match on the ETag

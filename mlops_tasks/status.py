@@ -18,11 +18,23 @@ if TYPE_CHECKING:
 
 
 def without_credentials(url: str) -> str:
-    """A URL without ``user:password@``: status output is shown to people and logs."""
+    """A URL without ``user:password@``: status output and error messages are shown to people,
+    logs and alert webhooks, and Airflow masks only a connection's password field."""
     parts = urlsplit(url)
     if not parts.username:
         return url
     return urlunsplit(parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else "")))
+
+
+def redacted(text: str, url: str) -> str:
+    """``text`` (e.g. a client library's error, which may quote the URL it called) with the
+    credentials of ``url`` removed."""
+    parts = urlsplit(url)
+    text = text.replace(url, without_credentials(url))
+    for secret in (parts.password, parts.username):
+        if secret:
+            text = text.replace(secret, "***")
+    return text
 
 
 def last_gate(store: ObjectStore, cfg: PipelineConfig) -> dict[str, Any] | None:

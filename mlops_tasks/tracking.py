@@ -19,6 +19,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 import mlops_tasks
+from mlops_tasks.status import redacted, without_credentials
 
 # Fail in seconds, not minutes, when the tracking server is down (and keep task logs free of progress
 # bars); explicit env settings win.
@@ -63,9 +64,9 @@ def reachable(
     except MlflowException as exc:
         if is_unreachable(exc):
             raise error(
-                f"Cannot {action}: the MLflow tracking server {tracking_uri} is not reachable "
-                f"({str(exc).splitlines()[0][:300]}). Check the MLflow connection and that the server is up; "
-                "nothing was changed."
+                f"Cannot {action}: the MLflow tracking server {without_credentials(tracking_uri)} is not "
+                f"reachable ({redacted(str(exc).splitlines()[0][:300], tracking_uri)}). Check the MLflow "
+                "connection and that the server is up; nothing was changed."
             ) from None
         raise
 

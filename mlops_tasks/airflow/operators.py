@@ -547,12 +547,14 @@ class ResolveChampionOperator(PipelineOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         from mlops_tasks.registry import alias_info
+        from mlops_tasks.status import without_credentials
 
         champion = alias_info(self.config, "champion", tracking_uri=self.tracking_uri)
         if champion is None:
             raise AirflowFailException(
                 f"Model '{self.config.registered_model_name}' has no 'champion' alias in the registry at "
-                f"{self.tracking_uri}: run {self.config.dag_id('training')} first. Nothing was written."
+                f"{without_credentials(self.tracking_uri)}: run {self.config.dag_id('training')} first. "
+                "Nothing was written."
             )
         challenger = alias_info(self.config, "challenger", tracking_uri=self.tracking_uri)
         self.log.info(

@@ -525,6 +525,27 @@ def test_rows_curated_after_scoring_do_not_count_as_current_rows(
     assert_insufficient(world, cfg, result, 250)
 
 
+def test_scored_rows_no_longer_curated_do_not_count_as_current_rows(
+    world: ObjectStore, cfg: PipelineConfig, champion: Champion, mlflow_server: str
+) -> None:
+    publish_window(world, cfg, champion, scored={DAY: [250, 150]}, change=warmer)
+    publish(world, cfg, make_frames({DAY: [250]}, warmer))  # re-curated without the 150 rows of part 2
+
+    result = monitor(world, cfg, mlflow_server)
+
+    assert_insufficient(world, cfg, result, 250)
+
+
+def test_a_config_without_data_key_stops_the_monitor_naming_the_field(
+    world: ObjectStore, cfg: PipelineConfig, mlflow_server: str
+) -> None:
+    keyless = cfg.model_copy(update={"data": cfg.data.model_copy(update={"key": []})})
+    with pytest.raises(
+        MonitoringError, match=r"joins scored rows to their curated features on data\.key, which is empty"
+    ):
+        monitor(world, keyless, mlflow_server)
+
+
 def test_all_missing_columns_in_the_window_are_reported_drifted_with_their_reason(
     world: ObjectStore, cfg: PipelineConfig, champion: Champion, mlflow_server: str
 ) -> None:

@@ -211,3 +211,15 @@ def test_more_mapped_tasks_than_airflow_allows_fail_with_the_limit_and_the_fix(
 def test_every_task_has_the_pipelines_timeout(dags) -> None:
     for dag in dags.values():
         assert {task.execution_timeout for task in dag.tasks} == {dt.timedelta(hours=6)}, dag.dag_id
+
+
+def test_an_unreachable_mlflow_server_is_named_without_its_credentials() -> None:
+    """Task errors reach logs and the alert webhook, where Airflow masks no URL userinfo."""
+    from mlops_tasks import stack, tracking
+
+    uri = f"http://bob:TopSecret@127.0.0.1:{stack.free_port()}"
+    with pytest.raises(tracking.TrackingUnavailable) as err, tracking.reachable(uri, "read the registry"):
+        tracking.client(uri).search_registered_models()
+    message = str(err.value)
+    assert "TopSecret" not in message and "bob" not in message
+    assert f"server http://127.0.0.1:{uri.rsplit(':', 1)[1]} is not reachable" in message
