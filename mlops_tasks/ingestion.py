@@ -8,6 +8,8 @@ Bad input is normal input, and nothing is lost:
 * a CSV line with the wrong number of fields, or where a record does not parse (a quote that is
   never closed), is kept verbatim, with its line number, in ``malformed_lines.jsonl``; parsing
   resumes on the next line, so one stray quote costs one line, not the rest of the file;
+* a row of a join's file (weather) whose key is missing or does not convert can join no row: it
+  goes with the malformed lines too (its values as read, its line number, why);
 * a whole-file problem (zero bytes, no header or a blank first line, unknown extension, wrong
   encoding, bytes that are not UTF-8 in a parquet text column, unreadable parquet or gzip, a column
   twice, a required column missing) rejects that file with a one-sentence reason, a byte-for-byte
@@ -38,7 +40,7 @@ import re
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import numpy as np
@@ -72,6 +74,7 @@ TIMESTAMP_DTYPE = "datetime64[ns, UTC]"
 TIMESTAMP_MIN = pd.Timestamp.min.tz_localize("UTC")
 TIMESTAMP_MAX = pd.Timestamp.max.tz_localize("UTC")
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+INT64_DIGITS = len(str(INT64_MAX))
 # An integer, optionally with a zero fraction ("12", "12.0": pandas writes an int column with nulls
 # that way); other numbers ("1.2e1") go through Decimal, slower but just as exact.
 _INTEGER = re.compile(r"([+-]?[0-9]+)(?:\.0*)?")
@@ -80,6 +83,8 @@ _DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 # optional minutes ("+05" as PostgreSQL writes it, "+0530", "+05:30"). The time is required: a date
 # alone ends in "-02" too, but is naive.
 _AWARE_TIMESTAMP = r"[T ]\d.*(?:Z|[+-]\d\d(?::?\d\d)?)$"
+# The column name pandas gives an index level without a name.
+_UNNAMED_INDEX = re.compile(r"__index_level_\d+__")
 
 
 class RejectedFileError(DataError):
@@ -146,23 +151,28 @@ def ingest_day(store: ObjectStore, cfg: PipelineConfig, day: dt.date) -> dict[st
             )
             parts.append(copy)
             continue
-        found.malformed.extend(malformed)
         table = main if target == "" else joins[target]
         # Typed per file: a value's outcome must not depend on the other files of the day.
-        table.frames.append(_type_frame(frame, columns, day, label=f"{target}: " if target else ""))
-        table.sources.append(
-            {
-                "key": key,
-                "sha256": sha256_bytes(data),
-                "rows": len(frame),
-                "malformed_lines": len(malformed),
-                "table": target or "main",
-            }
-        )
+        typed = _type_frame(frame, columns, day, label=f"{target}: " if target else "")
+        source = {
+            "key": key,
+            "sha256": sha256_bytes(data),
+            "rows": len(frame),
+            "malformed_lines": len(malformed),
+            "table": target or "main",
+        }
+        if target:
+            typed, unjoinable = _split_unjoinable(key, _join(cfg, target), frame, typed, found.warnings)
+            malformed = sorted(malformed + unjoinable, key=lambda m: m["line"])
+            source["unjoinable_rows"] = len(unjoinable)
+        found.malformed.extend(malformed)
+        table.frames.append(typed)
+        table.sources.append(source)
 
     frame = _stack(main.frames, cfg.data.columns, day)
     for join in cfg.data.joins:
-        frame = _left_join(frame, join, joins[join.name].frames, day, found.warnings)
+        rejected = [r["key"] for r in found.rejected if _route(r["key"].rsplit("/", 1)[-1], cfg) == join.name]
+        frame = _left_join(frame, join, joins[join.name].frames, day, rejected, found.warnings)
     frame = frame[[c.name for c in cfg.data.all_columns()] + list(LINEAGE_COLUMNS)]
 
     data_part = write_part(store, staging, "data.parquet", to_parquet_bytes(frame), rows=len(frame))
@@ -419,12 +429,14 @@ def _read_parquet(
 
 
 def _pandas_index_columns(table: pa.Table) -> set[str]:
-    """Columns that pandas wrote for a DataFrame's index (``__index_level_0__``): not data."""
+    """Columns that pandas wrote for an unnamed DataFrame index (``__index_level_0__``): not data.
+    A named index (``df.set_index("id")``) is stored as a column of its own name and is data; a
+    RangeIndex is a descriptor in the metadata (a dict), not a column."""
     try:
         meta = table.schema.pandas_metadata or {}
     except ValueError:  # metadata that is not JSON: no index columns to recognise
         return set()
-    return {c for c in meta.get("index_columns", []) if isinstance(c, str)}
+    return {c for c in meta.get("index_columns", []) if isinstance(c, str) and _UNNAMED_INDEX.fullmatch(c)}
 
 
 def _arrow_series(key: str, name: str, column: pa.ChunkedArray) -> pd.Series:
@@ -693,9 +705,17 @@ def _exact_int(text: str) -> int | None:
     """``text`` as an int64 when it is an integer ("12", "12.0", "1.2e1"), else None; parsed exactly
     (Python int / Decimal), never through float."""
     if match := _INTEGER.fullmatch(text):
-        value = int(match.group(1))
+        # int() refuses more than 4300 digits, leading zeros too (ValueError); an int64 has 19 at most.
+        digits = match.group(1).lstrip("+-").lstrip("0") or "0"
+        if len(digits) > INT64_DIGITS:
+            return None
+        value = -int(digits) if match.group(1).startswith("-") else int(digits)
     elif _DECIMAL.fullmatch(text):
-        number = Decimal(text)
+        try:
+            number = Decimal(text)
+        except InvalidOperation:
+            # An exponent beyond Decimal's range (over 10**18 digits): only a zero is an int64 then.
+            return 0 if not text.lower().partition("e")[0].strip("+-.0") else None
         if number != number.to_integral_value() or not INT64_MIN <= number <= INT64_MAX:
             return None
         value = int(number)
@@ -777,19 +797,68 @@ def _to_timestamp(values: pd.Series, missing: np.ndarray, family: str) -> tuple[
 # -- joins --------------------------------------------------------------------------------------
 
 
+def _split_unjoinable(
+    key: str, join: JoinSpec, raw: pd.DataFrame, typed: pd.DataFrame, warnings: list[str]
+) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+    """A side file's typed rows with a complete join key, and the others as malformed-line entries
+    (its values as read, line, reason). A row whose key is missing or does not convert can join
+    nothing and never becomes a row of the day, so it is kept like a line that does not parse:
+    validation quarantines it and counts it as a bad record."""
+    no_key = typed[join.keys].isna().any(axis=1).to_numpy(dtype=bool)
+    if not no_key.any():
+        return typed, []
+    entries = []
+    for i in np.flatnonzero(no_key).tolist():
+        error = typed["_ingest_error"].iloc[i]
+        missing = [k for k in join.keys if pd.isna(typed[k].iloc[i])]
+        why = error if isinstance(error, str) else f"{', '.join(missing)} missing"
+        values = {c.name: _raw_text(raw[c.name].iloc[i]) for c in join.columns}
+        entries.append(
+            {
+                "source_file": key,
+                "line": int(raw["_source_line"].iloc[i]),
+                "raw": json.dumps(values, ensure_ascii=False),
+                "reason": f"join '{join.name}': no complete key {join.keys} ({why}); it joins no row",
+            }
+        )
+    warnings.append(
+        f"{key}: {len(entries)} row(s) without a complete key {join.keys} cannot be joined; they were "
+        "quarantined with the malformed lines"
+    )
+    return typed[~no_key], entries
+
+
+def _raw_text(value: object) -> str | None:
+    """A value as read (CSV text, or a parquet value), as JSON-safe text; None when missing."""
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8", errors="backslashreplace")
+    if isinstance(value, np.generic):
+        value = value.item()
+    return value.isoformat() if isinstance(value, pd.Timestamp | dt.datetime | dt.date) else str(value)
+
+
 def _left_join(
-    frame: pd.DataFrame, join: JoinSpec, frames: list[pd.DataFrame], day: dt.date, warnings: list[str]
+    frame: pd.DataFrame,
+    join: JoinSpec,
+    frames: list[pd.DataFrame],
+    day: dt.date,
+    rejected: list[str],
+    warnings: list[str],
 ) -> pd.DataFrame:
-    """Left-join a side table on its keys. Side rows without a full key cannot match and are
-    dropped; duplicate keys keep their first row (file, line order); both are counted in warnings.
-    A conversion error in a side value marks the rows it joins to (``weather: temp: ...``)."""
+    """Left-join a side table on its keys (its rows without a full key were taken out per file by
+    :func:`_split_unjoinable`). Duplicate keys keep their first row (file, line order), counted in
+    warnings. A conversion error in a side value marks the rows it joins to (``weather: temp: ...``).
+    ``rejected``: the day's files of this join that were rejected, named when none is left."""
     if not frames:
-        warnings.append(f"join '{join.name}': no file matching '{join.file_pattern}'; its columns are null")
+        why = (
+            f"its file(s) {rejected} were rejected (see rejected_files)"
+            if rejected
+            else f"no file matching '{join.file_pattern}'"
+        )
+        warnings.append(f"join '{join.name}': {why}; its columns are null")
     side = _stack(frames, join.columns, day)
-    no_key = side[join.keys].isna().any(axis=1)
-    if no_key.any():
-        warnings.append(f"join '{join.name}': {int(no_key.sum())} row(s) without a complete key were dropped")
-        side = side[~no_key]
     duplicated = side.duplicated(join.keys, keep="first")
     if duplicated.any():
         warnings.append(

@@ -15,8 +15,9 @@ is asked for its unexpected indices (result format COMPLETE), so every row rule 
 
 Row rules quarantine rows; table rules (row count, a missing column, a wrong type, aggregate
 expectations) fail the gate. The gate also fails when the bad share exceeds
-``validation.max_bad_row_fraction``: quarantined rows, malformed CSV lines and the lines of rejected
-files, out of all of them plus the good rows. On failure quarantine and reports are written, curated
+``validation.max_bad_row_fraction``: quarantined rows, malformed CSV lines (and side-table rows
+without a complete join key, which ingest keeps with them) and the lines of rejected files, out of all
+of them plus the good rows. On failure quarantine and reports are written, curated
 is not, and a curated partition an earlier run published for the day is withdrawn, so no day is both
 curated and quarantined.
 """
@@ -44,6 +45,7 @@ from mlops_tasks.storage import (
     CURATED_ROW_GROUP_ROWS,
     MANIFEST_NAME,
     PARQUET_COMPRESSION,
+    ObjectNotFoundError,
     ObjectStore,
     partition_prefix,
     publish_manifest,
@@ -60,6 +62,7 @@ INGEST_ERROR = "_ingest_error"
 EXAMPLES_PER_RULE = 5
 # Files (and columns) named per rule in the gate's message; the report lists them all.
 NAMED_IN_MESSAGE = 3
+UNJOINABLE = "side-table row(s) without a complete join key"
 # GX's pandas type names for the config types (what ``ExpectColumnValuesToBeOfType`` compares).
 GX_TYPES = {
     "int": "int64",
@@ -69,6 +72,8 @@ GX_TYPES = {
     "bool": "bool",
     "timestamp": "Timestamp",
 }
+# How often validation starts again when concurrent ingest runs replace the day's staging.
+STAGING_ATTEMPTS = 3
 # Rules that only read column names and dtypes run on a zero-row copy of the frame.
 SCHEMA = ("<schema>",)
 # Expectations that look at a column's dtype, not at its values: table rules even if map-shaped.
@@ -81,6 +86,10 @@ _ERROR_COLUMN = re.compile(r"(?:^|; )((?:[^:;' ]+: )?[^:;' ]+): ")
 
 class StagedDataMissingError(FileNotFoundError):
     """Validation was asked for a day that ingest has not staged."""
+
+
+class StagingReplacedError(DataError):
+    """A staging part vanished while validation read it (a concurrent ingest run of the day)."""
 
 
 class ValidationConfigError(DataError):
@@ -399,6 +408,58 @@ def validate_day(store: ObjectStore, cfg: PipelineConfig, day: dt.date) -> dict[
             f"{store.uri(staging)} has no published manifest: ingest has not staged {day} for pipeline "
             f"'{cfg.name}' (run the ingest step for that day first)."
         )
+    attempt = 1
+    while True:
+        try:
+            return _validate_staged(store, cfg, day, staged)
+        except ObjectNotFoundError as exc:
+            if not exc.key.startswith(staging):
+                raise
+            # An ingest rerun of the day publishes a new staging manifest, then deletes the parts it
+            # replaces: start again from the new one (nothing was published before staging was read).
+            newer = store.read_manifest(staging)
+            if newer is None or newer == staged or attempt == STAGING_ATTEMPTS:
+                raise _staging_replaced(store, cfg, day, exc.key, newer, staged, attempt) from None
+            staged, attempt = newer, attempt + 1
+
+
+def _staging_replaced(
+    store: ObjectStore,
+    cfg: PipelineConfig,
+    day: dt.date,
+    key: str,
+    newer: dict[str, Any] | None,
+    staged: dict[str, Any],
+    attempts: int,
+) -> StagingReplacedError:
+    """Why a part the staging manifest listed is gone, and what to run: one paragraph."""
+    head = (
+        f"Validation of '{cfg.name}' for {day} could not read {store.uri(key)}, a part of the staging "
+        f"manifest it validates:"
+    )
+    if newer is None:
+        why = (
+            "the staging partition has no manifest any more (deleted meanwhile). Run the ingest step for "
+            "the day, then validation."
+        )
+    elif newer == staged:
+        why = (
+            "the part is gone although the manifest still lists it, so the staging partition is damaged. "
+            "Run the ingest step for the day again, then validation."
+        )
+    else:
+        why = (
+            f"staging was replaced by a concurrent ingest run of the same day ({attempts} time(s) while it "
+            "was read). Nothing was published by this validation; rerun it once that ingest has finished."
+        )
+    return StagingReplacedError(f"{head} {why}")
+
+
+def _validate_staged(
+    store: ObjectStore, cfg: PipelineConfig, day: dt.date, staged: dict[str, Any]
+) -> dict[str, Any]:
+    """:func:`validate_day` on one staging manifest. Everything it reads from staging is read before
+    anything is published, so an :class:`ObjectNotFoundError` for a staging part leaves no trace."""
     table = read_staged(store, staged)
     frame = staged_frame(table)
     rules = build_rules(cfg)
@@ -420,6 +481,10 @@ def validate_day(store: ObjectStore, cfg: PipelineConfig, day: dt.date) -> dict[
     quarantine = partition_prefix(cfg.prefix, "quarantine", day)
     reports = partition_prefix(cfg.prefix, "reports/validation", day)
     curated = partition_prefix(cfg.prefix, "curated", day)
+    quarantined = frame[bad].copy()
+    quarantined[REASONS_COLUMN] = pd.Series(reasons, index=quarantined.index, dtype=object)
+    # Unlisted parts until the manifest is published: the last read of staging, before anything shows.
+    parts, rejected = _quarantine_parts(store, quarantine, staged, quarantined)
     # Before quarantine is published: the day's new bad rows must never sit next to curated rows of
     # an earlier run, which training would read as the day's data.
     withdrawn = not passed and _unpublish(store, curated)
@@ -441,9 +506,15 @@ def validate_day(store: ObjectStore, cfg: PipelineConfig, day: dt.date) -> dict[
     }
     result["message"] = _message(cfg, day, result, staged, table_failures, failed, withdrawn)
 
-    quarantined = frame[bad].copy()
-    quarantined[REASONS_COLUMN] = pd.Series(reasons, index=quarantined.index, dtype=object)
-    _publish_quarantine(store, quarantine, staged, quarantined, day)
+    publish_manifest(
+        store,
+        quarantine,
+        parts,
+        day=day.isoformat(),
+        bad_rows=len(quarantined),
+        malformed_lines=malformed,
+        rejected_files=rejected,
+    )
     report = {
         **result,
         "pipeline": cfg.name,
@@ -628,11 +699,11 @@ def _message(
         f": {row_rules}" if row_rules else ""
     )
     lost = []
-    if result["malformed_lines"]:
-        per_file = _largest_first(
-            {f["key"]: f["malformed_lines"] for f in staged["source_files"] if f.get("malformed_lines")}
-        )
-        lost.append(f"{result['malformed_lines']} malformed CSV line(s) from {_first_few(per_file, landing)}")
+    # The malformed-lines part also holds the side-table rows that have no complete join key.
+    for field, what in (("malformed_lines", "malformed CSV line(s)"), ("unjoinable_rows", UNJOINABLE)):
+        per_file = _largest_first({f["key"]: f[field] for f in staged["source_files"] if f.get(field)})
+        if per_file:
+            lost.append(f"{sum(per_file.values())} {what} from {_first_few(per_file, landing)}")
     if staged.get("rejected_files"):
         per_file = _largest_first({r["key"]: r.get("lines", 0) for r in staged["rejected_files"]})
         lost.append(
@@ -673,10 +744,11 @@ def _first_few(counts: dict[str, int], prefix: str = "") -> str:
     return ", ".join(shown) + (f" and {more} more" if more else "")
 
 
-def _publish_quarantine(
-    store: ObjectStore, quarantine: str, staged: dict[str, Any], rows: pd.DataFrame, day: dt.date
-) -> None:
-    """Bad rows, plus ingest's rejected files and malformed lines (copied from staging)."""
+def _quarantine_parts(
+    store: ObjectStore, quarantine: str, staged: dict[str, Any], rows: pd.DataFrame
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The quarantine parts (bad rows, plus ingest's rejected files and malformed lines copied from
+    staging), written but not published, and the rejected files' manifest entries."""
     parts = []
     if len(rows):
         parts.append(write_part(store, quarantine, "rows.parquet", to_parquet_bytes(rows), rows=len(rows)))
@@ -698,15 +770,7 @@ def _publish_quarantine(
                 "lines": entry.get("lines", 0),
             }
         )
-    publish_manifest(
-        store,
-        quarantine,
-        parts,
-        day=day.isoformat(),
-        bad_rows=len(rows),
-        malformed_lines=int(staged.get("malformed_lines", 0)),
-        rejected_files=rejected,
-    )
+    return parts, rejected
 
 
 def _plain(obj: Any) -> Any:
@@ -751,7 +815,8 @@ tr.fail td{{background:#fde8e8}} .verdict{{font-size:1.4em;font-weight:bold}}
 <p class="verdict">{verdict}</p>
 <p>{esc(report["message"])}</p>
 <p>Rows: {report["rows"]}; good: {report["good_rows"]}; quarantined: {report["bad_rows"]}.
-Malformed CSV lines: {report["malformed_lines"]}; lines of rejected files: {report["rejected_lines"]}.
+Malformed CSV lines and side-table rows without a join key: {report["malformed_lines"]};
+lines of rejected files: {report["rejected_lines"]}.
 Bad share: {report["bad_fraction"]:.2%} (limit {report["max_bad_row_fraction"]:.2%}).</p>
 <h2>Rules</h2>
 <table><tr><th>rule</th><th>level</th><th>GX success</th><th>GX unexpected</th><th>rows quarantined</th>

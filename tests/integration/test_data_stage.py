@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import gzip
 import io
+import json
 
 import pandas as pd
 import pyarrow as pa
@@ -244,6 +245,19 @@ def test_wrong_type_keeps_the_row_and_quarantines_it_with_the_reason(store, cfg)
     assert bad["id"].tolist() == [2]
     assert "ingest: delay: 'abc' is not a finite float" in list(bad["_reasons"][0])
     assert curated(store, cfg)["id"].tolist() == [1, 3, 4] and validated["bad_rows"] == 1
+
+
+def test_integer_text_too_long_to_parse_is_a_bad_value_and_the_day_still_ingests(store, cfg):
+    huge = ["9" * 5000, "1e99999999999999999999"]  # beyond int()'s 4300 digits / Decimal's exponent
+    land(store, cfg, "flights.csv", csv(*GOOD, *(f"{v},1,AA,EWR,2013-01-01T10:00:00Z" for v in huge)))
+
+    ingested, validated = run(store, cfg)
+
+    bad = quarantined(store, cfg)
+    assert ingested["rows"] == 6 and bad["_source_line"].tolist() == [6, 7] and bad["id"].isna().all()
+    assert f"ingest: id: '{'9' * 36}...' is not a 64-bit integer" in list(bad["_reasons"][0])
+    assert "ingest: id: '1e99999999999999999999' is not a 64-bit integer" in list(bad["_reasons"][1])
+    assert curated(store, cfg)["id"].tolist() == [1, 2, 3, 4] and validated["bad_rows"] == 2
 
 
 def test_inf_is_an_invalid_float_and_nan_a_missing_value(store, cfg):
@@ -546,6 +560,28 @@ def test_parquet_input_ingests_with_types(store, cfg):
     assert got["_source_line"].tolist() == [1, 2, 3, 4]
 
 
+@pytest.mark.parametrize("index", ["id", "carrier"], ids=["required column", "optional column"])
+def test_a_named_pandas_index_in_parquet_is_a_data_column(store, cfg, index):
+    """``df.set_index(name).to_parquet()`` stores the index as the column ``name``: it is data. Only
+    an unnamed index (``__index_level_0__``) is pandas' bookkeeping, dropped without a warning."""
+    cfg = variant(cfg, carrier={"nullable": True})
+    frame = pd.read_parquet(io.BytesIO(flights_parquet()))
+    named, unnamed = io.BytesIO(), io.BytesIO()
+    frame.set_index(index).to_parquet(named)
+    frame.set_index(pd.Index([7, 8])).assign(id=[7, 8]).to_parquet(unnamed)  # not a RangeIndex
+    assert "__index_level_0__" in pq.read_schema(io.BytesIO(unnamed.getvalue())).names
+    land(store, cfg, "flights_a.parquet", named.getvalue())
+    land(store, cfg, "flights_b.parquet", unnamed.getvalue())
+    land(store, cfg, "weather.csv", WEATHER)
+
+    ingested, validated = run(store, cfg)
+
+    assert ingested["rejected_files"] == [] and ingested["warnings"] == []
+    got = curated(store, cfg)
+    assert got["id"].tolist() == [5, 6, 7, 8] and got["carrier"].tolist() == ["AA", "UA"] * 2
+    assert validated["bad_rows"] == 0
+
+
 def test_several_files_per_day_are_combined_in_file_then_line_order(store, cfg):
     land(store, cfg, "flights_b.csv", csv(*GOOD[2:]))
     land(store, cfg, "flights_a.csv", csv(*GOOD[:2]))
@@ -566,6 +602,86 @@ def test_duplicate_weather_keys_keep_the_first_row(store, cfg):
     ingested, _ = run(store, cfg)
     assert any("1 row(s) with a duplicate key" in w for w in ingested["warnings"])
     assert curated(store, cfg)["temp"].tolist()[0] == 39.0
+
+
+def test_side_rows_without_a_complete_join_key_are_quarantined_and_counted(store, cfg):
+    land(store, cfg, "flights.csv", csv(*GOOD))
+    weather = (
+        WEATHER
+        + "EWR,2013-01-01 11:00 o'clock,41.0\n,2013-01-01T11:00:00Z,40.0\nJFK,2013-01-01T11:00:00Z,40.0\n"
+    )
+    key = land(store, cfg, "weather.csv", weather)
+
+    ingested, validated = run(store, cfg)
+
+    assert ingested["malformed_lines"] == 2
+    assert f"{key}: 2 row(s) without a complete key ['origin', 'time_hour'] cannot be joined" in " ".join(
+        ingested["warnings"]
+    )
+    lines = malformed_lines(store, cfg)
+    assert lines["source_file"].tolist() == [key, key] and lines["line"].tolist() == [4, 5]
+    assert lines["reason"].tolist() == [
+        "join 'weather': no complete key ['origin', 'time_hour'] (weather: time_hour: "
+        '"2013-01-01 11:00 o\'clock" is not an ISO 8601 timestamp); it joins no row',
+        "join 'weather': no complete key ['origin', 'time_hour'] (origin missing); it joins no row",
+    ]
+    assert json.loads(lines["raw"][0]) == {
+        "origin": "EWR",
+        "time_hour": "2013-01-01 11:00 o'clock",
+        "temp": "41.0",
+    }
+    # counted as bad records like malformed lines: 2 of 4 rows + 2 lost
+    assert (validated["malformed_lines"], validated["bad_fraction"]) == (2, round(2 / 6, 6))
+    assert (
+        "2 side-table row(s) without a complete join key from weather.csv (2) were quarantined too, so 2 of "
+        "6 landed records (33.33%) are bad"
+    ) in validated["message"]
+    temp = curated(store, cfg)["temp"]  # EWR 11:00 has no weather: its only row had no usable key
+    assert temp.isna().tolist() == [False, False, True, False] and temp.dropna().tolist() == [
+        39.0,
+        38.5,
+        40.0,
+    ]
+
+
+def test_side_rows_without_a_key_in_a_parquet_side_file_are_quarantined_with_their_values(store, cfg):
+    land(store, cfg, "flights.csv", csv(*GOOD))
+    buffer = io.BytesIO()
+    pq.write_table(
+        pa.table(
+            {
+                "origin": ["EWR", None],
+                "time_hour": pa.array([dt.datetime(2013, 1, 1, 10), dt.datetime(2013, 1, 1, 11)]),
+                "temp": [39.0, 41.5],
+            }
+        ),
+        buffer,
+    )
+    key = land(store, cfg, "weather.parquet", buffer.getvalue())
+
+    ingested, validated = run(store, cfg)
+
+    [line] = malformed_lines(store, cfg).to_dict("records")
+    assert (line["source_file"], line["line"]) == (key, 2) and "(origin missing)" in line["reason"]
+    assert json.loads(line["raw"]) == {"origin": None, "time_hour": "2013-01-01T11:00:00", "temp": "41.5"}
+    assert validated["malformed_lines"] == 1 and curated(store, cfg)["temp"].tolist()[0] == 39.0
+
+
+def test_a_join_whose_only_file_was_rejected_names_it_in_the_warning(store, cfg):
+    land(store, cfg, "flights.csv", csv(*GOOD))
+    key = land(store, cfg, "weather.csv", b"\xff\xfe")
+    ingested = ingest_day(store, cfg, DAY)
+    assert (
+        f"join 'weather': its file(s) ['{key}'] were rejected (see rejected_files); its columns are null"
+        in (ingested["warnings"])
+    )
+    assert not any("no file matching" in w for w in ingested["warnings"])
+
+    other = variant(cfg, "tiny_no_weather")
+    land(store, other, "flights.csv", csv(*GOOD))
+    assert ingest_day(store, other, DAY)["warnings"] == [
+        "join 'weather': no file matching 'weather*'; its columns are null"
+    ]
 
 
 def test_rerun_is_byte_identical(store, cfg):
@@ -642,6 +758,74 @@ def test_a_day_curated_before_landing_files_were_recorded_is_not_compared(store,
     land(store, cfg, "flights_late.csv", csv("9,1,AA,EWR,2013-01-01T10:00:00Z"))
     plan = ingestion.plan_ingestion(store, cfg, [DAY])
     assert (plan.todo, plan.curated) == ([], [DAY])
+
+
+def restage_concurrently(store: ObjectStore, cfg: PipelineConfig, name: str, *lines: str) -> None:
+    """Another run of the ingest step for the day, with a late landing file: a new staging manifest,
+    and the parts it replaces deleted."""
+    land(store, cfg, name, csv(*lines))
+    ingest_day(store, cfg, DAY)
+
+
+@pytest.mark.parametrize("step", ["read_staged", "run_gx"], ids=["while the data is read", "later"])
+def test_validation_starts_again_when_a_concurrent_ingest_restages_the_day(store, cfg, monkeypatch, step):
+    """Read the data part (gone, read_staged) or the malformed-lines part (gone, after GX): either
+    way the result is the new staging's, as if validation had started after that ingest."""
+    land(store, cfg, "flights_a.csv", csv(*GOOD, "9,0,UA"))
+    ingest_day(store, cfg, DAY)
+    real, restaged = getattr(validation, step), []
+
+    def racing(*args):
+        if not restaged:
+            restaged.append(step)
+            restage_concurrently(store, cfg, "flights_b.csv", "10,0,UA", "11,1,AA,EWR,2013-01-01T10:00:00Z")
+        return real(*args)
+
+    monkeypatch.setattr(validation, step, racing)
+    validated = validate_day(store, cfg, DAY)
+
+    assert restaged and validated["passed"] and validated["malformed_lines"] == 2
+    assert curated(store, cfg)["id"].tolist() == [1, 2, 3, 4, 11]
+    assert malformed_lines(store, cfg)["raw"].tolist() == ["9,0,UA", "10,0,UA"]
+
+
+def test_validation_gives_up_with_a_clear_message_when_staging_keeps_being_replaced(store, cfg, monkeypatch):
+    land(store, cfg, "flights.csv", csv(*GOOD))
+    ingest_day(store, cfg, DAY)
+    real, runs = validation.read_staged, []
+
+    def racing(*args):
+        runs.append(1)
+        restage_concurrently(
+            store, cfg, f"flights_{len(runs)}.csv", f"{10 + len(runs)},1,AA,EWR,2013-01-01T10:00:00Z"
+        )
+        return real(*args)
+
+    monkeypatch.setattr(validation, "read_staged", racing)
+    with pytest.raises(validation.StagingReplacedError) as failure:
+        validate_day(store, cfg, DAY)
+
+    message = str(failure.value)
+    assert len(runs) == validation.STAGING_ATTEMPTS and "\n" not in message
+    assert message.startswith(
+        f"Validation of 'tiny' for {DAY} could not read s3://{store.bucket}/tiny/staging/"
+    )
+    assert (
+        "staging was replaced by a concurrent ingest run of the same day (3 time(s) while it was read)"
+        in message
+    )
+    assert "rerun it once that ingest has finished" in message
+    for area in ("curated", "quarantine"):  # nothing published
+        assert store.read_manifest(partition_prefix(cfg.prefix, area, DAY)) is None
+
+
+def test_a_staging_part_gone_behind_an_unchanged_manifest_is_reported_as_damage(store, cfg):
+    land(store, cfg, "flights.csv", csv(*GOOD))
+    ingest_day(store, cfg, DAY)
+    [part] = store.read_manifest(partition_prefix(cfg.prefix, "staging", DAY))["data_parts"]
+    store.delete([part])
+    with pytest.raises(validation.StagingReplacedError, match="the staging partition is damaged"):
+        validate_day(store, cfg, DAY)
 
 
 def test_day_without_landing_files_is_no_data(store, cfg):

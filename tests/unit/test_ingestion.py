@@ -156,3 +156,26 @@ def test_float_text_reads_back_every_float_exactly():
     typed, bad, _ = convert_column(raw(*map(repr, floats), "-0", "+.5"), "float")
     assert not bad.any()
     assert typed.tolist()[: len(floats)] == floats and typed.tolist()[-2:] == [0.0, 0.5]
+
+
+def test_int_text_too_long_for_int_or_decimal_is_a_bad_value_not_an_error():
+    """int() refuses more than 4300 digits and Decimal() an exponent beyond 10**18: such a value is
+    no int64, flagged like any other, instead of failing the whole day."""
+    typed, bad, reason = convert_column(
+        raw(
+            "9" * 5000,
+            "-" + "9" * 5000,
+            "0" * 5000 + "7",
+            "1e99999999999999999999",
+            "1e-99999999999999999999",
+            "0.0e99999999999999999999",
+            "1" + "0" * 5000 + "e-5000",
+        ),
+        "int",
+    )
+    assert (
+        bad.tolist() == [True, True, False, True, True, False, False] and reason == "is not a 64-bit integer"
+    )
+    assert (
+        typed.tolist()[2] == 7 and typed.tolist()[5:] == [0, 1] and typed.isna().tolist()[:2] == [True, True]
+    )
