@@ -574,6 +574,10 @@ class PipelineConfig(_Strict):
             raise ValueError(
                 f"end_date ({self.end_date}) is before start_date ({self.start_date}): nothing would be scheduled"
             )
+        if _repeated(self.drift.critical_columns):
+            raise ValueError(
+                f"drift.critical_columns lists {_repeated(self.drift.critical_columns)} more than once"
+            )
         unknown_critical = [c for c in self.drift.critical_columns if c not in known]
         if unknown_critical:
             raise ValueError(f"drift.critical_columns {unknown_critical} are not known columns")

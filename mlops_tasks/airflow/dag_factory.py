@@ -21,7 +21,9 @@ Only Airflow and the config are imported here; stage libraries load inside tasks
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -253,11 +255,17 @@ class _ConfigErrorOperator(BaseOperator):
         raise AirflowFailException(self.reason)
 
 
-def config_error_dag(path: Path, reason: str) -> DAG:
+def config_error_dag(path: Path, reason: str, taken: Iterable[str] = ()) -> DAG:
     """Stands in for the DAGs of a config that cannot be built: its description and its one task
-    say why (a run fails with the reason), and it never runs on its own."""
+    say why (a run fails with the reason), and it never runs on its own. Files whose names differ
+    only in punctuation (a-b.yaml, a_b.yaml) get distinct ids: ``taken`` are the ids in use."""
+    base = CONFIG_ERROR_DAG.format(stem="".join(c if c.isalnum() else "_" for c in path.stem))
+    taken = set(taken)
+    dag_id = next(
+        i for i in itertools.chain([base], (f"{base}_{n}" for n in itertools.count(2))) if i not in taken
+    )
     with DAG(
-        dag_id=CONFIG_ERROR_DAG.format(stem="".join(c if c.isalnum() else "_" for c in path.stem)),
+        dag_id=dag_id,
         schedule=None,
         start_date=dt.datetime(2000, 1, 1, tzinfo=dt.UTC),
         tags=["mlops", "config-error"],
@@ -283,7 +291,7 @@ def build_all_dags(directory: Path | None = None) -> dict[str, DAG]:
         except Exception as exc:  # any error: it is reported in the error DAG, the others still load
             reason = f"{type(exc).__name__}: {exc}"
             log.error("Pipeline config %s is not scheduled: %s", path, reason)
-            error = config_error_dag(path, reason)
+            error = config_error_dag(path, reason, taken=dags)
             dags[error.dag_id] = error
             continue
         dags.update(built)

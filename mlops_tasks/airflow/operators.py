@@ -44,11 +44,19 @@ _Item = TypeVar("_Item")
 
 
 def as_date(value: str | dt.date | dt.datetime) -> dt.date:
+    """A day from a date, a datetime or ISO text (a rendered template, an asset event's extra). Text
+    that is no date fails the task at once: a retry would render or receive the same text."""
     if isinstance(value, dt.datetime):
         return value.date()
     if isinstance(value, dt.date):
         return value
-    return dt.date.fromisoformat(str(value)[:10])
+    try:
+        return dt.date.fromisoformat(str(value)[:10])
+    except ValueError:
+        raise AirflowFailException(
+            f"{str(value)[:100]!r} is not a date (YYYY-MM-DD): check the task's day/window_end argument, "
+            "its template, or the extra of the asset event that triggered the run"
+        ) from None
 
 
 def run_day(day: str | dt.date | None, context: Context) -> dt.date:

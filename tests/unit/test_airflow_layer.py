@@ -102,6 +102,7 @@ def test_a_broken_config_becomes_an_error_dag_and_the_others_still_load(tmp_path
         (REPO / "configs" / "flights_delay.yaml").read_text().replace("name: flights_delay", "name: other")
     )
     (tmp_path / "other.yaml").write_text(broken.replace("inference:", "inference:\n  schedul: daily", 1))
+    (tmp_path / "other.yml").write_text("name: [not, a, name]\n")  # the error DAG id of "other" is taken
     # same storage prefix as flights_delay under another name: would delete each other's parts
     twin = (REPO / "configs" / "flights_delay.yaml").read_text().replace("name: flights_delay", "name: twin")
     (tmp_path / "same_prefix.yaml").write_text(
@@ -119,6 +120,7 @@ def test_a_broken_config_becomes_an_error_dag_and_the_others_still_load(tmp_path
     )
     assert not any(d.startswith(("other_", "twin_")) for d in bag.dag_ids), bag.dag_ids
     error = bag.dags["mlops_config_error_other"]
+    assert "other.yml" in bag.dags["mlops_config_error_other_2"].get_task("config_error").reason
     assert error.schedule is None or error.timetable.summary in ("None", "")
     task = error.get_task("config_error")
     assert "schedul" in task.reason and "other.yaml" in task.reason
@@ -223,3 +225,14 @@ def test_an_unreachable_mlflow_server_is_named_without_its_credentials() -> None
     message = str(err.value)
     assert "TopSecret" not in message and "bob" not in message
     assert f"server http://127.0.0.1:{uri.rsplit(':', 1)[1]} is not reachable" in message
+
+
+@pytest.mark.parametrize("text", ["None", "2013-13-01", "yesterday"])
+def test_text_that_is_no_date_fails_the_task_at_once_naming_it(text: str) -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from mlops_tasks.airflow.operators import as_date
+
+    with pytest.raises(AirflowFailException, match=rf"'{text}' is not a date \(YYYY-MM-DD\)"):
+        as_date(text)
+    assert as_date("2013-06-01T00:00:00+00:00") == dt.date(2013, 6, 1)

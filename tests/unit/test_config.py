@@ -206,6 +206,10 @@ WEATHER = "data.joins.0"
         ({"inference.schedule": "61 * * * *"}, r"field 'inference\.schedule': schedule is not a valid cron"),
         ({"drift.schedule": "0 0 * * * 30"}, r"field 'drift\.schedule': schedule must be a 5-field cron"),
         (
+            {"drift.critical_columns": ["temp", "temp"]},
+            r"drift\.critical_columns lists \['temp'\] more than once",
+        ),
+        (
             {"training.schedule": "0 0 30 2 *"},
             r"field 'training\.schedule': schedule '0 0 30 2 \*' never fires",
         ),
@@ -240,6 +244,7 @@ WEATHER = "data.joins.0"
         "cron-out-of-range",
         "cron-with-seconds",
         "cron-that-never-fires",
+        "critical-column-twice",
         "weekly-inference",
         "drift-on-weekdays-only",
         "monthly-inference",
