@@ -6,7 +6,9 @@ champion (registry alias ``champion``), on the same rows. A challenger is promot
 metric clears the absolute floor, beats the champion by ``gate.min_improvement`` (a champion whose
 metric is undefined on these rows cannot be shown to be beaten: rejected), and its ONNX file and p95
 batch latency fit the budgets. The decision also records the registry's newest version at gate
-time, so the registry knows which versions the gate came after. A rejection is a normal outcome: it
+time, so the registry knows which versions the gate came after, and the sha256 of the challenger's ONNX
+file, which the registry records; a run that is champion already passes only while its file still has
+that checksum. A rejection is a normal outcome: it
 is reported (JSON + a self-contained HTML page under ``reports/gate/``, both also logged to the MLflow
 run), not raised.
 The report keys are fixed per (day, run); its bytes repeat on a rerun except the measured latencies.
@@ -15,6 +17,7 @@ The report keys are fixed per (day, run); its bytes repeat on a rerun except the
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import html
 import json
 import tempfile
@@ -55,6 +58,8 @@ HIGHER_IS_BETTER = {
     "mae": False,
 }
 FLOOR_CHECKS = ("metric_defined", "min_value")
+# Model version tag (and key of the decision's challenger): sha256 of the ONNX file the gate judged.
+ONNX_SHA256_TAG = "onnx_sha256"
 LATENCY_REPEATS = 20
 _EPS = 1e-7
 
@@ -359,6 +364,26 @@ def _champion(
     return version, OnnxModel(path, cfg), newest_version
 
 
+def _already_champion(version: Any, onnx_sha256: str) -> dict[str, Any]:
+    """The check for a run that is the champion already: it passes only while the run's ONNX file is
+    the one registered (and so gated) as that version. Any other file would be served unjudged."""
+    registered = (version.tags or {}).get(ONNX_SHA256_TAG) or None
+    if registered == onnx_sha256:
+        detail = f"this run is already champion v{version.version} with the ONNX model it registered"
+    elif registered is None:
+        detail = (
+            f"this run is champion v{version.version}, registered without an ONNX checksum, so its "
+            "current ONNX model cannot be shown to be the one gated; train a new run to gate a model"
+        )
+    else:
+        detail = (
+            f"this run is champion v{version.version}, but its ONNX model (sha256 {onnx_sha256[:12]}) is "
+            f"not the one registered (sha256 {registered[:12]}); the served file changed after its gate. "
+            "Train a new run to gate a new model, and roll back if the changed file is being served."
+        )
+    return _check("already_champion", registered == onnx_sha256, onnx_sha256, registered, detail)
+
+
 def evaluate_and_gate(
     cfg: PipelineConfig,
     run_id: str,
@@ -379,15 +404,19 @@ def evaluate_and_gate(
         onnx_path = tracking.download_run_artifact(
             tracking_uri, run_id, tracking.ONNX_ARTIFACT, Path(tmp) / "challenger"
         )
-        challenger = {"run_id": run_id, **OnnxModel(onnx_path, cfg).assess(rows, label, cfg)}
+        challenger = {
+            "run_id": run_id,
+            ONNX_SHA256_TAG: hashlib.sha256(onnx_path.read_bytes()).hexdigest(),
+            **OnnxModel(onnx_path, cfg).assess(rows, label, cfg),
+        }
         version, champ_model, newest = _champion(cfg, tracking_uri, run_id, Path(tmp))
         champion = None
         if champ_model is not None:
             champion = {"version": version.version, "run_id": version.run_id}
             champion |= champ_model.assess(rows, label, cfg)
     if version is not None and version.run_id == run_id:
-        checks = [_check("already_champion", True, version.version, None, "this run is the champion already")]
-        reason = f"promoted: this run is already champion v{version.version}"
+        checks = [_already_champion(version, challenger[ONNX_SHA256_TAG])]
+        reason = ("promoted: " if checks[0]["passed"] else "rejected: ") + checks[0]["detail"]
     else:
         checks = gate_checks(cfg, challenger, champion)
         reason = _reason(checks, champion)

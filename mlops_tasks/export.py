@@ -70,6 +70,10 @@ class ExportDataError(DataError):
     """The rows given to the export cannot prove parity (none)."""
 
 
+class ExportConflictError(DataError):
+    """The run already holds a different ONNX model; a run's model is written once."""
+
+
 def build_onnx(net: TabularNet, spec: NetSpec) -> onnx.ModelProto:
     """The ONNX graph of a trained network, raw columns in, contract outputs out."""
     nodes: list[onnx.NodeProto] = []
@@ -236,6 +240,14 @@ def check_parity(
     names = [o.name for o in session.get_outputs()]
     got = dict(zip(names, session.run(None, onnx_inputs(frame, spec.features, "parity rows")), strict=True))
     score, proba = predict(net, spec, frame)
+    broken = int((~np.isfinite(score)).sum())
+    if broken:
+        # NaN == NaN would pass the comparison below: a model scoring nothing must not pass as exact.
+        raise ParityError(
+            f"the torch model itself gives a non-finite score for {broken} of {len(frame)} parity rows "
+            "(NaN/inf from its weights or preprocessing statistics); such a model cannot be served. "
+            "Check the training run's losses and the feature values, then train again."
+        )
     regression = spec.task == "regression"
     pairs = [(got[SCORE_OUTPUT], score, spec.target_std if regression else 1.0)]
     if proba is not None:
@@ -286,10 +298,23 @@ def _quantize(fp32_path: Path, cfg: PipelineConfig, spec: NetSpec, sample: pd.Da
     return (int8_path if kept else fp32_path), {**info, "kept": kept}
 
 
+def _logged_onnx_sha256(client: Any, tracking_uri: str, run_id: str, dest: Path) -> str | None:
+    """sha256 of the run's logged ``model/model.onnx``, or None when it has none yet."""
+    if tracking.ONNX_ARTIFACT not in {a.path for a in client.list_artifacts(run_id, "model")}:
+        return None
+    path = tracking.download_run_artifact(tracking_uri, run_id, tracking.ONNX_ARTIFACT, dest)
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def export_run(
     cfg: PipelineConfig, run_id: str, *, tracking_uri: str, sample_frame: pd.DataFrame
 ) -> dict[str, Any]:
-    """Rebuild the run's network, export, check parity, optionally quantise, log ``model/model.onnx``."""
+    """Rebuild the run's network, export, check parity, optionally quantise, log ``model/model.onnx``.
+
+    The ONNX file is written once per run: a retry producing the same bytes logs nothing new, other
+    bytes (changed export settings) raise :class:`ExportConflictError`. Otherwise re-exporting the
+    champion's run would swap the served model behind the registry's and the gate's back.
+    """
     if sample_frame.empty:
         raise ExportDataError(
             f"run {run_id}: the sample rows for the parity check are empty; nothing exported"
@@ -310,21 +335,32 @@ def export_run(
             chosen, quant = _quantize(path, cfg, spec, sample_frame)
             data = chosen.read_bytes()
             path.write_bytes(data)
+        sha = hashlib.sha256(data).hexdigest()
         now = int(time.time() * 1000)
-        tags = [
-            RunTag("onnx_sha256", hashlib.sha256(data).hexdigest()),
-            RunTag("onnx_quantized", str(quant["kept"]).lower()),
-        ]
+        tags = [RunTag("onnx_sha256", sha), RunTag("onnx_quantized", str(quant["kept"]).lower())]
         metrics = [Metric("parity_max_abs_diff", diff, now, 0), Metric("onnx_bytes", len(data), now, 0)]
         with tracking.reachable(tracking_uri, f"log the ONNX model of run {run_id}"):
-            client.log_artifact(run_id, str(path), "model")
-            client.log_batch(run_id, metrics=metrics, tags=tags)
-            artifact_uri = client.get_run(run_id).info.artifact_uri
+            logged = _logged_onnx_sha256(client, tracking_uri, run_id, Path(tmp) / "logged")
+            if logged is not None and logged != sha:
+                raise ExportConflictError(
+                    f"run {run_id} already holds a different {tracking.ONNX_ARTIFACT} (sha256 "
+                    f"{logged[:12]}, this export {sha[:12]}): a run's ONNX model is written once, since "
+                    "the registry serves and the gate judged that file. The export settings changed "
+                    "since (e.g. export.quantize); train a new run (a new DAG run, or change the "
+                    "training config) to export with them, or restore the settings to retry this one."
+                )
+            if logged is None:
+                client.log_artifact(run_id, str(path), "model")
+            run = client.get_run(run_id)
+            # A retry after the upload (the same bytes): record only what the earlier attempt missed.
+            if run.data.tags.get("onnx_sha256") != sha:
+                client.log_batch(run_id, metrics=metrics, tags=tags)
+            artifact_uri = run.info.artifact_uri
     return {
         "run_id": run_id,
         "onnx_artifact_uri": f"{artifact_uri}/{tracking.ONNX_ARTIFACT}",
         "onnx_bytes": len(data),
-        "onnx_sha256": hashlib.sha256(data).hexdigest(),
+        "onnx_sha256": sha,
         "parity_max_abs_diff": diff,
         "parity_rows": len(parity_frame),
         "quantized": bool(quant["kept"]),

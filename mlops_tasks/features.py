@@ -3,7 +3,7 @@
 ONNX model contract 2 (written by :mod:`mlops_tasks.export`, read by evaluation, inference, drift):
 
 * input ``numeric``: float32 ``[N, len(features.numeric)]`` in config order; NaN means missing
-  (imputation and scaling happen inside the graph);
+  (imputation and scaling happen inside the graph); +-inf is missing as well and given as NaN;
 * categorical columns arrive dictionary-encoded, as arrow and parquet already hold them: input
   ``categorical_values`` string ``[D]`` lists the raw values, and input ``categorical_codes`` int64
   ``[N, len(features.categorical)]`` (config order) says which of them each row has, so row ``i``'s
@@ -85,6 +85,11 @@ def onnx_inputs(
         numeric = np.empty((rows, len(features.numeric)), dtype=np.float32)
         for i, col in enumerate(features.numeric):
             _fill_numeric(numeric[:, i], _column(frame, col, arrow), col, source)
+        # +-inf (a broken sensor, a float64 beyond float32) is missing too: the graph imputes only NaN,
+        # and one inf in training would make a feature's mean inf and every scaled row NaN.
+        infinite = np.isinf(numeric)
+        if infinite.any():
+            numeric[infinite] = np.nan
         inputs[NUMERIC_INPUT] = numeric
     if features.categorical:
         codes = np.empty((rows, len(features.categorical)), dtype=np.int64)
@@ -185,6 +190,13 @@ def _numeric(values: pd.Series | list[pa.Array], col: str, source: str) -> np.nd
                 [pc.cast(c, pa.float32()).to_numpy(zero_copy_only=False) for c in values], np.float32
             )
         values = pa.chunked_array(values).to_pandas().rename(col)
+    if values.dtype.kind in "mM":
+        # As numbers they are nanoseconds, and a missing one (NaT) the smallest int64, not NaN.
+        raise FeatureError(
+            f"{source}: column '{col}' holds {values.dtype} values (dates or durations), which are not a "
+            "numeric feature; derive a number from it in the data (e.g. the hour, or days since an event) "
+            "and list that under features.numeric instead"
+        )
     if values.dtype == object or isinstance(values.dtype, pd.StringDtype):
         converted = pd.to_numeric(values, errors="coerce")
         bad = converted.isna() & values.notna()
@@ -194,7 +206,8 @@ def _numeric(values: pd.Series | list[pa.Array], col: str, source: str) -> np.nd
                 f"{source}: column '{col}' must be numeric; {int(bad.sum())} value(s) are not, e.g. {example!r}"
             )
         values = converted
-    return values.to_numpy(dtype=np.float32, na_value=np.nan)
+    with np.errstate(over="ignore"):  # beyond float32 -> inf, which onnx_inputs makes missing
+        return values.to_numpy(dtype=np.float32, na_value=np.nan)
 
 
 def _categorical(values: pd.Series | list[pa.Array], offset: int) -> tuple[np.ndarray, np.ndarray]:
@@ -303,14 +316,17 @@ def _joined(parts: list[np.ndarray], dtype: type) -> np.ndarray:
 def derive_label(frame: pd.DataFrame, target: TargetSpec) -> pd.Series:
     """The label per the config: a rule on a numeric column (binary), the column as numbers
     (regression) or as class strings (:func:`category_strings`: a 0/1 column stored as float64
-    because one label is missing still gives classes "0"/"1")."""
+    because one label is missing still gives classes "0"/"1"). A number that is +-inf (also
+    beyond float32, for regression) is missing, as in the features."""
     import pandas as pd
 
     raw = frame[target.column]
     if target.positive_when is not None:
         values = pd.to_numeric(raw, errors="coerce")
         label = (values > target.positive_when.greater_than).astype("float32")
-        return label.where(values.notna())
+        return label.where(values.notna() & ~values.isin([np.inf, -np.inf]))  # +-inf: missing, as features
     if target.task == "regression":
-        return pd.to_numeric(raw, errors="coerce").astype("float32")
+        with np.errstate(over="ignore"):  # beyond float32 -> inf -> missing
+            values = pd.to_numeric(raw, errors="coerce").astype("float32")
+        return values.where(~values.isin([np.inf, -np.inf]))
     return category_strings(raw)

@@ -1,9 +1,11 @@
 """The MLflow model registry, driven by aliases (not stages).
 
 * Every exported run becomes a registered model version, tagged with its data version, gate decision,
-  gate metrics, the champion its gate compared it against, the newest version its gate saw, and its run
-  id, so the registry alone explains why each version is where it is. A version's gate tags are written
-  once; retries reuse them (a stale version's are written again, see below).
+  gate metrics, the champion its gate compared it against, the newest version its gate saw, its run id
+  and the sha256 of the ONNX file its gate judged, so the registry alone explains why each version is
+  where it is. A version's gate tags are written once; retries reuse them (a stale version's are
+  written again, see below). A run's ONNX file is write-once (:mod:`mlops_tasks.export`); registering
+  a run whose file no longer has the registered checksum is refused.
 * ``champion`` is what batch inference serves; ``previous_champion`` is the one-step rollback target
   (the champion the serving version's gate beat); ``challenger`` marks a rejected-but-sane model that
   batch inference shadow-scores.
@@ -61,7 +63,7 @@ from sqlalchemy.exc import IntegrityError
 
 from mlops_tasks import tracking
 from mlops_tasks.config import PipelineConfig
-from mlops_tasks.evaluation import HIGHER_IS_BETTER
+from mlops_tasks.evaluation import HIGHER_IS_BETTER, ONNX_SHA256_TAG
 
 CHAMPION = "champion"
 PREVIOUS_CHAMPION = "previous_champion"
@@ -189,8 +191,14 @@ def _write_gate_tags(
                 "so it is not shadow-scored as the challenger)"
             )
     eligible = outcome == REJECT and not decision.get("floor_failed") and stale is None
+    # The bytes the gate judged (a decision made without them: the export's record of the run's file);
+    # a later gate of this run checks its ONNX against them (evaluation's already_champion).
+    onnx_sha256 = decision["challenger"].get(ONNX_SHA256_TAG) or client.get_run(run_id).data.tags.get(
+        "onnx_sha256", ""
+    )
     tags = {
         "run_id": run_id,
+        ONNX_SHA256_TAG: onnx_sha256,
         "data_version": data_version,
         "gate_reason": reason[:4000],
         PRIMARY_METRIC: decision["primary_metric"],
@@ -220,6 +228,14 @@ def register(
         _ensure_model(client, name)
         version = _version_for_run(client, cfg, run_id)
         tags = dict(_tags(version))
+        gated, registered = decision["challenger"].get(ONNX_SHA256_TAG), tags.get(ONNX_SHA256_TAG)
+        if gated and registered and gated != registered:
+            raise RegistryError(
+                f"run {run_id}'s ONNX model (sha256 {gated[:12]}, as gated) is not the one registered as "
+                f"v{version.version} of '{name}' (sha256 {registered[:12]}): the run's "
+                f"{tracking.ONNX_ARTIFACT} changed after registration. Nothing was changed; train a new "
+                "run to register a new model (and roll back if the changed file is being served)."
+            )
         # A stale version is not in the tree, so writing its tags again (after a new gate) is safe.
         if tags.get(GATE_DECISION) in (None, STALE):
             tags = _write_gate_tags(client, version, run_id, decision, data_version)
@@ -430,7 +446,11 @@ def download_onnx(
     alias: str | None = CHAMPION,
     version: str | int | None = None,
 ) -> Path:
-    """The ONNX file of a version (by number, or by alias) as a local path under ``dest_dir``."""
+    """The ONNX file of a version (by number, or by alias) as a local path under ``dest_dir``; it
+    must have the sha256 the version was registered with (versions registered before the checksum
+    was recorded have none to check), so nothing serves a file changed after its gate."""
+    from mlops_tasks.storage import sha256_file
+
     name = cfg.registered_model_name
     client = tracking.client(tracking_uri)
     with _reachable(tracking_uri, f"download the ONNX model of '{name}'"):
@@ -440,4 +460,12 @@ def download_onnx(
             found = tracking.alias_version(client, name, alias or CHAMPION)
             if found is None:
                 raise RegistryError(f"model '{name}' has no version with alias '{alias}'")
-    return tracking.download_run_artifact(tracking_uri, found.run_id, tracking.ONNX_ARTIFACT, dest_dir)
+    path = tracking.download_run_artifact(tracking_uri, found.run_id, tracking.ONNX_ARTIFACT, dest_dir)
+    registered = (found.tags or {}).get(ONNX_SHA256_TAG)
+    if registered and sha256_file(path) != registered:
+        raise RegistryError(
+            f"v{found.version} of '{name}': the run's {tracking.ONNX_ARTIFACT} (run {found.run_id}) is not the "
+            f"file registered and gated (sha256 {registered[:12]}); it changed after registration. Nothing was "
+            f"scored with it: roll back (mlops-tasks model rollback {cfg.name}) or register a new run."
+        )
+    return path

@@ -25,7 +25,7 @@ import logging
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,8 @@ class NetSpec:
     hidden_layers: list[int]
     dropout: float
     outputs: int
+    # Numeric features constant (or empty) in the training rows; absent from specs of older runs.
+    constant: list[str] = field(default_factory=list)
 
     @property
     def features(self) -> FeatureSpec:
@@ -106,6 +108,13 @@ class TabularNet(nn.Module):
             width = hidden
         layers.append(nn.Linear(width, spec.outputs))
         self.mlp = nn.Sequential(*layers)
+        # A constant training feature is 0 after centring, so its first-layer weights get no gradient
+        # and would keep their random start: when the feed varies again at serving, the scores would
+        # move by chance. Zeroed, they stay zero (no gradient, weight decay keeps 0) and the feature
+        # is ignored, in torch and in the exported graph alike.
+        with torch.no_grad():
+            for name in spec.constant:
+                self.mlp[0].weight[:, spec.numeric.index(name)] = 0.0
 
     def forward(self, numeric: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         parts = [numeric, *(emb(codes[:, i]) for i, emb in enumerate(self.embeddings))]
@@ -159,7 +168,7 @@ def fit_spec(frame: pd.DataFrame, label: pd.Series, cfg: PipelineConfig) -> NetS
     feats = cfg.features
     inputs = onnx_inputs(frame, feats, source="training rows")
     numeric = inputs.get("numeric", np.zeros((len(frame), 0), dtype=np.float32)).astype(np.float64)
-    median, mean, std = [], [], []
+    median, mean, std, constant = [], [], [], []
     for i, col in enumerate(feats.numeric):
         values = numeric[:, i]
         if np.isnan(values).all():
@@ -170,8 +179,9 @@ def fit_spec(frame: pd.DataFrame, label: pd.Series, cfg: PipelineConfig) -> NetS
         filled = np.where(np.isnan(values), med, values).astype(np.float32)
         sd = float(filled.std())
         if sd == 0.0:
-            log.warning("numeric feature '%s' is constant in the training rows; it is not scaled", col)
+            log.warning("numeric feature '%s' is constant in the training rows; the model ignores it", col)
             sd = 1.0
+            constant.append(col)
         median.append(float(np.float32(med)))
         mean.append(float(filled.mean(dtype=np.float64).astype(np.float32)))
         std.append(float(np.float32(sd)))
@@ -202,6 +212,7 @@ def fit_spec(frame: pd.DataFrame, label: pd.Series, cfg: PipelineConfig) -> NetS
         hidden_layers=list(cfg.model.hidden_layers),
         dropout=cfg.model.dropout,
         outputs=outputs,
+        constant=constant,
     )
 
 
@@ -338,11 +349,43 @@ def _finished_attempt(
     return None
 
 
+def _known_class_rows(
+    rows: pd.DataFrame, label: pd.Series, spec: NetSpec, column: str
+) -> tuple[pd.DataFrame, pd.Series]:
+    """The validation rows whose class the model has (all rows unless multiclass).
+
+    A class only the validation split holds (a rare carrier) has no output to score, and the loss
+    cannot take its rows; as the split is seeded, every retry would fail the same way.
+    """
+    if spec.task != "multiclass":
+        return rows, label
+    known = label.isin(spec.classes or []).to_numpy()
+    if not known.any():
+        raise TrainingDataError(
+            f"training rows: none of the {len(label)} validation rows has a class of the training split "
+            f"(target '{column}'); the validation loss needs some. Widen the training "
+            "window or raise training.validation_fraction."
+        )
+    if not known.all():
+        unseen = sorted(set(label[~known]))
+        log.warning(
+            "%d validation rows have classes %s that the training split lacks; they are left out of the "
+            "validation loss",
+            int((~known).sum()),
+            unseen[:10],
+        )
+    return rows[known], label[known]
+
+
 def _params(cfg: PipelineConfig, spec: NetSpec, train_rows: int, val_rows: int) -> list[Param]:
+    """Everything that decides what is trained besides the data version and the code: also the key on
+    which a retry reuses a finished run (:func:`_finished_attempt`), so the label rule belongs here."""
     values = {
         **{f"model.{k}": v for k, v in cfg.model.model_dump().items()},
         **{f"training.{k}": v for k, v in cfg.training.model_dump().items()},
+        **{f"target.{k}": v for k, v in cfg.target.model_dump().items()},
         "task": spec.task,
+        "classes": spec.classes,
         "features.numeric": ",".join(spec.numeric),
         "features.categorical": ",".join(spec.categorical),
         "embedding_dims": spec.embedding_dims,
@@ -381,6 +424,7 @@ def train(
     val_rows, val_label = rows.iloc[val_idx], label.iloc[val_idx]
     _check_labels(fit_label, cfg, "training rows (after the validation split)")
     spec = fit_spec(fit_rows, fit_label, cfg)
+    val_rows, val_label = _known_class_rows(val_rows, val_label, spec, cfg.target.column)
     params = _params(cfg, spec, len(fit_rows), len(val_rows))
     code = tracking.version_tags()
 
@@ -443,6 +487,14 @@ def hide_categories(codes: torch.Tensor, rate: float, generator: torch.Generator
     return codes.masked_fill(torch.rand(codes.shape, generator=generator) < rate, 0)
 
 
+def _diverged(which: str, loss: float, epoch: int, learning_rate: float) -> str:
+    return (
+        f"the {which} loss is {loss} in epoch {epoch}: the network diverged or its inputs hold values "
+        f"too extreme to scale; nothing is saved from this run. Check the numeric features for huge "
+        f"values, or lower model.learning_rate ({learning_rate:g}), then train again."
+    )
+
+
 def _fit(
     cfg: PipelineConfig,
     spec: NetSpec,
@@ -477,6 +529,8 @@ def _fit(
                 optimizer.zero_grad()
                 codes = hide_categories(x_cat[batch], m.unknown_category_rate, hide_gen)
                 loss = loss_fn(net(x_num[batch], codes), y[batch])
+                if not torch.isfinite(loss):
+                    raise TrainingDataError(_diverged("training", loss.item(), epoch, m.learning_rate))
                 loss.backward()
                 optimizer.step()
                 total += loss.item() * len(batch)
@@ -484,6 +538,8 @@ def _fit(
             with torch.no_grad():
                 raw = net(v_num, v_cat)
                 val_loss = float(loss_fn(raw, v_y))
+            if not np.isfinite(val_loss):
+                raise TrainingDataError(_diverged("validation", val_loss, epoch, m.learning_rate))
             score, proba = outputs_to_scores(raw, spec)
             metric = compute_metrics(spec.task, v_true, score, proba).get(primary)
             epochs_run = epoch

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import uuid
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 import torch
 
 from mlops_tasks import export, lineage, registry, tracking, training
-from mlops_tasks.config import FeatureSpec, GateSpec, PipelineConfig, TargetSpec, load_config
+from mlops_tasks.config import FeatureSpec, GateSpec, PipelineConfig, PositiveWhen, TargetSpec, load_config
 from mlops_tasks.features import (
     CATEGORICAL_CODES_INPUT,
     CATEGORICAL_VALUES_INPUT,
@@ -95,14 +96,23 @@ def test_a_retry_after_the_run_finished_reuses_it_and_a_changed_config_trains_ag
     first = attempt(binary_cfg)
     retry = attempt(binary_cfg)
     cleared_after_a_config_change = attempt(tune(binary_cfg, "model", {"seed": 8}))
+    # Same rows, network and params, other labels: late now means over an hour, not 15 minutes.
+    late_rule = binary_cfg.target.model_copy(update={"positive_when": PositiveWhen(greater_than=60)})
+    cleared_after_a_label_change = attempt(binary_cfg.model_copy(update={"target": late_rule}))
 
     summary = ("run_id", "experiment_id", "epochs_run", "best_epoch", "best_val_loss", "train_rows")
     assert {k: retry[k] for k in summary} == {k: first[k] for k in summary}
     assert cleared_after_a_config_change["run_id"] != first["run_id"]
-    runs = tracking.client(mlflow_server).search_runs(
-        [first["experiment_id"]], f"attributes.run_name = '{run_name}'"
+    assert cleared_after_a_label_change["run_id"] not in (
+        first["run_id"],
+        cleared_after_a_config_change["run_id"],
     )
-    assert sorted(r.info.status for r in runs) == ["FINISHED", "FINISHED"]
+    client = tracking.client(mlflow_server)
+    assert client.get_run(cleared_after_a_label_change["run_id"]).data.params["target.positive_when"] == str(
+        {"greater_than": 60.0}
+    )
+    runs = client.search_runs([first["experiment_id"]], f"attributes.run_name = '{run_name}'")
+    assert sorted(r.info.status for r in runs) == ["FINISHED"] * 3
 
 
 def test_the_out_of_vocabulary_slot_is_trained_so_unseen_values_score_like_known_ones(
@@ -198,8 +208,8 @@ def test_a_tampered_onnx_graph_fails_the_parity_check(
         export.check_parity(model.SerializeToString(), net, spec, split[1].head(200), 1e-4)
 
 
-def test_constant_feature_and_all_nan_column_train_and_export(
-    binary_cfg: PipelineConfig, split: tuple, mlflow_server: str
+def test_constant_feature_and_all_nan_column_train_and_export_and_are_ignored_when_they_vary(
+    binary_cfg: PipelineConfig, split: tuple, mlflow_server: str, tmp_path: Path
 ) -> None:
     train_rows = split[0].assign(wind_gust=np.nan, distance=500.0)
     run = training.train(
@@ -207,19 +217,74 @@ def test_constant_feature_and_all_nan_column_train_and_export(
     )
     exported = export.export_run(binary_cfg, run["run_id"], tracking_uri=mlflow_server, sample_frame=split[1])
     assert run["epochs_run"] >= 1 and exported["parity_max_abs_diff"] <= binary_cfg.export.parity_tolerance
+    # The gust feed comes back, distances vary again: the served model never learned from them.
+    path = tracking.download_run_artifact(mlflow_server, run["run_id"], tracking.ONNX_ARTIFACT, tmp_path)
+    session = ort.InferenceSession(str(path))
+    rows = split[1].head(300)
+
+    def scores(frame: pd.DataFrame) -> np.ndarray:
+        return session.run(["score"], onnx_inputs(frame, binary_cfg.features))[0]
+
+    np.testing.assert_array_equal(scores(rows), scores(rows.assign(wind_gust=np.nan, distance=500.0)))
+
+
+def test_an_infinite_feature_value_is_trained_and_served_as_missing(
+    binary_cfg: PipelineConfig, split: tuple, mlflow_server: str, store: ObjectStore
+) -> None:
+    """One bad sensor reading made every scaled row NaN: best epoch 0, a FINISHED run, NaN scores."""
+    from mlops_tasks import evaluation
+
+    train_rows = split[0].copy()
+    train_rows.loc[train_rows.index[10], "wind_gust"] = np.inf
+    run = training.train(
+        binary_cfg, train_rows, tracking_uri=mlflow_server, data_version="dv1", trigger="test"
+    )
+    exported = export.export_run(binary_cfg, run["run_id"], tracking_uri=mlflow_server, sample_frame=split[1])
+    eval_rows = split[1].copy()
+    eval_rows.loc[eval_rows.index[:5], "wind_gust"] = [np.inf, -np.inf, np.inf, 1e300, -1e300]
+    cfg = binary_cfg.model_copy(update={"gate": GateSpec(latency_batch_rows=256)})
+    decision = evaluation.evaluate_and_gate(
+        cfg, run["run_id"], eval_rows, tracking_uri=mlflow_server, store=store, day=DAY
+    )
+
+    assert run["best_epoch"] >= 1 and np.isfinite(run["best_val_loss"])
+    assert exported["parity_max_abs_diff"] <= binary_cfg.export.parity_tolerance
+    assert decision["challenger"]["metrics"]["roc_auc"] is not None
+
+
+def test_a_class_only_the_validation_split_holds_does_not_fail_multiclass_training(
+    binary_cfg: PipelineConfig, split: tuple, mlflow_server: str
+) -> None:
+    """A carrier with one flight in the window, drawn into the seeded validation split: its class
+    index was past the model's outputs (IndexError, a FAILED run on every retry)."""
+    cfg = small_config(
+        binary_cfg,
+        f"mc_{uuid.uuid4().hex[:8]}",
+        target=TargetSpec(task="multiclass", column="carrier"),
+        features=FeatureSpec(numeric=["distance", "hour", "temp"], categorical=["origin", "dest"]),
+    )
+    train_rows = split[0].reset_index(drop=True)
+    first_validation_row = np.random.default_rng(cfg.model.seed).permutation(len(train_rows))[0]
+    train_rows.loc[first_validation_row, "carrier"] = "ZZ"
+
+    run = training.train(cfg, train_rows, tracking_uri=mlflow_server, data_version="dv1", trigger="test")
+
+    finished = tracking.client(mlflow_server).get_run(run["run_id"])
+    assert finished.info.status == "FINISHED" and "ZZ" not in finished.data.params["classes"]
+    assert (
+        int(finished.data.params["val_rows"]) == round(len(train_rows) * cfg.training.validation_fraction) - 1
+    )
 
 
 def test_quantized_export_is_kept_only_within_the_metric_tolerance(
     binary_cfg: PipelineConfig, split: tuple, trained: dict, mlflow_server: str
 ) -> None:
     cfg = tune(binary_cfg, "export", {"quantize": True, "quantize_metric_tolerance": 1.0})
-    result = export.export_run(cfg, trained["run_id"], tracking_uri=mlflow_server, sample_frame=split[1])
+    # A run of its own: a run's ONNX model is written once. Training is deterministic, so its fp32
+    # export would be byte-identical to the shared run's.
+    run = training.train(cfg, split[0], tracking_uri=mlflow_server, data_version="dv1", trigger="test")
+    result = export.export_run(cfg, run["run_id"], tracking_uri=mlflow_server, sample_frame=split[1])
     assert result["quantized"] is True and result["onnx_sha256"] != trained["export"]["onnx_sha256"]
-    # Put the shared run's fp32 model back for the tests that follow.
-    restored = export.export_run(
-        binary_cfg, trained["run_id"], tracking_uri=mlflow_server, sample_frame=split[1]
-    )
-    assert restored["onnx_sha256"] == trained["export"]["onnx_sha256"]
 
 
 def test_quantized_export_beyond_the_metric_tolerance_keeps_the_fp32_model(
@@ -230,8 +295,90 @@ def test_quantized_export_beyond_the_metric_tolerance_keeps_the_fp32_model(
     cfg = tune(binary_cfg, "export", {"quantize": True, "quantize_metric_tolerance": -2.0})
     result = export.export_run(cfg, trained["run_id"], tracking_uri=mlflow_server, sample_frame=split[1])
     assert result["quantized"] is False
-    assert result["onnx_sha256"] == trained["export"]["onnx_sha256"]
+    assert result["onnx_sha256"] == trained["export"]["onnx_sha256"]  # the same bytes: no conflict
     assert result["quantization"]["int8_metric"] is not None
+
+
+def test_reexporting_a_run_with_other_bytes_is_refused_and_the_registered_model_stays(
+    binary_cfg: PipelineConfig, split: tuple, mlflow_server: str, store: ObjectStore, tmp_path: Path
+) -> None:
+    """The champion's DAG run cleared after export.quantize was switched on: train reuses the finished
+    run, and its export must not swap the served ONNX behind the registry's back."""
+    from mlops_tasks import evaluation
+
+    cfg = small_config(binary_cfg, f"reexport_{uuid.uuid4().hex[:8]}", gate=GateSpec(latency_batch_rows=256))
+    run_name = f"{cfg.name}-manual__1"
+
+    def train() -> str:
+        return training.train(
+            cfg, split[0], tracking_uri=mlflow_server, data_version="dv1", trigger="test", run_name=run_name
+        )["run_id"]
+
+    run_id = train()
+    first = export.export_run(cfg, run_id, tracking_uri=mlflow_server, sample_frame=split[1])
+    decision = evaluation.evaluate_and_gate(
+        cfg, run_id, split[1], tracking_uri=mlflow_server, store=store, day=DAY
+    )
+    registered = registry.register(
+        cfg, run_id, tracking_uri=mlflow_server, decision=decision, data_version="dv1"
+    )
+    assert registered["promoted"] is True
+    client = tracking.client(mlflow_server)
+    version = client.get_model_version(cfg.registered_model_name, registered["version"])
+    assert version.tags[evaluation.ONNX_SHA256_TAG] == first["onnx_sha256"]
+
+    quantized = tune(cfg, "export", {"quantize": True, "quantize_metric_tolerance": 1.0})
+    assert train() == run_id  # the finished run is reused
+    with pytest.raises(export.ExportConflictError, match=r"already holds a different model/model\.onnx"):
+        export.export_run(quantized, run_id, tracking_uri=mlflow_server, sample_frame=split[1])
+    served = registry.download_onnx(cfg, tracking_uri=mlflow_server, dest_dir=tmp_path)
+    assert hashlib.sha256(served.read_bytes()).hexdigest() == first["onnx_sha256"]
+
+    # A retry of the same export is idempotent, and the gate still knows the run as the champion.
+    again = export.export_run(cfg, run_id, tracking_uri=mlflow_server, sample_frame=split[1])
+    assert again["onnx_sha256"] == first["onnx_sha256"]
+    assert [a.path for a in client.list_artifacts(run_id, "model")].count(tracking.ONNX_ARTIFACT) == 1
+    regate = evaluation.evaluate_and_gate(
+        cfg, run_id, split[1], tracking_uri=mlflow_server, store=store, day=DAY
+    )
+    assert regate["promote"] is True and [c["name"] for c in regate["checks"]] == ["already_champion"]
+
+
+def test_a_champion_whose_onnx_changed_after_registration_is_not_passed_again(
+    binary_cfg: PipelineConfig, split: tuple, mlflow_server: str, store: ObjectStore, tmp_path: Path
+) -> None:
+    """A file swapped by other means than export (e.g. a run exported before export was write-once)."""
+    from mlops_tasks import evaluation
+
+    cfg = small_config(binary_cfg, f"swapped_{uuid.uuid4().hex[:8]}", gate=GateSpec(latency_batch_rows=256))
+    run_id = training.train(cfg, split[0], tracking_uri=mlflow_server, data_version="dv1", trigger="test")[
+        "run_id"
+    ]
+    export.export_run(cfg, run_id, tracking_uri=mlflow_server, sample_frame=split[1])
+    decision = evaluation.evaluate_and_gate(
+        cfg, run_id, split[1], tracking_uri=mlflow_server, store=store, day=DAY
+    )
+    assert registry.register(cfg, run_id, tracking_uri=mlflow_server, decision=decision, data_version="dv1")[
+        "promoted"
+    ]
+    net, spec = training.load_run_model(mlflow_server, run_id, tmp_path / "run")
+    with torch.no_grad():
+        net.mlp[0].bias += 1.0
+    swapped = tmp_path / "swap" / "model.onnx"
+    swapped.parent.mkdir()
+    swapped.write_bytes(export.build_onnx(net, spec).SerializeToString())
+    tracking.client(mlflow_server).log_artifact(run_id, str(swapped), "model")
+
+    regate = evaluation.evaluate_and_gate(
+        cfg, run_id, split[1], tracking_uri=mlflow_server, store=store, day=DAY
+    )
+
+    assert regate["promote"] is False and "not the one registered" in regate["reason"]
+    assert [(c["name"], c["passed"]) for c in regate["checks"]] == [("already_champion", False)]
+    with pytest.raises(registry.RegistryError, match="changed after registration"):
+        registry.register(cfg, run_id, tracking_uri=mlflow_server, decision=regate, data_version="dv1")
+    with pytest.raises(registry.RegistryError, match="it changed after registration. Nothing was scored"):
+        registry.download_onnx(cfg, tracking_uri=mlflow_server, dest_dir=tmp_path / "served")
 
 
 def test_gate_report_is_written_to_the_store_and_the_run(

@@ -124,3 +124,33 @@ def test_a_feature_far_from_zero_for_its_spread_keeps_parity(example_config: Pip
     diff = export.check_parity(export.build_onnx(net, spec).SerializeToString(), net, spec, rows, 1e-4)
 
     assert diff < 1e-6
+
+
+def test_a_model_scoring_nan_fails_the_parity_check_though_both_sides_agree(
+    example_config: PipelineConfig, network: tuple
+) -> None:
+    net, spec = network
+    with torch.no_grad():
+        net.mlp[0].bias[0] = float("nan")
+    model = export.build_onnx(net, spec).SerializeToString()
+
+    with pytest.raises(export.ParityError, match=r"non-finite score for 50 of 50 parity rows"):
+        export.check_parity(model, net, spec, awkward_rows(), 1e-4)
+
+
+def test_the_graph_scores_an_infinite_value_as_missing_and_ignores_a_constant_feature(
+    example_config: PipelineConfig, network: tuple
+) -> None:
+    """Training fitted +-inf as missing and zeroed the weights of features constant in its rows
+    (``month``; ``wind_gust`` is empty): serving must agree, whatever those columns hold now."""
+    net, spec = network
+    scorer = session(export.build_onnx(net, spec))
+    rows = awkward_rows()
+
+    def scores(frame: pd.DataFrame) -> np.ndarray:
+        return scorer.run([F.SCORE_OUTPUT], F.onnx_inputs(frame, example_config.features))[0]
+
+    base = scores(rows.assign(temp=np.nan))
+    np.testing.assert_array_equal(scores(rows.assign(temp=np.inf)), base)
+    np.testing.assert_array_equal(scores(rows.assign(temp=-np.inf, month=7, wind_gust=45.0)), base)
+    assert np.isfinite(base).all()

@@ -174,3 +174,46 @@ def test_class_labels_of_a_0_1_column_do_not_depend_on_a_missing_label() -> None
     assert as_int.tolist() == ["0", "1", "1"]
     assert as_float[:3].tolist() == as_int.tolist()
     assert pd.isna(as_float[3])
+
+
+@pytest.mark.parametrize("as_arrow", [True, False], ids=["arrow", "pandas"])
+def test_infinite_numbers_are_missing_like_nan(as_arrow: bool) -> None:
+    """The graph imputes only NaN; an inf (or a float64 beyond float32) would score NaN downstream."""
+    rows = pd.DataFrame(
+        {"x": [1.5, np.inf, -np.inf, 1e300, None], "k": pd.array([1, 2, 3, 4, None], "Int64")}
+    )
+    data = pa.Table.from_pandas(rows, preserve_index=False) if as_arrow else rows
+
+    numeric = F.onnx_inputs(data, FeatureSpec(numeric=["x", "k"]))[F.NUMERIC_INPUT]
+
+    assert numeric[:, 0].tolist()[0] == 1.5 and np.isnan(numeric[1:, 0]).all()
+    assert numeric[:4, 1].tolist() == [1.0, 2.0, 3.0, 4.0] and np.isnan(numeric[4, 1])
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        pd.Series(pd.to_datetime(["2013-01-01", None])),
+        pd.Series(pd.to_datetime(["2013-01-01", None], utc=True)),
+        pd.Series(pd.to_timedelta(["1h", None])),
+    ],
+    ids=["datetime", "datetime-utc", "timedelta"],
+)
+@pytest.mark.parametrize("as_arrow", [True, False], ids=["arrow", "pandas"])
+def test_a_date_or_duration_column_is_refused_as_a_numeric_feature(values: pd.Series, as_arrow: bool) -> None:
+    """As numbers, a missing date (NaT) would be -9.2e18 rather than missing."""
+    rows = pd.DataFrame({"t": values})
+    data = pa.Table.from_pandas(rows, preserve_index=False) if as_arrow else rows
+    with pytest.raises(
+        F.FeatureError, match=r"training rows: column 't' holds .*not a numeric feature; derive"
+    ):
+        F.onnx_inputs(data, FeatureSpec(numeric=["t"]), "training rows")
+
+
+def test_an_infinite_label_is_missing() -> None:
+    frame = pd.DataFrame({"y": [20.0, np.inf, -np.inf, 1e39, 5.0]})
+    late = F.derive_label(frame, TargetSpec(task="binary", column="y", positive_when={"greater_than": 15}))
+    amount = F.derive_label(frame, TargetSpec(task="regression", column="y"))
+
+    assert late.isna().tolist() == [False, True, True, False, False]  # 1e39 is a finite float64
+    assert amount.isna().tolist() == [False, True, True, True, False]  # ... but inf as float32

@@ -114,3 +114,95 @@ def test_hide_categories_hides_the_configured_share_the_same_way_for_a_seed() ->
     assert ((share > 0.045) & (share < 0.055)).all()
     assert torch.equal(once[once != 0], codes[once != 0])  # the rest untouched
     assert hidden(1, 0.0) is codes
+
+
+def test_infinite_feature_values_are_fitted_as_missing(example_config: PipelineConfig) -> None:
+    """One inf made the mean inf and every scaled row NaN: the model never trained."""
+    rows, label = training.labelled_rows(tiny_rows(), example_config)
+    with_nan, with_inf = rows.copy(), rows.copy()
+    with_nan.loc[with_nan.index[[3, 7]], "temp"] = np.nan
+    with_inf.loc[with_inf.index[[3, 7]], "temp"] = [np.inf, -np.inf]
+
+    spec = training.fit_spec(with_inf, label, example_config)
+
+    assert spec == training.fit_spec(with_nan, label, example_config)
+    assert np.isfinite(spec.mean).all() and np.isfinite(spec.std).all()
+    assert np.isfinite(training.encode(with_inf, spec)[0]).all()
+
+
+def test_a_non_finite_loss_stops_training_with_a_clear_error(example_config: PipelineConfig) -> None:
+    import dataclasses
+
+    rows, label = training.labelled_rows(tiny_rows(), example_config)
+    spec = training.fit_spec(rows, label, example_config)
+    broken = dataclasses.replace(spec, mean=[np.inf] * len(spec.numeric))  # every scaled value NaN
+
+    # Raised in the first batch, before anything is logged: no tracking client is needed.
+    with pytest.raises(training.TrainingDataError, match=r"training loss is nan in epoch 1.*learning_rate"):
+        training._fit(example_config, broken, (rows, label), (rows, label), client=None, run_id="r")
+
+
+def test_a_constant_or_empty_feature_gets_zero_weights_so_its_value_does_not_move_scores(
+    example_config: PipelineConfig,
+) -> None:
+    """Its random first-layer weights would get no gradient in training (its centred value is always
+    0) and, when the feed varies again at serving, move the scores by chance."""
+    rows = tiny_rows()  # month is constant, wind_gust all NaN
+    spec = training.fit_spec(*training.labelled_rows(rows, example_config), example_config)
+    net = training.TabularNet(spec)
+    month, gust = spec.numeric.index("month"), spec.numeric.index("wind_gust")
+
+    assert spec.constant == ["month", "wind_gust"]
+    assert not net.mlp[0].weight[:, [month, gust]].any() and net.mlp[0].weight[:, month + 1].all()
+    score, _ = training.predict(net, spec, rows)
+    varied, _ = training.predict(net, spec, rows.assign(month=np.arange(len(rows)) % 12, wind_gust=30.0))
+    np.testing.assert_array_equal(score, varied)
+
+
+def test_a_spec_of_an_older_run_without_constant_features_loads() -> None:
+    import json
+
+    spec = training.NetSpec.from_json(
+        json.dumps(
+            {
+                "format": training.SPEC_FORMAT,
+                "task": "binary",
+                "numeric": ["x"],
+                "categorical": [],
+                "classes": ["0", "1"],
+                "median": [0.0],
+                "mean": [0.0],
+                "std": [1.0],
+                "vocab": [],
+                "target_mean": 0.0,
+                "target_std": 1.0,
+                "embedding_dims": [],
+                "hidden_layers": [4],
+                "dropout": 0.0,
+                "outputs": 1,
+            }
+        )
+    )
+    assert spec.constant == []
+
+
+def test_validation_rows_of_a_class_the_training_split_lacks_are_left_out(
+    example_config: PipelineConfig,
+) -> None:
+    """Such a class has no output of the model: CrossEntropyLoss failed on its index (IndexError)."""
+    import dataclasses
+
+    rows = tiny_rows()
+    spec = training.fit_spec(*training.labelled_rows(rows, example_config), example_config)
+    spec = dataclasses.replace(spec, task="multiclass", classes=["AA", "DL", "UA"], outputs=3)
+    val_label = pd.Series(["AA", "OO", "UA", "OO"], dtype="string")
+    val_rows = rows.head(4)
+
+    kept_rows, kept_label = training._known_class_rows(val_rows, val_label, spec, "carrier")
+
+    assert kept_label.tolist() == ["AA", "UA"] and kept_rows.index.tolist() == [0, 2]
+    with pytest.raises(
+        training.TrainingDataError,
+        match=r"none of the 2 validation rows has a class.*'carrier'.*validation_fraction",
+    ):
+        training._known_class_rows(val_rows.head(2), pd.Series(["OO", "9E"], dtype="string"), spec, "carrier")
