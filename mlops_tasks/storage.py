@@ -8,8 +8,10 @@ Why our own layer instead of calling boto3 everywhere:
   is written last and is the only switch readers honour, and then the parts it replaced are deleted.
   A rerun with the same input produces the same part names and the same manifest bytes, so reruns
   are byte-identical and never duplicate rows; a killed attempt leaves only unlisted parts behind.
-  Two runs publishing the same partition at once (a scheduled and a manual run of one day) never
-  leave a manifest that lists a deleted part (see :func:`publish_manifest`).
+  Two runs publishing the same partition at once (a scheduled and a manual run of one day) write
+  the manifest with conditional PUTs, so neither overwrites a manifest it did not read; S3 has no
+  conditional delete, so one narrow window remains in which a manifest can list a part the other
+  run deletes (:func:`publish_manifest` says which).
 * **Bounded memory where it matters.** Batch inference reads parquet by ranged GETs of the row
   groups and columns it needs (:meth:`ObjectStore.open_ranged`), never a whole day.
 * **Clear errors.** Endpoint unreachable, bucket missing, credentials rejected: one sentence
@@ -41,6 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import boto3
+from boto3.exceptions import S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import (
@@ -128,6 +131,8 @@ class WriteConflictError(StorageError):
 # S3 answers a failed If-Match/If-None-Match with 412 PreconditionFailed, and may answer 409
 # ConditionalRequestConflict while another conditional write of the key is in flight.
 _CONFLICT_CODES = ("PreconditionFailed", "ConditionalRequestConflict", "412")
+# Per-key codes of a DeleteObjects answer worth sending the key again for.
+_RETRYABLE_DELETE_CODES = ("SlowDown", "InternalError", "ServiceUnavailable", "503", "500")
 
 
 @dataclass(frozen=True)
@@ -227,16 +232,29 @@ class ObjectStore:
 
     @contextmanager
     def _explain(self, action: str, key: str = "") -> Iterator[None]:
-        where = self.settings.where()
-        target = f"s3://{self.bucket}/{key}" if key else where
+        target = f"s3://{self.bucket}/{key}" if key else self.settings.where()
         try:
             yield
-        except EndpointConnectionError:
+        except S3UploadFailedError as exc:
+            # upload_file (multipart) wraps the endpoint's ClientError in one of its own: explain that
+            cause = exc.__context__
+            if isinstance(cause, (ClientError, BotoCoreError)):
+                self._raise_explained(action, target, key, cause)
+            raise StorageError(
+                f"Cannot {action} {target} ({self.settings.where()}): the multipart upload failed: {exc}"
+            ) from None
+        except (ClientError, BotoCoreError) as exc:
+            self._raise_explained(action, target, key, exc)
+
+    def _raise_explained(self, action: str, target: str, key: str, exc: Exception) -> None:
+        """Raise ``exc`` (a botocore failure) again as one :class:`StorageError` sentence."""
+        where = self.settings.where()
+        if isinstance(exc, EndpointConnectionError):
             raise StorageError(
                 f"Cannot {action} {target}: the S3 endpoint {self.settings.endpoint_url or 'AWS'} is not "
                 "reachable. Check the endpoint_url in the connection extra and that the service is up."
             ) from None
-        except ClientError as exc:
+        if isinstance(exc, ClientError):
             code = exc.response.get("Error", {}).get("Code", "")
             if code in ("NoSuchBucket",):
                 raise StorageError(
@@ -255,8 +273,7 @@ class ObjectStore:
                     f"Cannot {action} {target}: another writer changed it since it was read ({code})"
                 ) from None
             raise StorageError(f"Cannot {action} {target}: {code or exc}") from None
-        except BotoCoreError as exc:
-            raise StorageError(f"Cannot {action} {target}: {exc}") from None
+        raise StorageError(f"Cannot {action} {target}: {exc}") from None
 
     # -- bucket ---------------------------------------------------------------------------------
 
@@ -272,7 +289,15 @@ class ObjectStore:
             except ClientError as exc:
                 if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket", "NotFound"):
                     raise
-                self.client.create_bucket(Bucket=self.bucket)
+                # S3 refuses a bucket without a location constraint outside us-east-1
+                # (IllegalLocationConstraintException), and one naming us-east-1 in it
+                region = self.client.meta.region_name or "us-east-1"
+                location = (
+                    {}
+                    if region == "us-east-1"
+                    else {"CreateBucketConfiguration": {"LocationConstraint": region}}
+                )
+                self.client.create_bucket(Bucket=self.bucket, **location)
 
     # -- objects --------------------------------------------------------------------------------
 
@@ -358,10 +383,20 @@ class ObjectStore:
             self.client.download_file(self.bucket, key, str(path))
         return path
 
-    def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> str:
-        """One PUT: S3 makes the object visible whole or not at all. Returns the URI."""
+    def put_bytes(
+        self,
+        key: str,
+        data: bytes,
+        content_type: str = "application/octet-stream",
+        condition: dict[str, str] | None = None,
+    ) -> str:
+        """One PUT: S3 makes the object visible whole or not at all. Returns the URI. ``condition``:
+        from :meth:`read_for_write`; a lost condition is a :class:`WriteConflictError` (or
+        :class:`ObjectNotFoundError` when the object was deleted) and writes nothing."""
         with self._explain("write", key):
-            self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
+            self.client.put_object(
+                Bucket=self.bucket, Key=key, Body=data, ContentType=content_type, **(condition or {})
+            )
         return self.uri(key)
 
     def put_many(
@@ -373,8 +408,18 @@ class ObjectStore:
             list(pool.map(lambda item: self.put_bytes(item[0], item[1], content_type), objects.items()))
         return sum(len(data) for data in objects.values())
 
-    def put_json(self, key: str, obj: Any) -> str:
-        return self.put_bytes(key, _json_bytes(obj), "application/json")
+    def put_json(self, key: str, obj: Any, condition: dict[str, str] | None = None) -> str:
+        return self.put_bytes(key, _json_bytes(obj), "application/json", condition)
+
+    def read_for_write(self, key: str) -> tuple[bytes | None, dict[str, str]]:
+        """The object's bytes (None when absent) and the condition of a PUT that only succeeds if
+        nobody wrote it since: ``If-Match`` its ETag, or ``If-None-Match: *`` while it is absent."""
+        try:
+            with self._explain("read", key):
+                response = self.client.get_object(Bucket=self.bucket, Key=key)
+                return response["Body"].read(), {"IfMatch": response["ETag"]}
+        except FileNotFoundError:
+            return None, {"IfNoneMatch": "*"}
 
     def update_json(self, key: str, change: Callable[[Any | None], Any], attempts: int = 5) -> Any:
         """Replace the JSON object ``key`` by ``change(current)`` (``current`` None when it is absent)
@@ -393,13 +438,8 @@ class ObjectStore:
         for attempt in range(1, attempts + 1):
             if sent is not None:
                 time.sleep(random.uniform(0, 0.05 * attempt))  # racers answered 409 retry out of step
-            try:
-                with self._explain("read", key):
-                    response = self.client.get_object(Bucket=self.bucket, Key=key)
-                    stored = response["Body"].read()
-                current, condition = json.loads(stored), {"IfMatch": response["ETag"]}
-            except FileNotFoundError:
-                stored, current, condition = None, None, {"IfNoneMatch": "*"}
+            stored, condition = self.read_for_write(key)
+            current = None if stored is None else json.loads(stored)
             # botocore resends a PUT whose answer was lost (a timeout, a dropped connection): when S3
             # had applied it, the resend conflicts with the write itself, which is not another writer's.
             if sent is not None and stored == sent[1]:
@@ -407,10 +447,7 @@ class ObjectStore:
             new = change(current)
             body = _json_bytes(new)
             try:
-                with self._explain("write", key):
-                    self.client.put_object(
-                        Bucket=self.bucket, Key=key, Body=body, ContentType="application/json", **condition
-                    )
+                self.put_bytes(key, body, "application/json", condition)
                 return new
             except (WriteConflictError, FileNotFoundError):  # replaced, created or deleted meanwhile
                 sent = (new, body)
@@ -451,11 +488,36 @@ class ObjectStore:
                 )
         return self.uri(key)
 
-    def delete(self, keys: list[str]) -> None:
-        with self._explain("delete", keys[0] if keys else ""):
-            for i in range(0, len(keys), 1000):
-                chunk = [{"Key": k} for k in keys[i : i + 1000]]
-                self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": chunk, "Quiet": True})
+    def delete(self, keys: list[str], attempts: int = 4) -> None:
+        """Delete ``keys`` (missing ones are no error). DeleteObjects answers HTTP 200 even when some
+        keys could not be deleted and lists those under ``Errors``: keys that failed with a transient
+        code (SlowDown, InternalError, ServiceUnavailable) are sent again, with backoff, up to
+        ``attempts`` times; any key still there then is a :class:`StorageError` naming it and why."""
+        failed: dict[str, str] = {}
+        for i in range(0, len(keys), 1000):
+            pending = keys[i : i + 1000]
+            for attempt in range(1, attempts + 1):
+                if attempt > 1:
+                    time.sleep(min(0.1 * 2**attempt, 5) * random.uniform(0.5, 1))  # SlowDown: back off
+                with self._explain("delete", pending[0]):
+                    response = self.client.delete_objects(
+                        Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in pending], "Quiet": True}
+                    )
+                errors = {e["Key"]: e.get("Code", "unknown") for e in response.get("Errors", [])}
+                pending = [k for k in pending if errors.get(k) in _RETRYABLE_DELETE_CODES]
+                failed.update((k, c) for k, c in errors.items() if k not in pending)
+                if not pending:
+                    break
+            failed.update((k, errors[k]) for k in pending)
+        if failed:
+            shown = ", ".join(f"{self.uri(k)} ({c})" for k, c in list(failed.items())[:3])
+            more = f" and {len(failed) - 3} more" if len(failed) > 3 else ""
+            raise StorageError(
+                f"Cannot delete {len(failed)} of {len(keys)} object(s) in {self.settings.where()}: the "
+                f"endpoint refused {shown}{more}, after up to {attempts} attempts for transient codes; "
+                "they are still there. Check the credentials' s3:DeleteObject permission (AccessDenied) "
+                "or the endpoint's health, then run the task again."
+            )
 
     def delete_prefix(self, prefix: str) -> int:
         keys = [o.key for o in self.list(prefix)]
@@ -520,53 +582,108 @@ class PartsMissingError(StorageError, DataError):
     """Parts to publish are gone from the store (another publish of the partition replaced them)."""
 
 
+PUBLISH_ATTEMPTS = 5
+"""How many publishes of the same partition by other runs one :func:`publish_manifest` outlasts."""
+
+
 def publish_manifest(
     store: ObjectStore, partition: str, parts: list[dict[str, Any]], **extra: Any
 ) -> dict[str, Any]:
     """Make ``parts`` the partition's content in one PUT, then delete what no manifest needs.
 
-    Deleted: the parts the previous manifest listed and this one does not, and objects no manifest
-    lists once they are older than :data:`UNLISTED_GRACE` (parts of killed attempts whose retry
-    wrote other bytes). Younger unlisted objects stay: they may be the parts of a concurrent run of
-    the same partition, which publishes after this one and replaces it. Every part is checked to
-    exist before the PUT, so a publish whose parts a concurrent one deleted raises
+    The manifest PUT is conditional on the manifest read just before (``If-Match`` its ETag,
+    ``If-None-Match: *`` when there was none), after checking that every part exists. A publish that
+    another one overtook between its read and its PUT reads the new manifest and lists the partition
+    again, up to :data:`PUBLISH_ATTEMPTS` times, then raises :class:`WriteConflictError` having
+    published nothing. A publish whose parts are gone (deleted by a concurrent publish) raises
     :class:`PartsMissingError` and leaves the other's complete partition as it is.
+
+    Deleted after the PUT: the parts the replaced manifest listed and this one does not, unless they
+    were uploaded again after that manifest was written (:func:`write_part` always PUTs, so such a
+    part is being published again by a concurrent run of the same content); and objects no manifest
+    lists once they are older than :data:`UNLISTED_GRACE` (parts of killed attempts whose retry wrote
+    other bytes). Younger unlisted objects, and replaced parts written again, stay: they may be the
+    parts of a concurrent run, which publishes after this one and replaces it.
+
+    What remains (S3 has no conditional delete): the delete is decided on the listing made before the
+    PUT. A concurrent run that uploaded a part this publish replaces after that listing, and that
+    reads the new manifest and lists the partition between this PUT and the delete that follows it
+    (one round trip), publishes a manifest listing a part that is then deleted: readers fail on the
+    missing part until a rerun publishes the partition again. And S3's LastModified has 1 s
+    resolution: a replaced part written again within the second its manifest was written counts as
+    not written again and is deleted at once, so the concurrent run republishing it fails with
+    :class:`PartsMissingError` (having published nothing) instead of succeeding.
 
     ``extra`` goes into the manifest; keep it deterministic (no wall-clock times) so reruns are
     byte-identical.
     """
     partition = partition.rstrip("/") + "/"
+    key = partition + MANIFEST_NAME
     manifest = {
         "partition": partition,
         "parts": sorted(parts, key=lambda p: p["key"]),
         "rows": sum(p["rows"] for p in parts),
         **extra,
     }
+    body = _json_bytes(manifest)
+    listed = {p["key"] for p in parts} | {key}
     _ = store.client  # one client, built before the two threads share it
-    with ThreadPoolExecutor(1) as reader:
-        previous = reader.submit(store.read_manifest, partition)
-        present = {o.key: o for o in store.list(partition)}
-        replaced = {p["key"] for p in (previous.result() or {}).get("parts", [])}
-    missing = [p["key"] for p in manifest["parts"] if p["key"] not in present]
-    if missing:
-        raise PartsMissingError(
-            f"{store.uri(partition)}: part(s) {[store.uri(k) for k in missing]} to publish are gone, "
-            "deleted by another run that published this partition meanwhile; nothing was published "
-            "by this run and the partition keeps the other run's complete content. Re-run the tasks "
-            "that wrote the parts to publish this run's instead."
+    lost: list[str] | None = None  # what the last attempt, whose PUT met a conflict, would have deleted
+    for attempt in range(1, PUBLISH_ATTEMPTS + 1):
+        if lost is not None:
+            time.sleep(random.uniform(0, 0.05 * attempt))  # racers answered 409 retry out of step
+        with ThreadPoolExecutor(1) as reader:
+            read = reader.submit(store.read_for_write, key)
+            present = {o.key: o for o in store.list(partition)}
+            stored, condition = read.result()
+        # botocore resends a PUT whose answer was lost: when S3 had applied it, the resend conflicts
+        # with this publish itself (or a concurrent run published the very same bytes)
+        if lost is not None and stored == body:
+            if lost:
+                store.delete(lost)
+            return manifest
+        missing = [p["key"] for p in manifest["parts"] if p["key"] not in present]
+        if missing:
+            raise PartsMissingError(
+                f"{store.uri(partition)}: part(s) {[store.uri(k) for k in missing]} to publish are gone, "
+                "deleted by another run that published this partition meanwhile; nothing was published "
+                "by this run and the partition keeps the other run's complete content. Re-run the tasks "
+                "that wrote the parts to publish this run's instead."
+            )
+        replaced = {p["key"] for p in (json.loads(stored) if stored else {}).get("parts", [])}
+        # When the replaced manifest was written, from the listing (the same clock and resolution as
+        # its parts'); unknown if the listing saw another version of it: then replaced parts stay.
+        seen = present.get(key)
+        written = (
+            seen.last_modified
+            if seen is not None and stored is not None and seen.etag == condition["IfMatch"].strip('"')
+            else None
         )
-    store.put_json(partition + MANIFEST_NAME, manifest)
-    listed = {p["key"] for p in parts} | {partition + MANIFEST_NAME}
-    abandoned_before = dt.datetime.now(dt.UTC) - UNLISTED_GRACE
-    stale = [
-        key
-        for key, info in present.items()
-        if key not in listed
-        and (key in replaced or info.last_modified is None or info.last_modified < abandoned_before)
-    ]
-    if stale:
-        store.delete(stale)
-    return manifest
+        abandoned_before = dt.datetime.now(dt.UTC) - UNLISTED_GRACE
+        stale = [
+            k
+            for k, info in present.items()
+            if k not in listed
+            and (
+                info.last_modified is None
+                or info.last_modified < abandoned_before
+                or (k in replaced and written is not None and info.last_modified <= written)
+            )
+        ]
+        try:
+            store.put_json(key, manifest, condition=condition)
+        except (WriteConflictError, FileNotFoundError):  # published, or withdrawn, by another run
+            lost = stale
+            continue
+        if stale:
+            store.delete(stale)
+        return manifest
+    raise WriteConflictError(
+        f"Cannot publish {store.uri(key)}: other runs published this partition between each of "
+        f"{PUBLISH_ATTEMPTS} reads of its manifest and the conditional PUT that followed; this run "
+        "published nothing (the partition keeps the last other run's complete content, this run's "
+        "parts stay unlisted until a later publish sweeps them). Run the task again."
+    )
 
 
 _CUT_OFF = (IncompleteReadError, ResponseStreamingError, ReadTimeoutError, ConnectionClosedError)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -110,10 +111,18 @@ def checkout_data_version(
     store: ObjectStore, cfg: PipelineConfig, version: str, target_dir: str | Path
 ) -> Path:
     """Restore a version's files from the DVC remote into ``target_dir`` (``date=YYYY-MM-DD/<part>``),
-    byte for byte, independent of the curated partitions (which later runs may replace)."""
+    byte for byte, independent of the curated partitions (which later runs may replace).
+
+    ``target_dir`` then holds that version's files and nothing else. The files are written into a
+    sibling temporary directory first, which then takes the target's place, so a failure midway
+    leaves the target as it was. An existing target is replaced only if it is empty or holds a
+    checkout (nothing but ``date=YYYY-MM-DD/`` folders of files); any other non-empty directory is
+    refused, untouched. The swap is two renames: a crash between them leaves no target and the
+    previous checkout in ``.<name>.previous-*/old`` next to it."""
     record = read_record(store, cfg, version)
     dvc_text = store.get_bytes(_record_key(cfg, version, ".dvc"))
-    target = Path(target_dir)
+    target = Path(os.path.abspath(target_dir))
+    _check_replaceable(target, version)
     with dvc_repo(store) as (root, repo):
         (root / f"{DATA_DIR}.dvc").write_bytes(dvc_text)
         repo.pull(remote=DVC_REMOTE)
@@ -123,8 +132,61 @@ def checkout_data_version(
                 raise DataVersionError(
                     f"data version '{version}': {f['path']} pulled from DVC has other bytes"
                 )
-        shutil.copytree(root / DATA_DIR, target, dirs_exist_ok=True)
-    return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # on the target's file system, so that the renames below are atomic
+        staged = Path(tempfile.mkdtemp(prefix=f".{target.name}.checkout-", dir=target.parent))
+        try:
+            shutil.copytree(root / DATA_DIR, staged, dirs_exist_ok=True)
+            _check_replaceable(target, version)  # again: it may have changed during the pull
+            if target.exists():
+                previous = Path(tempfile.mkdtemp(prefix=f".{target.name}.previous-", dir=target.parent))
+                target.rename(previous / "old")
+                try:
+                    staged.rename(target)
+                except OSError:
+                    (previous / "old").rename(target)
+                    raise
+                shutil.rmtree(previous)
+            else:
+                staged.rename(target)
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)
+    return Path(target_dir)
+
+
+def _check_replaceable(target: Path, version: str) -> None:
+    """Refuse a target a checkout may not replace (see :func:`checkout_data_version`)."""
+    if not target.exists() and not target.is_symlink():
+        return
+    if target.is_symlink() or not target.is_dir():
+        raise DataVersionError(
+            f"cannot check out data version '{version}' into {target}: it exists and is not a "
+            "directory; choose a new or empty directory."
+        )
+    foreign = [
+        entry.name
+        for entry in target.iterdir()
+        if not (
+            entry.is_dir()
+            and not entry.is_symlink()
+            and _is_date_folder(entry.name)
+            and all(f.is_file() and not f.is_symlink() for f in entry.iterdir())
+        )
+    ]
+    if foreign:
+        raise DataVersionError(
+            f"cannot check out data version '{version}' into {target}: the directory holds "
+            f"{', '.join(sorted(foreign)[:3])}{' ...' if len(foreign) > 3 else ''}, which no checkout "
+            "wrote (a checkout holds only date=YYYY-MM-DD/ folders of files, and replaces a previous "
+            "one whole). Nothing was changed; choose a new or empty directory."
+        )
+
+
+def _is_date_folder(name: str) -> bool:
+    try:
+        return name.startswith("date=") and dt.date.fromisoformat(name[5:]).isoformat() == name[5:]
+    except ValueError:
+        return False
 
 
 def load_data_version(

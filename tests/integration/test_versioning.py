@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from mlops_tasks import versioning
 from mlops_tasks.ingestion import to_parquet_bytes
 from mlops_tasks.storage import ObjectStore, S3Settings, partition_prefix, publish_manifest, write_part
 from mlops_tasks.versioning import (
@@ -118,3 +120,78 @@ def test_no_curated_day_at_all_is_a_clear_error(store, example_config):
         create_data_version(store, example_config, [DAY3])
     with pytest.raises(DataVersionError, match="no days were given"):
         create_data_version(store, example_config, [])
+
+
+def files_in(directory: Path) -> list[str]:
+    return sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file())
+
+
+def two_versions(store, cfg) -> tuple[str, str, list[str]]:
+    """A version of two days, then one of the first day curated again; and the second's files."""
+    curate(store, cfg, DAY1, [1, 2])
+    curate(store, cfg, DAY2, [3])
+    first = create_data_version(store, cfg, [DAY1, DAY2])["data_version"]
+    key = curate(store, cfg, DAY1, [1, 2, 99])
+    second = create_data_version(store, cfg, [DAY1])["data_version"]
+    return first, second, [f"date={DAY1.isoformat()}/{key.rsplit('/', 1)[-1]}"]
+
+
+def test_checkout_into_a_previous_checkout_replaces_it_whole(store, example_config, tmp_path: Path):
+    first, second, second_files = two_versions(store, example_config)
+    target = tmp_path / "restored"
+    target.mkdir()  # an empty directory is a target too
+    checkout_data_version(store, example_config, first, target)
+    assert len(files_in(target)) == 2
+
+    checkout_data_version(store, example_config, second, target)
+
+    assert files_in(target) == second_files  # before the fix: the first version's files stayed too
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["restored"]  # no temporary leftovers
+
+
+def test_checkout_refuses_a_directory_holding_other_files_and_leaves_it_alone(
+    store, example_config, tmp_path: Path
+):
+    curate(store, example_config, DAY1, [1])
+    version = create_data_version(store, example_config, [DAY1])["data_version"]
+    target = tmp_path / "work"
+    (target / "date=2013-01-01").mkdir(parents=True)
+    (target / "notes.txt").write_text("mine")
+
+    with pytest.raises(
+        DataVersionError, match=r"into .*work: the directory holds notes\.txt.*Nothing was changed"
+    ):
+        checkout_data_version(store, example_config, version, target)
+
+    assert files_in(target) == ["notes.txt"] and (target / "date=2013-01-01").is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["work"]
+
+
+def test_a_checkout_failing_midway_leaves_the_previous_checkout_as_it_was(
+    store, example_config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    first, _, _ = two_versions(store, example_config)
+    target = checkout_data_version(store, example_config, first, tmp_path / "restored")
+    before = {name: (target / name).read_bytes() for name in files_in(target)}
+
+    class DiskFullHalfwayThroughAFile:
+        """versioning's ``shutil``, whose copytree runs out of space halfway through its first file."""
+
+        def __getattr__(self, name: str):
+            return getattr(shutil, name)
+
+        def copytree(self, src, dst, **kwargs):
+            def copy(s: str, d: str) -> str:
+                data = Path(s).read_bytes()
+                Path(d).write_bytes(data[: len(data) // 2])
+                raise OSError(28, "No space left on device", d)
+
+            return shutil.copytree(src, dst, copy_function=copy, **kwargs)
+
+    monkeypatch.setattr(versioning, "shutil", DiskFullHalfwayThroughAFile())
+    two_files = create_data_version(store, example_config, [DAY1, DAY2])["data_version"]
+    with pytest.raises(OSError, match="No space left"):
+        checkout_data_version(store, example_config, two_files, target)
+
+    assert {name: (target / name).read_bytes() for name in files_in(target)} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["restored"]
