@@ -256,7 +256,8 @@ class ObjectStore:
             ) from None
         if isinstance(exc, ClientError):
             code = exc.response.get("Error", {}).get("Code", "")
-            if code in ("NoSuchBucket",):
+            # HEAD answers without a body: a missing bucket is a bare 404 there, like a missing key
+            if code == "NoSuchBucket" or (code in ("404", "NotFound") and action == "reach"):
                 raise StorageError(
                     f"Cannot {action} {target}: {where} does not exist. Create it (mlops-tasks up does) "
                     "or fix storage.bucket in the pipeline config."
@@ -333,10 +334,13 @@ class ObjectStore:
             token = {"ContinuationToken": page["NextContinuationToken"]}
 
     def exists(self, key: str) -> bool:
+        """Whether ``key`` exists; a missing bucket is an error, not a missing key (a misnamed bucket
+        must not make a task skip as if there were no data)."""
         try:
             with self._explain("read", key):
                 self.client.head_object(Bucket=self.bucket, Key=key)
         except FileNotFoundError:
+            self.check()  # HEAD says 404 for a missing bucket too
             return False
         return True
 

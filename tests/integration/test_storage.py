@@ -190,6 +190,12 @@ def test_missing_bucket_says_which_bucket_and_what_to_do(s3_endpoint: str) -> No
         StorageError, match=r"bucket 'no-such-bucket' at http://127\.0\.0\.1:\d+ does not exist"
     ):
         ObjectStore(settings).get_bytes("k")
+    for bodiless in (
+        ObjectStore(settings).check,
+        lambda: ObjectStore(settings).exists("k"),
+    ):  # HEAD: a bare 404
+        with pytest.raises(StorageError, match=r"'no-such-bucket' at http://127\.0\.0\.1:\d+ does not exist"):
+            bodiless()
 
 
 def test_unreachable_endpoint_names_the_endpoint() -> None:
