@@ -124,7 +124,11 @@ def format_record(record: dict[str, Any]) -> str:
     window = record.get("training_window") or {}
     lines = [
         f"Lineage of {record['model_name']} v{record['model_version']}"
-        + (f" (trained {window.get('start')} .. {window.get('end')})" if window else ""),
+        + (
+            f" (data {window.get('start')} .. {window.get('end')}, its last days held out for the gate)"
+            if window
+            else ""
+        ),
         f"  landing files       {len(record['landing_files']):>4}  {many(record['landing_files'])}",
         f"  curated partitions  {len(record['curated_partitions']):>4}  {many(record['curated_partitions'])}",
         f"  validation reports  {len(record['validation_reports']):>4}  {many(record['validation_reports'])}",
