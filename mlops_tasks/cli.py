@@ -160,11 +160,25 @@ def cmd_config_reference(args: argparse.Namespace) -> int:
     return 0
 
 
+def _iso_date(option: str) -> Callable[[str], dt.date]:
+    """An argparse type: an ISO date, else a usage error naming the option and the value."""
+
+    def parse(text: str) -> dt.date:
+        try:
+            return dt.date.fromisoformat(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{option}: {text!r} is not a YYYY-MM-DD date") from None
+
+    return parse
+
+
 def cmd_seed(args: argparse.Namespace) -> int:
+    start, end = args.start, args.end
+    if start > end:  # before the connection is looked up and the bucket created
+        raise ConfigError(f"seed: --start {start} is after --end {end}: nothing to land")
     cfg = load_pipeline(args.pipeline)
     store = _store(cfg)
     store.ensure_bucket()
-    start, end = dt.date.fromisoformat(args.start), dt.date.fromisoformat(args.end)
     if args.sklearn_dataset:
         from mlops_tasks.datasets import seed_sklearn_landing
 
@@ -274,8 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("seed", cmd_seed, "Land example raw files (one flights + one weather CSV per day).")
     p.add_argument("pipeline", nargs="?", default="flights_delay")
-    p.add_argument("--start", default="2013-01-01")
-    p.add_argument("--end", default="2013-12-31")
+    p.add_argument("--start", type=_iso_date("--start"), default=dt.date(2013, 1, 1))
+    p.add_argument("--end", type=_iso_date("--end"), default=dt.date(2013, 12, 31))
     p.add_argument(
         "--sklearn-dataset",
         help="Land a scikit-learn bundled data set (wine, iris, diabetes, ...) spread over --start..--end "

@@ -881,9 +881,30 @@ def _same(a: pd.Series, b: pd.Series) -> pd.Series:
     return a.astype(str) == b.astype(str)
 
 
+def _join_on_keys(
+    left: pd.DataFrame, right: pd.DataFrame, keys: list[str], validate: str, where: str
+) -> pd.DataFrame:
+    """``left`` joined with ``right`` on ``keys``, each key at most once a side: a repeated key would
+    pair every row with every other and count them all."""
+    try:
+        return left.merge(right, on=keys, suffixes=("_champion", "_challenger"), validate=validate)
+    except pd.errors.MergeError:
+        repeated = pd.concat([side.loc[side.duplicated(keys, keep=False), keys] for side in (left, right)])
+        sample = repeated.drop_duplicates().head(3).to_dict("records")
+        raise PredictionsError(
+            f"{where}: the shadow comparison joins on data.key {keys}, but keys repeat within a day "
+            f"(e.g. {sample}); data.key must identify one row"
+        ) from None
+
+
 def _metrics(task: str, label: pd.Series, prediction: pd.Series, score: pd.Series) -> dict[str, float | None]:
     from sklearn import metrics
 
+    # A model may predict NaN (a regression's output as it is): such rows have no error to measure.
+    finite = np.isfinite(score.astype(float).to_numpy())
+    label, prediction, score = label[finite], prediction[finite], score[finite]
+    if not len(score):
+        return {}
     if task == "regression":
         return {
             "rmse": float(np.sqrt(metrics.mean_squared_error(label, score))),
@@ -941,11 +962,24 @@ def shadow_report(
                     f"but the {role} is {described[field]!r}"
                 )
         sides[role] = frame
-    both = sides["champion"].merge(sides["challenger"], on=keys, suffixes=("_champion", "_challenger"))
+    # A row without a whole key pairs with no row: pandas would join null keys to each other.
+    published = {role: len(frame) for role, frame in sides.items()}
+    unkeyed = {role: int(frame[keys].isna().any(axis=1).sum()) for role, frame in sides.items()}
+    sides = {role: frame.dropna(subset=keys) for role, frame in sides.items()}
+    both = _join_on_keys(
+        sides["champion"],
+        sides["challenger"],
+        keys,
+        "one_to_one",
+        store.uri(partition_prefix(cfg.prefix, "predictions", day)),
+    )
     curated = partition_prefix(cfg.prefix, "curated", day)
     truth, _ = _read_published(store, curated, [*keys, cfg.target.column])
     truth["label"] = F.derive_label(truth, cfg.target)
-    labelled = both.merge(truth[[*keys, "label"]], on=keys).dropna(subset=["label"])
+    truth = truth.dropna(subset=keys)
+    labelled = _join_on_keys(both, truth[[*keys, "label"]], keys, "one_to_one", store.uri(curated)).dropna(
+        subset=["label"]
+    )
     task = cfg.target.task
     champ_s, chall_s = both["score_champion"].astype(float), both["score_challenger"].astype(float)
     metrics = (
@@ -959,17 +993,18 @@ def shadow_report(
     metrics["delta"] = {
         name: metrics["challenger"][name] - value
         for name, value in metrics["champion"].items()
-        if value is not None and metrics["challenger"][name] is not None
+        if value is not None and metrics["challenger"].get(name) is not None
     }
     report = {
         "day": day.isoformat(),
         "champion": champion,
         "challenger": challenger,
         "rows": {
-            "champion": len(sides["champion"]),
-            "challenger": len(sides["challenger"]),
+            "champion": published["champion"],
+            "challenger": published["challenger"],
             "compared": len(both),
             "labelled": len(labelled),
+            "without_key": unkeyed,
         },
         "agreement_rate": _float(_same(both["prediction_champion"], both["prediction_challenger"]).mean())
         if len(both)

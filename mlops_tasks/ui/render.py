@@ -5,6 +5,7 @@ every value escaped. Input is the redacted view-model of :mod:`mlops_tasks.ui.vi
 from __future__ import annotations
 
 import datetime as dt
+import math
 from html import escape
 from typing import Any
 
@@ -162,7 +163,7 @@ def _table(rows: list[dict[str, Any]], root: str) -> str:
 def metric_chart(history: list[dict[str, Any]], metric: str, width: int = 640, height: int = 220) -> str:
     """Inline SVG: the primary metric at each registered version's gate; promoted versions green,
     rejected red, the champion ringed."""
-    points = [h for h in history if isinstance(h["value"], int | float)]
+    points = [h for h in history if isinstance(h["value"], int | float) and math.isfinite(h["value"])]
     if not points:
         return "<p>No gate metrics recorded yet.</p>"
     pad_l, pad_r, pad_t, pad_b = 56, 24, 24, 28

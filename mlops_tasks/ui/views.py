@@ -8,6 +8,7 @@ show the same facts and tests can assert on them without parsing HTML.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -117,10 +118,13 @@ def version_history(cfg: PipelineConfig, tracking_uri: str) -> list[dict[str, An
 
 
 def _number(raw: str | None) -> float | None:
+    """A metric tag as a number; None when absent or not finite (a "nan" metric is no point on a
+    chart, and would make every point's position NaN)."""
     try:
-        return float(raw) if raw not in (None, "", "None") else None
+        value = float(raw) if raw not in (None, "", "None") else None
     except ValueError:
         return None
+    return value if value is not None and math.isfinite(value) else None
 
 
 def read_lineage(store: ObjectStore, cfg: PipelineConfig, version: str | None) -> dict[str, Any] | None:

@@ -223,3 +223,24 @@ def test_up_serves_until_interrupted_then_stops_every_process(tmp_path: Path) ->
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+@pytest.mark.parametrize(
+    ("dates", "says"),
+    [
+        (["--start", "2013-13-01"], "argument --start: --start: '2013-13-01' is not a YYYY-MM-DD date"),
+        (
+            ["--start", "2013-05-03", "--end", "2013-05-01"],
+            "seed: --start 2013-05-03 is after --end 2013-05-01",
+        ),
+    ],
+    ids=["not-a-date", "start-after-end"],
+)
+def test_seed_names_a_bad_date_option_before_touching_the_store(
+    dates: list[str], says: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in [n for n in os.environ if n.startswith("AIRFLOW_CONN_")]:
+        monkeypatch.delenv(name)  # no connection: the dates are checked first
+    result = cli("seed", "flights_delay", *dates, cwd=tmp_path)
+    assert result.returncode != 0 and says in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and "connection" not in result.stderr

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 import threading
 import tracemalloc
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -15,7 +17,7 @@ import pytest
 
 from mlops_tasks import inference, storage
 from mlops_tasks.config import PipelineConfig
-from mlops_tasks.storage import ObjectStore, partition_prefix, sha256_bytes, write_part
+from mlops_tasks.storage import ObjectStore, partition_prefix, publish_manifest, sha256_bytes, write_part
 from tests.conftest import tune
 
 from .onnx_fixtures import (
@@ -438,7 +440,13 @@ def test_shadow_report_compares_agreement_correlation_and_labelled_metrics(
 
     report = inference.shadow_report(store, cfg, DAY, champion=champion, challenger=challenger)
 
-    assert report["rows"] == {"champion": 10, "challenger": 10, "compared": 10, "labelled": 10}
+    assert report["rows"] == {
+        "champion": 10,
+        "challenger": 10,
+        "compared": 10,
+        "labelled": 10,
+        "without_key": {"champion": 0, "challenger": 0},
+    }
     assert report["agreement_rate"] == pytest.approx(0.8)
     assert report["score_correlation"]["spearman"] == pytest.approx(1.0)
     assert 0.5 < report["score_correlation"]["pearson"] < 1.0
@@ -449,6 +457,86 @@ def test_shadow_report_compares_agreement_correlation_and_labelled_metrics(
     stored = store.get_json(partition_prefix(cfg.prefix, "reports/shadow", DAY) + "shadow.json")
     assert stored == {k: v for k, v in report.items() if k != "uri"}
     assert contents(store, partition_prefix(cfg.prefix, "predictions", DAY)) == predictions
+
+
+def publish_frame(
+    store: ObjectStore, cfg: PipelineConfig, area: str, frame: pd.DataFrame, **extra: str
+) -> None:
+    """``frame`` published as the day's only part of ``area`` (predictions written by hand)."""
+    partition = partition_prefix(cfg.prefix, area, DAY)
+    data = io.BytesIO()
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), data)
+    part = write_part(store, partition, "part-00000.parquet", data.getvalue(), len(frame))
+    publish_manifest(store, partition, [part], **extra)
+
+
+def shadow_of(
+    store: ObjectStore, cfg: PipelineConfig, keys: dict, champion: dict, challenger: dict, target: list
+) -> dict:
+    """The shadow report of a day whose curated rows, predictions and shadow predictions are given."""
+    publish_frame(store, cfg, "curated", pd.DataFrame({**keys, cfg.target.column: target}))
+    publish_frame(store, cfg, "predictions", pd.DataFrame({**keys, **champion}), model_version="1")
+    publish_frame(store, cfg, "predictions_shadow", pd.DataFrame({**keys, **challenger}), model_version="2")
+    return inference.shadow_report(
+        store, cfg, DAY, champion={"model_version": "1"}, challenger={"model_version": "2"}
+    )
+
+
+def keyed_by_flight(cfg: PipelineConfig, **target: object) -> PipelineConfig:
+    update: dict = {"data": cfg.data.model_copy(update={"key": ["flight"]})}
+    if target:
+        update["target"] = cfg.target.model_copy(update=target)
+    return cfg.model_copy(update=update)
+
+
+def test_shadow_report_pairs_no_rows_without_a_key_and_refuses_repeated_keys(
+    store: ObjectStore, cfg: PipelineConfig
+) -> None:
+    cfg = keyed_by_flight(cfg)
+    flights = {"flight": pd.array([None, None, 3], dtype="Int64")}
+    report = shadow_of(
+        store,
+        cfg,
+        flights,
+        {"prediction": [1, 0, 0], "score": [0.9, 0.1, 0.1]},
+        {"prediction": [0, 1, 0], "score": [0.1, 0.9, 0.1]},
+        [30.0, 0.0, 0.0],
+    )
+    assert report["rows"] == {
+        "champion": 3,
+        "challenger": 3,
+        "compared": 1,
+        "labelled": 1,
+        "without_key": {"champion": 2, "challenger": 2},
+    }
+    assert report["agreement_rate"] == 1.0
+
+    with pytest.raises(
+        inference.PredictionsError, match=r"keys repeat within a day \(e\.g\. \[\{'flight': 1\}\]\)"
+    ):
+        shadow_of(
+            store,
+            cfg,
+            {"flight": [1, 1, 2]},
+            {"prediction": [1, 1, 0], "score": [0.9, 0.9, 0.1]},
+            {"prediction": [1, 1, 1], "score": [0.8, 0.8, 0.8]},
+            [30.0, 30.0, 0.0],
+        )
+
+
+def test_shadow_metrics_leave_out_rows_a_model_scored_nan(store: ObjectStore, cfg: PipelineConfig) -> None:
+    cfg = keyed_by_flight(cfg, task="regression", positive_when=None)
+    nan_in_the_middle = np.array([1.0, np.nan, 2.0], np.float32)
+    report = shadow_of(
+        store,
+        cfg,
+        {"flight": [1, 2, 3]},
+        {"prediction": nan_in_the_middle, "score": nan_in_the_middle},
+        {"prediction": np.array([1.0, 1.5, 2.0], np.float32), "score": np.array([1.0, 1.5, 2.0], np.float32)},
+        [1.0, 2.0, 4.0],
+    )
+    assert report["metrics"]["champion"] == {"rmse": pytest.approx(np.sqrt(2.0)), "mae": pytest.approx(1.0)}
+    assert report["metrics"]["challenger"]["mae"] == pytest.approx(2.5 / 3)
 
 
 def test_shadow_report_refuses_predictions_of_another_champion_version(

@@ -309,3 +309,24 @@ def test_drill_down_of_a_pipeline_whose_bucket_is_missing_is_unavailable(
         page = client.get(f"/pipelines/{cfg.name}")
     assert page.status_code == 503
     assert "no-such-bucket-ui" in page.text and "does not exist" in page.text
+
+
+def test_a_metric_that_is_not_finite_is_no_point_of_the_chart() -> None:
+    from mlops_tasks.ui.render import metric_chart
+    from mlops_tasks.ui.views import _number
+
+    assert [_number(v) for v in ("nan", "inf", "-inf", "0.7", None, "x")] == [
+        None,
+        None,
+        None,
+        0.7,
+        None,
+        None,
+    ]
+    history = [
+        {"version": "1", "value": float("nan"), "decision": "promote", "aliases": []},
+        {"version": "2", "value": 0.5, "decision": "promote", "aliases": []},
+        {"version": "3", "value": 0.6, "decision": "promote", "aliases": ["champion"]},
+    ]
+    svg = metric_chart(history, "roc_auc")
+    assert "nan" not in svg and ">v1<" not in svg and ">v2<" in svg and ">v3<" in svg
