@@ -39,9 +39,8 @@ _SAFE_PREFIX = re.compile(r"^(?!.*\.\.)(?!/)[A-Za-z0-9_\-./]*$")
 RESERVED_COLUMNS = ("_day", "_source_file", "_source_line", "_ingest_error", "_join_error")
 # What batch inference writes beside the keys (mlops_tasks.inference), with probability_<class>.
 PREDICTION_COLUMNS = ("prediction", "score", "model_name", "model_version", "run_id")
-# Cron presets Airflow's cron timetables accept (airflow.utils.dates.cron_presets).
-SCHEDULE_PRESETS = ("@hourly", "@daily", "@weekly", "@monthly", "@quarterly", "@yearly")
-_PRESET_CRONS = {
+# Cron presets Airflow's cron timetables accept (airflow.utils.dates.cron_presets), as cron.
+PRESET_CRONS = {
     "@hourly": "0 * * * *",
     "@daily": "0 0 * * *",
     "@weekly": "0 0 * * 0",
@@ -49,6 +48,7 @@ _PRESET_CRONS = {
     "@quarterly": "0 0 1 */3 *",
     "@yearly": "0 0 1 1 *",
 }
+SCHEDULE_PRESETS = tuple(PRESET_CRONS)
 
 
 def _repeated(names: list[str]) -> list[str]:
@@ -97,7 +97,7 @@ def _check_daily_schedule(value: str | None) -> str | None:
         return None
     from croniter import croniter
 
-    fires = croniter(_PRESET_CRONS.get(value, value), _CRON_PROBE_START)
+    fires = croniter(PRESET_CRONS.get(value, value), _CRON_PROBE_START)
     # 5 weeks (at most 1,000 fires) show the weekends and month ends of day-of-week/-month rules
     times = [_CRON_PROBE_START]
     while times[-1] < _CRON_PROBE_START + 35 * _DAY and len(times) < 1000:

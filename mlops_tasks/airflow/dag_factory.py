@@ -58,7 +58,7 @@ from mlops_tasks.airflow.operators import (
     TriggerRetrainingOperator,
     ValidateDayOperator,
 )
-from mlops_tasks.config import PipelineConfig, config_paths, load_each
+from mlops_tasks.config import PRESET_CRONS, PipelineConfig, config_paths, load_each
 
 NONE_FAILED = "none_failed"
 CONFIG_ERROR_DAG = "mlops_config_error_{stem}"
@@ -74,12 +74,9 @@ def retrain_asset(cfg: PipelineConfig) -> Asset:
     return Asset(name=f"{cfg.name}_retrain", uri=f"mlops://{cfg.name}/retrain")
 
 
-_PRESETS = {"@daily": "0 0 * * *", "@weekly": "0 0 * * 0", "@monthly": "0 0 1 * *", "@hourly": "0 * * * *"}
-
-
 def _after_each_day(cron: str | None) -> CronDataIntervalTimetable | None:
     """Runs whose logical date is the start of the interval they process, started at its end."""
-    return CronDataIntervalTimetable(_PRESETS.get(cron, cron), timezone="UTC") if cron else None
+    return CronDataIntervalTimetable(PRESET_CRONS.get(cron, cron), timezone="UTC") if cron else None
 
 
 def _schedule(timetable: Any, asset: Asset) -> Any:
@@ -122,7 +119,7 @@ def build_training_dag(cfg: PipelineConfig) -> DAG:
         _schedule(
             cfg.training.schedule
             and CronTriggerTimetable(
-                _PRESETS.get(cfg.training.schedule, cfg.training.schedule), timezone="UTC"
+                PRESET_CRONS.get(cfg.training.schedule, cfg.training.schedule), timezone="UTC"
             ),
             retrain_asset(cfg),
         ),
