@@ -1,8 +1,12 @@
 """Alerts: task failures, gate rejections and drift detections, to the log and optionally a webhook.
 
-The webhook is an Airflow connection (default id ``mlops_alerts``, type http, host = the URL, e.g. a
-Slack/Teams incoming webhook); without it, alerts go to the task log only. The payload is JSON
-``{"pipeline", "event", "message", "details"}`` and never contains connection secrets.
+The webhook is an Airflow connection (default id ``mlops_alerts``, type http): either host = the
+whole URL (e.g. a Slack/Teams incoming webhook), or the URI form
+``AIRFLOW_CONN_MLOPS_ALERTS=https://hooks.slack.com/services/...`` (Airflow puts the path in
+``schema`` there), or host, port and schema (``http``/``https``) as HttpHook reads them. Without it,
+alerts go to the task log only. The payload is JSON ``{"pipeline", "event", "message", "details"}``
+and never contains connection secrets. An alert is best-effort: a webhook that is down, misnamed or
+answers garbage is logged (scheme and host only) and never fails the task that raised the alert.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
 ALERTS_CONN_ID = "mlops_alerts"
+_SCHEMES = ("http", "https")
 log = logging.getLogger(__name__)
 
 
@@ -30,7 +35,16 @@ def webhook_url(conn_id: str = ALERTS_CONN_ID) -> str | None:
     host = (conn.host or "").strip()
     if not host:
         return None
-    return host if "://" in host else f"{conn.schema or 'https'}://{host}"
+    if "://" in host:
+        return host
+    schema = (conn.schema or "").strip()
+    if schema in _SCHEMES:  # host, port and schema as HttpHook reads them
+        scheme, path = schema, ""
+    else:  # the URI form: the scheme is the connection type, the path is in schema
+        scheme = conn.conn_type if conn.conn_type in _SCHEMES else "https"
+        path = schema.lstrip("/")
+    port = f":{conn.port}" if conn.port else ""
+    return f"{scheme}://{host}{port}/{path}" if path else f"{scheme}://{host}{port}"
 
 
 def announce(pipeline: str, event: str, message: str, details: dict[str, Any] | None = None) -> bool:
@@ -39,18 +53,31 @@ def announce(pipeline: str, event: str, message: str, details: dict[str, Any] | 
     url = webhook_url()
     if not url:
         return False
-    payload = json.dumps({"pipeline": pipeline, "event": event, "message": message, "details": details or {}})
-    request = urllib.request.Request(
-        url, data=payload.encode(), headers={"Content-Type": "application/json"}, method="POST"
+    payload = json.dumps(
+        {"pipeline": pipeline, "event": event, "message": message, "details": details or {}}, default=str
     )
     try:
+        request = urllib.request.Request(
+            url, data=payload.encode(), headers={"Content-Type": "application/json"}, method="POST"
+        )
         with urllib.request.urlopen(request, timeout=10):
             return True
-    except OSError as exc:
-        # Scheme and host only: Slack and Teams webhooks carry their secret in the path.
+    except Exception as exc:  # best-effort (module docstring): bad URL, refused, non-HTTP answer, ...
+        # Scheme and host only, and the error's type, not its text: Slack and Teams webhooks carry
+        # their secret in the path, which urllib quotes in some errors (e.g. "unknown url type").
         parts = urllib.parse.urlsplit(url)
-        log.error("Alert webhook %s://%s failed: %s", parts.scheme, parts.hostname, exc)
+        log.error("Alert webhook %s://%s failed: %s", parts.scheme, parts.hostname, _described(exc, url))
         return False
+
+
+def _described(exc: Exception, url: str) -> str:
+    """The error without the URL's path and query, which hold a webhook's secret."""
+    parts = urllib.parse.urlsplit(url)
+    text = str(exc)
+    for secret in (parts.path.strip("/"), parts.query):
+        if secret:
+            text = text.replace(secret, "***")
+    return f"{type(exc).__name__}: {text}"
 
 
 class MlopsNotifier(BaseNotifier):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
@@ -12,12 +14,14 @@ from mlops_tasks.airflow.notifiers import announce
 
 
 @pytest.fixture
-def webhook(monkeypatch: pytest.MonkeyPatch):
+def webhook_server() -> Iterator[tuple[int, list[dict]]]:
+    """A webhook on loopback: its port, and each POST as ``{"path", **payload}``."""
     received: list[dict] = []
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
-            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            received.append({"path": self.path, **payload})
             self.send_response(204)
             self.end_headers()
 
@@ -27,18 +31,25 @@ def webhook(monkeypatch: pytest.MonkeyPatch):
     server = HTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
+    yield server.server_port, received
+    server.shutdown()
+
+
+@pytest.fixture
+def webhook(monkeypatch: pytest.MonkeyPatch, webhook_server: tuple[int, list[dict]]) -> list[dict]:
+    port, received = webhook_server
     monkeypatch.setenv(
         "AIRFLOW_CONN_MLOPS_ALERTS",
-        json.dumps({"conn_type": "http", "host": f"http://127.0.0.1:{server.server_port}/hook"}),
+        json.dumps({"conn_type": "http", "host": f"http://127.0.0.1:{port}/hook"}),
     )
-    yield received
-    server.shutdown()
+    return received
 
 
 def test_alert_is_posted_as_json_to_the_webhook(webhook: list[dict]) -> None:
     assert announce("flights_delay", "drift_detected", "retraining requested", {"window_end": "2013-07-01"})
     assert webhook == [
         {
+            "path": "/hook",
             "pipeline": "flights_delay",
             "event": "drift_detected",
             "message": "retraining requested",
@@ -62,4 +73,54 @@ def test_a_failed_post_logs_the_webhook_host_not_its_secret_path(
     )
     assert announce("flights_delay", "task_failed", "train failed") is False
     assert "Alert webhook http://127.0.0.1 failed" in caplog.text
+    assert "SECRETTOKENxyz" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    "connection",
+    [
+        # The URI form: Airflow puts the path in schema and the scheme in conn_type.
+        "http://127.0.0.1:{port}/services/T000/B000/SECRET",
+        # Host, port and schema, as HttpHook reads them.
+        json.dumps({"conn_type": "http", "host": "127.0.0.1", "port": "{port}", "schema": "http"}),
+    ],
+    ids=["uri-form", "host-port-schema"],
+)
+def test_every_form_of_the_connection_reaches_the_webhook(
+    monkeypatch: pytest.MonkeyPatch, webhook_server: tuple[int, list[dict]], connection: str
+) -> None:
+    port, received = webhook_server
+    monkeypatch.setenv("AIRFLOW_CONN_MLOPS_ALERTS", connection.replace("{port}", str(port)))
+    assert announce("flights_delay", "gate_rejected", "rejected")
+    expected_path = "/services/T000/B000/SECRET" if connection.startswith("http://") else "/"
+    assert [r["path"] for r in received] == [expected_path]
+
+
+def test_a_webhook_that_answers_garbage_is_logged_and_never_raises(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An alert is best-effort: a wrong port or a broken proxy (not an OSError in urllib) must not
+    fail the task that raised it - a drift trigger's retraining request included."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+
+    def answer_garbage() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            connection.recv(65536)
+            connection.sendall(b"not http at all\r\n\r\n")
+
+    thread = threading.Thread(target=answer_garbage, daemon=True)
+    thread.start()
+    port = listener.getsockname()[1]
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_MLOPS_ALERTS", f"http://127.0.0.1:{port}/services/T000/B000/SECRETTOKENxyz"
+    )
+    try:
+        assert announce("flights_delay", "drift_detected", "retraining requested") is False
+    finally:
+        thread.join(timeout=5)
+        listener.close()
+    assert "Alert webhook http://127.0.0.1 failed: BadStatusLine" in caplog.text
     assert "SECRETTOKENxyz" not in caplog.text
