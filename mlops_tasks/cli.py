@@ -98,13 +98,15 @@ def _mlflow(cfg: PipelineConfig, tracking_uri: str) -> Iterator[None]:
     clear RuntimeError (mlops_tasks.tracking)."""
     from mlflow.exceptions import MlflowException, RestException  # the command loads MLflow anyway
 
-    from mlops_tasks.status import without_credentials
+    from mlops_tasks.status import redacted, without_credentials
 
     try:
         yield
     except MlflowException as exc:
-        # First line, without the response body (an HTML error page says nothing more).
+        # First line, without the response body (an HTML error page says nothing more), and without
+        # the credentials MLflow quotes in the URL it called.
         message = (str(exc).splitlines() or [type(exc).__name__])[0].split(". Response body:")[0]
+        message = redacted(message, tracking_uri)
         code = re.search(r"failed with error code (\d+)", message)
         status = int(code.group(1)) if code else None
         if status is None and isinstance(exc, RestException):  # an MLflow error answer (JSON)
@@ -124,7 +126,13 @@ def _mlflow(cfg: PipelineConfig, tracking_uri: str) -> Iterator[None]:
 
 
 def _print(obj: Any, as_json: bool) -> None:
-    print(json.dumps(obj, indent=2, default=str) if as_json else obj)
+    """JSON strict (no NaN) and text with control characters escaped: what is printed comes from
+    the bucket and the registry, and must not drive the terminal (see status.printable)."""
+    from mlops_tasks.status import json_safe, printable
+
+    print(
+        json.dumps(json_safe(obj), indent=2, default=str, allow_nan=False) if as_json else printable(str(obj))
+    )
 
 
 # -- commands -----------------------------------------------------------------------------------------
@@ -335,7 +343,9 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except (ConfigError, CliError, FileNotFoundError, ValueError, RuntimeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        from mlops_tasks.status import printable, redacted
+
+        print(f"error: {printable(redacted(str(exc)))}", file=sys.stderr)
         return 1
 
 

@@ -7,34 +7,81 @@ Airflow UI renders it, so they cannot disagree. Everything here is read-only.
 from __future__ import annotations
 
 import datetime as dt
+import math
+import re
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
-from mlops_tasks.storage import partition_prefix
+from mlops_tasks.storage import CorruptObjectError, partition_prefix
 
 if TYPE_CHECKING:
     from mlops_tasks.config import PipelineConfig
     from mlops_tasks.storage import ObjectStore
 
 
+# The userinfo of any URL in a text: up to the last "@" before the host's end, as URL parsers read
+# it (a password may hold "@"; "/", "?" and "#" in one must be percent-encoded).
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^/?#\s]*@")
+# Control characters but newline and tab: a value from the bucket or the registry printed raw could
+# move the cursor, clear the screen or forge lines of a terminal.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
 def without_credentials(url: str) -> str:
     """A URL without ``user:password@``: status output and error messages are shown to people,
     logs and alert webhooks, and Airflow masks only a connection's password field."""
     parts = urlsplit(url)
-    if not parts.username:
+    if "@" not in parts.netloc:
         return url
-    return urlunsplit(parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else "")))
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
-def redacted(text: str, url: str) -> str:
-    """``text`` (e.g. a client library's error, which may quote the URL it called) with the
-    credentials of ``url`` removed."""
-    parts = urlsplit(url)
-    text = text.replace(url, without_credentials(url))
-    for secret in (parts.password, parts.username):
-        if secret:
-            text = text.replace(secret, "***")
+def redacted(text: str, url: str | None = None) -> str:
+    """``text`` (e.g. a client library's error, which may quote the URL it called) without the
+    userinfo of any URL in it, and without ``url``'s password wherever it appears (as written in
+    the URL or percent-decoded, as a client may quote it)."""
+    text = _USERINFO.sub(r"\1", text)
+    password = urlsplit(url).password if url else None
+    for secret in {password, unquote(password)} if password else ():
+        text = text.replace(secret, "***")
     return text
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters but newline and tab shown as ``\\xNN`` escapes."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with non-finite floats as None: strict JSON (the UI's API, ``status --json``) has
+    no NaN or Infinity, and a report in the bucket may hold them."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def _number(value: Any) -> float | int | None:
+    """A finite number from a report, else None (the report is shown, not trusted)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _report(store: ObjectStore, key: str, what: str) -> dict[str, Any]:
+    """A JSON report written by a task, as a dict whose ``decision`` (if any) is a dict too; any
+    other shape is a :class:`CorruptObjectError` naming the object."""
+    report = store.get_json(key)
+    decision = report.get("decision", report) if isinstance(report, dict) else None
+    if not isinstance(decision, dict):
+        raise CorruptObjectError(
+            f"{store.uri(key)} is not a {what} report (a JSON object with a 'decision' object); "
+            "re-run the task that writes it"
+        )
+    return report
 
 
 def last_gate(store: ObjectStore, cfg: PipelineConfig) -> dict[str, Any] | None:
@@ -56,13 +103,13 @@ def last_gate(store: ObjectStore, cfg: PipelineConfig) -> dict[str, Any] | None:
             found, key=lambda o: (o.last_modified or dt.datetime.min.replace(tzinfo=dt.UTC), o.key)
         )
     ]
-    report = store.get_json(reports[-1])
+    report = _report(store, reports[-1], "gate")
     decision = report.get("decision", report)
     return {
         "day": day.isoformat(),
-        "promote": decision.get("promote"),
-        "reason": decision.get("reason"),
-        "run_id": decision.get("run_id") or reports[-1].rsplit("/", 2)[-2],
+        "promote": decision.get("promote") is True,
+        "reason": str(decision.get("reason", "")),
+        "run_id": str(decision.get("run_id") or reports[-1].rsplit("/", 2)[-2]),
         "report_json_uri": store.uri(reports[-1]),
         "report_html_uri": store.uri(reports[-1].removesuffix(".json") + ".html"),
     }
@@ -71,12 +118,16 @@ def last_gate(store: ObjectStore, cfg: PipelineConfig) -> dict[str, Any] | None:
 def last_inference(store: ObjectStore, cfg: PipelineConfig) -> dict[str, Any] | None:
     for day in reversed(store.list_partition_dates(f"{cfg.prefix}/predictions/")):
         manifest = store.read_manifest(partition_prefix(cfg.prefix, "predictions", day))
-        if manifest:
+        if isinstance(manifest, dict):
             return {
                 "day": day.isoformat(),
-                "rows": manifest["rows"],
+                "rows": _number(manifest.get("rows")),
                 "model_version": manifest.get("model_version"),
             }
+        if manifest is not None:
+            raise CorruptObjectError(
+                f"the manifest of {store.uri(partition_prefix(cfg.prefix, 'predictions', day))} is not a JSON object"
+            )
     return None
 
 
@@ -86,19 +137,20 @@ def last_drift(store: ObjectStore, cfg: PipelineConfig) -> dict[str, Any] | None
     for day in reversed(store.list_partition_dates(f"{cfg.prefix}/reports/drift/")):
         prefix = partition_prefix(cfg.prefix, "reports/drift", day)
         try:
-            report = store.get_json(prefix + "drift.json")
+            report = _report(store, prefix + "drift.json", "drift")
         except FileNotFoundError:
             continue
         break
     else:
         return None
-    decision = report.get("decision", {})
+    decision = report.get("decision", report)
+    reasons = decision.get("reasons") or []
     return {
         "day": day.isoformat(),
-        "status": decision.get("status"),
-        "retrain": decision.get("retrain"),
-        "share_drifted": decision.get("share_drifted"),
-        "reasons": decision.get("reasons", []),
+        "status": None if decision.get("status") is None else str(decision["status"]),
+        "retrain": decision.get("retrain") is True,
+        "share_drifted": _number(decision.get("share_drifted")),
+        "reasons": [str(r) for r in reasons] if isinstance(reasons, list) else [str(reasons)],
         "report_json_uri": store.uri(prefix + "drift.json"),
         "report_html_uri": store.uri(prefix + "drift.html") if store.exists(prefix + "drift.html") else None,
     }
@@ -108,12 +160,13 @@ def last_training(cfg: PipelineConfig, tracking_uri: str, ui_url: str | None = N
     from mlops_tasks import tracking
 
     client = tracking.client(tracking_uri)
-    experiment = client.get_experiment_by_name(cfg.experiment_name)
-    if experiment is None:
-        return None
-    runs = client.search_runs(
-        [experiment.experiment_id], order_by=["attributes.start_time DESC"], max_results=1
-    )
+    with tracking.reachable(tracking_uri, f"read the last training run of '{cfg.name}'"):
+        experiment = client.get_experiment_by_name(cfg.experiment_name)
+        if experiment is None:
+            return None
+        runs = client.search_runs(
+            [experiment.experiment_id], order_by=["attributes.start_time DESC"], max_results=1
+        )
     if not runs:
         return None
     run = runs[0]
@@ -175,13 +228,17 @@ def format_status(rows: list[dict[str, Any]]) -> str:
                 f"{drift['status']} ({drift['day']}, {drift['share_drifted']:.0%} drifted)"
                 if drift and drift["share_drifted"] is not None
                 else (drift["status"] if drift else "-"),
-                f"{infer['day']}: {infer['rows']} rows by v{infer['model_version']}" if infer else "-",
+                f"{infer['day']}: {infer['rows'] if infer['rows'] is not None else '?'} rows by "
+                f"v{infer['model_version']}"
+                if infer
+                else "-",
             ]
         )
         if gate:
             notes.append(f"{row['pipeline']}: last gate: {gate['reason']}")
         if drift and drift["reasons"]:
             notes.append(f"{row['pipeline']}: drift: {'; '.join(drift['reasons'])}")
-    widths = [max(len(str(r[i])) for r in table) for i in range(len(header))]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in table]
-    return "\n".join([*lines, "", *notes]).rstrip()
+    table = [[printable(str(c)) for c in r] for r in table]
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in table]
+    return "\n".join([*lines, "", *map(printable, notes)]).rstrip()

@@ -124,6 +124,11 @@ class ObjectNotFoundError(FileNotFoundError):
         self.key = key
 
 
+class CorruptObjectError(DataError):
+    """An object the package wrote is not what it wrote (not JSON, or not the expected shape); the
+    message names its URI. Rewriting it (re-running the task that writes it) is the fix."""
+
+
 class WriteConflictError(StorageError):
     """A conditional PUT lost: another writer changed (or created) the object since it was read."""
 
@@ -378,7 +383,13 @@ class ObjectStore:
         return RangedObject(self, key, size)
 
     def get_json(self, key: str) -> Any:
-        return json.loads(self.get_bytes(key))
+        """A JSON object; one that is not JSON (truncated, another encoding) is a
+        :class:`CorruptObjectError` naming it."""
+        data = self.get_bytes(key)
+        try:
+            return json.loads(data)
+        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError both are
+            raise CorruptObjectError(f"{self.uri(key)} is not valid JSON: {exc}") from None
 
     def download(self, key: str, path: str | Path) -> Path:
         path = Path(path)

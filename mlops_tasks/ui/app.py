@@ -19,13 +19,14 @@ from __future__ import annotations
 import threading
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
-from mlops_tasks.config import PipelineConfig, load_all
-from mlops_tasks.status import pipeline_status
+from mlops_tasks.config import ConfigError, PipelineConfig, config_paths, load_each
+from mlops_tasks.status import json_safe, pipeline_status
 from mlops_tasks.storage import ObjectStore, StorageError
 
 PAGE_CSP = (
@@ -53,6 +54,23 @@ def _hook_mlflow(cfg: PipelineConfig) -> tuple[str, str]:
 
 
 @dataclass(frozen=True)
+class BrokenConfig:
+    """A config file the DAG factory refuses too (it shows an error DAG for it): one error row."""
+
+    path: Path
+    error: ConfigError
+
+
+def _every_config() -> list[PipelineConfig | BrokenConfig]:
+    """Every config file as the DAG factory loads it: one broken file is its own error row, not a
+    page that fails for every pipeline."""
+    return [
+        BrokenConfig(path, loaded) if isinstance(loaded, ConfigError) else loaded
+        for path, loaded in load_each(config_paths())
+    ]
+
+
+@dataclass(frozen=True)
 class Sources:
     """Where the app reads from: the pipeline configs and, per pipeline, its store and MLflow's
     addresses: ``(tracking URI, UI address for links)``.
@@ -60,15 +78,16 @@ class Sources:
     Configs are re-read on every request, so a new pipeline shows up without restarting Airflow.
     """
 
-    configs: Callable[[], list[PipelineConfig]] = field(default=load_all)
+    configs: Callable[[], list[PipelineConfig | BrokenConfig]] = field(default=_every_config)
     store: Callable[[PipelineConfig], ObjectStore] = field(default=_hook_store)
     mlflow: Callable[[PipelineConfig], tuple[str, str]] = field(default=_hook_mlflow)
 
 
-def _failure(cfg: PipelineConfig, exc: Exception) -> dict[str, Any]:
+def _failure(name: str, exc: Exception) -> dict[str, Any]:
     from mlops_tasks.ui.views import redact
 
-    return {"pipeline": cfg.name, "error": redact(f"{type(exc).__name__}: {str(exc).splitlines()[0][:500]}")}
+    first_line = (str(exc).splitlines() or [""])[0]
+    return {"pipeline": name, "error": redact(f"{type(exc).__name__}: {first_line[:500]}")}
 
 
 def _unavailable() -> tuple[type[Exception], ...]:
@@ -88,6 +107,10 @@ def build_app(sources: Sources | None = None) -> FastAPI:
     from mlops_tasks.ui import render, views
 
     src = sources or Sources()
+
+    def pipelines() -> list[PipelineConfig]:
+        return [c for c in src.configs() if isinstance(c, PipelineConfig)]
+
     app = FastAPI(
         title="ML models",
         dependencies=[Depends(get_user)],
@@ -110,13 +133,16 @@ def build_app(sources: Sources | None = None) -> FastAPI:
     def rows() -> list[dict[str, Any]]:
         out = []
         for cfg in src.configs():
+            if isinstance(cfg, BrokenConfig):
+                out.append(_failure(cfg.path.stem, cfg.error))
+                continue
             try:
                 with _MLFLOW_CREDENTIALS:
                     tracking_uri, ui_url = src.mlflow(cfg)
                     out.append(pipeline_status(src.store(cfg), cfg, tracking_uri=tracking_uri, ui_url=ui_url))
             except _unavailable() as exc:
-                out.append(_failure(cfg, exc))
-        return views.redact(out)
+                out.append(_failure(cfg.name, exc))
+        return json_safe(views.redact(out))
 
     def root_of(request: Request) -> str:
         return str(request.scope.get("root_path", "")).rstrip("/")
@@ -136,7 +162,7 @@ def build_app(sources: Sources | None = None) -> FastAPI:
 
     @app.get("/pipelines/{name}", response_class=HTMLResponse)
     def pipeline_page(name: str, request: Request) -> HTMLResponse:
-        cfg = next((c for c in src.configs() if c.name == name), None)
+        cfg = next((c for c in pipelines() if c.name == name), None)
         if cfg is None:
             raise HTTPException(404, f"no pipeline named {name!r}")
         try:
@@ -150,19 +176,21 @@ def build_app(sources: Sources | None = None) -> FastAPI:
                     airflow_path=airflow_root_of(request),
                 )
         except _unavailable() as exc:
-            failure = _failure(cfg, exc)
+            failure = _failure(cfg.name, exc)
             return HTMLResponse(render.overview([failure], root_of(request)), status_code=503)
         return HTMLResponse(render.detail(view, cfg.name, cfg.gate.primary_metric, root_of(request)))
 
     @app.get("/reports")
     def report(uri: str = Query(..., max_length=1024)) -> Response:
         try:
-            ref = views.resolve_report(uri, src.configs())
+            ref = views.resolve_report(uri, pipelines())
             body = src.store(ref.cfg).get_bytes(ref.key)
         except views.ReportRefused as exc:
             raise HTTPException(exc.status, str(exc)) from None
         except FileNotFoundError:
             raise HTTPException(404, "no such report") from None
+        except _unavailable() as exc:  # the store down, its connection missing: not a server bug
+            raise HTTPException(503, _failure(ref.cfg.name, exc)["error"]) from None
         headers = {"Content-Security-Policy": REPORT_CSP} if ref.media_type.startswith("text/html") else {}
         return Response(body, media_type=ref.media_type, headers=headers)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from mlops_tasks.status import pipeline_status
+from mlops_tasks.status import json_safe, pipeline_status, redacted
 
 if TYPE_CHECKING:
     from mlops_tasks.config import PipelineConfig
@@ -24,7 +24,6 @@ REPORT_TYPES = {".html": "text/html; charset=utf-8", ".json": "application/json"
 SERVED_AREAS = ("reports/", "lineage/")
 DAG_KINDS = ("training", "batch_inference", "drift_monitor")
 _KEY_CHARS = re.compile(r"^[A-Za-z0-9_\-.=/]+$")
-_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^/@\s]+@")
 
 
 class ReportRefused(ValueError):
@@ -77,7 +76,7 @@ def redact(value: Any) -> Any:
     Tracking URIs may carry basic-auth credentials; pages and JSON show only the host.
     """
     if isinstance(value, str):
-        return _USERINFO.sub(r"\1", value)
+        return redacted(value)
     if isinstance(value, dict):
         return {k: redact(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -177,4 +176,4 @@ def pipeline_detail(
             "dags": {kind: f"{airflow_path}/dags/{cfg.dag_id(kind)}" for kind in DAG_KINDS},
         },
     }
-    return redact(detail)
+    return json_safe(redact(detail))

@@ -1,12 +1,26 @@
-"""The status readers (CLI status, the "ML models" view) skip a day whose report was cut short."""
+"""The status readers (CLI status, the "ML models" view): a day whose report was cut short is skipped,
+a report of the wrong shape is an error naming it, and what they show is redacted and printable."""
 
 from __future__ import annotations
 
 import datetime as dt
+import json
+import re
+
+import pytest
 
 from mlops_tasks.config import PipelineConfig
-from mlops_tasks.status import last_drift, last_gate
-from mlops_tasks.storage import ObjectStore, partition_prefix
+from mlops_tasks.status import (
+    format_status,
+    json_safe,
+    last_drift,
+    last_gate,
+    last_inference,
+    redacted,
+    without_credentials,
+)
+from mlops_tasks.storage import CorruptObjectError, ObjectStore, partition_prefix
+from mlops_tasks.ui import views
 
 
 def test_a_drift_check_stopped_before_its_json_leaves_the_previous_check_as_the_last(
@@ -33,3 +47,88 @@ def test_the_last_gate_is_the_latest_window_with_a_gate_report(
 
     last = last_gate(store, example_config)
     assert (last["day"], last["promote"], last["run_id"]) == ("2013-01-10", True, "run1")
+
+
+@pytest.mark.parametrize(
+    ("area", "name", "body"),
+    [
+        ("reports/gate", "run1/gate.json", b"[1, 2]"),
+        ("reports/gate", "run1/gate.json", b'{"decision": "promote"}'),
+        ("reports/gate", "run1/gate.json", b'{"decision": {"promote": tru'),
+        ("reports/drift", "drift.json", b'"drift"'),
+        ("reports/drift", "drift.json", '{"status": "dérive"}'.encode("latin-1")),
+    ],
+    ids=["gate-list", "gate-decision-text", "gate-truncated", "drift-text", "drift-latin1"],
+)
+def test_a_report_of_the_wrong_shape_is_an_error_naming_the_object(
+    store: ObjectStore, example_config: PipelineConfig, area: str, name: str, body: bytes
+) -> None:
+    key = partition_prefix(example_config.prefix, area, dt.date(2013, 7, 1)) + name
+    store.put_bytes(key, body)
+    read = last_gate if area == "reports/gate" else last_drift
+    with pytest.raises(CorruptObjectError, match=re.escape(store.uri(key))):
+        read(store, example_config)
+
+
+def test_values_of_the_wrong_type_in_reports_are_shown_as_unknown_not_a_crash(
+    store: ObjectStore, example_config: PipelineConfig
+) -> None:
+    day = dt.date(2013, 7, 1)
+    drift = partition_prefix(example_config.prefix, "reports/drift", day) + "drift.json"
+    store.put_bytes(
+        drift, b'{"decision": {"status": "drift", "share_drifted": NaN, "reasons": [{"column": "x"}]}}'
+    )
+    predictions = partition_prefix(example_config.prefix, "predictions", day)
+    store.put_json(predictions + "_SUCCESS", {"parts": [], "model_version": "3"})
+
+    drift_row, inference_row = last_drift(store, example_config), last_inference(store, example_config)
+    assert (drift_row["share_drifted"], drift_row["reasons"]) == (None, ["{'column': 'x'}"])
+    assert (inference_row["rows"], inference_row["model_version"]) == (None, "3")
+    row = {"pipeline": "p", "champion": None, "last_gate": None, "last_training": None}
+    assert "2013-07-01: ? rows by v3" in format_status(
+        [row | {"last_drift": drift_row, "last_inference": inference_row}]
+    )
+
+
+def test_status_text_shows_control_characters_as_escapes() -> None:
+    """A value from the bucket must not drive the terminal (clear it, forge lines, set its title)."""
+    gate = {"day": "2013-07-01", "promote": False, "reason": "worse\x1b[2J\x1b]0;pwned\x07", "run_id": "r"}
+    row = {
+        "pipeline": "p",
+        "champion": None,
+        "last_training": None,
+        "last_drift": None,
+        "last_inference": None,
+    }
+    text = format_status([row | {"last_gate": gate}])
+    assert "\x1b" not in text and "\x07" not in text
+    assert "worse\\x1b[2J\\x1b]0;pwned\\x07" in text
+
+
+@pytest.mark.parametrize(
+    ("url", "bare"),
+    [
+        ("http://user:p@ss@w0rd@mlflow:5000/x", "http://mlflow:5000/x"),
+        ("http://user:secret@[::1]:5000", "http://[::1]:5000"),
+        ("https://token@mlflow.example.com", "https://mlflow.example.com"),
+        ("http://mlflow:5000", "http://mlflow:5000"),
+    ],
+)
+def test_credentials_are_cut_at_the_last_at_sign_of_the_host(url: str, bare: str) -> None:
+    assert without_credentials(url) == bare
+    assert redacted(f"API request to {url}/api failed", url) == f"API request to {bare}/api failed"
+    assert views.redact({"error": [f"see {url}"]}) == {"error": [f"see {bare}"]}
+
+
+def test_redaction_removes_the_password_however_quoted_and_leaves_the_host_name() -> None:
+    url = "http://mlflow:p%40ss-word@mlflow:5000"
+    text = "login mlflow with p@ss-word or p%40ss-word failed at host='mlflow'"
+    assert redacted(text, url) == "login mlflow with *** or *** failed at host='mlflow'"
+
+
+def test_json_safe_makes_non_finite_numbers_null() -> None:
+    value = {"a": [float("nan"), 1.5, float("inf")], "b": {"c": -float("inf")}, "d": "x"}
+    assert (
+        json.dumps(json_safe(value), allow_nan=False)
+        == '{"a": [null, 1.5, null], "b": {"c": null}, "d": "x"}'
+    )

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -20,12 +21,12 @@ from airflow.api_fastapi.core_api.security import get_user
 from fastapi.testclient import TestClient
 
 from mlops_tasks import stack
-from mlops_tasks.config import PipelineConfig, load_config
+from mlops_tasks.config import CONFIG_DIR_ENV, PipelineConfig, load_config
 from mlops_tasks.status import pipeline_status
 from mlops_tasks.storage import ObjectStore, S3Settings
 from mlops_tasks.ui.app import REPORT_CSP, Sources, build_app
 from tests.conftest import EXAMPLE_CONFIG, make_store
-from tests.ui_state import isolated_config, seed_lifecycle, write_gate_report
+from tests.ui_state import isolated_config, seed_lifecycle, write_drift_report, write_gate_report
 
 
 @pytest.fixture(scope="module")
@@ -330,3 +331,37 @@ def test_a_metric_that_is_not_finite_is_no_point_of_the_chart() -> None:
     ]
     svg = metric_chart(history, "roc_auc")
     assert "nan" not in svg and ">v1<" not in svg and ">v2<" in svg and ">v3<" in svg
+
+
+def test_a_broken_config_file_is_one_error_row_and_the_other_pipelines_still_render(
+    lifecycle: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "flights_delay.yaml").write_text(EXAMPLE_CONFIG.read_text())
+    (tmp_path / "broken.yaml").write_text("name: [unclosed\n")
+    monkeypatch.setenv(CONFIG_DIR_ENV, str(tmp_path))
+    sources = Sources(store=lambda cfg: lifecycle["store"], mlflow=lambda cfg: (lifecycle["mlflow"],) * 2)
+    with client_for(sources) as client:
+        rows = client.get("/api/status").json()["pipelines"]
+        page = client.get("/")
+    assert page.status_code == 200
+    assert rows[0]["pipeline"] == "broken" and "broken.yaml" in rows[0]["error"]
+    assert rows[1]["pipeline"] == "flights_delay" and "error" not in rows[1]
+
+
+def test_reports_answer_503_when_the_store_is_unavailable(
+    lifecycle: dict[str, Any], s3_endpoint: str
+) -> None:
+    missing = missing_bucket(s3_endpoint)
+    with client_for(fixed_sources([(lifecycle["cfg"], missing)], lifecycle["mlflow"])) as client:
+        response = client.get(report_url(lifecycle["store"].uri(lifecycle["drift_html"])))
+    assert response.status_code == 503
+    assert "no-such-bucket-ui" in response.json()["detail"]
+
+
+def test_api_status_is_strict_json_when_a_report_holds_nan(store: ObjectStore, mlflow_server: str) -> None:
+    cfg = isolated_config(load_config(EXAMPLE_CONFIG), store.bucket)
+    write_drift_report(store, cfg, "drift", float("nan"))
+    with client_for(fixed_sources([(cfg, store)], mlflow_server)) as client:
+        response = client.get("/api/status")
+    assert response.status_code == 200
+    assert response.json()["pipelines"][0]["last_drift"]["share_drifted"] is None
