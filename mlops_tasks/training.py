@@ -289,6 +289,15 @@ def _loss_fn(task: str) -> nn.Module:
 
 def _ensure_experiment(client: Any, name: str) -> str:
     experiment = client.get_experiment_by_name(name)
+    if experiment is not None and experiment.lifecycle_stage == "deleted":
+        # MLflow keeps a deleted experiment's name taken and refuses runs in it. Restoring it here
+        # would undo someone's decision; say what to do instead.
+        raise TrainingDataError(
+            f"MLflow experiment '{name}' (id {experiment.experiment_id}) is deleted, so no run can be logged "
+            f"in it. Restore it (`mlflow experiments restore --experiment-id {experiment.experiment_id}`) or "
+            "purge it for good (`mlflow gc`) so a new one of that name is created, or set mlflow.experiment "
+            "in the pipeline config to another name."
+        )
     if experiment is not None:
         return experiment.experiment_id
     try:

@@ -85,4 +85,5 @@ def mlflow_run_url(ui_url: str, result: dict[str, Any]) -> str:
 
 
 def model_version_url(ui_url: str, result: dict[str, Any]) -> str:
-    return f"{ui_url}/#/models/{result['model_name']}/versions/{result['version']}"
+    # Quoted: MLflow accepts "#", "?" and "%" in model names, which would end or break the UI's route.
+    return f"{ui_url}/#/models/{quote(str(result['model_name']), safe='')}/versions/{result['version']}"

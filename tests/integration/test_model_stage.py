@@ -115,6 +115,23 @@ def test_a_retry_after_the_run_finished_reuses_it_and_a_changed_config_trains_ag
     assert sorted(r.info.status for r in runs) == ["FINISHED"] * 3
 
 
+def test_training_into_a_deleted_experiment_says_how_to_restore_it(
+    binary_cfg: PipelineConfig, split: tuple, mlflow_server: str
+) -> None:
+    cfg = binary_cfg.model_copy(
+        update={
+            "mlflow": binary_cfg.mlflow.model_copy(update={"experiment": f"deleted_{uuid.uuid4().hex[:8]}"})
+        }
+    )
+    client = tracking.client(mlflow_server)
+    experiment_id = client.create_experiment(cfg.experiment_name)
+    client.delete_experiment(experiment_id)
+    with pytest.raises(
+        training.TrainingDataError, match=f"experiments restore --experiment-id {experiment_id}"
+    ):
+        training.train(cfg, split[0], tracking_uri=mlflow_server, data_version="dv1", trigger="test")
+
+
 def test_the_out_of_vocabulary_slot_is_trained_so_unseen_values_score_like_known_ones(
     binary_cfg: PipelineConfig, split: tuple, trained: dict, mlflow_server: str, tmp_path: Path
 ) -> None:

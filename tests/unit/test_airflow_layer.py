@@ -236,3 +236,10 @@ def test_text_that_is_no_date_fails_the_task_at_once_naming_it(text: str) -> Non
     with pytest.raises(AirflowFailException, match=rf"'{text}' is not a date \(YYYY-MM-DD\)"):
         as_date(text)
     assert as_date("2013-06-01T00:00:00+00:00") == dt.date(2013, 6, 1)
+
+
+def test_the_model_version_link_quotes_the_model_name() -> None:
+    from mlops_tasks.airflow.links import model_version_url
+
+    url = model_version_url("http://mlflow:5000", {"model_name": "churn#2 ?a%", "version": 3})
+    assert url == "http://mlflow:5000/#/models/churn%232%20%3Fa%25/versions/3"
