@@ -12,6 +12,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet --upgrade pip
 	# constraints.txt pins every transitive version: a fresh install resolves the same set every time.
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
+	# The editable install's metadata lives in the venv; the copy setuptools leaves in the checkout would
+	# make every process started here see the package twice, and Airflow load its plugin twice.
+	rm -rf mlops_tasks.egg-info
 	@touch $(STAMP)
 
 install: $(STAMP)

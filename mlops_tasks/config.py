@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -638,13 +639,29 @@ def load_config(path: str | Path) -> PipelineConfig:
 
 
 def config_dir() -> Path:
-    import os
-
     return Path(os.environ.get(CONFIG_DIR_ENV) or DEFAULT_CONFIG_DIR)
 
 
+def require_config_dir(directory: Path | None = None) -> Path:
+    """The pipeline config directory (``directory``, else :func:`config_dir`); a :class:`ConfigError`
+    naming it and ``$MLOPS_TASKS_CONFIG_DIR`` when it does not exist. A mistyped path, or an install
+    whose default ``<package>/../configs`` is not there (a wheel in site-packages), would otherwise
+    just yield no pipelines: no DAGs and no error."""
+    directory = Path(directory or config_dir())
+    if not directory.is_dir():
+        what = "is not a directory" if directory.exists() else "does not exist"
+        env = os.environ.get(CONFIG_DIR_ENV)
+        now = f"now {env!r}" if env else f"not set, so the default {DEFAULT_CONFIG_DIR}"
+        raise ConfigError(
+            f"{directory}: pipeline config directory {what}; set ${CONFIG_DIR_ENV} ({now}) to the "
+            "directory holding the pipeline YAML files"
+        )
+    return directory
+
+
 def config_paths(directory: Path | None = None) -> list[Path]:
-    directory = directory or config_dir()
+    """The pipeline YAML files of the directory (:func:`require_config_dir`: it must exist)."""
+    directory = require_config_dir(directory)
     return sorted(p for p in directory.glob("*.y*ml") if p.suffix in (".yaml", ".yml"))
 
 

@@ -1,29 +1,22 @@
-"""Airflow plugin: the "ML models" view (mlops_tasks.ui) mounted in the API server at /mlops and
-listed in the Airflow UI navigation.
+"""The "ML models" plugin now ships with the package (:mod:`mlops_tasks.airflow.plugin`), registered
+through the ``airflow.plugins`` entry point: Airflow loads it without this folder.
 
-Importing this module is cheap: the app is built on its first request, in the API server only.
+This module only keeps ``from mlops_plugin import MlopsPlugin`` working. The names resolve lazily
+(PEP 562) on purpose: Airflow registers every AirflowPlugin class it finds in a plugins-folder
+module's namespace, and a second registration of the name "mlops_tasks" (the entry point's) would
+be skipped and reported as a plugin import error.
 """
 
 from __future__ import annotations
 
-from airflow.plugins_manager import AirflowPlugin
+from typing import Any
 
-from mlops_tasks.ui.app import app
-
-UI_PREFIX = "/mlops"
+_REEXPORTED = ("UI_PREFIX", "MlopsPlugin")
 
 
-class MlopsPlugin(AirflowPlugin):
-    name = "mlops_tasks"
-    fastapi_apps = [{"app": app, "url_prefix": UI_PREFIX, "name": "ML models"}]
-    # url_route is required: without it Airflow 3 drops the view. The UI embeds href under /plugin/ml-models.
-    # The href is relative (no leading slash): the browser resolves it against the <base> the Airflow UI
-    # sets from [api] base_url, so behind a proxy at https://host/airflow the view is /airflow/mlops/.
-    external_views = [
-        {
-            "name": "ML models",
-            "href": f"{UI_PREFIX.lstrip('/')}/",
-            "destination": "nav",
-            "url_route": "ml-models",
-        }
-    ]
+def __getattr__(name: str) -> Any:
+    if name in _REEXPORTED:
+        from mlops_tasks.airflow import plugin
+
+        return getattr(plugin, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

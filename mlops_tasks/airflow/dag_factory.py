@@ -58,10 +58,19 @@ from mlops_tasks.airflow.operators import (
     TriggerRetrainingOperator,
     ValidateDayOperator,
 )
-from mlops_tasks.config import PRESET_CRONS, PipelineConfig, config_paths, load_each
+from mlops_tasks.config import (
+    CONFIG_DIR_ENV,
+    PRESET_CRONS,
+    ConfigError,
+    PipelineConfig,
+    config_dir,
+    config_paths,
+    load_each,
+)
 
 NONE_FAILED = "none_failed"
 CONFIG_ERROR_DAG = "mlops_config_error_{stem}"
+CONFIG_DIR_ERROR_DAG = "mlops_config_error_config_dir"
 log = logging.getLogger(__name__)
 
 
@@ -252,11 +261,13 @@ class _ConfigErrorOperator(BaseOperator):
         raise AirflowFailException(self.reason)
 
 
-def config_error_dag(path: Path, reason: str, taken: Iterable[str] = ()) -> DAG:
+def config_error_dag(
+    path: Path, reason: str, taken: Iterable[str] = (), *, base: str | None = None, description: str = ""
+) -> DAG:
     """Stands in for the DAGs of a config that cannot be built: its description and its one task
     say why (a run fails with the reason), and it never runs on its own. Files whose names differ
     only in punctuation (a-b.yaml, a_b.yaml) get distinct ids: ``taken`` are the ids in use."""
-    base = CONFIG_ERROR_DAG.format(stem="".join(c if c.isalnum() else "_" for c in path.stem))
+    base = base or CONFIG_ERROR_DAG.format(stem="".join(c if c.isalnum() else "_" for c in path.stem))
     taken = set(taken)
     dag_id = next(
         i for i in itertools.chain([base], (f"{base}_{n}" for n in itertools.count(2))) if i not in taken
@@ -266,7 +277,8 @@ def config_error_dag(path: Path, reason: str, taken: Iterable[str] = ()) -> DAG:
         schedule=None,
         start_date=dt.datetime(2000, 1, 1, tzinfo=dt.UTC),
         tags=["mlops", "config-error"],
-        description=f"{path.name} is invalid: fix it (mlops-tasks config validate {path.name})",
+        description=description
+        or f"{path.name} is invalid: fix it (mlops-tasks config validate {path.name})",
         doc_md=f"**{path}** could not become DAGs:\n\n```\n{reason}\n```",
     ) as dag:
         _ConfigErrorOperator(task_id="config_error", reason=reason)
@@ -278,9 +290,22 @@ def build_all_dags(directory: Path | None = None) -> dict[str, DAG]:
     others: an exception in a DAG file discards every DAG of the file, and the scheduler then stops
     scheduling all of them. A config that cannot be built (invalid, or a pipeline name or storage
     location another config already uses: :func:`mlops_tasks.config.load_each`) gets an error DAG
-    instead (:func:`config_error_dag`), and the reason is logged by the DAG processor."""
+    instead (:func:`config_error_dag`), and the reason is logged by the DAG processor. A missing
+    config directory (a mistyped ``$MLOPS_TASKS_CONFIG_DIR``) is one error DAG too, not zero DAGs."""
     dags: dict[str, DAG] = {}
-    for path, loaded in load_each(config_paths(directory)):
+    try:
+        paths = config_paths(directory)
+    except ConfigError as exc:
+        missing = Path(directory or config_dir())
+        log.error("No pipeline is scheduled: %s", exc)
+        error = config_error_dag(
+            missing,
+            f"{type(exc).__name__}: {exc}",
+            base=CONFIG_DIR_ERROR_DAG,
+            description=f"no pipeline config directory {missing}: set ${CONFIG_DIR_ENV}",
+        )
+        return {error.dag_id: error}
+    for path, loaded in load_each(paths):
         try:
             if isinstance(loaded, Exception):
                 raise loaded

@@ -1,4 +1,5 @@
-"""The "ML models" app, mounted by plugins/mlops_plugin.py at ``/mlops`` in the Airflow API server.
+"""The "ML models" app, mounted by the package's Airflow plugin (:mod:`mlops_tasks.airflow.plugin`) at
+``/mlops`` in the Airflow API server.
 
 Routes (all require an authenticated Airflow user, via Airflow's own ``get_user`` dependency: the
 ``Authorization: Bearer`` header or the ``_token`` cookie the Airflow UI sets):
@@ -25,7 +26,7 @@ from typing import Any
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
-from mlops_tasks.config import ConfigError, PipelineConfig, config_paths, load_each
+from mlops_tasks.config import ConfigError, PipelineConfig, config_dir, config_paths, load_each
 from mlops_tasks.status import json_safe, pipeline_status
 from mlops_tasks.storage import ObjectStore, StorageError
 
@@ -64,9 +65,13 @@ class BrokenConfig:
 def _every_config() -> list[PipelineConfig | BrokenConfig]:
     """Every config file as the DAG factory loads it: one broken file is its own error row, not a
     page that fails for every pipeline."""
+    try:
+        paths = config_paths()
+    except ConfigError as exc:  # no config directory: one row saying so, not an empty page
+        return [BrokenConfig(config_dir(), exc)]
     return [
         BrokenConfig(path, loaded) if isinstance(loaded, ConfigError) else loaded
-        for path, loaded in load_each(config_paths())
+        for path, loaded in load_each(paths)
     ]
 
 

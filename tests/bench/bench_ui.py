@@ -26,9 +26,9 @@ sys.path.insert(0, str(REPO))
 
 IMPORTS = {
     "airflow.plugins_manager (baseline)": "import airflow.plugins_manager",
-    "+ plugins/mlops_plugin.py (lazy app)": "import airflow.plugins_manager, mlops_plugin",
+    "+ mlops_tasks.airflow.plugin (lazy app)": "import airflow.plugins_manager, mlops_tasks.airflow.plugin",
     "+ API security module (eager app)": (
-        "import airflow.plugins_manager, mlops_plugin, airflow.api_fastapi.core_api.security"
+        "import airflow.plugins_manager, mlops_tasks.airflow.plugin, airflow.api_fastapi.core_api.security"
     ),
 }
 PROBE = (
@@ -39,7 +39,7 @@ PROBE = (
 
 def import_cost(stmt: str, home: str) -> tuple[float, float]:
     """Median (seconds, peak RSS MiB) of 3 fresh interpreters running ``stmt``."""
-    env = {**os.environ, "AIRFLOW_HOME": home, "PYTHONPATH": str(REPO / "plugins")}
+    env = {**os.environ, "AIRFLOW_HOME": home}
     samples = []
     for _ in range(3):
         out = subprocess.run(

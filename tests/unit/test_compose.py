@@ -157,3 +157,52 @@ def test_secrets_must_be_set_and_unauthenticated_services_listen_on_this_host_on
     assert "POSTGRES_PASSWORD" not in " ".join(compose["services"]["mlflow"]["command"])
     init = " ".join(compose["services"]["minio-init"]["command"])
     assert "policy attach local readwrite" not in init and "arn:aws:s3:::$$MLOPS_BUCKET/*" in init
+
+
+def env_example() -> dict[str, str]:
+    lines = (REPO / ".env.example").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
+
+
+def test_env_example_ships_no_secret_and_compose_refuses_to_start_without_each() -> None:
+    """A secret in .env.example passes the `${VAR:?}` check and is public: `cp .env.example .env`
+    would start a stack whose JWT key, passwords and root accounts everyone knows."""
+    example = env_example()
+    secrets = {k for k in example if re.search(r"PASSWORD|SECRET|FERNET", k)}
+    assert {
+        "POSTGRES_PASSWORD",
+        "REDIS_PASSWORD",
+        "MINIO_ROOT_PASSWORD",
+        "MLOPS_S3_SECRET_KEY",
+        "AIRFLOW_FERNET_KEY",
+        "AIRFLOW_API_SECRET_KEY",
+        "AIRFLOW_JWT_SECRET",
+        "AIRFLOW_ADMIN_PASSWORD",
+        "GRAFANA_ADMIN_PASSWORD",
+    } <= secrets
+    assert {k: v for k, v in example.items() if k in secrets and v} == {}
+    assert "change-me" not in (REPO / ".env.example").read_text()
+    # each one with a command that generates it, on the line above
+    lines = (REPO / ".env.example").read_text().splitlines()
+    for name in secrets:
+        above = lines[lines.index(f"{name}=") - 1]
+        assert above.startswith("# secret: python -c"), name
+    # every reference fails on empty as on unset (`:?`; `?` alone accepts an empty value)
+    text = (REPO / "docker-compose.yaml").read_text()
+    refs = re.findall(r"(?<!\$)\$\{([A-Z0-9_]+)([^}]*)\}", text)
+    assert {name for name, _ in refs} >= secrets
+    assert [(n, rest) for n, rest in refs if n in secrets and not rest.startswith(":?")] == []
+    # settings that are not secrets keep working defaults
+    assert all(v for k, v in example.items() if k not in secrets)
+
+
+def test_every_image_is_pinned(compose: dict[str, Any]) -> None:
+    images = {name: s["image"] for name, s in compose["services"].items() if "image" in s}
+    loose = {n: i for n, i in images.items() if ":" not in i or i.endswith(":latest")}
+    assert loose == {}
+    assert images["minio"].startswith("minio/minio:RELEASE.")
+    assert images["minio-init"].startswith("minio/mc:RELEASE.")
+
+
+def test_the_env_file_never_enters_the_build_context() -> None:
+    assert ".env" in (REPO / ".dockerignore").read_text().splitlines()

@@ -348,3 +348,24 @@ def test_a_pipelines_tasks_load_its_config_whatever_the_other_configs_hold(tmp_p
         load_pipeline("other", tmp_path)
     with pytest.raises(ConfigError, match=r"no pipeline named 'missing'"):
         load_pipeline("missing", tmp_path)
+
+
+def test_a_missing_config_directory_is_an_error_naming_it_and_the_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlops_tasks.config import CONFIG_DIR_ENV, require_config_dir
+
+    assert require_config_dir(REPO / "configs") == REPO / "configs"
+    typo = tmp_path / "cofnigs"
+    monkeypatch.setenv(CONFIG_DIR_ENV, str(typo))
+    with pytest.raises(ConfigError, match="does not exist") as err:
+        require_config_dir()
+    assert str(typo) in str(err.value) and "$MLOPS_TASKS_CONFIG_DIR" in str(err.value)
+    (tmp_path / "file.yaml").write_text("")
+    with pytest.raises(ConfigError, match="is not a directory"):
+        require_config_dir(tmp_path / "file.yaml")
+    # not set: the message says the default (next to the package) was used
+    monkeypatch.delenv(CONFIG_DIR_ENV)
+    monkeypatch.setattr("mlops_tasks.config.DEFAULT_CONFIG_DIR", typo)
+    with pytest.raises(ConfigError, match=r"\$MLOPS_TASKS_CONFIG_DIR \(not set, so the default"):
+        require_config_dir()

@@ -56,3 +56,30 @@ def test_drift_monitor_is_triggered_by_predictions(dagbag) -> None:
     publish = dagbag.dags["flights_delay_batch_inference"].get_task("publish")
     assert [a.uri for a in publish.outlets] == ["s3://mlops/flights_delay/predictions"]
     assert dag.timetable.asset_condition.name == "flights_delay_predictions"
+
+
+def test_a_missing_config_directory_is_an_error_dag_not_zero_dags(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mistyped $MLOPS_TASKS_CONFIG_DIR (or a wheel install without configs/ beside it) must show
+    up in the UI, not leave an empty DAG list."""
+    import shutil
+
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.sdk.exceptions import AirflowFailException
+
+    dags_dir = tmp_path / "dags"
+    dags_dir.mkdir()
+    shutil.copy(REPO / "dags" / "mlops_pipelines.py", dags_dir)
+    typo = tmp_path / "cofnigs"
+    monkeypatch.setenv("MLOPS_TASKS_CONFIG_DIR", str(typo))
+    bag = DagBag(dag_folder=str(dags_dir))
+    assert bag.import_errors == {}
+    assert bag.dag_ids == ["mlops_config_error_config_dir"]
+    dag = bag.dags["mlops_config_error_config_dir"]
+    task = dag.get_task("config_error")
+    assert str(typo) in task.reason and "does not exist" in task.reason
+    assert "$MLOPS_TASKS_CONFIG_DIR" in task.reason and "$MLOPS_TASKS_CONFIG_DIR" in dag.description
+    assert dag.schedule is None or dag.timetable.summary in ("None", "")
+    with pytest.raises(AirflowFailException, match="cofnigs"):
+        task.execute({})

@@ -1,6 +1,29 @@
-"""Airflow discovers the package as a provider: its connection type and extra links are listed."""
+"""Airflow discovers the package as a provider (its connection type and extra links are listed) and
+loads its "ML models" plugin from the package's entry point."""
 
 from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+# What DAG parsing must not import (tests/unit/test_dag_parse_cost.py): Airflow processes load plugins.
+HEAVY = [
+    "torch",
+    "onnxruntime",
+    "onnx",
+    "evidently",
+    "great_expectations",
+    "mlflow",
+    "dvc",
+    "pandas",
+    "sklearn",
+]
 
 
 def test_airflow_lists_the_mlflow_connection_type_and_the_extra_links() -> None:
@@ -15,3 +38,65 @@ def test_airflow_lists_the_mlflow_connection_type_and_the_extra_links() -> None:
         == "mlops_tasks.airflow.hooks.MlflowHook"
     )
     assert "mlops_tasks.airflow.links.GateReportLink" in manager.extra_links_class_names
+
+
+def test_the_ml_models_plugin_ships_with_the_package_as_an_entry_point() -> None:
+    """Airflow loads the plugin from the ``airflow.plugins`` entry point: an image with the package
+    and a git-synced dags/ folder (no plugins/ folder) still serves the "ML models" view."""
+    from importlib.metadata import entry_points
+
+    (entry,) = [e for e in entry_points(group="airflow.plugins") if e.name == "mlops_tasks"]
+    assert entry.value == "mlops_tasks.airflow.plugin:MlopsPlugin"
+
+
+PLUGINS_PROBE = """
+import json, sys
+from airflow import plugins_manager
+plugins, errors = plugins_manager._get_plugins()
+print(json.dumps({"names": [p.name for p in plugins], "sources": [str(p.source) for p in plugins],
+                  "errors": errors}))
+"""
+
+
+@pytest.mark.parametrize("folder", ["repo", "empty"])
+def test_airflow_loads_the_plugin_exactly_once_with_or_without_the_plugins_folder(
+    folder: str, tmp_path: Path
+) -> None:
+    """plugins/mlops_plugin.py only re-exports lazily: a class in its namespace would be registered
+    from the folder, and the entry point's then reported as a plugin import error."""
+    plugins = REPO / "plugins" if folder == "repo" else tmp_path
+    env = {**os.environ, "AIRFLOW__CORE__PLUGINS_FOLDER": str(plugins), "AIRFLOW_HOME": str(tmp_path)}
+    # As a deployment sees the package: installed only. With the checkout on sys.path (its
+    # mlops_tasks.egg-info, written by `pip install -e`), Airflow would see the distribution twice.
+    env.pop("PYTHONPATH", None)
+    out = subprocess.run(
+        [sys.executable, "-c", PLUGINS_PROBE],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=180,
+        check=True,
+    )
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["names"].count("mlops_tasks") == 1
+    (source,) = [s for n, s in zip(result["names"], result["sources"], strict=True) if n == "mlops_tasks"]
+    assert "mlops_tasks.airflow.plugin:MlopsPlugin" in source
+    assert result["errors"] == {}
+
+
+def test_the_plugins_folder_shim_still_imports_and_the_plugin_module_is_cheap() -> None:
+    probe = (
+        "import json, sys; sys.path.insert(0, sys.argv[1]); "
+        "from mlops_plugin import MlopsPlugin, UI_PREFIX; "
+        "from mlops_tasks.airflow.plugin import MlopsPlugin as P; assert MlopsPlugin is P; "
+        "print(json.dumps([m for m in json.loads(sys.argv[2]) if m in sys.modules]))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe, str(REPO / "plugins"), json.dumps(HEAVY)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []

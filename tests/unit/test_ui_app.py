@@ -365,3 +365,12 @@ def test_api_status_is_strict_json_when_a_report_holds_nan(store: ObjectStore, m
         response = client.get("/api/status")
     assert response.status_code == 200
     assert response.json()["pipelines"][0]["last_drift"]["share_drifted"] is None
+
+
+def test_a_missing_config_directory_is_one_error_row_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(CONFIG_DIR_ENV, str(tmp_path / "no-such-dir"))
+    with client_for(Sources()) as client:
+        rows = client.get("/api/status").json()["pipelines"]
+    assert len(rows) == 1 and "no-such-dir" in rows[0]["error"] and CONFIG_DIR_ENV in rows[0]["error"]
