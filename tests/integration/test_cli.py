@@ -248,3 +248,10 @@ def test_seed_names_a_bad_date_option_before_touching_the_store(
     result = cli("seed", "flights_delay", *dates, cwd=tmp_path)
     assert result.returncode != 0 and says in result.stderr, result.stderr
     assert "Traceback" not in result.stderr and "connection" not in result.stderr
+
+
+def test_a_missing_config_directory_is_named_not_an_empty_status(tmp_path: Path) -> None:
+    result = cli("status", env={"MLOPS_TASKS_CONFIG_DIR": str(tmp_path / "typo")})
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"error: {tmp_path / 'typo'}: pipeline config directory does not exist")
+    assert "MLOPS_TASKS_CONFIG_DIR" in result.stderr and "Traceback" not in result.stderr
