@@ -44,14 +44,17 @@ _Item = TypeVar("_Item")
 
 
 def as_date(value: str | dt.date | dt.datetime) -> dt.date:
-    """A day from a date, a datetime or ISO text (a rendered template, an asset event's extra). Text
-    that is no date fails the task at once: a retry would render or receive the same text."""
+    """A day from a date, a datetime or ISO text (a rendered template, an asset event's extra): a
+    whole date or datetime, the day of a datetime with an offset taken in UTC, as Airflow's logical
+    dates are. Other text (``2013-01-05garbage``) fails the task at once: a retry would render or
+    receive the same text."""
     if isinstance(value, dt.datetime):
-        return value.date()
+        return (value.astimezone(dt.UTC) if value.tzinfo else value).date()
     if isinstance(value, dt.date):
         return value
+    text = str(value).strip()
     try:
-        return dt.date.fromisoformat(str(value)[:10])
+        return dt.date.fromisoformat(text) if len(text) == 10 else as_date(dt.datetime.fromisoformat(text))
     except ValueError:
         raise AirflowFailException(
             f"{str(value)[:100]!r} is not a date (YYYY-MM-DD): check the task's day/window_end argument, "

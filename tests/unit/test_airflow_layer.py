@@ -227,7 +227,7 @@ def test_an_unreachable_mlflow_server_is_named_without_its_credentials() -> None
     assert f"server http://127.0.0.1:{uri.rsplit(':', 1)[1]} is not reachable" in message
 
 
-@pytest.mark.parametrize("text", ["None", "2013-13-01", "yesterday"])
+@pytest.mark.parametrize("text", ["None", "2013-13-01", "yesterday", "2013-01-0512", "2013-01-05garbage"])
 def test_text_that_is_no_date_fails_the_task_at_once_naming_it(text: str) -> None:
     from airflow.sdk.exceptions import AirflowFailException
 
@@ -236,6 +236,12 @@ def test_text_that_is_no_date_fails_the_task_at_once_naming_it(text: str) -> Non
     with pytest.raises(AirflowFailException, match=rf"'{text}' is not a date \(YYYY-MM-DD\)"):
         as_date(text)
     assert as_date("2013-06-01T00:00:00+00:00") == dt.date(2013, 6, 1)
+    assert as_date("2013-06-01") == as_date(dt.date(2013, 6, 1)) == dt.date(2013, 6, 1)
+    # An offset is taken in UTC, as Airflow's logical dates are.
+    assert as_date("2013-06-01T23:30:00-05:00") == dt.date(2013, 6, 2)
+    assert as_date(dt.datetime(2013, 6, 1, 23, 30, tzinfo=dt.timezone(dt.timedelta(hours=-5)))) == dt.date(
+        2013, 6, 2
+    )
 
 
 def test_the_model_version_link_quotes_the_model_name() -> None:
