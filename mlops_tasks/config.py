@@ -92,8 +92,10 @@ _DAY = dt.timedelta(days=1)
 
 
 def _check_daily_schedule(value: str | None) -> str | None:
-    """A schedule whose runs each process one day (the start of their data interval) must fire at
-    least once a day: a weekly run would score one day of seven and never the other six."""
+    """A schedule whose runs each process one day (the start of their data interval) must fire
+    exactly once a day: a weekly run would score one day of seven and never the other six, and an
+    hourly one would score each day 24 times, the first of them an hour into the day, all of them
+    replacing the same partition."""
     if _check_schedule(value) is None:
         return None
     from croniter import croniter
@@ -108,7 +110,14 @@ def _check_daily_schedule(value: str | None) -> str | None:
         raise ValueError(
             f"schedule '{value}' fires {f'up to {widest.days} days apart' if widest else 'less than once in 5 weeks'}, "
             "but each run processes one day (the start of its data interval): the days in between would "
-            "never be processed; use a schedule that fires at least once a day (e.g. @daily)"
+            "never be processed; use a schedule that fires once a day (e.g. @daily)"
+        )
+    narrowest = min(b - a for a, b in zip(times[1:], times[2:], strict=False))
+    if narrowest < _DAY:
+        raise ValueError(
+            f"schedule '{value}' fires more than once a day (runs {narrowest} apart), but each run processes "
+            "the day its data interval starts in: every run of a day would process that day again, the "
+            "first before it is over; use a schedule that fires once a day (e.g. @daily or '0 3 * * *')"
         )
     return value
 
@@ -393,7 +402,7 @@ class GateSpec(_Strict):
 class InferenceSpec(_Strict):
     schedule: DailySchedule = Field(
         "@daily",
-        description="5-field cron or a preset, as training.schedule, firing at least once a day: each run "
+        description="5-field cron or a preset, as training.schedule, firing once a day: each run "
         "scores one day.",
     )
     batch_rows: int = Field(
@@ -429,7 +438,7 @@ class DriftSpec(_Strict):
     schedule: DailySchedule = Field(
         None,
         description="Optional cron or preset (as training.schedule) in addition to the predictions asset, "
-        "firing at least once a day: each run checks one day.",
+        "firing once a day: each run checks one day.",
     )
     window_days: int = Field(7, ge=1)
     drift_share_threshold: float = Field(0.3, gt=0, le=1)

@@ -224,6 +224,14 @@ WEATHER = "data.joins.0"
         ),
         ({"inference.schedule": "@monthly"}, r"field 'inference\.schedule': schedule '@monthly' fires up to"),
         (
+            {"inference.schedule": "@hourly"},
+            r"field 'inference\.schedule': schedule '@hourly' fires more than once a day \(runs 1:00:00 apart\)",
+        ),
+        (
+            {"drift.schedule": "0 */12 * * *"},
+            r"field 'drift\.schedule': schedule '0 \*/12 \* \* \*' fires more than once",
+        ),
+        (
             {"data.columns.0.name": "score", "data.key": ["score", "month", "day", "carrier", "flight"]},
             r"columns \['score'\] \(data\.key, features or target\) are named like the columns batch inference",
         ),
@@ -248,6 +256,8 @@ WEATHER = "data.joins.0"
         "weekly-inference",
         "drift-on-weekdays-only",
         "monthly-inference",
+        "hourly-inference",
+        "twice-daily-drift",
         "key-named-like-a-prediction-column",
     ],
 )
@@ -325,8 +335,8 @@ def test_two_configs_with_one_pipeline_name_are_rejected_naming_both_files(tmp_p
         load_all(tmp_path)
 
 
-@pytest.mark.parametrize("schedule", ["*/15 * * * *", "0 6 * * *", "@hourly", "@daily", None])
-def test_inference_and_drift_schedules_that_fire_daily_are_accepted(
+@pytest.mark.parametrize("schedule", ["0 6 * * *", "30 23 * * *", "@daily", "0 0 * * *", None])
+def test_inference_and_drift_schedules_that_fire_once_a_day_are_accepted(
     tmp_path: Path, schedule: str | None
 ) -> None:
     path = write_mutated(
