@@ -11,7 +11,8 @@ key                      type        meaning
 ``model_version``        str         registry version number
 ``landing_files``        list[str]   S3 URIs of the raw files the training window came from
 ``curated_partitions``   list[str]   S3 URIs of the curated partitions read for training
-``validation_reports``   list[str]   S3 URIs of the validation reports of those partitions
+``validation_reports``   list[str]   S3 URIs of the validation reports of those partitions, each
+                                     ``.../date=YYYY-MM-DD/<file>``
 ``data_version``         str         DVC data version (commit / md5) of the training window
 ``run_id``               str         MLflow run that trained the model
 ``onnx_artifact_uri``    str         the exported ``model/model.onnx`` of that run
@@ -24,12 +25,17 @@ key                      type        meaning
 Optional keys: ``experiment_id``, ``trigger`` (schedule / drift / manual), ``training_window``
 ({"start", "end"} ISO dates), ``dag_run_id``, ``onnx_sha256``, ``champion_version`` (the champion
 the gate compared this version with). Any further JSON-serialisable key is kept as is.
+
+:func:`read_record` checks a stored record as :func:`write_record` does, so a record of another shape
+(edited by hand, written by something else) is a :class:`LineageError` naming its object, never a
+half-read record that the UI or the CLI trips over later.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import re
 from typing import Any
 
@@ -50,37 +56,61 @@ REQUIRED: dict[str, type | tuple[type, ...]] = {
     "gate": dict,
     "promoted": bool,
 }
+log = logging.getLogger(__name__)
 _VERSION_KEY = re.compile(r"/v(\d+)\.json$")
+_REPORT_URI = re.compile(r"/date=(\d{4}-\d{2}-\d{2})/[^/]+$")
 
 
 class LineageError(DataError):
     """A lineage record is incomplete or malformed; the message names the keys."""
 
 
-def validate_record(record: dict[str, Any]) -> dict[str, Any]:
-    """The record with ``schema`` set and ``model_version`` as a string; LineageError if incomplete."""
+def validate_record(record: Any, where: str | None = None) -> dict[str, Any]:
+    """The record with ``schema`` set and ``model_version`` as a string; LineageError if incomplete.
+
+    The message starts with ``where`` (the record's S3 URI, when read from the store) or the model
+    name and version, and names every missing or wrong-typed key.
+    """
+    if not isinstance(record, dict):
+        raise LineageError(
+            f"{where or 'lineage record'}: a lineage record is a JSON object, got {type(record).__name__}"
+        )
+    where = where or f"lineage record of model {record.get('model_name')!r} v{record.get('model_version')}"
     missing = [k for k in REQUIRED if k not in record]
     wrong = [
         f"{k} ({type(record[k]).__name__}, expected {getattr(t, '__name__', t)})"
         for k, t in REQUIRED.items()
         if k in record and not isinstance(record[k], t)
     ]
+    for k in ("landing_files", "curated_partitions", "validation_reports"):
+        if isinstance(record.get(k), list) and not all(isinstance(u, str) for u in record[k]):
+            wrong.append(f"{k} (a list of other things than strings, expected S3 URIs)")
+    if isinstance(record.get("validation_reports"), list):
+        undated = [
+            u for u in record["validation_reports"] if isinstance(u, str) and not _REPORT_URI.search(u)
+        ]
+        if undated:
+            wrong.append(f"validation_reports ({undated[0]!r} is not .../date=YYYY-MM-DD/<file>)")
     gate = record.get("gate")
     if isinstance(gate, dict):
         missing += [f"gate.{k}" for k in ("promote", "reason") if k not in gate]
+        wrong += [
+            f"gate.{k} ({type(gate[k]).__name__}, expected str)"
+            for k in ("reason", "report_json_uri", "report_html_uri")
+            if gate.get(k) is not None and not isinstance(gate[k], str)
+        ]
+    if record.get("training_window") is not None and not isinstance(record["training_window"], dict):
+        wrong.append(f"training_window ({type(record['training_window']).__name__}, expected dict)")
     if missing or wrong:
-        raise LineageError(
-            f"lineage record of model {record.get('model_name')!r} v{record.get('model_version')}: "
-            f"missing keys {missing}, wrong types {wrong}"
-        )
+        raise LineageError(f"{where}: missing keys {missing}, wrong types {wrong}")
     if not str(record["model_version"]).isdigit():
         raise LineageError(
-            f"lineage record: model_version must be a registry version number, got {record['model_version']!r}"
+            f"{where}: model_version must be a registry version number, got {record['model_version']!r}"
         )
     try:
         json.dumps(record, allow_nan=False)
     except (TypeError, ValueError) as exc:
-        raise LineageError(f"lineage record of v{record['model_version']} is not plain JSON: {exc}") from None
+        raise LineageError(f"{where}: not plain JSON: {exc}") from None
     return {"schema": SCHEMA_VERSION, **record, "model_version": str(record["model_version"])}
 
 
@@ -95,7 +125,12 @@ def write_record(store: ObjectStore, cfg: PipelineConfig, record: dict[str, Any]
 
 
 def read_record(store: ObjectStore, cfg: PipelineConfig, version: str | int | None = None) -> dict[str, Any]:
-    """The record of ``version`` of the pipeline's registered model, or of its latest version."""
+    """The record of ``version`` of the pipeline's registered model, or of its latest version.
+
+    FileNotFoundError when there is none; :class:`LineageError` naming the object's S3 URI when it is
+    not a record of that version (see :func:`validate_record`); a stored object that is not JSON is
+    :class:`~mlops_tasks.storage.CorruptObjectError`.
+    """
     name = cfg.registered_model_name
     if version is None:
         keys = [
@@ -107,8 +142,14 @@ def read_record(store: ObjectStore, cfg: PipelineConfig, version: str | int | No
             raise FileNotFoundError(
                 f"no lineage record for model '{name}' under {store.uri(f'{cfg.prefix}/lineage/{name}/')}"
             )
-        return store.get_json(max(keys)[1])
-    return store.get_json(record_key(cfg, name, version))
+        number, key = max(keys)
+    else:
+        number, key = version, record_key(cfg, name, version)
+    where = f"lineage record {store.uri(key)}"
+    record = validate_record(store.get_json(key), where=where)
+    if record["model_version"].lstrip("0") != str(number).lstrip("0"):  # stored under another name
+        raise LineageError(f"{where}: it is the record of v{record['model_version']}, not of v{number}")
+    return record
 
 
 def format_record(record: dict[str, Any]) -> str:
@@ -156,22 +197,37 @@ def assemble_record(
     registration: dict[str, Any],
     airflow_run_id: str | None = None,
 ) -> dict[str, Any]:
-    """The record of one training run, from its tasks' results and the partitions' manifests.
+    """The record of one training run, from its tasks' results and the data version's record.
 
-    Landing files come from the staging manifests (what ingest read), curated partitions and
-    validation reports from the days of the data version.
+    Landing files are those the data version recorded when it was made (``data_version`` may carry
+    them as ``landing_files``, S3 keys; otherwise they are read from the version's record), so a
+    retried lineage task writes the same record after a day of the window was ingested again.
+    Curated partitions and validation reports are those of the days of the data version.
     """
     from mlops_tasks.storage import partition_prefix
+    from mlops_tasks.versioning import DataVersionError
+    from mlops_tasks.versioning import read_record as read_version_record
 
     days = [dt.date.fromisoformat(d) for d in data_version["days"]]
-    landing: list[str] = []
-    for day in days:
-        staged = store.read_manifest(partition_prefix(cfg.prefix, "staging", day)) or {}
-        landing += [store.uri(f["key"]) for f in staged.get("source_files", [])]
+    keys = data_version.get("landing_files")
+    if keys is None:
+        try:
+            keys = read_version_record(store, cfg, data_version["data_version"]).get("landing_files")
+        except DataVersionError as exc:  # no record: the lineage of the model is still worth writing
+            log.warning("%s; landing files are taken from the staging manifests as they are now", exc)
+    if keys is None:
+        # A data version made before versions recorded their landing files (or without a record):
+        # fall back to the days' staging manifests as they are now (what ingest read last), as
+        # lineage did before. Kept so that existing deployments' versions still get a record; a day
+        # ingested again since the version was made lists the files of that later ingest.
+        keys = []
+        for day in days:
+            staged = store.read_manifest(partition_prefix(cfg.prefix, "staging", day)) or {}
+            keys += [f["key"] for f in staged.get("source_files", [])]
     return {
         "model_name": registration["model_name"],
         "model_version": str(registration["version"]),
-        "landing_files": sorted(landing),
+        "landing_files": sorted(store.uri(k) for k in keys),
         "curated_partitions": [store.uri(partition_prefix(cfg.prefix, "curated", d)) for d in days],
         "validation_reports": [
             store.uri(partition_prefix(cfg.prefix, "reports/validation", d) + "validation.json") for d in days

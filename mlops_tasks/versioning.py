@@ -4,8 +4,15 @@ A data version is the DVC directory hash of ``data/date=YYYY-MM-DD/<part>.parque
 curated parts of the chosen days: the same bytes give the same hash on any machine, so the version
 names the data, not the run that made it. Each version leaves two single-PUT objects under
 ``<prefix>/data_versions/``: the ``.dvc`` file (enough for ``dvc pull`` anywhere) and a JSON record
-(days, files with their curated key, sha256, md5 and rows). The record is written last, after the
-push, so an existing record means the version is complete in the remote and nothing is uploaded.
+(days, files with their curated key, sha256, md5 and rows, and the landing files the days were
+ingested from). The record is written last, after the push, so an existing record means the version
+is complete in the remote and nothing is uploaded.
+
+Reading a version (:func:`load_data_version`, :func:`read_version_file`) takes each file from its
+curated part while that still holds the recorded bytes, and otherwise from the DVC remote, where
+DVC keeps it under its md5 (:func:`dvc_object_key`): curating a day again (a late landing file)
+replaces the day's parts, but the versions made before it stay readable. Both copies are checked
+against the recorded sha256, one file at a time.
 
 DVC runs through its Python API in a throwaway ``dvc init --no-scm`` repository. Its settings (the
 remote's URL, endpoint and credentials, from the store's settings) are handed to DVC in memory
@@ -17,6 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import logging
 import os
 import shutil
 import tempfile
@@ -45,6 +53,8 @@ DVC_REMOTE = "store"
 DVC_REMOTE_PREFIX = "dvc"
 DATA_DIR = "data"
 
+log = logging.getLogger(__name__)
+
 
 class DataVersionError(DataError):
     """A data version cannot be made or read; the message names the version, day or key."""
@@ -55,18 +65,24 @@ def create_data_version(store: ObjectStore, cfg: PipelineConfig, days: list[dt.d
 
     Days without a curated partition are skipped and listed. Returns ``{"data_version",
     "record_uri", "days": [iso...], "missing_days": [iso...], "rows", "uploaded"}``; ``uploaded`` is
-    False when the same data was versioned before.
+    False when the same data was versioned before (its record, written then, is kept as it is).
+
+    The record also lists, sorted, the keys of the landing files the days were ingested from
+    (``landing_files``, see :func:`_day_landing_files`), read now, so that lineage written later
+    names what this version holds even after a day is ingested again. They stay out of the result,
+    which goes to XCom: :func:`mlops_tasks.lineage.assemble_record` reads them from the record.
     """
     if not days:
         raise DataVersionError(f"cannot create a data version of '{cfg.name}': no days were given.")
     with dvc_repo(store) as (root, repo):
-        files, included, missing = [], [], []
+        files, included, missing, landing = [], [], [], set()
         for day in sorted(set(days)):
             manifest = store.read_manifest(partition_prefix(cfg.prefix, "curated", day))
             if manifest is None:
                 missing.append(day.isoformat())
                 continue
             included.append(day.isoformat())
+            landing.update(_day_landing_files(store, cfg, day, manifest))
             for part in manifest["parts"]:
                 files.append(_fetch_part(store, root, day, part))
         if not included:
@@ -91,7 +107,14 @@ def create_data_version(store: ObjectStore, cfg: PipelineConfig, days: list[dt.d
             return result
         repo.push(remote=DVC_REMOTE)
     store.put_bytes(_record_key(cfg, version, ".dvc"), dvc_text.encode(), "text/yaml")
-    record = {"version": version, "days": included, "missing_days": missing, "files": files, "rows": rows}
+    record = {
+        "version": version,
+        "days": included,
+        "missing_days": missing,
+        "files": files,
+        "rows": rows,
+        "landing_files": sorted(landing),
+    }
     store.put_json(record_key, record)
     return {**result, "uploaded": True}
 
@@ -192,7 +215,8 @@ def _is_date_folder(name: str) -> bool:
 def load_data_version(
     store: ObjectStore, cfg: PipelineConfig, version: str, columns: list[str] | None = None
 ) -> pd.DataFrame:
-    """The rows of a data version, read from its curated parts after checking their sha256."""
+    """The rows of a data version, file by file (see :func:`read_version_file`): from its curated
+    parts, or from the DVC remote for a part its day's curating again replaced."""
     import pandas as pd
 
     record = read_record(store, cfg, version)
@@ -203,21 +227,56 @@ def load_data_version(
 def read_version_file(
     store: ObjectStore, version: str, file: dict[str, Any], columns: list[str] | None = None
 ) -> pd.DataFrame:
-    """One curated part of a data version record (``record["files"][i]``), checked against its sha256."""
-    uri = store.uri(file["curated_key"])
+    """One file of a data version record (``record["files"][i]``), checked against its sha256.
+
+    Read from its curated part while that holds the recorded bytes; when the part is gone or holds
+    other bytes (its day was curated again), from the version's copy in the DVC remote (logged).
+    :class:`DataVersionError` naming the version, the file and both places when neither copy is
+    intact. One file is downloaded at a time, to a temporary file removed afterwards.
+    """
+    curated = {"key": file["curated_key"], "sha256": file["sha256"]}
     try:
-        table = read_part(store, {"key": file["curated_key"], "sha256": file["sha256"]}, columns)
+        return read_part(store, curated, columns).to_pandas()
     except FileNotFoundError:
-        raise DataVersionError(
-            f"data version '{version}': curated part {uri} no longer exists (its day was curated "
-            "again); restore the version with checkout_data_version."
-        ) from None
+        curated_problem = "no longer exists (its day was curated again)"
     except ManifestMismatchError:
+        curated_problem = f"has other bytes than the recorded sha256 {file['sha256'][:12]}..."
+    where = f"data version '{version}': {file.get('path', file['curated_key'])}"
+    md5 = file.get("md5")
+    if not md5:
         raise DataVersionError(
-            f"data version '{version}': curated part {uri} has changed (its sha256 is no longer the "
-            f"recorded {file['sha256'][:12]}...); restore the version with checkout_data_version."
-        ) from None
-    return table.to_pandas()
+            f"{where}: its curated part {store.uri(curated['key'])} {curated_problem}, and the record "
+            "names no md5 to find its copy in the DVC remote by. Train on a new data version."
+        )
+    dvc_key = dvc_object_key(md5)
+    log.warning(
+        "%s: curated part %s %s; reading the version's copy in the DVC remote, %s",
+        where,
+        store.uri(curated["key"]),
+        curated_problem,
+        store.uri(dvc_key),
+    )
+    try:
+        frame = read_part(store, {"key": dvc_key, "sha256": file["sha256"]}, columns).to_pandas()
+    except FileNotFoundError:
+        dvc_problem = "does not exist either"
+    except ManifestMismatchError:
+        dvc_problem = "has other bytes than recorded too"
+    else:
+        log.info("%s: read from the DVC remote, %s (sha256 checked)", where, store.uri(dvc_key))
+        return frame
+    raise DataVersionError(
+        f"{where} cannot be read: its curated part {store.uri(curated['key'])} {curated_problem}, "
+        f"and its copy in the DVC remote {store.uri(dvc_key)} {dvc_problem}. Neither holds the bytes "
+        "the version recorded; unless the DVC remote can be restored, train on a new data version."
+    )
+
+
+def dvc_object_key(md5: str) -> str:
+    """The key of a file in the DVC remote (DVC 3's layout: ``files/md5/<2 hex>/<30 hex>``)."""
+    if len(md5) != 32 or not md5.isalnum():
+        raise DataVersionError(f"'{md5}' is not an md5 hash of a data version file.")
+    return f"{DVC_REMOTE_PREFIX}/files/md5/{md5[:2]}/{md5[2:]}"
 
 
 def _record_key(cfg: PipelineConfig, version: str, suffix: str = ".json") -> str:
@@ -238,6 +297,25 @@ def _fetch_part(store: ObjectStore, root: Path, day: dt.date, part: dict[str, An
         )
     md5 = hashlib.md5(path.read_bytes(), usedforsecurity=False).hexdigest()
     return {"path": relative, "curated_key": part["key"], "sha256": digest, "md5": md5, "rows": part["rows"]}
+
+
+def _day_landing_files(
+    store: ObjectStore, cfg: PipelineConfig, day: dt.date, curated: dict[str, Any]
+) -> list[str]:
+    """The keys of the landing files ``day``'s curated partition (its manifest ``curated``) came from.
+
+    The staging manifest's ``source_files`` (the files ingest read rows from) when that manifest is
+    the one the partition was validated from (its ``landing_files`` fingerprints are the curated
+    manifest's copy); when the day was ingested again since, the curated manifest's own
+    ``landing_files`` (every landing file routed to the pipeline then, a rejected one too). Curated
+    manifests written before ``landing_files`` was recorded have no fingerprints to compare: staging's
+    ``source_files`` as they are now, as lineage read them before versions recorded them.
+    """
+    staged = store.read_manifest(partition_prefix(cfg.prefix, "staging", day)) or {}
+    recorded = curated.get("landing_files")
+    if recorded is None or staged.get("landing_files") == recorded:
+        return [f["key"] for f in staged.get("source_files", [])]
+    return [f["key"] for f in recorded]
 
 
 @contextmanager

@@ -24,7 +24,7 @@ from mlops_tasks.config import FeatureSpec, PipelineConfig, TargetSpec, load_con
 from mlops_tasks.evaluation import compute_metrics
 from mlops_tasks.monitoring import MonitoringError, run_drift_monitor, state_key
 from mlops_tasks.storage import ObjectStore, partition_prefix
-from mlops_tasks.versioning import create_data_version, read_record
+from mlops_tasks.versioning import create_data_version, dvc_object_key, read_record
 from tests.conftest import EXAMPLE_CONFIG, make_store, tune
 
 from .onnx_fixtures import EXAMPLE_VOCAB, build_model, curated_frame, publish_curated, random_params
@@ -398,21 +398,24 @@ def test_a_check_overtaken_by_another_run_s_trigger_does_not_request_a_second_re
 # -- issue #6: bad inputs ---------------------------------------------------------------------------
 
 
-def second_part(store: ObjectStore, cfg: PipelineConfig, version: str) -> str:
-    """The key of a curated part the data version's record lists (the 1st day's 2nd part)."""
-    return read_record(store, cfg, version)["files"][1]["curated_key"]
+def second_part(store: ObjectStore, cfg: PipelineConfig, version: str) -> list[str]:
+    """The keys of a file the data version's record lists (the 1st day's 2nd part): its curated part
+    and its copy in the DVC remote, which the reference is read from when the part is gone."""
+    file = read_record(store, cfg, version)["files"][1]
+    return [file["curated_key"], dvc_object_key(file["md5"])]
 
 
 def delete_part(store: ObjectStore, cfg: PipelineConfig, version: str) -> str:
-    key = second_part(store, cfg, version)
-    store.delete([key])
-    return store.uri(key)
+    keys = second_part(store, cfg, version)
+    store.delete(keys)
+    return store.uri(keys[1])
 
 
 def overwrite_part(store: ObjectStore, cfg: PipelineConfig, version: str) -> str:
-    key = second_part(store, cfg, version)
-    store.put_bytes(key, b"not the parquet bytes the record hashed")
-    return store.uri(key)
+    keys = second_part(store, cfg, version)
+    for key in keys:
+        store.put_bytes(key, b"not the parquet bytes the record hashed")
+    return store.uri(keys[1])
 
 
 def delete_record(store: ObjectStore, cfg: PipelineConfig, version: str) -> str:
@@ -423,7 +426,11 @@ def delete_record(store: ObjectStore, cfg: PipelineConfig, version: str) -> str:
 
 @pytest.mark.parametrize(
     ("damage", "message"),
-    [(delete_part, "no longer exists"), (overwrite_part, "has changed"), (delete_record, "is unknown")],
+    [
+        (delete_part, "does not exist either"),
+        (overwrite_part, "has other bytes than recorded too"),
+        (delete_record, "is unknown"),
+    ],
     ids=["part_missing", "part_overwritten", "record_missing"],
 )
 def test_missing_or_unreadable_reference_stops_the_monitor_without_trigger(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import shutil
 from pathlib import Path
 
@@ -17,8 +18,10 @@ from mlops_tasks.versioning import (
     DataVersionError,
     checkout_data_version,
     create_data_version,
+    dvc_object_key,
     dvc_repo,
     load_data_version,
+    read_record,
 )
 
 DAY1, DAY2, DAY3 = dt.date(2013, 1, 1), dt.date(2013, 1, 2), dt.date(2013, 1, 3)
@@ -74,20 +77,122 @@ def test_load_reads_the_version_rows_and_columns(store, example_config):
     assert list(frame.columns) == ["dep_delay"] and frame["dep_delay"].tolist() == [1.0, 2.0, 3.0]
 
 
-def test_load_refuses_a_version_whose_curated_part_was_replaced(store, example_config):
-    curate(store, example_config, DAY1, [1, 2])
-    version = create_data_version(store, example_config, [DAY1])["data_version"]
-    curate(store, example_config, DAY1, [7])
-    with pytest.raises(DataVersionError, match="no longer exists.*checkout_data_version"):
-        load_data_version(store, example_config, version)
+def test_a_version_whose_day_was_curated_again_is_read_from_its_dvc_copy(
+    store, example_config, caplog: pytest.LogCaptureFixture
+):
+    key = curate(store, example_config, DAY1, [1, 2])
+    curate(store, example_config, DAY2, [3])
+    version = create_data_version(store, example_config, [DAY1, DAY2])["data_version"]
+    original = load_data_version(store, example_config, version)
+    curate(store, example_config, DAY1, [1, 2, 4])  # a late landing file: the day's part is replaced
+    assert not store.exists(key)
+
+    with caplog.at_level(logging.INFO, logger="mlops_tasks.versioning"):
+        again = load_data_version(store, example_config, version)
+
+    pd.testing.assert_frame_equal(again, original)  # before the fix: DataVersionError 'no longer exists'
+    dvc_copy = store.uri(dvc_object_key(read_record(store, example_config, version)["files"][0]["md5"]))
+    said = "no longer exists (its day was curated again); reading the version's copy in the DVC remote"
+    assert f"{said}, {dvc_copy}" in caplog.text
 
 
-def test_load_refuses_a_version_whose_curated_part_has_other_bytes(store, example_config):
+def test_a_curated_part_with_other_bytes_is_read_from_its_dvc_copy(store, example_config):
     key = curate(store, example_config, DAY1, [1, 2])
     version = create_data_version(store, example_config, [DAY1])["data_version"]
     store.put_bytes(key, to_parquet_bytes(pd.DataFrame({"dep_delay": [7.0], "_day": "2013-01-01"})))
-    with pytest.raises(DataVersionError, match=f"data version '{version}': curated part .* has changed"):
+
+    frame = load_data_version(store, example_config, version, columns=["dep_delay"])
+
+    assert frame["dep_delay"].tolist() == [1.0, 2.0]
+
+
+def test_the_remote_key_of_a_version_file_is_where_dvc_pushed_it(store, example_config):
+    curate(store, example_config, DAY1, [1, 2])
+    version = create_data_version(store, example_config, [DAY1])["data_version"]
+    (file,) = read_record(store, example_config, version)["files"]
+    assert store.get_bytes(dvc_object_key(file["md5"])) == store.get_bytes(file["curated_key"])
+
+
+def delete(store, key):
+    store.delete([key])
+
+
+def overwrite(store, key):
+    store.put_bytes(key, b"other bytes")
+
+
+@pytest.mark.parametrize(
+    ("damage_dvc", "says"),
+    [(delete, "does not exist either"), (overwrite, "has other bytes than recorded too")],
+    ids=["dvc_copy_gone", "dvc_copy_corrupt"],
+)
+def test_a_version_file_with_neither_copy_intact_is_a_clear_error(store, example_config, damage_dvc, says):
+    key = curate(store, example_config, DAY1, [1, 2])
+    version = create_data_version(store, example_config, [DAY1])["data_version"]
+    (file,) = read_record(store, example_config, version)["files"]
+    store.delete([key])
+    damage_dvc(store, dvc_object_key(file["md5"]))
+
+    with pytest.raises(DataVersionError) as raised:
         load_data_version(store, example_config, version)
+
+    assert str(raised.value) == (
+        f"data version '{version}': {file['path']} cannot be read: its curated part {store.uri(key)} "
+        f"no longer exists (its day was curated again), and its copy in the DVC remote "
+        f"{store.uri(dvc_object_key(file['md5']))} {says}. Neither holds the bytes the version recorded; "
+        "unless the DVC remote can be restored, train on a new data version."
+    )
+
+
+def stage(store: ObjectStore, cfg, day: dt.date, read: list[str], listed: list[str]) -> list[dict]:
+    """Publish a staging manifest the way ingest does (files ``read`` of the ``listed`` landing files);
+    returns its ``landing_files`` fingerprints, which validation copies into the curated manifest."""
+    landing = partition_prefix(cfg.prefix, "landing", day)
+    fingerprints = [{"key": landing + name, "size": 10, "etag": f'"{name}"'} for name in listed]
+    sources = [{"key": landing + name} for name in read]
+    publish_manifest(
+        store,
+        partition_prefix(cfg.prefix, "staging", day),
+        [],
+        day=day.isoformat(),
+        source_files=sources,
+        landing_files=fingerprints,
+    )
+    return fingerprints
+
+
+def curate_from(store: ObjectStore, cfg, day: dt.date, values: list[int], landing_files: list[dict]) -> None:
+    frame = pd.DataFrame({"dep_delay": pd.Series(values, dtype="float64"), "_day": day.isoformat()})
+    partition = partition_prefix(cfg.prefix, "curated", day)
+    part = write_part(store, partition, "data.parquet", to_parquet_bytes(frame), rows=len(frame))
+    publish_manifest(store, partition, [part], day=day.isoformat(), landing_files=landing_files)
+
+
+def test_the_record_lists_the_landing_files_the_days_were_read_from(store, example_config):
+    cfg = example_config
+    curate_from(
+        store, cfg, DAY1, [1], stage(store, cfg, DAY1, ["b.csv", "a.csv"], ["a.csv", "b.csv", "bad.csv"])
+    )
+    curate(store, cfg, DAY2, [2])  # curated before manifests recorded landing files: staging as it is
+    stage(store, cfg, DAY2, ["c.csv"], ["c.csv"])
+
+    version = create_data_version(store, cfg, [DAY1, DAY2])["data_version"]
+
+    landing = [partition_prefix(cfg.prefix, "landing", d) for d in (DAY1, DAY1, DAY2)]
+    assert read_record(store, cfg, version)["landing_files"] == [
+        p + n for p, n in zip(landing, ["a.csv", "b.csv", "c.csv"], strict=True)
+    ]
+
+
+def test_a_day_ingested_again_but_not_curated_yet_lists_the_curated_manifest_s_files(store, example_config):
+    cfg = example_config
+    curate_from(store, cfg, DAY1, [1], stage(store, cfg, DAY1, ["a.csv"], ["a.csv"]))
+    stage(store, cfg, DAY1, ["a.csv", "late.csv"], ["a.csv", "late.csv"])  # validation still to come
+
+    version = create_data_version(store, cfg, [DAY1])["data_version"]
+
+    landing = partition_prefix(cfg.prefix, "landing", DAY1)
+    assert read_record(store, cfg, version)["landing_files"] == [landing + "a.csv"]
 
 
 def test_credentials_reach_dvc_intact_and_no_file_holds_them(s3_endpoint):

@@ -1,0 +1,154 @@
+"""Lineage records over the real S3 endpoint: what assemble_record lists, and what read_record refuses."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from mlops_tasks import lineage
+from mlops_tasks.config import PipelineConfig
+from mlops_tasks.errors import DataError
+from mlops_tasks.storage import ObjectStore, partition_prefix, publish_manifest
+from mlops_tasks.versioning import create_data_version
+
+from .test_versioning import curate
+
+DAY = dt.date(2013, 1, 1)
+
+
+def stage(store: ObjectStore, cfg: PipelineConfig, day: dt.date, files: list[str]) -> None:
+    """The staging manifest ingest publishes: ``source_files`` are the landing files it read."""
+    landing = partition_prefix(cfg.prefix, "landing", day)
+    publish_manifest(
+        store,
+        partition_prefix(cfg.prefix, "staging", day),
+        [],
+        day=day.isoformat(),
+        source_files=[{"key": landing + name} for name in files],
+    )
+
+
+def upstream(cfg: PipelineConfig, data_version: dict[str, Any]) -> dict[str, Any]:
+    """The LineageOperator's ``upstream``: the results of the training run's tasks."""
+    return {
+        "data_version": data_version,
+        "training": {"run_id": "r1"},
+        "export": {"onnx_artifact_uri": "mlflow-artifacts:/1/r1/artifacts/model/model.onnx"},
+        "decision": {"promote": True, "reason": "promoted: no champion yet"},
+        "registration": {"model_name": cfg.registered_model_name, "version": 1, "promoted": True},
+    }
+
+
+def write_lineage(store: ObjectStore, cfg: PipelineConfig, data_version: dict[str, Any]) -> bytes:
+    """Run the lineage task of run1 (again): assemble, write; the stored bytes."""
+    record = lineage.assemble_record(store, cfg, airflow_run_id="run1", **upstream(cfg, data_version))
+    return store.get_bytes(store.key_of(lineage.write_record(store, cfg, record)))
+
+
+def test_a_rerun_lineage_task_lists_the_landing_files_of_its_data_version(
+    store: ObjectStore, example_config: PipelineConfig
+) -> None:
+    cfg = example_config
+    stage(store, cfg, DAY, ["flights_a.csv"])
+    curate(store, cfg, DAY, [1, 2])
+    version = create_data_version(store, cfg, [DAY])
+    first = write_lineage(store, cfg, version)
+    # Later a file lands late and the next training run ingests and validates the day again.
+    stage(store, cfg, DAY, ["flights_a.csv", "flights_late.csv"])
+    curate(store, cfg, DAY, [1, 2, 3])
+
+    again = write_lineage(store, cfg, version)  # run1's lineage task cleared / retried
+
+    assert again == first  # before the fix: flights_late.csv, which the model never saw, was added
+    landing = store.uri(partition_prefix(cfg.prefix, "landing", DAY))
+    assert lineage.read_record(store, cfg, 1)["landing_files"] == [landing + "flights_a.csv"]
+
+
+def recorded_before_landing_files(store: ObjectStore, key: str) -> None:
+    old = store.get_json(key)
+    del old["landing_files"]
+    store.put_json(key, old)
+
+
+def deleted(store: ObjectStore, key: str) -> None:
+    store.delete([key])
+
+
+@pytest.mark.parametrize("damage", [recorded_before_landing_files, deleted], ids=["old_record", "no_record"])
+def test_a_data_version_without_recorded_landing_files_falls_back_to_the_staging_manifests(
+    store: ObjectStore, example_config: PipelineConfig, damage: Callable[[ObjectStore, str], None]
+) -> None:
+    cfg = example_config
+    stage(store, cfg, DAY, ["flights_a.csv"])
+    curate(store, cfg, DAY, [1, 2])
+    version = create_data_version(store, cfg, [DAY])
+    damage(store, store.key_of(version["record_uri"]))
+    stage(store, cfg, DAY, ["flights_a.csv", "flights_b.csv"])
+
+    record = lineage.assemble_record(store, cfg, **upstream(cfg, version))
+
+    landing = store.uri(partition_prefix(cfg.prefix, "landing", DAY))
+    assert record["landing_files"] == [landing + "flights_a.csv", landing + "flights_b.csv"]
+
+
+def valid_record(**overrides: Any) -> dict[str, Any]:
+    record = {
+        "model_name": "flights_delay",
+        "model_version": "3",
+        "landing_files": ["s3://b/p/landing/date=2013-01-01/flights.csv"],
+        "curated_partitions": ["s3://b/p/curated/date=2013-01-01/"],
+        "validation_reports": ["s3://b/p/reports/validation/date=2013-01-01/validation.json"],
+        "data_version": "abc123",
+        "run_id": "r1",
+        "onnx_artifact_uri": "mlflow-artifacts:/1/r1/artifacts/model/model.onnx",
+        "gate": {"promote": True, "reason": "promoted: no champion yet"},
+        "promoted": True,
+    }
+    return record | overrides
+
+
+def without(key: str) -> dict[str, Any]:
+    record = valid_record()
+    del record[key]
+    return record
+
+
+@pytest.mark.parametrize(
+    ("stored", "says"),
+    [
+        ([valid_record()], "a lineage record is a JSON object, got list"),
+        (without("gate"), r"missing keys \['gate'\]"),
+        (valid_record(gate={"promote": True}), r"missing keys \['gate.reason'\]"),
+        (
+            valid_record(validation_reports=["s3://b/p/reports/validation/validation.json"]),
+            r"validation_reports \('s3://b/p/reports/validation/validation.json' is not "
+            r"\.\.\./date=YYYY-MM-DD/<file>\)",
+        ),
+        (valid_record(landing_files=[{"key": "x"}]), "landing_files .a list of other things than strings"),
+        (valid_record(training_window="2013"), r"training_window \(str, expected dict\)"),
+        (valid_record(model_version="4"), "it is the record of v4, not of v3"),
+    ],
+    ids=["list", "no_gate", "no_gate_reason", "undated_report", "landing_not_uris", "window_str", "other_v"],
+)
+@pytest.mark.parametrize("version", [3, None], ids=["by_version", "latest"])
+def test_a_malformed_stored_record_is_an_error_naming_its_object(
+    store: ObjectStore, example_config: PipelineConfig, stored: Any, says: str, version: int | None
+) -> None:
+    key = lineage.record_key(example_config, example_config.registered_model_name, 3)
+    store.put_json(key, stored)
+
+    with pytest.raises(lineage.LineageError, match=says) as raised:
+        lineage.read_record(store, example_config, version)
+
+    assert str(raised.value).startswith(f"lineage record {store.uri(key)}: ")
+    assert isinstance(raised.value, DataError)  # the UI's and the CLI's one-line errors, not a 500
+
+
+def test_a_well_formed_stored_record_reads_back_as_written(
+    store: ObjectStore, example_config: PipelineConfig
+) -> None:
+    uri = lineage.write_record(store, example_config, valid_record())
+    assert lineage.read_record(store, example_config, "3") == store.get_json(store.key_of(uri))
