@@ -182,9 +182,10 @@ def build_batch_inference_dag(cfg: PipelineConfig) -> DAG:
         "Score the day's validated data with the champion ONNX model; publish atomically.",
     ) as dag:
         models = ResolveChampionOperator(task_id="resolve_champion", **common)
-        ingest = IngestDayOperator(task_id="ingest", **common)
+        ingest = IngestDayOperator(task_id="ingest", only_if_needed=True, **common)
         validate = ValidateDayOperator(task_id="validate", ingest_result=ingest.output, **common)
-        plan = PlanScoringOperator(task_id="plan_parts", **common)
+        # Runs when the day needed no ingest (already curated: ingest and validate skip).
+        plan = PlanScoringOperator(task_id="plan_parts", trigger_rule=NONE_FAILED, **common)
         models >> ingest
         validate >> plan
         score = ScorePartOperator.partial(task_id="score", models=models.output, **common).expand(

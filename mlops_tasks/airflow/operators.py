@@ -36,8 +36,11 @@ from mlops_tasks.errors import DataError
 from mlops_tasks.observability import emit
 
 if TYPE_CHECKING:
+    import logging
+
     from airflow.sdk import Context
 
+    from mlops_tasks.ingestion import IngestionPlan
     from mlops_tasks.storage import ObjectStore
 
 _Item = TypeVar("_Item")
@@ -213,17 +216,7 @@ class PlanIngestionOperator(PipelineOperator):
                 ", ".join(change["added"]) or "none",
                 ", ".join(change["changed"]) or "none",
             )
-        for change in plan.kept:
-            self.log.warning(
-                "%s keeps its curated data although landing files were added (%s) or replaced (%s): "
-                "others were removed since it was curated (%s), and ingesting the day again would lose "
-                "their rows. Land the removed files again, or delete the day's curated manifest to "
-                "rebuild it from the files there are.",
-                change["day"],
-                ", ".join(change["added"]) or "none",
-                ", ".join(change["changed"]) or "none",
-                ", ".join(change["removed"]),
-            )
+        _warn_kept(self.log, plan)
         todo = mappable(
             [d.isoformat() for d in plan.todo],
             f"days to ingest in {days[0]}..{days[-1]}",
@@ -231,6 +224,20 @@ class PlanIngestionOperator(PipelineOperator):
         )
         context["ti"].xcom_push(key="window", value={"end": end.isoformat(), "trigger": trigger})
         return todo
+
+
+def _warn_kept(log: logging.Logger, plan: IngestionPlan) -> None:
+    for change in plan.kept:
+        log.warning(
+            "%s keeps its curated data although landing files were added (%s) or replaced (%s): "
+            "others were removed since it was curated (%s), and ingesting the day again would lose "
+            "their rows. Land the removed files again, or delete the day's curated manifest to "
+            "rebuild it from the files there are.",
+            change["day"],
+            ", ".join(change["added"]) or "none",
+            ", ".join(change["changed"]) or "none",
+            ", ".join(change["removed"]),
+        )
 
 
 def mappable(items: list[_Item], what: str, fix: str) -> list[_Item]:
@@ -257,18 +264,31 @@ class IngestDayOperator(PipelineOperator):
     """Raw files of one day under ``landing/date=.../`` -> typed staging parquet.
 
     :param day: the day to ingest (templated, default the logical date).
+    :param only_if_needed: skip a day that is curated and gained or changed no landing file since
+        (the rule of :func:`mlops_tasks.ingestion.plan_ingestion`). Batch inference ingests its day
+        this way: re-scoring a day whose landing files retention removed must score the curated
+        rows, not re-curate the day from what is left (fewer rows, or none).
     """
 
     template_fields: Sequence[str] = ("day",)
 
-    def __init__(self, *, day: str | None = None, **kwargs: Any) -> None:
+    def __init__(self, *, day: str | None = None, only_if_needed: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.day = day
+        self.only_if_needed = only_if_needed
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from mlops_tasks.ingestion import ingest_day
+        from mlops_tasks.ingestion import ingest_day, plan_ingestion
 
         day = run_day(self.day, context)
+        if self.only_if_needed:
+            plan = plan_ingestion(self.store, self.config, [day])
+            if day in plan.curated:
+                _warn_kept(self.log, plan)
+                raise AirflowSkipException(
+                    f"{day} is curated and no landing file was added or replaced since: its curated data "
+                    "is used as it is."
+                )
         result = ingest_day(self.store, self.config, day)
         emit("ingest", result, pipeline=self.pipeline)
         if result["status"] == "no_data":

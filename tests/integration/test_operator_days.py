@@ -11,6 +11,7 @@ from airflow.sdk.exceptions import AirflowSkipException
 
 from mlops_tasks.airflow.operators import (
     DriftCheckOperator,
+    IngestDayOperator,
     PlanIngestionOperator,
     TriggerRetrainingOperator,
     retrain_window_end,
@@ -111,3 +112,35 @@ def test_sending_the_retrain_event_marks_the_trigger_so_a_cleared_check_of_the_r
     state = store.get_json(state_key(example_config))
     # what test_drift.py's cleared-check test starts from: the run's trigger blocks the run itself
     assert state["triggers"] == [other, {"day": day.isoformat(), "run_id": run, "sent": True}]
+
+
+def test_batch_inference_ingests_its_day_again_only_when_landing_files_were_added_or_replaced(
+    store: ObjectStore, example_config: PipelineConfig
+) -> None:
+    """Landing retention removed a curated day's file: re-scoring the day scores its curated rows
+    (ingest skips), instead of re-curating it from what is left. A replaced file is ingested."""
+    from mlops_tasks.example import seed_landing
+    from mlops_tasks.ingestion import ingest_day
+    from mlops_tasks.validation import validate_day
+
+    day = dt.date(2013, 3, 4)
+    seed_landing(store, example_config, day, day)
+    ingest_day(store, example_config, day)
+    validate_day(store, example_config, day)
+    curated = partition_prefix(example_config.prefix, "curated", day)
+    before = store.read_manifest(curated)
+    operator = IngestDayOperator(
+        task_id="ingest", pipeline="flights_delay", day=day.isoformat(), only_if_needed=True
+    )
+    operator.__dict__["store"] = store
+    landing = partition_prefix(example_config.prefix, "landing", day)
+
+    store.delete([landing + "weather.csv"])  # retention
+    with pytest.raises(AirflowSkipException, match="2013-03-04 is curated and no landing file was added"):
+        operator.execute({})
+    assert store.read_manifest(curated) == before
+
+    seed_landing(store, example_config, day, day)  # weather.csv landed again, the same bytes
+    flights = store.get_bytes(landing + "flights.csv")
+    store.put_bytes(landing + "flights.csv", flights.rstrip(b"\n") + b"\n\n")  # corrected upstream
+    assert operator.execute({})["status"] != "no_data"
