@@ -237,9 +237,10 @@ def _rows_since(store: ObjectStore, cfg: PipelineConfig, after: dt.date, day: dt
 
 
 def record_retrain_sent(store: ObjectStore, cfg: PipelineConfig, day: dt.date, check_run_id: str) -> None:
-    """Mark the retrain trigger of ``day`` by run ``check_run_id`` as sent (:func:`drift.mark_sent`):
-    a drift check of that run cleared and run again then reports "already_requested" instead of
-    requesting a second retrain."""
+    """Mark the retrain trigger of ``day`` by run ``check_run_id`` as sent (:func:`drift.mark_sent`),
+    once its event is known to exist: a drift check of that run cleared and run again then reports
+    "already_requested" instead of requesting a second retrain, and keeps the trigger whatever it
+    decides."""
     store.update_json(state_key(cfg), lambda state: drift.mark_sent(state, day, check_run_id))
 
 

@@ -239,7 +239,11 @@ def build_drift_dag(cfg: PipelineConfig) -> DAG:
         # without it (a conditional write, ObjectStore.update_json) on stores with conditional PUT.
         check = DriftCheckOperator(task_id="drift_check", max_active_tis_per_dag=1, **common)
         TriggerRetrainingOperator(
-            task_id="request_retraining", decision=check.output, outlets=[retrain_asset(cfg)], **common
+            task_id="request_retraining",
+            decision=check.output,
+            outlets=[retrain_asset(cfg)],
+            inlets=[retrain_asset(cfg)],  # the event this run already sent (see the operator)
+            **common,
         )
     return dag
 

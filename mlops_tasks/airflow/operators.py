@@ -811,7 +811,9 @@ class DriftCheckOperator(PipelineOperator):
 class TriggerRetrainingOperator(PipelineOperator):
     """Emit the retrain asset event (reason and window in its extra) when the drift check says so.
 
-    Skipped (no event) otherwise, so one drift episode triggers one retraining.
+    Skipped (no event) otherwise, so one drift episode triggers one retraining. The retrain asset
+    must be both an outlet and an inlet: the event a run already sent (Airflow records it when the
+    task succeeds) is looked up there, so a cleared task or a cleared run sends no second one.
 
     :param decision: DriftCheckOperator's result.
     """
@@ -827,6 +829,16 @@ class TriggerRetrainingOperator(PipelineOperator):
 
         if not self.decision.get("retrain"):
             raise AirflowSkipException(f"No retraining: {self.decision.get('status')}.")
+        sent = self._event_of_this_run(context)
+        if sent is not None:
+            # Marked only now that the event is known to exist: marking before it went out (Airflow
+            # emits it when the task succeeds) would lose the retrain of a task that died after the
+            # mark, as the run's cleared drift check would then find it "already requested".
+            record_retrain_sent(self.store, self.config, as_date(self.decision["day"]), context["run_id"])
+            raise AirflowSkipException(
+                f"This run already requested retraining (event of {sent.timestamp}): one drift episode, "
+                "one retraining."
+            )
         extra = {
             "source": "drift_monitor",
             "reason": "; ".join(self.decision.get("reasons", [])) or "drift",
@@ -835,7 +847,14 @@ class TriggerRetrainingOperator(PipelineOperator):
         }
         for asset in self.outlets:
             context["outlet_events"][asset].extra = extra
-        # A drift check of this run cleared later keeps the run id: it must not request again.
-        record_retrain_sent(self.store, self.config, as_date(self.decision["day"]), context["run_id"])
         announce(self.config.name, "drift_detected", f"retraining requested: {extra['reason']}", extra)
         return extra
+
+    def _event_of_this_run(self, context: Context) -> Any:
+        """The retrain event this DAG run already emitted, or None."""
+        this_run = (context["ti"].dag_id, context["run_id"])
+        for asset in self.inlets:
+            for event in context["inlet_events"][asset]:
+                if (event.source_dag_id, event.source_run_id) == this_run:
+                    return event
+        return None

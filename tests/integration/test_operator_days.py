@@ -92,23 +92,54 @@ def test_a_window_with_more_days_to_ingest_than_airflow_maps_fails_saying_what_t
         operator.execute(context)
 
 
-def test_sending_the_retrain_event_marks_the_trigger_so_a_cleared_check_of_the_run_asks_no_more(
+def test_the_retrain_event_goes_out_once_per_run_and_is_marked_sent_only_once_it_exists(
     store: ObjectStore, example_config: PipelineConfig
 ) -> None:
+    """The first attempt sends the event and marks nothing (Airflow emits it only if the task
+    succeeds: a mark before that would make the run's cleared check give up a retrain that never
+    went out). Cleared and run again, the task finds the run's event, marks the trigger sent and
+    sends no second one."""
     from collections import defaultdict
 
+    from mlops_tasks.airflow.dag_factory import retrain_asset
     from mlops_tasks.monitoring import state_key
 
     day, run = dt.date(2013, 7, 14), "scheduled__2013-07-14T00:00:00+00:00"
     decision = {"day": day.isoformat(), "retrain": True, "status": "drift", "reasons": ["drift"]}
     other = {"day": "2013-06-01", "run_id": "older"}
     store.put_json(state_key(example_config), {"triggers": [other, {"day": day.isoformat(), "run_id": run}]})
+    asset = retrain_asset(example_config)
     operator = TriggerRetrainingOperator(
-        task_id="request_retraining", pipeline="flights_delay", decision=decision
+        task_id="request_retraining",
+        pipeline="flights_delay",
+        decision=decision,
+        outlets=[asset],
+        inlets=[asset],
     )
     operator.__dict__["store"] = store
-    context: Any = {"run_id": run, "outlet_events": defaultdict(SimpleNamespace)}
-    assert operator.execute(context)["window_end"] == "2013-07-14"
+    dag_id = "flights_delay_drift_monitor"
+
+    def context(*events: tuple[str, str]) -> Any:
+        sent = [
+            SimpleNamespace(source_dag_id=d, source_run_id=r, timestamp="2013-07-15T00:00:01")
+            for d, r in events
+        ]
+        return {
+            "run_id": run,
+            "ti": SimpleNamespace(dag_id=dag_id),
+            "outlet_events": defaultdict(SimpleNamespace),
+            "inlet_events": {asset: sent},
+        }
+
+    first = context((dag_id, "scheduled__2013-06-01T00:00:00+00:00"), ("flights_delay_training", run))
+    assert operator.execute(first)["window_end"] == "2013-07-14"
+    assert first["outlet_events"][asset].extra["window_end"] == "2013-07-14"
+    assert store.get_json(state_key(example_config))["triggers"][1] == {"day": day.isoformat(), "run_id": run}
+
+    cleared = context((dag_id, run))
+    with pytest.raises(AirflowSkipException, match="This run already requested retraining"):
+        operator.execute(cleared)
+    assert "extra" not in vars(cleared["outlet_events"][asset])
     state = store.get_json(state_key(example_config))
     # what test_drift.py's cleared-check test starts from: the run's trigger blocks the run itself
     assert state["triggers"] == [other, {"day": day.isoformat(), "run_id": run, "sent": True}]
