@@ -33,6 +33,11 @@ CONFIG_DIR_ENV = "MLOPS_TASKS_CONFIG_DIR"
 DEFAULT_CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 _IDENTIFIER = r"^[a-z][a-z0-9_]{0,62}$"
+# What Airflow accepts as a connection id (its sanitize_conn_id).
+_CONN_ID = r"^[A-Za-z0-9_.\-]+$"
+# MLflow refuses "/" and ":" in model names; a blank name would be an unnamed model.
+_MLFLOW_NAME = r"^[^/:]*[^/:\s][^/:]*$"
+_SEED = Field(42, ge=0, le=2**32 - 1, description="Random seed (numpy and torch take 0 .. 2**32-1).")
 # An object-store prefix segment: no "..", no leading "/", no backslashes, no URL schemes.
 _SAFE_PREFIX = re.compile(r"^(?!.*\.\.)(?!/)[A-Za-z0-9_\-./]*$")
 # Columns ingest adds to every row (mlops_tasks.ingestion.LINEAGE_COLUMNS; a test keeps them equal),
@@ -61,7 +66,9 @@ class ConfigError(DataError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No NaN or infinity in any number: a `.nan` threshold would reject every model or quarantine
+    # every row, with no message naming the config.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def _check_schedule(value: str | None) -> str | None:
@@ -207,7 +214,11 @@ class ExpectationSpec(_Strict):
 class DataSpec(_Strict):
     source: SourceSpec = SourceSpec()
     columns: list[ColumnSpec] = Field(min_length=1)
-    key: list[str] = Field(default_factory=list, description="Columns that identify a row uniquely.")
+    key: list[str] = Field(
+        min_length=1,
+        description="Columns that identify a row uniquely: predictions carry them, and the drift monitor and "
+        "the shadow report join scored rows to curated rows and labels on them.",
+    )
     joins: list[JoinSpec] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -345,7 +356,7 @@ class ModelSpec(_Strict):
     learning_rate: float = Field(1e-3, gt=0, le=1)
     weight_decay: float = Field(0.0, ge=0)
     early_stopping_patience: int = Field(3, ge=1)
-    seed: int = 42
+    seed: int = _SEED
     threads: int = Field(2, ge=1, description="torch intra-op threads during training.")
 
 
@@ -386,6 +397,7 @@ class ExportSpec(_Strict):
 
 
 MetricName = Literal["roc_auc", "pr_auc", "log_loss", "accuracy", "f1", "rmse", "mae"]
+_SHARE_METRICS = ("roc_auc", "pr_auc", "accuracy", "f1")
 
 
 class GateSpec(_Strict):
@@ -397,6 +409,21 @@ class GateSpec(_Strict):
     max_onnx_bytes: int | None = Field(None, ge=1)
     max_p95_batch_latency_ms: float | None = Field(None, gt=0)
     latency_batch_rows: int = Field(1024, ge=1)
+
+    @model_validator(mode="after")
+    def _floor_in_range(self) -> GateSpec:
+        if self.min_value is None:
+            return self
+        if self.primary_metric in _SHARE_METRICS and not 0 <= self.min_value <= 1:
+            raise ValueError(
+                f"gate.min_value {self.min_value} is outside 0..1, the range of {self.primary_metric} "
+                "(a share, not a percentage): no model could pass"
+            )
+        if self.min_value < 0:
+            raise ValueError(
+                f"gate.min_value {self.min_value} is a negative ceiling for {self.primary_metric}"
+            )
+        return self
 
 
 class InferenceSpec(_Strict):
@@ -469,11 +496,16 @@ class DriftSpec(_Strict):
     )
     min_rows: int = Field(1000, ge=1)
     cooldown_days: int = Field(7, ge=0)
-    seed: int = 42
+    seed: int = _SEED
 
 
 class StorageSpec(_Strict):
-    connection_id: str = Field("mlops_s3", description="Airflow connection (type aws) of the object store.")
+    connection_id: str = Field(
+        "mlops_s3",
+        pattern=_CONN_ID,
+        max_length=250,
+        description="Airflow connection (type aws) of the object store.",
+    )
     bucket: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")] = "mlops"
     prefix: str | None = Field(None, description="Key prefix of this pipeline; defaults to its name.")
 
@@ -487,10 +519,23 @@ class StorageSpec(_Strict):
 
 class MlflowSpec(_Strict):
     connection_id: str = Field(
-        "mlops_mlflow", description="Airflow connection whose host (URL) is the MLflow tracking URI."
+        "mlops_mlflow",
+        pattern=_CONN_ID,
+        max_length=250,
+        description="Airflow connection whose host (URL) is the MLflow tracking URI.",
     )
-    experiment: str | None = Field(None, description="Defaults to the pipeline name.")
-    registered_model: str | None = Field(None, description="Defaults to the pipeline name.")
+    experiment: str | None = Field(
+        None,
+        pattern=_MLFLOW_NAME,
+        max_length=250,
+        description="Defaults to the pipeline name; one pipeline per experiment.",
+    )
+    registered_model: str | None = Field(
+        None,
+        pattern=_MLFLOW_NAME,
+        max_length=250,
+        description="Defaults to the pipeline name; no '/' or ':' (MLflow refuses them); one pipeline per model.",
+    )
 
 
 class PipelineConfig(_Strict):
@@ -553,10 +598,13 @@ class PipelineConfig(_Strict):
         types = {c.name: c.type for c in self.data.all_columns()}
         # The model reads numeric features as numbers: category values are not, and a timestamp
         # would be nanoseconds in float32 (and a missing one a huge negative number in drift).
-        not_numbers = {f: types[f] for f in self.features.numeric if types[f] in ("category", "timestamp")}
+        not_numbers = {
+            f: types[f] for f in self.features.numeric if types[f] in ("category", "string", "timestamp")
+        }
         if not_numbers:
             advice = {
                 "category": "list category columns under features.categorical",
+                "string": "list string columns under features.categorical, or declare the column int or float",
                 "timestamp": "derive a numeric column (e.g. the hour) from a timestamp",
             }
             raise ValueError(
@@ -579,6 +627,12 @@ class PipelineConfig(_Strict):
                 raise ValueError(
                     f"target.task regression needs a numeric target, but column '{self.target.column}' is "
                     f"{target_type}: every label would be missing; use task binary or multiclass"
+                )
+            allowed = next(c.allowed for c in self.data.all_columns() if c.name == self.target.column)
+            if self.target.task == "binary" and allowed is not None and len(set(allowed)) != 2:
+                raise ValueError(
+                    f"target.task binary needs 2 classes, but target column '{self.target.column}' allows "
+                    f"{len(set(allowed))} values {sorted(set(allowed))}; use task multiclass"
                 )
         if self.end_date is not None and self.end_date < self.start_date:
             raise ValueError(
@@ -615,14 +669,33 @@ class PipelineConfig(_Strict):
         return f"{self.name}_{kind}"
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses a key repeated in one mapping: PyYAML keeps the last value, so a
+    second ``gate:`` block would silently drop the first one's settings."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one mapping", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def _format_errors(path: Path, err: ValidationError) -> str:
     lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
+        loc = ".".join(str(p) for p in e["loc"])
         msg = e["msg"].removeprefix("Value error, ")
         got = e.get("input")
         shown = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
-        lines.append(f"field '{loc}': {msg}{shown}")
+        if isinstance(got, bool) and e["type"] == "string_type":
+            shown += "; YAML reads unquoted yes/no/on/off/true/false as booleans: quote the value"
+        # A rule across fields names its fields in the message.
+        lines.append(f"field '{loc}': {msg}{shown}" if loc else f"{msg}{shown}")
     return f"{path}: invalid pipeline config: " + "; ".join(lines)
 
 
@@ -636,9 +709,15 @@ def load_config(path: str | Path) -> PipelineConfig:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read pipeline config: {exc}") from None
     try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        loader = _UniqueKeyLoader(text)  # what yaml.safe_load does, with repeated keys refused
+        try:
+            raw = loader.get_single_data()
+        finally:
+            loader.dispose()
+    except (yaml.YAMLError, RecursionError) as exc:
+        raise ConfigError(f"{path}: not valid YAML: {str(exc)[:500]}") from None
+    if raw is None:
+        raise ConfigError(f"{path}: the pipeline config file is empty")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a pipeline config must be a YAML mapping, got {type(raw).__name__}")
     try:
@@ -676,11 +755,12 @@ def config_paths(directory: Path | None = None) -> list[Path]:
 
 def load_each(paths: list[Path]) -> Iterator[tuple[Path, PipelineConfig | ConfigError]]:
     """Each config of ``paths`` in turn, or the :class:`ConfigError` why it cannot run beside the
-    configs before it: it must be valid, and no two may share a pipeline name (DAG ids) or a storage
-    location (``storage.bucket`` + prefix: publishing a partition deletes the objects its manifest
+    configs before it: it must be valid, and no two may share a pipeline name (DAG ids), an MLflow
+    registered model or experiment on one MLflow connection, or a storage location (``storage.bucket`` + prefix: publishing a partition deletes the objects its manifest
     does not list, so one pipeline would delete the other's). The error names both files."""
     names: dict[str, Path] = {}
     locations: dict[tuple[str, str], Path] = {}
+    mlflow_names: dict[tuple[str, str, str], Path] = {}
     for path in paths:
         try:
             cfg = load_config(path)
@@ -688,6 +768,19 @@ def load_each(paths: list[Path]) -> Iterator[tuple[Path, PipelineConfig | Config
                 raise ConfigError(
                     f"{path}: field 'name': pipeline name '{cfg.name}' is already used by {names[cfg.name]}"
                 )
+            # On one MLflow server, two pipelines sharing a registered model would gate against and
+            # serve each other's champion; sharing an experiment, mix their runs.
+            server = cfg.mlflow.connection_id
+            for field, what, value in (
+                ("mlflow.registered_model", "registered model", cfg.registered_model_name),
+                ("mlflow.experiment", "experiment", cfg.experiment_name),
+            ):
+                if (server, what, value) in mlflow_names:
+                    raise ConfigError(
+                        f"{path}: field '{field}': MLflow {what} '{value}' (connection '{server}') is "
+                        f"already used by {mlflow_names[server, what, value]}; each pipeline needs its own "
+                        f"(it defaults to the pipeline name)"
+                    )
             where = (cfg.storage.bucket, cfg.prefix)
             if where in locations:
                 raise ConfigError(
@@ -699,6 +792,8 @@ def load_each(paths: list[Path]) -> Iterator[tuple[Path, PipelineConfig | Config
             yield path, exc
             continue
         names[cfg.name], locations[where] = path, path
+        mlflow_names[server, "registered model", cfg.registered_model_name] = path
+        mlflow_names[server, "experiment", cfg.experiment_name] = path
         yield path, cfg
 
 
@@ -751,12 +846,21 @@ def render_reference() -> str:
         "",
     ]
 
+    models = _models(PipelineConfig)
+
     def describe(section: str, node: dict[str, Any]) -> None:
         out.extend([f"## `{section}`", "", "| field | type | default | description |", "|---|---|---|---|"])
         required = set(node.get("required", []))
+        model = models.get(node.get("title", ""), PipelineConfig)
         for field, prop in node.get("properties", {}).items():
             typ = _type_name(prop)
-            default = "required" if field in required else json.dumps(prop.get("default"))
+            # The schema has no default of a default_factory (e.g. hidden_layers [128, 64]): the model does.
+            value = (
+                prop["default"]
+                if "default" in prop
+                else model.model_fields[field].get_default(call_default_factory=True)
+            )
+            default = "required" if field in required else json.dumps(value, default=str)
             out.append(f"| `{field}` | {typ} | {default} | {prop.get('description', '')} |")
         out.append("")
 
@@ -765,6 +869,28 @@ def render_reference() -> str:
         describe(name, node)
     out.extend(["## JSON schema", "", "```json", json.dumps(schema, indent=1), "```", ""])
     return "\n".join(out)
+
+
+def _models(root: type[BaseModel]) -> dict[str, type[BaseModel]]:
+    """Every model class reachable from ``root``'s fields, by name (the schema's ``$defs`` titles)."""
+    found: dict[str, type[BaseModel]] = {}
+    pending = [root]
+    while pending:
+        model = pending.pop()
+        if model.__name__ in found:
+            continue
+        found[model.__name__] = model
+        for field in model.model_fields.values():
+            pending += [
+                t for t in _types_in(field.annotation) if isinstance(t, type) and issubclass(t, BaseModel)
+            ]
+    return found
+
+
+def _types_in(annotation: Any) -> list[Any]:
+    from typing import get_args
+
+    return [annotation, *(t for arg in get_args(annotation) for t in _types_in(arg))]
 
 
 def _type_name(prop: dict[str, Any]) -> str:

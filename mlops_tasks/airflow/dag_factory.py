@@ -272,7 +272,10 @@ def config_error_dag(
     """Stands in for the DAGs of a config that cannot be built: its description and its one task
     say why (a run fails with the reason), and it never runs on its own. Files whose names differ
     only in punctuation (a-b.yaml, a_b.yaml) get distinct ids: ``taken`` are the ids in use."""
-    base = base or CONFIG_ERROR_DAG.format(stem="".join(c if c.isalnum() else "_" for c in path.stem))
+    # Cut to stay under Airflow's 250 characters with a "_<n>" suffix: a longer id raises, and an
+    # exception in the DAG file would take every pipeline's DAGs down with this one.
+    stem = "".join(c if c.isalnum() else "_" for c in path.stem)[:200]
+    base = base or CONFIG_ERROR_DAG.format(stem=stem)
     taken = set(taken)
     dag_id = next(
         i for i in itertools.chain([base], (f"{base}_{n}" for n in itertools.count(2))) if i not in taken

@@ -104,7 +104,12 @@ def test_a_broken_config_becomes_an_error_dag_and_the_others_still_load(tmp_path
     (tmp_path / "other.yaml").write_text(broken.replace("inference:", "inference:\n  schedul: daily", 1))
     (tmp_path / "other.yml").write_text("name: [not, a, name]\n")  # the error DAG id of "other" is taken
     # same storage prefix as flights_delay under another name: would delete each other's parts
-    twin = (REPO / "configs" / "flights_delay.yaml").read_text().replace("name: flights_delay", "name: twin")
+    twin = (
+        (REPO / "configs" / "flights_delay.yaml")
+        .read_text()
+        .replace("name: flights_delay", "name: twin")
+        .replace("registered_model: flights_delay", "registered_model: twin")
+    )
     (tmp_path / "same_prefix.yaml").write_text(
         twin.replace("storage:", "storage:\n  prefix: flights_delay", 1)
     )

@@ -235,6 +235,26 @@ WEATHER = "data.joins.0"
             {"data.columns.0.name": "score", "data.key": ["score", "month", "day", "carrier", "flight"]},
             r"columns \['score'\] \(data\.key, features or target\) are named like the columns batch inference",
         ),
+        ({"gate.min_value": 80}, r"gate\.min_value 80\.0 is outside 0\.\.1, the range of roc_auc"),
+        (
+            {"data.columns.0.min": float("nan")},
+            r"field 'data\.columns\.0\.min': Input should be a finite number",
+        ),
+        ({"model.seed": -1}, r"field 'model\.seed': Input should be greater than or equal to 0"),
+        ({"mlflow.registered_model": "team/wine"}, r"field 'mlflow\.registered_model': String should match"),
+        ({"storage.connection_id": "mlops s3"}, r"field 'storage\.connection_id': String should match"),
+        (
+            {
+                "data.columns.9.type": "string",
+                "features.numeric": ["distance", "dest"],
+                "features.categorical": ["carrier"],
+            },
+            r"features\.numeric lists 'dest' \(string\), which the model cannot read as numbers",
+        ),
+        (
+            {"target": {"task": "binary", "column": "origin"}, "features.categorical": ["carrier", "dest"]},
+            r"target\.task binary needs 2 classes, but target column 'origin' allows 3 values",
+        ),
     ],
     ids=[
         "unknown-encoding",
@@ -259,6 +279,13 @@ WEATHER = "data.joins.0"
         "hourly-inference",
         "twice-daily-drift",
         "key-named-like-a-prediction-column",
+        "gate-floor-as-percentage",
+        "nan-threshold",
+        "negative-seed",
+        "mlflow-model-name-with-slash",
+        "connection-id-with-space",
+        "string-as-numeric-feature",
+        "binary-target-with-three-values",
     ],
 )
 def test_mistakes_that_would_fail_later_are_rejected_at_load(
@@ -279,6 +306,42 @@ def test_the_reserved_names_cover_every_lineage_column_ingest_adds() -> None:
     from mlops_tasks.ingestion import LINEAGE_COLUMNS
 
     assert set(LINEAGE_COLUMNS) <= set(RESERVED_COLUMNS)
+
+
+def test_a_config_without_a_row_key_is_rejected(tmp_path: Path) -> None:
+    """The drift monitor and the shadow report join on data.key: without it they failed on every run."""
+    path = write_mutated(tmp_path, lambda raw: raw["data"].pop("key"))
+    with pytest.raises(ConfigError, match=r"field 'data\.key': Field required"):
+        load_config(path)
+
+
+REPEATED_GATE = "gate:\n  primary_metric: accuracy\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        (REPEATED_GATE, r"not valid YAML: .*key 'gate' appears twice in one mapping"),
+        ("", r"the pipeline config file is empty"),
+        ("[" * 5000, r"not valid YAML"),
+    ],
+    ids=["repeated-key", "empty", "nested-too-deep"],
+)
+def test_yaml_that_would_load_wrongly_or_crash_is_a_config_error(
+    tmp_path: Path, text: str, error: str
+) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text(EXAMPLE.read_text() + text if text == REPEATED_GATE else text)
+    with pytest.raises(ConfigError, match=r"p\.yaml: " + error):
+        load_config(path)
+
+
+def test_a_yaml_boolean_where_text_is_expected_says_to_quote_it(tmp_path: Path) -> None:
+    path = write_variant(tmp_path, **{"data.columns.8.allowed": [False, "JFK", "LGA"]})
+    with pytest.raises(
+        ConfigError, match=r"\(got False\); YAML reads unquoted yes/no/on/off/true/false as booleans"
+    ):
+        load_config(path)
 
 
 def test_two_joins_with_one_name_are_rejected(tmp_path: Path) -> None:
@@ -315,7 +378,7 @@ def test_two_pipelines_on_one_storage_location_are_rejected_naming_both_files(tm
     write_mutated(tmp_path, lambda raw: None, "a.yaml")
 
     def other_name_same_prefix(raw: dict) -> None:
-        raw["name"] = "other"
+        raw["name"] = raw["mlflow"]["registered_model"] = "other"
         raw["storage"]["prefix"] = "flights_delay"
 
     write_mutated(tmp_path, other_name_same_prefix, "b.yaml")
@@ -324,6 +387,28 @@ def test_two_pipelines_on_one_storage_location_are_rejected_naming_both_files(tm
     message = str(err.value)
     assert message.startswith(f"{tmp_path / 'b.yaml'}: fields 'storage.bucket' + 'storage.prefix'")
     assert "s3://mlops/flights_delay/" in message and str(tmp_path / "a.yaml") in message
+
+
+def test_two_pipelines_sharing_an_mlflow_model_are_rejected_unless_their_servers_differ(
+    tmp_path: Path,
+) -> None:
+    """A copied config renamed but still naming the original's registered model would gate against
+    and serve the other pipeline's champion."""
+    write_mutated(tmp_path, lambda raw: None, "a.yaml")
+    write_mutated(tmp_path, lambda raw: raw.update(name="flights_delay_v2"), "b.yaml")
+    with pytest.raises(ConfigError) as err:
+        load_all(tmp_path)
+    assert str(err.value).startswith(
+        f"{tmp_path / 'b.yaml'}: field 'mlflow.registered_model': MLflow registered model 'flights_delay' "
+        f"(connection 'mlops_mlflow') is already used by {tmp_path / 'a.yaml'}"
+    )
+
+    def on_another_server(raw: dict) -> None:
+        raw["name"] = "flights_delay_v2"
+        raw["mlflow"]["connection_id"] = "mlops_mlflow_eu"
+
+    write_mutated(tmp_path, on_another_server, "b.yaml")
+    assert [c.name for c in load_all(tmp_path)] == ["flights_delay", "flights_delay_v2"]
 
 
 def test_two_configs_with_one_pipeline_name_are_rejected_naming_both_files(tmp_path: Path) -> None:

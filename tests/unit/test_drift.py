@@ -21,6 +21,7 @@ def make_config(**drift_knobs: object) -> PipelineConfig:
             "name": "toy",
             "start_date": "2013-01-01",
             "data": {
+                "key": ["x"],
                 "columns": [
                     {"name": "x", "type": "float"},
                     {"name": "y", "type": "float"},
