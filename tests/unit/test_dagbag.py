@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from itertools import pairwise
 from pathlib import Path
 
@@ -83,3 +84,16 @@ def test_a_missing_config_directory_is_an_error_dag_not_zero_dags(
     assert dag.schedule is None or dag.timetable.summary in ("None", "")
     with pytest.raises(AirflowFailException, match="cofnigs"):
         task.execute({})
+
+
+def test_a_broken_config_with_a_very_long_file_name_is_one_error_dag(tmp_path: Path) -> None:
+    """Airflow refuses DAG ids over 250 characters: the error DAG's id is cut, not an exception that
+    would discard every pipeline's DAGs."""
+    from mlops_tasks.airflow.dag_factory import build_all_dags
+
+    shutil.copy(REPO / "configs" / "flights_delay.yaml", tmp_path / "flights_delay.yaml")
+    (tmp_path / ("x" * 240 + ".yaml")).write_text("name: [broken\n")
+    dags = build_all_dags(tmp_path)
+    errors = [d for d in dags if d.startswith("mlops_config_error_")]
+    assert len(errors) == 1 and len(errors[0]) <= 250
+    assert "flights_delay_training" in dags
