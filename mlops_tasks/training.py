@@ -326,6 +326,17 @@ def _end_killed_attempts(client: Any, experiment_id: str, run_name: str) -> None
         client.set_terminated(run.info.run_id, "KILLED")
 
 
+def end_abandoned_runs(cfg: PipelineConfig, tracking_uri: str, run_name: str) -> None:
+    """Mark KILLED the runs named ``run_name`` still RUNNING once no attempt of their task runs any
+    more (its last attempt failed): a final attempt killed outright (out of memory, a lost node)
+    has no next attempt to end its run, which would show as running forever."""
+    client = tracking.client(tracking_uri)
+    with tracking.reachable(tracking_uri, f"end the abandoned runs named {run_name}"):
+        experiment = client.get_experiment_by_name(cfg.experiment_name)
+        if experiment is not None:
+            _end_killed_attempts(client, experiment.experiment_id, run_name)
+
+
 def _finished_attempt(
     client: Any,
     experiment_id: str,

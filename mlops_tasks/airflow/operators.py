@@ -429,6 +429,13 @@ class TrainModelOperator(_DataVersionInput):
 
     operator_extra_links = (MlflowRunLink(),)
 
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        # Besides the DAG's (the alert): end the MLflow run of a last attempt that was killed outright.
+        earlier = self.on_failure_callback
+        earlier = [] if earlier is None else earlier if isinstance(earlier, list) else [earlier]
+        self.on_failure_callback = [*earlier, end_abandoned_training_run]
+
     def execute(self, context: Context) -> dict[str, Any]:
         from mlops_tasks.training import train
 
@@ -439,12 +446,31 @@ class TrainModelOperator(_DataVersionInput):
             tracking_uri=self.tracking_uri,
             data_version=self.data_version["data_version"],
             trigger=self.data_version.get("trigger", "unknown"),
-            run_name=f"{self.config.name}-{context['run_id']}",
+            run_name=training_run_name(self.config, context["run_id"]),
             tags={"airflow_dag_id": self.dag_id, "airflow_run_id": context["run_id"]},
         )
         MlflowRunLink.persist(context, mlflow_run_url(self.mlflow_ui_url, result))
         self.log.info("Trained run %s: %s", result["run_id"], result)
         return result
+
+
+def training_run_name(cfg: PipelineConfig, airflow_run_id: str) -> str:
+    """The MLflow run name of a DAG run's training: its retries find their earlier attempts by it."""
+    return f"{cfg.name}-{airflow_run_id}"
+
+
+def end_abandoned_training_run(context: Context) -> None:
+    """``on_failure_callback`` of the train task (its last attempt failed): mark KILLED its MLflow run
+    if it is still RUNNING. An attempt that raised ended its run already; one killed outright (out of
+    memory, a lost node) could not, and without a next attempt its run would run forever. Airflow
+    runs the callback for a killed task too (in the DAG processor). Best-effort: it never fails."""
+    from mlops_tasks.training import end_abandoned_runs
+
+    task = context["task"]
+    try:
+        end_abandoned_runs(task.config, task.tracking_uri, training_run_name(task.config, context["run_id"]))
+    except Exception as exc:  # the MLflow server down as well: the run stays RUNNING, the task failed anyway
+        task.log.warning("Could not end the abandoned MLflow run of %s: %s", context["run_id"], exc)
 
 
 class ExportModelOperator(_DataVersionInput):

@@ -175,3 +175,30 @@ def test_batch_inference_ingests_its_day_again_only_when_landing_files_were_adde
     flights = store.get_bytes(landing + "flights.csv")
     store.put_bytes(landing + "flights.csv", flights.rstrip(b"\n") + b"\n\n")  # corrected upstream
     assert operator.execute({})["status"] != "no_data"
+
+
+def test_the_mlflow_run_of_a_train_task_killed_on_its_last_attempt_is_ended_by_its_failure_callback(
+    mlflow_server: str,
+) -> None:
+    """A last attempt killed outright (OOM, a lost node) leaves its run RUNNING with no next attempt
+    to end it; the task's failure callback marks it KILLED. Other runs are left alone."""
+    import uuid
+
+    from mlops_tasks import tracking
+    from mlops_tasks.airflow.operators import TrainModelOperator, end_abandoned_training_run
+
+    operator = TrainModelOperator(task_id="train", pipeline="flights_delay", data_version={})
+    operator.__dict__["_mlflow_addresses"] = (mlflow_server, mlflow_server)
+    assert end_abandoned_training_run in operator.on_failure_callback
+    client = tracking.client(mlflow_server)
+    experiment = client.get_experiment_by_name("flights_delay")
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment("flights_delay")
+    run_id = f"scheduled__{uuid.uuid4().hex}"
+    killed = client.create_run(experiment_id, run_name=f"flights_delay-{run_id}")
+    other = client.create_run(experiment_id, run_name=f"flights_delay-other-{run_id}")
+
+    end_abandoned_training_run({"task": operator, "run_id": run_id})
+
+    assert client.get_run(killed.info.run_id).info.status == "KILLED"
+    assert client.get_run(other.info.run_id).info.status == "RUNNING"
+    client.set_terminated(other.info.run_id)
