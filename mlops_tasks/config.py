@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import os
 import re
 from collections.abc import Iterator
@@ -42,6 +43,8 @@ _SEED = Field(42, ge=0, le=2**32 - 1, description="Random seed (numpy and torch 
 _SAFE_PREFIX = re.compile(r"^(?!.*\.\.)(?!/)[A-Za-z0-9_\-./]*$")
 # Columns ingest adds to every row (mlops_tasks.ingestion.LINEAGE_COLUMNS; a test keeps them equal),
 # and the one it uses while joining: a data column of that name would be overwritten or break joins.
+# Fewest labelled rows training accepts (mlops_tasks.training).
+MIN_TRAINING_ROWS = 100
 RESERVED_COLUMNS = ("_day", "_source_file", "_source_line", "_ingest_error", "_join_error")
 # What batch inference writes beside the keys (mlops_tasks.inference), with probability_<class>.
 PREDICTION_COLUMNS = ("prediction", "score", "model_name", "model_version", "run_id")
@@ -378,6 +381,14 @@ class TrainingSpec(_Strict):
         if self.evaluation_days >= self.window_days:
             raise ValueError(
                 f"evaluation_days ({self.evaluation_days}) must be smaller than window_days ({self.window_days})"
+            )
+        # The cap applies before the early-stopping split: what is left must be enough to train on.
+        least = math.ceil(MIN_TRAINING_ROWS / (1 - self.validation_fraction)) + 1
+        if self.max_rows is not None and self.max_rows < least:
+            raise ValueError(
+                f"training.max_rows ({self.max_rows}) leaves fewer than {MIN_TRAINING_ROWS} rows to train on "
+                f"after the validation_fraction ({self.validation_fraction}) split: every run would fail; "
+                f"use at least {least}"
             )
         return self
 

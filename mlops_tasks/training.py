@@ -40,7 +40,7 @@ from mlflow.entities import Metric, Param, RunTag
 from torch import nn
 
 from mlops_tasks import tracking
-from mlops_tasks.config import FeatureSpec, PipelineConfig
+from mlops_tasks.config import MIN_TRAINING_ROWS, FeatureSpec, PipelineConfig
 from mlops_tasks.errors import DataError
 from mlops_tasks.evaluation import compute_metrics, label_targets, labelled_rows
 from mlops_tasks.features import CATEGORICAL_CODES_INPUT, CATEGORICAL_VALUES_INPUT, onnx_inputs
@@ -48,7 +48,6 @@ from mlops_tasks.features import CATEGORICAL_CODES_INPUT, CATEGORICAL_VALUES_INP
 log = logging.getLogger(__name__)
 
 DAY_COLUMN = "_day"
-MIN_TRAINING_ROWS = 100
 SPEC_FORMAT = 1
 
 

@@ -255,6 +255,10 @@ WEATHER = "data.joins.0"
             {"target": {"task": "binary", "column": "origin"}, "features.categorical": ["carrier", "dest"]},
             r"target\.task binary needs 2 classes, but target column 'origin' allows 3 values",
         ),
+        (
+            {"training.max_rows": 100},
+            r"training\.max_rows \(100\) leaves fewer than 100 rows to train on.*use at least 113",
+        ),
     ],
     ids=[
         "unknown-encoding",
@@ -286,6 +290,7 @@ WEATHER = "data.joins.0"
         "connection-id-with-space",
         "string-as-numeric-feature",
         "binary-target-with-three-values",
+        "training-cap-below-the-minimum",
     ],
 )
 def test_mistakes_that_would_fail_later_are_rejected_at_load(
