@@ -7,14 +7,14 @@ PYTEST_ARGS ?=
 
 .PHONY: install system-deps demo test lint format bench docs clean
 
+# The editable install's metadata lives in the venv; the copy setuptools leaves in the checkout would
+# make every process started here see the package twice, and Airflow load its plugin twice: removed.
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# constraints.txt pins every transitive version: a fresh install resolves the same set every time.
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
-	# The editable install's metadata lives in the venv; the copy setuptools leaves in the checkout would
-	# make every process started here see the package twice, and Airflow load its plugin twice.
-	rm -rf mlops_tasks.egg-info
+	@rm -rf mlops_tasks.egg-info
 	@touch $(STAMP)
 
 install: $(STAMP)
