@@ -34,8 +34,8 @@ CONFIG_DIR_ENV = "MLOPS_TASKS_CONFIG_DIR"
 DEFAULT_CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 _IDENTIFIER = r"^[a-z][a-z0-9_]{0,62}$"
-# What Airflow accepts as a connection id (its sanitize_conn_id).
-_CONN_ID = r"^[A-Za-z0-9_.\-]+$"
+# What Airflow accepts as a connection id (RE_SANITIZE_CONN_ID of airflow.models.connection).
+_CONN_ID = r"^[\w#!()\-.:/\\]+$"
 # MLflow refuses "/" and ":" in model names; a blank name would be an unnamed model.
 _MLFLOW_NAME = r"^[^/:]*[^/:\s][^/:]*$"
 _SEED = Field(42, ge=0, le=2**32 - 1, description="Random seed (numpy and torch take 0 .. 2**32-1).")
@@ -687,7 +687,13 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # "<<: *anchor": merged by SafeLoader below
+                continue
             key = self.construct_object(key_node, deep=deep)
+            try:
+                hash(key)
+            except TypeError:  # a list or mapping as a key: SafeLoader refuses it with its own error
+                continue
             if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"key {key!r} appears twice in one mapping", key_node.start_mark
@@ -725,8 +731,8 @@ def load_config(path: str | Path) -> PipelineConfig:
             raw = loader.get_single_data()
         finally:
             loader.dispose()
-    except (yaml.YAMLError, RecursionError) as exc:
-        raise ConfigError(f"{path}: not valid YAML: {str(exc)[:500]}") from None
+    except Exception as exc:  # YAMLError, RecursionError (too deep), ...: one file's problem, never all DAGs'
+        raise ConfigError(f"{path}: not valid YAML: {str(exc)[:500] or type(exc).__name__}") from None
     if raw is None:
         raise ConfigError(f"{path}: the pipeline config file is empty")
     if not isinstance(raw, dict):

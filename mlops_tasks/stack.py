@@ -319,8 +319,14 @@ class LocalStack:
         return self.airflow_home / "simple_auth_manager_passwords.json"
 
     def _configs(self) -> list[PipelineConfig]:
-        from mlops_tasks.config import load_all
+        """The pipelines the stack serves; none (default connection ids and bucket) without a
+        config directory, e.g. an install without the repo's configs/."""
+        from mlops_tasks.config import ConfigError, load_all, require_config_dir
 
+        try:
+            require_config_dir(self.config_dir)
+        except ConfigError:
+            return []
         return load_all(self.config_dir)
 
     def connection_env(self) -> dict[str, str]:

@@ -43,6 +43,7 @@ from mlops_tasks.airflow.notifiers import MlopsNotifier
 from mlops_tasks.airflow.operators import (
     DataVersionOperator,
     DriftCheckOperator,
+    EndAbandonedTrainingRun,
     EvaluateGateOperator,
     ExportModelOperator,
     IngestDayOperator,
@@ -92,7 +93,7 @@ def _schedule(timetable: Any, asset: Asset) -> Any:
     return AssetOrTimeSchedule(timetable=timetable, assets=asset) if timetable else asset
 
 
-def _dag(cfg: PipelineConfig, kind: str, schedule: Any, doc: str) -> DAG:
+def _dag(cfg: PipelineConfig, kind: str, schedule: Any, doc: str, on_failure: Any = None) -> DAG:
     notifier = MlopsNotifier(pipeline=cfg.name)
     return DAG(
         dag_id=cfg.dag_id(kind),  # type: ignore[arg-type]
@@ -108,6 +109,7 @@ def _dag(cfg: PipelineConfig, kind: str, schedule: Any, doc: str) -> DAG:
         # must not leave its first DAGs scheduled (see build_all_dags).
         auto_register=False,
         doc_md=f"**{cfg.name}** — {cfg.description}\n\n{doc}",
+        on_failure_callback=on_failure,
         default_args={
             "owner": cfg.owner,
             "retries": cfg.retries,
@@ -133,6 +135,7 @@ def build_training_dag(cfg: PipelineConfig) -> DAG:
             retrain_asset(cfg),
         ),
         "Ingest, validate and version the training window, train, export, gate and register.",
+        on_failure=EndAbandonedTrainingRun(cfg.name),
     ) as dag:
         plan = PlanIngestionOperator(task_id="plan_ingestion", **common)
         ingest = IngestDayOperator.partial(task_id="ingest", **common).expand(day=plan.output)
@@ -237,12 +240,15 @@ def build_drift_dag(cfg: PipelineConfig) -> DAG:
         # One check at a time across all runs, backfills included (they ignore max_active_runs): two
         # checks of a day would render its reports at once. Their shared cooldown state is safe
         # without it (a conditional write, ObjectStore.update_json) on stores with conditional PUT.
-        check = DriftCheckOperator(task_id="drift_check", max_active_tis_per_dag=1, **common)
+        # Both look up the retrain event their run already sent (a cleared run): see the operators.
+        check = DriftCheckOperator(
+            task_id="drift_check", max_active_tis_per_dag=1, inlets=[retrain_asset(cfg)], **common
+        )
         TriggerRetrainingOperator(
             task_id="request_retraining",
             decision=check.output,
             outlets=[retrain_asset(cfg)],
-            inlets=[retrain_asset(cfg)],  # the event this run already sent (see the operator)
+            inlets=[retrain_asset(cfg)],
             **common,
         )
     return dag

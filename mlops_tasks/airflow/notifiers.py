@@ -40,9 +40,11 @@ def webhook_url(conn_id: str = ALERTS_CONN_ID) -> str | None:
     schema = (conn.schema or "").strip()
     if schema in _SCHEMES:  # host, port and schema as HttpHook reads them
         scheme, path = schema, ""
-    else:  # the URI form: the scheme is the connection type, the path is in schema
+    elif schema:  # the URI form: the path is in schema, the scheme the URI's (the connection type)
         scheme = conn.conn_type if conn.conn_type in _SCHEMES else "https"
         path = schema.lstrip("/")
+    else:  # a bare host: https, never the secret path in clear text on a guess
+        scheme, path = "https", ""
     port = f":{conn.port}" if conn.port else ""
     return f"{scheme}://{host}{port}/{path}" if path else f"{scheme}://{host}{port}"
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import logging
 from collections.abc import Callable, Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -36,14 +37,13 @@ from mlops_tasks.errors import DataError
 from mlops_tasks.observability import emit
 
 if TYPE_CHECKING:
-    import logging
-
     from airflow.sdk import Context
 
     from mlops_tasks.ingestion import IngestionPlan
     from mlops_tasks.storage import ObjectStore
 
 _Item = TypeVar("_Item")
+log = logging.getLogger(__name__)
 
 
 def as_date(value: str | dt.date | dt.datetime) -> dt.date:
@@ -429,13 +429,6 @@ class TrainModelOperator(_DataVersionInput):
 
     operator_extra_links = (MlflowRunLink(),)
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        # Besides the DAG's (the alert): end the MLflow run of a last attempt that was killed outright.
-        earlier = self.on_failure_callback
-        earlier = [] if earlier is None else earlier if isinstance(earlier, list) else [earlier]
-        self.on_failure_callback = [*earlier, end_abandoned_training_run]
-
     def execute(self, context: Context) -> dict[str, Any]:
         from mlops_tasks.training import train
 
@@ -459,18 +452,29 @@ def training_run_name(cfg: PipelineConfig, airflow_run_id: str) -> str:
     return f"{cfg.name}-{airflow_run_id}"
 
 
-def end_abandoned_training_run(context: Context) -> None:
-    """``on_failure_callback`` of the train task (its last attempt failed): mark KILLED its MLflow run
-    if it is still RUNNING. An attempt that raised ended its run already; one killed outright (out of
-    memory, a lost node) could not, and without a next attempt its run would run forever. Airflow
-    runs the callback for a killed task too (in the DAG processor). Best-effort: it never fails."""
-    from mlops_tasks.training import end_abandoned_runs
+class EndAbandonedTrainingRun:
+    """``on_failure_callback`` of the training DAG: mark KILLED the MLflow run of the failed DAG
+    run's training if it is still RUNNING. An attempt that raised ended its run already; one killed
+    outright (out of memory, a lost node) could not, and without a next attempt its run would show
+    as running forever. A DAG callback, not the task's: Airflow runs it (in the DAG processor) for
+    every failed run, while a task's own callback does not run when the kernel killed its process.
+    Best-effort: it never raises.
 
-    task = context["task"]
-    try:
-        end_abandoned_runs(task.config, task.tracking_uri, training_run_name(task.config, context["run_id"]))
-    except Exception as exc:  # the MLflow server down as well: the run stays RUNNING, the task failed anyway
-        task.log.warning("Could not end the abandoned MLflow run of %s: %s", context["run_id"], exc)
+    :param pipeline: the pipeline whose training DAG this is.
+    """
+
+    def __init__(self, pipeline: str) -> None:
+        self.pipeline = pipeline
+
+    def __call__(self, context: Context) -> None:
+        from mlops_tasks.training import end_abandoned_runs
+
+        try:
+            cfg = load_pipeline(self.pipeline)
+            tracking_uri = MlflowHook(cfg.mlflow.connection_id).get_addresses()[0]
+            end_abandoned_runs(cfg, tracking_uri, training_run_name(cfg, context["run_id"]))
+        except Exception as exc:  # the MLflow server down too: the run stays RUNNING, nothing else to do
+            log.warning("Could not end the abandoned MLflow run of %s: %s", context.get("run_id"), exc)
 
 
 class ExportModelOperator(_DataVersionInput):
@@ -783,6 +787,9 @@ class ShadowReportOperator(PipelineOperator):
 class DriftCheckOperator(PipelineOperator):
     """Scored inputs of the window vs the champion's training data; decides whether to retrain.
 
+    Given the retrain asset as an inlet, a check of a run that already sent its retrain event (the
+    run cleared) first marks that trigger sent, so it stays and the cooldown holds.
+
     :param day: last day of the monitored window (templated); asset-triggered runs use the day of
         the triggering predictions event.
     """
@@ -820,9 +827,15 @@ class DriftCheckOperator(PipelineOperator):
         return day
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from mlops_tasks.monitoring import run_drift_monitor
+        from mlops_tasks.monitoring import record_retrain_sent, run_drift_monitor
 
         day = self._day(context)
+        sent = _retrain_event_of_this_run(self, context)
+        if sent is not None:
+            # This run (cleared) already requested its retrain: its trigger must stay whatever the
+            # check decides now, so that the cooldown holds (see TriggerRetrainingOperator).
+            sent_day = as_date((sent.extra or {}).get("window_end") or day)
+            record_retrain_sent(self.store, self.config, sent_day, context["run_id"])
         # the run id tells a retry of the run that requested retraining (which may decide again) from
         # another run checking the same day (which must not request it twice)
         result = run_drift_monitor(
@@ -855,7 +868,7 @@ class TriggerRetrainingOperator(PipelineOperator):
 
         if not self.decision.get("retrain"):
             raise AirflowSkipException(f"No retraining: {self.decision.get('status')}.")
-        sent = self._event_of_this_run(context)
+        sent = _retrain_event_of_this_run(self, context)
         if sent is not None:
             # Marked only now that the event is known to exist: marking before it went out (Airflow
             # emits it when the task succeeds) would lose the retrain of a task that died after the
@@ -876,11 +889,13 @@ class TriggerRetrainingOperator(PipelineOperator):
         announce(self.config.name, "drift_detected", f"retraining requested: {extra['reason']}", extra)
         return extra
 
-    def _event_of_this_run(self, context: Context) -> Any:
-        """The retrain event this DAG run already emitted, or None."""
-        this_run = (context["ti"].dag_id, context["run_id"])
-        for asset in self.inlets:
-            for event in context["inlet_events"][asset]:
-                if (event.source_dag_id, event.source_run_id) == this_run:
-                    return event
-        return None
+
+def _retrain_event_of_this_run(task: BaseOperator, context: Context) -> Any:
+    """The retrain event this DAG run already emitted (Airflow records an outlet event when its task
+    succeeds), looked up among ``task``'s inlets; None if there is none."""
+    this_run = (context["ti"].dag_id, context["run_id"])
+    for asset in task.inlets:
+        for event in context["inlet_events"][asset]:
+            if (event.source_dag_id, event.source_run_id) == this_run:
+                return event
+    return None

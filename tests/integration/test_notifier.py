@@ -96,6 +96,15 @@ def test_every_form_of_the_connection_reaches_the_webhook(
     assert [r["path"] for r in received] == [expected_path]
 
 
+def test_a_bare_host_is_reached_over_https(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The UI form's host without a scheme: the path of a Slack/Teams webhook is its secret."""
+    from mlops_tasks.airflow.notifiers import webhook_url
+
+    host = "hooks.slack.com/services/T0/B0/SECRET"
+    monkeypatch.setenv("AIRFLOW_CONN_MLOPS_ALERTS", json.dumps({"conn_type": "http", "host": host}))
+    assert webhook_url() == f"https://{host}"
+
+
 def test_a_webhook_that_answers_garbage_is_logged_and_never_raises(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

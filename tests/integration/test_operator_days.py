@@ -177,19 +177,23 @@ def test_batch_inference_ingests_its_day_again_only_when_landing_files_were_adde
     assert operator.execute({})["status"] != "no_data"
 
 
-def test_the_mlflow_run_of_a_train_task_killed_on_its_last_attempt_is_ended_by_its_failure_callback(
-    mlflow_server: str,
+def test_the_mlflow_run_of_a_training_killed_on_its_last_attempt_is_ended_when_the_dag_run_fails(
+    mlflow_server: str, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A last attempt killed outright (OOM, a lost node) leaves its run RUNNING with no next attempt
-    to end it; the task's failure callback marks it KILLED. Other runs are left alone."""
+    to end it; the training DAG's failure callback marks it KILLED, through the MLflow connection.
+    Other runs are left alone."""
     import uuid
 
-    from mlops_tasks import tracking
-    from mlops_tasks.airflow.operators import TrainModelOperator, end_abandoned_training_run
+    from mlops_tasks import stack, tracking
+    from mlops_tasks.airflow.dag_factory import build_training_dag
+    from mlops_tasks.airflow.operators import EndAbandonedTrainingRun
+    from mlops_tasks.config import load_pipeline
 
-    operator = TrainModelOperator(task_id="train", pipeline="flights_delay", data_version={})
-    operator.__dict__["_mlflow_addresses"] = (mlflow_server, mlflow_server)
-    assert end_abandoned_training_run in operator.on_failure_callback
+    for key, value in stack.connection_env(s3_endpoint, mlflow_server).items():
+        monkeypatch.setenv(key, value)
+    callback = build_training_dag(load_pipeline("flights_delay")).on_failure_callback
+    assert isinstance(callback, EndAbandonedTrainingRun)
     client = tracking.client(mlflow_server)
     experiment = client.get_experiment_by_name("flights_delay")
     experiment_id = experiment.experiment_id if experiment else client.create_experiment("flights_delay")
@@ -197,8 +201,33 @@ def test_the_mlflow_run_of_a_train_task_killed_on_its_last_attempt_is_ended_by_i
     killed = client.create_run(experiment_id, run_name=f"flights_delay-{run_id}")
     other = client.create_run(experiment_id, run_name=f"flights_delay-other-{run_id}")
 
-    end_abandoned_training_run({"task": operator, "run_id": run_id})
+    callback({"run_id": run_id, "reason": "task_failure"})
 
     assert client.get_run(killed.info.run_id).info.status == "KILLED"
     assert client.get_run(other.info.run_id).info.status == "RUNNING"
     client.set_terminated(other.info.run_id)
+
+
+def test_a_cleared_drift_check_of_a_run_that_sent_its_retrain_marks_it_sent_first(
+    store: ObjectStore, example_config: PipelineConfig
+) -> None:
+    """So the trigger stays (and the cooldown holds) whatever the check decides this time."""
+    from mlops_tasks.airflow.dag_factory import retrain_asset
+    from mlops_tasks.monitoring import state_key
+
+    run, dag_id = "scheduled__2013-07-14T00:00:00+00:00", "flights_delay_drift_monitor"
+    store.put_json(state_key(example_config), {"triggers": [{"day": "2013-07-14", "run_id": run}]})
+    asset = retrain_asset(example_config)
+    operator = DriftCheckOperator(
+        task_id="drift_check", pipeline="flights_delay", day="2013-07-14", inlets=[asset]
+    )
+    operator.__dict__["store"] = store
+    # Nothing listens there: the check itself stops after the mark, whatever other tests registered.
+    operator.__dict__["_mlflow_addresses"] = ("http://127.0.0.1:9", "http://127.0.0.1:9")
+    sent = SimpleNamespace(source_dag_id=dag_id, source_run_id=run, extra={"window_end": "2013-07-14"})
+    context: Any = {"run_id": run, "ti": SimpleNamespace(dag_id=dag_id), "inlet_events": {asset: [sent]}}
+    with pytest.raises(Exception, match="is not reachable"):
+        operator.execute(context)
+    assert store.get_json(state_key(example_config))["triggers"] == [
+        {"day": "2013-07-14", "run_id": run, "sent": True}
+    ]

@@ -329,8 +329,9 @@ REPEATED_GATE = "gate:\n  primary_metric: accuracy\n"
         (REPEATED_GATE, r"not valid YAML: .*key 'gate' appears twice in one mapping"),
         ("", r"the pipeline config file is empty"),
         ("[" * 5000, r"not valid YAML"),
+        ("? [a, b]\n: 1\n", r"not valid YAML: (?s:.*)found unhashable key"),
     ],
-    ids=["repeated-key", "empty", "nested-too-deep"],
+    ids=["repeated-key", "empty", "nested-too-deep", "list-as-key"],
 )
 def test_yaml_that_would_load_wrongly_or_crash_is_a_config_error(
     tmp_path: Path, text: str, error: str
@@ -339,6 +340,12 @@ def test_yaml_that_would_load_wrongly_or_crash_is_a_config_error(
     path.write_text(EXAMPLE.read_text() + text if text == REPEATED_GATE else text)
     with pytest.raises(ConfigError, match=r"p\.yaml: " + error):
         load_config(path)
+
+
+def test_yaml_merge_keys_still_work(tmp_path: Path) -> None:
+    path = tmp_path / "merged.yaml"
+    path.write_text(EXAMPLE.read_text().replace("export:\n", "export:\n  <<: {parity_rows: 512}\n", 1))
+    assert load_config(path).export.parity_rows == 512
 
 
 def test_a_yaml_boolean_where_text_is_expected_says_to_quote_it(tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ def make_config(**drift_knobs: object) -> PipelineConfig:
                     {"name": "y", "type": "float"},
                     {"name": "c", "type": "category"},
                     {"name": "target", "type": "float"},
-                ]
+                ],
             },
             "target": {"task": "regression", "column": "target"},
             "gate": {"primary_metric": "rmse"},

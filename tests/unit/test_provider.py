@@ -11,19 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.unit.test_dag_parse_cost import HEAVY  # what DAG parsing must not import: plugins load there too
+
 REPO = Path(__file__).resolve().parents[2]
-# What DAG parsing must not import (tests/unit/test_dag_parse_cost.py): Airflow processes load plugins.
-HEAVY = [
-    "torch",
-    "onnxruntime",
-    "onnx",
-    "evidently",
-    "great_expectations",
-    "mlflow",
-    "dvc",
-    "pandas",
-    "sklearn",
-]
 
 
 def test_airflow_lists_the_mlflow_connection_type_and_the_extra_links() -> None:
