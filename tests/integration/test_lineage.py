@@ -14,6 +14,7 @@ from mlops_tasks.errors import DataError
 from mlops_tasks.storage import ObjectStore, partition_prefix, publish_manifest
 from mlops_tasks.versioning import create_data_version
 
+from .test_model_stage import lineage_record
 from .test_versioning import curate
 
 DAY = dt.date(2013, 1, 1)
@@ -95,19 +96,7 @@ def test_a_data_version_without_recorded_landing_files_falls_back_to_the_staging
 
 
 def valid_record(**overrides: Any) -> dict[str, Any]:
-    record = {
-        "model_name": "flights_delay",
-        "model_version": "3",
-        "landing_files": ["s3://b/p/landing/date=2013-01-01/flights.csv"],
-        "curated_partitions": ["s3://b/p/curated/date=2013-01-01/"],
-        "validation_reports": ["s3://b/p/reports/validation/date=2013-01-01/validation.json"],
-        "data_version": "abc123",
-        "run_id": "r1",
-        "onnx_artifact_uri": "mlflow-artifacts:/1/r1/artifacts/model/model.onnx",
-        "gate": {"promote": True, "reason": "promoted: no champion yet"},
-        "promoted": True,
-    }
-    return record | overrides
+    return lineage_record(**{"model_version": "3", **overrides})
 
 
 def without(key: str) -> dict[str, Any]:
