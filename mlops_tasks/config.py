@@ -485,7 +485,11 @@ class DriftSpec(_Strict):
         0.05, gt=0, lt=1, description="Small samples (<= 1000 reference values): drift when p-value is below."
     )
     wasserstein_threshold: float = Field(
-        0.1, gt=0, description="Numeric columns: drift when Wasserstein distance / reference std >= this."
+        0.1,
+        gt=0,
+        description="Numeric columns: drift when Wasserstein distance / reference std >= this. Also the model's "
+        "score (prediction drift: the champion's scores of the window vs of its training data), which alone "
+        "requests a retrain, whatever drift_share_threshold.",
     )
     jensenshannon_threshold: float = Field(
         0.1, gt=0, le=1, description="Categorical columns: drift when Jensen-Shannon distance >= this."

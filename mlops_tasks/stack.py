@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mlops_tasks.config import config_dir as _config_dir
 from mlops_tasks.storage import ObjectStore, S3Settings
 
 if TYPE_CHECKING:
@@ -279,7 +280,8 @@ class LocalStack:
         self.log_dir = self.state_dir / "logs"
         self.airflow_home = self.state_dir / "airflow"
         self.with_airflow = airflow
-        self.config_dir = Path(config_dir or REPO_ROOT / "configs").resolve()
+        # $MLOPS_TASKS_CONFIG_DIR as every other command reads it; the stack hands this to Airflow.
+        self.config_dir = Path(config_dir or _config_dir()).resolve()
         self.dags_dir = Path(dags_dir or REPO_ROOT / "dags").resolve()
         self.plugins_dir = Path(plugins_dir or REPO_ROOT / "plugins").resolve()
         self.timeout = timeout

@@ -8,6 +8,8 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+
 from mlops_tasks.stack import Service, start_process
 
 
@@ -54,3 +56,19 @@ def test_stop_of_a_service_killed_by_other_hands_leaves_its_group_alone(tmp_path
         assert running(stray)
     finally:
         os.kill(stray, signal.SIGKILL)
+
+
+def test_the_stack_serves_the_config_directory_every_command_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`MLOPS_TASKS_CONFIG_DIR=... mlops-tasks up` must schedule those pipelines, not the repo's."""
+    from mlops_tasks.config import CONFIG_DIR_ENV
+    from mlops_tasks.stack import LocalStack
+
+    monkeypatch.setenv(CONFIG_DIR_ENV, str(tmp_path))
+    assert LocalStack(state_dir=tmp_path / "state").config_dir == tmp_path.resolve()
+    monkeypatch.delenv(CONFIG_DIR_ENV)
+    assert (
+        LocalStack(state_dir=tmp_path / "state").config_dir
+        == (Path(__file__).parents[2] / "configs").resolve()
+    )
