@@ -464,6 +464,10 @@ def _log_to_run(tracking_uri: str, run_id: str, decision: dict[str, Any], report
     ):
         (Path(tmp) / "gate.json").write_bytes(report)
         (Path(tmp) / "gate.html").write_bytes(page)
+        # A retry measures the same eval metrics again: log only what changed (the latency), so the
+        # run's history holds one point per evaluation, not one per attempt.
+        logged = client.get_run(run_id).data.metrics
+        metrics = [m for m in metrics if logged.get(m.key) != m.value]
         client.log_batch(run_id, metrics=metrics, tags=tags)
         client.log_artifacts(run_id, tmp, "gate")
 

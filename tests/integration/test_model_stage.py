@@ -419,6 +419,14 @@ def test_gate_report_is_written_to_the_store_and_the_run(
     assert b"<svg" in store.get_bytes(key.replace("gate.json", "gate.html"))
     run = tracking.client(mlflow_server).get_run(trained["run_id"])
     assert run.data.tags["gate_decision"] == "reject" and "eval_roc_auc" in run.data.metrics
+    # A retry of the gate task writes the same report and adds no second point of the same metric.
+    again = evaluation.evaluate_and_gate(
+        cfg, trained["run_id"], split[1], tracking_uri=mlflow_server, store=store, day=DAY
+    )
+    assert again["reason"] == decision["reason"]
+    assert history(mlflow_server, trained["run_id"], "eval_roc_auc") == [
+        (0, decision["challenger"]["metrics"]["roc_auc"])
+    ]
 
 
 @pytest.mark.parametrize(
