@@ -203,12 +203,14 @@ def cmd_seed(args: argparse.Namespace) -> int:
 
 
 def cmd_data_checkout(args: argparse.Namespace) -> int:
-    from mlops_tasks.versioning import checkout_data_version
+    from mlops_tasks.versioning import checkout_data_version, resolve_version
 
     cfg = load_pipeline(args.pipeline)
-    target = checkout_data_version(_store(cfg), cfg, args.version, Path(args.target_dir))
+    store = _store(cfg)
+    version = resolve_version(store, cfg, args.version)
+    target = checkout_data_version(store, cfg, version, Path(args.target_dir))
     files = [p for p in Path(target).rglob("*") if p.is_file()]
-    print(f"restored data version {args.version}: {len(files)} file(s) in {target}")
+    print(f"restored data version {version}: {len(files)} file(s) in {target}")
     return 0
 
 
@@ -301,8 +303,18 @@ def build_parser() -> argparse.ArgumentParser:
         "one weather CSV per day, for flights_delay's schema, whatever the pipeline), or --sklearn-dataset.",
     )
     p.add_argument("pipeline", nargs="?", default="flights_delay")
-    p.add_argument("--start", type=_iso_date("--start"), default=dt.date(2013, 1, 1))
-    p.add_argument("--end", type=_iso_date("--end"), default=dt.date(2013, 12, 31))
+    p.add_argument(
+        "--start",
+        type=_iso_date("--start"),
+        default=dt.date(2013, 1, 1),
+        help="First day (default: %(default)s).",
+    )
+    p.add_argument(
+        "--end",
+        type=_iso_date("--end"),
+        default=dt.date(2013, 12, 31),
+        help="Last day (default: %(default)s).",
+    )
     p.add_argument(
         "--sklearn-dataset",
         help="Land a scikit-learn bundled data set (wine, iris, diabetes, ...) spread over --start..--end "
@@ -312,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="Data versions.").add_subparsers(dest="data_command", required=True)
     p = add("checkout", cmd_data_checkout, "Restore the exact bytes of a DVC data version.", data)
     p.add_argument("pipeline")
-    p.add_argument("version")
+    p.add_argument("version", help="The data version (as lineage prints it), or its first characters.")
     p.add_argument("target_dir")
 
     model = sub.add_parser("model", help="Registered models.").add_subparsers(

@@ -93,7 +93,7 @@ _MULTIPART = TransferConfig(
     multipart_threshold=SINGLE_PUT_BYTES, multipart_chunksize=16 * 2**20, max_concurrency=4
 )
 
-# Areas of a pipeline's key space (DESIGN.md, "Object layout").
+# Areas of a pipeline's key space (docs/operators.md, "Object layout").
 AREAS = (
     "landing",
     "staging",
@@ -106,7 +106,6 @@ AREAS = (
     "reports/gate",
     "reports/shadow",
     "lineage",
-    "models",
     "state",
     "data_versions",
 )

@@ -130,6 +130,28 @@ def read_record(store: ObjectStore, cfg: PipelineConfig, version: str) -> dict[s
         ) from None
 
 
+def resolve_version(store: ObjectStore, cfg: PipelineConfig, version: str) -> str:
+    """The data version ``version`` names: itself, or the one version it is the start of (as the
+    demo and the UI shorten versions to 12 characters). :class:`DataVersionError` if it names none
+    or several."""
+    prefix = _record_key(cfg, version).removesuffix(".json")
+    versions = sorted(
+        o.key.rsplit("/", 1)[-1].removesuffix(".json") for o in store.list(prefix) if o.key.endswith(".json")
+    )
+    if version in versions:
+        return version
+    if len(versions) > 1:
+        raise DataVersionError(
+            f"'{version}' is the start of {len(versions)} data versions of '{cfg.name}' "
+            f"({', '.join(versions[:5])}); give more of it."
+        )
+    if not versions:
+        raise DataVersionError(
+            f"data version '{version}' of '{cfg.name}' is unknown: nothing under {store.uri(prefix)}."
+        )
+    return versions[0]
+
+
 def checkout_data_version(
     store: ObjectStore, cfg: PipelineConfig, version: str, target_dir: str | Path
 ) -> Path:

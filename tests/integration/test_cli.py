@@ -164,6 +164,32 @@ def test_seed_lands_example_days_through_the_connection(s3_endpoint: str, mlflow
     assert store.exists("flights_delay/landing/date=2013-05-02/flights.csv")
 
 
+def test_data_checkout_takes_a_version_as_the_demo_prints_it(
+    s3_endpoint: str, mlflow_server: str, tmp_path: Path
+) -> None:
+    import datetime as dt
+
+    import pandas as pd
+
+    from mlops_tasks.config import load_config
+    from mlops_tasks.ingestion import to_parquet_bytes
+    from mlops_tasks.storage import partition_prefix, publish_manifest, write_part
+    from mlops_tasks.versioning import create_data_version
+
+    store, cfg, day = make_store(s3_endpoint, "mlops"), load_config(EXAMPLE_CONFIG), dt.date(2013, 11, 30)
+    partition = partition_prefix(cfg.prefix, "curated", day)
+    frame = pd.DataFrame({"dep_delay": [1.0, 2.0], "_day": day.isoformat()})
+    part = write_part(store, partition, "data.parquet", to_parquet_bytes(frame), rows=2)
+    publish_manifest(store, partition, [part], day=day.isoformat())
+    version = create_data_version(store, cfg, [day])["data_version"]
+    env = stack.connection_env(s3_endpoint, mlflow_server)
+    result = cli("data", "checkout", "flights_delay", version[:12], "restored", env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert f"restored data version {version}: 1 file(s)" in result.stdout
+    restored = tmp_path / "restored" / "date=2013-11-30" / part["key"].rsplit("/", 1)[-1]
+    assert restored.read_bytes() == store.get_bytes(part["key"])
+
+
 def test_unreachable_object_store_is_a_clear_error_not_a_traceback(mlflow_server: str) -> None:
     env = stack.connection_env(f"http://127.0.0.1:{stack.free_port()}", mlflow_server)
     result = cli("seed", "flights_delay", "--start", "2013-05-01", "--end", "2013-05-01", env=env)

@@ -22,6 +22,7 @@ from mlops_tasks.versioning import (
     dvc_repo,
     load_data_version,
     read_record,
+    resolve_version,
 )
 
 DAY1, DAY2, DAY3 = dt.date(2013, 1, 1), dt.date(2013, 1, 2), dt.date(2013, 1, 3)
@@ -67,6 +68,23 @@ def test_checkout_restores_the_curated_parts_byte_for_byte(store, example_config
         assert (target / f"date={day.isoformat()}" / key.rsplit("/", 1)[-1]).read_bytes() == store.get_bytes(
             key
         )
+
+
+def test_a_version_is_found_by_its_first_characters_when_they_name_one(store, example_config):
+    curate(store, example_config, DAY1, [1, 2])
+    version = create_data_version(store, example_config, [DAY1])["data_version"]
+    assert resolve_version(store, example_config, version[:12]) == version
+    assert resolve_version(store, example_config, version) == version
+    with pytest.raises(DataVersionError, match="is unknown"):
+        resolve_version(store, example_config, "f" * 12 if not version.startswith("f") else "0" * 12)
+    # a second version sharing the first characters (its record only: enough to be listed)
+    twin = version[:12] + ("0" if version[12] != "0" else "1") * (len(version) - 12)
+    store.put_json(f"{example_config.prefix}/data_versions/{twin}.json", {})
+    with pytest.raises(DataVersionError, match="is the start of 2 data versions"):
+        resolve_version(store, example_config, version[:12])
+    assert resolve_version(store, example_config, version) == version
+    with pytest.raises(DataVersionError, match="is not a data version"):
+        resolve_version(store, example_config, "../etc")
 
 
 def test_load_reads_the_version_rows_and_columns(store, example_config):
