@@ -179,7 +179,7 @@ class SourceSpec(_Strict):
     """Which raw files under ``landing/date=YYYY-MM-DD/`` hold the main table."""
 
     file_pattern: str = Field("*", description="Glob matched against file names in a landing partition.")
-    csv_delimiter: str = Field(",", min_length=1, max_length=1)
+    csv_delimiter: str = Field(",", min_length=1, max_length=1, description="Field separator of CSV files.")
     encoding: str = Field(
         "utf-8", description="Text encoding of CSV files (a Python codec: utf-8, latin-1, ...)."
     )
@@ -201,7 +201,9 @@ class SourceSpec(_Strict):
 class JoinSpec(_Strict):
     """A side table landed next to the main files and left-joined onto them (e.g. hourly weather)."""
 
-    name: Annotated[str, Field(pattern=_IDENTIFIER)]
+    name: Annotated[
+        str, Field(pattern=_IDENTIFIER, description="Name of the side table (in messages and reports).")
+    ]
     file_pattern: str = Field(description="Glob matched against file names in the same landing partition.")
     keys: list[str] = Field(min_length=1, description="Join key columns, present in both tables.")
     columns: list[ColumnSpec] = Field(min_length=1, description="Columns of the side table, typed.")
@@ -210,19 +212,29 @@ class JoinSpec(_Strict):
 class ExpectationSpec(_Strict):
     """Any Great Expectations 1.x expectation, by its snake_case type name and keyword arguments."""
 
-    type: Annotated[str, Field(pattern=r"^expect_[a-z0-9_]+$")]
-    kwargs: dict[str, Any] = Field(default_factory=dict)
+    type: Annotated[
+        str,
+        Field(pattern=r"^expect_[a-z0-9_]+$", description="e.g. expect_column_values_to_be_between."),
+    ]
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The expectation's arguments, e.g. {column: dep_delay, min_value: -60}.",
+    )
 
 
 class DataSpec(_Strict):
     source: SourceSpec = SourceSpec()
-    columns: list[ColumnSpec] = Field(min_length=1)
+    columns: list[ColumnSpec] = Field(
+        min_length=1, description="Columns of the main table, typed; other columns of the files are dropped."
+    )
     key: list[str] = Field(
         min_length=1,
         description="Columns that identify a row uniquely: predictions carry them, and the drift monitor and "
         "the shadow report join scored rows to curated rows and labels on them.",
     )
-    joins: list[JoinSpec] = Field(default_factory=list)
+    joins: list[JoinSpec] = Field(
+        default_factory=list, description="Side tables left-joined onto the main one."
+    )
 
     @model_validator(mode="after")
     def _names_are_consistent(self) -> DataSpec:
@@ -303,11 +315,11 @@ class ValidationSpec(_Strict):
 
 
 class PositiveWhen(_Strict):
-    greater_than: float
+    greater_than: float = Field(description="A row is positive when the target column is above this.")
 
 
 class TargetSpec(_Strict):
-    task: Literal["binary", "multiclass", "regression"]
+    task: Literal["binary", "multiclass", "regression"] = Field(description="What the model predicts.")
     column: str = Field(description="Raw column the label comes from.")
     positive_when: PositiveWhen | None = Field(
         None, description="Binary tasks on a numeric column: the rule that makes a row positive."
@@ -321,8 +333,14 @@ class TargetSpec(_Strict):
 
 
 class FeatureSpec(_Strict):
-    numeric: list[str] = Field(default_factory=list)
-    categorical: list[str] = Field(default_factory=list)
+    numeric: list[str] = Field(
+        default_factory=list,
+        description="Number columns: missing values imputed with the training median, then standardised.",
+    )
+    categorical: list[str] = Field(
+        default_factory=list,
+        description="Columns whose values are categories (learned embeddings; unseen values share one slot).",
+    )
 
     @model_validator(mode="after")
     def _not_empty(self) -> FeatureSpec:
@@ -342,9 +360,11 @@ class FeatureSpec(_Strict):
 
 
 class ModelSpec(_Strict):
-    hidden_layers: list[Annotated[int, Field(ge=1, le=4096)]] = Field(default_factory=lambda: [128, 64])
+    hidden_layers: list[Annotated[int, Field(ge=1, le=4096)]] = Field(
+        default_factory=lambda: [128, 64], description="Widths of the MLP's hidden layers."
+    )
     embedding_dim: int | None = Field(None, ge=1, le=256, description="None: min(16, (vocab+1)//2).")
-    dropout: float = Field(0.1, ge=0, lt=1)
+    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout after each hidden layer, in training.")
     unknown_category_rate: float = Field(
         0.05,
         ge=0,
@@ -354,11 +374,15 @@ class ModelSpec(_Strict):
         "is not trained (it keeps its random initial vector, shrunk by weight_decay) unless the "
         "training rows have missing values.",
     )
-    epochs: int = Field(10, ge=1, le=1000)
-    batch_size: int = Field(1024, ge=1)
-    learning_rate: float = Field(1e-3, gt=0, le=1)
-    weight_decay: float = Field(0.0, ge=0)
-    early_stopping_patience: int = Field(3, ge=1)
+    epochs: int = Field(10, ge=1, le=1000, description="Most passes over the training rows.")
+    batch_size: int = Field(1024, ge=1, description="Rows per optimiser step.")
+    learning_rate: float = Field(1e-3, gt=0, le=1, description="AdamW's learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW's weight decay.")
+    early_stopping_patience: int = Field(
+        3,
+        ge=1,
+        description="Stop after this many epochs without a better validation loss; the best epoch is kept.",
+    )
     seed: int = _SEED
     threads: int = Field(2, ge=1, description="torch intra-op threads during training.")
 
@@ -400,7 +424,9 @@ class ExportSpec(_Strict):
         description="Max difference between torch and onnxruntime outputs: absolute for probabilities, "
         "in target standard deviations for a regression score.",
     )
-    parity_rows: int = Field(2048, ge=1)
+    parity_rows: int = Field(
+        2048, ge=1, description="Evaluation rows the torch/onnxruntime parity check scores."
+    )
     quantize: bool = Field(False, description="Try dynamic int8 quantisation.")
     quantize_metric_tolerance: float = Field(
         0.005, ge=0, description="Accept the int8 model only if the gate metric drops less than this."
@@ -412,14 +438,22 @@ _SHARE_METRICS = ("roc_auc", "pr_auc", "accuracy", "f1")
 
 
 class GateSpec(_Strict):
-    primary_metric: MetricName = "roc_auc"
+    primary_metric: MetricName = Field(
+        "roc_auc", description="The metric the gate compares (a loss or error: lower is better)."
+    )
     min_value: float | None = Field(None, description="Absolute floor (ceiling for losses).")
     min_improvement: float = Field(
         0.0, ge=0, description="Margin by which the challenger must beat the champion."
     )
-    max_onnx_bytes: int | None = Field(None, ge=1)
-    max_p95_batch_latency_ms: float | None = Field(None, gt=0)
-    latency_batch_rows: int = Field(1024, ge=1)
+    max_onnx_bytes: int | None = Field(None, ge=1, description="Reject a model file larger than this.")
+    max_p95_batch_latency_ms: float | None = Field(
+        None,
+        gt=0,
+        description="Reject a model whose p95 time to score one batch of latency_batch_rows exceeds this.",
+    )
+    latency_batch_rows: int = Field(
+        1024, ge=1, description="Rows per batch of the gate's latency measurement."
+    )
 
     @model_validator(mode="after")
     def _floor_in_range(self) -> GateSpec:
@@ -469,7 +503,9 @@ class InferenceSpec(_Strict):
         description="onnxruntime threads inside one call (0 lets onnxruntime pick): the evaluation gate, "
         "the drift monitor, and batch inference when scoring_threads is 1.",
     )
-    graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
+    graph_optimization: Literal["disable", "basic", "extended", "all"] = Field(
+        "all", description="onnxruntime's graph optimisation level."
+    )
 
 
 class DriftSpec(_Strict):
@@ -478,9 +514,16 @@ class DriftSpec(_Strict):
         description="Optional cron or preset (as training.schedule) in addition to the predictions asset, "
         "firing once a day: each run checks one day.",
     )
-    window_days: int = Field(7, ge=1)
-    drift_share_threshold: float = Field(0.3, gt=0, le=1)
-    critical_columns: list[str] = Field(default_factory=list)
+    window_days: int = Field(
+        7, ge=1, description="Days of scored rows each check compares, ending on the checked day."
+    )
+    drift_share_threshold: float = Field(
+        0.3, gt=0, le=1, description="Retrain when at least this share of the monitored columns drifted."
+    )
+    critical_columns: list[str] = Field(
+        default_factory=list,
+        description="Columns whose drift alone requests a retrain (also monitored if not features).",
+    )
     column_p_value: float = Field(
         0.05, gt=0, lt=1, description="Small samples (<= 1000 reference values): drift when p-value is below."
     )
@@ -509,8 +552,12 @@ class DriftSpec(_Strict):
         description="Rows per side (seeded sample, at most sample_rows) in the Evidently HTML report: its "
         "rendering cost grows with the rows, and the decision does not depend on it.",
     )
-    min_rows: int = Field(1000, ge=1)
-    cooldown_days: int = Field(7, ge=0)
+    min_rows: int = Field(
+        1000, ge=1, description="Fewer rows on a side (or labelled rows, for the live metric): no decision."
+    )
+    cooldown_days: int = Field(
+        7, ge=0, description="No second retrain request less than this many days from one already made."
+    )
     seed: int = _SEED
 
 
@@ -521,7 +568,9 @@ class StorageSpec(_Strict):
         max_length=250,
         description="Airflow connection (type aws) of the object store.",
     )
-    bucket: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")] = "mlops"
+    bucket: Annotated[
+        str, Field(pattern=r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$", description="S3 bucket of the pipeline.")
+    ] = "mlops"
     prefix: str | None = Field(None, description="Key prefix of this pipeline; defaults to its name.")
 
     @field_validator("prefix")
@@ -555,7 +604,7 @@ class MlflowSpec(_Strict):
 
 class PipelineConfig(_Strict):
     name: Annotated[str, Field(pattern=_IDENTIFIER, description="Pipeline id; DAG ids start with it.")]
-    description: str = ""
+    description: str = Field("", description="Shown in the DAGs' docs.")
     start_date: dt.date = Field(description="First logical date of every DAG of this pipeline.")
     end_date: dt.date | None = Field(
         None,
@@ -564,7 +613,7 @@ class PipelineConfig(_Strict):
         "runs included; asset-triggered runs carry no date and still run (a retrain request with "
         "window_end trains on any window).",
     )
-    owner: str = "mlops"
+    owner: str = Field("mlops", description="The DAGs' owner in Airflow.")
     retries: int = Field(
         2, ge=0, le=10, description="Retries of a task that failed for an infrastructure reason."
     )
@@ -925,4 +974,22 @@ def _type_name(prop: dict[str, Any]) -> str:
         return " \\| ".join(_type_name(p) for p in prop["anyOf"])
     if prop.get("type") == "array":
         return f"list[{_type_name(prop.get('items', {}))}]"
-    return str(prop.get("type", "any"))
+    return str(prop.get("type", "any")) + _limits(prop)
+
+
+_BOUNDS = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}
+
+
+def _limits(prop: dict[str, Any]) -> str:
+    """``prop``'s bounds as the reference shows them after its type, e.g. `` (>= 1, <= 1000)``."""
+    bounds = [f"{op} {prop[key]}" for key, op in _BOUNDS.items() if key in prop]
+    shortest, longest = prop.get("minLength"), prop.get("maxLength")
+    if shortest == longest and shortest is not None:
+        bounds.append(f"{shortest} character{'s' if shortest != 1 else ''}")
+    elif shortest and longest:
+        bounds.append(f"{shortest} to {longest} characters")
+    elif longest:
+        bounds.append(f"<= {longest} characters")
+    elif shortest:
+        bounds.append("not empty" if shortest == 1 else f">= {shortest} characters")
+    return f" ({', '.join(bounds)})" if bounds else ""

@@ -148,6 +148,16 @@ def test_reference_documents_every_section() -> None:
     assert "`max_bad_row_fraction`" in text
 
 
+def test_reference_shows_each_fields_limits_next_to_its_type() -> None:
+    text = render_reference()
+    assert "| `epochs` | integer (>= 1, <= 1000) | 10 | Most passes" in text
+    assert "| `learning_rate` | number (> 0, <= 1) | 0.001 |" in text
+    assert "| `csv_delimiter` | string (1 character) |" in text
+    assert "| `connection_id` | string (<= 250 characters) |" in text
+    assert "| `embedding_dim` | integer (>= 1, <= 256) \\| null | null |" in text
+    assert "| `name` | string (not empty) | required |" in text
+
+
 def test_committed_reference_is_up_to_date() -> None:
     assert (REPO / "docs" / "configuration.md").read_text() == render_reference()
 
