@@ -79,10 +79,11 @@ INT64_DIGITS = len(str(INT64_MAX))
 # that way); other numbers ("1.2e1") go through Decimal, slower but just as exact.
 _INTEGER = re.compile(r"([+-]?[0-9]+)(?:\.0*)?")
 _DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
-# Timestamp text (upper-cased) that carries its zone: a time, then Z or an offset of hours with
-# optional minutes ("+05" as PostgreSQL writes it, "+0530", "+05:30"). The time is required: a date
-# alone ends in "-02" too, but is naive.
-_AWARE_TIMESTAMP = r"[T ]\d.*(?:Z|[+-]\d\d(?::?\d\d)?)$"
+# Timestamp text (upper-cased) that may carry a zone: a time, then a sign or a letter anywhere after
+# it ("Z", "+05" as PostgreSQL writes it, "+5:00", "-05:00[AMERICA/NEW_YORK]" as Java writes it).
+# Broad on purpose: pandas gives the naive values after any such text its offset, even when it
+# cannot parse the text. The time is required: a date alone has signs too ("2013-01-02"), but is naive.
+_AWARE_TIMESTAMP = r"[T ]\d.*[-+A-Z]"
 # The column name pandas gives an index level without a name.
 _UNNAMED_INDEX = re.compile(r"__index_level_\d+__")
 
@@ -460,6 +461,9 @@ def _arrow_series(key: str, name: str, column: pa.ChunkedArray) -> pd.Series:
         return column.cast(pa.float64()).to_pandas()
     if pa.types.is_date(arrow):
         return column.cast(pa.timestamp("ms")).to_pandas()
+    if pa.types.is_nested(arrow):
+        # As Python objects a list reads as text ("['AA']"); as arrow values it is of no type's family.
+        return column.to_pandas(types_mapper=pd.ArrowDtype)
     return column.to_pandas()
 
 
@@ -506,6 +510,9 @@ def _parse_csv(
     if not text.strip():
         raise RejectedFileError(f"{key} is empty: it has no header line.")
     lines = _Lines(list(io.StringIO(text, newline="")))
+    # The csv module refuses fields over 128 KiB (a global limit); no field is longer than the file,
+    # which is already in memory.
+    csv.field_size_limit(max(csv.field_size_limit(), len(text)))
     # Strict: a quote that is never closed raises at the end of the file instead of swallowing every
     # later line into one field.
     reader = csv.reader(lines, delimiter=delimiter, strict=True)
@@ -618,9 +625,11 @@ def convert_column(raw: pd.Series, kind: str) -> tuple[pd.Series, np.ndarray, st
     """
     family = _family(raw.dtype)
     if family != "text":
-        if kind in ("string", "category"):
-            return raw.astype(STRING_DTYPE), np.zeros(len(raw), dtype=bool), ""
         missing = raw.isna().to_numpy(dtype=bool)
+        if kind in ("string", "category"):
+            if family == "nested":
+                return _wrong_family(raw, missing, STRING_DTYPE, "is not text (a list, struct or map)")
+            return raw.astype(STRING_DTYPE), np.zeros(len(raw), dtype=bool), ""
         values = raw
     else:
         text, undecodable = _as_text(raw)
@@ -640,7 +649,9 @@ def convert_column(raw: pd.Series, kind: str) -> tuple[pd.Series, np.ndarray, st
 
 
 def _family(dtype: Any) -> str:
-    """What a series holds: "text", "int", "float", "bool", "timestamp" or "other"."""
+    """What a series holds: "nested", "text", "int", "float", "bool", "timestamp" or "other"."""
+    if isinstance(dtype, pd.ArrowDtype) and pa.types.is_nested(dtype.pyarrow_dtype):
+        return "nested"
     if pd.api.types.is_object_dtype(dtype) or isinstance(dtype, pd.StringDtype | pd.CategoricalDtype):
         return "text"
     if pd.api.types.is_bool_dtype(dtype):

@@ -80,8 +80,6 @@ SCHEMA = ("<schema>",)
 _TYPE_EXPECTATIONS = {"expect_column_values_to_be_of_type", "expect_column_values_to_be_in_type_list"}
 # Expectation kwargs that name columns of the batch.
 _COLUMN_KWARGS = ("column", "column_A", "column_B", "column_list", "column_set")
-# The column each entry of an ``_ingest_error`` names: "delay: 'abc' is...; weather: temp: 'x' is...".
-_ERROR_COLUMN = re.compile(r"(?:^|; )((?:[^:;' ]+: )?[^:;' ]+): ")
 
 
 class StagedDataMissingError(FileNotFoundError):
@@ -645,10 +643,14 @@ def _largest_first(counts: Mapping[str, int] | pd.Series) -> dict[str, int]:
 def _error_columns(errors: pd.Series, columns: pd.Index) -> dict[str, int]:
     """The columns ``_ingest_error`` texts name, as ``delay`` or ``weather.temp`` (a join's column),
     with the number of rows each failed in."""
+    # Each entry starts with its column: "delay: 'abc' is...; weather: temp: 'x' is...". The names
+    # are matched as declared, since a column name may hold spaces, signs and colons.
+    names = "|".join(re.escape(c) for c in sorted(columns, key=len, reverse=True))
+    entry = re.compile(rf"(?:^|; )(?:([^:;' ]+): )?({names}): ")
     named = errors.astype(object).map(
-        lambda text: sorted({c for c in _ERROR_COLUMN.findall(text) if c.rpartition(": ")[2] in columns})
+        lambda text: sorted({f"{join}.{c}" if join else c for join, c in entry.findall(text)})
     )
-    return _largest_first(named.explode().dropna().str.replace(": ", ".", regex=False).value_counts())
+    return _largest_first(named.explode().dropna().value_counts())
 
 
 def gx_error(result: ExpectationValidationResult) -> str | None:

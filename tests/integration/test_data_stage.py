@@ -189,6 +189,17 @@ def test_quoted_fields_may_hold_delimiters_and_newlines(store, cfg):
     assert ingested["malformed_lines"] == 0
 
 
+def test_a_field_longer_than_the_csv_modules_default_limit_is_one_field_not_bad_lines(store, cfg):
+    rows = [g + ',""' for g in GOOD]
+    rows[1] = GOOD[1] + ',"' + "a long note\n" * 20_000 + '"'  # 240 kB over 20,001 lines
+    land(store, cfg, "flights.csv", csv(*rows, header=HEADER + ",note"))
+
+    ingested, validated = run(store, cfg)
+
+    assert ingested["malformed_lines"] == 0 and validated["good_rows"] == 4
+    assert curated(store, cfg)["_source_line"].tolist() == [2, 3, 20_004, 20_005]
+
+
 def test_a_byte_order_mark_before_a_quoted_header_is_not_part_of_the_first_name(store, cfg):
     header = ",".join(f'"{name}"' for name in HEADER.split(","))
     land(store, cfg, "flights.csv", ("\ufeff" + csv(*GOOD, header=header)).encode())
@@ -447,6 +458,21 @@ def test_bool_parquet_column_in_a_timestamp_column_quarantines_its_rows_and_the_
     assert curated(store, cfg)["id"].tolist() == [1, 2, 3, 4] and validated["bad_rows"] == 2
 
 
+def test_lists_in_a_parquet_text_column_quarantine_their_rows_instead_of_becoming_text(store, cfg):
+    land(store, cfg, "flights_a.csv", csv(*GOOD))
+    land(store, cfg, "flights_b.parquet", flights_parquet(carrier=[["AA"], None], origin=[["EWR"], ["JFK"]]))
+
+    _, validated = run(store, cfg)
+
+    bad = quarantined(store, cfg)
+    assert bad["id"].tolist() == [5, 6] and bad["origin"].isna().all()
+    assert (
+        "ingest: carrier: ['AA'] is not text (a list, struct or map); origin: ['EWR'] is not text (a list, "
+        "struct or map)" in list(bad["_reasons"][0])
+    )
+    assert curated(store, cfg)["id"].tolist() == [1, 2, 3, 4] and validated["bad_rows"] == 2
+
+
 def test_too_many_bad_rows_fail_the_gate(store, cfg):
     land(store, cfg, "flights.csv", csv(*(f"{i},,AA,EWR,2013-01-01T10:00:00Z" for i in range(1, 4)), GOOD[3]))
     ingest_day(store, cfg, DAY)
@@ -535,6 +561,24 @@ def test_the_gate_message_names_the_files_and_the_columns_of_the_bad_rows(store,
         if r["rule"] == "values convert to their types"
     )
     assert rule["columns"] == {"delay": 2, "weather.temp": 1}
+
+
+def test_the_gate_message_names_columns_whose_names_have_spaces_and_signs(store, cfg):
+    data = cfg.model_dump()
+    data["data"]["columns"].append({"name": "dep time", "type": "int"})
+    data["data"]["joins"][0]["columns"][2]["name"] = "temp (°F)"
+    data["features"]["numeric"] = ["temp (°F)"]
+    data["validation"]["max_bad_row_fraction"] = 0.1
+    cfg = PipelineConfig.model_validate(data)
+    header = HEADER + ",dep time"
+    land(store, cfg, "flights.csv", csv(GOOD[0] + ",soon", GOOD[1] + ",517", header=header))
+    land(store, cfg, "weather.csv", "origin,time_hour,temp (°F)\nJFK,2013-01-01T10:00:00Z,hot\n")
+    ingest_day(store, cfg, DAY)
+
+    with pytest.raises(ValidationGateError) as failure:
+        validate_day(store, cfg, DAY)
+
+    assert "in column(s) dep time (1), weather.temp (°F) (1) from flights.csv (2)" in str(failure.value)
 
 
 # -- formats and layout -------------------------------------------------------------------------

@@ -77,6 +77,22 @@ def test_hour_only_offsets_are_aware_and_do_not_shift_naive_values_in_the_same_c
     assert typed.tolist() == [pd.Timestamp(e) for e in expected[::order]] and not bad.any()
 
 
+@pytest.mark.parametrize(
+    "zoned",
+    [
+        "2013-01-01T05:00:00-05:00[America/New_York]",
+        "2013-01-01T05:00:00-05:00 EST",
+        "2013-01-01T05:00:00-5:00",
+    ],
+    ids=["java zone id", "zone name after the offset", "one-digit offset hour"],
+)
+def test_unusual_zone_text_never_shifts_the_naive_values_after_it(zoned: str):
+    # pandas 2.3 gives the naive values after such a value its offset: 10:00 became 15:00.
+    typed, _, _ = convert_column(raw(zoned, "2013-01-01 10:00", "2013-01-01T11:00:00"), "timestamp")
+
+    assert typed.tolist()[1:] == [pd.Timestamp("2013-01-01T10:00Z"), pd.Timestamp("2013-01-01T11:00Z")]
+
+
 def test_parquet_typed_values_convert_without_text_parsing():
     typed, bad, _ = convert_column(pd.Series([1.0, 2.5, float("inf")]), "int")
     assert typed.tolist()[0] == 1 and bad.tolist() == [False, True, True]
