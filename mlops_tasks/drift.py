@@ -40,6 +40,7 @@ grows with rows (plots), the decision's statistics are computed on ``sample_rows
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import math
 import re
@@ -54,7 +55,7 @@ from scipy.spatial import distance
 
 from mlops_tasks.errors import DataError
 from mlops_tasks.features import SCORE_OUTPUT, category_strings
-from mlops_tasks.storage import partition_prefix
+from mlops_tasks.storage import CorruptObjectError, partition_prefix
 
 if TYPE_CHECKING:
     from mlops_tasks.config import PipelineConfig
@@ -441,6 +442,17 @@ def _stable_ids(html: str) -> str:
     return _RANDOM_ID.sub(lambda m: ids.setdefault(m.group(0), f"{len(ids):032x}"), html)
 
 
+# Evidently inlines the report's data as raw JSON in a <script> element: a "</script>" or "<!--" in a
+# column name (or value) would end or derail that element, breaking the page and turning the rest of
+# the name into markup. Outside its strings that JSON holds no "<" and no line break, so the element
+# ends at the first line break + "</script>", and "<" -> "\u003c" changes only how strings are spelled.
+_DATA_SCRIPT = re.compile(r"(<script>\n    var metric_\w+ = )(.*?)(\n</script>)", re.DOTALL)
+
+
+def _escape_data(html: str) -> str:
+    return _DATA_SCRIPT.sub(lambda m: m[1] + m[2].replace("<", "\\u003c") + m[3], html, count=1)
+
+
 def evidently_report(
     cfg: PipelineConfig,
     reference: pd.DataFrame,
@@ -536,7 +548,7 @@ def evidently_report(
             "drifted": col in failed,
             "reason": None,
         }
-    html = _stable_ids(snapshot.get_html_str(as_iframe=False))
+    html = _stable_ids(_escape_data(snapshot.get_html_str(as_iframe=False)))
     return html, _summary(cfg, data, columns, "evidently", limit)
 
 
@@ -592,6 +604,47 @@ def _describe(column: str, entry: dict) -> str:
     value = entry["statistic"] if entry["p_value"] is None else entry["p_value"]
     label = "distance" if entry["p_value"] is None else "p-value"
     return f"'{column}' ({entry['stat_test']} {label} {value} vs threshold {entry['threshold']})"
+
+
+def _is_day(value: Any) -> bool:
+    """An ISO day as :func:`next_state` writes it (days are compared as strings)."""
+    try:
+        return dt.date.fromisoformat(value).isoformat() == value
+    except (TypeError, ValueError):
+        return False
+
+
+def _state_problem(state: Any) -> str | None:
+    """What makes a stored cooldown state unreadable as :func:`next_state` writes it (or with the
+    bare trigger days of older states); None when it is readable."""
+    if not isinstance(state, dict):
+        return f"is not a JSON object but {json.dumps(state)[:80]}"
+    triggers = state.get("triggers", [])
+    if not isinstance(triggers, list):
+        return f"has 'triggers' {json.dumps(triggers)[:80]} where a list is expected"
+    for trigger in triggers:
+        if not _is_day(trigger) and not (
+            isinstance(trigger, dict)
+            and _is_day(trigger.get("day"))
+            and "run_id" in trigger
+            and isinstance(trigger["run_id"], str | None)
+        ):
+            return (
+                f"has trigger {json.dumps(trigger)[:80]} which is not "
+                '{"day": "YYYY-MM-DD", "run_id": <string or null>}'
+            )
+    last = state.get("last_check")
+    if last is not None and not (isinstance(last, dict) and _is_day(last.get("day"))):
+        return f'has \'last_check\' {json.dumps(last)[:80]} without a "day": "YYYY-MM-DD"'
+    return None
+
+
+def _state_error(uri: str, problem: str) -> DriftInputError:
+    return DriftInputError(
+        f"{uri}: the drift cooldown state {problem}. It records the retrains already requested, so the "
+        "check stops instead of overwriting it, and requests nothing. Repair it, or delete it to forget "
+        "those retrains (a day already requested may then request one again)."
+    )
 
 
 def _too_few_rows(cfg: PipelineConfig, comparison: dict[str, Any]) -> list[str]:
@@ -755,8 +808,10 @@ def run_check(
         html_uri = store.put_bytes(prefix + "drift.html", html.encode(), "text/html; charset=utf-8")
     decision: dict[str, Any] = {}
 
-    def decide_on(state: dict | None) -> dict[str, Any]:
+    def decide_on(state: Any) -> dict[str, Any]:
         nonlocal decision
+        if state is not None and (problem := _state_problem(state)):
+            raise _state_error(store.uri(state_key), problem)
         decision = decide(
             cfg,
             comparison,
@@ -768,7 +823,10 @@ def run_check(
         )
         return next_state(state, decision, day, check_run_id=check_run_id)
 
-    store.update_json(state_key, decide_on)
+    try:
+        store.update_json(state_key, decide_on)
+    except CorruptObjectError:
+        raise _state_error(store.uri(state_key), "is not valid JSON") from None
     report_uri = store.put_json(
         prefix + "drift.json", {"decision": decision, "comparison": comparison, "evidently": summary}
     )

@@ -198,6 +198,12 @@ def live_metric(
     if current.empty:
         return skipped(f"no rows scored by champion v{champion['version']} in the window")
     rows, label = labelled_rows(current, cfg)
+    # A row the champion scored NaN/inf has no error to measure (as in inference's shadow metrics);
+    # left in, it would make the metric undefined on every other row too, hiding a drop.
+    finite = np.isfinite(rows[features.SCORE_OUTPUT].to_numpy(dtype=np.float64))
+    if not finite.all():
+        log.warning("live %s: %d labelled rows have a non-finite score, left out", metric, (~finite).sum())
+        rows, label = rows[finite], label[finite]
     result["labelled_rows"] = len(rows)
     if len(rows) < cfg.drift.min_rows:
         return skipped(

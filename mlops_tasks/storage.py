@@ -384,7 +384,9 @@ class ObjectStore:
     def get_json(self, key: str) -> Any:
         """A JSON object; one that is not JSON (truncated, another encoding) is a
         :class:`CorruptObjectError` naming it."""
-        data = self.get_bytes(key)
+        return self._parsed_json(key, self.get_bytes(key))
+
+    def _parsed_json(self, key: str, data: bytes) -> Any:
         try:
             return json.loads(data)
         except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError both are
@@ -446,14 +448,14 @@ class ObjectStore:
         one update outlasts; after that it raises :class:`WriteConflictError` and has written nothing.
         ``change`` may thus run several times: keep it a cheap function of its argument. A store that
         ignores conditional headers (older S3-compatible servers) lets the last writer win, as a plain
-        :meth:`put_json` would.
+        :meth:`put_json` would. A stored object that is not JSON is a :class:`CorruptObjectError`.
         """
         sent: tuple[Any, bytes] | None = None  # the last conditional write that got a conflict
         for attempt in range(1, attempts + 1):
             if sent is not None:
                 time.sleep(random.uniform(0, 0.05 * attempt))  # racers answered 409 retry out of step
             stored, condition = self.read_for_write(key)
-            current = None if stored is None else json.loads(stored)
+            current = None if stored is None else self._parsed_json(key, stored)
             # botocore resends a PUT whose answer was lost (a timeout, a dropped connection): when S3
             # had applied it, the resend conflicts with the write itself, which is not another writer's.
             if sent is not None and stored == sent[1]:

@@ -178,3 +178,32 @@ def test_run_check_with_too_few_rows_writes_only_the_json_decision(
         "flights_delay/reports/drift/date=2013-07-08/drift.json"
     ]
     assert store.get_json(STATE)["last_check"]["status"] == "insufficient_data"
+
+
+@pytest.mark.parametrize(
+    ("stored", "problem"),
+    [
+        (b"{not json", "is not valid JSON"),
+        (b'["2013-07-10"]', "is not a JSON object"),
+        (b'{"triggers": [{"day": "2013-07-10"}]}', r'has trigger \{"day": "2013-07-10"\} which is not'),
+        (b'{"triggers": [{"day": "20130710", "run_id": null}]}', "has trigger .* which is not"),
+        (b'{"last_check": {"status": "drift"}}', "has 'last_check'"),
+    ],
+)
+def test_a_corrupt_cooldown_state_stops_the_check_naming_it_and_is_kept(
+    store: ObjectStore, cfg, winter, flights_weather, stored: bytes, problem: str
+):
+    # Overwriting it would forget the retrains it records, and request them again.
+    store.put_bytes(STATE, stored, "application/json")
+    with pytest.raises(
+        drift.DriftInputError, match=f"{store.uri(STATE)}: the drift cooldown state {problem}"
+    ):
+        drift.run_check(
+            store,
+            tune(cfg, "drift", {"sample_rows": 2000, "report_rows": 1000}),
+            dt.date(2013, 7, 14),
+            reference=winter,
+            current=days(flights_weather, "2013-07-08", "2013-07-14"),
+            state_key=STATE,
+        )
+    assert store.get_bytes(STATE) == stored

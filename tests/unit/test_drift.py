@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
+from html.parser import HTMLParser
 
 import numpy as np
 import pandas as pd
@@ -14,8 +16,8 @@ from mlops_tasks.config import PipelineConfig
 DAY = dt.date(2013, 7, 10)
 
 
-def make_config(**drift_knobs: object) -> PipelineConfig:
-    """A 3-feature pipeline with the given ``drift:`` settings."""
+def make_config(categorical: str = "c", **drift_knobs: object) -> PipelineConfig:
+    """A 3-feature pipeline with the given ``drift:`` settings (and name of the categorical feature)."""
     return PipelineConfig.model_validate(
         {
             "name": "toy",
@@ -25,13 +27,13 @@ def make_config(**drift_knobs: object) -> PipelineConfig:
                 "columns": [
                     {"name": "x", "type": "float"},
                     {"name": "y", "type": "float"},
-                    {"name": "c", "type": "category"},
+                    {"name": categorical, "type": "category"},
                     {"name": "target", "type": "float"},
                 ],
             },
             "target": {"task": "regression", "column": "target"},
             "gate": {"primary_metric": "rmse"},
-            "features": {"numeric": ["x", "y"], "categorical": ["c"]},
+            "features": {"numeric": ["x", "y"], "categorical": [categorical]},
             "drift": {"min_rows": 100, "sample_rows": 5000, "critical_columns": ["x"], **drift_knobs},
         }
     )
@@ -215,6 +217,40 @@ def test_the_evidently_report_uses_the_tests_chosen_on_the_decision_sample():
             c: (e["kind"], e["stat_test"], e["threshold"]) for c, e in comparison["columns"].items()
         }
         assert summary["columns"]["x"]["stat_test"] == "wasserstein"
+
+
+class _Scripts(HTMLParser):
+    """The text of each <script> element, as a browser splits the page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scripts: list[str] = []
+        self._inside = False
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        self._inside = tag == "script"
+        if self._inside:
+            self.scripts.append("")
+
+    def handle_endtag(self, tag: str) -> None:
+        self._inside = False
+
+    def handle_data(self, data: str) -> None:
+        if self._inside:
+            self.scripts[-1] += data
+
+
+def test_a_column_name_with_markup_stays_data_in_the_evidently_report():
+    name = "</script><script>alert(1)</script><!--"
+    cfg = make_config(categorical=name)
+    ref, cur = (f.rename(columns={"c": name}) for f in (frame(3000, 1), frame(3000, 2)))
+    html, _ = drift.evidently_report(cfg, ref, cur, day=DAY)
+    parser = _Scripts()
+    parser.feed(html)
+    data = [s for s in parser.scripts if "var metric_" in s]
+    assert [s for s in parser.scripts if "alert(1)" in s] == data  # no script of the column name's own
+    report, _ = json.JSONDecoder().raw_decode(data[0], data[0].index("= ") + 2)  # the whole report data
+    assert f'"column_name": {json.dumps(name)}' in json.dumps(report)
 
 
 def test_a_comparison_of_other_inputs_is_refused_by_the_report():

@@ -156,6 +156,20 @@ def test_live_drop_of_a_loss_is_positive_when_the_loss_grew(example_config: Pipe
     assert got["live"] > 0.1 and got["drop"] == pytest.approx(got["live"] - 0.1)
 
 
+def test_live_metric_leaves_out_rows_the_champion_scored_nan_or_inf(example_config: PipelineConfig) -> None:
+    # e.g. a regression's overflow: those rows have no error to measure, the others still do
+    cfg = binary_cfg(example_config)
+    whole = binary_rows([0, 1] * 30)
+    broken = pd.concat([whole, binary_rows([0, 1])], ignore_index=True)
+    broken.loc[60:, SCORE_OUTPUT] = [np.nan, np.inf]
+    model = champion_model("binary", [0, 1])
+
+    got = live_metric(cfg, broken, champion("roc_auc", 0.8), model)
+
+    assert "skipped" not in got and got["labelled_rows"] == 60
+    assert got["live"] == pytest.approx(live_metric(cfg, whole, champion("roc_auc", 0.8), model)["live"])
+
+
 @pytest.mark.parametrize(
     ("labels", "promoted", "reason"),
     [
