@@ -709,6 +709,21 @@ class PipelineConfig(_Strict):
         unknown_critical = [c for c in self.drift.critical_columns if c not in known]
         if unknown_critical:
             raise ValueError(f"drift.critical_columns {unknown_critical} are not known columns")
+        # Compared as categories, timestamps never repeat from one day to the next: every value would
+        # be unseen by the model and drifted for the monitor (a retrain requested every cooldown).
+        types = {c.name: c.type for c in self.data.all_columns()}
+        as_categories = {
+            "features.categorical": self.features.categorical,
+            "drift.critical_columns": self.drift.critical_columns,
+        }
+        for field, columns in as_categories.items():
+            timestamps = [c for c in columns if types[c] == "timestamp"]
+            if timestamps:
+                raise ValueError(
+                    f"{field} lists timestamp column(s) {timestamps}, whose values are new every day: as "
+                    "categories each would be unseen by the model and drifted for the monitor; derive a "
+                    "column that repeats (e.g. the hour or the weekday) and list that instead"
+                )
         loss_like = self.gate.primary_metric in ("log_loss", "rmse", "mae")
         if self.target.task == "regression" and self.gate.primary_metric not in ("rmse", "mae"):
             raise ValueError("regression pipelines gate on rmse or mae")

@@ -220,6 +220,14 @@ WEATHER = "data.joins.0"
             r"drift\.critical_columns lists \['temp'\] more than once",
         ),
         (
+            {"drift.critical_columns": ["time_hour"]},
+            r"drift\.critical_columns lists timestamp column\(s\) \['time_hour'\], whose values are new every day",
+        ),
+        (
+            {"features.categorical": ["carrier", "time_hour"]},
+            r"features\.categorical lists timestamp column\(s\) \['time_hour'\]",
+        ),
+        (
             {"training.schedule": "0 0 30 2 *"},
             r"field 'training\.schedule': schedule '0 0 30 2 \*' never fires",
         ),
@@ -287,6 +295,8 @@ WEATHER = "data.joins.0"
         "cron-with-seconds",
         "cron-that-never-fires",
         "critical-column-twice",
+        "timestamp-as-critical-column",
+        "timestamp-as-categorical-feature",
         "weekly-inference",
         "drift-on-weekdays-only",
         "monthly-inference",
