@@ -560,6 +560,16 @@ class DriftSpec(_Strict):
     )
     seed: int = _SEED
 
+    @model_validator(mode="after")
+    def _min_rows_fit_the_sample(self) -> DriftSpec:
+        # The live metric counts the labelled rows of the sample: above sample_rows it never runs.
+        if self.min_rows > self.sample_rows:
+            raise ValueError(
+                f"min_rows ({self.min_rows}) is above sample_rows ({self.sample_rows}): the live metric, "
+                "computed on the sample, would never have enough rows"
+            )
+        return self
+
 
 class StorageSpec(_Strict):
     connection_id: str = Field(

@@ -220,6 +220,10 @@ WEATHER = "data.joins.0"
             r"drift\.critical_columns lists \['temp'\] more than once",
         ),
         (
+            {"drift.min_rows": 60_000},
+            r"field 'drift': min_rows \(60000\) is above sample_rows \(20000\)",
+        ),
+        (
             {"drift.critical_columns": ["time_hour"]},
             r"drift\.critical_columns lists timestamp column\(s\) \['time_hour'\], whose values are new every day",
         ),
@@ -293,10 +297,11 @@ WEATHER = "data.joins.0"
         "schedule-typo",
         "cron-out-of-range",
         "cron-with-seconds",
-        "cron-that-never-fires",
         "critical-column-twice",
+        "drift-min-rows-above-sample",
         "timestamp-as-critical-column",
         "timestamp-as-categorical-feature",
+        "cron-that-never-fires",
         "weekly-inference",
         "drift-on-weekdays-only",
         "monthly-inference",
