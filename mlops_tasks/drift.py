@@ -639,12 +639,26 @@ def _state_problem(state: Any) -> str | None:
     return None
 
 
-def _state_error(uri: str, problem: str) -> DriftInputError:
-    return DriftInputError(
-        f"{uri}: the drift cooldown state {problem}. It records the retrains already requested, so the "
-        "check stops instead of overwriting it, and requests nothing. Repair it, or delete it to forget "
-        "those retrains (a day already requested may then request one again)."
-    )
+def update_state(store: ObjectStore, state_key: str, change: Callable[[dict | None], dict]) -> dict:
+    """``store.update_json`` of the cooldown state at ``state_key``; a state that is not JSON or not
+    as :func:`next_state` writes it is a :class:`DriftInputError` naming it, and is kept as it is."""
+
+    def error(problem: str) -> DriftInputError:
+        return DriftInputError(
+            f"{store.uri(state_key)}: the drift cooldown state {problem}. It records the retrains already "
+            "requested, so the check stops instead of overwriting it, and requests nothing. Repair it, or "
+            "delete it to forget those retrains (a day already requested may then request one again)."
+        )
+
+    def checked(state: Any) -> dict:
+        if state is not None and (problem := _state_problem(state)):
+            raise error(problem)
+        return change(state)
+
+    try:
+        return store.update_json(state_key, checked)
+    except CorruptObjectError:
+        raise error("is not valid JSON") from None
 
 
 def _too_few_rows(cfg: PipelineConfig, comparison: dict[str, Any]) -> list[str]:
@@ -808,10 +822,8 @@ def run_check(
         html_uri = store.put_bytes(prefix + "drift.html", html.encode(), "text/html; charset=utf-8")
     decision: dict[str, Any] = {}
 
-    def decide_on(state: Any) -> dict[str, Any]:
+    def decide_on(state: dict | None) -> dict[str, Any]:
         nonlocal decision
-        if state is not None and (problem := _state_problem(state)):
-            raise _state_error(store.uri(state_key), problem)
         decision = decide(
             cfg,
             comparison,
@@ -823,10 +835,7 @@ def run_check(
         )
         return next_state(state, decision, day, check_run_id=check_run_id)
 
-    try:
-        store.update_json(state_key, decide_on)
-    except CorruptObjectError:
-        raise _state_error(store.uri(state_key), "is not valid JSON") from None
+    update_state(store, state_key, decide_on)
     report_uri = store.put_json(
         prefix + "drift.json", {"decision": decision, "comparison": comparison, "evidently": summary}
     )

@@ -247,7 +247,7 @@ def record_retrain_sent(store: ObjectStore, cfg: PipelineConfig, day: dt.date, c
     once its event is known to exist: a drift check of that run cleared and run again then reports
     "already_requested" instead of requesting a second retrain, and keeps the trigger whatever it
     decides."""
-    store.update_json(state_key(cfg), lambda state: drift.mark_sent(state, day, check_run_id))
+    drift.update_state(store, state_key(cfg), lambda state: drift.mark_sent(state, day, check_run_id))
 
 
 def run_drift_monitor(

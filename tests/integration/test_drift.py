@@ -206,4 +206,7 @@ def test_a_corrupt_cooldown_state_stops_the_check_naming_it_and_is_kept(
             current=days(flights_weather, "2013-07-08", "2013-07-14"),
             state_key=STATE,
         )
+    # Nor does marking a retrain sent: the same error, the state kept.
+    with pytest.raises(drift.DriftInputError, match=f"the drift cooldown state {problem}"):
+        drift.update_state(store, STATE, lambda state: drift.mark_sent(state, dt.date(2013, 7, 14), "run"))
     assert store.get_bytes(STATE) == stored
