@@ -611,6 +611,16 @@ class MlflowSpec(_Strict):
         description="Defaults to the pipeline name; no '/' or ':' (MLflow refuses them); one pipeline per model.",
     )
 
+    @field_validator("registered_model")
+    @classmethod
+    def _searchable(cls, value: str | None) -> str | None:
+        # MLflow's search filters quote a name in ' or " and know no escapes (tracking.quoted).
+        if value is not None and "'" in value and '"' in value:
+            raise ValueError(
+                "a registered model name may hold ' or \" but not both: MLflow could not search for it"
+            )
+        return value
+
 
 class PipelineConfig(_Strict):
     name: Annotated[str, Field(pattern=_IDENTIFIER, description="Pipeline id; DAG ids start with it.")]

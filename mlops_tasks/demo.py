@@ -119,7 +119,8 @@ def summary(demo: Demo, seconds: float) -> str:
     store = stack.store(cfg.storage.bucket)
     client = tracking.client(stack.mlflow_url)
     versions = sorted(
-        client.search_model_versions(f"name='{cfg.registered_model_name}'"), key=lambda v: int(v.version)
+        client.search_model_versions(f"name={tracking.quoted(cfg.registered_model_name)}"),
+        key=lambda v: int(v.version),
     )
     # Registry searches do not return aliases: ask for each alias.
     from mlops_tasks.registry import alias_info

@@ -65,7 +65,7 @@ _EPS = 1e-7
 
 
 class EvaluationDataError(DataError):
-    """The evaluation rows cannot judge a model (no labelled rows)."""
+    """The gate cannot judge a model (no labelled rows, a champion without its ONNX file)."""
 
 
 # -- labels and metrics -----------------------------------------------------------------------------
@@ -353,9 +353,21 @@ def _champion(
         version = tracking.alias_version(client, name, "champion")
         # Recorded so the registry knows which versions this gate ran after (see registry's challenger).
         newest = client.search_model_versions(
-            f"name='{name}'", max_results=1, order_by=["version_number DESC"]
+            f"name={tracking.quoted(name)}", max_results=1, order_by=["version_number DESC"]
+        )
+        gone = (
+            version is not None
+            and version.run_id != run_id
+            and tracking.ONNX_ARTIFACT not in {a.path for a in client.list_artifacts(version.run_id, "model")}
         )
     newest_version = newest[0].version if newest else None
+    if gone:
+        raise EvaluationDataError(
+            f"champion v{version.version} of '{name}' (run {version.run_id}) has no {tracking.ONNX_ARTIFACT} "
+            "any more (deleted from the artifact store?), so the challenger cannot be compared with it, "
+            "and batch inference cannot serve it either. Roll back to the previous champion "
+            f"(mlops-tasks model rollback {cfg.name}), or restore the file, then run the gate again."
+        )
     if version is None or version.run_id == run_id:
         return version, None, newest_version
     path = tracking.download_run_artifact(

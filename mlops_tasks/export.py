@@ -282,12 +282,14 @@ def _quantize(fp32_path: Path, cfg: PipelineConfig, spec: NetSpec, sample: pd.Da
     """Dynamic int8 weights, kept only if the primary metric on the sample drops less than allowed."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    rows, label = labelled_rows(sample, cfg)
+    if rows.empty:  # the sample days' labels have not arrived: int8 cannot be judged, so it is not kept
+        return fp32_path, {"fp32_metric": None, "int8_metric": None, "kept": False}
     int8_path = fp32_path.with_name("model.int8.onnx")
     quantize_dynamic(fp32_path, int8_path, weight_type=QuantType.QInt8)
     model = onnx.load(int8_path)
     _set_metadata(model, spec)
     onnx.save(model, int8_path)
-    rows, label = labelled_rows(sample, cfg)
     before = _primary_metric(fp32_path, cfg, rows, label)
     after = _primary_metric(int8_path, cfg, rows, label)
     info = {"fp32_metric": before, "int8_metric": after}

@@ -15,9 +15,11 @@
   recorded, never on the reader's config, so changing ``gate.primary_metric`` re-ranks nothing already
   registered; children gated on different metrics (the config changed during a race) rank on the
   oldest one's, which later arrivals do not change; on a tie the older version wins. A rejected
-  version is not in the tree, so it never becomes champion. A rollback fences the restored
-  version: the versions gated against it that exist at the rollback (the rolled-back champion and
-  those it beat in a race) never count again; challengers gated against it later do.
+  version is not in the tree, so it never becomes champion. Deleting versions (retention) cuts the
+  tree: the line then starts at the versions gated against the newest deleted champion. A rollback
+  fences the restored version: the versions gated against it that exist at the rollback (the
+  rolled-back champion and those it beat in a race) never count again; challengers gated against it
+  later do.
 * Stale gates: siblings compete on metrics measured on different evaluation windows, which is only fair
   between registrations that raced each other from one champion. So a registration is tagged
   ``stale`` (registered, never promoted, never shadow-scored) when, by the time it registers, the tags
@@ -81,6 +83,8 @@ GATE_NEWEST = "gate_newest_version"
 CHALLENGER_ELIGIBLE = "challenger_eligible"
 # On a rollback target: versions gated against it numbered up to this one no longer count.
 ROLLBACK_FENCE = "rollback_fence"
+# On the champion a rollback replaced: it never counts again.
+ROLLED_BACK_AT = "rolled_back_at"
 # Bound on read-move-verify rounds: a round after the first only follows another writer's change.
 _MAX_ROUNDS = 30
 
@@ -122,7 +126,7 @@ def _ensure_model(client: Any, name: str) -> None:
 def _version_for_run(client: Any, cfg: PipelineConfig, run_id: str) -> ModelVersion:
     """The run's model version: reused if a previous attempt created it, else created now."""
     name = cfg.registered_model_name
-    query = f"name='{name}' and run_id='{run_id}'"
+    query = f"name={tracking.quoted(name)} and run_id='{run_id}'"
     existing = client.search_model_versions(query)
     if existing:
         return min(existing, key=lambda v: int(v.version))
@@ -152,7 +156,7 @@ def _number(raw: str | None) -> int:
 
 
 def _versions(client: Any, name: str) -> list[ModelVersion]:
-    return list(client.search_model_versions(f"name='{name}'"))
+    return list(client.search_model_versions(f"name={tracking.quoted(name)}"))
 
 
 def _stale_against(versions: list[ModelVersion], baseline: str) -> str | None:
@@ -276,15 +280,23 @@ def _best(siblings: list[ModelVersion]) -> ModelVersion:
 def _champion_line(versions: list[ModelVersion]) -> list[ModelVersion]:
     """The promoted versions from the first champion down to the champion, as the tags say (see module
     doc); empty when nothing is promoted."""
+    registered = {v.version for v in versions}
     children: dict[str, list[ModelVersion]] = {}
     for v in versions:
-        if _tags(v).get(GATE_DECISION) == PROMOTE:
-            children.setdefault(_tags(v).get(BASELINE, ""), []).append(v)
+        tags = _tags(v)
+        baseline = tags.get(BASELINE, "")
+        # Under a deleted version, a rolled-back one is dropped: the fence that kept it out went with it.
+        if tags.get(GATE_DECISION) == PROMOTE and (baseline in registered or ROLLED_BACK_AT not in tags):
+            children.setdefault(baseline, []).append(v)
+    # The line starts under the newest champion no longer registered: none ("") at first, and once old
+    # versions are deleted (retention), the deleted one the remaining line was gated against. Starting
+    # at "" then would skip the line's deleted links and serve an old version again.
+    start = max((b for b in children if b not in registered), key=_number, default="")
     line: list[ModelVersion] = []
     while True:
         node = line[-1] if line else None
         fence = _number(_tags(node).get(ROLLBACK_FENCE)) if node is not None else 0
-        beaten_by = [v for v in children.get(node.version if node else "", []) if int(v.version) > fence]
+        beaten_by = [v for v in children.get(node.version if node else start, []) if int(v.version) > fence]
         if not beaten_by:
             return line
         line.append(_best(beaten_by))
@@ -378,7 +390,7 @@ def rollback(cfg: PipelineConfig, *, tracking_uri: str) -> dict[str, Any]:
         # fencing again would also drop the challengers gated against it since.
         if not line or line[-1].version != previous.version:
             newest = client.search_model_versions(
-                f"name='{name}'", max_results=1, order_by=["version_number DESC"]
+                f"name={tracking.quoted(name)}", max_results=1, order_by=["version_number DESC"]
             )
             _write(client.set_model_version_tag, name, previous.version, ROLLBACK_FENCE, newest[0].version)
         if current is not None:
@@ -386,7 +398,7 @@ def rollback(cfg: PipelineConfig, *, tracking_uri: str) -> dict[str, Any]:
                 client.set_model_version_tag,
                 name,
                 current.version,
-                "rolled_back_at",
+                ROLLED_BACK_AT,
                 dt.datetime.now(dt.UTC).isoformat(),
             )
         champion, before = _converge(client, name)
@@ -460,6 +472,12 @@ def download_onnx(
             found = tracking.alias_version(client, name, alias or CHAMPION)
             if found is None:
                 raise RegistryError(f"model '{name}' has no version with alias '{alias}'")
+        if tracking.ONNX_ARTIFACT not in {a.path for a in client.list_artifacts(found.run_id, "model")}:
+            raise RegistryError(
+                f"v{found.version} of '{name}': its run {found.run_id} has no {tracking.ONNX_ARTIFACT} any more "
+                f"(deleted from the artifact store?); nothing was scored with it. Roll back (mlops-tasks "
+                f"model rollback {cfg.name}) or restore the file."
+            )
     path = tracking.download_run_artifact(tracking_uri, found.run_id, tracking.ONNX_ARTIFACT, dest_dir)
     registered = (found.tags or {}).get(ONNX_SHA256_TAG)
     if registered and sha256_file(path) != registered:

@@ -71,6 +71,12 @@ def reachable(
         raise
 
 
+def quoted(value: str) -> str:
+    """``value`` as a string literal of an MLflow filter, which knows no escapes: in single quotes, or
+    in double quotes when it holds a single quote (a model name may: MLflow forbids only / and :)."""
+    return f'"{value}"' if "'" in value else f"'{value}'"
+
+
 def version_tags() -> dict[str, str]:
     """Code identity for a run: package version and, when run from a git checkout, its commit."""
     tags = {"mlops_tasks_version": mlops_tasks.__version__}

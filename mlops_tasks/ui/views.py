@@ -93,7 +93,7 @@ def version_history(cfg: PipelineConfig, tracking_uri: str) -> list[dict[str, An
     metric = cfg.gate.primary_metric
     client = tracking.client(tracking_uri)
     with tracking.reachable(tracking_uri, f"read the versions of model '{name}'"):
-        versions = client.search_model_versions(f"name='{name}'")
+        versions = client.search_model_versions(f"name={tracking.quoted(name)}")
         aliases = client.get_registered_model(name).aliases if versions else {}
     by_version: dict[str, list[str]] = {}
     for alias, version in (aliases or {}).items():

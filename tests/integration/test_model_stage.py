@@ -316,6 +316,17 @@ def test_quantized_export_beyond_the_metric_tolerance_keeps_the_fp32_model(
     assert result["quantization"]["int8_metric"] is not None
 
 
+def test_quantized_export_of_sample_rows_without_labels_keeps_the_fp32_model(
+    binary_cfg: PipelineConfig, split: tuple, trained: dict, mlflow_server: str
+) -> None:
+    """Labels of the newest days may not have arrived: int8 cannot be judged, so fp32 is exported."""
+    cfg = tune(binary_cfg, "export", {"quantize": True, "quantize_metric_tolerance": 1.0})
+    unlabelled = split[1].assign(**{cfg.target.column: np.nan})
+    result = export.export_run(cfg, trained["run_id"], tracking_uri=mlflow_server, sample_frame=unlabelled)
+    assert result["quantized"] is False
+    assert result["onnx_sha256"] == trained["export"]["onnx_sha256"]
+
+
 def test_reexporting_a_run_with_other_bytes_is_refused_and_the_registered_model_stays(
     binary_cfg: PipelineConfig, split: tuple, mlflow_server: str, store: ObjectStore, tmp_path: Path
 ) -> None:
@@ -395,6 +406,81 @@ def test_a_champion_whose_onnx_changed_after_registration_is_not_passed_again(
     with pytest.raises(registry.RegistryError, match="changed after registration"):
         registry.register(cfg, run_id, tracking_uri=mlflow_server, decision=regate, data_version="dv1")
     with pytest.raises(registry.RegistryError, match="it changed after registration. Nothing was scored"):
+        registry.download_onnx(cfg, tracking_uri=mlflow_server, dest_dir=tmp_path / "served")
+
+
+def registered_copy(cfg: PipelineConfig, onnx_run: str, mlflow_server: str, tmp_path: Path) -> str:
+    """A run of its own holding ``onnx_run``'s ONNX file, registered as the champion of ``cfg``."""
+    from tests.integration.faults.stage_runner import decision
+
+    client = tracking.client(mlflow_server)
+    run_id = client.create_run(client.get_experiment_by_name(cfg.experiment_name).experiment_id).info.run_id
+    source = tracking.download_run_artifact(
+        mlflow_server, onnx_run, tracking.ONNX_ARTIFACT, tmp_path / "copy"
+    )
+    client.log_artifact(run_id, str(source), "model")
+    client.set_terminated(run_id)
+    registry.register(cfg, run_id, tracking_uri=mlflow_server, decision=decision(0.5), data_version="dv0")
+    return run_id
+
+
+def test_a_gate_finds_the_champion_of_a_model_name_with_a_quote(
+    binary_cfg: PipelineConfig,
+    split: tuple,
+    trained: dict,
+    mlflow_server: str,
+    store: ObjectStore,
+    tmp_path: Path,
+) -> None:
+    from mlops_tasks import evaluation
+
+    name = f"Flights' delay {uuid.uuid4().hex[:8]}"  # MLflow allows any name without / or :
+    cfg = binary_cfg.model_copy(
+        update={
+            "mlflow": binary_cfg.mlflow.model_copy(update={"registered_model": name}),
+            "gate": GateSpec(latency_batch_rows=256),
+        }
+    )
+    registered_copy(cfg, trained["run_id"], mlflow_server, tmp_path)
+
+    decision = evaluation.evaluate_and_gate(
+        cfg, trained["run_id"], split[1], tracking_uri=mlflow_server, store=store, day=DAY
+    )
+
+    assert (decision["champion_version"], decision["registry_newest_version"]) == ("1", "1")
+    assert decision["champion"]["metrics"] == decision["challenger"]["metrics"]
+
+
+def test_a_champion_whose_onnx_file_is_gone_fails_the_gate_with_a_clear_error(
+    binary_cfg: PipelineConfig,
+    split: tuple,
+    trained: dict,
+    mlflow_server: str,
+    s3_endpoint: str,
+    store: ObjectStore,
+    tmp_path: Path,
+) -> None:
+    from mlops_tasks import evaluation
+    from tests.conftest import make_store
+
+    cfg = binary_cfg.model_copy(
+        update={
+            "mlflow": binary_cfg.mlflow.model_copy(
+                update={"registered_model": f"gone_{uuid.uuid4().hex[:8]}"}
+            ),
+            "gate": GateSpec(latency_batch_rows=256),
+        }
+    )
+    champion_run = registered_copy(cfg, trained["run_id"], mlflow_server, tmp_path)
+    artifacts = make_store(s3_endpoint, "mlops")
+    artifacts.delete([o.key for o in artifacts.list("mlflow/") if champion_run in o.key])
+
+    with pytest.raises(evaluation.EvaluationDataError, match=r"champion v1 of .* has no model/model.onnx"):
+        evaluation.evaluate_and_gate(
+            cfg, trained["run_id"], split[1], tracking_uri=mlflow_server, store=store, day=DAY
+        )
+    assert registry.champion_info(cfg, tracking_uri=mlflow_server)["run_id"] == champion_run
+    with pytest.raises(registry.RegistryError, match=r"v1 of .* has no model/model.onnx any more"):
         registry.download_onnx(cfg, tracking_uri=mlflow_server, dest_dir=tmp_path / "served")
 
 

@@ -435,3 +435,79 @@ def test_a_race_gated_on_two_metrics_ranks_on_the_first_registration_s(
     )
     assert (first["version"], second["version"], second["champion_version"]) == ("2", "3", "2")
     assert "compare the gate metrics of v2 and v3" in second["reason"] and not second["promoted"]
+
+
+# -- deleted versions ----------------------------------------------------------------------------------
+
+
+def promoted_chain(cfg: PipelineConfig, mlflow_server: str, tmp_path: Path) -> None:
+    """v1 -> v2 -> v3: each promoted over the one before; v3 serves, v2 is previous_champion."""
+    for auc, baseline in ((0.70, None), (0.72, "1"), (0.73, "2")):
+        register_bare(cfg, exported_run(mlflow_server, tmp_path), gate(auc, baseline), mlflow_server)
+
+
+def test_deleting_the_first_champion_s_version_keeps_promoting(
+    base_cfg: PipelineConfig, mlflow_server: str, tmp_path: Path
+) -> None:
+    """Retention deletes old versions; the champion line must not need them."""
+    cfg = model_cfg(base_cfg)
+    promoted_chain(cfg, mlflow_server, tmp_path)
+    tracking.client(mlflow_server).delete_model_version(cfg.registered_model_name, "1")
+
+    result = register_bare(cfg, exported_run(mlflow_server, tmp_path), gate(0.75, "3"), mlflow_server)
+
+    assert (result["version"], result["promoted"], result["stale"]) == ("4", True, False)
+    assert (result["champion_version"], result["previous_champion_version"]) == ("4", "3")
+
+
+def test_deleting_the_previous_champion_s_version_leaves_the_champion_serving(
+    base_cfg: PipelineConfig, mlflow_server: str, tmp_path: Path
+) -> None:
+    cfg = model_cfg(base_cfg)
+    promoted_chain(cfg, mlflow_server, tmp_path)
+    tracking.client(mlflow_server).delete_model_version(cfg.registered_model_name, "2")
+
+    rejected = register_bare(
+        cfg, exported_run(mlflow_server, tmp_path), gate(0.71, "3", promote=False), mlflow_server
+    )
+
+    assert (rejected["champion_version"], rejected["stale"]) == ("3", False)
+    assert alias(cfg, registry.CHAMPION, mlflow_server) == "3"
+    assert alias(cfg, registry.CHALLENGER, mlflow_server) == "4"
+
+
+def test_deleting_the_versions_rollbacks_restored_never_serves_a_rolled_back_one_again(
+    base_cfg: PipelineConfig, mlflow_server: str, tmp_path: Path
+) -> None:
+    cfg = model_cfg(base_cfg)
+    promoted_chain(cfg, mlflow_server, tmp_path)
+    registry.rollback(cfg, tracking_uri=mlflow_server)  # v3 rolled back, v2 serves
+    registry.rollback(cfg, tracking_uri=mlflow_server)  # v2 rolled back, v1 serves
+    register_bare(cfg, exported_run(mlflow_server, tmp_path), gate(0.71, "1"), mlflow_server)  # v4
+    client = tracking.client(mlflow_server)
+    client.delete_model_version(cfg.registered_model_name, "1")
+
+    rejected = register_bare(
+        cfg, exported_run(mlflow_server, tmp_path), gate(0.70, "4", promote=False), mlflow_server
+    )
+    assert rejected["champion_version"] == "4"  # not v2, the better gate metric
+    client.delete_model_version(cfg.registered_model_name, "2")
+
+    promoted = register_bare(cfg, exported_run(mlflow_server, tmp_path), gate(0.75, "4"), mlflow_server)
+
+    assert (promoted["version"], promoted["promoted"]) == ("6", True)
+    assert (promoted["champion_version"], promoted["previous_champion_version"]) == ("6", "4")
+
+
+def test_a_model_name_with_a_quote_registers_promotes_and_rolls_back(
+    base_cfg: PipelineConfig, mlflow_server: str, tmp_path: Path
+) -> None:
+    cfg = model_cfg(base_cfg)
+    name = f"Flights' delay {cfg.registered_model_name}"  # MLflow allows any name without / or :
+    cfg = cfg.model_copy(update={"mlflow": cfg.mlflow.model_copy(update={"registered_model": name})})
+    register_bare(cfg, exported_run(mlflow_server, tmp_path), gate(0.70, None), mlflow_server)
+
+    result = register_bare(cfg, exported_run(mlflow_server, tmp_path), gate(0.72, "1"), mlflow_server)
+
+    assert (result["champion_version"], result["previous_champion_version"]) == ("2", "1")
+    assert registry.rollback(cfg, tracking_uri=mlflow_server)["champion_version"] == "1"

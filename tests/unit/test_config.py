@@ -264,6 +264,10 @@ WEATHER = "data.joins.0"
         ),
         ({"model.seed": -1}, r"field 'model\.seed': Input should be greater than or equal to 0"),
         ({"mlflow.registered_model": "team/wine"}, r"field 'mlflow\.registered_model': String should match"),
+        (
+            {"mlflow.registered_model": 'it\'s "wine"'},
+            r"field 'mlflow\.registered_model': a registered model name may hold ' or \" but not both",
+        ),
         ({"storage.connection_id": "mlops s3"}, r"field 'storage\.connection_id': String should match"),
         (
             {
@@ -312,6 +316,7 @@ WEATHER = "data.joins.0"
         "nan-threshold",
         "negative-seed",
         "mlflow-model-name-with-slash",
+        "mlflow-model-name-with-both-quotes",
         "connection-id-with-space",
         "string-as-numeric-feature",
         "binary-target-with-three-values",
