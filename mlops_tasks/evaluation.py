@@ -39,6 +39,7 @@ from mlops_tasks.features import (
     META_TASK,
     PROBABILITIES_OUTPUT,
     SCORE_OUTPUT,
+    FeatureError,
     category_strings,
     derive_label,
     is_legacy_session,
@@ -425,7 +426,16 @@ def evaluate_and_gate(
         champion = None
         if champ_model is not None:
             champion = {"version": version.version, "run_id": version.run_id}
-            champion |= champ_model.assess(rows, label, cfg)
+            try:
+                champion |= champ_model.assess(rows, label, cfg)
+            except FeatureError as exc:
+                raise EvaluationDataError(
+                    f"champion v{version.version} of '{cfg.registered_model_name}' cannot be scored: "
+                    f"{exc}. It was trained on a column the data no longer has (data.columns "
+                    "changed since), so no challenger can be compared with it, nor can batch inference "
+                    "serve it on this data. Restore the column, or register the new models under a new "
+                    "mlflow.registered_model."
+                ) from None
     if version is not None and version.run_id == run_id:
         checks = [_already_champion(version, challenger[ONNX_SHA256_TAG])]
         reason = ("promoted: " if checks[0]["passed"] else "rejected: ") + checks[0]["detail"]

@@ -484,6 +484,45 @@ def test_a_champion_whose_onnx_file_is_gone_fails_the_gate_with_a_clear_error(
         registry.download_onnx(cfg, tracking_uri=mlflow_server, dest_dir=tmp_path / "served")
 
 
+def test_a_champion_needing_a_column_the_data_lost_fails_the_gate_naming_it(
+    binary_cfg: PipelineConfig,
+    split: tuple,
+    trained: dict,
+    mlflow_server: str,
+    store: ObjectStore,
+    tmp_path: Path,
+) -> None:
+    from mlops_tasks import evaluation
+
+    cfg = binary_cfg.model_copy(
+        update={
+            "mlflow": binary_cfg.mlflow.model_copy(
+                update={"registered_model": f"lost_{uuid.uuid4().hex[:8]}"}
+            ),
+            "features": binary_cfg.features.model_copy(
+                update={"numeric": [c for c in binary_cfg.features.numeric if c != "visib"]}
+            ),
+            "gate": GateSpec(latency_batch_rows=256),
+        }
+    )
+    registered_copy(cfg, trained["run_id"], mlflow_server, tmp_path)  # trained with visib
+    challenger = training.train(cfg, split[0], tracking_uri=mlflow_server, data_version="dv2", trigger="test")
+    export.export_run(cfg, challenger["run_id"], tracking_uri=mlflow_server, sample_frame=split[1])
+    with pytest.raises(
+        evaluation.EvaluationDataError,
+        match=r"champion v1 of 'lost_\w+' cannot be scored: evaluation rows: .*'visib'.*\(data\.columns changed",
+    ):
+        evaluation.evaluate_and_gate(
+            cfg,
+            challenger["run_id"],
+            split[1].drop(columns=["visib"]),
+            tracking_uri=mlflow_server,
+            store=store,
+            day=DAY,
+        )
+    assert registry.champion_info(cfg, tracking_uri=mlflow_server)["version"] == "1"
+
+
 def test_gate_report_is_written_to_the_store_and_the_run(
     binary_cfg: PipelineConfig, split: tuple, trained: dict, mlflow_server: str, store: ObjectStore
 ) -> None:
