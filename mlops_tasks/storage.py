@@ -277,6 +277,15 @@ class ObjectStore:
                 raise WriteConflictError(
                     f"Cannot {action} {target}: another writer changed it since it was read ({code})"
                 ) from None
+            # botocore has retried these already: say it is the endpoint, not the data, and what to do
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code == "SlowDown" or status in (500, 502, 503, 504):
+                raise StorageError(
+                    f"Cannot {action} {target}: the S3 endpoint {self.settings.endpoint_url or 'AWS'} "
+                    f"kept answering HTTP {status}{'' if code == str(status) else ' ' + code} through "
+                    f"{self.settings.max_attempts} attempts: it is throttling requests or failing. "
+                    "Nothing is wrong with the data; run the task again once the endpoint has recovered."
+                ) from None
             raise StorageError(f"Cannot {action} {target}: {code or exc}") from None
         raise StorageError(f"Cannot {action} {target}: {exc}") from None
 
@@ -349,27 +358,25 @@ class ObjectStore:
         return True
 
     def get_bytes(self, key: str) -> bytes:
-        with self._explain("read", key):
-            return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        return self._get(key)["Body"]
 
     def get_tail(self, key: str, nbytes: int) -> bytes:
         """The last ``nbytes`` of an object (one ranged GET), e.g. a parquet footer."""
-        with self._explain("read", key):
-            return self.client.get_object(Bucket=self.bucket, Key=key, Range=f"bytes=-{nbytes}")[
-                "Body"
-            ].read()
+        return self._get(key, Range=f"bytes=-{nbytes}")["Body"]
 
     def get_range(self, key: str, start: int, length: int) -> bytes:
-        """``length`` bytes from ``start`` (one ranged GET). botocore retries failed requests but not a
-        body cut off mid-read, so that is fetched again here, with backoff."""
+        """``length`` bytes from ``start`` (one ranged GET)."""
+        return self._get(key, Range=f"bytes={start}-{start + length - 1}")["Body"]
+
+    def _get(self, key: str, **params: str) -> dict[str, Any]:
+        """A GetObject answer with its ``Body`` read into bytes. botocore retries failed requests but
+        not a body cut off mid-read (a connection reset), so that GET is sent again here, with backoff."""
         attempt = 1
         while True:
             with self._explain("read", key):
-                response = self.client.get_object(
-                    Bucket=self.bucket, Key=key, Range=f"bytes={start}-{start + length - 1}"
-                )
+                response = self.client.get_object(Bucket=self.bucket, Key=key, **params)
                 try:
-                    return response["Body"].read()
+                    return {**response, "Body": response["Body"].read()}
                 except _CUT_OFF:
                     if attempt >= self.settings.max_attempts:
                         raise
@@ -431,9 +438,8 @@ class ObjectStore:
         """The object's bytes (None when absent) and the condition of a PUT that only succeeds if
         nobody wrote it since: ``If-Match`` its ETag, or ``If-None-Match: *`` while it is absent."""
         try:
-            with self._explain("read", key):
-                response = self.client.get_object(Bucket=self.bucket, Key=key)
-                return response["Body"].read(), {"IfMatch": response["ETag"]}
+            response = self._get(key)
+            return response["Body"], {"IfMatch": response["ETag"]}
         except FileNotFoundError:
             return None, {"IfNoneMatch": "*"}
 

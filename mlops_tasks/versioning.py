@@ -162,11 +162,19 @@ def checkout_data_version(
     sibling temporary directory first, which then takes the target's place, so a failure midway
     leaves the target as it was. An existing target is replaced only if it is empty or holds a
     checkout (nothing but ``date=YYYY-MM-DD/`` folders of files); any other non-empty directory is
-    refused, untouched. The swap is two renames: a crash between them leaves no target and the
-    previous checkout in ``.<name>.previous-*/old`` next to it."""
+    refused, untouched, and so is the current directory or one holding it. The swap is two renames:
+    a crash between them leaves no target and the previous checkout in ``.<name>.previous-*/old``
+    next to it. Returns the target's absolute path (``a/../b`` need not resolve as given)."""
+    target = Path(os.path.abspath(target_dir))
+    if Path.cwd().is_relative_to(target.resolve()):
+        # the swap would leave this process, and the shell that ran it, in the replaced directory
+        raise DataVersionError(
+            f"cannot check out data version '{version}' into {target}: it is the current directory "
+            "or holds it, and a checkout replaces its target whole (this shell would be left in a "
+            "deleted directory, seeing none of the files). Name a directory below it, e.g. ./data."
+        )
     record = read_record(store, cfg, version)
     dvc_text = store.get_bytes(_record_key(cfg, version, ".dvc"))
-    target = Path(os.path.abspath(target_dir))
     _check_replaceable(target, version)
     with dvc_repo(store) as (root, repo):
         (root / f"{DATA_DIR}.dvc").write_bytes(dvc_text)
@@ -196,7 +204,7 @@ def checkout_data_version(
                 staged.rename(target)
         finally:
             shutil.rmtree(staged, ignore_errors=True)
-    return Path(target_dir)
+    return target
 
 
 def _check_replaceable(target: Path, version: str) -> None:

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import http.client
+import http.server
+import socket
+import struct
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -624,3 +630,100 @@ def test_a_failed_multipart_upload_is_a_storage_error_naming_bucket_and_key(
         r"http://127\.0\.0\.1:\d+ does not exist",
     ):
         store.upload(path, "models/model.bin")
+
+
+# -- a faulty network in front of the endpoint ---------------------------------------------------------
+
+
+@contextmanager
+def faulty_endpoint(store: ObjectStore, faults: int, status: int | None = None) -> Iterator[ObjectStore]:
+    """``store`` through an HTTP proxy to the real endpoint that spoils the answers of the first
+    ``faults`` GET/HEAD requests: answered ``status`` with S3's SlowDown error, or, when ``status``
+    is None, the endpoint's own answer cut off halfway through its body by a connection reset."""
+    host, port = store.settings.endpoint_url.rsplit("/", 1)[-1].split(":")
+    left = [faults]
+
+    class Proxy(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def forward(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            upstream = http.client.HTTPConnection(host, int(port))
+            upstream.request(self.command, self.path, body, dict(self.headers))
+            answer = upstream.getresponse()
+            data = answer.read()
+            upstream.close()
+            spoil = self.command in ("GET", "HEAD") and left[0] > 0
+            left[0] -= spoil
+            if spoil and status:
+                data = (
+                    b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
+                )
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(data)))
+            else:
+                self.send_response(answer.status)
+                for name, value in answer.getheaders():
+                    if name.lower() not in ("connection", "date", "server", "transfer-encoding"):
+                        self.send_header(name, value)
+            self.end_headers()
+            if spoil and not status:
+                self.wfile.write(data[: len(data) // 2])
+                self.wfile.flush()
+                linger = struct.pack("ii", 1, 0)  # close() then sends RST: "connection reset by peer"
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+                self.close_connection = True
+                return
+            self.wfile.write(data)
+
+        do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = forward
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        yield ObjectStore(S3Settings(**{**store.settings.__dict__, "endpoint_url": url, "max_attempts": 3}))
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize(
+    "read",
+    [
+        lambda s: s.get_bytes(STATE),
+        lambda s: s.get_json(STATE),
+        lambda s: s.read_for_write(STATE)[0],
+        lambda s: s.get_tail(STATE, 10_000),
+        lambda s: s.get_range(STATE, 0, 10_000),
+    ],
+    ids=["get_bytes", "get_json", "read_for_write", "get_tail", "get_range"],
+)
+def test_a_body_cut_off_by_a_connection_reset_is_fetched_again(
+    store: ObjectStore, read: Callable[[ObjectStore], object]
+) -> None:
+    """botocore retries a request that failed, not a body that broke off while it was read: before the
+    fix one reset mid-body of a manifest or state read failed the task."""
+    store.put_json(STATE, {"n": "x" * 20_000})
+
+    with faulty_endpoint(store, faults=1) as flaky:
+        got = read(flaky)
+
+    assert got == read(store)
+
+
+def test_an_endpoint_that_keeps_throttling_says_so_and_what_to_do(store: ObjectStore) -> None:
+    store.put_json(STATE, {"n": 1})
+
+    with faulty_endpoint(store, faults=99, status=503) as throttling:
+        with pytest.raises(StorageError) as error:
+            throttling.get_json(STATE)
+
+    assert str(error.value) == (
+        f"Cannot read s3://{store.bucket}/{STATE}: the S3 endpoint {throttling.settings.endpoint_url} "
+        "kept answering HTTP 503 SlowDown through 3 attempts: it is throttling requests or failing. "
+        "Nothing is wrong with the data; run the task again once the endpoint has recovered."
+    )

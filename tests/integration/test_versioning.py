@@ -318,3 +318,36 @@ def test_a_checkout_failing_midway_leaves_the_previous_checkout_as_it_was(
 
     assert {name: (target / name).read_bytes() for name in files_in(target)} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["restored"]
+
+
+def test_checkout_returns_where_the_files_are_for_a_target_through_a_missing_directory(
+    store, example_config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """``missing/../restored`` means ``./restored`` to the checkout (as to os.path.abspath) but does not
+    resolve as given: before the fix it was returned as given, and the CLI counted 0 files in it."""
+    curate(store, example_config, DAY1, [1, 2])
+    version = create_data_version(store, example_config, [DAY1])["data_version"]
+    monkeypatch.chdir(tmp_path)
+
+    target = checkout_data_version(store, example_config, version, "missing/../restored")
+
+    assert target == tmp_path / "restored"
+    assert len(files_in(target)) == 1
+
+
+@pytest.mark.parametrize("target", [".", ".."], ids=["current", "holding the current"])
+def test_checkout_refuses_the_current_directory_and_those_holding_it(
+    store, example_config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, target: str
+):
+    """Before the fix a checkout into ``.`` renamed the current directory away: it reported success,
+    and this process (and the user's shell) went on seeing an empty, deleted directory."""
+    curate(store, example_config, DAY1, [1])
+    version = create_data_version(store, example_config, [DAY1])["data_version"]
+    here = tmp_path / "empty" / "here"
+    here.mkdir(parents=True)
+    monkeypatch.chdir(here)
+
+    with pytest.raises(DataVersionError, match=r"is the current directory or holds it.*e\.g\. \./data"):
+        checkout_data_version(store, example_config, version, target)
+
+    assert Path.cwd() == here and here.is_dir() and files_in(tmp_path) == []
