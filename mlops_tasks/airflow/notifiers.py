@@ -73,10 +73,11 @@ def announce(pipeline: str, event: str, message: str, details: dict[str, Any] | 
 
 
 def _described(exc: Exception, url: str) -> str:
-    """The error without the URL's path and query, which hold a webhook's secret."""
+    """The error without the URL's path and query, which hold a webhook's secret, nor its password
+    (urllib quotes ``user:password@host`` as a bad port)."""
     parts = urllib.parse.urlsplit(url)
     text = str(exc)
-    for secret in (parts.path.strip("/"), parts.query):
+    for secret in (parts.path.strip("/"), parts.query, parts.password):
         if secret:
             text = text.replace(secret, "***")
     return f"{type(exc).__name__}: {text}"

@@ -1,8 +1,9 @@
 """The "ML models" app, mounted by the package's Airflow plugin (:mod:`mlops_tasks.airflow.plugin`) at
 ``/mlops`` in the Airflow API server.
 
-Routes (all require an authenticated Airflow user, via Airflow's own ``get_user`` dependency: the
-``Authorization: Bearer`` header or the ``_token`` cookie the Airflow UI sets):
+Routes (all require an authenticated Airflow user allowed to read DAGs, via Airflow's own
+``requires_access_dag`` dependency: the ``Authorization: Bearer`` header or the ``_token`` cookie the
+Airflow UI sets; 401 when anonymous, 403 without DAG read access):
 
 * ``GET /``                 one row per pipeline (champion, last gate, training, drift, inference)
 * ``GET /pipelines/{name}`` drill-down: metric history chart, gate report, lineage, MLflow/DAG links
@@ -106,8 +107,8 @@ def _unavailable() -> tuple[type[Exception], ...]:
 
 
 def build_app(sources: Sources | None = None) -> FastAPI:
-    """The FastAPI app; every route depends on Airflow's ``get_user`` (401/403 when anonymous)."""
-    from airflow.api_fastapi.core_api.security import get_user
+    """The FastAPI app; every route requires DAG read access (401 when anonymous, 403 without it)."""
+    from airflow.api_fastapi.core_api.security import requires_access_dag
 
     from mlops_tasks.ui import render, views
 
@@ -118,7 +119,9 @@ def build_app(sources: Sources | None = None) -> FastAPI:
 
     app = FastAPI(
         title="ML models",
-        dependencies=[Depends(get_user)],
+        # Logged in is not enough: the view shows what the pipelines' DAGs produce, so it takes the
+        # permission to read DAGs, checked by the configured auth manager.
+        dependencies=[Depends(requires_access_dag("GET"))],
         docs_url=None,
         redoc_url=None,
         openapi_url=None,

@@ -64,6 +64,7 @@ def bench_imports() -> None:
 
 def bench_requests() -> None:
     os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="bench-ui-airflow-"))
+    from airflow.api_fastapi.app import create_auth_manager
     from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
     from airflow.api_fastapi.core_api.security import get_user
     from fastapi.testclient import TestClient
@@ -83,6 +84,7 @@ def bench_requests() -> None:
             store = make_store(s3.url)
             cfg = isolated_config(load_config(EXAMPLE_CONFIG), store.bucket)
             state = seed_lifecycle(store, cfg, mlflow.url)
+            create_auth_manager()  # the view asks it whether the user may read DAGs
             app = build_app(
                 Sources(
                     configs=lambda: [cfg],

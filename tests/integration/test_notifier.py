@@ -133,3 +133,16 @@ def test_a_webhook_that_answers_garbage_is_logged_and_never_raises(
         listener.close()
     assert "Alert webhook http://127.0.0.1 failed: BadStatusLine" in caplog.text
     assert "SECRETTOKENxyz" not in caplog.text
+
+
+def test_a_failed_post_never_logs_the_password_of_a_webhook_url(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """urllib takes ``user:password@host`` for the host and quotes it in its error ("nonnumeric port")."""
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_MLOPS_ALERTS",
+        json.dumps({"conn_type": "http", "host": "http://hook:SECRETPW@localhost/services/T000/B000"}),
+    )
+    assert announce("flights_delay", "task_failed", "train failed") is False
+    assert "Alert webhook http://localhost failed: InvalidURL" in caplog.text
+    assert "SECRETPW" not in caplog.text

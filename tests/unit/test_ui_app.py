@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
+from airflow.api_fastapi.app import create_auth_manager
 from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
 from airflow.api_fastapi.core_api.security import get_user
 from fastapi.testclient import TestClient
@@ -36,10 +37,16 @@ def lifecycle(s3_endpoint: str, mlflow_server: str) -> dict[str, Any]:
     return {"store": store, "cfg": cfg, "mlflow": mlflow_server, **seed_lifecycle(store, cfg, mlflow_server)}
 
 
-def client_for(sources: Sources, *, logged_in: bool = True) -> TestClient:
+ADMIN = SimpleAuthManagerUser(username="admin", role="admin")
+
+
+def client_for(sources: Sources, *, user: SimpleAuthManagerUser | None = ADMIN) -> TestClient:
+    """A client logged in as ``user`` (None: anonymous), authorized by Airflow's configured auth manager
+    (the simple one), as in the API server."""
+    create_auth_manager()
     app = build_app(sources)
-    if logged_in:
-        app.dependency_overrides[get_user] = lambda: SimpleAuthManagerUser(username="admin", role="admin")
+    if user is not None:
+        app.dependency_overrides[get_user] = lambda: user
     return TestClient(app)
 
 
@@ -61,7 +68,7 @@ def client(lifecycle: dict[str, Any]) -> Iterator[TestClient]:
 @pytest.fixture(scope="module")
 def anonymous(lifecycle: dict[str, Any]) -> Iterator[TestClient]:
     sources = fixed_sources([(lifecycle["cfg"], lifecycle["store"])], lifecycle["mlflow"])
-    with client_for(sources, logged_in=False) as c:
+    with client_for(sources, user=None) as c:
         yield c
 
 
@@ -233,6 +240,20 @@ def test_anonymous_requests_are_unauthorized(anonymous: TestClient, path: str) -
     response = anonymous.get(path)
     assert response.status_code == 401
     assert "champion" not in response.text
+
+
+@pytest.mark.parametrize(
+    "path", ["/", "/api/status", "/pipelines/{name}", "/reports?uri={drift_html}"], ids=lambda p: p[:12]
+)
+def test_a_logged_in_user_without_dag_read_access_is_forbidden(lifecycle: dict[str, Any], path: str) -> None:
+    """Being logged in is not enough: the view shows what the pipelines' DAGs produce, so it takes
+    Airflow's permission to read DAGs (a user without a role has none)."""
+    sources = fixed_sources([(lifecycle["cfg"], lifecycle["store"])], lifecycle["mlflow"])
+    drift_html = quote(lifecycle["store"].uri(lifecycle["drift_html"]), safe="")
+    with client_for(sources, user=SimpleAuthManagerUser(username="nobody", role=None)) as client:
+        response = client.get(path.format(name=lifecycle["cfg"].name, drift_html=drift_html))
+    assert response.status_code == 403
+    assert "champion" not in response.text and "Evidently" not in response.text
 
 
 def test_a_pipeline_without_models_shows_no_champion_and_an_empty_drill_down(
