@@ -119,4 +119,5 @@ class MlflowHook(BaseHook):
         conn = self.get_connection(self.conn_id)
         tracking_uri = self._tracking_uri(conn)
         ui_url = (conn.extra_dejson or {}).get("ui_url")
-        return tracking_uri, ui_url.rstrip("/") if ui_url else without_credentials(tracking_uri)
+        # Links are XCom and page HTML: no credentials, whichever address they come from.
+        return tracking_uri, without_credentials(ui_url.rstrip("/") if ui_url else tracking_uri)

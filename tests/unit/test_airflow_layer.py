@@ -183,12 +183,23 @@ def test_mlflow_links_use_the_connections_ui_url_else_the_tracking_uri_without_c
         ),
     )
     monkeypatch.setenv(
+        "AIRFLOW_CONN_MLFLOW_UI_WITH_LOGIN",
+        json.dumps(
+            {
+                "conn_type": "mlflow",
+                "host": "http://mlflow:5000",
+                "extra": {"ui_url": "https://al:pw@ml.example/"},
+            }
+        ),
+    )
+    monkeypatch.setenv(
         "AIRFLOW_CONN_MLFLOW_PLAIN",
         json.dumps({"conn_type": "mlflow", "host": "https://bob:pw@mlflow.example"}),
     )
     assert MlflowHook("mlflow_ui").get_ui_url() == "http://localhost:5000"
     assert MlflowHook("mlflow_ui").get_tracking_uri() == "http://mlflow:5000"
     assert MlflowHook("mlflow_plain").get_ui_url() == "https://mlflow.example"
+    assert MlflowHook("mlflow_ui_with_login").get_ui_url() == "https://ml.example"
 
 
 def test_report_links_follow_the_api_servers_base_url(monkeypatch: pytest.MonkeyPatch) -> None:
