@@ -3,7 +3,8 @@
 
 Routes (all require an authenticated Airflow user allowed to read DAGs, via Airflow's own
 ``requires_access_dag`` dependency: the ``Authorization: Bearer`` header or the ``_token`` cookie the
-Airflow UI sets; 401 when anonymous, 403 without DAG read access):
+Airflow UI sets; 401 when anonymous, 403 without DAG read access). Each user sees the pipelines of
+which the auth manager lets them read at least one DAG; the others are absent (404):
 
 * ``GET /``                 one row per pipeline (champion, last gate, training, drift, inference)
 * ``GET /pipelines/{name}`` drill-down: metric history chart, gate report, lineage, MLflow/DAG links
@@ -108,14 +109,31 @@ def _unavailable() -> tuple[type[Exception], ...]:
 
 def build_app(sources: Sources | None = None) -> FastAPI:
     """The FastAPI app; every route requires DAG read access (401 when anonymous, 403 without it)."""
-    from airflow.api_fastapi.core_api.security import requires_access_dag
+    from airflow.api_fastapi.app import get_auth_manager
+    from airflow.api_fastapi.core_api.security import get_user, requires_access_dag
 
     from mlops_tasks.ui import render, views
 
     src = sources or Sources()
 
-    def pipelines() -> list[PipelineConfig]:
-        return [c for c in src.configs() if isinstance(c, PipelineConfig)]
+    def readable(configs: list[Any], user: Any) -> list[Any]:
+        """``configs`` less the pipelines of which the user may read no DAG: an auth manager with
+        per-DAG (or per-team) permissions shows each user the rows, pages and reports of their
+        pipelines only. Broken configs stay: their rows hold an error, no pipeline's data."""
+        wanted = {
+            c.dag_id(kind) for c in configs if isinstance(c, PipelineConfig) for kind in views.DAG_KINDS
+        }
+        allowed = get_auth_manager().filter_authorized_dag_ids(dag_ids=wanted, user=user, method="GET")
+        return [
+            c
+            for c in configs
+            if not isinstance(c, PipelineConfig) or any(c.dag_id(kind) in allowed for kind in views.DAG_KINDS)
+        ]
+
+    the_user = Depends(get_user)  # resolved once per request, after the app's access check
+
+    def pipelines(user: Any) -> list[PipelineConfig]:
+        return [c for c in readable(src.configs(), user) if isinstance(c, PipelineConfig)]
 
     app = FastAPI(
         title="ML models",
@@ -138,9 +156,9 @@ def build_app(sources: Sources | None = None) -> FastAPI:
         response.headers["Referrer-Policy"] = "same-origin"
         return response
 
-    def rows() -> list[dict[str, Any]]:
+    def rows(user: Any) -> list[dict[str, Any]]:
         out = []
-        for cfg in src.configs():
+        for cfg in readable(src.configs(), user):
             if isinstance(cfg, BrokenConfig):
                 out.append(_failure(cfg.path.stem, cfg.error))
                 continue
@@ -161,16 +179,17 @@ def build_app(sources: Sources | None = None) -> FastAPI:
         return root_of(request).rsplit("/", 1)[0]
 
     @app.get("/", response_class=HTMLResponse)
-    def index(request: Request) -> HTMLResponse:
-        return HTMLResponse(render.overview(rows(), root_of(request)))
+    def index(request: Request, user: Any = the_user) -> HTMLResponse:
+        return HTMLResponse(render.overview(rows(user), root_of(request)))
 
     @app.get("/api/status")
-    def api_status() -> JSONResponse:
-        return JSONResponse({"pipelines": rows()})
+    def api_status(user: Any = the_user) -> JSONResponse:
+        return JSONResponse({"pipelines": rows(user)})
 
     @app.get("/pipelines/{name}", response_class=HTMLResponse)
-    def pipeline_page(name: str, request: Request) -> HTMLResponse:
-        cfg = next((c for c in pipelines() if c.name == name), None)
+    def pipeline_page(name: str, request: Request, user: Any = the_user) -> HTMLResponse:
+        # a pipeline the user may not read is as absent as one that does not exist
+        cfg = next((c for c in pipelines(user) if c.name == name), None)
         if cfg is None:
             raise HTTPException(404, f"no pipeline named {name!r}")
         try:
@@ -189,9 +208,9 @@ def build_app(sources: Sources | None = None) -> FastAPI:
         return HTMLResponse(render.detail(view, cfg.name, cfg.gate.primary_metric, root_of(request)))
 
     @app.get("/reports")
-    def report(uri: str = Query(..., max_length=1024)) -> Response:
+    def report(uri: str = Query(..., max_length=1024), user: Any = the_user) -> Response:
         try:
-            ref = views.resolve_report(uri, pipelines())
+            ref = views.resolve_report(uri, pipelines(user))
             body = src.store(ref.cfg).get_bytes(ref.key)
         except views.ReportRefused as exc:
             raise HTTPException(exc.status, str(exc)) from None

@@ -256,6 +256,35 @@ def test_a_logged_in_user_without_dag_read_access_is_forbidden(lifecycle: dict[s
     assert "champion" not in response.text and "Evidently" not in response.text
 
 
+def test_a_user_sees_only_the_pipelines_whose_dags_the_auth_manager_lets_them_read(
+    lifecycle: dict[str, Any], store: ObjectStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An auth manager with per-DAG permissions (FAB roles, Keycloak, multi-team): the rows, pages
+    and reports of the other pipelines are absent. The simple auth manager grants all or nothing, so
+    its per-DAG check is given a policy here: this user may read the other pipeline's DAGs only."""
+    from airflow.api_fastapi.app import get_auth_manager
+
+    other = isolated_config(load_config(EXAMPLE_CONFIG), store.bucket).model_copy(update={"name": "team_b"})
+    sources = fixed_sources([(lifecycle["cfg"], lifecycle["store"]), (other, store)], lifecycle["mlflow"])
+    drift_html = quote(lifecycle["store"].uri(lifecycle["drift_html"]), safe="")
+    with client_for(sources, user=SimpleAuthManagerUser(username="team-b", role="viewer")) as client:
+        manager = get_auth_manager()
+        allowed = manager.is_authorized_dag
+
+        def per_dag(*, method: str, user: Any, access_entity: Any = None, details: Any = None) -> bool:
+            if details is not None and details.id and not details.id.startswith(other.name + "_"):
+                return False
+            return allowed(method=method, user=user, access_entity=access_entity, details=details)
+
+        monkeypatch.setattr(manager, "is_authorized_dag", per_dag)
+        names = [row["pipeline"] for row in client.get("/api/status").json()["pipelines"]]
+        assert names == [other.name]
+        assert lifecycle["cfg"].name not in client.get("/").text
+        assert client.get(f"/pipelines/{lifecycle['cfg'].name}").status_code == 404
+        assert client.get(f"/reports?uri={drift_html}").status_code == 404
+        assert client.get(f"/pipelines/{other.name}").status_code == 200
+
+
 def test_a_pipeline_without_models_shows_no_champion_and_an_empty_drill_down(
     store: ObjectStore, mlflow_server: str
 ) -> None:
