@@ -32,7 +32,7 @@ import pandas as pd
 from mlops_tasks import drift, features
 from mlops_tasks.errors import DataError
 from mlops_tasks.status import without_credentials
-from mlops_tasks.storage import partition_prefix, read_part, read_published
+from mlops_tasks.storage import ObjectNotFoundError, partition_prefix, read_part, read_published
 from mlops_tasks.versioning import read_record, read_version_file
 
 if TYPE_CHECKING:
@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 
 _CURATED = "_curated_match"  # merge indicator: was the scored row's curated row found
+_WINDOW_READS = 3  # reads of the window when days are re-scored while it is read
 
 
 class MonitoringError(DataError):
@@ -242,6 +243,13 @@ def _rows_since(store: ObjectStore, cfg: PipelineConfig, after: dt.date, day: dt
     return rows
 
 
+def _unreadable_window(cfg: PipelineConfig, day: dt.date, exc: Exception) -> MonitoringError:
+    return MonitoringError(
+        f"the scored rows of {monitored_days(cfg, day)[0]}..{day} cannot be read: {exc}. "
+        "No retraining is triggered."
+    )
+
+
 def record_retrain_sent(store: ObjectStore, cfg: PipelineConfig, day: dt.date, check_run_id: str) -> None:
     """Mark the retrain trigger of ``day`` by run ``check_run_id`` as sent (:func:`drift.mark_sent`),
     once its event is known to exist: a drift check of that run cleared and run again then reports
@@ -292,16 +300,21 @@ def run_drift_monitor(
         model = _load_model(str(path), cfg, champion)
     outputs = [features.SCORE_OUTPUT, *(_probability_columns(model) if model.task == "multiclass" else [])]
     window_columns = [*columns, *([cfg.target.column] if cfg.target.column not in columns else [])]
-    try:
-        parts, skipped = _window_parts(
-            store, cfg, day, window_columns, model_version=champion["version"], outputs=outputs
-        )
-        current, current_rows = drift.sample_parts(parts, cfg.drift.sample_rows, cfg.drift.seed)
-    except (FileNotFoundError, ValueError) as exc:
-        raise MonitoringError(
-            f"the scored rows of {monitored_days(cfg, day)[0]}..{day} cannot be read: {exc}. "
-            "No retraining is triggered."
-        ) from None
+    for attempt in range(1, _WINDOW_READS + 1):
+        try:
+            parts, skipped = _window_parts(
+                store, cfg, day, window_columns, model_version=champion["version"], outputs=outputs
+            )
+            current, current_rows = drift.sample_parts(parts, cfg.drift.sample_rows, cfg.drift.seed)
+            break
+        except ObjectNotFoundError as exc:
+            # A day re-scored while the window was read: its manifest's old parts are deleted once the
+            # new ones are published. Read the window again from the manifests as they are now.
+            if attempt == _WINDOW_READS or not exc.key.startswith(f"{cfg.prefix}/predictions/"):
+                raise _unreadable_window(cfg, day, exc) from None
+            log.info("drift check of %s: %s was replaced while read; reading the window again", day, exc.key)
+        except (FileNotFoundError, ValueError) as exc:
+            raise _unreadable_window(cfg, day, exc) from None
     if skipped:
         log.warning(
             "drift check of %s: skipped predictions not made by champion v%s: %s",

@@ -623,6 +623,36 @@ def test_days_scored_by_another_model_version_are_skipped_and_listed(
     assert result["live_metric"]["labelled_rows"] == 1000
 
 
+def test_a_day_rescored_while_the_window_is_read_is_read_again_from_its_new_manifest(
+    world: ObjectStore,
+    cfg: PipelineConfig,
+    champion: Champion,
+    mlflow_server: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from mlops_tasks import monitoring
+
+    publish_window(world, cfg, champion, change=warmer)
+    earlier = str(int(champion.version) + 100)
+    read_part_rows = monitoring._scored_rows
+    rescored: list[str] = []
+
+    def rescored_meanwhile(*args: object) -> pd.DataFrame:
+        # the first part the check loads: meanwhile another model version re-scores DAY (a real
+        # publish, which deletes the parts it replaces)
+        if not rescored:
+            score(world, cfg, champion, [DAY], version=earlier)
+            rescored.append(earlier)
+        return read_part_rows(*args)
+
+    monkeypatch.setattr(monitoring, "_scored_rows", rescored_meanwhile)
+
+    result = monitor(world, cfg, mlflow_server)
+
+    assert result["skipped_predictions"] == [{"day": DAY.isoformat(), "model_version": earlier, "rows": 500}]
+    assert result["rows"]["current"] == 1200
+
+
 def test_multiclass_champion_s_live_metric_uses_its_published_class_probabilities(
     store: ObjectStore, cfg: PipelineConfig, champion: Champion, mlflow_server: str, tmp_path: Path
 ) -> None:
