@@ -424,6 +424,17 @@ def registered_copy(cfg: PipelineConfig, onnx_run: str, mlflow_server: str, tmp_
     return run_id
 
 
+def own_model(cfg: PipelineConfig, name: str, **changes: object) -> PipelineConfig:
+    """``cfg`` registering as its own model ``name`` (a fresh registry), gating at a small latency batch."""
+    return cfg.model_copy(
+        update={
+            "mlflow": cfg.mlflow.model_copy(update={"registered_model": name}),
+            "gate": GateSpec(latency_batch_rows=256),
+            **changes,
+        }
+    )
+
+
 def test_a_gate_finds_the_champion_of_a_model_name_with_a_quote(
     binary_cfg: PipelineConfig,
     split: tuple,
@@ -434,13 +445,8 @@ def test_a_gate_finds_the_champion_of_a_model_name_with_a_quote(
 ) -> None:
     from mlops_tasks import evaluation
 
-    name = f"Flights' delay {uuid.uuid4().hex[:8]}"  # MLflow allows any name without / or :
-    cfg = binary_cfg.model_copy(
-        update={
-            "mlflow": binary_cfg.mlflow.model_copy(update={"registered_model": name}),
-            "gate": GateSpec(latency_batch_rows=256),
-        }
-    )
+    # MLflow allows any name without / or :
+    cfg = own_model(binary_cfg, f"Flights' delay {uuid.uuid4().hex[:8]}")
     registered_copy(cfg, trained["run_id"], mlflow_server, tmp_path)
 
     decision = evaluation.evaluate_and_gate(
@@ -463,14 +469,7 @@ def test_a_champion_whose_onnx_file_is_gone_fails_the_gate_with_a_clear_error(
     from mlops_tasks import evaluation
     from tests.conftest import make_store
 
-    cfg = binary_cfg.model_copy(
-        update={
-            "mlflow": binary_cfg.mlflow.model_copy(
-                update={"registered_model": f"gone_{uuid.uuid4().hex[:8]}"}
-            ),
-            "gate": GateSpec(latency_batch_rows=256),
-        }
-    )
+    cfg = own_model(binary_cfg, f"gone_{uuid.uuid4().hex[:8]}")
     champion_run = registered_copy(cfg, trained["run_id"], mlflow_server, tmp_path)
     artifacts = make_store(s3_endpoint, "mlops")
     artifacts.delete([o.key for o in artifacts.list("mlflow/") if champion_run in o.key])
@@ -494,16 +493,11 @@ def test_a_champion_needing_a_column_the_data_lost_fails_the_gate_naming_it(
 ) -> None:
     from mlops_tasks import evaluation
 
-    cfg = binary_cfg.model_copy(
-        update={
-            "mlflow": binary_cfg.mlflow.model_copy(
-                update={"registered_model": f"lost_{uuid.uuid4().hex[:8]}"}
-            ),
-            "features": binary_cfg.features.model_copy(
-                update={"numeric": [c for c in binary_cfg.features.numeric if c != "visib"]}
-            ),
-            "gate": GateSpec(latency_batch_rows=256),
-        }
+    without_visib = [c for c in binary_cfg.features.numeric if c != "visib"]
+    cfg = own_model(
+        binary_cfg,
+        f"lost_{uuid.uuid4().hex[:8]}",
+        features=binary_cfg.features.model_copy(update={"numeric": without_visib}),
     )
     registered_copy(cfg, trained["run_id"], mlflow_server, tmp_path)  # trained with visib
     challenger = training.train(cfg, split[0], tracking_uri=mlflow_server, data_version="dv2", trigger="test")
