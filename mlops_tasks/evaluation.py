@@ -356,24 +356,20 @@ def _champion(
         newest = client.search_model_versions(
             f"name={tracking.quoted(name)}", max_results=1, order_by=["version_number DESC"]
         )
-        gone = (
-            version is not None
-            and version.run_id != run_id
-            and tracking.ONNX_ARTIFACT not in {a.path for a in client.list_artifacts(version.run_id, "model")}
-        )
     newest_version = newest[0].version if newest else None
-    if gone:
+    if version is None or version.run_id == run_id:
+        return version, None, newest_version
+    try:
+        path = tracking.download_run_artifact(
+            tracking_uri, version.run_id, tracking.ONNX_ARTIFACT, tmp / "champion"
+        )
+    except tracking.ArtifactMissingError:
         raise EvaluationDataError(
             f"champion v{version.version} of '{name}' (run {version.run_id}) has no {tracking.ONNX_ARTIFACT} "
             "any more (deleted from the artifact store?), so the challenger cannot be compared with it, "
             "and batch inference cannot serve it either. Roll back to the previous champion "
             f"(mlops-tasks model rollback {cfg.name}), or restore the file, then run the gate again."
-        )
-    if version is None or version.run_id == run_id:
-        return version, None, newest_version
-    path = tracking.download_run_artifact(
-        tracking_uri, version.run_id, tracking.ONNX_ARTIFACT, tmp / "champion"
-    )
+        ) from None
     return version, OnnxModel(path, cfg), newest_version
 
 

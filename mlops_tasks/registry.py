@@ -472,13 +472,14 @@ def download_onnx(
             found = tracking.alias_version(client, name, alias or CHAMPION)
             if found is None:
                 raise RegistryError(f"model '{name}' has no version with alias '{alias}'")
-        if tracking.ONNX_ARTIFACT not in {a.path for a in client.list_artifacts(found.run_id, "model")}:
-            raise RegistryError(
-                f"v{found.version} of '{name}': its run {found.run_id} has no {tracking.ONNX_ARTIFACT} any more "
-                f"(deleted from the artifact store?); nothing was scored with it. Roll back (mlops-tasks "
-                f"model rollback {cfg.name}) or restore the file."
-            )
-    path = tracking.download_run_artifact(tracking_uri, found.run_id, tracking.ONNX_ARTIFACT, dest_dir)
+    try:
+        path = tracking.download_run_artifact(tracking_uri, found.run_id, tracking.ONNX_ARTIFACT, dest_dir)
+    except tracking.ArtifactMissingError:
+        raise RegistryError(
+            f"v{found.version} of '{name}': its run {found.run_id} has no {tracking.ONNX_ARTIFACT} any more "
+            f"(deleted from the artifact store?); nothing was scored with it. Roll back (mlops-tasks "
+            f"model rollback {cfg.name}) or restore the file."
+        ) from None
     registered = (found.tags or {}).get(ONNX_SHA256_TAG)
     if registered and sha256_file(path) != registered:
         raise RegistryError(

@@ -96,12 +96,25 @@ def version_tags() -> dict[str, str]:
     return tags
 
 
+class ArtifactMissingError(FileNotFoundError):
+    """A run's artifact is not (any more) in the artifact store."""
+
+
 def download_run_artifact(tracking_uri: str, run_id: str, path: str, dest_dir: str | Path) -> Path:
-    """One artifact of a run as a local file (through the tracking server's artifact proxy)."""
+    """One artifact of a run as a local file (through the tracking server's artifact proxy);
+    :class:`ArtifactMissingError` when the run has no such artifact (e.g. deleted from the store)."""
     dest_dir = Path(dest_dir)
     dest_dir.mkdir(parents=True, exist_ok=True)
+    mlflow = client(tracking_uri)
     with reachable(tracking_uri, f"download {path} of run {run_id}"):
-        return Path(client(tracking_uri).download_artifacts(run_id, path, str(dest_dir)))
+        try:
+            return Path(mlflow.download_artifacts(run_id, path, str(dest_dir)))
+        except MlflowException:
+            # MLflow says only that the download failed: listing tells a missing file from other failures
+            folder = path.rpartition("/")[0] or None
+            if path in {a.path for a in mlflow.list_artifacts(run_id, folder)}:
+                raise
+        raise ArtifactMissingError(f"run {run_id} has no {path} any more (deleted from the artifact store?)")
 
 
 def alias_version(client: MlflowClient, model_name: str, alias: str) -> ModelVersion | None:
