@@ -73,9 +73,11 @@ def run_stage(step: str, store: ObjectStore, model_path: str | None = None, **ar
     """What the DAG's task(s) for ``step`` do.
 
     ``ingest``, ``validate``: the day DAY; ``score``: plan + score + publish DAY with ``model_path``;
-    ``train``, ``export``: the Train/ExportModelOperator on ``data_version`` (export: of ``run_id``);
-    ``register``: the RegisterModelOperator for ``run_id`` with the gate's ``decision``. The model
-    steps take ``tracking_uri`` and the ``name`` of :func:`model_config`.
+    ``version``: the DataVersionOperator on ``days`` (ISO dates); ``lineage``: the LineageOperator
+    with the ``upstream`` results; ``train``, ``export``, ``gate``: the Train/Export/EvaluateGate
+    operator on ``data_version`` (export, gate: of ``run_id``); ``register``: the
+    RegisterModelOperator for ``run_id`` with the gate's ``decision``. The model steps take
+    ``tracking_uri`` and the ``name`` of :func:`model_config`.
     """
     if step == "ingest":
         from mlops_tasks.ingestion import ingest_day
@@ -96,6 +98,15 @@ def run_stage(step: str, store: ObjectStore, model_path: str | None = None, **ar
             for unit in inference.plan_parts(store, cfg, DAY)
         ]
         return inference.publish_predictions(store, cfg, DAY, results, output_area="predictions", **IDENTITY)
+    if step == "version":
+        from mlops_tasks.versioning import create_data_version
+
+        return create_data_version(store, config(), [dt.date.fromisoformat(d) for d in args["days"]])
+    if step == "lineage":
+        from mlops_tasks.lineage import assemble_record, write_record
+
+        record = assemble_record(store, config(), airflow_run_id=AIRFLOW_RUN_ID, **args["upstream"])
+        return write_record(store, config(), record)
     return _model_step(step, store, model_config(args["name"]), **args)
 
 
@@ -129,11 +140,15 @@ def _model_step(
             run_name=f"{cfg.name}-{AIRFLOW_RUN_ID}",
             tags={"airflow_dag_id": cfg.dag_id("training"), "airflow_run_id": AIRFLOW_RUN_ID},
         )
+    assert run_id is not None
     if step == "export":
         from mlops_tasks.export import export_run
 
-        assert run_id is not None
         return export_run(cfg, run_id, tracking_uri=tracking_uri, sample_frame=eval_frame)
+    if step == "gate":
+        from mlops_tasks.evaluation import evaluate_and_gate
+
+        return evaluate_and_gate(cfg, run_id, eval_frame, tracking_uri=tracking_uri, store=store, day=DAY)
     raise ValueError(f"unknown step '{step}'")
 
 

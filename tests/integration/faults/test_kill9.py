@@ -1,18 +1,26 @@
 """``kill -9`` of a data-stage task process mid-write, then the retry: the final outputs are
 byte-identical to a clean run, readers never see a partial partition, and no row is duplicated.
-(The model stage: ``test_kill9_model.py``.)"""
+Also the data version (DVC push, then its record) and the lineage record, which are written to S3
+too. (The model stage: ``test_kill9_model.py``.)"""
 
 from __future__ import annotations
+
+import datetime as dt
+from typing import Any
 
 import pytest
 
 from mlops_tasks.example import seed_landing
+from mlops_tasks.lineage import read_record, record_key
 from mlops_tasks.storage import MANIFEST_NAME, ObjectStore
+from mlops_tasks.versioning import DVC_REMOTE_PREFIX, load_data_version
 from tests.conftest import make_store
 from tests.integration.faults.stage_runner import (
     DAY,
     VALIDATION_AREAS,
+    Hold,
     HoldingProxy,
+    Request,
     config,
     kill_when,
     output_partition,
@@ -42,6 +50,24 @@ def assert_published_whole(store: ObjectStore, partition: str) -> None:
     assert manifest is not None, partition
     keys = sorted(o.key for o in store.list(partition))
     assert keys == sorted([p["key"] for p in manifest["parts"]] + [partition + MANIFEST_NAME])
+
+
+def kill_held(hold: Hold, step: str, s3_endpoint: str, store: ObjectStore, **args: Any) -> Request:
+    """Run ``step`` as a process talking to S3 through a proxy; ``kill -9`` it once ``hold`` stalled
+    a request. Returns that request."""
+    proxy = HoldingProxy(s3_endpoint, hold)
+    try:
+        kill_when(start_stage(step, proxy.url, store.bucket, **args), proxy.held.is_set)
+    finally:
+        proxy.close()
+    assert proxy.held_request is not None
+    return proxy.held_request
+
+
+def holds_put(bucket: str, key: str) -> Hold:
+    """The PUT of ``key`` (boto3 waits for the endpoint's 100-continue before sending the body: the
+    endpoint sees the request's head, none of its body)."""
+    return lambda request: 0 if (request.method, request.path) == ("PUT", f"/{bucket}/{key}") else None
 
 
 @pytest.mark.parametrize(
@@ -86,13 +112,7 @@ def test_validation_killed_before_publishing_retried_is_byte_identical(
     for p in partitions.values():
         store.delete_prefix(p)
 
-    manifest_put = f"/{store.bucket}/{partitions[held_area]}{MANIFEST_NAME}"
-    proxy = HoldingProxy(s3_endpoint, lambda r: 0 if (r.method, r.path) == ("PUT", manifest_put) else None)
-    try:
-        process = start_stage("validate", proxy.url, store.bucket)
-        kill_when(process, proxy.held.is_set)
-    finally:
-        proxy.close()
+    kill_held(holds_put(store.bucket, partitions[held_area] + MANIFEST_NAME), "validate", s3_endpoint, store)
 
     assert [o.key for o in store.list(partitions[held_area])]  # the part was written ...
     assert store.read_manifest(partitions[held_area]) is None  # ... and is not visible to readers
@@ -108,3 +128,90 @@ def test_validation_killed_before_publishing_retried_is_byte_identical(
     curated = store.read_manifest(partitions["curated"])
     quarantined = store.read_manifest(partitions["quarantine"])
     assert curated["rows"] == clean["good_rows"] and quarantined["bad_rows"] == clean["bad_rows"]
+
+
+VERSION_DAYS = [DAY, DAY + dt.timedelta(days=1)]
+
+
+def publish_version_days(store: ObjectStore) -> None:
+    """Two curated days of two parts each: the version's DVC directory holds four files."""
+    for offset, day in enumerate(VERSION_DAYS):
+        frames = [curated_frame(day, 300, seed=2 * offset), curated_frame(day, 200, seed=2 * offset + 1)]
+        publish_curated(store, config(), day, frames, row_group_size=100)
+
+
+def holds_second_dvc_file(bucket: str) -> Hold:
+    """The upload of the second file to the DVC remote: one file pushed, the directory listing not."""
+    uploads: list[str] = []
+
+    def hold(request: Request) -> int | None:
+        if request.method == "PUT" and request.path.startswith(f"/{bucket}/{DVC_REMOTE_PREFIX}/files/"):
+            uploads.append(request.path)
+            return 0 if len(uploads) == 2 else None
+        return None
+
+    return hold
+
+
+@pytest.mark.parametrize("kill_point", ["dvc-push", "record"])
+def test_data_version_killed_then_retried_records_the_clean_version(
+    s3_endpoint: str, kill_point: str
+) -> None:
+    """Killed while DVC pushes the version's files, or after the push while the version's record (its
+    commit point: a version without a record is made again) is being written. No record is left, so
+    nothing can train on the half-made version; the retry pushes what is missing and writes the record
+    and DVC objects of a clean run, and the version reads back whole."""
+    clean, faulty = make_store(s3_endpoint), make_store(s3_endpoint)
+    for store in (clean, faulty):
+        publish_version_days(store)
+    days = [d.isoformat() for d in VERSION_DAYS]
+    expected = run_stage("version", clean, days=days)
+    version = expected["data_version"]
+    record = f"{config().prefix}/data_versions/{version}.json"
+    outputs = (f"{config().prefix}/data_versions/", f"{DVC_REMOTE_PREFIX}/")
+    expected_objects = {prefix: contents(clean, prefix) for prefix in outputs}
+    assert len(expected_objects[f"{DVC_REMOTE_PREFIX}/"]) == 5  # 4 files + the directory listing
+
+    if kill_point == "dvc-push":
+        kill_held(holds_second_dvc_file(faulty.bucket), "version", s3_endpoint, faulty, days=days)
+        pushed = contents(faulty, f"{DVC_REMOTE_PREFIX}/")
+        assert pushed.items() < expected_objects[f"{DVC_REMOTE_PREFIX}/"].items()  # some of it, all whole
+    else:
+        kill_held(holds_put(faulty.bucket, record), "version", s3_endpoint, faulty, days=days)
+        assert contents(faulty, f"{DVC_REMOTE_PREFIX}/") == expected_objects[f"{DVC_REMOTE_PREFIX}/"]
+    assert not faulty.exists(record)
+
+    retried = run_stage("version", faulty, days=days)
+
+    assert retried == {**expected, "record_uri": faulty.uri(record)} and retried["uploaded"]
+    assert {prefix: contents(faulty, prefix) for prefix in outputs} == expected_objects
+    read_back = load_data_version(faulty, config(), version)
+    assert read_back.equals(load_data_version(clean, config(), version)) and len(read_back) == 1000
+
+
+def test_lineage_killed_mid_write_then_retried_writes_the_clean_record(s3_endpoint: str) -> None:
+    """Killed while the record's PUT is in flight (its one write): no record, not half of one, for
+    ``mlops-tasks lineage`` to trip on; the retry writes the bytes of a clean run."""
+    clean, faulty = make_store(s3_endpoint), make_store(s3_endpoint)
+    upstream = {
+        "data_version": {
+            "data_version": "0" * 32,
+            "days": [DAY.isoformat()],
+            "landing_files": ["flights_delay/landing/flights_2013-03-01.csv"],
+            "trigger": "schedule",
+        },
+        "training": {"run_id": "a" * 32, "experiment_id": "1"},
+        "export": {"onnx_artifact_uri": "s3://mlops/mlflow/1/" + "a" * 32 + "/artifacts/model/model.onnx"},
+        "decision": {"promote": True, "reason": "gate passed", "primary_metric": "roc_auc"},
+        "registration": {"model_name": "flights_delay", "version": "3", "promoted": True},
+    }
+    run_stage("lineage", clean, upstream=upstream)
+    key = record_key(config(), "flights_delay", "3")
+
+    kill_held(holds_put(faulty.bucket, key), "lineage", s3_endpoint, faulty, upstream=upstream)
+    assert not faulty.exists(key)
+
+    assert run_stage("lineage", faulty, upstream=upstream) == faulty.uri(key)  # the retry
+    assert read_record(faulty, config(), "3")["model_version"] == "3"
+    clean_record = clean.get_bytes(key).replace(clean.bucket.encode(), faulty.bucket.encode())
+    assert faulty.get_bytes(key) == clean_record

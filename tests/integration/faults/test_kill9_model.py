@@ -1,4 +1,4 @@
-"""``kill -9`` of the model-stage tasks (train, export, register) at chosen points, then the retry.
+"""``kill -9`` of the model-stage tasks (train, export, gate, register) at chosen points, then the retry.
 
 Each stage runs as its own process against the MLflow server of the faults package (PostgreSQL store,
 artifacts in the S3 endpoint) through a :class:`HoldingProxy`, which stalls the request that marks the
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import tempfile
 import uuid
 from dataclasses import dataclass
@@ -238,6 +239,72 @@ def test_export_killed_then_retried_logs_the_clean_onnx(
     assert model_artifacts(pg_mlflow.url, run_id) == clean["files"]
     assert client.get_run(run_id).data.tags["onnx_sha256"] == exported["onnx_sha256"]
     assert exported["onnx_sha256"] == hashlib.sha256(clean["files"]["model.onnx"]).hexdigest()
+
+
+def holds_gate_record(request: Request) -> int | None:
+    """The log-batch of the gate's eval metrics and decision tags: its reports are in S3 already."""
+    return 0 if request.path.endswith("/runs/log-batch") else None
+
+
+def holds_gate_report_upload(request: Request) -> int | None:
+    """The upload of the gate's reports to the run, after its metrics and tags were logged."""
+    return 0 if request.method == "PUT" and "/artifacts/gate/" in request.path else None
+
+
+def judged(decision: dict[str, Any]) -> dict[str, Any]:
+    """What a gate decided, without what differs between two evaluations of the same model: the run
+    it was logged to (and the reports named after it) and the measured latencies."""
+
+    def assessed(model: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in model.items() if k != "p95_batch_latency_ms"}
+
+    return {
+        "promote": decision["promote"],
+        "reason": decision["reason"],
+        "checks": [(c["name"], c["passed"]) for c in decision["checks"]],
+        "challenger": {k: v for k, v in assessed(decision["challenger"]).items() if k != "run_id"},
+        "champion": assessed(decision["champion"]),
+    }
+
+
+@pytest.mark.parametrize("kill_point", ["before-record", "report-upload"])
+def test_gate_killed_then_retried_decides_the_same_with_one_point_per_metric(
+    pg_mlflow: RestartableMlflow, data: Data, clean: dict[str, Any], name: str, kill_point: str
+) -> None:
+    """Killed before the decision reached the run, or while its reports are uploaded to the run after
+    its metrics and tags: the registry is untouched (the gate only reads it), the retry decides as a
+    clean gate of the same model does, and the run's history has one point per eval metric."""
+    url = pg_mlflow.url
+    champion_run = run_with_model(url, name, {"model.onnx": clean["files"]["model.onnx"]})
+    champion = stage("register", data, url, name, run_id=champion_run, decision=decision(0.7, None))[
+        "version"
+    ]
+    expected = stage("gate", data, url, name, run_id=run_with_model(url, name, clean["files"]))
+    run_id = run_with_model(url, name, clean["files"])
+    hold = holds_gate_record if kill_point == "before-record" else holds_gate_report_upload
+    kill_at(hold, "gate", data, url, name, run_id=run_id)
+
+    client = tracking.client(url)
+    killed = client.get_run(run_id).data
+    if kill_point == "before-record":
+        assert "gate_decision" not in killed.tags and not any(k.startswith("eval_") for k in killed.metrics)
+    else:
+        assert killed.tags["gate_decision"] == ("promote" if expected["promote"] else "reject")
+    assert registry.champion_info(model_config(name), tracking_uri=url)["version"] == champion
+
+    retried = stage("gate", data, url, name, run_id=run_id)
+
+    assert judged(retried) == judged(expected) and expected["champion"]["version"] == champion
+    metrics = client.get_run(run_id).data.metrics
+    eval_metrics = [k for k in metrics if k.startswith("eval_") and "latency" not in k]
+    assert {f"eval_{k}" for k, v in expected["challenger"]["metrics"].items() if v is not None} == set(
+        eval_metrics
+    )
+    assert all(len(client.get_metric_history(run_id, k)) == 1 for k in eval_metrics)
+    with tempfile.TemporaryDirectory() as tmp:
+        logged = Path(client.download_artifacts(run_id, "gate/gate.json", tmp)).read_bytes()
+    store = make_store(data.endpoint, data.bucket)
+    assert json.loads(logged) == json.loads(store.get_bytes(store.key_of(retried["report_json_uri"])))
 
 
 def holds_first_version_tag(request: Request) -> int | None:
