@@ -74,7 +74,8 @@ def run_stage(step: str, store: ObjectStore, model_path: str | None = None, **ar
 
     ``ingest``, ``validate``: the day DAY; ``score``: plan + score + publish DAY with ``model_path``;
     ``version``: the DataVersionOperator on ``days`` (ISO dates); ``lineage``: the LineageOperator
-    with the ``upstream`` results; ``train``, ``export``, ``gate``: the Train/Export/EvaluateGate
+    with the ``upstream`` results; ``drift``: the drift check of a July week of the example against
+    its winter (it drifts), by the DAG run ``check_run_id``; ``train``, ``export``, ``gate``: the Train/Export/EvaluateGate
     operator on ``data_version`` (export, gate: of ``run_id``); ``register``: the
     RegisterModelOperator for ``run_id`` with the gate's ``decision``. The model steps take
     ``tracking_uri`` and the ``name`` of :func:`model_config`.
@@ -107,7 +108,37 @@ def run_stage(step: str, store: ObjectStore, model_path: str | None = None, **ar
 
         record = assemble_record(store, config(), airflow_run_id=AIRFLOW_RUN_ID, **args["upstream"])
         return write_record(store, config(), record)
+    if step == "drift":
+        return _drift_check(store, args["check_run_id"])
     return _model_step(step, store, model_config(args["name"]), **args)
+
+
+DRIFT_DAY = dt.date(2013, 7, 14)
+
+
+def _drift_check(store: ObjectStore, check_run_id: str) -> dict[str, Any]:
+    """What the drift monitor's check does once it has its reference and window rows: the example's
+    January-February rows against the week to DRIFT_DAY, 3,000 rows of each (the Evidently report
+    takes seconds, not a minute)."""
+    import pandas as pd
+
+    from mlops_tasks import drift, example
+    from mlops_tasks.monitoring import state_key
+
+    cfg = config()
+    cfg = cfg.model_copy(update={"drift": cfg.drift.model_copy(update={"sample_rows": 3000})})
+    weather = example.weather().drop(columns=["year", "month", "day", "hour"])
+    rows = example.flights().merge(weather, on=["origin", "time_hour"], how="left")
+    day = pd.to_datetime(rows[["year", "month", "day"]]).dt.date
+    return drift.run_check(
+        store,
+        cfg,
+        DRIFT_DAY,
+        reference=rows[day <= dt.date(2013, 2, 28)],
+        current=rows[(day > DRIFT_DAY - dt.timedelta(days=7)) & (day <= DRIFT_DAY)],
+        state_key=state_key(cfg),
+        check_run_id=check_run_id,
+    )
 
 
 def _model_step(

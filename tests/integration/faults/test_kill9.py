@@ -1,7 +1,7 @@
 """``kill -9`` of a data-stage task process mid-write, then the retry: the final outputs are
 byte-identical to a clean run, readers never see a partial partition, and no row is duplicated.
-Also the data version (DVC push, then its record) and the lineage record, which are written to S3
-too. (The model stage: ``test_kill9_model.py``.)"""
+Also the data version (DVC push, then its record), the lineage record and the drift check (its
+cooldown state and reports), which are written to S3 too. (The model stage: ``test_kill9_model.py``.)"""
 
 from __future__ import annotations
 
@@ -12,11 +12,13 @@ import pytest
 
 from mlops_tasks.example import seed_landing
 from mlops_tasks.lineage import read_record, record_key
-from mlops_tasks.storage import MANIFEST_NAME, ObjectStore
+from mlops_tasks.monitoring import state_key
+from mlops_tasks.storage import MANIFEST_NAME, ObjectStore, partition_prefix
 from mlops_tasks.versioning import DVC_REMOTE_PREFIX, load_data_version
 from tests.conftest import make_store
 from tests.integration.faults.stage_runner import (
     DAY,
+    DRIFT_DAY,
     VALIDATION_AREAS,
     Hold,
     HoldingProxy,
@@ -176,6 +178,9 @@ def test_data_version_killed_then_retried_records_the_clean_version(
         kill_held(holds_second_dvc_file(faulty.bucket), "version", s3_endpoint, faulty, days=days)
         pushed = contents(faulty, f"{DVC_REMOTE_PREFIX}/")
         assert pushed.items() < expected_objects[f"{DVC_REMOTE_PREFIX}/"].items()  # some of it, all whole
+        # DVC uploads a directory's listing only after all its files: a remote holding the listing
+        # holds the whole version (which DVC's own push assumes: it checks no file of a listed dir).
+        assert not any(key.endswith(".dir") for key in pushed)
     else:
         kill_held(holds_put(faulty.bucket, record), "version", s3_endpoint, faulty, days=days)
         assert contents(faulty, f"{DVC_REMOTE_PREFIX}/") == expected_objects[f"{DVC_REMOTE_PREFIX}/"]
@@ -215,3 +220,37 @@ def test_lineage_killed_mid_write_then_retried_writes_the_clean_record(s3_endpoi
     assert read_record(faulty, config(), "3")["model_version"] == "3"
     clean_record = clean.get_bytes(key).replace(clean.bucket.encode(), faulty.bucket.encode())
     assert faulty.get_bytes(key) == clean_record
+
+
+@pytest.mark.parametrize("kill_point", ["state", "report"])
+def test_drift_check_killed_then_retried_requests_one_retrain(s3_endpoint: str, kill_point: str) -> None:
+    """Killed while the cooldown state's conditional PUT is held (the Evidently page written, nothing
+    decided), or after it while ``drift.json`` is being written (the retrain trigger stored). The
+    retry of the same DAG run replaces its own trigger and decides as a clean check did (drift,
+    retrain), with the clean run's reports and state; any other run's check of the day then finds the
+    retrain already requested: one retrain, not two."""
+    clean, faulty = make_store(s3_endpoint), make_store(s3_endpoint)
+    run_id = "scheduled__2013-07-14T00:00:00+00:00"
+    expected = run_stage("drift", clean, check_run_id=run_id)
+    assert (expected["status"], expected["retrain"]) == ("drift", True)
+    state = state_key(config())
+    reports = partition_prefix(config().prefix, "reports/drift", DRIFT_DAY)
+    outputs = {**contents(clean, reports), state: clean.get_bytes(state)}
+
+    held = state if kill_point == "state" else reports + "drift.json"
+    kill_held(holds_put(faulty.bucket, held), "drift", s3_endpoint, faulty, check_run_id=run_id)
+
+    assert contents(faulty, reports) == {reports + "drift.html": outputs[reports + "drift.html"]}
+    if kill_point == "state":
+        assert not faulty.exists(state)
+    else:
+        assert faulty.get_bytes(state) == outputs[state]  # the trigger is stored
+
+    retried = run_stage("drift", faulty, check_run_id=run_id)
+
+    uris = {k: faulty.uri(clean.key_of(expected[k])) for k in ("report_uri", "html_uri")}
+    assert retried == {**expected, **uris}
+    assert {**contents(faulty, reports), state: faulty.get_bytes(state)} == outputs
+    other = run_stage("drift", faulty, check_run_id="manual__2013-07-15T09:00:00+00:00")
+    assert (other["status"], other["retrain"]) == ("already_requested", False)
+    assert [t["run_id"] for t in faulty.get_json(state)["triggers"]] == [run_id]
