@@ -72,7 +72,9 @@ def output_partition(step: str, area: str | None = None) -> str:
 def run_stage(step: str, store: ObjectStore, model_path: str | None = None, **args: Any) -> Any:
     """What the DAG's task(s) for ``step`` do.
 
-    ``ingest``, ``validate``: the day DAY; ``score``: plan + score + publish DAY with ``model_path``;
+    ``ingest``, ``validate``: the day DAY; ``score``: plan + score + publish DAY with ``model_path``
+    (to ``output_area``: ``predictions``, or ``predictions_shadow`` as a challenger's shadow scoring);
+    ``shadow``: the ShadowReportOperator of DAY (both scored by the same model);
     ``version``: the DataVersionOperator on ``days`` (ISO dates); ``lineage``: the LineageOperator
     with the ``upstream`` results; ``drift``: the drift check of a July week of the example against
     its winter (it drifts), by the DAG run ``check_run_id``; ``train``, ``export``, ``gate``: the Train/Export/EvaluateGate
@@ -91,14 +93,17 @@ def run_stage(step: str, store: ObjectStore, model_path: str | None = None, **ar
     if step == "score":
         from mlops_tasks import inference
 
-        cfg = config()
+        cfg, area = config(), args.get("output_area", "predictions")
         results = [
-            inference.score_part(
-                store, cfg, unit, model_path=model_path, output_area="predictions", **IDENTITY
-            )
+            inference.score_part(store, cfg, unit, model_path=model_path, output_area=area, **IDENTITY)
             for unit in inference.plan_parts(store, cfg, DAY)
         ]
-        return inference.publish_predictions(store, cfg, DAY, results, output_area="predictions", **IDENTITY)
+        return inference.publish_predictions(store, cfg, DAY, results, output_area=area, **IDENTITY)
+    if step == "shadow":
+        from mlops_tasks.inference import shadow_report
+
+        model = {"model_name": IDENTITY["model_name"], "model_version": IDENTITY["model_version"]}
+        return shadow_report(store, config(), DAY, champion=model, challenger=model)
     if step == "version":
         from mlops_tasks.versioning import create_data_version
 

@@ -1,7 +1,7 @@
 """``kill -9`` of a data-stage task process mid-write, then the retry: the final outputs are
 byte-identical to a clean run, readers never see a partial partition, and no row is duplicated.
-Also the data version (DVC push, then its record), the lineage record and the drift check (its
-cooldown state and reports), which are written to S3 too. (The model stage: ``test_kill9_model.py``.)"""
+Also the data version (DVC push, then its record), the lineage record, the shadow report and the
+drift check (its cooldown state and reports), which are written to S3 too. (The model stage: ``test_kill9_model.py``.)"""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from mlops_tasks.example import seed_landing
+from mlops_tasks.inference import SHADOW_REPORT_NAME
 from mlops_tasks.lineage import read_record, record_key
 from mlops_tasks.monitoring import state_key
 from mlops_tasks.storage import MANIFEST_NAME, ObjectStore, partition_prefix
@@ -220,6 +221,27 @@ def test_lineage_killed_mid_write_then_retried_writes_the_clean_record(s3_endpoi
     assert read_record(faulty, config(), "3")["model_version"] == "3"
     clean_record = clean.get_bytes(key).replace(clean.bucket.encode(), faulty.bucket.encode())
     assert faulty.get_bytes(key) == clean_record
+
+
+def test_shadow_report_killed_mid_write_then_retried_writes_the_clean_report(
+    s3_endpoint: str, model_path: str
+) -> None:
+    """Killed while the report's PUT, its one write, is held: no report; the retry writes the clean
+    run's (the day's 900 rows scored by champion and challenger, agreeing on every row)."""
+    clean, faulty = make_store(s3_endpoint), make_store(s3_endpoint)
+    for store in (clean, faulty):
+        prepare("score", store)
+        for area in ("predictions", "predictions_shadow"):
+            run_stage("score", store, model_path, output_area=area)
+    expected = run_stage("shadow", clean)
+    assert expected["rows"]["compared"] == 900 and expected["agreement_rate"] == 1.0
+    key = partition_prefix(config().prefix, "reports/shadow", DAY) + SHADOW_REPORT_NAME
+
+    kill_held(holds_put(faulty.bucket, key), "shadow", s3_endpoint, faulty)
+    assert not faulty.exists(key)
+
+    assert run_stage("shadow", faulty) == {**expected, "uri": faulty.uri(key)}  # the retry
+    assert faulty.get_json(key) == {k: v for k, v in expected.items() if k != "uri"}
 
 
 @pytest.mark.parametrize("kill_point", ["state", "report"])
