@@ -236,6 +236,19 @@ class Request:
 Hold = Callable[[Request], int | None]
 
 
+def holds_nth_put(n: int, path_matches: Callable[[str], bool]) -> Hold:
+    """The ``n``-th PUT whose path ``path_matches``: the uploads before it went through."""
+    seen: list[str] = []
+
+    def hold(request: Request) -> int | None:
+        if request.method == "PUT" and path_matches(request.path):
+            seen.append(request.path)
+            return 0 if len(seen) == n else None
+        return None
+
+    return hold
+
+
 class HoldingProxy:
     """HTTP/1.1 proxy in front of a server (the S3 endpoint, MLflow) that forwards every request until
     ``hold`` picks one. That request is stalled (never answered) and :attr:`held` is set, so a test can

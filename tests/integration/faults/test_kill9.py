@@ -25,6 +25,7 @@ from tests.integration.faults.stage_runner import (
     HoldingProxy,
     Request,
     config,
+    holds_nth_put,
     kill_when,
     output_partition,
     run_stage,
@@ -143,19 +144,6 @@ def publish_version_days(store: ObjectStore) -> None:
         publish_curated(store, config(), day, frames, row_group_size=100)
 
 
-def holds_second_dvc_file(bucket: str) -> Hold:
-    """The upload of the second file to the DVC remote: one file pushed, the directory listing not."""
-    uploads: list[str] = []
-
-    def hold(request: Request) -> int | None:
-        if request.method == "PUT" and request.path.startswith(f"/{bucket}/{DVC_REMOTE_PREFIX}/files/"):
-            uploads.append(request.path)
-            return 0 if len(uploads) == 2 else None
-        return None
-
-    return hold
-
-
 @pytest.mark.parametrize("kill_point", ["dvc-push", "record"])
 def test_data_version_killed_then_retried_records_the_clean_version(
     s3_endpoint: str, kill_point: str
@@ -176,7 +164,15 @@ def test_data_version_killed_then_retried_records_the_clean_version(
     assert len(expected_objects[f"{DVC_REMOTE_PREFIX}/"]) == 5  # 4 files + the directory listing
 
     if kill_point == "dvc-push":
-        kill_held(holds_second_dvc_file(faulty.bucket), "version", s3_endpoint, faulty, days=days)
+        # the 2nd of its 4 files: one file pushed, the directory listing not
+        dvc_files = f"/{faulty.bucket}/{DVC_REMOTE_PREFIX}/files/"
+        kill_held(
+            holds_nth_put(2, lambda path: path.startswith(dvc_files)),
+            "version",
+            s3_endpoint,
+            faulty,
+            days=days,
+        )
         pushed = contents(faulty, f"{DVC_REMOTE_PREFIX}/")
         assert pushed.items() < expected_objects[f"{DVC_REMOTE_PREFIX}/"].items()  # some of it, all whole
         # DVC uploads a directory's listing only after all its files: a remote holding the listing

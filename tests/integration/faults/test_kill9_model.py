@@ -32,6 +32,7 @@ from tests.integration.faults.stage_runner import (
     HoldingProxy,
     Request,
     decision,
+    holds_nth_put,
     kill_when,
     model_config,
     run_stage,
@@ -158,24 +159,13 @@ def holds_epoch_2_metrics(request: Request) -> int | None:
     return None
 
 
-def holds_second_model_file() -> Hold:
-    """The upload of the second of the run's two model files: the run has half a model."""
-    seen: list[str] = []
-
-    def hold(request: Request) -> int | None:
-        if request.method == "PUT" and "/artifacts/model/" in request.path:
-            seen.append(request.path)
-            return 0 if len(seen) == 2 else None
-        return None
-
-    return hold
-
-
 @pytest.mark.parametrize("kill_point", ["after-epoch-1", "model-upload"])
 def test_training_killed_then_retried_exports_the_clean_model_bytes(
     pg_mlflow: RestartableMlflow, data: Data, clean: dict[str, Any], name: str, kill_point: str
 ) -> None:
-    hold = holds_epoch_2_metrics if kill_point == "after-epoch-1" else holds_second_model_file()
+    # the model-upload point: the 2nd of the run's two model files (half a model in the run)
+    second_model_file = holds_nth_put(2, lambda path: "/artifacts/model/" in path)
+    hold = holds_epoch_2_metrics if kill_point == "after-epoch-1" else second_model_file
     kill_at(hold, "train", data, pg_mlflow.url, name)
 
     client = tracking.client(pg_mlflow.url)
