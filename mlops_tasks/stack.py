@@ -524,10 +524,12 @@ class LocalStack:
             time.sleep(1)
 
     def restart(self, component: str) -> None:
-        """Stop and start one Airflow component (e.g. the dag-processor after changing plugins)."""
-        if component not in AIRFLOW_COMPONENTS or component not in self.services:
-            raise ValueError(f"no running Airflow component '{component}'; known: {AIRFLOW_COMPONENTS}")
-        self.services.pop(component).stop()
+        """Stop one Airflow component if it runs (e.g. the dag-processor after changing plugins), and
+        start it."""
+        if component not in AIRFLOW_COMPONENTS or not self.with_airflow:
+            raise ValueError(f"no Airflow component '{component}' in this stack; known: {AIRFLOW_COMPONENTS}")
+        if component in self.services:
+            self.services.pop(component).stop()
         self._start_airflow_component(component, self.airflow_env())
         self.wait_airflow_healthy()
 

@@ -175,14 +175,17 @@ def test_celery_predictions_equal_an_in_process_dag_test_run(
     # The reference run writes the same keys: remove Celery's, and keep the scheduler from
     # picking up the run that ``dags test`` clears and re-runs in process.
     celery_stack.services.pop("scheduler").stop()
-    assert store.delete_prefix(partition) > 0
-    subprocess.run(
-        [stack_mod._bin("airflow"), "dags", "test", cfg.dag_id("batch_inference"), SCORE_DAY.isoformat()],
-        env={**os.environ, **celery_stack.airflow_env()},
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
+    try:
+        assert store.delete_prefix(partition) > 0
+        subprocess.run(
+            [stack_mod._bin("airflow"), "dags", "test", cfg.dag_id("batch_inference"), SCORE_DAY.isoformat()],
+            env={**os.environ, **celery_stack.airflow_env()},
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
+    finally:
+        celery_stack.restart("scheduler")  # for the tests after this one
     in_process = read_predictions(store, cfg, SCORE_DAY)
     manifest = store.read_manifest(partition)
 
@@ -192,6 +195,32 @@ def test_celery_predictions_equal_an_in_process_dag_test_run(
     assert [p["rows"] for p in manifest["parts"]] == [p["rows"] for p in celery_manifest["parts"]]
     assert len(in_process) == len(on_celery) == celery_manifest["rows"]
     assert in_process.drop(columns="run_id").equals(on_celery.drop(columns="run_id"))
+
+
+def test_an_external_retrain_request_through_the_rest_api_trains_on_its_window(
+    runs: dict[str, dict], celery_stack: stack_mod.LocalStack
+) -> None:
+    """What docs/quickstart.md tells an external system to do: an event on the retrain asset through
+    ``POST /api/v2/assets/events`` with ``window_end`` and ``reason``. The scheduler starts an
+    asset-triggered training run, which trains up to the event's day and records why."""
+    from mlops_tasks.airflow.dag_factory import retrain_asset
+    from mlops_tasks.config import load_pipeline
+    from mlops_tasks.lineage import read_record
+
+    cfg = load_pipeline("flights_delay")
+    api = AirflowApi(celery_stack.airflow_url, celery_stack.api_token())
+    dag_id = cfg.dag_id("training")
+    known = {run["dag_run_id"] for run in api.runs(dag_id)}
+    api.post_asset_event(retrain_asset(cfg).uri, {"window_end": "2013-01-06", "reason": "new labels"})
+
+    started = api.wait_for_new_run(dag_id, known, timeout=120, run_type="asset_triggered")
+    run = api.wait_for_run(dag_id, started["dag_run_id"], timeout=RUN_TIMEOUT, progress=lambda line: None)
+
+    assert run["state"] == "success"
+    record = read_record(celery_stack.store(cfg.storage.bucket), cfg)  # the newest version's
+    assert record["dag_run_id"] == started["dag_run_id"]
+    assert record["training_window"]["end"] == "2013-01-06"
+    assert record["trigger"] == "asset:external: new labels"
 
 
 def test_worker_task_logs_hold_no_connection_secret(
