@@ -72,15 +72,19 @@ def output_partition(step: str, area: str | None = None) -> str:
 def run_stage(step: str, store: ObjectStore, model_path: str | None = None, **args: Any) -> Any:
     """What the DAG's task(s) for ``step`` do.
 
-    ``ingest``, ``validate``: the day DAY; ``score``: plan + score + publish DAY with ``model_path``
-    (to ``output_area``: ``predictions``, or ``predictions_shadow`` as a challenger's shadow scoring);
-    ``shadow``: the ShadowReportOperator of DAY (both scored by the same model);
-    ``version``: the DataVersionOperator on ``days`` (ISO dates); ``lineage``: the LineageOperator
-    with the ``upstream`` results; ``drift``: the drift check of a July week of the example against
-    its winter (it drifts), by the DAG run ``check_run_id``; ``train``, ``export``, ``gate``: the Train/Export/EvaluateGate
-    operator on ``data_version`` (export, gate: of ``run_id``); ``register``: the
-    RegisterModelOperator for ``run_id`` with the gate's ``decision``. The model steps take
-    ``tracking_uri`` and the ``name`` of :func:`model_config`.
+    - ``ingest``, ``validate``: the day DAY;
+    - ``score``: plan + score + publish DAY with ``model_path`` to ``output_area`` (``predictions``,
+      or ``predictions_shadow`` as a challenger's shadow scoring);
+    - ``shadow``: the ShadowReportOperator of DAY (both sides scored by the same model);
+    - ``version``: the DataVersionOperator on ``days`` (ISO dates);
+    - ``lineage``: the LineageOperator with the ``upstream`` results;
+    - ``drift``: the drift check of a July week of the example against its winter (it drifts), by
+      the DAG run ``check_run_id``;
+    - ``train``, ``export``, ``gate``: the Train/Export/EvaluateGate operator on ``data_version``
+      (export, gate: of ``run_id``);
+    - ``register``: the RegisterModelOperator for ``run_id`` with the gate's ``decision``.
+
+    The model steps (train .. register) take ``tracking_uri`` and the ``name`` of :func:`model_config`.
     """
     if step == "ingest":
         from mlops_tasks.ingestion import ingest_day
