@@ -215,6 +215,18 @@ def kill_when(process: subprocess.Popen, ready: Callable[[], bool], timeout: flo
         process.stderr.close()
 
 
+def kill_behind_proxy(server_url: str, hold: Hold, start: Callable[[str], subprocess.Popen]) -> Request:
+    """``start(proxy_url)`` the stage with its requests to ``server_url`` (S3 or MLflow) going through
+    a :class:`HoldingProxy`; ``kill -9`` it once ``hold`` stalled a request. Returns that request."""
+    proxy = HoldingProxy(server_url, hold)
+    try:
+        kill_when(start(proxy.url), proxy.held.is_set)
+    finally:
+        proxy.close()
+    assert proxy.held_request is not None
+    return proxy.held_request
+
+
 # -- stalling a stage at a chosen request ------------------------------------------------------------
 
 

@@ -22,10 +22,10 @@ from tests.integration.faults.stage_runner import (
     DRIFT_DAY,
     VALIDATION_AREAS,
     Hold,
-    HoldingProxy,
     Request,
     config,
     holds_nth_put,
+    kill_behind_proxy,
     kill_when,
     output_partition,
     run_stage,
@@ -59,13 +59,7 @@ def assert_published_whole(store: ObjectStore, partition: str) -> None:
 def kill_held(hold: Hold, step: str, s3_endpoint: str, store: ObjectStore, **args: Any) -> Request:
     """Run ``step`` as a process talking to S3 through a proxy; ``kill -9`` it once ``hold`` stalled
     a request. Returns that request."""
-    proxy = HoldingProxy(s3_endpoint, hold)
-    try:
-        kill_when(start_stage(step, proxy.url, store.bucket, **args), proxy.held.is_set)
-    finally:
-        proxy.close()
-    assert proxy.held_request is not None
-    return proxy.held_request
+    return kill_behind_proxy(s3_endpoint, hold, lambda url: start_stage(step, url, store.bucket, **args))
 
 
 def holds_put(bucket: str, key: str) -> Hold:

@@ -29,11 +29,10 @@ from tests.integration.faults.conftest import RestartableMlflow
 from tests.integration.faults.stage_runner import (
     AIRFLOW_RUN_ID,
     Hold,
-    HoldingProxy,
     Request,
     decision,
     holds_nth_put,
-    kill_when,
+    kill_behind_proxy,
     model_config,
     run_stage,
     start_stage,
@@ -75,22 +74,13 @@ def stage(step: str, data: Data, tracking_uri: str, name: str, **args: Any) -> d
 def kill_at(hold: Hold, step: str, data: Data, mlflow_url: str, name: str, **args: Any) -> Request:
     """Run the stage as a process talking to MLflow through a proxy; ``kill -9`` it once ``hold``
     stalled a request. Returns that request."""
-    proxy = HoldingProxy(mlflow_url, hold)
-    try:
-        process = start_stage(
-            step,
-            data.endpoint,
-            data.bucket,
-            tracking_uri=proxy.url,
-            name=name,
-            data_version=data.version,
-            **args,
-        )
-        kill_when(process, proxy.held.is_set)
-    finally:
-        proxy.close()
-    assert proxy.held_request is not None
-    return proxy.held_request
+    return kill_behind_proxy(
+        mlflow_url,
+        hold,
+        lambda url: start_stage(
+            step, data.endpoint, data.bucket, tracking_uri=url, name=name, data_version=data.version, **args
+        ),
+    )
 
 
 def model_artifacts(tracking_uri: str, run_id: str) -> dict[str, bytes]:
