@@ -10,6 +10,7 @@ Errors print one clear line to stderr and exit 1; no traceback wall.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -34,6 +35,9 @@ from mlops_tasks.config import (
 
 STACK_DIR = Path(os.environ.get("MLOPS_TASKS_STACK_DIR", ".stack"))
 CONNECTIONS_FILE = "connections.env"
+CLI_S3_ATTEMPTS = (
+    3  # botocore attempts per S3 request of a command: a blip is retried, an outage told in seconds
+)
 
 
 class CliError(RuntimeError):
@@ -76,11 +80,15 @@ def _connection(cfg: PipelineConfig, field: str, conn_id: str) -> Iterator[None]
 
 
 def _store(cfg: PipelineConfig) -> Any:
+    """The pipeline's object store, retrying less than a task does: someone waits at the terminal, and
+    a task's 8 attempts take about a minute of backoff to say that the endpoint is down."""
     from mlops_tasks.airflow.hooks import ObjectStoreHook
+    from mlops_tasks.storage import ObjectStore
 
     load_stack_connections()
     with _connection(cfg, "storage.connection_id", cfg.storage.connection_id):
-        return ObjectStoreHook(cfg.storage.connection_id, cfg.storage.bucket).get_store()
+        settings = ObjectStoreHook(cfg.storage.connection_id, cfg.storage.bucket).get_settings()
+    return ObjectStore(dataclasses.replace(settings, max_attempts=CLI_S3_ATTEMPTS))
 
 
 def _tracking_uri(cfg: PipelineConfig) -> str:

@@ -525,17 +525,26 @@ class DriftSpec(_Strict):
         description="Columns whose drift alone requests a retrain (also monitored if not features).",
     )
     column_p_value: float = Field(
-        0.05, gt=0, lt=1, description="Small samples (<= 1000 reference values): drift when p-value is below."
+        0.05,
+        gt=0,
+        lt=1,
+        description="Small samples (<= 1000 reference values): drift when the p-value is at or below this "
+        "(Kolmogorov-Smirnov, numeric columns) or below it (chi-squared / z, categorical columns).",
     )
     wasserstein_threshold: float = Field(
         0.1,
         gt=0,
-        description="Numeric columns: drift when Wasserstein distance / reference std >= this. Also the model's "
+        description="Numeric columns of more than 5 distinct values: drift when Wasserstein distance / "
+        "reference std >= this. Also the model's "
         "score (prediction drift: the champion's scores of the window vs of its training data), which alone "
         "requests a retrain, whatever drift_share_threshold.",
     )
     jensenshannon_threshold: float = Field(
-        0.1, gt=0, le=1, description="Categorical columns: drift when Jensen-Shannon distance >= this."
+        0.1,
+        gt=0,
+        le=1,
+        description="Categorical columns, and numeric ones of at most 5 distinct values: drift when "
+        "Jensen-Shannon distance >= this.",
     )
     max_metric_drop: float = Field(
         0.05, ge=0, description="Retrain when the live primary metric (labels arrived) drops more than this."

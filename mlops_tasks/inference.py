@@ -30,6 +30,7 @@ import json
 import math
 import os
 import queue
+import re
 import struct
 import tempfile
 import threading
@@ -184,10 +185,7 @@ class _Model:
     def _label_type(self) -> pa.DataType:
         if self.task == "regression":
             return pa.float32()
-        integral = all(
-            isinstance(c, bool | int) or (isinstance(c, float) and c.is_integer()) for c in self.classes
-        )
-        return pa.int64() if integral else pa.string()
+        return pa.int64() if all(_whole_number(c) for c in self.classes) else pa.string()
 
     def predict(self, inputs: dict[str, np.ndarray], batch_rows: int | None = None) -> list[np.ndarray]:
         """Arrays in the order of :meth:`output_fields`; onnxruntime scores ``batch_rows`` rows per
@@ -217,8 +215,17 @@ class _Model:
 
     def _labels(self, index: np.ndarray) -> np.ndarray:
         if self._label_type() == pa.int64():
-            return np.asarray(self.classes, dtype=np.int64)[index]
+            return np.asarray([int(c) for c in self.classes], dtype=np.int64)[index]
         return np.asarray([str(c) for c in self.classes], dtype=object)[index]
+
+
+def _whole_number(value: Any) -> bool:
+    """A class that is a whole number: 1, 1.0, True, or the text "1" - how training stores the classes
+    of a 0/1 column or a positive_when rule (:func:`mlops_tasks.evaluation.class_text`), whose
+    predictions are then the integers users compare with, not the text "0"/"1"."""
+    if isinstance(value, str):
+        return re.fullmatch(r"0|-?[1-9][0-9]*", value) is not None
+    return isinstance(value, bool | int) or (isinstance(value, float) and value.is_integer())
 
 
 def _label_text(value: Any) -> str:

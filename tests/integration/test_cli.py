@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -192,7 +193,10 @@ def test_data_checkout_takes_a_version_as_the_demo_prints_it(
 
 def test_unreachable_object_store_is_a_clear_error_not_a_traceback(mlflow_server: str) -> None:
     env = stack.connection_env(f"http://127.0.0.1:{stack.free_port()}", mlflow_server)
+    started = time.monotonic()
     result = cli("seed", "flights_delay", "--start", "2013-05-01", "--end", "2013-05-01", env=env)
+    # told within seconds of starting (a task's 8 attempts back off for about a minute first)
+    assert time.monotonic() - started < 30
     assert result.returncode == 1
     assert "is not reachable" in result.stderr
     assert "Traceback" not in result.stderr
@@ -213,7 +217,6 @@ def test_unknown_records_are_reported_clearly(
 
 def test_up_serves_until_interrupted_then_stops_every_process(tmp_path: Path) -> None:
     import signal
-    import time
 
     state = tmp_path / "stack"
     proc = subprocess.Popen(

@@ -52,9 +52,11 @@ def mlp_path(tmp_path: Path, cfg: PipelineConfig) -> str:
     return str(build_model(tmp_path / "mlp.onnx", cfg.features, params, classes=[0.0, 1.0]))
 
 
-def threshold_model(tmp_path: Path, cfg: PipelineConfig, threshold: float, name: str) -> str:
+def threshold_model(
+    tmp_path: Path, cfg: PipelineConfig, threshold: float, name: str, classes: tuple = (0.0, 1.0)
+) -> str:
     params = threshold_params(cfg.features, "hour", threshold, steepness=1.0)  # no float32 ties
-    return str(build_model(tmp_path / f"{name}.onnx", cfg.features, params, classes=[0.0, 1.0]))
+    return str(build_model(tmp_path / f"{name}.onnx", cfg.features, params, classes=list(classes)))
 
 
 def score_day(
@@ -121,13 +123,18 @@ def test_published_manifest_lists_every_part_with_its_rows_and_sha256(
         assert pq.read_metadata(pa.BufferReader(data)).num_rows == part["rows"]
 
 
+@pytest.mark.parametrize(
+    ("classes", "labels"),
+    [((0.0, 1.0), [0, 1]), (("0", "1"), [0, 1]), (("no", "yes"), ["no", "yes"])],
+    ids=["numbers", "numbers-as-training-stores-them", "text"],
+)
 def test_predictions_carry_keys_threshold_labels_scores_and_model_identity(
-    store: ObjectStore, cfg: PipelineConfig, tmp_path: Path
+    store: ObjectStore, cfg: PipelineConfig, tmp_path: Path, classes: tuple, labels: list
 ) -> None:
     frame = curated_frame(DAY, 400)
     publish_curated(store, cfg, DAY, [frame], row_group_size=100)
 
-    score_day(store, cfg, threshold_model(tmp_path, cfg, 12.0, "t12"))
+    score_day(store, cfg, threshold_model(tmp_path, cfg, 12.0, "t12", classes))
 
     out = inference.read_predictions(store, cfg, DAY)
     assert list(out.columns) == [
@@ -143,7 +150,8 @@ def test_predictions_carry_keys_threshold_labels_scores_and_model_identity(
     assert out["carrier"].tolist() == frame["carrier"].tolist()
     joined = out.merge(frame[["flight", "hour"]], on="flight")  # flight numbers are unique here
     assert len(joined) == 400
-    assert (joined["prediction"] == (joined["hour"] >= 12).astype(int)).all()
+    # the model's classes, the later one where the score reaches the threshold; whole numbers as integers
+    assert joined["prediction"].tolist() == [labels[late] for late in joined["hour"] >= 12]
     assert ((joined["score"] >= 0.5) == (joined["hour"] >= 12)).all()
     assert set(zip(out.model_name, out.model_version, out.run_id, strict=True)) == {tuple(IDENTITY.values())}
 
