@@ -79,7 +79,17 @@ def run_day(day: str | dt.date | None, context: Context) -> dt.date:
             "this run has no logical date (asset-triggered) and the task was given no 'day': "
             "pass day=... or trigger the DAG with a logical date"
         )
-    return as_date(logical)
+    day = as_date(logical)
+    # A scheduled run starts after its day ends. Airflow's trigger form fills in the current time as
+    # the logical date, which would score (and announce to the drift monitor) a day still arriving.
+    run_after = getattr(context.get("dag_run"), "run_after", None)
+    if run_after is not None and day >= as_date(run_after):
+        raise AirflowFailException(
+            f"this run's logical date {logical.isoformat()} is on {day}, a day that had not ended when "
+            f"the run was created ({as_date(run_after)}): its data may still be arriving. Trigger the "
+            f"run with the logical date of the day to process, e.g. {day - dt.timedelta(days=1)}T00:00:00Z"
+        )
+    return day
 
 
 def window_days(cfg: PipelineConfig, window_end: dt.date) -> list[dt.date]:

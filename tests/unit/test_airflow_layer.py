@@ -73,6 +73,26 @@ def test_scheduled_batch_inference_scores_a_day_once_it_is_over(dags) -> None:
     assert after.run_after == dt.datetime(2013, 6, 3, tzinfo=dt.UTC)
 
 
+def test_a_run_is_refused_a_day_that_had_not_ended_when_it_was_created() -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from mlops_tasks.airflow.operators import run_day
+
+    def context(logical: dt.datetime, run_after: dt.datetime) -> dict:
+        return {"logical_date": logical, "dag_run": SimpleNamespace(run_after=run_after)}
+
+    june_1, june_2 = dt.datetime(2013, 6, 1, tzinfo=dt.UTC), dt.datetime(2013, 6, 2, tzinfo=dt.UTC)
+    assert run_day(None, context(june_1, june_2)) == dt.date(2013, 6, 1)  # scheduled: after the day
+    assert run_day(None, context(june_1, dt.datetime(2026, 12, 4, tzinfo=dt.UTC))) == dt.date(2013, 6, 1)
+    # the trigger form's default: the current time as the logical date
+    now = dt.datetime(2026, 12, 4, 5, 40, tzinfo=dt.UTC)
+    with pytest.raises(
+        AirflowFailException, match=r"2026-12-04, a day that had not ended .* e\.g\. 2026-12-03"
+    ):
+        run_day(None, context(now, now))
+    assert run_day("2026-12-04", context(now, now)) == dt.date(2026, 12, 4)  # an explicit day is the user's
+
+
 def test_the_shadow_report_waits_for_both_published_days(dags) -> None:
     report = dags["flights_delay_batch_inference"].get_task("shadow_report")
     assert {"publish", "publish_shadow"} <= report.upstream_task_ids
