@@ -152,7 +152,9 @@ class ColumnSpec(_Strict):
     min: float | None = Field(None, description="Smallest allowed value (numeric columns).")
     max: float | None = Field(None, description="Largest allowed value (numeric columns).")
     allowed: list[str] | None = Field(
-        None, description="Allowed values (category/string columns); anything else quarantines the row."
+        None,
+        min_length=1,
+        description="Allowed values (category/string columns); anything else quarantines the row.",
     )
 
     @model_validator(mode="after")
@@ -166,6 +168,11 @@ class ColumnSpec(_Strict):
         if self.allowed is not None and self.type not in ("category", "string"):
             raise ValueError(
                 f"column '{self.name}': allowed only applies to category/string columns, not {self.type}"
+            )
+        if self.name != self.name.strip():
+            # ingest strips the whitespace around header names: such a name never matches a column
+            raise ValueError(
+                f"column name {self.name!r} has whitespace around it; write {self.name.strip()!r}"
             )
         if self.name in RESERVED_COLUMNS:
             raise ValueError(
@@ -183,6 +190,13 @@ class SourceSpec(_Strict):
     encoding: str = Field(
         "utf-8", description="Text encoding of CSV files (a Python codec: utf-8, latin-1, ...)."
     )
+
+    @field_validator("csv_delimiter")
+    @classmethod
+    def _separates_fields(cls, value: str) -> str:
+        if value in ('"', "\r", "\n"):
+            raise ValueError(f"csv_delimiter {value!r} cannot separate fields: it quotes or ends lines")
+        return value
 
     @field_validator("encoding")
     @classmethod

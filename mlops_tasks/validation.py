@@ -189,7 +189,17 @@ def build_rules(cfg: PipelineConfig) -> list[Rule]:
             ) from None
         except (TypeError, ValueError) as exc:
             raise ValidationConfigError(f"{where}: invalid kwargs {spec.kwargs}: {exc}") from None
-        # GX would only find out on the day's data, as a rule it cannot evaluate.
+        # GX would only find out on the day's data, as a rule it cannot evaluate: every day would
+        # fail its gate for a mistake of the config.
+        for key in ("regex", "regex_list"):
+            patterns = spec.kwargs.get(key)
+            for pattern in [patterns] if isinstance(patterns, str) else patterns or []:
+                try:
+                    re.compile(pattern)
+                except (re.error, TypeError) as exc:
+                    raise ValidationConfigError(
+                        f"{where}: kwarg '{key}' is not a valid regular expression: {pattern!r} ({exc})"
+                    ) from None
         for key, names in _named_columns(expectation).items():
             unknown = [n for n in names if n not in declared and n not in LINEAGE_COLUMNS]
             if unknown:

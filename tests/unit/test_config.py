@@ -285,6 +285,12 @@ WEATHER = "data.joins.0"
             {"training.max_rows": 100},
             r"training\.max_rows \(100\) leaves fewer than 100 rows to train on.*use at least 113",
         ),
+        ({"data.columns.9.allowed": []}, r"field 'data\.columns\.9\.allowed': List should have at least 1"),
+        (
+            {f"{WEATHER}.columns.2.name": "temp "},
+            r"column name 'temp ' has whitespace around it; write 'temp'",
+        ),
+        ({"data.source.csv_delimiter": "\n"}, r"csv_delimiter '\\n' cannot separate fields"),
     ],
     ids=[
         "unknown-encoding",
@@ -321,6 +327,9 @@ WEATHER = "data.joins.0"
         "string-as-numeric-feature",
         "binary-target-with-three-values",
         "training-cap-below-the-minimum",
+        "no-allowed-value",
+        "name-with-trailing-space",
+        "newline-as-delimiter",
     ],
 )
 def test_mistakes_that_would_fail_later_are_rejected_at_load(

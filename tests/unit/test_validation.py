@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pandas as pd
 import pyarrow as pa
 import pytest
@@ -65,6 +67,28 @@ def test_an_expectation_on_an_undeclared_column_is_a_config_error(example_config
         ValidationConfigError,
         match=r"'flights_delay': validation.expectations\[0\] \(expect_column_values_to_not_be_null\): "
         r"kwarg 'column' names column\(s\) \['origen'\] that the data does not have; use one of .*'origin'",
+    ):
+        build_rules(broken)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "pattern"),
+    [({"regex": "^[A-Z"}, "'^[A-Z'"), ({"regex_list": ["^A", "(B"]}, "'(B'")],
+    ids=["regex", "regex_list"],
+)
+def test_an_invalid_regular_expression_is_a_config_error_not_a_failed_day(
+    example_config: PipelineConfig, kwargs: dict, pattern: str
+):
+    broken = with_expectations(
+        example_config,
+        {
+            "type": f"expect_column_values_to_match_{next(iter(kwargs))}",
+            "kwargs": {"column": "dest", **kwargs},
+        },
+    )
+    with pytest.raises(
+        ValidationConfigError,
+        match=rf"expectations\[0\].*kwarg '{next(iter(kwargs))}' is not a valid regular expression: {re.escape(pattern)}",
     ):
         build_rules(broken)
 
