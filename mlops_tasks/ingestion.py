@@ -388,6 +388,15 @@ def _read_file(
             f"{', '.join(CSV_SUFFIXES + GZIP_SUFFIXES + PARQUET_SUFFIXES)}."
         )
     missing = [c for c in declared if c not in names]
+    # A header that differs from a declared name only in case or spacing would otherwise be dropped
+    # as extra while the declared column fills with nulls: the values lost without a trace.
+    for column in missing:
+        like = [n for n in names if n not in declared and n.strip().casefold() == column.casefold()]
+        if like:
+            raise RejectedFileError(
+                f"{key} has the column '{like[0]}' where the config declares '{column}': column names "
+                "are case-sensitive; rename the file's header or the config's column."
+            )
     missing_required = [c for c in missing if c in required]
     if missing_required:
         raise RejectedFileError(
@@ -417,7 +426,9 @@ def _read_parquet(
     try:
         # ParquetFile, not read_table: the dataset reader fails on a repeated column name with an
         # unreadable message; the check below names the column instead.
-        table = pq.ParquetFile(io.BytesIO(data)).read()
+        # INT96 (Spark's timestamps) read as nanoseconds would wrap dates past 2262 (9999-12-31, "no
+        # end") to other dates silently; read as microseconds they reach the range check.
+        table = pq.ParquetFile(io.BytesIO(data), coerce_int96_timestamp_unit="us").read()
     except (pa.ArrowException, OSError) as exc:
         raise RejectedFileError(f"{key} is not a readable parquet file ({_one_line(exc)}).") from None
     index = _pandas_index_columns(table)
@@ -451,6 +462,15 @@ def _arrow_series(key: str, name: str, column: pa.ChunkedArray) -> pd.Series:
         column, arrow = column.cast(arrow.value_type), arrow.value_type
     if pa.types.is_binary(arrow) or pa.types.is_large_binary(arrow) or pa.types.is_fixed_size_binary(arrow):
         column, arrow = _decode_utf8(key, name, column), pa.large_string()
+    if pa.types.is_string(arrow) or pa.types.is_large_string(arrow):
+        try:  # a writer may store any bytes in a text column; pyarrow checks them only when converting
+            column.validate(full=True)
+        except pa.ArrowInvalid:
+            column = _decode_utf8(key, name, column)  # raises naming the row
+    if pa.types.is_timestamp(arrow) and arrow.tz is not None:
+        # The values are UTC instants whatever zone the file names; pandas would look the name up,
+        # and fail on one it does not know ("UTC+5").
+        column = column.cast(pa.timestamp(arrow.unit, tz="UTC"))
     if pa.types.is_integer(arrow):
         wide = pa.uint64() if arrow == pa.uint64() else pa.int64()
         mapper = {pa.int64(): pd.Int64Dtype(), pa.uint64(): pd.UInt64Dtype()}

@@ -336,6 +336,20 @@ def assert_rejected(store, cfg, ingested: dict, key: str, data: bytes, *phrases:
     assert curated(store, cfg)["id"].tolist() == [1, 2, 3, 4]
 
 
+def test_a_header_that_differs_from_a_declared_column_in_case_rejects_its_file(store, cfg):
+    """Not dropped as an extra column while the declared one fills with nulls (temp is optional)."""
+    land(store, cfg, "flights_a.csv", csv(*GOOD))
+    data = WEATHER.replace("temp", "Temp ").encode()
+    key = land(store, cfg, "weather.csv", data)
+    ingested, _ = run(store, cfg)
+    [rejected] = ingested["rejected_files"]
+    assert rejected["key"] == key
+    assert (
+        "has the column 'Temp' where the config declares 'temp': column names are case-sensitive"
+        in (rejected["reason"])
+    )
+
+
 def test_missing_required_column_rejects_the_file_and_others_still_ingest(store, cfg):
     land(store, cfg, "flights_a.csv", csv(*GOOD))
     data = csv("9,1,AA,EWR", header="id,delay,carrier,origin").encode()
@@ -383,6 +397,16 @@ def test_csv_whose_first_line_is_blank_is_rejected(store, cfg):
 def test_parquet_text_column_with_non_utf8_bytes_is_rejected_naming_the_column(store, cfg):
     land(store, cfg, "flights_a.csv", csv(*GOOD))
     data = flights_parquet(carrier=pa.array([b"AA", b"\xff\xfe"], pa.binary()))
+    key = land(store, cfg, "flights_b.parquet", data)
+    ingested, _ = run(store, cfg)
+    assert_rejected(store, cfg, ingested, key, data, key, "column 'carrier'", "not valid UTF-8", "row 2")
+
+
+def test_parquet_string_column_with_non_utf8_bytes_is_rejected_naming_the_column(store, cfg):
+    """A STRING (not binary) column whose writer stored bytes that are no UTF-8: pyarrow reads it,
+    and would fail only converting it, with a message naming neither file nor column."""
+    land(store, cfg, "flights_a.csv", csv(*GOOD))
+    data = flights_parquet(carrier=pa.array([b"AA", b"U\xffA"], pa.binary()).view(pa.string()))
     key = land(store, cfg, "flights_b.parquet", data)
     ingested, _ = run(store, cfg)
     assert_rejected(store, cfg, ingested, key, data, key, "column 'carrier'", "not valid UTF-8", "row 2")
@@ -446,6 +470,44 @@ def test_epoch_numbers_in_a_parquet_timestamp_column_are_quarantined_whatever_el
                 in list(reasons)
             )
     assert curated(store, cfg).empty and curated(store, beside)["id"].tolist() == [3, 4]
+
+
+def test_parquet_timestamps_in_a_zone_pandas_does_not_know_ingest_as_the_instants_they_are(store, cfg):
+    land(store, cfg, "flights_a.csv", csv(*GOOD))
+    hours = pa.array(
+        [dt.datetime(2013, 1, 1, 10), dt.datetime(2013, 1, 1, 11)], pa.timestamp("us", tz="UTC+5")
+    )
+    land(store, cfg, "flights_b.parquet", flights_parquet(time_hour=hours))
+    _, validated = run(store, cfg)
+    got = curated(store, cfg)
+    assert got["id"].tolist() == [1, 2, 3, 4, 5, 6] and validated["bad_rows"] == 0
+    assert got["time_hour"].iloc[4:].tolist() == [
+        pd.Timestamp("2013-01-01 10:00", tz="UTC"),
+        pd.Timestamp("2013-01-01 11:00", tz="UTC"),
+    ]
+
+
+def test_spark_int96_timestamps_beyond_2262_are_quarantined_not_wrapped_to_other_dates(store, cfg):
+    land(store, cfg, "flights_a.csv", csv(*GOOD))
+    hours = pa.table(
+        {
+            "id": [5, 6],
+            "delay": [1.0, 2.0],
+            "carrier": ["AA", "UA"],
+            "origin": ["EWR", "JFK"],
+            "time_hour": pa.array(
+                [dt.datetime(9999, 12, 31), dt.datetime(2013, 1, 1, 10)], pa.timestamp("us")
+            ),
+        }
+    )
+    buffer = io.BytesIO()
+    pq.write_table(hours, buffer, use_deprecated_int96_timestamps=True)
+    land(store, cfg, "flights_b.parquet", buffer.getvalue())
+    run(store, cfg)
+    bad = quarantined(store, cfg)
+    assert bad["id"].tolist() == [5]
+    assert any("time_hour" in reason and "9999-12-31" in reason for reason in bad["_reasons"][0])
+    assert curated(store, cfg)["id"].tolist() == [1, 2, 3, 4, 6]
 
 
 def test_bool_parquet_column_in_a_timestamp_column_quarantines_its_rows_and_the_day_ingests(store, cfg):
