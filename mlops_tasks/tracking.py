@@ -8,6 +8,7 @@ becomes :class:`TrackingUnavailable` within seconds, which the Airflow task's ow
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 from collections.abc import Iterator
@@ -29,6 +30,8 @@ _FAST_FAIL_ENV = {
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
 }
+
+log = logging.getLogger(__name__)
 
 ONNX_ARTIFACT = "model/model.onnx"
 WEIGHTS_ARTIFACT = "model/weights.pt"
@@ -126,3 +129,31 @@ def alias_version(client: MlflowClient, model_name: str, alias: str) -> ModelVer
         if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND") or missing_alias:
             return None
         raise
+
+
+def end_killed_attempts(client: MlflowClient, experiment_id: str, run_name: str) -> None:
+    """Mark KILLED the runs of earlier attempts of this task that are still RUNNING.
+
+    An attempt killed mid-training (``kill -9``, a lost worker) never ends its MLflow run, which would
+    otherwise show as running forever next to the retry's. Its run name is the retry's (the pipeline
+    and the Airflow run id), and Airflow starts a retry only once the attempt is gone.
+    """
+    if "'" in run_name:  # MLflow's filter syntax cannot quote it; such a run stays as it is
+        return
+    filter_string = f"attributes.run_name = '{run_name}' and attributes.status = 'RUNNING'"
+    for run in client.search_runs([experiment_id], filter_string=filter_string):
+        log.warning(
+            "MLflow run %s of an earlier attempt never ended (killed): marking it KILLED", run.info.run_id
+        )
+        client.set_terminated(run.info.run_id, "KILLED")
+
+
+def end_abandoned_runs(tracking_uri: str, experiment_name: str, run_name: str) -> None:
+    """Mark KILLED the runs named ``run_name`` still RUNNING once no attempt of their task runs any
+    more (its last attempt failed): a final attempt killed outright (out of memory, a lost node)
+    has no next attempt to end its run, which would show as running forever."""
+    mlflow = client(tracking_uri)
+    with reachable(tracking_uri, f"end the abandoned runs named {run_name}"):
+        experiment = mlflow.get_experiment_by_name(experiment_name)
+        if experiment is not None:
+            end_killed_attempts(mlflow, experiment.experiment_id, run_name)

@@ -308,34 +308,6 @@ def _ensure_experiment(client: Any, name: str) -> str:
         return experiment.experiment_id
 
 
-def _end_killed_attempts(client: Any, experiment_id: str, run_name: str) -> None:
-    """Mark KILLED the runs of earlier attempts of this task that are still RUNNING.
-
-    An attempt killed mid-training (``kill -9``, a lost worker) never ends its MLflow run, which would
-    otherwise show as running forever next to the retry's. Its run name is the retry's (the pipeline
-    and the Airflow run id), and Airflow starts a retry only once the attempt is gone.
-    """
-    if "'" in run_name:  # MLflow's filter syntax cannot quote it; such a run stays as it is
-        return
-    filter_string = f"attributes.run_name = '{run_name}' and attributes.status = 'RUNNING'"
-    for run in client.search_runs([experiment_id], filter_string=filter_string):
-        log.warning(
-            "MLflow run %s of an earlier attempt never ended (killed): marking it KILLED", run.info.run_id
-        )
-        client.set_terminated(run.info.run_id, "KILLED")
-
-
-def end_abandoned_runs(cfg: PipelineConfig, tracking_uri: str, run_name: str) -> None:
-    """Mark KILLED the runs named ``run_name`` still RUNNING once no attempt of their task runs any
-    more (its last attempt failed): a final attempt killed outright (out of memory, a lost node)
-    has no next attempt to end its run, which would show as running forever."""
-    client = tracking.client(tracking_uri)
-    with tracking.reachable(tracking_uri, f"end the abandoned runs named {run_name}"):
-        experiment = client.get_experiment_by_name(cfg.experiment_name)
-        if experiment is not None:
-            _end_killed_attempts(client, experiment.experiment_id, run_name)
-
-
 def _finished_attempt(
     client: Any,
     experiment_id: str,
@@ -458,7 +430,7 @@ def train(
             "pipeline": cfg.name,
         }
         if run_name:
-            _end_killed_attempts(client, experiment_id, run_name)
+            tracking.end_killed_attempts(client, experiment_id, run_name)
             done = _finished_attempt(client, experiment_id, run_name, data_version, params, code)
             if done is not None:
                 log.warning(

@@ -477,12 +477,13 @@ class EndAbandonedTrainingRun:
         self.pipeline = pipeline
 
     def __call__(self, context: Context) -> None:
-        from mlops_tasks.training import end_abandoned_runs
-
         try:
+            # MLflow's client only: the DAG processor, where this runs, need not import torch
+            from mlops_tasks.tracking import end_abandoned_runs
+
             cfg = load_pipeline(self.pipeline)
             tracking_uri = MlflowHook(cfg.mlflow.connection_id).get_addresses()[0]
-            end_abandoned_runs(cfg, tracking_uri, training_run_name(cfg, context["run_id"]))
+            end_abandoned_runs(tracking_uri, cfg.experiment_name, training_run_name(cfg, context["run_id"]))
         except Exception as exc:  # the MLflow server down too: the run stays RUNNING, nothing else to do
             log.warning("Could not end the abandoned MLflow run of %s: %s", context.get("run_id"), exc)
 
