@@ -491,6 +491,12 @@ class InferenceSpec(_Strict):
         description="5-field cron or a preset, as training.schedule, firing once a day: each run "
         "scores one day.",
     )
+    catchup: bool = Field(
+        False,
+        description="True: days the scheduler missed (down, or the DAG paused) are scored when it is back, "
+        "up to 4 at a time, from start_date on; set start_date to the first day to score. False: only the "
+        "latest day is, and missed days need a backfill (`airflow backfill create`).",
+    )
     batch_rows: int = Field(
         4096,
         ge=1,

@@ -100,7 +100,9 @@ def _dag(cfg: PipelineConfig, kind: str, schedule: Any, doc: str, on_failure: An
         schedule=schedule,
         start_date=dt.datetime.combine(cfg.start_date, dt.time(), tzinfo=dt.UTC),
         end_date=dt.datetime.combine(cfg.end_date, dt.time(), tzinfo=dt.UTC) if cfg.end_date else None,
-        catchup=False,
+        # Each scoring run is one day of its own; training trains on a window and the drift monitor
+        # checks one up to its day, so their latest run covers the days missed.
+        catchup=cfg.inference.catchup if kind == "batch_inference" else False,
         # Training and the drift monitor read and write state shared across runs (the registry, the
         # retrain cooldown): one run at a time. Scoring runs of different days are independent.
         max_active_runs=4 if kind == "batch_inference" else 1,

@@ -73,6 +73,20 @@ def test_scheduled_batch_inference_scores_a_day_once_it_is_over(dags) -> None:
     assert after.run_after == dt.datetime(2013, 6, 3, tzinfo=dt.UTC)
 
 
+def test_missed_days_are_scored_when_the_scheduler_is_back_only_if_the_config_asks(dags) -> None:
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    from mlops_tasks.airflow.dag_factory import build_batch_inference_dag
+    from mlops_tasks.config import load_pipeline
+
+    assert not dags["flights_delay_batch_inference"].catchup  # the example starts in 2013
+    cfg = load_pipeline("flights_delay")
+    cfg = cfg.model_copy(update={"inference": cfg.inference.model_copy(update={"catchup": True})})
+    scheduled = DagSerialization.from_dict(DagSerialization.to_dict(build_batch_inference_dag(cfg)))
+    assert scheduled.catchup and scheduled.max_active_runs == 4
+    assert not dags["flights_delay_training"].catchup and not dags["flights_delay_drift_monitor"].catchup
+
+
 def test_a_run_is_refused_a_day_that_had_not_ended_when_it_was_created() -> None:
     from airflow.sdk.exceptions import AirflowFailException
 
