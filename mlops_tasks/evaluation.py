@@ -141,13 +141,14 @@ def _metrics(
         return {"rmse": _defined(np.sqrt, np.mean(error**2)), "mae": _defined(np.mean, np.abs(error))}
     if task == "binary":
         y = y_true.astype(np.int64)
-        p = np.clip(score, _EPS, 1 - _EPS)
-        predicted = (p >= 0.5).astype(np.int64)
+        predicted = (score >= 0.5).astype(np.int64)
         both = 0 < int(y.sum()) < len(y)
         return {
-            "roc_auc": _defined(skm.roc_auc_score, y, p) if both else None,
-            "pr_auc": _defined(skm.average_precision_score, y, p) if both else None,
-            "log_loss": _defined(skm.log_loss, y, p, labels=[0, 1]),
+            # The rankings on the scores as they are: clipped, a confident model's distinct scores
+            # near 0 or 1 would tie and lower its AUC.
+            "roc_auc": _defined(skm.roc_auc_score, y, score) if both else None,
+            "pr_auc": _defined(skm.average_precision_score, y, score) if both else None,
+            "log_loss": _defined(skm.log_loss, y, np.clip(score, _EPS, 1 - _EPS), labels=[0, 1]),
             "accuracy": float(np.mean(predicted == y)),
             "f1": float(skm.f1_score(y, predicted, zero_division=0)),
         }

@@ -176,7 +176,7 @@ def fit_spec(frame: pd.DataFrame, label: pd.Series, cfg: PipelineConfig) -> NetS
         else:
             med = float(np.nanmedian(values))
         filled = np.where(np.isnan(values), med, values).astype(np.float32)
-        sd = float(filled.std())
+        sd = float(filled.std(dtype=np.float64))  # float32 squares overflow beyond a spread of ~1.8e19
         if sd == 0.0:
             log.warning("numeric feature '%s' is constant in the training rows; the model ignores it", col)
             sd = 1.0

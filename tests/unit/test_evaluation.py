@@ -16,6 +16,14 @@ def test_binary_metrics_of_a_perfect_ranking() -> None:
     assert got["log_loss"] == pytest.approx(-np.mean(np.log([0.9, 0.8, 0.8, 0.9])))
 
 
+def test_binary_auc_ranks_the_scores_as_they_are_however_close_to_0_or_1() -> None:
+    """Clipped to [1e-7, 1 - 1e-7], distinct scores would tie: 0.75 and 0.625 instead."""
+    y = np.array([0, 0, 1, 1])
+    for score, auc in (([1e-12, 1e-11, 1e-10, 0.9], 1.0), ([0.1, 0.99999994, 1.0, 0.2], 0.75)):
+        got = evaluation.compute_metrics("binary", y, np.array(score, dtype=np.float32))
+        assert got["roc_auc"] == auc and np.isfinite(got["log_loss"])
+
+
 def test_binary_auc_is_undefined_not_nan_when_rows_have_one_class() -> None:
     got = evaluation.compute_metrics("binary", np.array([0, 0, 0]), np.array([0.1, 0.7, 0.2]))
     assert got["roc_auc"] is None and got["pr_auc"] is None and got["accuracy"] == pytest.approx(2 / 3)

@@ -68,6 +68,17 @@ def test_constant_feature_is_not_scaled_and_empty_feature_is_imputed_with_zero(
     assert "'month' is constant" in caplog.text and "'wind_gust' is empty" in caplog.text
 
 
+def test_a_feature_of_a_huge_spread_is_scaled_by_it_not_overflowed_away(
+    example_config: PipelineConfig,
+) -> None:
+    rows = tiny_rows()
+    rows["distance"] = np.random.default_rng(1).normal(0, 1, len(rows)) * 1e20
+    rows, label = training.labelled_rows(rows, example_config)
+    spec = training.fit_spec(rows, label, example_config)
+    distance = spec.numeric.index("distance")
+    assert 1e19 < spec.std[distance] < 1e21 and "distance" not in spec.constant
+
+
 def test_encode_maps_unseen_and_missing_categories_to_the_oov_slot(example_config: PipelineConfig) -> None:
     rows = tiny_rows()
     spec = training.fit_spec(*training.labelled_rows(rows, example_config), example_config)
