@@ -18,8 +18,8 @@
   version is not in the tree, so it never becomes champion. Deleting versions (retention) cuts the
   tree: the line then starts at the versions gated against the newest deleted champion. A rollback
   fences the restored version: the versions gated against it that exist at the rollback (the
-  rolled-back champion and those it beat in a race) never count again; challengers gated against it
-  later do.
+  rolled-back champion and those it beat in a race) never count again, also once the restored version
+  is deleted (each carries the fence too); challengers gated against it later do.
 * Stale gates: siblings compete on metrics measured on different evaluation windows, which is only fair
   between registrations that raced each other from one champion. So a registration is tagged
   ``stale`` (registered, never promoted, never shadow-scored) when, by the time it registers, the tags
@@ -85,6 +85,9 @@ CHALLENGER_ELIGIBLE = "challenger_eligible"
 ROLLBACK_FENCE = "rollback_fence"
 # On the champion a rollback replaced: it never counts again.
 ROLLED_BACK_AT = "rolled_back_at"
+# On each version a rollback fenced out (the value: the version restored): it stays out when the
+# restored version, and its fence with it, is deleted.
+FENCED_BY = "rollback_fenced_by"
 # Bound on read-move-verify rounds: a round after the first only follows another writer's change.
 _MAX_ROUNDS = 30
 
@@ -285,8 +288,10 @@ def _champion_line(versions: list[ModelVersion]) -> list[ModelVersion]:
     for v in versions:
         tags = _tags(v)
         baseline = tags.get(BASELINE, "")
-        # Under a deleted version, a rolled-back one is dropped: the fence that kept it out went with it.
-        if tags.get(GATE_DECISION) == PROMOTE and (baseline in registered or ROLLED_BACK_AT not in tags):
+        # Under a deleted version, a rolled-back or fenced one is dropped: the fence that kept it out
+        # went with it.
+        fenced = ROLLED_BACK_AT in tags or FENCED_BY in tags
+        if tags.get(GATE_DECISION) == PROMOTE and (baseline in registered or not fenced):
             children.setdefault(baseline, []).append(v)
     # The line starts under the newest champion no longer registered: none ("") at first, and once old
     # versions are deleted (retention), the deleted one the remaining line was gated against. Starting
@@ -392,7 +397,13 @@ def rollback(cfg: PipelineConfig, *, tracking_uri: str) -> dict[str, Any]:
             newest = client.search_model_versions(
                 f"name={tracking.quoted(name)}", max_results=1, order_by=["version_number DESC"]
             )
-            _write(client.set_model_version_tag, name, previous.version, ROLLBACK_FENCE, newest[0].version)
+            fence = newest[0].version
+            # Each fenced version says so itself first; the restored version's fence, the commit point,
+            # goes with it if it is deleted (e.g. a race's loser would then count again under it).
+            for v in _versions(client, name):
+                if _tags(v).get(BASELINE) == previous.version and _number(v.version) <= _number(fence):
+                    _write(client.set_model_version_tag, name, v.version, FENCED_BY, previous.version)
+            _write(client.set_model_version_tag, name, previous.version, ROLLBACK_FENCE, fence)
         if current is not None:
             _write(
                 client.set_model_version_tag,

@@ -499,6 +499,26 @@ def test_deleting_the_versions_rollbacks_restored_never_serves_a_rolled_back_one
     assert (promoted["champion_version"], promoted["previous_champion_version"]) == ("6", "4")
 
 
+def test_the_losers_a_rollback_fenced_out_stay_out_once_the_restored_version_is_deleted(
+    base_cfg: PipelineConfig, mlflow_server: str, tmp_path: Path
+) -> None:
+    cfg = model_cfg(base_cfg)
+    for auc, baseline in ((0.70, None), (0.72, "1"), (0.80, "2"), (0.78, "2")):  # v3 and v4 race from v2
+        register_bare(cfg, exported_run(mlflow_server, tmp_path), gate(auc, baseline), mlflow_server)
+    assert registry.rollback(cfg, tracking_uri=mlflow_server)["champion_version"] == "2"  # fences v3, v4
+    promoted = register_bare(cfg, exported_run(mlflow_server, tmp_path), gate(0.75, "2"), mlflow_server)
+    assert (promoted["version"], promoted["champion_version"]) == ("5", "5")
+    client = tracking.client(mlflow_server)
+    for version in ("1", "2"):
+        client.delete_model_version(cfg.registered_model_name, version)
+
+    later = register_bare(
+        cfg, exported_run(mlflow_server, tmp_path), gate(0.60, "5", promote=False), mlflow_server
+    )
+
+    assert later["champion_version"] == "5"  # not v4, the race's loser, on a metric of another window
+
+
 def test_a_model_name_with_a_quote_registers_promotes_and_rolls_back(
     base_cfg: PipelineConfig, mlflow_server: str, tmp_path: Path
 ) -> None:
