@@ -154,9 +154,8 @@ def summary(demo: Demo, seconds: float) -> str:
     lines += ["", "Drift checks:"]
     for day in store.list_partition_dates(f"{cfg.prefix}/reports/drift/"):
         report = store.get_json(f"{cfg.prefix}/reports/drift/date={day}/drift.json")["decision"]
-        lines.append(
-            f"  {day}: {report['status']:<18} drifted share {report['share_drifted']:.0%}  retrain={report['retrain']}"
-        )
+        share = "-" if report["share_drifted"] is None else f"{report['share_drifted']:.0%}"
+        lines.append(f"  {day}: {report['status']:<18} drifted share {share}  retrain={report['retrain']}")
     status = pipeline_status(store, cfg, tracking_uri=stack.mlflow_url)
     user, password = stack.ui_login
     lines += [

@@ -708,7 +708,15 @@ def decide(
     too_few = _too_few_rows(cfg, comparison)
     if too_few:
         log.warning("drift check of %s: insufficient data, no decision: %s", day, "; ".join(too_few))
-        return {**base, "retrain": False, "status": "insufficient_data", "reasons": too_few}
+        # No drift figures either: an empty side makes every column "drifted" (the comparison in
+        # drift.json keeps them), and a dashboard or status line would show 100% drift for no data.
+        undecided = {
+            "share_drifted": None,
+            "drifted_columns": [],
+            "drifted_critical": [],
+            "prediction_drift": False,
+        }
+        return {**base, **undecided, "retrain": False, "status": "insufficient_data", "reasons": too_few}
 
     columns = comparison["columns"]
     reasons = []
@@ -820,6 +828,8 @@ def run_check(
     if not _too_few_rows(cfg, comparison):
         html, summary = evidently_report(cfg, reference, current, day=day, comparison=comparison, **sides)
         html_uri = store.put_bytes(prefix + "drift.html", html.encode(), "text/html; charset=utf-8")
+    else:  # an earlier check's report of the day would be linked as this check's
+        store.delete([prefix + "drift.html"])
     decision: dict[str, Any] = {}
 
     def decide_on(state: dict | None) -> dict[str, Any]:

@@ -517,7 +517,9 @@ def test_a_later_check_with_too_little_data_keeps_the_day_s_trigger(
 
     later = monitor(world, cfg, mlflow_server, run="manual__rerun")
 
-    assert (later["status"], later["retrain"]) == ("insufficient_data", False)
+    assert (later["status"], later["retrain"], later["share_drifted"]) == ("insufficient_data", False, None)
+    # the earlier check's Evidently report of the day is gone, not linked as this check's
+    assert not world.exists(f"{cfg.prefix}/{REPORTS}drift.html")
     assert world.get_json(state_key(cfg))["triggers"] == [{"day": DAY.isoformat(), "run_id": RUN}]
 
 

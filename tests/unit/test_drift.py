@@ -334,6 +334,12 @@ def test_too_few_current_rows_is_insufficient_data_without_trigger():
     )
     assert (decision["retrain"], decision["status"]) == (False, "insufficient_data")
     assert decision["reasons"] == ["current has 400 rows, fewer than drift.min_rows=1000"]
+    # no drift figures from too few rows (an empty side would make every column "drifted")
+    assert (decision["share_drifted"], decision["drifted_columns"], decision["prediction_drift"]) == (
+        None,
+        [],
+        False,
+    )
 
 
 def test_drift_twice_inside_the_cooldown_triggers_once():
