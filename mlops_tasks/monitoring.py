@@ -67,10 +67,11 @@ def _window_parts(
     *,
     model_version: str,
     outputs: list[str],
-) -> tuple[list[drift.Part], list[dict[str, Any]]]:
+) -> tuple[list[drift.Part], list[dict[str, Any]], list[dict[str, Any]]]:
     """The predictions parts the champion (``model_version``) published for the window's days: the
-    scored rows are the current side; and the days another version published, which are skipped (an
-    earlier champion's scores would blend its prediction drift and metric into this one's).
+    scored rows are the current side; the days another version published, which are skipped (an
+    earlier champion's scores would blend its prediction drift and metric into this one's); and the
+    scored days whose curated rows were withdrawn since, skipped too.
 
     Each part loads its keys and ``outputs`` joined with the day's curated columns (in predictions
     order, so sampling positions are stable); a day's curated rows are read once, one day at a time."""
@@ -78,7 +79,9 @@ def _window_parts(
     curated_day = functools.lru_cache(maxsize=1)(
         lambda d: _curated_day(store, cfg, d, list(dict.fromkeys([*keys, *columns])))
     )
-    parts, skipped = [], []
+    parts: list[drift.Part] = []
+    skipped: list[dict[str, Any]] = []
+    uncurated: list[dict[str, Any]] = []
     for d in monitored_days(cfg, day):
         scored = store.read_manifest(partition_prefix(cfg.prefix, "predictions", d))
         if scored is None:
@@ -91,6 +94,11 @@ def _window_parts(
                     "rows": scored.get("rows"),
                 }
             )
+            continue
+        if store.read_manifest(partition_prefix(cfg.prefix, "curated", d)) is None:
+            # Withdrawn since scoring (validated again and failed its gate): like rows a day no longer
+            # has, not compared; the window's other days still are.
+            uncurated.append({"day": d.isoformat(), "rows": scored.get("rows")})
             continue
         for part in scored["parts"]:
             if part["key"].endswith(".parquet") and part["rows"]:
@@ -108,7 +116,7 @@ def _window_parts(
                         name=store.uri(part["key"]),
                     )
                 )
-    return parts, skipped
+    return parts, skipped, uncurated
 
 
 def _curated_day(store: ObjectStore, cfg: PipelineConfig, day: dt.date, columns: list[str]) -> pd.DataFrame:
@@ -302,7 +310,7 @@ def run_drift_monitor(
     window_columns = [*columns, *([cfg.target.column] if cfg.target.column not in columns else [])]
     for attempt in range(1, _WINDOW_READS + 1):
         try:
-            parts, skipped = _window_parts(
+            parts, skipped, uncurated = _window_parts(
                 store, cfg, day, window_columns, model_version=champion["version"], outputs=outputs
             )
             current, current_rows = drift.sample_parts(parts, cfg.drift.sample_rows, cfg.drift.seed)
@@ -315,6 +323,12 @@ def run_drift_monitor(
             log.info("drift check of %s: %s was replaced while read; reading the window again", day, exc.key)
         except (FileNotFoundError, ValueError) as exc:
             raise _unreadable_window(cfg, day, exc) from None
+    if uncurated:
+        log.warning(
+            "drift check of %s: skipped scored days whose curated rows were withdrawn since: %s",
+            day,
+            ", ".join(f"{u['day']} ({u['rows']} rows)" for u in uncurated),
+        )
     if skipped:
         log.warning(
             "drift check of %s: skipped predictions not made by champion v%s: %s",
@@ -358,6 +372,7 @@ def run_drift_monitor(
         "champion_version": champion["version"],
         "live_metric": live,
         "skipped_predictions": skipped,
+        "uncurated_days": uncurated,
         "report_html_uri": result.get("html_uri"),
         "report_json_uri": result.get("report_uri"),
     }

@@ -625,6 +625,22 @@ def test_days_scored_by_another_model_version_are_skipped_and_listed(
     assert result["live_metric"]["labelled_rows"] == 1000
 
 
+def test_a_scored_day_whose_curated_rows_were_withdrawn_is_skipped_and_the_window_still_checked(
+    world: ObjectStore, cfg: PipelineConfig, champion: Champion, mlflow_server: str
+) -> None:
+    """Validated again and failed its gate, a day loses its curated partition but keeps its
+    predictions: the check compares the window's other days instead of failing for days on end."""
+    from mlops_tasks.storage import partition_prefix
+
+    publish_window(world, cfg, champion, change=warmer)
+    world.delete_prefix(partition_prefix(cfg.prefix, "curated", DAY))
+
+    result = monitor(world, cfg, mlflow_server)
+
+    assert result["uncurated_days"] == [{"day": DAY.isoformat(), "rows": 500}]
+    assert result["rows"]["current"] == 1200 and result["status"] == "drift"
+
+
 def test_a_day_rescored_while_the_window_is_read_is_read_again_from_its_new_manifest(
     world: ObjectStore,
     cfg: PipelineConfig,
