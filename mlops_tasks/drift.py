@@ -468,8 +468,8 @@ def evidently_report(
 
     Returns the standalone HTML (ids renumbered, so equal inputs give equal bytes) and a summary with
     the same keys as :func:`compare`'s result (``engine`` = "evidently"), so :func:`decide` accepts
-    either. Columns the comparison could not test keep its entry; columns without values on a side of
-    the report's sample cannot go through Evidently and are listed with the reason, as in :func:`compare`.
+    either. Columns the comparison could not test keep its entry; so do columns without values on a
+    side of the report's smaller sample, which cannot go through Evidently (with the reason).
     """
     from evidently import DataDefinition, Dataset, Report
     from evidently.metrics import ValueDrift
@@ -494,7 +494,9 @@ def evidently_report(
         ref, cur = data.reference[col].dropna(), data.current[col].dropna()
         untestable = _untestable(kind, ref, cur, data.names)
         if untestable:
-            columns[col] = untestable
+            # Tested on the comparison's larger sample: its result stands (recomputed here, a few
+            # values missing from the smaller one would read as drift the decision never saw).
+            columns[col] = {**entry, "reason": f"not in this report: {untestable['reason']} of its sample"}
         else:
             plans[col] = _Plan(entry["kind"], entry["stat_test"], entry["threshold"])
     if not plans:

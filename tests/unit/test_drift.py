@@ -200,6 +200,21 @@ def test_the_evidently_report_renders_report_rows_while_the_decision_uses_sample
     assert summary["drifted_columns"] == drift.compare(cfg, ref, cur)["drifted_columns"] == ["x"]
 
 
+def test_a_column_the_decision_tested_keeps_its_result_when_the_report_sample_has_no_value_of_it():
+    """One value of y in 20,000 current rows: in the decision's sample, not in the report's 1,000."""
+    cfg = make_config(sample_rows=20000, report_rows=1000)
+    ref, cur = frame(20000, 1), frame(20000, 2)
+    cur["y"] = np.nan
+    cur.loc[0, "y"] = 5.0
+    comparison = drift.compare(cfg, ref, cur)
+    _, summary = drift.evidently_report(cfg, ref, cur, day=DAY, comparison=comparison)
+    tested, reported = comparison["columns"]["y"], summary["columns"]["y"]
+    assert tested["stat_test"] is not None
+    assert {k: reported[k] for k in tested} | {"reason": None} == tested | {"reason": None}
+    assert reported["reason"].startswith("not in this report: all values are missing in current")
+    assert summary["drifted_columns"] == comparison["drifted_columns"]
+
+
 def test_the_evidently_report_uses_the_tests_chosen_on_the_decision_sample():
     # A sparse column: 1500 reference values in the decision sample (distance test), about 600 in the
     # report's sample, which alone would choose KS and could contradict the decision.
