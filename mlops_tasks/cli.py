@@ -35,9 +35,8 @@ from mlops_tasks.config import (
 
 STACK_DIR = Path(os.environ.get("MLOPS_TASKS_STACK_DIR", ".stack"))
 CONNECTIONS_FILE = "connections.env"
-CLI_S3_ATTEMPTS = (
-    3  # botocore attempts per S3 request of a command: a blip is retried, an outage told in seconds
-)
+# botocore attempts per S3 request of a command: a blip is retried, an outage told in seconds
+CLI_S3_ATTEMPTS = 3
 
 
 class CliError(RuntimeError):

@@ -185,7 +185,15 @@ class _Model:
     def _label_type(self) -> pa.DataType:
         if self.task == "regression":
             return pa.float32()
-        return pa.int64() if all(_whole_number(c) for c in self.classes) else pa.string()
+        return pa.int64() if self._class_labels.dtype == np.int64 else pa.string()
+
+    @functools.cached_property
+    def _class_labels(self) -> np.ndarray:
+        """The prediction of each class index (built once, not per scored job): integers where every
+        class is a whole number, else text."""
+        if all(_whole_number(c) for c in self.classes):
+            return np.asarray([int(c) for c in self.classes], dtype=np.int64)
+        return np.asarray([str(c) for c in self.classes], dtype=object)
 
     def predict(self, inputs: dict[str, np.ndarray], batch_rows: int | None = None) -> list[np.ndarray]:
         """Arrays in the order of :meth:`output_fields`; onnxruntime scores ``batch_rows`` rows per
@@ -214,9 +222,7 @@ class _Model:
         return [self._labels(proba.argmax(axis=1)), score, *proba.T]
 
     def _labels(self, index: np.ndarray) -> np.ndarray:
-        if self._label_type() == pa.int64():
-            return np.asarray([int(c) for c in self.classes], dtype=np.int64)[index]
-        return np.asarray([str(c) for c in self.classes], dtype=object)[index]
+        return self._class_labels[index]
 
 
 def _whole_number(value: Any) -> bool:

@@ -462,7 +462,7 @@ def _arrow_series(key: str, name: str, column: pa.ChunkedArray) -> pd.Series:
         column, arrow = column.cast(arrow.value_type), arrow.value_type
     if pa.types.is_binary(arrow) or pa.types.is_large_binary(arrow) or pa.types.is_fixed_size_binary(arrow):
         column, arrow = _decode_utf8(key, name, column), pa.large_string()
-    if pa.types.is_string(arrow) or pa.types.is_large_string(arrow):
+    elif pa.types.is_string(arrow) or pa.types.is_large_string(arrow):
         try:  # a writer may store any bytes in a text column; pyarrow checks them only when converting
             column.validate(full=True)
         except pa.ArrowInvalid:
