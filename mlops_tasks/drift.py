@@ -40,6 +40,7 @@ grows with rows (plots), the decision's statistics are computed on ``sample_rows
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
 import math
@@ -69,6 +70,7 @@ SMALL_SAMPLE_ROWS = 1000
 FEW_VALUES = 5
 # Triggers remembered in the state; only the ones inside the cooldown matter, the rest is history.
 MAX_REMEMBERED_TRIGGERS = 32
+_HTML = "text/html; charset=utf-8"
 
 
 class DriftInputError(DataError):
@@ -814,7 +816,10 @@ def run_check(
     ``drift.html`` under ``reports/drift/date=<day>/``, with one PUT each.
 
     Returns the decision plus ``report_uri`` and ``html_uri`` (None when there was too little data to
-    decide: no Evidently report is rendered then).
+    decide: no Evidently report is rendered then). ``drift.html`` and ``drift.json`` are the day's
+    latest check, which a later check of the day replaces; a check that requests a retrain also keeps
+    its page under ``retrain-<sha256 of the page>.html``, and ``html_uri`` is that page: the retrain
+    event and the task's link keep pointing at the report that justified it.
 
     The decision is made on the state in the same conditional write that stores the next state
     (:meth:`ObjectStore.update_json`): when another check stores a trigger between this one's read
@@ -826,10 +831,11 @@ def run_check(
     """
     comparison = compare(cfg, reference, current, **sides)
     prefix = partition_prefix(cfg.prefix, "reports/drift", day)
-    html_uri = summary = None
+    html_uri = summary = page = None
     if not _too_few_rows(cfg, comparison):
         html, summary = evidently_report(cfg, reference, current, day=day, comparison=comparison, **sides)
-        html_uri = store.put_bytes(prefix + "drift.html", html.encode(), "text/html; charset=utf-8")
+        page = html.encode()
+        html_uri = store.put_bytes(prefix + "drift.html", page, _HTML)
     else:  # an earlier check's report of the day would be linked as this check's
         store.delete([prefix + "drift.html"])
     decision: dict[str, Any] = {}
@@ -851,4 +857,9 @@ def run_check(
     report_uri = store.put_json(
         prefix + "drift.json", {"decision": decision, "comparison": comparison, "evidently": summary}
     )
+    if decision["retrain"] and page is not None:
+        # Written last: a check killed before it has sent no retrain event, and its retry writes it.
+        # Named by its bytes, so a retry deciding the same writes the same key.
+        kept = f"retrain-{hashlib.sha256(page).hexdigest()[:16]}.html"
+        html_uri = store.put_bytes(prefix + kept, page, _HTML)
     return {**decision, "report_uri": report_uri, "html_uri": html_uri}

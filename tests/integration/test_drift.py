@@ -7,6 +7,7 @@ must trigger a retrain; a week of late February/early March or of December must 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 
 import numpy as np
 import pandas as pd
@@ -116,17 +117,55 @@ def test_run_check_writes_html_and_json_reports_to_the_store(
         state_key=STATE,
     )
     prefix = "flights_delay/reports/drift/date=2013-07-14/"
+    page = store.get_bytes(prefix + "drift.html")
+    kept = f"{prefix}retrain-{hashlib.sha256(page).hexdigest()[:16]}.html"
     assert result["report_uri"] == store.uri(prefix + "drift.json")
-    assert result["html_uri"] == store.uri(prefix + "drift.html")
     assert result["retrain"] is True
+    # the retrain's own copy of its page is what the check links (drift.html is the day's latest)
+    assert result["html_uri"] == store.uri(kept)
+    assert store.get_bytes(kept) == page
     stored = store.get_json(prefix + "drift.json")
     assert stored["decision"]["reasons"] == result["reasons"]
     assert stored["evidently"]["drifted_columns"] == stored["comparison"]["drifted_columns"]
-    assert b"Drift is detected" in store.get_bytes(prefix + "drift.html")
+    assert b"Drift is detected" in page
     assert store.get_json(STATE) == {
         "triggers": [{"day": "2013-07-14", "run_id": None}],
         "last_check": {"day": "2013-07-14", "status": "drift", "retrain": True},
     }
+
+
+def test_a_later_check_of_the_day_keeps_the_page_its_retrain_links(
+    store: ObjectStore, cfg, winter, flights_weather
+):
+    """drift.html is the day's latest check: a second run's check of the day (another sample of
+    the window) replaces it, but the page the first run's retrain event links stays as it was."""
+    day, july = dt.date(2013, 7, 14), days(flights_weather, "2013-07-08", "2013-07-14")
+    first = drift.run_check(
+        store,
+        tune(cfg, "drift", {"sample_rows": 3000}),
+        day,
+        reference=winter,
+        current=july,
+        state_key=STATE,
+        check_run_id="scheduled",
+    )
+    linked = store.get_bytes(store.key_of(first["html_uri"]))
+    second = drift.run_check(
+        store,
+        tune(cfg, "drift", {"sample_rows": 2000}),
+        day,
+        reference=winter,
+        current=july,
+        state_key=STATE,
+        check_run_id="manual",
+    )
+
+    assert (first["status"], second["status"]) == ("drift", "already_requested")
+    prefix = "flights_delay/reports/drift/date=2013-07-14/"
+    assert second["html_uri"] == store.uri(prefix + "drift.html")
+    assert store.get_bytes(prefix + "drift.html") != linked  # the latest check's page
+    assert store.get_bytes(store.key_of(first["html_uri"])) == linked
+    assert store.get_json(prefix + "drift.json")["decision"]["status"] == "already_requested"
 
 
 def test_a_check_whose_report_cannot_be_rendered_stores_no_trigger(
