@@ -89,11 +89,20 @@ def labelled_rows(frame: pd.DataFrame, cfg: PipelineConfig) -> tuple[pd.DataFram
     return frame[keep], label
 
 
+def labels_outside(label: pd.Series, classes: list[Any]) -> tuple[list[str], list[str]]:
+    """(labels not among ``classes``, sorted; the classes as text), compared as :func:`class_text`
+    (a model's metadata may list its classes as numbers)."""
+    known = list(class_text(pd.Series(classes, dtype=object)))
+    return sorted(set(class_text(label).dropna()) - set(known)), known
+
+
 def label_targets(label: pd.Series, task: str, classes: list[Any] | None) -> np.ndarray:
     """Labels as metric inputs: binary 0/1 (positive = last class), multiclass class index, regression
     floats. A multiclass label the model does not know gets an index past the model's classes (one per
-    such label, in sorted order), so :func:`compute_metrics` scores its rows too. Labels and classes are
-    compared as :func:`class_text` (a model's metadata may list its classes as numbers)."""
+    such label, in sorted order), so :func:`compute_metrics` scores its rows too. A binary model is
+    neither right nor wrong about a label outside its two classes: callers refuse those rows first
+    (:func:`labels_outside`), here they would count as negative. Labels and classes are compared as
+    :func:`class_text`."""
     if task == "regression":
         return label.to_numpy(dtype=np.float64)
     assert classes is not None, "classification needs the model's classes"
@@ -239,6 +248,17 @@ class OnnxModel:
         return float(np.percentile(times, 95))
 
     def assess(self, frame: pd.DataFrame, label: pd.Series, cfg: PipelineConfig) -> dict[str, Any]:
+        if self.task == "binary":
+            unknown, known = labels_outside(label, self.classes or [])
+            if unknown:
+                rows = int(class_text(label).isin(unknown).sum())
+                raise EvaluationDataError(
+                    f"column '{cfg.target.column}': {rows} evaluation rows have labels {unknown[:5]} "
+                    f"outside the binary model's classes {known}; the model is neither right nor wrong "
+                    "about them, so the gate cannot judge it and nothing is registered. Correct those "
+                    "labels (validation can restrict the column with `allowed`) or make the task "
+                    "multiclass."
+                )
         score, proba = self.score(frame)
         y_true = label_targets(label, self.task, self.classes)
         return {

@@ -182,10 +182,10 @@ def live_metric(
     cannot be computed. Labels and targets are derived as the gate derives them."""
     from mlops_tasks.evaluation import (
         HIGHER_IS_BETTER,
-        class_text,
         compute_metrics,
         label_targets,
         labelled_rows,
+        labels_outside,
     )
 
     metric = cfg.gate.primary_metric
@@ -220,8 +220,7 @@ def live_metric(
         )
     if model.task == "binary":
         # A binary model cannot be right or wrong about a label outside its two classes.
-        classes = list(class_text(pd.Series(model.classes, dtype=object)))
-        unknown = sorted(set(label) - set(classes))
+        unknown, classes = labels_outside(label, model.classes)
         if unknown:
             return skipped(
                 f"labels {unknown[:5]} of column '{cfg.target.column}' are not among champion "

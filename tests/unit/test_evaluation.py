@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import datetime as dt
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from mlops_tasks import evaluation
 from mlops_tasks.config import GateSpec, PipelineConfig, TargetSpec
+from tests.integration.onnx_fixtures import EXAMPLE_VOCAB, build_model, curated_frame, random_params
 
 
 def test_binary_metrics_of_a_perfect_ranking() -> None:
@@ -87,6 +91,29 @@ def test_label_targets_use_the_last_class_as_positive_and_index_unknown_classes_
     assert evaluation.label_targets(labels, "binary", ["0", "1"]).tolist() == [1.0, 0.0, 1.0]
     multi = pd.Series(["b", "z", "a", "y", "z"], dtype="string")
     assert evaluation.label_targets(multi, "multiclass", ["a", "b"]).tolist() == [1, 3, 0, 2, 3]
+
+
+def test_the_gate_refuses_binary_labels_outside_the_model_s_two_classes(
+    example_config: PipelineConfig, tmp_path: Path
+) -> None:
+    """Counted as negative, a third label would make the model look right about rows it knows
+    nothing of (and wrong about others): the gate names the column and the labels instead."""
+    cfg = example_config.model_copy(update={"target": TargetSpec(task="binary", column="status")})
+    params = random_params(cfg.features, EXAMPLE_VOCAB, [4])
+    model = evaluation.OnnxModel(
+        build_model(tmp_path / "m.onnx", cfg.features, params, "binary", ["late", "on_time"]), cfg
+    )
+    rows = curated_frame(dt.date(2013, 7, 1), 6)
+    labels = pd.Series(["late", "on_time", "diverted", "late", "diverted", "on_time"])
+
+    with pytest.raises(evaluation.EvaluationDataError) as refused:
+        model.assess(rows, labels, cfg)
+
+    message = str(refused.value)
+    assert "column 'status': 2 evaluation rows have labels ['diverted']" in message
+    assert "['late', 'on_time']" in message and "nothing is registered" in message
+    known = model.assess(rows, labels.replace("diverted", "late"), cfg)
+    assert known["rows"] == 6 and known["metrics"]["accuracy"] is not None
 
 
 def candidate(metric: str, value: float, size: int = 1000, p95: float = 5.0, version: str = "1") -> dict:
