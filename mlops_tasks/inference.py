@@ -324,15 +324,19 @@ def _check_schema(schema: pa.Schema, cfg: PipelineConfig, where: str) -> None:
             f"has {schema.names}. The curated data does not match the pipeline config '{cfg.name}'."
         )
     numeric_ok = (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean, pa.types.is_decimal)
+    # Every column type a config may list as categorical (any but timestamp): training, the gate and
+    # features.onnx_inputs render them all as the same category strings ("True", "5").
     categorical_ok = (
         pa.types.is_string,
         pa.types.is_large_string,
         pa.types.is_dictionary,
         pa.types.is_integer,
+        pa.types.is_boolean,
+        pa.types.is_floating,
     )
     for columns, allowed, kind in (
         (cfg.features.numeric, numeric_ok, "numeric (int/float)"),
-        (cfg.features.categorical, categorical_ok, "categorical (string/category/int)"),
+        (cfg.features.categorical, categorical_ok, "categorical (string/category/int/bool/float)"),
     ):
         for col in columns:
             col_type = schema.field(col).type

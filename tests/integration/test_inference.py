@@ -430,6 +430,46 @@ def test_feature_column_of_the_wrong_type_is_reported_with_key_and_column(
     assert store.uri(key) in str(err.value)
 
 
+def test_bool_and_float_categorical_features_score_as_training_encodes_them(
+    store: ObjectStore, cfg: PipelineConfig, tmp_path: Path
+) -> None:
+    """A config may list a bool or float column as categorical; training and the gate render them
+    as "True"/"False" and "5" (features.onnx_inputs on pandas frames): scoring the curated parquet
+    gives the same scores, instead of refusing the columns' types."""
+    from mlops_tasks.config import ColumnSpec, FeatureSpec
+    from mlops_tasks.evaluation import OnnxModel
+
+    columns = [
+        *cfg.data.columns,
+        ColumnSpec(name="weekend", type="bool"),
+        ColumnSpec(name="gate_no", type="float"),
+    ]
+    features = FeatureSpec(
+        numeric=cfg.features.numeric, categorical=[*cfg.features.categorical, "weekend", "gate_no"]
+    )
+    cfg = cfg.model_copy(
+        update={"data": cfg.data.model_copy(update={"columns": columns}), "features": features}
+    )
+    frame = curated_frame(DAY, 60).assign(
+        weekend=[i % 3 == 0 for i in range(60)], gate_no=[i % 4 for i in range(60)]
+    )
+    frame["gate_no"] = frame["gate_no"].astype(float)
+    frame.loc[5, "gate_no"] = np.nan
+    publish_curated(store, cfg, DAY, [frame], row_group_size=25)
+    vocab = {**EXAMPLE_VOCAB, "weekend": ["True", "False"], "gate_no": ["0", "1", "2"]}
+    model_path = build_model(
+        tmp_path / "m.onnx", features, random_params(features, vocab, [8], seed=2), classes=[0, 1]
+    )
+
+    score_day(store, cfg, str(model_path))
+
+    expected = frame[list(cfg.data.key)].assign(expected=OnnxModel(model_path, cfg).score(frame)[0])
+    published = inference.read_predictions(store, cfg, DAY)
+    both = expected.merge(published, on=list(cfg.data.key), validate="one_to_one")
+    assert len(both) == 60
+    np.testing.assert_allclose(both["score"], both["expected"], rtol=1e-6)
+
+
 def test_shadow_report_compares_agreement_correlation_and_labelled_metrics(
     store: ObjectStore, cfg: PipelineConfig, tmp_path: Path
 ) -> None:
