@@ -266,6 +266,9 @@ def _columns_read(rule: Rule) -> tuple[str, ...] | None:
         return SCHEMA
     if kind == "expect_table_row_count_to_be_between":
         return ()
+    if rule.kwargs.get("row_condition"):
+        # The condition may read any column (carrier=="AA"): GX evaluates it on the frame it gets.
+        return None
     # Only domain columns: a table rule's column_list (e.g. the expected column order) is compared
     # with the whole frame's columns, so it must see the whole frame.
     columns = [

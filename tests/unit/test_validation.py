@@ -38,12 +38,20 @@ RULES = [
     Rule("n+s unique", gxe.ExpectCompoundColumnsToBeUnique(column_list=["n", "s"]), True),
     Rule("k unique", gxe.ExpectColumnValuesToBeUnique(column="k"), True),
     Rule("s length (GX fallback)", gxe.ExpectColumnValueLengthsToBeBetween(column="s", max_value=2), True),
+    Rule(
+        "n range where s is AA (a condition on another column)",
+        gxe.ExpectColumnValuesToBeBetween(
+            column="n", max_value=3, row_condition='s=="AA"', condition_parser="pandas"
+        ),
+        True,
+    ),
 ]
 
 
 @pytest.mark.parametrize("rule", RULES, ids=lambda r: r.name)
 def test_row_mask_counts_what_gx_counts(rule: Rule):
     [result] = run_gx(FRAME, [rule])
+    assert gx_error(result) is None
     assert int(bad_row_mask(FRAME, rule).sum()) == result.result["unexpected_count"]
 
 
