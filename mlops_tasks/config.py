@@ -244,7 +244,8 @@ class DataSpec(_Strict):
     key: list[str] = Field(
         min_length=1,
         description="Columns that identify a row uniquely: predictions carry them, and the drift monitor and "
-        "the shadow report join scored rows to curated rows and labels on them.",
+        "the shadow report join scored rows to curated rows and labels on them. A row missing one of "
+        "them, or repeating another row's key, is quarantined.",
     )
     joins: list[JoinSpec] = Field(
         default_factory=list, description="Side tables left-joined onto the main one."

@@ -145,7 +145,10 @@ def build_rules(cfg: PipelineConfig) -> list[Rule]:
             )
         )
     for col in cfg.data.all_columns():
-        if not col.nullable:
+        # A row without its key identifies nothing: predictions, the drift monitor and the shadow
+        # report could not join it (GX's uniqueness rules skip missing values), so a key column is
+        # required whatever its `nullable` says.
+        if not col.nullable or col.name in cfg.data.key:
             rules.append(
                 Rule(f"{col.name} not null", gxe.ExpectColumnValuesToNotBeNull(column=col.name), True)
             )

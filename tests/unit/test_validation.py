@@ -122,6 +122,21 @@ def test_expectations_may_name_join_and_lineage_columns(example_config: Pipeline
     assert [r.kwargs["column"] for r in build_rules(cfg)[-2:]] == ["temp", "_source_file"]
 
 
+def test_a_key_column_declared_nullable_is_still_required(example_config: PipelineConfig):
+    """GX's uniqueness rules skip missing values: without a not-null rule, rows without a key (any
+    number of them) would be curated, and nothing downstream could join them."""
+    # every column declared nullable but flight: six of the seven key columns
+    columns = [c.model_copy(update={"nullable": c.name != "flight"}) for c in example_config.data.columns]
+    cfg = example_config.model_copy(
+        update={"data": example_config.data.model_copy(update={"columns": columns})}
+    )
+    not_null = {r.name for r in build_rules(cfg) if r.expectation.expectation_type.endswith("not_be_null")}
+    assert not_null == {f"{k} not null" for k in cfg.data.key}
+    frame = pd.DataFrame({"flight": pd.array([1, None, None, 4], dtype="Int64")})
+    [rule] = [r for r in build_rules(cfg) if r.name == "flight not null"]
+    assert bad_row_mask(frame, rule).tolist() == [False, True, True, False]
+
+
 @pytest.mark.parametrize(
     "expectation",
     [
