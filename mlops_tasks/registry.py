@@ -65,6 +65,7 @@ from sqlalchemy.exc import IntegrityError
 
 from mlops_tasks import tracking
 from mlops_tasks.config import PipelineConfig
+from mlops_tasks.errors import DataError
 from mlops_tasks.evaluation import HIGHER_IS_BETTER, ONNX_SHA256_TAG
 
 CHAMPION = "champion"
@@ -96,8 +97,14 @@ class RegistryUnavailable(tracking.TrackingUnavailable):
     """The registry (MLflow tracking server) is unreachable; nothing was changed, retry later."""
 
 
-class RegistryError(RuntimeError):
-    """A registry operation is impossible as asked (e.g. no previous champion to roll back to)."""
+class RegistryError(DataError):
+    """A registry operation is impossible as asked (no previous champion to roll back to, a run
+    without its ONNX file, a file that changed after registration): the same call fails again, so
+    a task fails at once instead of retrying."""
+
+
+class RegistryContention(RuntimeError):
+    """Concurrent registrations kept moving the aliases; a retry (later) settles them."""
 
 
 def _reachable(tracking_uri: str, action: str) -> Any:
@@ -366,7 +373,7 @@ def _converge(client: Any, name: str) -> tuple[str | None, str | None]:
                 _write(client.set_registered_model_alias, name, alias, want[i])
             else:
                 client.delete_registered_model_alias(name, alias)
-    raise RegistryError(
+    raise RegistryContention(
         f"the aliases of '{name}' did not settle in {_MAX_ROUNDS} rounds of concurrent registrations; retry"
     )
 

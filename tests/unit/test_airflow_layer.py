@@ -35,6 +35,15 @@ def test_a_data_error_fails_the_task_at_once_and_other_errors_stay_retryable() -
     outage = Raises(task_id="outage", pipeline="flights_delay", error=ConnectionError("endpoint down"))
     with pytest.raises(ConnectionError):
         outage.execute({})
+    # the registry's contract errors (a run without its ONNX file) too; contention is retried
+    from mlops_tasks.registry import RegistryContention, RegistryError
+
+    no_model = Raises(task_id="no_model", pipeline="flights_delay", error=RegistryError("has no model.onnx"))
+    with pytest.raises(AirflowFailException, match="RegistryError: has no model.onnx"):
+        no_model.execute({})
+    busy = Raises(task_id="busy", pipeline="flights_delay", error=RegistryContention("did not settle"))
+    with pytest.raises(RegistryContention):
+        busy.execute({})
 
 
 def test_a_retrain_event_without_window_end_trains_up_to_the_day_before_the_run() -> None:
