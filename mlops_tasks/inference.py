@@ -891,11 +891,12 @@ def _float(value: Any) -> float | None:
 
 
 def _same(a: pd.Series, b: pd.Series) -> pd.Series:
-    """Equality of class labels that may be stored as 1, 1.0 or "1" on either side."""
+    """Equality of class labels that may be stored as 1, 1.0 or "1" on either side; a row missing
+    a prediction on either side agrees with nothing."""
     na, nb = pd.to_numeric(a, errors="coerce"), pd.to_numeric(b, errors="coerce")
-    if na.notna().all() and nb.notna().all():
-        return na == nb
-    return a.astype(str) == b.astype(str)
+    numbers = bool((na.notna() == a.notna()).all() and (nb.notna() == b.notna()).all())
+    same = na == nb if numbers else a.astype(str) == b.astype(str)
+    return same & a.notna() & b.notna()
 
 
 def _join_on_keys(
@@ -1023,8 +1024,10 @@ def shadow_report(
             "labelled": len(labelled),
             "without_key": unkeyed,
         },
+        # Classes agree or not; regression predictions are numbers that never quite agree: compare
+        # them by score_correlation and mean_abs_score_difference.
         "agreement_rate": _float(_same(both["prediction_champion"], both["prediction_challenger"]).mean())
-        if len(both)
+        if len(both) and task != "regression"
         else None,
         "score_correlation": {
             "pearson": _float(champ_s.corr(chall_s, method="pearson")) if len(both) > 1 else None,

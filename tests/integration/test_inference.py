@@ -585,6 +585,22 @@ def test_shadow_metrics_leave_out_rows_a_model_scored_nan(store: ObjectStore, cf
     )
     assert report["metrics"]["champion"] == {"rmse": pytest.approx(np.sqrt(2.0)), "mae": pytest.approx(1.0)}
     assert report["metrics"]["challenger"]["mae"] == pytest.approx(2.5 / 3)
+    # numbers that never quite agree: compared by correlation and difference, not an agreement rate
+    assert report["agreement_rate"] is None
+
+
+def test_a_class_either_model_could_not_predict_never_agrees(store: ObjectStore, cfg: PipelineConfig) -> None:
+    cfg = keyed_by_flight(cfg)
+    missing_on_both = pd.array([1, None, 0, None], dtype="Int64")
+    report = shadow_of(
+        store,
+        cfg,
+        {"flight": [1, 2, 3, 4]},
+        {"prediction": missing_on_both, "score": [0.9, np.nan, 0.1, np.nan]},
+        {"prediction": pd.array([1, None, 1, 0], dtype="Int64"), "score": [0.8, np.nan, 0.7, 0.2]},
+        [30.0, 0.0, 0.0, 0.0],
+    )
+    assert report["agreement_rate"] == 0.25  # flight 1 only: missing on both sides is no agreement
 
 
 def test_shadow_report_refuses_predictions_of_another_champion_version(
