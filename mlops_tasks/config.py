@@ -446,6 +446,12 @@ class ExportSpec(_Strict):
     quantize_metric_tolerance: float = Field(
         0.005, ge=0, description="Accept the int8 model only if the gate metric drops less than this."
     )
+    quantize_score_tolerance: float = Field(
+        0.02,
+        gt=0,
+        description="Accept the int8 model only if its outputs stay within this of the torch model's "
+        "on the parity rows (as parity_tolerance, in target standard deviations for regression).",
+    )
 
 
 MetricName = Literal["roc_auc", "pr_auc", "log_loss", "accuracy", "f1", "rmse", "mae"]

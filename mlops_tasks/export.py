@@ -19,7 +19,9 @@ The vocabulary lookup runs over the batch's distinct values (``D``), not its row
 
 Because the graph is not traced, the parity check is the guarantee: onnxruntime and torch must agree
 on ``export.parity_rows`` real rows within ``export.parity_tolerance``, else :class:`ParityError` and
-nothing is logged (so nothing can be registered). Probabilities compare absolutely, a regression score
+nothing is logged (so nothing can be registered). With ``export.quantize`` an int8 graph (scaling in
+the graph, not folded) replaces it only if it passes the same check within
+``export.quantize_score_tolerance`` and keeps the gate metric. Probabilities compare absolutely, a regression score
 in units of the target's standard deviation (see :func:`check_parity`).
 """
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import tempfile
 import time
 from pathlib import Path
@@ -57,6 +60,8 @@ from mlops_tasks.features import (
 )
 from mlops_tasks.training import NetSpec, TabularNet, load_run_model, predict
 
+log = logging.getLogger(__name__)
+
 OPSET = 17
 ML_OPSET = 3
 IR_VERSION = 9
@@ -74,8 +79,13 @@ class ExportConflictError(DataError):
     """The run already holds a different ONNX model; a run's model is written once."""
 
 
-def build_onnx(net: TabularNet, spec: NetSpec) -> onnx.ModelProto:
-    """The ONNX graph of a trained network, raw columns in, contract outputs out."""
+def build_onnx(net: TabularNet, spec: NetSpec, *, scale_in_graph: bool = False) -> onnx.ModelProto:
+    """The ONNX graph of a trained network, raw columns in, contract outputs out.
+
+    The numeric features' scaling is folded into the first layer's weights (one op less per row);
+    ``scale_in_graph`` divides them by their standard deviations before it instead, as training did:
+    the graph to quantise, whose first layer's inputs must share one range (a per-tensor int8 scale
+    set by a feature in the thousands rounds one in tenths to 0)."""
     nodes: list[onnx.NodeProto] = []
     inits: list[onnx.TensorProto] = []
     inputs: list[onnx.ValueInfoProto] = []
@@ -86,7 +96,7 @@ def build_onnx(net: TabularNet, spec: NetSpec) -> onnx.ModelProto:
         return name
 
     layers = [layer for layer in net.mlp if type(layer).__name__ != "Dropout"]  # identity at inference
-    first_weight, first_bias = _scaling_folded(layers[0], spec)
+    first_weight, first_bias = _weights(layers[0]) if scale_in_graph else _scaling_folded(layers[0], spec)
     parts: list[str] = []
     if spec.numeric:
         inputs.append(
@@ -110,7 +120,10 @@ def build_onnx(net: TabularNet, spec: NetSpec) -> onnx.ModelProto:
         )
         mean = const("num_mean", np.asarray(spec.mean, np.float32))
         nodes.append(helper.make_node("Sub", ["num_imputed", mean], ["num_centred"]))
-        parts.append("num_centred")
+        if scale_in_graph:
+            std = const("num_std", np.asarray(spec.std, np.float32))
+            nodes.append(helper.make_node("Div", ["num_centred", std], ["num_scaled"]))
+        parts.append("num_scaled" if scale_in_graph else "num_centred")
     if spec.categorical:
         inputs += [
             helper.make_tensor_value_info(CATEGORICAL_VALUES_INPUT, TensorProto.STRING, ["D"]),
@@ -278,22 +291,39 @@ def _primary_metric(path: Path, cfg: PipelineConfig, rows: pd.DataFrame, label: 
     )
 
 
-def _quantize(fp32_path: Path, cfg: PipelineConfig, spec: NetSpec, sample: pd.DataFrame) -> tuple[Path, dict]:
-    """Dynamic int8 weights, kept only if the primary metric on the sample drops less than allowed."""
+def _quantize(
+    fp32_path: Path, cfg: PipelineConfig, net: TabularNet, spec: NetSpec, sample: pd.DataFrame
+) -> tuple[Path, dict]:
+    """Dynamic int8 weights, kept only if, on the sample, its outputs stay within
+    ``export.quantize_score_tolerance`` of the torch model's (the parity check of the file that
+    would be served) and the primary metric drops less than ``export.quantize_metric_tolerance``."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     rows, label = labelled_rows(sample, cfg)
     if rows.empty:  # the sample days' labels have not arrived: int8 cannot be judged, so it is not kept
-        return fp32_path, {"fp32_metric": None, "int8_metric": None, "kept": False}
+        return fp32_path, {"fp32_metric": None, "int8_metric": None, "int8_max_abs_diff": None, "kept": False}
+    scaled_path = fp32_path.with_name("model.scaled.onnx")
+    scaled_path.write_bytes(build_onnx(net, spec, scale_in_graph=True).SerializeToString())
     int8_path = fp32_path.with_name("model.int8.onnx")
-    quantize_dynamic(fp32_path, int8_path, weight_type=QuantType.QInt8)
+    quantize_dynamic(scaled_path, int8_path, weight_type=QuantType.QInt8)
     model = onnx.load(int8_path)
     _set_metadata(model, spec)
     onnx.save(model, int8_path)
+    try:
+        diff: float | None = check_parity(
+            int8_path.read_bytes(),
+            net,
+            spec,
+            sample.head(cfg.export.parity_rows),
+            cfg.export.quantize_score_tolerance,
+        )
+    except ParityError as exc:
+        log.info("int8 model not kept: %s", exc)
+        diff = None
     before = _primary_metric(fp32_path, cfg, rows, label)
     after = _primary_metric(int8_path, cfg, rows, label)
-    info = {"fp32_metric": before, "int8_metric": after}
-    if before is None or after is None:
+    info = {"fp32_metric": before, "int8_metric": after, "int8_max_abs_diff": diff}
+    if diff is None or before is None or after is None:
         return fp32_path, {**info, "kept": False}
     drop = before - after if HIGHER_IS_BETTER[cfg.gate.primary_metric] else after - before
     kept = drop < cfg.export.quantize_metric_tolerance
@@ -334,7 +364,7 @@ def export_run(
         path.write_bytes(data)
         quant: dict[str, Any] = {"kept": False}
         if cfg.export.quantize:
-            chosen, quant = _quantize(path, cfg, spec, sample_frame)
+            chosen, quant = _quantize(path, cfg, net, spec, sample_frame)
             data = chosen.read_bytes()
             path.write_bytes(data)
         sha = hashlib.sha256(data).hexdigest()

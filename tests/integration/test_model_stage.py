@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import pandas as pd
 import pytest
 import torch
 
-from mlops_tasks import export, lineage, registry, tracking, training
+from mlops_tasks import evaluation, export, lineage, registry, tracking, training
 from mlops_tasks.config import FeatureSpec, GateSpec, PipelineConfig, PositiveWhen, TargetSpec, load_config
 from mlops_tasks.features import (
     CATEGORICAL_CODES_INPUT,
@@ -249,7 +250,6 @@ def test_an_infinite_feature_value_is_trained_and_served_as_missing(
     binary_cfg: PipelineConfig, split: tuple, mlflow_server: str, store: ObjectStore
 ) -> None:
     """One bad sensor reading made every scaled row NaN: best epoch 0, a FINISHED run, NaN scores."""
-    from mlops_tasks import evaluation
 
     train_rows = split[0].copy()
     train_rows.loc[train_rows.index[10], "wind_gust"] = np.inf
@@ -302,6 +302,31 @@ def test_quantized_export_is_kept_only_within_the_metric_tolerance(
     run = training.train(cfg, split[0], tracking_uri=mlflow_server, data_version="dv1", trigger="test")
     result = export.export_run(cfg, run["run_id"], tracking_uri=mlflow_server, sample_frame=split[1])
     assert result["quantized"] is True and result["onnx_sha256"] != trained["export"]["onnx_sha256"]
+    # The file served tracks torch, every feature included: quantised with the features scaled as in
+    # training, not with the first layer's inputs in their raw ranges (distance ~1e3, precip ~0.1)
+    diff = result["quantization"]["int8_max_abs_diff"]
+    assert 0 < diff <= cfg.export.quantize_score_tolerance
+    with tempfile.TemporaryDirectory() as tmp:
+        net, spec = training.load_run_model(mlflow_server, run["run_id"], Path(tmp) / "run")
+        served = evaluation.OnnxModel(
+            tracking.download_run_artifact(mlflow_server, run["run_id"], tracking.ONNX_ARTIFACT, Path(tmp)),
+            cfg,
+        )
+        rows = split[1].head(2000)
+        np.testing.assert_allclose(served.score(rows)[0], training.predict(net, spec, rows)[0], atol=diff)
+        wet = rows.assign(precip=0.5)
+        moved = lambda score: float(np.mean(score(wet) - score(rows)))  # noqa: E731
+        torch_move = moved(lambda f: training.predict(net, spec, f)[0])
+        assert moved(lambda f: served.score(f)[0]) == pytest.approx(torch_move, abs=0.01)
+
+
+def test_quantized_export_beyond_the_score_tolerance_keeps_the_fp32_model(
+    binary_cfg: PipelineConfig, split: tuple, trained: dict, mlflow_server: str
+) -> None:
+    cfg = tune(binary_cfg, "export", {"quantize": True, "quantize_score_tolerance": 1e-9})
+    result = export.export_run(cfg, trained["run_id"], tracking_uri=mlflow_server, sample_frame=split[1])
+    assert result["quantized"] is False and result["quantization"]["int8_max_abs_diff"] is None
+    assert result["onnx_sha256"] == trained["export"]["onnx_sha256"]
 
 
 def test_quantized_export_beyond_the_metric_tolerance_keeps_the_fp32_model(
@@ -332,7 +357,6 @@ def test_reexporting_a_run_with_other_bytes_is_refused_and_the_registered_model_
 ) -> None:
     """The champion's DAG run cleared after export.quantize was switched on: train reuses the finished
     run, and its export must not swap the served ONNX behind the registry's back."""
-    from mlops_tasks import evaluation
 
     cfg = small_config(binary_cfg, f"reexport_{uuid.uuid4().hex[:8]}", gate=GateSpec(latency_batch_rows=256))
     run_name = f"{cfg.name}-manual__1"
@@ -376,7 +400,6 @@ def test_a_champion_whose_onnx_changed_after_registration_is_not_passed_again(
     binary_cfg: PipelineConfig, split: tuple, mlflow_server: str, store: ObjectStore, tmp_path: Path
 ) -> None:
     """A file swapped by other means than export (e.g. a run exported before export was write-once)."""
-    from mlops_tasks import evaluation
 
     cfg = small_config(binary_cfg, f"swapped_{uuid.uuid4().hex[:8]}", gate=GateSpec(latency_batch_rows=256))
     run_id = training.train(cfg, split[0], tracking_uri=mlflow_server, data_version="dv1", trigger="test")[
@@ -443,7 +466,6 @@ def test_a_gate_finds_the_champion_of_a_model_name_with_a_quote(
     store: ObjectStore,
     tmp_path: Path,
 ) -> None:
-    from mlops_tasks import evaluation
 
     # MLflow allows any name without / or :
     cfg = own_model(binary_cfg, f"Flights' delay {uuid.uuid4().hex[:8]}")
@@ -466,7 +488,6 @@ def test_a_champion_whose_onnx_file_is_gone_fails_the_gate_with_a_clear_error(
     store: ObjectStore,
     tmp_path: Path,
 ) -> None:
-    from mlops_tasks import evaluation
     from tests.conftest import make_store
 
     cfg = own_model(binary_cfg, f"gone_{uuid.uuid4().hex[:8]}")
@@ -491,7 +512,6 @@ def test_a_champion_needing_a_column_the_data_lost_fails_the_gate_naming_it(
     store: ObjectStore,
     tmp_path: Path,
 ) -> None:
-    from mlops_tasks import evaluation
 
     without_visib = [c for c in binary_cfg.features.numeric if c != "visib"]
     cfg = own_model(
@@ -520,7 +540,6 @@ def test_a_champion_needing_a_column_the_data_lost_fails_the_gate_naming_it(
 def test_gate_report_is_written_to_the_store_and_the_run(
     binary_cfg: PipelineConfig, split: tuple, trained: dict, mlflow_server: str, store: ObjectStore
 ) -> None:
-    from mlops_tasks import evaluation
 
     cfg = binary_cfg.model_copy(update={"gate": GateSpec(min_value=0.99, latency_batch_rows=256)})
     decision = evaluation.evaluate_and_gate(
@@ -566,7 +585,6 @@ def test_multiclass_and_regression_train_export_and_gate(
     metric: str,
     expected: set[str],
 ) -> None:
-    from mlops_tasks import evaluation
 
     cfg = small_config(
         binary_cfg,
