@@ -859,6 +859,39 @@ def _split_unjoinable(
     return typed[~no_key], entries
 
 
+def _disagreeing_copies_marked(
+    side: pd.DataFrame, join: JoinSpec, values: list[str], warnings: list[str]
+) -> pd.DataFrame:
+    """``side`` with the first copy of each key whose copies disagree (on a joined value or a
+    conversion error) carrying an ``_ingest_error`` that names every copy; a warning per kind."""
+    copies = side[side.duplicated(join.keys, keep=False)].reset_index(names="_row")
+    variants = copies.drop_duplicates([*join.keys, *values, "_ingest_error"])
+    conflicting = variants[variants.duplicated(join.keys, keep=False)][join.keys].drop_duplicates()
+    conflicted = copies.merge(conflicting, on=join.keys)  # every copy of those keys, in side order
+    identical = int(side.duplicated(join.keys).sum()) - (len(conflicted) - len(conflicting))
+    if identical:
+        warnings.append(
+            f"join '{join.name}': {identical} row(s) repeating another row's key {join.keys} and values "
+            "were joined once"
+        )
+    if conflicting.empty:
+        return side
+    side = side.copy()
+    for _, group in conflicted.groupby(join.keys, sort=False):
+        key = ", ".join(f"{k}={_show(group[k].iloc[0])}" for k in join.keys)
+        where = ", ".join(
+            f"{f} line {n}" for f, n in zip(group["_source_file"], group["_source_line"], strict=True)
+        )
+        side.loc[group["_row"].iloc[0], "_ingest_error"] = (
+            f"{join.name}: {len(group)} rows of key {key} disagree ({where}); which is right is unknown"
+        )
+    warnings.append(
+        f"join '{join.name}': {len(conflicting)} key(s) {join.keys} have copies that disagree; the rows "
+        "they join are quarantined"
+    )
+    return side
+
+
 def _raw_text(value: object) -> str | None:
     """A value as read (CSV text, or a parquet value), as JSON-safe text; None when missing."""
     if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
@@ -879,9 +912,12 @@ def _left_join(
     warnings: list[str],
 ) -> pd.DataFrame:
     """Left-join a side table on its keys (its rows without a full key were taken out per file by
-    :func:`_split_unjoinable`). Duplicate keys keep their first row (file, line order), counted in
-    warnings. A conversion error in a side value marks the rows it joins to (``weather: temp: ...``).
-    ``rejected``: the day's files of this join that were rejected, named when none is left."""
+    :func:`_split_unjoinable`). Copies of a key with the same values join as one row (counted in
+    warnings); copies that disagree (a correction file beside the original) cannot say which value
+    is right, so every row they join is marked with the files and lines of the copies and validation
+    quarantines it, as a conversion error in a side value marks the rows it joins to
+    (``weather: temp: ...``). ``rejected``: the day's files of this join that were rejected, named
+    when none is left."""
     if not frames:
         why = (
             f"its file(s) {rejected} were rejected (see rejected_files)"
@@ -890,14 +926,11 @@ def _left_join(
         )
         warnings.append(f"join '{join.name}': {why}; its columns are null")
     side = _stack(frames, join.columns, day)
+    added = [c.name for c in join.columns if c.name not in frame.columns]
     duplicated = side.duplicated(join.keys, keep="first")
     if duplicated.any():
-        warnings.append(
-            f"join '{join.name}': {int(duplicated.sum())} row(s) with a duplicate key {join.keys} were "
-            "dropped (first kept)"
-        )
+        side = _disagreeing_copies_marked(side, join, added, warnings)
         side = side[~duplicated]
-    added = [c.name for c in join.columns if c.name not in frame.columns]
     side = side[join.keys + added + ["_ingest_error"]].rename(columns={"_ingest_error": "_join_error"})
     merged = frame.merge(side, on=join.keys, how="left", validate="many_to_one", sort=False)
     # The side's errors are already labelled with the join's name (_type_frame).

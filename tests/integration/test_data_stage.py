@@ -702,12 +702,32 @@ def test_several_files_per_day_are_combined_in_file_then_line_order(store, cfg):
     assert got["temp"].tolist()[:2] == [39.0, 38.5] and got["temp"].isna().tolist()[2:] == [True, True]
 
 
-def test_duplicate_weather_keys_keep_the_first_row(store, cfg):
+def test_weather_rows_repeating_a_key_and_its_values_join_once(store, cfg):
     land(store, cfg, "flights.csv", csv(*GOOD))
-    land(store, cfg, "weather.csv", WEATHER + "EWR,2013-01-01T10:00:00Z,99.0\n")
-    ingested, _ = run(store, cfg)
-    assert any("1 row(s) with a duplicate key" in w for w in ingested["warnings"])
-    assert curated(store, cfg)["temp"].tolist()[0] == 39.0
+    land(store, cfg, "weather.csv", WEATHER)
+    land(store, cfg, "weather_copy.csv", WEATHER)  # landed twice
+    ingested, validated = run(store, cfg)
+    assert any("2 row(s) repeating another row's key" in w for w in ingested["warnings"])
+    assert curated(store, cfg)["temp"].tolist()[:2] == [39.0, 38.5] and validated["bad_rows"] == 0
+
+
+def test_weather_copies_of_a_key_that_disagree_quarantine_the_rows_they_join(store, cfg):
+    """Which of 39.0 and 99.0 was EWR's temperature at 10:00 is unknown (a correction file beside
+    the original, a broken export): the flight joining it is quarantined, naming both copies,
+    instead of being curated with whichever copy came first."""
+    land(store, cfg, "flights.csv", csv(*GOOD))
+    land(store, cfg, "weather.csv", WEATHER)
+    fix = land(store, cfg, "weather_fix.csv", "origin,time_hour,temp\nEWR,2013-01-01T10:00:00Z,99.0\n")
+    ingested, validated = run(store, cfg)
+
+    assert any(
+        "1 key(s) ['origin', 'time_hour'] have copies that disagree" in w for w in ingested["warnings"]
+    )
+    assert curated(store, cfg)["id"].tolist() == [2, 3, 4]
+    assert validated["bad_rows"] == 1
+    [reason] = quarantined(store, cfg)["_reasons"].tolist()[0]
+    assert "weather: 2 rows of key origin='EWR', time_hour='2013-01-01T10:00:00+00:00' disagree" in reason
+    assert f"weather.csv line 2, {fix} line 2" in reason
 
 
 def test_side_rows_without_a_complete_join_key_are_quarantined_and_counted(store, cfg):
