@@ -95,6 +95,15 @@ class MlflowHook(BaseHook):
             raise ValueError(f"Airflow connection '{self.conn_id}' has no host (the MLflow tracking URI)")
         if "://" not in host:
             host = f"{conn.schema or 'http'}://{host}" + (f":{conn.port}" if conn.port else "")
+        scheme = host.split("://", 1)[0].lower()
+        if scheme not in ("http", "https"):
+            # A database or file store is one worker's (sqlite, file:) or hands model versions back
+            # as numbers where the server's REST API gives text, which the registry's tags compare.
+            raise ValueError(
+                f"Airflow connection '{self.conn_id}': tracking URI scheme '{scheme}' is not served "
+                "over HTTP; point host at an MLflow tracking server (`mlflow server --backend-store-uri "
+                f"{scheme}://...`), e.g. http://mlflow:5000, which every worker and the UI reach alike"
+            )
         # MLflow's client reads basic-auth credentials from the environment only. Set or cleared
         # for every connection resolved: a process that serves several pipelines (the UI in the API
         # server) must not send one server's credentials to a server that has none.

@@ -210,6 +210,22 @@ def test_an_mlflow_connection_without_login_clears_the_previous_ones_credentials
     assert (creds.username, creds.password) == (None, None)
 
 
+@pytest.mark.parametrize(
+    "host", ["sqlite:////var/mlflow.db", "postgresql://mlflow@db/mlflow", "file:///mlruns"]
+)
+def test_an_mlflow_connection_to_a_store_instead_of_a_server_is_refused_naming_it(
+    monkeypatch: pytest.MonkeyPatch, host: str
+) -> None:
+    from mlops_tasks.airflow.hooks import MlflowHook
+
+    monkeypatch.setenv("AIRFLOW_CONN_MLFLOW_DB", json.dumps({"conn_type": "mlflow", "host": host}))
+    scheme = host.split(":")[0]
+    with pytest.raises(
+        ValueError, match=f"'mlflow_db': tracking URI scheme '{scheme}' is not served over HTTP"
+    ):
+        MlflowHook("mlflow_db").get_tracking_uri()
+
+
 def test_mlflow_links_use_the_connections_ui_url_else_the_tracking_uri_without_credentials(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
