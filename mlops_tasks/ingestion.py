@@ -564,8 +564,10 @@ def _parse_csv(
             record, reason = None, f"unparseable CSV ({exc}); parsing resumed on the next line"
         else:
             reason = f"{len(record)} fields, the header has {len(header)}"
-        if record == []:
-            continue  # a blank line
+        if record == [] or (
+            record is not None and len(record) != len(header) and not "".join(record).strip()
+        ):
+            continue  # a blank line, or one of only spaces or tabs (a row of empty fields has them all)
         if record is not None and len(record) == len(header):
             records.append(record)
             numbers.append(first + 1)
