@@ -143,7 +143,11 @@ class ColumnSpec(_Strict):
     """One column of the raw data and the rules it must obey."""
 
     name: Annotated[str, Field(min_length=1, description="Column name as it appears in the raw files.")]
-    type: ColumnType = Field(description="Logical type the column is normalised to on ingest.")
+    type: ColumnType = Field(
+        description="Logical type the column is normalised to on ingest. Surrounding whitespace is "
+        "removed; an empty value is missing, and in int, float, bool and timestamp columns so are NA, "
+        "N/A, NaN, null and None (in string and category columns they are values)."
+    )
     nullable: bool = Field(
         True,
         description="False: a null value quarantines the row, and curated parquet stores the column as "

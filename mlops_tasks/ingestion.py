@@ -62,7 +62,7 @@ from mlops_tasks.storage import (
 
 LINEAGE_COLUMNS = ("_day", "_source_file", "_source_line", "_ingest_error")
 # Tokens that mean "missing" in numeric, bool and timestamp columns (R's NA, pandas' NaN, SQL NULL).
-# In string columns only the empty field is missing: "NA" may be a real code there.
+# In string columns only the empty (or all-whitespace) field is missing: "NA" may be a real code there.
 NA_TOKENS = frozenset({"", "NA", "N/A", "n/a", "NaN", "nan", "NAN", "-nan", "null", "NULL", "None", "none"})
 TRUE_TOKENS = frozenset({"true", "t", "yes", "y", "1"})
 FALSE_TOKENS = frozenset({"false", "f", "no", "n", "0"})
@@ -651,12 +651,12 @@ def convert_column(raw: pd.Series, kind: str) -> tuple[pd.Series, np.ndarray, st
         if kind in ("string", "category"):
             if family == "nested":
                 return _wrong_family(raw, missing, STRING_DTYPE, "is not text (a list, struct or map)")
-            return raw.astype(STRING_DTYPE), np.zeros(len(raw), dtype=bool), ""
+            return _trimmed(raw.astype(STRING_DTYPE)), np.zeros(len(raw), dtype=bool), ""
         values = raw
     else:
         text, undecodable = _as_text(raw)
         if kind in ("string", "category"):
-            return text.mask(text == ""), undecodable, "is not valid UTF-8 text"
+            return _trimmed(text), undecodable, "is not valid UTF-8 text"
         stripped = text.str.strip()
         # An undecodable value is null but present: it is flagged, not taken as missing.
         missing = (stripped.isna() | stripped.isin(NA_TOKENS)).to_numpy(dtype=bool) & ~undecodable
@@ -668,6 +668,13 @@ def convert_column(raw: pd.Series, kind: str) -> tuple[pd.Series, np.ndarray, st
     if kind == "bool":
         return _to_bool(values, missing, family)
     return _to_timestamp(values, missing, family)
+
+
+def _trimmed(text: pd.Series) -> pd.Series:
+    """Text without surrounding whitespace, empty as missing: "JFK " would be a category of its own
+    and join no weather row, and "   " would pass a not-null rule."""
+    stripped = text.str.strip()
+    return stripped.mask(stripped == "")
 
 
 def _family(dtype: Any) -> str:

@@ -31,13 +31,13 @@ def test_float_treats_nan_tokens_as_missing_and_inf_as_invalid():
 
 
 def test_strings_keep_na_as_a_value_and_only_empty_is_missing():
-    typed, bad, _ = convert_column(raw("NA", "", "EWR"), "category")
-    assert (
-        str(typed.dtype) == "string"
-        and typed.tolist()[0] == "NA"
-        and typed.isna().tolist() == [False, True, False]
-    )
+    typed, bad, _ = convert_column(raw("NA", "", "EWR", "   ", " JFK\t"), "category")
+    assert str(typed.dtype) == "string" and typed.tolist()[0] == "NA"
+    assert typed.isna().tolist() == [False, True, False, True, False]
+    assert typed.tolist()[4] == "JFK"  # padded, it would be a category of its own and join nothing
     assert not bad.any()
+    parquet_typed, _, _ = convert_column(pd.Series(["LGA ", " "], dtype="string[pyarrow]"), "string")
+    assert parquet_typed.tolist()[0] == "LGA" and parquet_typed.isna().tolist() == [False, True]
 
 
 def test_bool_tokens_and_invalid_bool():
