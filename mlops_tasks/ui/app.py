@@ -107,6 +107,22 @@ def _unavailable() -> tuple[type[Exception], ...]:
     return (StorageError, TrackingUnavailable, MlflowException, AirflowException, OSError, ValueError)
 
 
+def _by_team(dag_ids: set[str]) -> dict[str | None, set[str]]:
+    """``dag_ids`` grouped by the team owning their bundle (all under None unless
+    ``[core] multi_team``; a DAG not in the metadata database yet belongs to no team)."""
+    from airflow.configuration import conf
+
+    if not conf.getboolean("core", "multi_team", fallback=False):
+        return {None: dag_ids}
+    from airflow.models.dag import DagModel
+
+    teams = DagModel.get_dag_id_to_team_name_mapping(sorted(dag_ids))
+    grouped: dict[str | None, set[str]] = {}
+    for dag_id in dag_ids:
+        grouped.setdefault(teams.get(dag_id), set()).add(dag_id)
+    return grouped
+
+
 def build_app(sources: Sources | None = None) -> FastAPI:
     """The FastAPI app; every route requires DAG read access (401 when anonymous, 403 without it)."""
     from airflow.api_fastapi.app import get_auth_manager
@@ -123,7 +139,14 @@ def build_app(sources: Sources | None = None) -> FastAPI:
         wanted = {
             c.dag_id(kind) for c in configs if isinstance(c, PipelineConfig) for kind in views.DAG_KINDS
         }
-        allowed = get_auth_manager().filter_authorized_dag_ids(dag_ids=wanted, user=user, method="GET")
+        manager = get_auth_manager()
+        allowed = set()
+        # Multi-team mode: a DAG's team goes with the check, or a user of one team would be shown
+        # another team's pipelines (as Airflow's own get_authorized_dag_ids groups them).
+        for team, dag_ids in _by_team(wanted).items():
+            allowed |= manager.filter_authorized_dag_ids(
+                dag_ids=dag_ids, user=user, method="GET", team_name=team
+            )
         return [
             c
             for c in configs

@@ -285,6 +285,35 @@ def test_a_user_sees_only_the_pipelines_whose_dags_the_auth_manager_lets_them_re
         assert client.get(f"/pipelines/{other.name}").status_code == 200
 
 
+def test_in_multi_team_mode_a_user_sees_only_the_pipelines_of_their_team(
+    lifecycle: dict[str, Any], store: ObjectStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The DAG's team goes with the permission check: the simple auth manager lets a viewer read
+    only their team's DAGs, and without the team every DAG looked like no team's."""
+    from airflow.models.dag import DagModel
+
+    other = isolated_config(load_config(EXAMPLE_CONFIG), store.bucket).model_copy(update={"name": "team_b"})
+    kinds = ("training", "batch_inference", "drift_monitor")
+    teams = {
+        cfg.dag_id(kind): team
+        for cfg, team in ((lifecycle["cfg"], "team_a"), (other, "team_b"))
+        for kind in kinds
+    }
+    monkeypatch.setenv("AIRFLOW__CORE__MULTI_TEAM", "True")
+    # the metadata database's bundle-to-team table, as the API server reads it
+    monkeypatch.setattr(
+        DagModel,
+        "get_dag_id_to_team_name_mapping",
+        staticmethod(lambda dag_ids, **_: {d: teams[d] for d in dag_ids}),
+    )
+    sources = fixed_sources([(lifecycle["cfg"], lifecycle["store"]), (other, store)], lifecycle["mlflow"])
+    alice = SimpleAuthManagerUser(username="alice", role="viewer", teams=["team_a"])
+    with client_for(sources, user=alice) as client:
+        names = [row["pipeline"] for row in client.get("/api/status").json()["pipelines"]]
+        assert names == [lifecycle["cfg"].name]
+        assert client.get(f"/pipelines/{other.name}").status_code == 404
+
+
 def test_a_pipeline_without_models_shows_no_champion_and_an_empty_drill_down(
     store: ObjectStore, mlflow_server: str
 ) -> None:
