@@ -17,6 +17,28 @@ if TYPE_CHECKING:
     from mlops_tasks.storage import ObjectStore, S3Settings
 
 
+HTTP_SCHEMES = ("http", "https")
+
+
+def connection_url(conn: Connection, bare_scheme: str) -> str:
+    """The URL an HTTP-ish connection names, in any of the forms Airflow stores: host = the whole
+    URL; the URI form ``AIRFLOW_CONN_X=https://host/path`` (Airflow keeps the scheme as the
+    connection type and the path in ``schema``); or host, port and schema (``http``/``https``) as
+    HttpHook reads them. A bare host gets ``bare_scheme``. Credentials stay in the connection."""
+    host = (conn.host or "").strip()
+    if "://" in host:
+        return host
+    schema = (conn.schema or "").strip()
+    if schema in HTTP_SCHEMES:
+        scheme, path = schema, ""
+    elif schema:  # the URI form keeps its path in schema, its scheme as the connection type
+        scheme, path = conn.conn_type if conn.conn_type in HTTP_SCHEMES else bare_scheme, schema.strip("/")
+    else:  # "http" is also the type of a connection made in the UI: only "https" says which
+        scheme, path = "https" if conn.conn_type == "https" else bare_scheme, ""
+    port = f":{conn.port}" if conn.port else ""
+    return f"{scheme}://{host}{port}/{path}" if path else f"{scheme}://{host}{port}"
+
+
 class ObjectStoreHook(BaseHook):
     """S3-compatible object store from an ``aws`` connection.
 
@@ -90,13 +112,11 @@ class MlflowHook(BaseHook):
         return self._tracking_uri(self.get_connection(self.conn_id))
 
     def _tracking_uri(self, conn: Connection) -> str:
-        host = (conn.host or "").rstrip("/")
-        if not host:
+        if not (conn.host or "").strip():
             raise ValueError(f"Airflow connection '{self.conn_id}' has no host (the MLflow tracking URI)")
-        if "://" not in host:
-            host = f"{conn.schema or 'http'}://{host}" + (f":{conn.port}" if conn.port else "")
+        host = connection_url(conn, "http").rstrip("/")
         scheme = host.split("://", 1)[0].lower()
-        if scheme not in ("http", "https"):
+        if scheme not in HTTP_SCHEMES:
             # A database or file store is one worker's (sqlite, file:) or hands model versions back
             # as numbers where the server's REST API gives text, which the registry's tags compare.
             raise ValueError(

@@ -3,7 +3,7 @@
 The webhook is an Airflow connection (default id ``mlops_alerts``, type http): either host = the
 whole URL (e.g. a Slack/Teams incoming webhook), or the URI form
 ``AIRFLOW_CONN_MLOPS_ALERTS=https://hooks.slack.com/services/...`` (Airflow puts the path in
-``schema`` there), or host, port and schema (``http``/``https``) as HttpHook reads them. Without it,
+``schema`` there and a query string in extra; both go back into the URL), or host, port and schema (``http``/``https``) as HttpHook reads them. Without it,
 alerts go to the task log only. The payload is JSON ``{"pipeline", "event", "message", "details"}``
 and never contains connection secrets. An alert is best-effort: a webhook that is down, misnamed or
 answers garbage is logged (scheme and host only) and never fails the task that raised the alert.
@@ -19,11 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseHook, BaseNotifier
 
+from mlops_tasks.airflow.hooks import HTTP_SCHEMES, connection_url
+
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
 ALERTS_CONN_ID = "mlops_alerts"
-_SCHEMES = ("http", "https")
 log = logging.getLogger(__name__)
 
 
@@ -32,21 +33,15 @@ def webhook_url(conn_id: str = ALERTS_CONN_ID) -> str | None:
         conn = BaseHook.get_connection(conn_id)
     except Exception:  # "not configured" raises different exception types across secrets backends
         return None
-    host = (conn.host or "").strip()
-    if not host:
+    if not (conn.host or "").strip():
         return None
-    if "://" in host:
-        return host
-    schema = (conn.schema or "").strip()
-    if schema in _SCHEMES:  # host, port and schema as HttpHook reads them
-        scheme, path = schema, ""
-    elif schema:  # the URI form: the path is in schema, the scheme the URI's (the connection type)
-        scheme = conn.conn_type if conn.conn_type in _SCHEMES else "https"
-        path = schema.lstrip("/")
-    else:  # a bare host: https, never the secret path in clear text on a guess
-        scheme, path = "https", ""
-    port = f":{conn.port}" if conn.port else ""
-    return f"{scheme}://{host}{port}/{path}" if path else f"{scheme}://{host}{port}"
+    # a bare host: https, never the secret path in clear text on a guess
+    url = connection_url(conn, "https")
+    uri_form = conn.conn_type in HTTP_SCHEMES and (conn.schema or "").strip() not in HTTP_SCHEMES
+    if "://" not in (conn.host or "") and uri_form and conn.extra_dejson:
+        # Airflow moved the URL's query into extra (Teams/Power Automate sign their URLs there).
+        url += "?" + urllib.parse.urlencode(conn.extra_dejson)
+    return url
 
 
 def announce(pipeline: str, event: str, message: str, details: dict[str, Any] | None = None) -> bool:

@@ -211,6 +211,26 @@ def test_an_mlflow_connection_without_login_clears_the_previous_ones_credentials
 
 
 @pytest.mark.parametrize(
+    ("connection", "tracking_uri"),
+    [
+        ("https://bob:s3cret@mlflow.example.org", "https://mlflow.example.org"),
+        ("https://tools.example.org/mlflow", "https://tools.example.org/mlflow"),
+        ("http://mlflow:5000?ui_url=http%3A%2F%2Flocalhost%3A5000", "http://mlflow:5000"),
+    ],
+    ids=["https-with-login", "https-with-path", "http-with-extra"],
+)
+def test_an_mlflow_connection_in_uri_form_keeps_its_scheme_and_path(
+    monkeypatch: pytest.MonkeyPatch, connection: str, tracking_uri: str
+) -> None:
+    """Airflow keeps a URI's scheme as the connection type and its path in schema: https must not
+    become http (basic-auth credentials in clear text), nor a path a scheme."""
+    from mlops_tasks.airflow.hooks import MlflowHook
+
+    monkeypatch.setenv("AIRFLOW_CONN_MLFLOW_URI", connection)
+    assert MlflowHook("mlflow_uri").get_tracking_uri() == tracking_uri
+
+
+@pytest.mark.parametrize(
     "host", ["sqlite:////var/mlflow.db", "postgresql://mlflow@db/mlflow", "file:///mlruns"]
 )
 def test_an_mlflow_connection_to_a_store_instead_of_a_server_is_refused_naming_it(
