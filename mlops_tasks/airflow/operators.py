@@ -846,11 +846,15 @@ class DriftCheckOperator(PipelineOperator):
             # This run (cleared) already requested its retrain: its trigger must stay whatever the
             # check decides now, so that the cooldown holds (see TriggerRetrainingOperator).
             sent_day = as_date((sent.extra or {}).get("window_end") or day)
-            record_retrain_sent(self.store, self.config, sent_day, context["run_id"])
+            record_retrain_sent(self.store, self.config, sent_day, _check_identity(context))
         # the run id tells a retry of the run that requested retraining (which may decide again) from
         # another run checking the same day (which must not request it twice)
         result = run_drift_monitor(
-            self.store, self.config, day, tracking_uri=self.tracking_uri, check_run_id=context["run_id"]
+            self.store,
+            self.config,
+            day,
+            tracking_uri=self.tracking_uri,
+            check_run_id=_check_identity(context),
         )
         DriftReportLink.persist(context, report_url(result.get("report_html_uri")))
         emit("drift", result, pipeline=self.pipeline)
@@ -884,7 +888,9 @@ class TriggerRetrainingOperator(PipelineOperator):
             # Marked only now that the event is known to exist: marking before it went out (Airflow
             # emits it when the task succeeds) would lose the retrain of a task that died after the
             # mark, as the run's cleared drift check would then find it "already requested".
-            record_retrain_sent(self.store, self.config, as_date(self.decision["day"]), context["run_id"])
+            record_retrain_sent(
+                self.store, self.config, as_date(self.decision["day"]), _check_identity(context)
+            )
             raise AirflowSkipException(
                 f"This run already requested retraining (event of {sent.timestamp}): one drift episode, "
                 "one retraining."
@@ -899,6 +905,13 @@ class TriggerRetrainingOperator(PipelineOperator):
             context["outlet_events"][asset].extra = extra
         announce(self.config.name, "drift_detected", f"retraining requested: {extra['reason']}", extra)
         return extra
+
+
+def _check_identity(context: Context) -> str:
+    """The run deciding, as the drift state records its triggers: ``<dag_id>/<run_id>``. Run ids
+    alone repeat across DAGs (``scheduled__<date>``): a DAG of your own checking the pipeline on the
+    same cron would pass for a retry of the generated DAG's run, and request its retrain again."""
+    return f"{context['ti'].dag_id}/{context['run_id']}"
 
 
 def _retrain_event_of_this_run(task: BaseOperator, context: Context) -> Any:

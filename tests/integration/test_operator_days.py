@@ -105,9 +105,13 @@ def test_the_retrain_event_goes_out_once_per_run_and_is_marked_sent_only_once_it
     from mlops_tasks.monitoring import state_key
 
     day, run = dt.date(2013, 7, 14), "scheduled__2013-07-14T00:00:00+00:00"
+    dag_id = "flights_delay_drift_monitor"
+    checker = f"{dag_id}/{run}"  # the drift state names a run with its DAG: run ids repeat across DAGs
     decision = {"day": day.isoformat(), "retrain": True, "status": "drift", "reasons": ["drift"]}
     other = {"day": "2013-06-01", "run_id": "older"}
-    store.put_json(state_key(example_config), {"triggers": [other, {"day": day.isoformat(), "run_id": run}]})
+    store.put_json(
+        state_key(example_config), {"triggers": [other, {"day": day.isoformat(), "run_id": checker}]}
+    )
     asset = retrain_asset(example_config)
     operator = TriggerRetrainingOperator(
         task_id="request_retraining",
@@ -117,7 +121,6 @@ def test_the_retrain_event_goes_out_once_per_run_and_is_marked_sent_only_once_it
         inlets=[asset],
     )
     operator.__dict__["store"] = store
-    dag_id = "flights_delay_drift_monitor"
 
     def context(*events: tuple[str, str]) -> Any:
         sent = [
@@ -134,7 +137,10 @@ def test_the_retrain_event_goes_out_once_per_run_and_is_marked_sent_only_once_it
     first = context((dag_id, "scheduled__2013-06-01T00:00:00+00:00"), ("flights_delay_training", run))
     assert operator.execute(first)["window_end"] == "2013-07-14"
     assert first["outlet_events"][asset].extra["window_end"] == "2013-07-14"
-    assert store.get_json(state_key(example_config))["triggers"][1] == {"day": day.isoformat(), "run_id": run}
+    assert store.get_json(state_key(example_config))["triggers"][1] == {
+        "day": day.isoformat(),
+        "run_id": checker,
+    }
 
     cleared = context((dag_id, run))
     with pytest.raises(AirflowSkipException, match="This run already requested retraining"):
@@ -142,7 +148,7 @@ def test_the_retrain_event_goes_out_once_per_run_and_is_marked_sent_only_once_it
     assert "extra" not in vars(cleared["outlet_events"][asset])
     state = store.get_json(state_key(example_config))
     # what test_drift.py's cleared-check test starts from: the run's trigger blocks the run itself
-    assert state["triggers"] == [other, {"day": day.isoformat(), "run_id": run, "sent": True}]
+    assert state["triggers"] == [other, {"day": day.isoformat(), "run_id": checker, "sent": True}]
 
 
 def test_batch_inference_ingests_its_day_again_only_when_landing_files_were_added_or_replaced(
@@ -216,7 +222,9 @@ def test_a_cleared_drift_check_of_a_run_that_sent_its_retrain_marks_it_sent_firs
     from mlops_tasks.monitoring import state_key
 
     run, dag_id = "scheduled__2013-07-14T00:00:00+00:00", "flights_delay_drift_monitor"
-    store.put_json(state_key(example_config), {"triggers": [{"day": "2013-07-14", "run_id": run}]})
+    store.put_json(
+        state_key(example_config), {"triggers": [{"day": "2013-07-14", "run_id": f"{dag_id}/{run}"}]}
+    )
     asset = retrain_asset(example_config)
     operator = DriftCheckOperator(
         task_id="drift_check", pipeline="flights_delay", day="2013-07-14", inlets=[asset]
@@ -229,5 +237,5 @@ def test_a_cleared_drift_check_of_a_run_that_sent_its_retrain_marks_it_sent_firs
     with pytest.raises(Exception, match="is not reachable"):
         operator.execute(context)
     assert store.get_json(state_key(example_config))["triggers"] == [
-        {"day": "2013-07-14", "run_id": run, "sent": True}
+        {"day": "2013-07-14", "run_id": f"{dag_id}/{run}", "sent": True}
     ]

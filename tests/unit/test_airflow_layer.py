@@ -344,3 +344,39 @@ def test_the_model_version_link_quotes_the_model_name() -> None:
 
     url = model_version_url("http://mlflow:5000", {"model_name": "churn#2 ?a%", "version": 3})
     assert url == "http://mlflow:5000/#/models/churn%232%20%3Fa%25/versions/3"
+
+
+def test_drift_checks_of_two_dags_with_the_same_run_id_are_different_runs() -> None:
+    """Scheduled run ids repeat across DAGs (``scheduled__<date>``): a DAG of your own checking the
+    pipeline on the generated DAG's cron must find its retrain already requested, not pass for a
+    retry of the run that requested it (a second retrain, or its no-drift check withdrawing the
+    first one's trigger)."""
+    import datetime as dt
+    from types import SimpleNamespace
+
+    from mlops_tasks import drift
+    from mlops_tasks.airflow.operators import _check_identity
+    from mlops_tasks.config import load_pipeline
+
+    run, day = "scheduled__2013-07-14T00:00:00+00:00", dt.date(2013, 7, 14)
+    generated = _check_identity({"ti": SimpleNamespace(dag_id="flights_delay_drift_monitor"), "run_id": run})
+    yours = _check_identity({"ti": SimpleNamespace(dag_id="flights_delay_drift_hourly"), "run_id": run})
+    assert generated == f"flights_delay_drift_monitor/{run}" and yours != generated
+
+    cfg = load_pipeline("flights_delay")
+    drifted = {
+        "rows": {"reference": 5000, "current": 5000},
+        "share_drifted": 1.0,
+        "drifted_columns": ["temp"],
+        "drifted_critical": [],
+        "prediction_drift": None,
+        "columns": {},
+    }
+    first = drift.decide(cfg, drifted, day=day, state=None, check_run_id=generated)
+    state = drift.next_state(None, first, day, check_run_id=generated)
+    second = drift.decide(cfg, drifted, day=day, state=state, check_run_id=yours)
+    assert (first["retrain"], second["status"], second["requested_by"]) == (
+        True,
+        "already_requested",
+        generated,
+    )
