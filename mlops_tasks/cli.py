@@ -241,6 +241,15 @@ def cmd_lineage(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_version(text: str) -> str:
+    """A registered model version as the registry numbers it: "v3" (as lineage prints it) and "03"
+    are 3."""
+    digits = text.strip().removeprefix("v").removeprefix("V")
+    if not digits.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a model version number (e.g. 3 or v3)")
+    return str(int(digits))
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from mlops_tasks.status import format_status, pipeline_status
 
@@ -342,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("lineage", cmd_lineage, "Print a model version's lineage (latest by default).")
     p.add_argument("pipeline")
-    p.add_argument("version", nargs="?")
+    p.add_argument("version", nargs="?", type=_model_version, help="e.g. 3 or v3 (default: the latest)")
     p.add_argument("--json", action="store_true")
 
     p = add("status", cmd_status, "Champion, last gate, drift and inference per pipeline.")

@@ -129,7 +129,10 @@ def test_lifecycle_from_landing_to_a_retrain_request(lifecycle_env: dict) -> Non
     # The CLI shows the whole chain, and rolls a promotion back in one command.
     env = {**os.environ, "MLOPS_TASKS_STACK_DIR": "/nonexistent"}
     lineage = subprocess.run(
-        [cli(), "lineage", "flights_delay", "2"], capture_output=True, text=True, env=env
+        [cli(), "lineage", "flights_delay", "v2"],
+        capture_output=True,
+        text=True,
+        env=env,  # as it prints
     )
     assert lineage.returncode == 0, lineage.stderr
     for step in (

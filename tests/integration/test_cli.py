@@ -215,6 +215,12 @@ def test_unknown_records_are_reported_clearly(
     assert "Traceback" not in result.stderr
 
 
+def test_a_model_version_that_is_not_a_number_is_named_before_anything_is_read() -> None:
+    result = cli("lineage", "flights_delay", "latest")
+    assert result.returncode == 2
+    assert "'latest' is not a model version number (e.g. 3 or v3)" in result.stderr
+
+
 def test_up_serves_until_interrupted_then_stops_every_process(tmp_path: Path) -> None:
     import signal
 
