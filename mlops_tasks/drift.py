@@ -784,15 +784,21 @@ def next_state(
     in no_drift or insufficient_data must not lift the cooldown of a retrain already requested -
     except that the same run deciding again (a retry) replaces its own, until its retrain event was
     sent (:func:`mark_sent`). Deterministic, so storing it is idempotent."""
-    triggers = [t for t in _triggers(state) if not _own(t, check_run_id)]
-    if decision["retrain"]:
-        triggers.append({"day": day.isoformat(), "run_id": check_run_id})
-    triggers.sort(key=lambda t: (t["day"], t["run_id"] or ""))
+
+    def order(trigger: dict[str, Any]) -> tuple[str, str]:
+        return trigger["day"], trigger["run_id"] or ""
+
+    others = sorted((t for t in _triggers(state) if not _own(t, check_run_id)), key=order)
+    added = [{"day": day.isoformat(), "run_id": check_run_id}] if decision["retrain"] else []
+    # The oldest others make room; the trigger written now stays whatever its day: a backfill's,
+    # dropped in the write that adds it, would let another check of its day request it again.
+    room = MAX_REMEMBERED_TRIGGERS - len(added)
+    triggers = sorted(others[max(len(others) - room, 0) :] + added, key=order)
     check = {"day": day.isoformat(), "status": decision["status"], "retrain": decision["retrain"]}
     previous = (state or {}).get("last_check")
     if previous and previous["day"] > check["day"]:
         check = previous
-    return {"triggers": triggers[-MAX_REMEMBERED_TRIGGERS:], "last_check": check}
+    return {"triggers": triggers, "last_check": check}
 
 
 # -- the whole check ------------------------------------------------------------------------------

@@ -490,3 +490,27 @@ def test_decisions_are_deterministic_for_the_seed():
     ref, cur = frame(6000, 1), frame(6000, 2, x_shift=0.3)
     runs = [drift.decide(cfg, drift.compare(cfg, ref, cur), day=DAY, state=None) for _ in range(2)]
     assert runs[0] == runs[1]
+
+
+def test_a_backfilled_day_older_than_every_remembered_trigger_keeps_its_own():
+    """The state remembers MAX_REMEMBERED_TRIGGERS triggers, the newest; a retrain requested for an
+    older day (a backfill) must outlive the write that records it, or another check of that day
+    would request it again."""
+    cfg = make_config(cooldown_days=0)
+    weekly = [
+        {"day": (DAY + dt.timedelta(days=7 * i)).isoformat(), "run_id": f"run-{i}", "sent": True}
+        for i in range(drift.MAX_REMEMBERED_TRIGGERS)
+    ]
+    old_day = DAY - dt.timedelta(days=30)
+    decision = drift.decide(
+        cfg, drifted_comparison(), day=old_day, state={"triggers": weekly}, check_run_id="b"
+    )
+    state = drift.next_state({"triggers": weekly}, decision, old_day, check_run_id="b")
+
+    assert decision["retrain"] and len(state["triggers"]) == drift.MAX_REMEMBERED_TRIGGERS
+    assert state["triggers"][0] == {"day": old_day.isoformat(), "run_id": "b"}
+    again = drift.decide(cfg, drifted_comparison(), day=old_day, state=state, check_run_id="c")
+    assert again["status"] == "already_requested"
+    # fewer than the limit: nothing is dropped
+    few = drift.next_state({"triggers": weekly[:3]}, decision, old_day, check_run_id="b")
+    assert len(few["triggers"]) == 4
