@@ -38,6 +38,8 @@ _IDENTIFIER = r"^[a-z][a-z0-9_]{0,62}$"
 _CONN_ID = r"^[\w#!()\-.:/\\]+$"
 # MLflow refuses "/" and ":" in model names; a blank name would be an unnamed model.
 _MLFLOW_NAME = r"^[^/:]*[^/:\s][^/:]*$"
+# Experiments may be named like workspace paths ("/Shared/flights", "team-a/flights"): only blank is refused.
+_EXPERIMENT_NAME = r"^\s*\S.*$"
 _SEED = Field(42, ge=0, le=2**32 - 1, description="Random seed (numpy and torch take 0 .. 2**32-1).")
 # An object-store prefix segment: no "..", no leading "/", no backslashes, no URL schemes.
 _SAFE_PREFIX = re.compile(r"^(?!.*\.\.)(?!/)[A-Za-z0-9_\-./]*$")
@@ -626,9 +628,17 @@ class StorageSpec(_Strict):
     @field_validator("prefix")
     @classmethod
     def _safe_prefix(cls, value: str | None) -> str | None:
-        if value is not None and (not value or not _SAFE_PREFIX.match(value)):
-            raise ValueError("prefix must be a relative key path without '..', '\\' or a leading '/'")
-        return value.strip("/") if value else value
+        # "a//b" and "a/./b" are keys S3 stores as written but no report link can name safely.
+        if value is not None and (
+            not value
+            or not _SAFE_PREFIX.match(value)
+            or any(part in ("", ".") for part in value.strip("/").split("/"))
+        ):
+            raise ValueError(
+                "prefix must be a relative key path of named segments: no empty or '.' segment, no "
+                "'..', '\\' or leading '/'"
+            )
+        return value.strip("/")
 
 
 class MlflowSpec(_Strict):
@@ -640,7 +650,7 @@ class MlflowSpec(_Strict):
     )
     experiment: str | None = Field(
         None,
-        pattern=_MLFLOW_NAME,
+        pattern=_EXPERIMENT_NAME,
         max_length=250,
         description="Defaults to the pipeline name; one pipeline per experiment.",
     )
@@ -927,11 +937,26 @@ def load_each(paths: list[Path]) -> Iterator[tuple[Path, PipelineConfig | Config
                         f"(it defaults to the pipeline name)"
                     )
             where = (cfg.storage.bucket, cfg.prefix)
-            if where in locations:
+            # One pipeline's area inside another's: the outer one's report links would serve the
+            # inner one's reports to whoever may read the outer pipeline.
+            taken = next(
+                (
+                    (bucket, prefix)
+                    for bucket, prefix in locations
+                    if bucket == where[0]
+                    and (
+                        prefix == where[1]
+                        or where[1].startswith(prefix + "/")
+                        or prefix.startswith(where[1] + "/")
+                    )
+                ),
+                None,
+            )
+            if taken is not None:
                 raise ConfigError(
-                    f"{path}: fields 'storage.bucket' + 'storage.prefix': s3://{where[0]}/{where[1]}/ is "
-                    f"already used by {locations[where]}; pipelines would overwrite and delete each "
-                    "other's data"
+                    f"{path}: fields 'storage.bucket' + 'storage.prefix': s3://{where[0]}/{where[1]}/ "
+                    f"overlaps s3://{taken[0]}/{taken[1]}/, used by {locations[taken]}; pipelines would "
+                    "overwrite and delete each other's data"
                 )
         except ConfigError as exc:
             yield path, exc

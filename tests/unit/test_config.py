@@ -121,7 +121,9 @@ def test_a_column_listed_twice_is_rejected(
         load_config(write_variant(tmp_path, **{field: value}))
 
 
-@pytest.mark.parametrize("prefix", ["../other", "/abs", "a/../../b", "a\\b"])
+@pytest.mark.parametrize(
+    "prefix", ["../other", "/abs", "a/../../b", "a\\b", "team//flights", "./flights", "a/./b"]
+)
 def test_prefix_path_traversal_is_rejected(tmp_path: Path, prefix: str) -> None:
     path = write_variant(tmp_path, **{"storage.prefix": prefix})
     with pytest.raises(ConfigError, match=r"field 'storage\.prefix'"):
@@ -438,6 +440,30 @@ def test_two_pipelines_on_one_storage_location_are_rejected_naming_both_files(tm
     message = str(err.value)
     assert message.startswith(f"{tmp_path / 'b.yaml'}: fields 'storage.bucket' + 'storage.prefix'")
     assert "s3://mlops/flights_delay/" in message and str(tmp_path / "a.yaml") in message
+
+
+@pytest.mark.parametrize(("first", "second"), [("shared", "shared/reports/b"), ("team/a/b", "team/a")])
+def test_a_pipeline_inside_another_s_storage_area_is_rejected(
+    tmp_path: Path, first: str, second: str
+) -> None:
+    """Nested, the outer pipeline's report links would serve the inner one's reports to whoever may
+    read the outer pipeline, and its sweeps would see the inner one's objects."""
+    write_mutated(tmp_path, lambda raw: raw["storage"].update(prefix=first), "a.yaml")
+
+    def inside(raw: dict) -> None:
+        raw["name"] = raw["mlflow"]["registered_model"] = "other"
+        raw["storage"]["prefix"] = second
+
+    write_mutated(tmp_path, inside, "b.yaml")
+    with pytest.raises(ConfigError, match=f"s3://mlops/{second}/ overlaps s3://mlops/{first}/"):
+        load_all(tmp_path)
+
+
+def test_an_experiment_may_be_named_like_a_workspace_path(tmp_path: Path) -> None:
+    for name in ("/Shared/flights_delay", "team-a/flights:v2"):
+        assert load_config(write_variant(tmp_path, **{"mlflow.experiment": name})).experiment_name == name
+    with pytest.raises(ConfigError, match=r"field 'mlflow\.experiment'"):
+        load_config(write_variant(tmp_path, **{"mlflow.experiment": "  "}))
 
 
 def test_two_pipelines_sharing_an_mlflow_model_are_rejected_unless_their_servers_differ(
