@@ -99,7 +99,8 @@ def _dag(cfg: PipelineConfig, kind: str, schedule: Any, doc: str, on_failure: An
         dag_id=cfg.dag_id(kind),  # type: ignore[arg-type]
         schedule=schedule,
         start_date=dt.datetime.combine(cfg.start_date, dt.time(), tzinfo=dt.UTC),
-        end_date=dt.datetime.combine(cfg.end_date, dt.time(), tzinfo=dt.UTC) if cfg.end_date else None,
+        # The end of the day: a cron firing later than midnight (0 3 * * *) runs its last day too.
+        end_date=dt.datetime.combine(cfg.end_date, dt.time.max, tzinfo=dt.UTC) if cfg.end_date else None,
         # Each scoring run is one day of its own; training trains on a window and the drift monitor
         # checks one up to its day, so their latest run covers the days missed.
         catchup=cfg.inference.catchup if kind == "batch_inference" else False,

@@ -96,6 +96,27 @@ def test_missed_days_are_scored_when_the_scheduler_is_back_only_if_the_config_as
     assert not dags["flights_delay_training"].catchup and not dags["flights_delay_drift_monitor"].catchup
 
 
+@pytest.mark.parametrize("cron", ["@daily", "0 3 * * *"])
+def test_every_day_up_to_end_date_is_scored_whatever_hour_the_cron_fires(cron: str) -> None:
+    from airflow.serialization.serialized_objects import DagSerialization
+    from airflow.timetables.base import TimeRestriction
+
+    from mlops_tasks.airflow.dag_factory import build_batch_inference_dag
+    from mlops_tasks.config import load_pipeline
+
+    cfg = load_pipeline("flights_delay")
+    cfg = cfg.model_copy(update={"inference": cfg.inference.model_copy(update={"schedule": cron})})
+    dag = DagSerialization.from_dict(DagSerialization.to_dict(build_batch_inference_dag(cfg)))
+    restriction = TimeRestriction(dag.start_date, dag.end_date, catchup=True)
+    days, interval = [], None
+    while info := dag.timetable.next_dagrun_info(
+        last_automated_data_interval=interval, restriction=restriction
+    ):
+        days.append(info.logical_date.date())
+        interval = info.data_interval
+    assert (days[0], days[-1], len(days)) == (cfg.start_date, cfg.end_date, 365)
+
+
 def test_a_run_is_refused_a_day_that_had_not_ended_when_it_was_created() -> None:
     from airflow.sdk.exceptions import AirflowFailException
 
