@@ -545,7 +545,9 @@ class DriftSpec(_Strict):
     schedule: DailySchedule = Field(
         None,
         description="Optional cron or preset (as training.schedule) in addition to the predictions asset, "
-        "firing once a day: each run checks one day.",
+        "firing once a day: each run checks one day, starting when that day is over - as batch "
+        "inference's run of the day does, so give it a later hour (e.g. '0 6 * * *') to check the day "
+        "after its predictions are published.",
     )
     window_days: int = Field(
         7, ge=1, description="Days of scored rows each check compares, ending on the checked day."
