@@ -210,13 +210,13 @@ def cmd_seed(args: argparse.Namespace) -> int:
 
 
 def cmd_data_checkout(args: argparse.Namespace) -> int:
-    from mlops_tasks.versioning import checkout_data_version, resolve_version
+    from mlops_tasks.versioning import CHECKOUT_MARKER, checkout_data_version, resolve_version
 
     cfg = load_pipeline(args.pipeline)
     store = _store(cfg)
     version = resolve_version(store, cfg, args.version)
     target = checkout_data_version(store, cfg, version, Path(args.target_dir))
-    files = [p for p in Path(target).rglob("*") if p.is_file()]
+    files = [p for p in Path(target).rglob("*") if p.is_file() and p.name != CHECKOUT_MARKER]
     print(f"restored data version {version}: {len(files)} file(s) in {target}")
     return 0
 

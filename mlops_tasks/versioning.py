@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -52,6 +53,8 @@ if TYPE_CHECKING:
 DVC_REMOTE = "store"
 DVC_REMOTE_PREFIX = "dvc"
 DATA_DIR = "data"
+# Written into every checkout: only a directory holding it is replaced by the next checkout.
+CHECKOUT_MARKER = ".mlops-checkout"
 
 log = logging.getLogger(__name__)
 
@@ -158,11 +161,13 @@ def checkout_data_version(
     """Restore a version's files from the DVC remote into ``target_dir`` (``date=YYYY-MM-DD/<part>``),
     byte for byte, independent of the curated partitions (which later runs may replace).
 
-    ``target_dir`` then holds that version's files and nothing else. The files are written into a
-    sibling temporary directory first, which then takes the target's place, so a failure midway
-    leaves the target as it was. An existing target is replaced only if it is empty or holds a
-    checkout (nothing but ``date=YYYY-MM-DD/`` folders of files); any other non-empty directory is
-    refused, untouched, and so is the current directory or one holding it. The swap is two renames:
+    ``target_dir`` then holds that version's files and nothing else but :data:`CHECKOUT_MARKER`,
+    which names the version. The files are written into a sibling temporary directory first, which
+    then takes the target's place, so a failure midway leaves the target as it was. An existing
+    target is replaced only if it is empty or is a checkout (the marker, and nothing but
+    ``date=YYYY-MM-DD/`` folders of files): any other non-empty directory is refused, untouched - a
+    local copy of the landing area looks like a checkout but for the marker - and so is the current
+    directory or one holding it. The swap is two renames:
     a crash between them leaves no target and the previous checkout in ``.<name>.previous-*/old``
     next to it. Returns the target's absolute path (``a/../b`` need not resolve as given)."""
     target = Path(os.path.abspath(target_dir))
@@ -190,6 +195,8 @@ def checkout_data_version(
         staged = Path(tempfile.mkdtemp(prefix=f".{target.name}.checkout-", dir=target.parent))
         try:
             shutil.copytree(root / DATA_DIR, staged, dirs_exist_ok=True)
+            marker = {"pipeline": cfg.name, "data_version": version}
+            (staged / CHECKOUT_MARKER).write_text(json.dumps(marker) + "\n")
             _check_replaceable(target, version)  # again: it may have changed during the pull
             if target.exists():
                 previous = Path(tempfile.mkdtemp(prefix=f".{target.name}.previous-", dir=target.parent))
@@ -216,10 +223,18 @@ def _check_replaceable(target: Path, version: str) -> None:
             f"cannot check out data version '{version}' into {target}: it exists and is not a "
             "directory; choose a new or empty directory."
         )
+    entries = list(target.iterdir())
+    if entries and not (target / CHECKOUT_MARKER).is_file():
+        raise DataVersionError(
+            f"cannot check out data version '{version}' into {target}: the directory is not empty and "
+            f"has no {CHECKOUT_MARKER} file, so no checkout wrote it (a checkout replaces its target "
+            "whole). Nothing was changed; choose a new or empty directory."
+        )
     foreign = [
         entry.name
-        for entry in target.iterdir()
-        if not (
+        for entry in entries
+        if entry.name != CHECKOUT_MARKER
+        and not (
             entry.is_dir()
             and not entry.is_symlink()
             and _is_date_folder(entry.name)

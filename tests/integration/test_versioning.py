@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -14,6 +15,7 @@ from mlops_tasks import versioning
 from mlops_tasks.ingestion import to_parquet_bytes
 from mlops_tasks.storage import ObjectStore, S3Settings, partition_prefix, publish_manifest, write_part
 from mlops_tasks.versioning import (
+    CHECKOUT_MARKER,
     DVC_REMOTE,
     DataVersionError,
     checkout_data_version,
@@ -63,7 +65,13 @@ def test_checkout_restores_the_curated_parts_byte_for_byte(store, example_config
     version = create_data_version(store, example_config, [DAY1, DAY2])["data_version"]
     target = checkout_data_version(store, example_config, version, tmp_path / "restored")
     restored = sorted(p.relative_to(target).as_posix() for p in target.rglob("*") if p.is_file())
-    assert restored == sorted(f"date={d.isoformat()}/{k.rsplit('/', 1)[-1]}" for d, k in keys.items())
+    assert restored == sorted(
+        [CHECKOUT_MARKER, *(f"date={d.isoformat()}/{k.rsplit('/', 1)[-1]}" for d, k in keys.items())]
+    )
+    assert json.loads((target / CHECKOUT_MARKER).read_text()) == {
+        "pipeline": example_config.name,
+        "data_version": version,
+    }
     for day, key in keys.items():
         assert (target / f"date={day.isoformat()}" / key.rsplit("/", 1)[-1]).read_bytes() == store.get_bytes(
             key
@@ -246,7 +254,12 @@ def test_no_curated_day_at_all_is_a_clear_error(store, example_config):
 
 
 def files_in(directory: Path) -> list[str]:
-    return sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file())
+    """The data files of ``directory`` (a checkout's marker aside)."""
+    return sorted(
+        p.relative_to(directory).as_posix()
+        for p in directory.rglob("*")
+        if p.is_file() and p.name != CHECKOUT_MARKER
+    )
 
 
 def two_versions(store, cfg) -> tuple[str, str, list[str]]:
@@ -279,6 +292,7 @@ def test_checkout_refuses_a_directory_holding_other_files_and_leaves_it_alone(
     version = create_data_version(store, example_config, [DAY1])["data_version"]
     target = tmp_path / "work"
     (target / "date=2013-01-01").mkdir(parents=True)
+    (target / CHECKOUT_MARKER).write_text("{}")  # a checkout, to which notes were added
     (target / "notes.txt").write_text("mine")
 
     with pytest.raises(
@@ -288,6 +302,25 @@ def test_checkout_refuses_a_directory_holding_other_files_and_leaves_it_alone(
 
     assert files_in(target) == ["notes.txt"] and (target / "date=2013-01-01").is_dir()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["work"]
+
+
+def test_checkout_refuses_a_copy_of_landing_data_that_only_looks_like_a_checkout(
+    store, example_config, tmp_path: Path
+):
+    """``aws s3 sync .../landing ./data`` makes date=YYYY-MM-DD/ folders of files too: without the
+    marker a checkout writes, it is somebody's data, not a checkout to replace."""
+    curate(store, example_config, DAY1, [1])
+    version = create_data_version(store, example_config, [DAY1])["data_version"]
+    mirror = tmp_path / "mirror"
+    (mirror / "date=2013-01-01").mkdir(parents=True)
+    (mirror / "date=2013-01-01" / "flights.csv").write_text("year,month\n")
+
+    with pytest.raises(
+        DataVersionError, match=r"into .*mirror: the directory is not empty and has no \.mlops-checkout"
+    ):
+        checkout_data_version(store, example_config, version, mirror)
+
+    assert files_in(mirror) == ["date=2013-01-01/flights.csv"]
 
 
 def test_a_checkout_failing_midway_leaves_the_previous_checkout_as_it_was(
