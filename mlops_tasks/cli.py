@@ -375,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ConfigError, CliError, FileNotFoundError, ValueError, RuntimeError) as exc:
+    except (ConfigError, CliError, OSError, ValueError, RuntimeError) as exc:
         from mlops_tasks.status import printable, redacted
 
         print(f"error: {printable(redacted(str(exc)))}", file=sys.stderr)

@@ -181,15 +181,22 @@ def checkout_data_version(
     record = read_record(store, cfg, version)
     dvc_text = store.get_bytes(_record_key(cfg, version, ".dvc"))
     _check_replaceable(target, version)
+    _check_creatable(target.parent, version)
     with dvc_repo(store) as (root, repo):
         (root / f"{DATA_DIR}.dvc").write_bytes(dvc_text)
-        repo.pull(remote=DVC_REMOTE)
+        from dvc.exceptions import DvcException
+
+        try:
+            repo.pull(remote=DVC_REMOTE)
+            pull_problem = ""
+        # A copy missing from the remote (DVC reports it either way, by thread timing): its curated
+        # part may still hold the bytes, which _restore_from_curated checks.
+        except (DvcException, OSError) as exc:
+            pull_problem = f" (DVC: {exc})"
         for f in record["files"]:
             path = root / f["path"]
-            if sha256_file(path) != f["sha256"]:
-                raise DataVersionError(
-                    f"data version '{version}': {f['path']} pulled from DVC has other bytes"
-                )
+            if not path.is_file() or sha256_file(path) != f["sha256"]:
+                _restore_from_curated(store, version, f, path, pull_problem)
         target.parent.mkdir(parents=True, exist_ok=True)
         # on the target's file system, so that the renames below are atomic
         staged = Path(tempfile.mkdtemp(prefix=f".{target.name}.checkout-", dir=target.parent))
@@ -212,6 +219,42 @@ def checkout_data_version(
         finally:
             shutil.rmtree(staged, ignore_errors=True)
     return target
+
+
+def _restore_from_curated(
+    store: ObjectStore, version: str, file: dict[str, Any], path: Path, why: str
+) -> None:
+    """Write ``file`` of the version to ``path`` from its curated part, whose bytes must still be
+    the recorded ones; :class:`DataVersionError` naming both places otherwise."""
+    where = f"data version '{version}': {file['path']}"
+    try:
+        data = store.get_bytes(file["curated_key"])
+    except FileNotFoundError:
+        data = None
+    if data is None or hashlib.sha256(data).hexdigest() != file["sha256"]:
+        state = "is gone" if data is None else "holds other bytes (its day was curated again)"
+        raise DataVersionError(
+            f"{where}: its copy in the DVC remote is missing or damaged{why}, and its curated part "
+            f"{store.uri(file['curated_key'])} {state}; these bytes cannot be restored. Nothing was "
+            "changed in the target."
+        )
+    log.warning(
+        "%s: the DVC remote's copy is missing%s; restored from its curated part (sha256 checked)", where, why
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def _check_creatable(directory: Path, version: str) -> None:
+    """Refuse, before any download, a target whose parent cannot be a directory (a file on the way)."""
+    for ancestor in (directory, *directory.parents):
+        if ancestor.exists():
+            if not ancestor.is_dir():
+                raise DataVersionError(
+                    f"cannot check out data version '{version}' below {ancestor}: it is a file, not a "
+                    "directory; choose another target."
+                )
+            return
 
 
 def _check_replaceable(target: Path, version: str) -> None:

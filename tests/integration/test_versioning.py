@@ -323,6 +323,32 @@ def test_checkout_refuses_a_copy_of_landing_data_that_only_looks_like_a_checkout
     assert files_in(mirror) == ["date=2013-01-01/flights.csv"]
 
 
+def test_checkout_restores_a_file_whose_dvc_copy_is_gone_from_its_intact_curated_part(
+    store, example_config, tmp_path: Path
+):
+    keys = [curate(store, example_config, DAY1, [1, 2]), curate(store, example_config, DAY2, [3])]
+    version = create_data_version(store, example_config, [DAY1, DAY2])["data_version"]
+    first = read_record(store, example_config, version)["files"][0]
+    store.delete([dvc_object_key(first["md5"])])
+
+    target = checkout_data_version(store, example_config, version, tmp_path / "restored")
+
+    assert [(target / p).read_bytes() for p in files_in(target)] == [store.get_bytes(k) for k in keys]
+    # neither copy left: one clear error naming both, and no target
+    curate(store, example_config, DAY1, [7])  # its day curated again: the part is gone
+    with pytest.raises(DataVersionError, match=r"DVC remote is missing or damaged.*curated part .* is gone"):
+        checkout_data_version(store, example_config, version, tmp_path / "again")
+    assert not (tmp_path / "again").exists()
+
+
+def test_checkout_below_a_file_is_refused_before_downloading(store, example_config, tmp_path: Path):
+    curate(store, example_config, DAY1, [1])
+    version = create_data_version(store, example_config, [DAY1])["data_version"]
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(DataVersionError, match=r"below .*afile: it is a file"):
+        checkout_data_version(store, example_config, version, tmp_path / "afile" / "data")
+
+
 def test_a_checkout_failing_midway_leaves_the_previous_checkout_as_it_was(
     store, example_config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
