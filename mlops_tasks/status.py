@@ -12,7 +12,7 @@ import re
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from mlops_tasks.storage import CorruptObjectError, partition_prefix
+from mlops_tasks.storage import CorruptObjectError, parse_partition_date, partition_prefix
 
 if TYPE_CHECKING:
     from mlops_tasks.config import PipelineConfig
@@ -85,33 +85,23 @@ def _report(store: ObjectStore, key: str, what: str) -> dict[str, Any]:
 
 
 def last_gate(store: ObjectStore, cfg: PipelineConfig) -> dict[str, Any] | None:
-    """The newest gate report: latest window date with one, then (several runs gating one window)
-    latest write."""
-    for day in reversed(store.list_partition_dates(f"{cfg.prefix}/reports/gate/")):
-        found = [
-            o
-            for o in store.list(partition_prefix(cfg.prefix, "reports/gate", day))
-            if o.key.endswith("gate.json")
-        ]
-        if found:
-            break
-    else:
+    """The newest gate decision: the latest written ``gate.json`` of any window. A retrain asked
+    for an earlier window (``window_end`` in the event) gates after December's training: by window
+    date, its decision would never show."""
+    found = [o for o in store.list(f"{cfg.prefix}/reports/gate/") if o.key.endswith("/gate.json")]
+    if not found:
         return None
-    reports = [
-        o.key
-        for o in sorted(
-            found, key=lambda o: (o.last_modified or dt.datetime.min.replace(tzinfo=dt.UTC), o.key)
-        )
-    ]
-    report = _report(store, reports[-1], "gate")
+    newest = max(found, key=lambda o: (o.last_modified or dt.datetime.min.replace(tzinfo=dt.UTC), o.key))
+    report = _report(store, newest.key, "gate")
     decision = report.get("decision", report)
+    day = parse_partition_date(newest.key)
     return {
-        "day": day.isoformat(),
+        "day": day.isoformat() if day else None,
         "promote": decision.get("promote") is True,
         "reason": str(decision.get("reason", "")),
-        "run_id": str(decision.get("run_id") or reports[-1].rsplit("/", 2)[-2]),
-        "report_json_uri": store.uri(reports[-1]),
-        "report_html_uri": store.uri(reports[-1].removesuffix(".json") + ".html"),
+        "run_id": str(decision.get("run_id") or newest.key.rsplit("/", 2)[-2]),
+        "report_json_uri": store.uri(newest.key),
+        "report_html_uri": store.uri(newest.key.removesuffix(".json") + ".html"),
     }
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import time
 
 import pytest
 
@@ -37,16 +38,21 @@ def test_a_drift_check_stopped_before_its_json_leaves_the_previous_check_as_the_
     assert last["report_html_uri"] is None  # 07-01's HTML was not written either
 
 
-def test_the_last_gate_is_the_latest_window_with_a_gate_report(
+def test_the_last_gate_is_the_latest_decision_written_whatever_its_window(
     store: ObjectStore, example_config: PipelineConfig
 ) -> None:
-    gated = partition_prefix(example_config.prefix, "reports/gate", dt.date(2013, 1, 10))
-    store.put_json(gated + "run1/gate.json", {"decision": {"promote": True, "reason": "better"}})
-    later = partition_prefix(example_config.prefix, "reports/gate", dt.date(2013, 1, 21))
-    store.put_bytes(later + "run2/gate.html", b"<html></html>", "text/html")
+    gated = partition_prefix(example_config.prefix, "reports/gate", dt.date(2013, 12, 31))
+    store.put_json(gated + "run1/gate.json", {"decision": {"promote": False, "reason": "worse"}})
+    cut = partition_prefix(example_config.prefix, "reports/gate", dt.date(2014, 1, 21))
+    store.put_bytes(cut + "run2/gate.html", b"<html></html>", "text/html")  # its JSON never went up
+    assert last_gate(store, example_config)["run_id"] == "run1"
+    time.sleep(1.1)  # S3 dates objects to the second
+    # a retrain event asked for June (window_end 2013-06-30) after December was gated
+    june = partition_prefix(example_config.prefix, "reports/gate", dt.date(2013, 6, 30))
+    store.put_json(june + "run3/gate.json", {"decision": {"promote": True, "reason": "better"}})
 
     last = last_gate(store, example_config)
-    assert (last["day"], last["promote"], last["run_id"]) == ("2013-01-10", True, "run1")
+    assert (last["day"], last["promote"], last["run_id"]) == ("2013-06-30", True, "run3")
 
 
 @pytest.mark.parametrize(
