@@ -630,12 +630,10 @@ class StorageSpec(_Strict):
     @field_validator("prefix")
     @classmethod
     def _safe_prefix(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         # "a//b" and "a/./b" are keys S3 stores as written but no report link can name safely.
-        if value is not None and (
-            not value
-            or not _SAFE_PREFIX.match(value)
-            or any(part in ("", ".") for part in value.strip("/").split("/"))
-        ):
+        if not _SAFE_PREFIX.match(value) or any(part in ("", ".") for part in value.strip("/").split("/")):
             raise ValueError(
                 "prefix must be a relative key path of named segments: no empty or '.' segment, no "
                 "'..', '\\' or leading '/'"

@@ -140,25 +140,16 @@ def test_a_later_check_of_the_day_keeps_the_page_its_retrain_links(
     """drift.html is the day's latest check: a second run's check of the day (another sample of
     the window) replaces it, but the page the first run's retrain event links stays as it was."""
     day, july = dt.date(2013, 7, 14), days(flights_weather, "2013-07-08", "2013-07-14")
-    first = drift.run_check(
-        store,
-        tune(cfg, "drift", {"sample_rows": 3000}),
-        day,
-        reference=winter,
-        current=july,
-        state_key=STATE,
-        check_run_id="scheduled",
-    )
+
+    def check(sample_rows: int, run: str) -> dict:
+        small = tune(cfg, "drift", {"sample_rows": sample_rows})
+        return drift.run_check(
+            store, small, day, reference=winter, current=july, state_key=STATE, check_run_id=run
+        )
+
+    first = check(3000, "scheduled")
     linked = store.get_bytes(store.key_of(first["html_uri"]))
-    second = drift.run_check(
-        store,
-        tune(cfg, "drift", {"sample_rows": 2000}),
-        day,
-        reference=winter,
-        current=july,
-        state_key=STATE,
-        check_run_id="manual",
-    )
+    second = check(2000, "manual")
 
     assert (first["status"], second["status"]) == ("drift", "already_requested")
     prefix = "flights_delay/reports/drift/date=2013-07-14/"

@@ -10,6 +10,7 @@ import yaml
 from mlops_tasks.config import (
     RESERVED_COLUMNS,
     ConfigError,
+    PipelineConfig,
     load_all,
     load_config,
     load_pipeline,
@@ -541,3 +542,9 @@ def test_a_missing_config_directory_is_an_error_naming_it_and_the_variable(
     monkeypatch.setattr("mlops_tasks.config.DEFAULT_CONFIG_DIR", typo)
     with pytest.raises(ConfigError, match=r"\$MLOPS_TASKS_CONFIG_DIR \(not set, so the default"):
         require_config_dir()
+
+
+def test_a_config_dumped_and_loaded_again_is_the_same(example_config: PipelineConfig) -> None:
+    """Defaults such as storage.prefix (None: the pipeline's name) go through the validators when a
+    config is read back from its dump (tests, the UI, a config copied with model_dump)."""
+    assert PipelineConfig.model_validate(example_config.model_dump()) == example_config
