@@ -68,7 +68,12 @@ IR_VERSION = 9
 
 
 class ParityError(DataError):
-    """The ONNX model does not reproduce the torch model's outputs; it must not be served."""
+    """The ONNX model does not reproduce the torch model's outputs; it must not be served.
+    ``diff`` is the difference measured (None when the torch model itself scores non-finite)."""
+
+    def __init__(self, message: str, diff: float | None = None) -> None:
+        super().__init__(message)
+        self.diff = diff
 
 
 class ExportDataError(DataError):
@@ -239,7 +244,11 @@ def _set_metadata(model: onnx.ModelProto, spec: NetSpec) -> None:
 
 
 def check_parity(
-    model_bytes: bytes, net: TabularNet, spec: NetSpec, frame: pd.DataFrame, tolerance: float
+    model_bytes: bytes,
+    net: TabularNet,
+    spec: NetSpec,
+    frame: pd.DataFrame,
+    tolerance: float,
 ) -> float:
     """Max difference of onnxruntime vs torch outputs on ``frame``; ParityError above ``tolerance``.
 
@@ -277,8 +286,8 @@ def check_parity(
         unit = " target standard deviations" if regression else ""
         raise ParityError(
             f"ONNX export does not match the torch model: max abs difference {diff:.3g}{unit} over "
-            f"{len(frame)} rows exceeds export.parity_tolerance {tolerance:g}; the model is not exported "
-            "or registered"
+            f"{len(frame)} rows exceeds export.parity_tolerance {tolerance:g}; the model is not exported or registered",
+            diff,
         )
     return diff
 
@@ -309,21 +318,22 @@ def _quantize(
     model = onnx.load(int8_path)
     _set_metadata(model, spec)
     onnx.save(model, int8_path)
+    parity_rows, tolerance = sample.head(cfg.export.parity_rows), cfg.export.quantize_score_tolerance
     try:
-        diff: float | None = check_parity(
-            int8_path.read_bytes(),
-            net,
-            spec,
-            sample.head(cfg.export.parity_rows),
-            cfg.export.quantize_score_tolerance,
-        )
+        diff = check_parity(int8_path.read_bytes(), net, spec, parity_rows, tolerance)
+        close = True
     except ParityError as exc:
-        log.info("int8 model not kept: %s", exc)
-        diff = None
+        diff, close = exc.diff, False
+        log.info(
+            "int8 model not kept, the fp32 one is exported: max abs difference %s vs torch "
+            "exceeds export.quantize_score_tolerance %g",
+            diff,
+            tolerance,
+        )
     before = _primary_metric(fp32_path, cfg, rows, label)
     after = _primary_metric(int8_path, cfg, rows, label)
     info = {"fp32_metric": before, "int8_metric": after, "int8_max_abs_diff": diff}
-    if diff is None or before is None or after is None:
+    if not close or before is None or after is None:
         return fp32_path, {**info, "kept": False}
     drop = before - after if HIGHER_IS_BETTER[cfg.gate.primary_metric] else after - before
     kept = drop < cfg.export.quantize_metric_tolerance

@@ -564,16 +564,14 @@ def _parse_csv(
             record, reason = None, f"unparseable CSV ({exc}); parsing resumed on the next line"
         else:
             reason = f"{len(record)} fields, the header has {len(header)}"
-        if record == [] or (
-            record is not None and len(record) != len(header) and not "".join(record).strip()
-        ):
-            continue  # a blank line, or one of only spaces or tabs (a row of empty fields has them all)
         if record is not None and len(record) == len(header):
             records.append(record)
             numbers.append(first + 1)
-        else:
-            raw = "".join(lines.lines[first : lines.position]).rstrip("\r\n")
-            malformed.append({"source_file": key, "line": first + 1, "raw": raw, "reason": reason})
+            continue
+        raw = "".join(lines.lines[first : lines.position]).rstrip("\r\n")
+        if record is not None and not raw.strip(" \t"):
+            continue  # a blank line, or one of only spaces or tabs ("," is a malformed line)
+        malformed.append({"source_file": key, "line": first + 1, "raw": raw, "reason": reason})
     columns = list(zip(*records, strict=True)) if records else [()] * len(header)
     frame = pd.DataFrame({h: np.array(col, dtype=object) for h, col in zip(header, columns, strict=True)})
     return frame, np.array(numbers, dtype=np.int64), malformed

@@ -32,7 +32,7 @@ def connection_url(conn: Connection, bare_scheme: str) -> str:
     if schema in HTTP_SCHEMES:
         scheme, path = schema, ""
     elif schema:  # the URI form keeps its path in schema, its scheme as the connection type
-        scheme, path = conn.conn_type if conn.conn_type in HTTP_SCHEMES else bare_scheme, schema.strip("/")
+        scheme, path = conn.conn_type if conn.conn_type in HTTP_SCHEMES else bare_scheme, schema.lstrip("/")
     else:  # "http" is also the type of a connection made in the UI: only "https" says which
         scheme, path = "https" if conn.conn_type == "https" else bare_scheme, ""
     port = f":{conn.port}" if conn.port else ""

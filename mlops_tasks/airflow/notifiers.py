@@ -3,7 +3,8 @@
 The webhook is an Airflow connection (default id ``mlops_alerts``, type http): either host = the
 whole URL (e.g. a Slack/Teams incoming webhook), or the URI form
 ``AIRFLOW_CONN_MLOPS_ALERTS=https://hooks.slack.com/services/...`` (Airflow puts the path in
-``schema`` there and a query string in extra; both go back into the URL), or host, port and schema (``http``/``https``) as HttpHook reads them. Without it,
+``schema`` there; it moves a query string into extra, where it cannot be told from HttpHook options,
+so a signed URL - Teams Workflows, Power Automate - goes whole into host), or host, port and schema (``http``/``https``) as HttpHook reads them. Without it,
 alerts go to the task log only. The payload is JSON ``{"pipeline", "event", "message", "details"}``
 and never contains connection secrets. An alert is best-effort: a webhook that is down, misnamed or
 answers garbage is logged (scheme and host only) and never fails the task that raised the alert.
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseHook, BaseNotifier
 
-from mlops_tasks.airflow.hooks import HTTP_SCHEMES, connection_url
+from mlops_tasks.airflow.hooks import connection_url
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -36,12 +37,7 @@ def webhook_url(conn_id: str = ALERTS_CONN_ID) -> str | None:
     if not (conn.host or "").strip():
         return None
     # a bare host: https, never the secret path in clear text on a guess
-    url = connection_url(conn, "https")
-    uri_form = conn.conn_type in HTTP_SCHEMES and (conn.schema or "").strip() not in HTTP_SCHEMES
-    if "://" not in (conn.host or "") and uri_form and conn.extra_dejson:
-        # Airflow moved the URL's query into extra (Teams/Power Automate sign their URLs there).
-        url += "?" + urllib.parse.urlencode(conn.extra_dejson)
-    return url
+    return connection_url(conn, "https")
 
 
 def announce(pipeline: str, event: str, message: str, details: dict[str, Any] | None = None) -> bool:

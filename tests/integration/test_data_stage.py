@@ -158,9 +158,10 @@ def test_malformed_csv_lines_are_quarantined_verbatim_with_their_line_number(sto
 def test_lines_of_only_spaces_or_tabs_are_blank_lines_not_malformed_ones(store, cfg):
     """An editor's trailing whitespace line holds no record: counted as a malformed line it would
     count against the gate, while the rejected-file count already reads it as blank."""
-    land(store, cfg, "flights.csv", csv(GOOD[0], "   ", GOOD[1], "\t", " , ,, ,", GOOD[2]) + "  \n")
+    land(store, cfg, "flights.csv", csv(GOOD[0], "   ", GOOD[1], "\t", " , ,, ,", ",,", GOOD[2]) + "  \n")
     ingested, _ = run(store, cfg)
-    assert ingested["malformed_lines"] == 0
+    # ",," is a record of empty fields, too few of them: malformed, as before
+    assert ingested["malformed_lines"] == 1 and malformed_lines(store, cfg)["line"].tolist() == [7]
     # a line of the header's field count is a row of empty values, quarantined by the rules
     assert curated(store, cfg)["id"].tolist() == [1, 2, 3] and quarantined(store, cfg)[
         "_source_line"

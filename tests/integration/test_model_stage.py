@@ -325,7 +325,7 @@ def test_quantized_export_beyond_the_score_tolerance_keeps_the_fp32_model(
 ) -> None:
     cfg = tune(binary_cfg, "export", {"quantize": True, "quantize_score_tolerance": 1e-9})
     result = export.export_run(cfg, trained["run_id"], tracking_uri=mlflow_server, sample_frame=split[1])
-    assert result["quantized"] is False and result["quantization"]["int8_max_abs_diff"] is None
+    assert result["quantized"] is False and result["quantization"]["int8_max_abs_diff"] > 1e-9  # measured
     assert result["onnx_sha256"] == trained["export"]["onnx_sha256"]
 
 

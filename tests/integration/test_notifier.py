@@ -83,10 +83,14 @@ def test_a_failed_post_logs_the_webhook_host_not_its_secret_path(
         "http://127.0.0.1:{port}/services/T000/B000/SECRET",
         # Host, port and schema, as HttpHook reads them.
         json.dumps({"conn_type": "http", "host": "127.0.0.1", "port": "{port}", "schema": "http"}),
-        # A signed URL (Teams Workflows, Power Automate): Airflow moves the query into extra.
-        "http://127.0.0.1:{port}/workflows/abc/invoke?api-version=2016-06-01&sig=SECRETSIG",
+        # A signed URL (Teams Workflows, Power Automate) given whole as the host.
+        json.dumps(
+            {"conn_type": "http", "host": "http://127.0.0.1:{port}/workflows/abc/invoke?sig=SECRETSIG"}
+        ),
+        # A path ending in "/": kept as it is.
+        "http://127.0.0.1:{port}/services/T000/B000/SECRET/",
     ],
-    ids=["uri-form", "host-port-schema", "uri-form-with-query"],
+    ids=["uri-form", "host-port-schema", "signed-url-as-host", "uri-form-trailing-slash"],
 )
 def test_every_form_of_the_connection_reaches_the_webhook(
     monkeypatch: pytest.MonkeyPatch, webhook_server: tuple[int, list[dict]], connection: str
@@ -94,7 +98,7 @@ def test_every_form_of_the_connection_reaches_the_webhook(
     port, received = webhook_server
     monkeypatch.setenv("AIRFLOW_CONN_MLOPS_ALERTS", connection.replace("{port}", str(port)))
     assert announce("flights_delay", "gate_rejected", "rejected")
-    expected_path = connection.split("{port}", 1)[1] if connection.startswith("http://") else "/"
+    expected_path = connection.split("{port}", 1)[1].split('"')[0] if "{port}/" in connection else "/"
     assert [r["path"] for r in received] == [expected_path]
 
 
