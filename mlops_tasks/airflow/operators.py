@@ -116,6 +116,15 @@ def retrain_window_end(context: Context) -> tuple[dt.date, str]:
     ]
     if requests:
         window_end, extra = max(requests, key=lambda request: request[0])
+        # As run_day: a window ending on a day not over when the run was created would curate and
+        # gate on a day whose data may still be arriving (an external event's typo, or "today").
+        run_after = getattr(context.get("dag_run"), "run_after", None)
+        if run_after is not None and window_end >= as_date(run_after):
+            raise AirflowFailException(
+                f"the retrain event asks for a window ending {window_end}, a day that had not ended when "
+                f"the run was created ({as_date(run_after)}): its data may still be arriving. Send the "
+                f"event with the last complete day as window_end, e.g. {as_date(run_after) - dt.timedelta(days=1)}"
+            )
         reason = extra.get("reason", "asset event")
         return window_end, f"asset:{extra.get('source', 'external')}: {reason}"
     # Asset-triggered and manual runs without a logical date have neither of the first two.

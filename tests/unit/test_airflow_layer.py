@@ -60,6 +60,30 @@ def test_a_retrain_event_without_window_end_trains_up_to_the_day_before_the_run(
     assert retrain_window_end(context) == (dt.date(2013, 7, 1), "asset_triggered")
 
 
+@pytest.mark.parametrize("window_end", ["2026-12-03", "2026-12-03T09:00:00+00:00", "2099-01-01"])
+def test_a_retrain_event_asking_for_a_day_not_over_is_refused(window_end: str) -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from mlops_tasks.airflow.operators import retrain_window_end
+
+    context = {
+        "triggering_asset_events": {"retrain": [SimpleNamespace(extra={"window_end": window_end})]},
+        "dag_run": SimpleNamespace(
+            run_after=dt.datetime(2026, 12, 3, 10, tzinfo=dt.UTC), run_type="asset_triggered"
+        ),
+    }
+    with pytest.raises(
+        AirflowFailException,
+        match=r"had not ended when the run was created \(2026-12-03\).*e\.g\. 2026-12-02",
+    ):
+        retrain_window_end(context)
+    finished = {
+        **context,
+        "triggering_asset_events": {"retrain": [SimpleNamespace(extra={"window_end": "2026-12-02"})]},
+    }
+    assert retrain_window_end(finished)[0] == dt.date(2026, 12, 2)
+
+
 @pytest.fixture(scope="module")
 def dags():
     from mlops_tasks.airflow.dag_factory import build_all_dags
