@@ -236,6 +236,14 @@ class PlanIngestionOperator(PipelineOperator):
                 ", ".join(change["changed"]) or "none",
             )
         _warn_kept(self.log, plan)
+        if trigger.startswith("asset:") and not plan.todo and not plan.curated:
+            # Asked for by an event (a typo in window_end, a day before the data starts): skipping
+            # would end the run green with no model and no alert.
+            raise AirflowFailException(
+                f"the retrain event asks for the window {days[0]}..{days[-1]}, which holds no landed or "
+                f"curated day of '{cfg.name}' (its data starts {cfg.start_date}): nothing to train on. "
+                "Send the event with a window_end inside the landed data."
+            )
         todo = mappable(
             [d.isoformat() for d in plan.todo],
             f"days to ingest in {days[0]}..{days[-1]}",

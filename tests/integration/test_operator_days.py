@@ -92,6 +92,31 @@ def test_a_window_with_more_days_to_ingest_than_airflow_maps_fails_saying_what_t
         operator.execute(context)
 
 
+def test_a_retrain_event_for_a_window_without_data_fails_instead_of_training_nothing(
+    store: ObjectStore, example_config: PipelineConfig
+) -> None:
+    """A typo in an external event's window_end (1999 for 2013): skipped, the run would end green
+    with no model and no alert."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    operator = PlanIngestionOperator(task_id="plan_ingestion", pipeline="flights_delay")
+    operator.__dict__["store"] = store
+    event = SimpleNamespace(extra={"window_end": "1999-02-28", "reason": "new labels"})
+    context: Any = {
+        "triggering_asset_events": {"retrain": [event]},
+        "dag_run": SimpleNamespace(
+            run_after=dt.datetime(2026, 12, 4, tzinfo=dt.UTC), run_type="asset_triggered"
+        ),
+        "ti": SimpleNamespace(xcom_push=lambda key, value: None),
+    }
+    with pytest.raises(
+        AirflowFailException, match=r"window 1999-01-01\.\.1999-02-28, which holds no landed or curated day"
+    ):
+        operator.execute(context)
+    store.put_bytes(f"{example_config.prefix}/landing/date=1999-02-27/flights.csv", b"year\n1999\n")
+    assert operator.execute(context) == ["1999-02-27"]  # some data: the run goes on
+
+
 def test_the_retrain_event_goes_out_once_per_run_and_is_marked_sent_only_once_it_exists(
     store: ObjectStore, example_config: PipelineConfig
 ) -> None:
