@@ -415,7 +415,12 @@ class TrainingSpec(_Strict):
         "the DAG also runs on drift events.",
     )
     window_days: int = Field(60, ge=1, description="Days of curated data the model is trained on.")
-    evaluation_days: int = Field(7, ge=1, description="Last days of the window held out for the gate.")
+    evaluation_days: int = Field(
+        7,
+        ge=1,
+        description="Days held out for the gate: the last this many calendar days up to the newest day "
+        "of the window that has data (days without data at the window's end do not shorten it).",
+    )
     validation_fraction: float = Field(
         0.1, gt=0, lt=0.5, description="Share of training rows used for early stopping."
     )
