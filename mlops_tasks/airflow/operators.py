@@ -82,14 +82,26 @@ def run_day(day: str | dt.date | None, context: Context) -> dt.date:
     day = as_date(logical)
     # A scheduled run starts after its day ends. Airflow's trigger form fills in the current time as
     # the logical date, which would score (and announce to the drift monitor) a day still arriving.
+    _refuse_unfinished_day(
+        context,
+        day,
+        f"this run's logical date {logical.isoformat()} is on",
+        "Trigger the run with the logical date of the day to process, e.g. {last}T00:00:00Z",
+    )
+    return day
+
+
+def _refuse_unfinished_day(context: Context, day: dt.date, asked: str, fix: str) -> None:
+    """AirflowFailException when ``day`` had not ended when the run was created: its data may still
+    be arriving. ``asked`` says what names the day; ``fix`` how to ask instead (``{last}`` = the last
+    complete day then)."""
     run_after = getattr(context.get("dag_run"), "run_after", None)
     if run_after is not None and day >= as_date(run_after):
+        created = as_date(run_after)
         raise AirflowFailException(
-            f"this run's logical date {logical.isoformat()} is on {day}, a day that had not ended when "
-            f"the run was created ({as_date(run_after)}): its data may still be arriving. Trigger the "
-            f"run with the logical date of the day to process, e.g. {day - dt.timedelta(days=1)}T00:00:00Z"
+            f"{asked} {day}, a day that had not ended when the run was created ({created}): its data "
+            f"may still be arriving. {fix.format(last=created - dt.timedelta(days=1))}"
         )
-    return day
 
 
 def window_days(cfg: PipelineConfig, window_end: dt.date) -> list[dt.date]:
@@ -116,15 +128,14 @@ def retrain_window_end(context: Context) -> tuple[dt.date, str]:
     ]
     if requests:
         window_end, extra = max(requests, key=lambda request: request[0])
-        # As run_day: a window ending on a day not over when the run was created would curate and
-        # gate on a day whose data may still be arriving (an external event's typo, or "today").
-        run_after = getattr(context.get("dag_run"), "run_after", None)
-        if run_after is not None and window_end >= as_date(run_after):
-            raise AirflowFailException(
-                f"the retrain event asks for a window ending {window_end}, a day that had not ended when "
-                f"the run was created ({as_date(run_after)}): its data may still be arriving. Send the "
-                f"event with the last complete day as window_end, e.g. {as_date(run_after) - dt.timedelta(days=1)}"
-            )
+        # As run_day: a window ending on a day not over would curate and gate on a day whose data
+        # may still be arriving (an external event's typo, or "today").
+        _refuse_unfinished_day(
+            context,
+            window_end,
+            "the retrain event asks for a window ending",
+            "Send the event with the last complete day as window_end, e.g. {last}",
+        )
         reason = extra.get("reason", "asset event")
         return window_end, f"asset:{extra.get('source', 'external')}: {reason}"
     # Asset-triggered and manual runs without a logical date have neither of the first two.
