@@ -40,7 +40,6 @@ grows with rows (plots), the decision's statistics are computed on ``sample_rows
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import logging
 import math
@@ -56,7 +55,7 @@ from scipy.spatial import distance
 
 from mlops_tasks.errors import DataError
 from mlops_tasks.features import SCORE_OUTPUT, category_strings
-from mlops_tasks.storage import CorruptObjectError, partition_prefix
+from mlops_tasks.storage import CorruptObjectError, partition_prefix, sha256_bytes
 
 if TYPE_CHECKING:
     from mlops_tasks.config import PipelineConfig
@@ -866,6 +865,6 @@ def run_check(
     if decision["retrain"] and page is not None:
         # Written last: a check killed before it has sent no retrain event, and its retry writes it.
         # Named by its bytes, so a retry deciding the same writes the same key.
-        kept = f"retrain-{hashlib.sha256(page).hexdigest()[:16]}.html"
+        kept = f"retrain-{sha256_bytes(page)[:16]}.html"
         html_uri = store.put_bytes(prefix + kept, page, _HTML)
     return {**decision, "report_uri": report_uri, "html_uri": html_uri}

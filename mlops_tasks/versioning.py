@@ -43,6 +43,7 @@ from mlops_tasks.storage import (
     ObjectStore,
     partition_prefix,
     read_part,
+    sha256_bytes,
     sha256_file,
 )
 
@@ -231,7 +232,7 @@ def _restore_from_curated(
         data = store.get_bytes(file["curated_key"])
     except FileNotFoundError:
         data = None
-    if data is None or hashlib.sha256(data).hexdigest() != file["sha256"]:
+    if data is None or sha256_bytes(data) != file["sha256"]:
         state = "is gone" if data is None else "holds other bytes (its day was curated again)"
         raise DataVersionError(
             f"{where}: its copy in the DVC remote is missing or damaged{why}, and its curated part "
