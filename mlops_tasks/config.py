@@ -949,11 +949,7 @@ def load_each(paths: list[Path]) -> Iterator[tuple[Path, PipelineConfig | Config
                     (bucket, prefix)
                     for bucket, prefix in locations
                     if bucket == where[0]
-                    and (
-                        prefix == where[1]
-                        or where[1].startswith(prefix + "/")
-                        or prefix.startswith(where[1] + "/")
-                    )
+                    and (f"{prefix}/".startswith(f"{where[1]}/") or f"{where[1]}/".startswith(f"{prefix}/"))
                 ),
                 None,
             )
