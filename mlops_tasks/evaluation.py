@@ -5,7 +5,10 @@ inference would serve, for both the challenger (this run's ``model/model.onnx``)
 champion (registry alias ``champion``), on the same rows. A challenger is promoted only if its primary
 metric clears the absolute floor, beats the champion by ``gate.min_improvement`` (a champion whose
 metric is undefined on these rows cannot be shown to be beaten: rejected), and its ONNX file and p95
-batch latency fit the budgets. The decision also records the registry's newest version at gate
+batch latency fit the budgets. The champion is compared only on rows of days it did not train on (its
+data version's record names them): a run for an earlier window than the champion's (a backfill) would
+otherwise be judged against a model that saw its evaluation days; with no such rows left, it is
+rejected. The decision also records the registry's newest version at gate
 time, so the registry knows which versions the gate came after, and the sha256 of the challenger's ONNX
 file, which the registry records; a run that is champion already passes only while its file still has
 that checksum. A rejection is a normal outcome: it
@@ -48,6 +51,7 @@ from mlops_tasks.features import (
     take_rows,
 )
 from mlops_tasks.storage import ObjectStore, partition_prefix
+from mlops_tasks.versioning import DataVersionError, read_record
 
 HIGHER_IS_BETTER = {
     "roc_auc": True,
@@ -62,6 +66,7 @@ FLOOR_CHECKS = ("metric_defined", "min_value")
 # Model version tag (and key of the decision's challenger): sha256 of the ONNX file the gate judged.
 ONNX_SHA256_TAG = "onnx_sha256"
 LATENCY_REPEATS = 20
+DAY_COLUMN = "_day"  # the curated rows' day, by which training splits off the evaluation days
 _EPS = 1e-7
 
 
@@ -248,6 +253,15 @@ class OnnxModel:
         return float(np.percentile(times, 95))
 
     def assess(self, frame: pd.DataFrame, label: pd.Series, cfg: PipelineConfig) -> dict[str, Any]:
+        """Metrics on ``frame``'s rows, the ONNX file's size and the p95 batch latency."""
+        return {
+            "metrics": self.metrics(frame, label, cfg),
+            "onnx_bytes": self.bytes,
+            "p95_batch_latency_ms": round(self.p95_batch_latency_ms(frame, cfg.gate.latency_batch_rows), 3),
+            "rows": len(frame),
+        }
+
+    def metrics(self, frame: pd.DataFrame, label: pd.Series, cfg: PipelineConfig) -> dict[str, float | None]:
         if self.task == "binary":
             unknown, known = labels_outside(label, self.classes or [])
             if unknown:
@@ -260,13 +274,7 @@ class OnnxModel:
                     "multiclass."
                 )
         score, proba = self.score(frame)
-        y_true = label_targets(label, self.task, self.classes)
-        return {
-            "metrics": compute_metrics(self.task, y_true, score, proba),
-            "onnx_bytes": self.bytes,
-            "p95_batch_latency_ms": round(self.p95_batch_latency_ms(frame, cfg.gate.latency_batch_rows), 3),
-            "rows": len(frame),
-        }
+        return compute_metrics(self.task, label_targets(label, self.task, self.classes), score, proba)
 
 
 # -- the gate -----------------------------------------------------------------------------------------
@@ -305,19 +313,37 @@ def gate_checks(
             )
         )
     champ_value = _finite(champion["metrics"].get(name)) if champion else None
-    if champion is not None and champ_value is None:
-        # Without the champion's value there is no comparison: passing would promote blind.
+    if champion is not None and "challenger_metrics" in champion:
+        # The champion trained on some evaluation days: both are compared on the other days' rows.
+        value = _finite(champion["challenger_metrics"].get(name))
+    if champion is not None and "trained_on_days" in champion and champion["rows"] == 0:
         checks.append(
             _check(
                 "beats_champion",
                 False,
                 None,
                 gate.min_improvement,
-                f"champion v{champion['version']}'s {name} is undefined on the evaluation rows, so "
-                f"{name} {value:.4f} cannot be shown to beat it",
+                f"champion v{champion['version']} trained on every evaluation day "
+                f"({', '.join(champion['trained_on_days'])}), so its {name} there says nothing about "
+                "new data and this model cannot be shown to beat it. This happens when training runs "
+                "for an earlier window than the champion's (a backfill); train for a window that ends "
+                "after the champion's to replace it",
             )
         )
-    elif champ_value is not None:
+    elif champion is not None and (champ_value is None or value is None):
+        # Without both values there is no comparison: passing would promote blind.
+        whose = f"champion v{champion['version']}'s" if champ_value is None else "this model's"
+        checks.append(
+            _check(
+                "beats_champion",
+                False,
+                None,
+                gate.min_improvement,
+                f"{whose} {name} is undefined on the {_compared_rows(champion)}, so this model cannot "
+                "be shown to beat the champion",
+            )
+        )
+    elif champion is not None:
         improvement = value - champ_value if higher else champ_value - value
         ok = improvement > 0 and improvement >= gate.min_improvement
         checks.append(
@@ -326,8 +352,9 @@ def gate_checks(
                 ok,
                 round(improvement, 6),
                 gate.min_improvement,
-                f"{name} {value:.4f} vs champion v{champion['version']} {champ_value:.4f}: improvement "
-                f"{improvement:+.4f} must be > 0 and >= {gate.min_improvement}",
+                f"{name} {value:.4f} vs champion v{champion['version']} {champ_value:.4f} on the "
+                f"{_compared_rows(champion)}: improvement {improvement:+.4f} must be > 0 and >= "
+                f"{gate.min_improvement}",
             )
         )
     if gate.max_onnx_bytes is not None:
@@ -354,6 +381,13 @@ def gate_checks(
             )
         )
     return checks
+
+
+def _compared_rows(champion: dict[str, Any]) -> str:
+    if "trained_on_days" not in champion:
+        return "evaluation rows"
+    days = champion["trained_on_days"]
+    return f"{champion['rows']} evaluation rows of days it did not train on (not {', '.join(days[:5])}{' ...' if len(days) > 5 else ''})"
 
 
 def _reason(checks: list[dict[str, Any]], champion: dict[str, Any] | None) -> str:
@@ -392,6 +426,38 @@ def _champion(
             f"(mlops-tasks model rollback {cfg.name}), or restore the file, then run the gate again."
         ) from None
     return version, OnnxModel(path, cfg), newest_version
+
+
+def champion_training_days(
+    store: ObjectStore, cfg: PipelineConfig, tracking_uri: str, run_id: str
+) -> set[dt.date] | None:
+    """The days whose rows the run trained on: its data version's days (the record names them) before
+    the last ``training.evaluation_days`` days with rows, as :func:`mlops_tasks.training.split_window`
+    cut them with the run's own setting. None when that cannot be known (a run without a data version,
+    or a version whose record is gone)."""
+    client = tracking.client(tracking_uri)
+    with tracking.reachable(tracking_uri, f"read training run {run_id}"):
+        run = client.get_run(run_id)
+    version = run.data.tags.get("data_version")
+    evaluation_days = run.data.params.get("training.evaluation_days")
+    if not version or not evaluation_days:
+        return None
+    try:
+        record = read_record(store, cfg, version)
+    except DataVersionError:
+        return None
+    days = {dt.date.fromisoformat(f["path"].split("date=", 1)[1][:10]) for f in record["files"] if f["rows"]}
+    if not days:
+        return None
+    cutoff = max(days) - dt.timedelta(days=int(evaluation_days) - 1)
+    return {day for day in days if day < cutoff}
+
+
+def _rows_of_days(rows: pd.DataFrame, days: set[dt.date]) -> np.ndarray:
+    """Which of ``rows`` (curated rows, with their ``_day``) fall on ``days``."""
+    if DAY_COLUMN not in rows.columns or not days:
+        return np.zeros(len(rows), dtype=bool)
+    return pd.to_datetime(rows[DAY_COLUMN]).dt.date.isin(days).to_numpy()
 
 
 def _already_champion(version: Any, onnx_sha256: str) -> dict[str, Any]:
@@ -434,17 +500,36 @@ def evaluate_and_gate(
         onnx_path = tracking.download_run_artifact(
             tracking_uri, run_id, tracking.ONNX_ARTIFACT, Path(tmp) / "challenger"
         )
+        challenger_model = OnnxModel(onnx_path, cfg)
         challenger = {
             "run_id": run_id,
             ONNX_SHA256_TAG: hashlib.sha256(onnx_path.read_bytes()).hexdigest(),
-            **OnnxModel(onnx_path, cfg).assess(rows, label, cfg),
+            **challenger_model.assess(rows, label, cfg),
         }
         version, champ_model, newest = _champion(cfg, tracking_uri, run_id, Path(tmp))
         champion = None
         if champ_model is not None:
             champion = {"version": version.version, "run_id": version.run_id}
+            # A champion scored on days it trained on looks better than it is: a run for an earlier
+            # window than the champion's (a backfill) would be judged against its memory. Both models
+            # are compared on the rows of the other days only; with none left there is no comparison.
+            seen = _rows_of_days(
+                rows, champion_training_days(store, cfg, tracking_uri, version.run_id) or set()
+            )
+            compared, compared_label = rows[~seen], label[~seen]
+            if seen.any():
+                champion["trained_on_days"] = sorted(
+                    {d.isoformat() for d in pd.to_datetime(rows[DAY_COLUMN][seen]).dt.date}
+                )
+                champion["challenger_metrics"] = (
+                    challenger_model.metrics(compared, compared_label, cfg) if len(compared) else {}
+                )
             try:
-                champion |= champ_model.assess(rows, label, cfg)
+                champion |= (
+                    champ_model.assess(compared, compared_label, cfg)
+                    if len(compared)
+                    else {"metrics": {}, "onnx_bytes": champ_model.bytes, "rows": 0}
+                )
             except FeatureError as exc:
                 raise EvaluationDataError(
                     f"champion v{version.version} of '{cfg.registered_model_name}' cannot be scored: "
@@ -555,21 +640,37 @@ def render_html(decision: dict[str, Any]) -> str:
     ch, cp = decision["challenger"], decision["champion"]
     verdict = "PROMOTE" if decision["promote"] else "REJECT"
     color = "#276749" if decision["promote"] else "#9b2c2c"
+    champion_label = f"v{decision['champion_version']}" if decision["champion_version"] else "none"
+    # A champion that trained on some evaluation days is compared on the other days' rows only: the
+    # challenger's metrics on those rows get a column of their own.
+    same_rows = (cp or {}).get("challenger_metrics")
+    header = "<th>challenger, champion's rows</th>" if same_rows is not None else ""
     metric_rows = "".join(
-        f"<tr><td>{html.escape(k)}</td><td>{_fmt(v)}</td><td>{_fmt((cp or {}).get('metrics', {}).get(k))}</td></tr>"
+        f"<tr><td>{html.escape(k)}</td><td>{_fmt(v)}</td>"
+        + (f"<td>{_fmt(same_rows.get(k))}</td>" if same_rows is not None else "")
+        + f"<td>{_fmt((cp or {}).get('metrics', {}).get(k))}</td></tr>"
         for k, v in sorted(ch["metrics"].items())
     )
     for key in ("onnx_bytes", "p95_batch_latency_ms", "rows", "run_id"):
         metric_rows += (
-            f"<tr><td>{key}</td><td>{_fmt(ch.get(key))}</td><td>{_fmt((cp or {}).get(key))}</td></tr>"
+            f"<tr><td>{key}</td><td>{_fmt(ch.get(key))}</td>"
+            + ("<td></td>" if same_rows is not None else "")
+            + f"<td>{_fmt((cp or {}).get(key))}</td></tr>"
         )
+    trained_on = (cp or {}).get("trained_on_days")
+    overlap = (
+        f"<p>Champion {champion_label} trained on {len(trained_on)} of the evaluation days "
+        f"({html.escape(', '.join(trained_on))}): it is compared on the {cp['rows']} rows of the other "
+        "days, and so is the challenger.</p>"
+        if trained_on
+        else ""
+    )
     check_rows = "".join(
         f'<tr><td>{html.escape(c["name"])}</td><td style="color:{"#276749" if c["passed"] else "#9b2c2c"}">'
         f"{'pass' if c['passed'] else 'FAIL'}</td><td>{_fmt(c['value'])}</td><td>{_fmt(c['threshold'])}</td>"
         f"<td>{html.escape(c['detail'])}</td></tr>"
         for c in decision["checks"]
     )
-    champion_label = f"v{decision['champion_version']}" if decision["champion_version"] else "none"
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Gate report {html.escape(ch["run_id"])}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:60em}}table{{border-collapse:collapse;margin:1em 0}}
@@ -578,9 +679,9 @@ td,th{{border:1px solid #cbd5e0;padding:4px 8px;text-align:left}}</style></head>
 <p>Model <b>{html.escape(decision["model_name"])}</b>, evaluation day {html.escape(decision["day"])},
 challenger run <code>{html.escape(ch["run_id"])}</code>, champion {champion_label},
 primary metric <b>{html.escape(decision["primary_metric"])}</b>.</p>
-<p><b>Reason:</b> {html.escape(decision["reason"])}</p>
-{_svg_chart(ch["metrics"], cp["metrics"] if cp else None)}
-<h2>Numbers</h2><table><tr><th>metric</th><th>challenger</th><th>champion</th></tr>{metric_rows}</table>
+<p><b>Reason:</b> {html.escape(decision["reason"])}</p>{overlap}
+{_svg_chart(same_rows or ch["metrics"], cp["metrics"] if cp else None)}
+<h2>Numbers</h2><table><tr><th>metric</th><th>challenger</th>{header}<th>champion</th></tr>{metric_rows}</table>
 <h2>Checks</h2><table><tr><th>check</th><th>result</th><th>value</th><th>threshold</th><th>rule</th></tr>
 {check_rows}</table></body></html>
 """

@@ -42,12 +42,11 @@ from torch import nn
 from mlops_tasks import tracking
 from mlops_tasks.config import MIN_TRAINING_ROWS, FeatureSpec, PipelineConfig
 from mlops_tasks.errors import DataError
-from mlops_tasks.evaluation import compute_metrics, label_targets, labelled_rows
+from mlops_tasks.evaluation import DAY_COLUMN, compute_metrics, label_targets, labelled_rows
 from mlops_tasks.features import CATEGORICAL_CODES_INPUT, CATEGORICAL_VALUES_INPUT, onnx_inputs
 
 log = logging.getLogger(__name__)
 
-DAY_COLUMN = "_day"
 SPEC_FORMAT = 1
 
 

@@ -30,6 +30,7 @@ from mlops_tasks.features import (
 )
 from mlops_tasks.storage import ObjectStore
 from tests.conftest import EXAMPLE_CONFIG, tune
+from tests.integration.faults.stage_runner import decision
 from tests.model_frames import example_rows, small_config
 
 DAY = dt.date(2013, 2, 14)
@@ -434,8 +435,6 @@ def test_a_champion_whose_onnx_changed_after_registration_is_not_passed_again(
 
 def registered_copy(cfg: PipelineConfig, onnx_run: str, mlflow_server: str, tmp_path: Path) -> str:
     """A run of its own holding ``onnx_run``'s ONNX file, registered as the champion of ``cfg``."""
-    from tests.integration.faults.stage_runner import decision
-
     client = tracking.client(mlflow_server)
     run_id = client.create_run(client.get_experiment_by_name(cfg.experiment_name).experiment_id).info.run_id
     source = tracking.download_run_artifact(
@@ -535,6 +534,74 @@ def test_a_champion_needing_a_column_the_data_lost_fails_the_gate_naming_it(
             day=DAY,
         )
     assert registry.champion_info(cfg, tracking_uri=mlflow_server)["version"] == "1"
+
+
+def test_a_backfill_gate_compares_the_champion_only_on_days_it_did_not_train_on(
+    binary_cfg: PipelineConfig, rows: pd.DataFrame, mlflow_server: str, store: ObjectStore
+) -> None:
+    """The champion's data version holds Feb 1-14 and it trained on Feb 1-7 (the last 7 days were its
+    evaluation days). A challenger trained on January is then gated on days the champion saw."""
+    from mlops_tasks.ingestion import to_parquet_bytes
+    from mlops_tasks.storage import partition_prefix, publish_manifest, write_part
+    from mlops_tasks.versioning import create_data_version
+
+    cfg = own_model(binary_cfg, f"backfill_{uuid.uuid4().hex[:8]}")
+    days = sorted({d for d in rows["_day"] if d >= dt.date(2013, 2, 1)})
+    for day in days:  # curated as validation publishes it
+        partition = partition_prefix(cfg.prefix, "curated", day)
+        frame = rows[rows["_day"] == day].assign(_day=day.isoformat())
+        part = write_part(store, partition, "data.parquet", to_parquet_bytes(frame), rows=len(frame))
+        publish_manifest(store, partition, [part], day=day.isoformat())
+    version = create_data_version(store, cfg, days)["data_version"]
+    champion_rows = rows[rows["_day"] >= dt.date(2013, 2, 1)]
+    champion_run = training.train(
+        cfg,
+        training.split_window(champion_rows, cfg)[0],
+        tracking_uri=mlflow_server,
+        data_version=version,
+        trigger="test",
+    )["run_id"]
+    export.export_run(cfg, champion_run, tracking_uri=mlflow_server, sample_frame=champion_rows)
+    registry.register(
+        cfg, champion_run, tracking_uri=mlflow_server, decision=decision(0.5), data_version=version
+    )
+    january = rows[rows["_day"] < dt.date(2013, 2, 1)]
+    challenger_run = training.train(
+        cfg, january, tracking_uri=mlflow_server, data_version="dv-jan", trigger="test"
+    )["run_id"]
+    export.export_run(cfg, challenger_run, tracking_uri=mlflow_server, sample_frame=january)
+
+    def gate(first: dt.date, last: dt.date) -> dict:
+        frame = rows[(rows["_day"] >= first) & (rows["_day"] <= last)]
+        return evaluation.evaluate_and_gate(
+            cfg, challenger_run, frame, tracking_uri=mlflow_server, store=store, day=last
+        )
+
+    assert evaluation.champion_training_days(store, cfg, mlflow_server, champion_run) == set(days[:7])
+    seen = gate(dt.date(2013, 2, 1), dt.date(2013, 2, 7))
+    (beats,) = [c for c in seen["checks"] if c["name"] == "beats_champion"]
+    assert seen["promote"] is False and seen["champion"]["rows"] == 0
+    assert (
+        f"champion v{seen['champion_version']} trained on every evaluation day (2013-02-01, "
+        in beats["detail"]
+    )
+
+    partly = gate(dt.date(2013, 2, 5), dt.date(2013, 2, 14))
+    unseen = rows[rows["_day"] >= dt.date(2013, 2, 8)]
+    champion = partly["champion"]
+    assert champion["trained_on_days"] == ["2013-02-05", "2013-02-06", "2013-02-07"]
+    assert champion["rows"] == len(unseen) < partly["challenger"]["rows"]
+    assert set(champion["challenger_metrics"]) == set(champion["metrics"]) and champion["metrics"]["roc_auc"]
+    (beats,) = [c for c in partly["checks"] if c["name"] == "beats_champion"]
+    assert f"on the {len(unseen)} evaluation rows of days it did not train on" in beats["detail"]
+    assert beats["value"] == pytest.approx(
+        champion["challenger_metrics"]["roc_auc"] - champion["metrics"]["roc_auc"], abs=1e-6
+    )
+
+    # Evaluation days the champion never trained on: the plain comparison, on every row.
+    fresh = gate(dt.date(2013, 2, 8), dt.date(2013, 2, 14))
+    assert "trained_on_days" not in fresh["champion"] and fresh["champion"]["rows"] == len(unseen)
+    assert fresh["champion"]["metrics"] == champion["metrics"]
 
 
 def test_gate_report_is_written_to_the_store_and_the_run(

@@ -199,6 +199,74 @@ def test_gate_rejects_when_the_champion_s_metric_is_undefined_on_the_rows(
     assert evaluation._reason(checks, candidate("roc_auc", None, version="3")).startswith("rejected: ")
 
 
+def test_a_champion_that_trained_on_evaluation_days_is_compared_on_the_other_days_only(
+    example_config: PipelineConfig,
+) -> None:
+    """On all rows the champion (0.80, memorised) beats the challenger (0.72); on the rows of days it
+    never saw it scores 0.69 and the challenger's 0.71 on those rows wins."""
+    cfg = gated(example_config, min_improvement=0.01)
+    challenger = {"run_id": "r1", "rows": 30, **candidate("roc_auc", 0.72)}
+    champion = {
+        "run_id": "r0",
+        "rows": 20,
+        **candidate("roc_auc", 0.69, version="3"),
+        "trained_on_days": ["2013-03-01"],
+        "challenger_metrics": {"roc_auc": 0.71},
+    }
+    checks = evaluation.gate_checks(cfg, challenger, champion)
+    (beats,) = [c for c in checks if c["name"] == "beats_champion"]
+    assert failed(checks) == [] and beats["value"] == pytest.approx(0.02)
+    assert (
+        "0.7100 vs champion v3 0.6900 on the 20 evaluation rows of days it did not train on"
+        in beats["detail"]
+    )
+    assert "(not 2013-03-01)" in beats["detail"]
+    page = evaluation.render_html(
+        {
+            "promote": True,
+            "reason": "promoted",
+            "primary_metric": "roc_auc",
+            "challenger": challenger,
+            "champion": champion,
+            "champion_version": "3",
+            "checks": checks,
+            "model_name": "m",
+            "day": "2013-03-02",
+        }
+    )
+    assert "<th>challenger, champion's rows</th>" in page and "<td>0.7100</td>" in page
+    assert "trained on 1 of the evaluation days (2013-03-01)" in page and "the 20 rows of the other" in page
+
+    # Its metric undefined on those rows (one class only) is no comparison either.
+    undefined = {**champion, "challenger_metrics": {"roc_auc": None}}
+    (beats,) = [
+        c for c in evaluation.gate_checks(cfg, challenger, undefined) if c["name"] == "beats_champion"
+    ]
+    assert (
+        not beats["passed"]
+        and "this model's roc_auc is undefined on the 20 evaluation rows" in beats["detail"]
+    )
+
+
+def test_a_champion_that_trained_on_every_evaluation_day_cannot_be_beaten_by_a_backfill(
+    example_config: PipelineConfig,
+) -> None:
+    champion = {
+        "run_id": "r0",
+        "rows": 0,
+        "metrics": {},
+        "onnx_bytes": 10,
+        "version": "3",
+        "trained_on_days": ["2013-03-01", "2013-03-02"],
+        "challenger_metrics": {},
+    }
+    checks = evaluation.gate_checks(gated(example_config), candidate("roc_auc", 0.9), champion)
+    (beats,) = [c for c in checks if c["name"] == "beats_champion"]
+    assert failed(checks) == ["beats_champion"]
+    assert "champion v3 trained on every evaluation day (2013-03-01, 2013-03-02)" in beats["detail"]
+    assert "(a backfill)" in beats["detail"]
+
+
 def test_a_label_column_read_as_floats_because_of_a_missing_label_gives_the_same_classes(
     example_config: PipelineConfig,
 ) -> None:
