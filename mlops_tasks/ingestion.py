@@ -68,11 +68,14 @@ TRUE_TOKENS = frozenset({"true", "t", "yes", "y", "1"})
 FALSE_TOKENS = frozenset({"false", "f", "no", "n", "0"})
 CSV_SUFFIXES = (".csv",)
 GZIP_SUFFIXES = (".csv.gz", ".gz")
+GZIP_MAGIC = b"\x1f\x8b"  # how gzip bytes start, whatever the file is named
 PARQUET_SUFFIXES = (".parquet", ".pq")
 STRING_DTYPE = pd.StringDtype()
 TIMESTAMP_DTYPE = "datetime64[ns, UTC]"
 TIMESTAMP_MIN = pd.Timestamp.min.tz_localize("UTC")
 TIMESTAMP_MAX = pd.Timestamp.max.tz_localize("UTC")
+TIMESTAMP_RANGE = "1677-09-21..2262-04-11"  # what nanosecond timestamps hold
+TEXT_TIMESTAMP_RULE = f"is not an ISO 8601 timestamp within {TIMESTAMP_RANGE}"
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 INT64_DIGITS = len(str(INT64_MAX))
 # An integer, optionally with a zero fraction ("12", "12.0": pandas writes an int column with nulls
@@ -326,8 +329,9 @@ def _required_columns(cfg: PipelineConfig, target: str) -> set[str]:
 
 def _rejected_lines(key: str, data: bytes) -> int:
     """How many rows a rejected file holds, for the validation gate's bad share: its non-blank lines
-    but the header for CSV, the footer's row count for parquet, and 1 for a file whose content
-    cannot be read at all (it still stands for data that was lost)."""
+    but the header for CSV (ended by LF, CRLF or CR, as the reader takes them; gzip bytes are counted
+    in their text whatever the file's name), the footer's row count for parquet, and 1 for a file
+    whose content cannot be read at all (it still stands for data that was lost)."""
     if not data:
         return 0
     lower = key.rsplit("/", 1)[-1].lower()
@@ -338,12 +342,12 @@ def _rejected_lines(key: str, data: bytes) -> int:
             return 1
     if not lower.endswith(GZIP_SUFFIXES + CSV_SUFFIXES):
         return 1
-    if lower.endswith(GZIP_SUFFIXES):
+    if lower.endswith(GZIP_SUFFIXES) or data.startswith(GZIP_MAGIC):
         try:
             data = gzip.decompress(data)
         except (OSError, EOFError, zlib.error):
             return 1
-    return max(sum(1 for line in io.BytesIO(data) if line.strip()) - 1, 0)
+    return max(sum(1 for line in data.splitlines() if line.strip()) - 1, 0)
 
 
 def rejected_copy_name(key: str) -> str:
@@ -379,7 +383,7 @@ def _read_file(
             except (OSError, EOFError, zlib.error) as exc:
                 raise RejectedFileError(f"{key} is not a valid gzip file ({_one_line(exc)}).") from None
         frame, lines, malformed = _parse_csv(
-            key, data, cfg.data.source.encoding, cfg.data.source.csv_delimiter
+            key, data, cfg.data.source.encoding, cfg.data.source.csv_delimiter, declared
         )
         names, raw = list(frame.columns), {c: frame[c] for c in frame.columns if c in declared}
     else:
@@ -406,7 +410,7 @@ def _read_file(
         )
     if missing:
         warnings.append(f"{key}: optional columns {missing} are missing and were filled with nulls")
-    extra = [c for c in names if c not in declared]
+    extra = list(dict.fromkeys(c for c in names if c not in declared))
     if extra:
         warnings.append(f"{key}: extra columns {extra} were dropped")
     out = pd.DataFrame(
@@ -433,7 +437,7 @@ def _read_parquet(
         raise RejectedFileError(f"{key} is not a readable parquet file ({_one_line(exc)}).") from None
     index = _pandas_index_columns(table)
     names = [n for n in table.column_names if n not in index]
-    dupes = sorted({n for n in names if names.count(n) > 1})
+    dupes = _repeated(names, declared)
     if dupes:
         raise RejectedFileError(f"{key} has the column '{dupes[0]}' more than once in its schema.")
     raw = {n: _arrow_series(key, n, table.column(n)) for n in names if n in declared}
@@ -513,11 +517,19 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
+def _repeated(names: list[str], declared: list[str]) -> list[str]:
+    """The declared columns a file has more than once: which copy holds the values is anyone's
+    guess. Repeated columns the config does not declare (the empty names of trailing delimiters a
+    spreadsheet export writes, say) are dropped like any extra column."""
+    return sorted({n for n in names if n in declared and names.count(n) > 1})
+
+
 def _parse_csv(
-    key: str, data: bytes, encoding: str, delimiter: str
+    key: str, data: bytes, encoding: str, delimiter: str, declared: list[str]
 ) -> tuple[pd.DataFrame, np.ndarray, list[dict[str, Any]]]:
     """All fields as strings, the 1-based line number where each record starts, and the records
-    whose field count differs from the header's (kept verbatim)."""
+    whose field count differs from the header's (kept verbatim); of a column the header repeats
+    (not a declared one, see :func:`_repeated`), the last."""
     try:
         text = data.decode(encoding)
     except UnicodeDecodeError as exc:
@@ -545,7 +557,7 @@ def _parse_csv(
     if not any(header):
         # Not skipped: a file whose header is not on line 1 is not the file the writer meant.
         raise RejectedFileError(f"{key} has no column names on line 1; the header must be the first line.")
-    dupes = sorted({h for h in header if header.count(h) > 1})
+    dupes = _repeated(header, declared)
     if dupes:
         raise RejectedFileError(f"{key} has the column '{dupes[0]}' more than once in its header.")
     records: list[list[str]] = []
@@ -815,7 +827,8 @@ def _to_timestamp(values: pd.Series, missing: np.ndarray, family: str) -> tuple[
         for group in (aware, ~aware):
             if group.any():
                 typed[group] = pd.to_datetime(values[group], utc=True, errors="coerce", format="ISO8601")
-        return typed, (typed.isna().to_numpy() & ~missing), "is not an ISO 8601 timestamp"
+        # Out-of-range values fail the same parse: 9999-12-31 ("no end") is valid ISO 8601.
+        return typed, (typed.isna().to_numpy() & ~missing), TEXT_TIMESTAMP_RULE
     if family == "timestamp":
         utc = values.dt.tz_localize("UTC") if values.dt.tz is None else values.dt.tz_convert("UTC")
         in_range = (utc >= TIMESTAMP_MIN) & (utc <= TIMESTAMP_MAX)
@@ -823,7 +836,7 @@ def _to_timestamp(values: pd.Series, missing: np.ndarray, family: str) -> tuple[
         return (
             typed,
             (typed.isna().to_numpy() & ~missing),
-            "is outside the timestamp range 1677-09-21..2262-04-11",
+            f"is outside the timestamp range {TIMESTAMP_RANGE}",
         )
     if family in ("int", "float"):
         reason = "is a number, not a timestamp (its epoch unit is unknown)"

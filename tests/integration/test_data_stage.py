@@ -371,6 +371,46 @@ def test_missing_required_column_rejects_the_file_and_others_still_ingest(store,
     assert_rejected(store, cfg, ingested, key, data, key, "required column 'time_hour'")
 
 
+def test_a_declared_column_repeated_in_a_file_rejects_it_naming_the_column(store, cfg):
+    land(store, cfg, "flights_a.csv", csv(*GOOD))
+    data = csv("9,1,AA,EWR,2013-01-01T10:00:00Z,2", header=HEADER + ",delay").encode()
+    key = land(store, cfg, "flights_b.csv", data)
+    ingested, _ = run(store, cfg)
+    assert_rejected(store, cfg, ingested, key, data, "has the column 'delay' more than once in its header")
+
+    table = pa.Table.from_arrays(
+        [
+            pa.array([7]),
+            pa.array([1.0]),
+            pa.array(["AA"]),
+            pa.array(["EWR"]),
+            pa.array(["x"]),
+            pa.array(["y"]),
+        ],
+        names=["id", "delay", "carrier", "origin", "time_hour", "time_hour"],
+    )
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    store.delete([key])
+    parquet_key = land(store, cfg, "flights_b.parquet", buffer.getvalue())
+    ingested, _ = run(store, cfg)
+    assert_rejected(
+        store, cfg, ingested, parquet_key, buffer.getvalue(), "has the column 'time_hour' more than once"
+    )
+
+
+def test_repeated_columns_the_config_does_not_declare_are_dropped_like_other_extra_columns(store, cfg):
+    """Spreadsheet exports end lines with empty columns; a repeated note column is no ambiguity
+    either: neither is read, so the file is not rejected (its rows were lost before)."""
+    land(store, cfg, "flights.csv", csv(*(g + ",," for g in GOOD), header=HEADER + ",,"))
+    weather = "\n".join(line + ",a,b" for line in WEATHER.splitlines()).replace("temp,a,b", "temp,note,note")
+    land(store, cfg, "weather.csv", weather + "\n")
+    ingested, validated = run(store, cfg)
+    assert ingested["rejected_files"] == [] and validated["good_rows"] == 4
+    assert any("flights.csv: extra columns [''] were dropped" in w for w in ingested["warnings"])
+    assert any("weather.csv: extra columns ['note'] were dropped" in w for w in ingested["warnings"])
+
+
 def test_extra_column_is_dropped_with_a_warning(store, cfg):
     land(store, cfg, "flights.csv", csv(*(g + ",x" for g in GOOD), header=HEADER + ",tailnum"))
     ingested, validated = run(store, cfg)
@@ -587,6 +627,31 @@ def test_the_lines_of_a_rejected_file_count_as_bad_records_in_the_gate(store, cf
     assert "1 rejected file(s) with 5 line(s): flights_b.csv (5) were quarantined too" in str(failure.value)
 
 
+@pytest.mark.parametrize(
+    ("name", "encode", "lines"),
+    [
+        ("flights_b.csv", lambda text: text.replace("\n", "\r").encode(), 30),  # CR-only line endings
+        ("flights_b.csv", lambda text: gzip.compress(text.encode(), mtime=0), 30),  # gzip bytes, .csv name
+        ("flights_b.csv.gz", lambda text: gzip.compress(text.replace("\n", "\r\n").encode(), mtime=0), 30),
+    ],
+)
+def test_a_rejected_file_counts_its_rows_as_the_reader_would_split_them(store, cfg, name, encode, lines):
+    """30 rows without the required time_hour column: counted by LF only, CR-ended lines were 0 rows
+    and gzip bytes under a .csv name their stray newline bytes, and a day that lost 30 of 34 rows
+    passed the gate."""
+    land(store, cfg, "flights_a.csv", csv(*GOOD))
+    text = "\n".join(["id,delay,carrier,origin", *(f"{i},1,AA,EWR" for i in range(10, 10 + lines))]) + "\n"
+    land(store, cfg, name, encode(text))
+    ingest_day(store, cfg, DAY)
+
+    with pytest.raises(ValidationGateError) as failure:
+        validate_day(store, cfg, DAY)
+
+    result = failure.value.result
+    assert (result["rows"], result["rejected_lines"]) == (4, lines)
+    assert f"1 rejected file(s) with {lines} line(s): {name} ({lines})" in str(failure.value)
+
+
 def test_a_rerun_that_fails_the_gate_withdraws_the_days_earlier_curated_data(store, cfg):
     land(store, cfg, "flights.csv", csv(*GOOD))
     run(store, cfg)
@@ -761,7 +826,8 @@ def test_side_rows_without_a_complete_join_key_are_quarantined_and_counted(store
     assert lines["source_file"].tolist() == [key, key] and lines["line"].tolist() == [4, 5]
     assert lines["reason"].tolist() == [
         "join 'weather': no complete key ['origin', 'time_hour'] (weather: time_hour: "
-        '"2013-01-01 11:00 o\'clock" is not an ISO 8601 timestamp); it joins no row',
+        '"2013-01-01 11:00 o\'clock" is not an ISO 8601 timestamp within 1677-09-21..2262-04-11); '
+        "it joins no row",
         "join 'weather': no complete key ['origin', 'time_hour'] (origin missing); it joins no row",
     ]
     assert json.loads(lines["raw"][0]) == {

@@ -130,6 +130,13 @@ def test_typed_integers_one_and_zero_are_booleans_and_other_numbers_are_flagged(
         assert typed.isna().all() and bad.tolist() == [True, False] and reason == "is not a boolean"
 
 
+def test_text_timestamps_past_what_nanoseconds_hold_are_flagged_with_the_range():
+    """9999-12-31 ("no end") is valid ISO 8601: the reason must not say it is not."""
+    typed, bad, reason = convert_column(raw("2013-01-01T10:00:00Z", "9999-12-31T00:00:00Z", "x"), "timestamp")
+    assert bad.tolist() == [False, True, True] and typed.isna().tolist() == [False, True, True]
+    assert reason == "is not an ISO 8601 timestamp within 1677-09-21..2262-04-11"
+
+
 def test_numbers_in_a_timestamp_column_are_flagged_not_read_as_nanoseconds():
     typed, bad, reason = convert_column(pd.Series([1357034400.0, None]), "timestamp")
     assert typed.isna().all() and bad.tolist() == [True, False]

@@ -55,6 +55,21 @@ def test_row_mask_counts_what_gx_counts(rule: Rule):
     assert int(bad_row_mask(FRAME, rule).sum()) == result.result["unexpected_count"]
 
 
+@pytest.mark.parametrize(
+    "rule",
+    [
+        Rule("n length", gxe.ExpectColumnValueLengthsToBeBetween(column="n", max_value=1), True),
+        Rule("n regex", gxe.ExpectColumnValuesToMatchRegex(column="n", regex="^[0-9]$"), True),
+    ],
+    ids=lambda r: r.name,
+)
+def test_rules_reading_an_int_column_as_text_see_its_digits(rule: Rule):
+    """Only 12 has two digits. GX once got int columns as float64 for every rule: "1.0" is 3
+    characters and no digit string, so all 4 values broke both rules and good rows were quarantined."""
+    [result] = run_gx(FRAME, [rule])
+    assert result.result["unexpected_count"] == 1 == int(bad_row_mask(FRAME, rule).sum())
+
+
 def with_expectations(cfg: PipelineConfig, *expectations: dict) -> PipelineConfig:
     return cfg.model_copy(
         update={"validation": cfg.validation.model_validate({"expectations": list(expectations)})}
