@@ -310,7 +310,9 @@ def plan_parts(store: ObjectStore, cfg: PipelineConfig, day: dt.date) -> list[di
                     else None,
                 }
             )
-    return units
+    # Each unit knows how many there are, and so does its result: publishing checks that none is
+    # missing before it makes the day visible.
+    return [{**unit, "units": len(units)} for unit in units]
 
 
 # -- score ------------------------------------------------------------------------------------------
@@ -529,6 +531,7 @@ def score_part(
     return {
         "part": part,
         "part_index": unit["part_index"],
+        "units": unit.get("units"),
         "rows": rows,
         "model_version": str(model_version),
         "run_id": run_id,
@@ -827,8 +830,9 @@ def publish_predictions(
 ) -> dict[str, Any]:
     """Make the day's predictions visible in one manifest PUT (see :func:`storage.publish_manifest`).
 
-    Refuses results of another model version or run, and two results for one unit, so a day never
-    mixes models or counts rows twice. Returns ``{"uri", "rows", "parts", "model_version"}``.
+    Refuses results of another model version or run, two results for one unit, and a set of results
+    that misses a planned unit, so a day never mixes models, counts rows twice or goes up partial
+    over a complete one. Returns ``{"uri", "rows", "parts", "model_version"}``.
     """
     partition = partition_prefix(cfg.prefix, output_area, day)
     indexes = [r["part_index"] for r in part_results]
@@ -843,6 +847,21 @@ def publish_predictions(
             )
         if not result["part"]["key"].startswith(partition):
             raise PredictionsError(f"{store.uri(result['part']['key'])} is not in {store.uri(partition)}")
+    # Results of an older release carry no unit count: nothing to check them against.
+    planned = {r["units"] for r in part_results if r.get("units") is not None}
+    if len(planned) > 1:
+        raise PredictionsError(
+            f"{store.uri(partition)}: the results come from different plans ({sorted(planned)} units); "
+            "re-run the whole inference run"
+        )
+    total = planned.pop() if planned else 0
+    missing = sorted(set(range(total)) - set(indexes))
+    if missing:
+        raise PredictionsError(
+            f"{store.uri(partition)}: unit(s) {missing[:10]} of the {total} "
+            "planned have no result, so publishing would make a partial day visible; the published "
+            "day is left as it is. Re-run the inference run (its failed or skipped score tasks)."
+        )
     manifest = publish_manifest(
         store,
         partition,

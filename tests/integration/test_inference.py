@@ -408,6 +408,25 @@ def test_publish_refuses_parts_scored_by_another_model_version(
         inference.publish_predictions(store, cfg, DAY, [result], **IDENTITY)
 
 
+def test_publishing_without_every_planned_unit_leaves_the_published_day_whole(
+    store: ObjectStore, cfg: PipelineConfig, mlp_path: str
+) -> None:
+    """A caller (or an operator that dropped a skipped unit's result) publishing only some units made
+    the readable day shrink to them and deleted the replaced parts."""
+    two_parts(store, cfg)
+    whole = score_day(store, cfg, mlp_path)
+    units = inference.plan_parts(store, cfg, DAY)
+    assert len(units) >= 2 and {u["units"] for u in units} == {len(units)}
+    first = inference.score_part(store, cfg, units[0], model_path=mlp_path, **IDENTITY)
+    assert first["units"] == len(units)
+
+    with pytest.raises(inference.PredictionsError, match=r"unit\(s\) \[1.*planned have no result") as err:
+        inference.publish_predictions(store, cfg, DAY, [first], **IDENTITY)
+
+    assert "the published day is left as it is" in str(err.value)
+    assert len(inference.read_predictions(store, cfg, DAY)) == whole["rows"]
+
+
 def test_missing_feature_column_is_reported_with_key_and_column(
     store: ObjectStore, cfg: PipelineConfig, mlp_path: str
 ) -> None:
