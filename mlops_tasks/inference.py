@@ -132,22 +132,31 @@ class _Model:
     task: str
     classes: list[Any] | None
     legacy: bool  # a contract-1 model (see mlops_tasks.features)
-    path: str
+    label: str  # names the model in errors
 
     @classmethod
-    def load(cls, model_path: str | Path, cfg: PipelineConfig, intra_op_threads: int | None = None) -> _Model:
+    def load(
+        cls,
+        model_path: str | Path,
+        cfg: PipelineConfig,
+        intra_op_threads: int | None = None,
+        label: str | None = None,
+    ) -> _Model:
+        """``label`` names the model in errors (e.g. "challenger v3 of 'flights_delay'"; default: the
+        file, which a task downloaded into a temporary directory)."""
         session = make_session(model_path, cfg, intra_op_threads=intra_op_threads)
+        where = label or str(model_path)
         meta = session.get_modelmeta().custom_metadata_map
         task = meta.get(F.META_TASK, cfg.target.task)
         if task != cfg.target.task:
             raise ModelContractError(
-                f"{model_path}: the model was trained for task '{task}' but the pipeline "
+                f"{where}: the model was trained for task '{task}' but the pipeline "
                 f"'{cfg.name}' predicts '{cfg.target.task}'"
             )
         expected = {"numeric": cfg.features.numeric, "categorical": cfg.features.categorical}
         if F.META_FEATURES in meta and json.loads(meta[F.META_FEATURES]) != expected:
             raise ModelContractError(
-                f"{model_path}: the model's features {meta[F.META_FEATURES]} differ from the config's "
+                f"{where}: the model's features {meta[F.META_FEATURES]} differ from the config's "
                 f"{json.dumps(expected)}; retrain or fix features in the pipeline config"
             )
         numeric = [F.NUMERIC_INPUT] if cfg.features.numeric else []
@@ -157,23 +166,23 @@ class _Model:
         have = {i.name for i in session.get_inputs()}
         if have not in (wanted, contract_1):
             raise ModelContractError(
-                f"{model_path}: the model's inputs are {sorted(have)}, expected {sorted(wanted)}"
+                f"{where}: the model's inputs are {sorted(have)}, expected {sorted(wanted)}"
             )
         classes = json.loads(meta[F.META_CLASSES]) if F.META_CLASSES in meta else None
         if task == "binary" and classes is not None and len(classes) != 2:
-            raise ModelContractError(f"{model_path}: a binary model needs 2 classes, has {classes}")
+            raise ModelContractError(f"{where}: a binary model needs 2 classes, has {classes}")
         if task == "multiclass" and not classes:
-            raise ModelContractError(f"{model_path}: a multiclass model must list its classes in metadata")
+            raise ModelContractError(f"{where}: a multiclass model must list its classes in metadata")
         if task == "multiclass":
             outputs = {o.name: o.shape for o in session.get_outputs()}
             width = (outputs.get(F.PROBABILITIES_OUTPUT) or [None, None])[-1]
             if F.PROBABILITIES_OUTPUT not in outputs or (isinstance(width, int) and width != len(classes)):
                 raise ModelContractError(
-                    f"{model_path}: a multiclass model needs an output '{F.PROBABILITIES_OUTPUT}' of one "
+                    f"{where}: a multiclass model needs an output '{F.PROBABILITIES_OUTPUT}' of one "
                     f"column per class of its metadata ({len(classes)}: {classes}); it has {outputs}"
                 )
         labels = classes if task != "binary" else (classes or [0, 1])
-        return cls(session, task, labels, F.is_legacy_session(session), str(model_path))
+        return cls(session, task, labels, F.is_legacy_session(session), where)
 
     def output_fields(self) -> list[pa.Field]:
         """The columns :meth:`predict` fills: never null (a regression may predict NaN, not null)."""
@@ -216,7 +225,7 @@ class _Model:
         score, proba = outputs
         if proba.shape[1] != len(self.classes):  # a dynamic output shape is checked here, not at load
             raise ModelContractError(
-                f"{self.path}: the model gives {proba.shape[1]} probabilities per row but its metadata "
+                f"{self.label}: the model gives {proba.shape[1]} probabilities per row but its metadata "
                 f"lists {len(self.classes)} classes ({self.classes})"
             )
         return [self._labels(proba.argmax(axis=1)), score, *proba.T]
@@ -470,7 +479,12 @@ def score_part(
             # operators onnxruntime runs on one thread anyway (imputer, encoders, gathers, concat)
             # in parallel too: 1.5-1.7x the rows/s of one call on 2 threads (bench_inference.py
             # (a)). The session is thread-safe; outputs keep their order.
-            model = _Model.load(model_path, cfg, intra_op_threads=1 if threads > 1 else None)
+            model = _Model.load(
+                model_path,
+                cfg,
+                intra_op_threads=1 if threads > 1 else None,
+                label=f"version {model_version} of '{model_name}'",
+            )
             metadata = footer.result()
             stored = metadata.schema.to_arrow_schema()
             _check_schema(stored, cfg, where)

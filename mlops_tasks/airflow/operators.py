@@ -13,7 +13,8 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -720,7 +721,7 @@ class ScorePartOperator(PipelineOperator):
         model = self.models.get(self.role)
         if model is None:
             raise AirflowSkipException(f"No '{self.role}' model: nothing to shadow-score.")
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory() as tmp, self._shadow_only(model):
             path = download_onnx(
                 self.config, tracking_uri=self.tracking_uri, version=model["version"], dest_dir=tmp
             )
@@ -737,6 +738,28 @@ class ScorePartOperator(PipelineOperator):
         emit("score", result, pipeline=self.pipeline)
         self.log.info("Scored %d rows: %s", result["rows"], result["seconds"])
         return result
+
+    @contextmanager
+    def _shadow_only(self, model: dict[str, Any]) -> Iterator[None]:
+        """A challenger that cannot be scored says so as the challenger: the advice for a champion
+        (retrain, change the config) would touch what serves, when only its shadow failed."""
+        from mlops_tasks.inference import ModelContractError
+        from mlops_tasks.registry import CHALLENGER_ELIGIBLE
+
+        try:
+            yield
+        except ModelContractError as exc:
+            if self.role != "challenger":
+                raise
+            name = self.config.registered_model_name
+            raise ModelContractError(
+                f"challenger v{model['version']} of '{name}' cannot be shadow-scored: {exc}. Only the "
+                "shadow branch fails: the champion's predictions of the day are published as usual. To "
+                "stop shadow-scoring this version, mark it ineligible and drop the alias (the registry "
+                "would put the alias back on an eligible version): client = MlflowClient(); "
+                f"client.set_model_version_tag({name!r}, '{model['version']}', '{CHALLENGER_ELIGIBLE}', "
+                f"'false'); client.delete_registered_model_alias({name!r}, 'challenger')."
+            ) from None
 
 
 class PublishPredictionsOperator(PipelineOperator):

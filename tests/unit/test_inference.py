@@ -176,6 +176,33 @@ def test_model_trained_on_other_features_is_refused(cfg: PipelineConfig, tmp_pat
         inference._Model.load(path, cfg)
 
 
+@pytest.mark.parametrize("role", ["champion", "challenger"])
+def test_a_challenger_that_cannot_be_scored_is_named_as_the_challenger_with_a_fix_for_it(
+    cfg: PipelineConfig, tmp_path: Path, role: str
+) -> None:
+    """The error named the task's temporary file and advised retraining or changing the config, which
+    is the champion's fix; a challenger's shadow is all that fails."""
+    from mlops_tasks.airflow.operators import ScorePartOperator
+
+    other = cfg.features.model_copy(update={"numeric": cfg.features.numeric[:-1]})
+    path = build_model(tmp_path / "m.onnx", other, random_params(other, EXAMPLE_VOCAB, [4]))
+    operator = ScorePartOperator(task_id="shadow", pipeline=cfg.name, unit={}, models={}, role=role)
+
+    with pytest.raises(inference.ModelContractError) as err:
+        with operator._shadow_only({"version": "3"}):
+            inference._Model.load(path, cfg, label="version 3 of 'flights_delay'")
+
+    message = str(err.value)
+    assert str(tmp_path) not in message
+    assert "version 3 of 'flights_delay': the model's features" in message
+    if role == "challenger":
+        assert message.startswith("challenger v3 of 'flights_delay' cannot be shadow-scored: ")
+        assert "the champion's predictions of the day are published as usual" in message
+        assert "set_model_version_tag('flights_delay', '3', 'challenger_eligible', 'false')" in message
+    else:
+        assert "shadow" not in message
+
+
 def test_model_of_another_task_is_refused(cfg: PipelineConfig, tmp_path: Path) -> None:
     params = random_params(cfg.features, EXAMPLE_VOCAB, [4], outputs=3)
     path = build_model(tmp_path / "m.onnx", cfg.features, params, "multiclass", ["a", "b", "c"])
