@@ -316,33 +316,24 @@ def gate_checks(
     if champion is not None and "challenger_metrics" in champion:
         # The champion trained on some evaluation days: both are compared on the other days' rows.
         value = _finite(champion["challenger_metrics"].get(name))
+    # Without both values there is no comparison: passing would promote blind.
+    no_comparison = None
     if champion is not None and "trained_on_days" in champion and champion["rows"] == 0:
-        checks.append(
-            _check(
-                "beats_champion",
-                False,
-                None,
-                gate.min_improvement,
-                f"champion v{champion['version']} trained on every evaluation day "
-                f"({', '.join(champion['trained_on_days'])}), so its {name} there says nothing about "
-                "new data and this model cannot be shown to beat it. This happens when training runs "
-                "for an earlier window than the champion's (a backfill); train for a window that ends "
-                "after the champion's to replace it",
-            )
+        no_comparison = (
+            f"champion v{champion['version']} trained on every evaluation day "
+            f"({', '.join(champion['trained_on_days'])}), so its {name} there says nothing about "
+            "new data and this model cannot be shown to beat it. This happens when training runs "
+            "for an earlier window than the champion's (a backfill); train for a window that ends "
+            "after the champion's to replace it"
         )
     elif champion is not None and (champ_value is None or value is None):
-        # Without both values there is no comparison: passing would promote blind.
         whose = f"champion v{champion['version']}'s" if champ_value is None else "this model's"
-        checks.append(
-            _check(
-                "beats_champion",
-                False,
-                None,
-                gate.min_improvement,
-                f"{whose} {name} is undefined on the {_compared_rows(champion)}, so this model cannot "
-                "be shown to beat the champion",
-            )
+        no_comparison = (
+            f"{whose} {name} is undefined on the {_compared_rows(champion)}, so this model cannot "
+            "be shown to beat the champion"
         )
+    if no_comparison is not None:
+        checks.append(_check("beats_champion", False, None, gate.min_improvement, no_comparison))
     elif champion is not None:
         improvement = value - champ_value if higher else champ_value - value
         ok = improvement > 0 and improvement >= gate.min_improvement

@@ -165,15 +165,13 @@ def test_gate_fails_when_the_primary_metric_is_undefined(example_config: Pipelin
     assert failed(checks) == ["metric_defined"]
 
 
-def test_html_report_is_self_contained_and_shows_every_check(example_config: PipelineConfig) -> None:
-    cfg = gated(example_config, min_value=0.6, max_onnx_bytes=500)
-    challenger = {"run_id": "r1", "rows": 10, **candidate("roc_auc", 0.65, size=600)}
-    champion = {"run_id": "r0", "rows": 10, **candidate("roc_auc", 0.61, version="3")}
+def gate_decision(cfg: PipelineConfig, challenger: dict, champion: dict, reason: str) -> dict:
+    """A decision as evaluate_and_gate makes it, of a champion v3, for the report."""
     checks = evaluation.gate_checks(cfg, challenger, champion)
-    decision = {
-        "promote": False,
-        "reason": "rejected: <size>",
-        "primary_metric": "roc_auc",
+    return {
+        "promote": not failed(checks),
+        "reason": reason,
+        "primary_metric": cfg.gate.primary_metric,
         "challenger": challenger,
         "champion": champion,
         "champion_version": "3",
@@ -181,7 +179,13 @@ def test_html_report_is_self_contained_and_shows_every_check(example_config: Pip
         "model_name": "m",
         "day": "2013-03-01",
     }
-    page = evaluation.render_html(decision)
+
+
+def test_html_report_is_self_contained_and_shows_every_check(example_config: PipelineConfig) -> None:
+    cfg = gated(example_config, min_value=0.6, max_onnx_bytes=500)
+    challenger = {"run_id": "r1", "rows": 10, **candidate("roc_auc", 0.65, size=600)}
+    champion = {"run_id": "r0", "rows": 10, **candidate("roc_auc", 0.61, version="3")}
+    page = evaluation.render_html(gate_decision(cfg, challenger, champion, "rejected: <size>"))
     assert "<svg" in page and "<script" not in page and "http" not in page.replace("http://www.w3.org", "")
     assert "&lt;size&gt;" in page and "0.6500" in page and "0.6100" in page
     assert page.count("<td>max_onnx_bytes</td>") == 1 and "FAIL" in page
@@ -221,19 +225,7 @@ def test_a_champion_that_trained_on_evaluation_days_is_compared_on_the_other_day
         in beats["detail"]
     )
     assert "(not 2013-03-01)" in beats["detail"]
-    page = evaluation.render_html(
-        {
-            "promote": True,
-            "reason": "promoted",
-            "primary_metric": "roc_auc",
-            "challenger": challenger,
-            "champion": champion,
-            "champion_version": "3",
-            "checks": checks,
-            "model_name": "m",
-            "day": "2013-03-02",
-        }
-    )
+    page = evaluation.render_html(gate_decision(cfg, challenger, champion, "promoted"))
     assert "<th>challenger, champion's rows</th>" in page and "<td>0.7100</td>" in page
     assert "trained on 1 of the evaluation days (2013-03-01)" in page and "the 20 rows of the other" in page
 
