@@ -67,7 +67,7 @@ WINE_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "examples" / "wi
 
 def champion_model(task: str, classes: list) -> _Model:
     """What the monitor knows of the champion's ONNX model: task and classes (no scoring here)."""
-    return _Model(session=None, task=task, classes=classes, legacy=False, path="champion.onnx")
+    return _Model(session=None, task=task, classes=classes, legacy=False, label="champion.onnx")
 
 
 def champion(metric: str, value: float) -> dict:
