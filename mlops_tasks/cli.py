@@ -274,7 +274,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         if not args.no_seed:
             from mlops_tasks.example import seed_landing
 
-            for cfg in load_all():
+            # the configs the stack serves: an invalid one was skipped with a warning, as in Airflow
+            for cfg in local.pipelines:
                 if cfg.name == "flights_delay":
                     seed_landing(
                         local.store(cfg.storage.bucket), cfg, dt.date(2013, 1, 1), dt.date(2013, 12, 31)
@@ -286,8 +287,9 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from mlops_tasks.demo import run_demo
+    from mlops_tasks.demo import PIPELINE, run_demo
 
+    load_pipeline(PIPELINE)  # the demo drives this pipeline: refuse its invalid config before starting
     return run_demo(state_dir=Path(args.state_dir), keep_running=args.keep_running)
 
 

@@ -9,13 +9,14 @@ default. Secrets never live here; the config only names Airflow connection ids.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import math
 import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -24,9 +25,11 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from mlops_tasks.errors import DataError
 
@@ -74,6 +77,33 @@ class _Strict(BaseModel):
     # No NaN or infinity in any number: a `.nan` threshold would reject every model or quarantine
     # every row, with no message naming the config.
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic reads True as 1 and False as 0: an unquoted yes/no/on/off/true/false in YAML would
+        # silently become a number of epochs or retries.
+        values = value if isinstance(value, list) else [value]
+        if any(isinstance(v, bool) for v in values) and _holds_numbers(cls, info.field_name):
+            raise PydanticCustomError("bool_for_number", "Input should be a number, not a boolean")
+        return value
+
+
+@functools.cache
+def _holds_numbers(model: type[BaseModel], field: str) -> bool:
+    """Whether ``field`` of ``model`` takes numbers (or lists of them) and not booleans."""
+    types = _types_in(model.model_fields[field].annotation)
+    return (int in types or float in types) and bool not in types
+
+
+class _RuleError(ValueError):
+    """A rule across fields is broken. ``fields`` are their paths inside the model that raises it:
+    pydantic locates a model validator's error at the model only, so :func:`_format_errors` appends
+    them to that location to name the fields to fix."""
+
+    def __init__(self, fields: str | tuple[str, ...], message: str) -> None:
+        super().__init__(message)
+        self.fields = (fields,) if isinstance(fields, str) else fields
 
 
 def _check_schedule(value: str | None) -> str | None:
@@ -166,24 +196,31 @@ class ColumnSpec(_Strict):
     @model_validator(mode="after")
     def _range_is_ordered(self) -> ColumnSpec:
         if self.min is not None and self.max is not None and self.min > self.max:
-            raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
-        if (self.min is not None or self.max is not None) and self.type not in ("int", "float"):
-            raise ValueError(f"min/max only apply to int/float columns, not {self.type}")
+            raise _RuleError(
+                ("min", "max"), f"column '{self.name}': min ({self.min}) is greater than max ({self.max})"
+            )
+        bounds = tuple(b for b in ("min", "max") if getattr(self, b) is not None)
+        if bounds and self.type not in ("int", "float"):
+            raise _RuleError(
+                bounds, f"column '{self.name}': min/max only apply to int/float columns, not {self.type}"
+            )
         # Validation compares the typed values with these strings: on any other type nothing
         # would match and every row would be quarantined.
         if self.allowed is not None and self.type not in ("category", "string"):
-            raise ValueError(
-                f"column '{self.name}': allowed only applies to category/string columns, not {self.type}"
+            raise _RuleError(
+                "allowed",
+                f"column '{self.name}': allowed only applies to category/string columns, not {self.type}",
             )
         if self.name != self.name.strip():
             # ingest strips the whitespace around header names: such a name never matches a column
-            raise ValueError(
-                f"column name {self.name!r} has whitespace around it; write {self.name.strip()!r}"
+            raise _RuleError(
+                "name", f"column name {self.name!r} has whitespace around it; write {self.name.strip()!r}"
             )
         if self.name in RESERVED_COLUMNS:
-            raise ValueError(
+            raise _RuleError(
+                "name",
                 f"column name '{self.name}' is reserved for the lineage columns ingest adds "
-                f"{list(RESERVED_COLUMNS)}; rename the column"
+                f"{list(RESERVED_COLUMNS)}; rename the column",
             )
         return self
 
@@ -260,46 +297,57 @@ class DataSpec(_Strict):
     @model_validator(mode="after")
     def _names_are_consistent(self) -> DataSpec:
         names = [c.name for c in self.columns]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"duplicate column names {dupes}")
+        if _repeated(names):
+            raise _RuleError("columns", f"duplicate column names {_repeated(names)}")
         missing_key = [k for k in self.key if k not in names]
         if missing_key:
-            raise ValueError(f"key columns {missing_key} are not declared in columns")
+            raise _RuleError("key", f"key columns {missing_key} are not declared in data.columns")
         if _repeated(self.key):
-            raise ValueError(f"key columns {_repeated(self.key)} are listed more than once")
+            raise _RuleError("key", f"key columns {_repeated(self.key)} are listed more than once")
         join_names = [j.name for j in self.joins]
-        dupes = sorted({n for n in join_names if join_names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"joins: names {dupes} are used twice (ingest routes files to a join by name)")
+        if _repeated(join_names):
+            raise _RuleError(
+                "joins",
+                f"names {_repeated(join_names)} are used twice (ingest routes files to a join by name)",
+            )
         main_types = {c.name: c.type for c in self.columns}
         owner = dict.fromkeys(names, "data.columns")  # column -> where it was declared first
-        for join in self.joins:
+        for i, join in enumerate(self.joins):
             join_types = {c.name: c.type for c in join.columns}
             for col in join.keys:
                 if col not in main_types:
-                    raise ValueError(f"join '{join.name}': key column '{col}' is not a main column")
+                    raise _RuleError(
+                        f"joins.{i}.keys", f"join '{join.name}': key column '{col}' is not a main column"
+                    )
                 if col not in join_types:
-                    raise ValueError(f"join '{join.name}': key column '{col}' is not in its columns")
+                    raise _RuleError(
+                        f"joins.{i}.keys", f"join '{join.name}': key column '{col}' is not in its columns"
+                    )
                 # Ingest stores category and string alike; other differing types cannot be merged.
                 types = {main_types[col], join_types[col]}
                 if len(types) > 1 and types != {"category", "string"}:
-                    raise ValueError(
+                    at = next(j for j, c in enumerate(join.columns) if c.name == col)
+                    raise _RuleError(
+                        f"joins.{i}.columns.{at}.type",
                         f"join '{join.name}': key column '{col}' is {join_types[col]} in the join's "
-                        f"columns but {main_types[col]} in data.columns; declare the same type"
+                        f"columns but {main_types[col]} in data.columns; declare the same type",
                     )
             seen: set[str] = set()
-            for c in join.columns:
+            for j, c in enumerate(join.columns):
                 if c.name in seen:
-                    raise ValueError(f"join '{join.name}': column '{c.name}' is declared twice")
+                    raise _RuleError(
+                        f"joins.{i}.columns.{j}.name",
+                        f"join '{join.name}': column '{c.name}' is declared twice",
+                    )
                 seen.add(c.name)
                 if c.name in join.keys:
                     continue
                 if c.name in owner:
                     # The join would silently keep the other declaration's values and drop its own.
-                    raise ValueError(
+                    raise _RuleError(
+                        f"joins.{i}.columns.{j}.name",
                         f"join '{join.name}': column '{c.name}' is already a column of {owner[c.name]}; "
-                        "rename it (only join keys may appear in both)"
+                        "rename it (only join keys may appear in both)",
                     )
                 owner[c.name] = f"join '{join.name}'"
         return self
@@ -329,8 +377,9 @@ class ValidationSpec(_Strict):
     @model_validator(mode="after")
     def _rows_are_ordered(self) -> ValidationSpec:
         if self.max_rows is not None and self.min_rows > self.max_rows:
-            raise ValueError(
-                f"min_rows ({self.min_rows}) is greater than max_rows ({self.max_rows}): every day would fail"
+            raise _RuleError(
+                ("min_rows", "max_rows"),
+                f"min_rows ({self.min_rows}) is greater than max_rows ({self.max_rows}): every day would fail",
             )
         return self
 
@@ -349,7 +398,7 @@ class TargetSpec(_Strict):
     @model_validator(mode="after")
     def _rule_matches_task(self) -> TargetSpec:
         if self.positive_when is not None and self.task != "binary":
-            raise ValueError("positive_when only applies to task 'binary'")
+            raise _RuleError("positive_when", f"positive_when only applies to task binary, not {self.task}")
         return self
 
 
@@ -366,13 +415,17 @@ class FeatureSpec(_Strict):
     @model_validator(mode="after")
     def _not_empty(self) -> FeatureSpec:
         if not self.numeric and not self.categorical:
-            raise ValueError("at least one numeric or categorical feature is required")
+            raise _RuleError(
+                ("numeric", "categorical"), "at least one numeric or categorical feature is required"
+            )
         both = sorted(set(self.numeric) & set(self.categorical))
         if both:
-            raise ValueError(f"features {both} are listed as both numeric and categorical")
+            raise _RuleError(
+                ("numeric", "categorical"), f"features {both} are listed as both numeric and categorical"
+            )
         for kind, names in (("numeric", self.numeric), ("categorical", self.categorical)):
             if _repeated(names):
-                raise ValueError(f"{kind} features {_repeated(names)} are listed more than once")
+                raise _RuleError(kind, f"{kind} features {_repeated(names)} are listed more than once")
         return self
 
     @property
@@ -429,16 +482,18 @@ class TrainingSpec(_Strict):
     @model_validator(mode="after")
     def _eval_inside_window(self) -> TrainingSpec:
         if self.evaluation_days >= self.window_days:
-            raise ValueError(
-                f"evaluation_days ({self.evaluation_days}) must be smaller than window_days ({self.window_days})"
+            raise _RuleError(
+                ("evaluation_days", "window_days"),
+                f"evaluation_days ({self.evaluation_days}) must be smaller than window_days ({self.window_days})",
             )
         # The cap applies before the early-stopping split: what is left must be enough to train on.
         least = math.ceil(MIN_TRAINING_ROWS / (1 - self.validation_fraction)) + 1
         if self.max_rows is not None and self.max_rows < least:
-            raise ValueError(
-                f"training.max_rows ({self.max_rows}) leaves fewer than {MIN_TRAINING_ROWS} rows to train on "
-                f"after the validation_fraction ({self.validation_fraction}) split: every run would fail; "
-                f"use at least {least}"
+            raise _RuleError(
+                "max_rows",
+                f"{self.max_rows} leaves fewer than {MIN_TRAINING_ROWS} rows to train on after the "
+                f"validation_fraction ({self.validation_fraction}) split: every run would fail; use at "
+                f"least {least}",
             )
         return self
 
@@ -492,14 +547,13 @@ class GateSpec(_Strict):
         if self.min_value is None:
             return self
         if self.primary_metric in _SHARE_METRICS and not 0 <= self.min_value <= 1:
-            raise ValueError(
-                f"gate.min_value {self.min_value} is outside 0..1, the range of {self.primary_metric} "
-                "(a share, not a percentage): no model could pass"
+            raise _RuleError(
+                "min_value",
+                f"{self.min_value} is outside 0..1, the range of {self.primary_metric} "
+                "(a share, not a percentage): no model could pass",
             )
         if self.min_value < 0:
-            raise ValueError(
-                f"gate.min_value {self.min_value} is a negative ceiling for {self.primary_metric}"
-            )
+            raise _RuleError("min_value", f"{self.min_value} is a negative ceiling for {self.primary_metric}")
         return self
 
 
@@ -613,9 +667,10 @@ class DriftSpec(_Strict):
     def _min_rows_fit_the_sample(self) -> DriftSpec:
         # The live metric counts the labelled rows of the sample: above sample_rows it never runs.
         if self.min_rows > self.sample_rows:
-            raise ValueError(
+            raise _RuleError(
+                ("min_rows", "sample_rows"),
                 f"min_rows ({self.min_rows}) is above sample_rows ({self.sample_rows}): the live metric, "
-                "computed on the sample, would never have enough rows"
+                "computed on the sample, would never have enough rows",
             )
         return self
 
@@ -715,24 +770,37 @@ class PipelineConfig(_Strict):
     @model_validator(mode="after")
     def _columns_exist(self) -> PipelineConfig:
         known = {c.name for c in self.data.all_columns()}
-        unknown = [f for f in self.features.all if f not in known]
-        if unknown:
-            raise ValueError(f"features {unknown} are not columns of data.columns or a join")
+        features = {
+            "features.numeric": self.features.numeric,
+            "features.categorical": self.features.categorical,
+        }
+        for field, names in features.items():
+            unknown = [f for f in names if f not in known]
+            if unknown:
+                raise _RuleError(field, f"features {unknown} are not columns of data.columns or a join")
         if self.target.column not in known:
-            raise ValueError(f"target column '{self.target.column}' is not a column of data.columns")
-        if self.target.column in self.features.all:
-            raise ValueError(f"target column '{self.target.column}' is also a feature (label leak)")
+            raise _RuleError(
+                "target.column", f"'{self.target.column}' is not a column of data.columns or a join"
+            )
+        leaks = [field for field, names in features.items() if self.target.column in names]
+        if leaks:
+            raise _RuleError(
+                ("target.column", *leaks),
+                f"target column '{self.target.column}' is also a feature (label leak)",
+            )
         # Predictions hold the keys beside the model's columns, and the drift monitor and the shadow
         # report join them with curated features and the target: one name would mean two columns.
+        named = {"data.key": self.data.key, **features, "target.column": [self.target.column]}
         clashing = [
             c
-            for c in dict.fromkeys([*self.data.key, *self.features.all, self.target.column])
+            for c in dict.fromkeys(c for names in named.values() for c in names)
             if c in PREDICTION_COLUMNS or c.startswith("probability_")
         ]
         if clashing:
-            raise ValueError(
-                f"columns {clashing} (data.key, features or target) are named like the columns batch "
-                f"inference adds to predictions {[*PREDICTION_COLUMNS, 'probability_<class>']}; rename them"
+            raise _RuleError(
+                tuple(field for field, names in named.items() if set(names) & set(clashing)),
+                f"columns {clashing} are named like the columns batch inference adds to predictions "
+                f"{[*PREDICTION_COLUMNS, 'probability_<class>']}; rename them (and their data.columns entries)",
             )
         types = {c.name: c.type for c in self.data.all_columns()}
         # The model reads numeric features as numbers: category values are not, and a timestamp
@@ -746,44 +814,50 @@ class PipelineConfig(_Strict):
                 "string": "list string columns under features.categorical, or declare the column int or float",
                 "timestamp": "derive a numeric column (e.g. the hour) from a timestamp",
             }
-            raise ValueError(
-                "features.numeric lists "
-                + ", ".join(f"'{f}' ({t})" for f, t in not_numbers.items())
-                + ", which the model cannot read as numbers; "
-                + "; ".join(advice[t] for t in sorted(set(not_numbers.values())))
+            raise _RuleError(
+                "features.numeric",
+                ", ".join(f"'{f}' ({t})" for f, t in not_numbers.items())
+                + " cannot be read as numbers by the model; "
+                + "; ".join(advice[t] for t in sorted(set(not_numbers.values()))),
             )
         target_type = types[self.target.column]
         # features.derive_label coerces the column to numbers for a positive_when rule and for
         # regression: category/string values would all become missing labels.
         if target_type in ("category", "string"):
             if self.target.positive_when is not None:
-                raise ValueError(
-                    f"target.positive_when compares numbers, but target column '{self.target.column}' is "
+                raise _RuleError(
+                    "target.positive_when",
+                    f"positive_when compares numbers, but target column '{self.target.column}' is "
                     f"{target_type}: every label would be missing; declare the column int or float, or drop "
-                    "positive_when to use its values as the classes"
+                    "positive_when to use its values as the classes",
                 )
             if self.target.task == "regression":
-                raise ValueError(
-                    f"target.task regression needs a numeric target, but column '{self.target.column}' is "
-                    f"{target_type}: every label would be missing; use task binary or multiclass"
+                raise _RuleError(
+                    "target.task",
+                    f"regression needs a numeric target, but column '{self.target.column}' is "
+                    f"{target_type}: every label would be missing; use task binary or multiclass",
                 )
             allowed = next(c.allowed for c in self.data.all_columns() if c.name == self.target.column)
             if self.target.task == "binary" and allowed is not None and len(set(allowed)) != 2:
-                raise ValueError(
-                    f"target.task binary needs 2 classes, but target column '{self.target.column}' allows "
-                    f"{len(set(allowed))} values {sorted(set(allowed))}; use task multiclass"
+                raise _RuleError(
+                    "target.task",
+                    f"binary needs 2 classes, but target column '{self.target.column}' allows "
+                    f"{len(set(allowed))} values {sorted(set(allowed))}; use task multiclass",
                 )
         if self.end_date is not None and self.end_date < self.start_date:
-            raise ValueError(
-                f"end_date ({self.end_date}) is before start_date ({self.start_date}): nothing would be scheduled"
+            raise _RuleError(
+                "end_date",
+                f"{self.end_date} is before start_date ({self.start_date}): nothing would be scheduled",
             )
         if _repeated(self.drift.critical_columns):
-            raise ValueError(
-                f"drift.critical_columns lists {_repeated(self.drift.critical_columns)} more than once"
+            raise _RuleError(
+                "drift.critical_columns", f"{_repeated(self.drift.critical_columns)} listed more than once"
             )
         unknown_critical = [c for c in self.drift.critical_columns if c not in known]
         if unknown_critical:
-            raise ValueError(f"drift.critical_columns {unknown_critical} are not known columns")
+            raise _RuleError(
+                "drift.critical_columns", f"{unknown_critical} are not columns of data.columns or a join"
+            )
         # Compared as categories, timestamps never repeat from one day to the next: every value would
         # be unseen by the model and drifted for the monitor (a retrain requested every cooldown).
         types = {c.name: c.type for c in self.data.all_columns()}
@@ -794,16 +868,23 @@ class PipelineConfig(_Strict):
         for field, columns in as_categories.items():
             timestamps = [c for c in columns if types[c] == "timestamp"]
             if timestamps:
-                raise ValueError(
-                    f"{field} lists timestamp column(s) {timestamps}, whose values are new every day: as "
+                raise _RuleError(
+                    field,
+                    f"timestamp column(s) {timestamps} have values that are new every day: as "
                     "categories each would be unseen by the model and drifted for the monitor; derive a "
-                    "column that repeats (e.g. the hour or the weekday) and list that instead"
+                    "column that repeats (e.g. the hour or the weekday) and list that instead",
                 )
-        loss_like = self.gate.primary_metric in ("log_loss", "rmse", "mae")
-        if self.target.task == "regression" and self.gate.primary_metric not in ("rmse", "mae"):
-            raise ValueError("regression pipelines gate on rmse or mae")
-        if self.target.task != "regression" and loss_like and self.gate.primary_metric != "log_loss":
-            raise ValueError(f"{self.target.task} pipelines cannot gate on {self.gate.primary_metric}")
+        metric, task = self.gate.primary_metric, self.target.task
+        if task == "regression" and metric not in ("rmse", "mae"):
+            raise _RuleError(
+                "gate.primary_metric", f"regression pipelines (target.task) gate on rmse or mae, not {metric}"
+            )
+        if task != "regression" and metric in ("rmse", "mae"):
+            raise _RuleError(
+                "gate.primary_metric",
+                f"{task} pipelines (target.task) cannot gate on {metric}, a regression error; use one of "
+                + ", ".join(m for m in get_args(MetricName) if m not in ("rmse", "mae")),
+            )
         return self
 
     # Derived names, in one place so DAGs, CLI and UI agree.
@@ -823,9 +904,25 @@ class PipelineConfig(_Strict):
         return f"{self.name}_{kind}"
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
+class _NotADate(Exception):
+    """A plain scalar shaped like a YAML timestamp (``2024-02-30``) that names no real date or time."""
+
+    def __init__(self, node: yaml.ScalarNode, reason: str) -> None:
+        super().__init__(reason)
+        self.node = node
+        self.reason = reason
+
+
+class _ConfigLoader(yaml.SafeLoader):
     """A SafeLoader that refuses a key repeated in one mapping: PyYAML keeps the last value, so a
-    second ``gate:`` block would silently drop the first one's settings."""
+    second ``gate:`` block would silently drop the first one's settings. An impossible date raises
+    :class:`_NotADate` with its node, so the error names its field and line, not only the YAML."""
+
+    def construct_yaml_timestamp(self, node: yaml.ScalarNode) -> dt.date | dt.datetime:
+        try:
+            return super().construct_yaml_timestamp(node)
+        except ValueError as exc:  # the shape of a date, but e.g. day 30 of February or month 13
+            raise _NotADate(node, str(exc)) from None
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
@@ -845,6 +942,32 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+_ConfigLoader.add_constructor("tag:yaml.org,2002:timestamp", _ConfigLoader.construct_yaml_timestamp)
+
+
+def _node_path(root: yaml.Node, target: yaml.Node) -> str:
+    """The dotted field path of ``target`` in the document ``root``, as pydantic names fields (list
+    items by index; a mapping key by its own path). Walked without recursion: documents may nest deeply."""
+    pending: list[tuple[yaml.Node, tuple[str, ...]]] = [(root, ())]
+    seen: set[int] = set()
+    while pending:
+        node, path = pending.pop()
+        if node is target:
+            return ".".join(path)
+        if id(node) in seen:  # an alias repeats a node, and may refer to its own parent
+            continue
+        seen.add(id(node))
+        children: list[tuple[yaml.Node, tuple[str, ...]]] = []
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                here = (*path, str(key.value)) if isinstance(key, yaml.ScalarNode) else path
+                children += [(key, here), (value, here)]
+        elif isinstance(node, yaml.SequenceNode):
+            children = [(item, (*path, str(i))) for i, item in enumerate(node.value)]
+        pending += reversed(children)  # document order: the first place a repeated node appears
+    return ""
+
+
 def _format_errors(path: Path, err: ValidationError) -> str:
     lines = []
     for e in err.errors():
@@ -852,11 +975,20 @@ def _format_errors(path: Path, err: ValidationError) -> str:
         msg = e["msg"].removeprefix("Value error, ")
         got = e.get("input")
         shown = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
-        if isinstance(got, bool) and e["type"] == "string_type":
-            shown += "; YAML reads unquoted yes/no/on/off/true/false as booleans: quote the value"
-        # A rule across fields names its fields in the message.
-        lines.append(f"field '{loc}': {msg}{shown}" if loc else f"{msg}{shown}")
+        fix = {"string_type": "quote the value", "bool_for_number": "write a number"}.get(e["type"])
+        if fix and (isinstance(got, bool) or e["type"] == "bool_for_number"):  # a list holding one too
+            shown += f"; YAML reads unquoted yes/no/on/off/true/false as booleans: {fix}"
+        rule = e.get("ctx", {}).get("error")
+        fields = [f"{loc}.{f}" if loc else f for f in rule.fields] if isinstance(rule, _RuleError) else [loc]
+        where = _fields(*fields)
+        lines.append(f"{where}: {msg}{shown}" if where else f"{msg}{shown}")
     return f"{path}: invalid pipeline config: " + "; ".join(lines)
+
+
+def _fields(*paths: str) -> str:
+    """``field 'a'`` or ``fields 'a' + 'b'``: how an error message names its fields ("" for none)."""
+    named = [f"'{p}'" for p in paths if p]
+    return f"{'field' if len(named) == 1 else 'fields'} {' + '.join(named)}" if named else ""
 
 
 def load_config(path: str | Path) -> PipelineConfig:
@@ -868,12 +1000,21 @@ def load_config(path: str | Path) -> PipelineConfig:
         raise ConfigError(f"{path}: pipeline config file does not exist") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read pipeline config: {exc}") from None
+    root: yaml.Node | None = None
     try:
-        loader = _UniqueKeyLoader(text)  # what yaml.safe_load does, with repeated keys refused
+        loader = _ConfigLoader(text)  # what yaml.safe_load does, with repeated keys and bad dates refused
         try:
-            raw = loader.get_single_data()
+            root = loader.get_single_node()
+            raw = None if root is None else loader.construct_document(root)
         finally:
             loader.dispose()
+    except _NotADate as bad:
+        field = _fields(_node_path(root, bad.node) if root is not None else "")
+        where = " ".join(filter(None, (field, f"(line {bad.node.start_mark.line + 1})")))
+        what = "date and time" if ":" in bad.node.value else "date"
+        raise ConfigError(
+            f"{path}: invalid pipeline config: {where}: {bad.node.value} is not a real {what} ({bad.reason})"
+        ) from None
     except Exception as exc:  # YAMLError, RecursionError (too deep), ...: one file's problem, never all DAGs'
         raise ConfigError(f"{path}: not valid YAML: {str(exc)[:500] or type(exc).__name__}") from None
     if raw is None:
@@ -1059,8 +1200,6 @@ def _models(root: type[BaseModel]) -> dict[str, type[BaseModel]]:
 
 
 def _types_in(annotation: Any) -> list[Any]:
-    from typing import get_args
-
     return [annotation, *(t for arg in get_args(annotation) for t in _types_in(arg))]
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import secrets
 import signal
@@ -33,6 +34,8 @@ from mlops_tasks.storage import ObjectStore, S3Settings
 
 if TYPE_CHECKING:
     from mlops_tasks.config import PipelineConfig
+
+log = logging.getLogger(__name__)
 
 LOCAL_ACCESS_KEY = "mlops-local"
 LOCAL_SECRET_KEY = "mlops-local-secret"  # the throwaway local stack's own credential
@@ -290,6 +293,7 @@ class LocalStack:
         self._ports = {"s3": s3_port, "mlflow": mlflow_port, "airflow": airflow_port or free_port()}
         self.services: dict[str, Service] = {}
         self.buckets: list[str] = []
+        self.pipelines: list[PipelineConfig] = []  # the configs served, set by start()
         self._previous_handlers: dict[int, Any] = {}
 
     # -- addresses and settings ---------------------------------------------------------------------
@@ -320,16 +324,37 @@ class LocalStack:
     def _passwords_file(self) -> Path:
         return self.airflow_home / "simple_auth_manager_passwords.json"
 
-    def _configs(self) -> list[PipelineConfig]:
-        """The pipelines the stack serves; none (default connection ids and bucket) without a
-        config directory, e.g. an install without the repo's configs/."""
-        from mlops_tasks.config import ConfigError, load_all, require_config_dir
+    def _configs(self, warn: bool = False) -> list[PipelineConfig]:
+        """The pipelines the stack serves: the configs that become DAGs (:func:`config.load_each`).
+        One that cannot (invalid, or clashing with another) is skipped, as the DAG folder makes it an
+        error DAG and runs the others; a :class:`ConfigError` when no config is valid. None (default
+        connection ids and bucket) without a config directory, e.g. an install without the repo's
+        configs/. ``warn``: log a warning naming each skipped file and why."""
+        from mlops_tasks.config import ConfigError, config_paths, load_each
 
         try:
-            require_config_dir(self.config_dir)
+            paths = config_paths(self.config_dir)
         except ConfigError:
             return []
-        return load_all(self.config_dir)
+        configs: list[PipelineConfig] = []
+        errors: list[ConfigError] = []
+        for _, loaded in load_each(paths):
+            if isinstance(loaded, ConfigError):
+                errors.append(loaded)
+            else:
+                configs.append(loaded)
+        if errors and not configs:
+            raise ConfigError(
+                f"no pipeline config in {self.config_dir} can run: " + "; ".join(str(e) for e in errors)
+            )
+        if warn:
+            for error in errors:
+                log.warning(
+                    "Skipping a pipeline config, the other pipelines run (in Airflow it is an "
+                    "mlops_config_error_* DAG saying why): %s",
+                    error,
+                )
+        return configs
 
     def connection_env(self) -> dict[str, str]:
         """``AIRFLOW_CONN_*`` for every connection id the pipeline configs name."""
@@ -408,8 +433,8 @@ class LocalStack:
         """
         self._install_signal_handlers()
         try:
+            self.pipelines = configs = self._configs(warn=True)
             self.services["s3"] = start_s3(self.log_dir, self._ports["s3"])
-            configs = self._configs()
             self.buckets = sorted({"mlops", *(cfg.storage.bucket for cfg in configs)})
             for bucket in self.buckets:
                 self.store(bucket).ensure_bucket()

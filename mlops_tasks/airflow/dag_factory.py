@@ -23,6 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import logging
+import shlex
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -294,9 +295,10 @@ def config_error_dag(
         schedule=None,
         start_date=dt.datetime(2000, 1, 1, tzinfo=dt.UTC),
         tags=["mlops", "config-error"],
+        # the full path: with the bare file name the command works only from the config directory
         description=description
-        or f"{path.name} is invalid: fix it (mlops-tasks config validate {path.name})",
-        doc_md=f"**{path}** could not become DAGs:\n\n```\n{reason}\n```",
+        or f"{path.name} is invalid: fix it (mlops-tasks config validate {shlex.quote(str(path.absolute()))})",
+        doc_md=f"**{path.absolute()}** could not become DAGs:\n\n```\n{reason}\n```",
     ) as dag:
         _ConfigErrorOperator(task_id="config_error", reason=reason)
     return dag

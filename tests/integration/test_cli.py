@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -221,23 +222,19 @@ def test_a_model_version_that_is_not_a_number_is_named_before_anything_is_read()
     assert "'latest' is not a model version number (e.g. 3 or v3)" in result.stderr
 
 
-def test_up_serves_until_interrupted_then_stops_every_process(tmp_path: Path) -> None:
+@contextmanager
+def serving_up(state: Path, *options: str, env: dict[str, str] | None = None) -> Iterator[str]:
+    """`mlops-tasks up --state-dir state *options` until it serves; yields its output up to then
+    (stderr included), and stops it with Ctrl-C (SIGINT) asserting that no process is left."""
     import signal
 
-    state = tmp_path / "stack"
     proc = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "mlops-tasks"),
-            "up",
-            "--no-airflow",
-            "--no-seed",
-            "--state-dir",
-            str(state),
-        ],
+        [str(Path(sys.executable).parent / "mlops-tasks"), "up", *options, "--state-dir", str(state)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         cwd=REPO,
+        env={**os.environ, **(env or {})},
     )
     try:
         lines = []
@@ -247,9 +244,7 @@ def test_up_serves_until_interrupted_then_stops_every_process(tmp_path: Path) ->
             lines.append(line)
             if "Press Ctrl-C" in line or not line:
                 break
-        text = "".join(lines)
-        assert "IN-MEMORY and EPHEMERAL" in text and "MLflow" in text, text
-        assert (state / "connections.env").stat().st_mode & 0o777 == 0o600
+        yield "".join(lines)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(60) in (0, 130)
         children = subprocess.run(["pgrep", "-f", str(state)], capture_output=True, text=True).stdout.split()
@@ -262,6 +257,64 @@ def test_up_serves_until_interrupted_then_stops_every_process(tmp_path: Path) ->
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def test_up_serves_until_interrupted_then_stops_every_process(tmp_path: Path) -> None:
+    state = tmp_path / "stack"
+    with serving_up(state, "--no-airflow", "--no-seed") as text:
+        assert "IN-MEMORY and EPHEMERAL" in text and "MLflow" in text, text
+        assert (state / "connections.env").stat().st_mode & 0o777 == 0o600
+
+
+def config_dir_with(tmp_path: Path, **files: str) -> Path:
+    """A config directory holding ``files`` (name -> YAML text)."""
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    for name, text in files.items():
+        (configs / name).write_text(text)
+    return configs
+
+
+BROKEN = (
+    EXAMPLE_CONFIG.read_text()
+    .replace("name: flights_delay", "name: other")
+    .replace("epochs: 8", "epochs: -1")
+)
+
+
+def test_up_skips_an_invalid_config_with_a_warning_and_serves_the_others(tmp_path: Path) -> None:
+    """As in Airflow (an error DAG for it, the others scheduled), one invalid config must not stop the
+    stack: `up` used to fail on it before serving, or seeding, any pipeline."""
+    configs = config_dir_with(
+        tmp_path, **{"flights_delay.yaml": EXAMPLE_CONFIG.read_text(), "other.yaml": BROKEN}
+    )
+    with serving_up(tmp_path / "stack", "--no-airflow", env={"MLOPS_TASKS_CONFIG_DIR": str(configs)}) as text:
+        assert "Press Ctrl-C" in text, text  # served, after seeding flights_delay
+        warning = next(line for line in text.splitlines() if "Skipping a pipeline config" in line)
+        assert f"{configs / 'other.yaml'}: invalid pipeline config: field 'model.epochs'" in warning
+
+
+def test_up_refuses_when_no_config_is_valid_before_starting_anything(tmp_path: Path) -> None:
+    configs = config_dir_with(tmp_path, **{"other.yaml": BROKEN})
+    state = tmp_path / "stack"
+    result = cli(
+        "up", "--no-airflow", "--state-dir", str(state), env={"MLOPS_TASKS_CONFIG_DIR": str(configs)}
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith(
+        f"error: no pipeline config in {configs} can run: {configs / 'other.yaml'}"
+    )
+    assert not (state / "logs").exists()  # no service was started
+
+
+def test_demo_refuses_an_invalid_flights_delay_config_before_starting_the_stack(tmp_path: Path) -> None:
+    broken = EXAMPLE_CONFIG.read_text().replace("epochs: 8", "epochs: -1")
+    configs = config_dir_with(tmp_path, **{"flights_delay.yaml": broken})
+    state = tmp_path / "demo"
+    result = cli("demo", "--state-dir", str(state), env={"MLOPS_TASKS_CONFIG_DIR": str(configs)})
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"error: {configs / 'flights_delay.yaml'}: invalid pipeline config")
+    assert not state.exists()
 
 
 @pytest.mark.parametrize(

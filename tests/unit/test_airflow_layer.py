@@ -225,6 +225,24 @@ def test_a_broken_config_becomes_an_error_dag_and_the_others_still_load(tmp_path
     )
 
 
+def test_an_error_dag_names_its_config_by_full_path_in_the_validate_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The description's `mlops-tasks config validate <file>` named the bare file name, which fails
+    from any directory but the config directory (the DAG processor's may even be relative)."""
+    import shlex
+
+    from mlops_tasks.airflow.dag_factory import build_all_dags
+
+    configs = tmp_path / "my configs"
+    configs.mkdir()
+    (configs / "broken.yaml").write_text("name: [broken\n")
+    monkeypatch.chdir(tmp_path)
+    dag = build_all_dags(Path("my configs"))["mlops_config_error_broken"]
+    command = dag.description.split("(", 1)[1].removesuffix(")")
+    assert shlex.split(command) == ["mlops-tasks", "config", "validate", str(configs / "broken.yaml")]
+
+
 def test_an_mlflow_connection_without_login_clears_the_previous_ones_credentials(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

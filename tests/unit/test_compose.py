@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -206,3 +208,15 @@ def test_every_image_is_pinned(compose: dict[str, Any]) -> None:
 
 def test_the_env_file_never_enters_the_build_context() -> None:
     assert ".env" in (REPO / ".dockerignore").read_text().splitlines()
+
+
+def test_the_env_file_is_never_committed_but_its_template_is() -> None:
+    """docs/deployment.md: the secrets live in .env only, which must never be committed."""
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    names = [".env", ".env.local", ".env.production", ".env.example"]
+    # --no-index: the rules alone, whether or not a file is tracked or exists
+    result = subprocess.run(
+        ["git", "check-ignore", "--no-index", *names], cwd=REPO, capture_output=True, text=True, check=False
+    )
+    assert result.stdout.split() == [".env", ".env.local", ".env.production"], result.stderr

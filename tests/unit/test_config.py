@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
 from pathlib import Path
+from typing import get_args
 
 import pytest
 import yaml
+from pydantic import BaseModel, ValidationError
 
 from mlops_tasks.config import (
     RESERVED_COLUMNS,
@@ -180,31 +184,36 @@ WEATHER = "data.joins.0"
         ({"data.source.encoding": "base64"}, r"'base64' is not a text encoding"),
         (
             {"validation.min_rows": 100, "validation.max_rows": 10},
-            r"field 'validation': min_rows \(100\) is greater than max_rows \(10\)",
+            r"fields 'validation\.min_rows' \+ 'validation\.max_rows': min_rows \(100\) is greater than "
+            r"max_rows \(10\)",
         ),
         (
             {f"{WEATHER}.columns.1.type": "string"},
-            r"join 'weather': key column 'time_hour' is string in the join's columns but timestamp in data",
+            r"field 'data\.joins\.0\.columns\.1\.type': join 'weather': key column 'time_hour' is string in "
+            r"the join's columns but timestamp in data",
         ),
         (
             {f"{WEATHER}.columns.2.name": "distance"},
-            r"join 'weather': column 'distance' is already a column of data\.columns",
+            r"field 'data\.joins\.0\.columns\.2\.name': join 'weather': column 'distance' is already a column "
+            r"of data\.columns",
         ),
         (
             {"data.columns.11.allowed": ["1", "2"]},
-            r"field 'data\.columns\.11': column 'hour': allowed only applies to category/string columns, not int",
+            r"field 'data\.columns\.11\.allowed': column 'hour': allowed only applies to category/string "
+            r"columns, not int",
         ),
         (
             {"features.numeric": ["distance", "carrier"], "features.categorical": ["origin", "dest"]},
-            r"features\.numeric lists 'carrier' \(category\), which the model cannot read as numbers",
+            r"field 'features\.numeric': 'carrier' \(category\) cannot be read as numbers by the model",
         ),
         (
             {"features.numeric": ["distance", "time_hour"]},
-            r"features\.numeric lists 'time_hour' \(timestamp\)",
+            r"field 'features\.numeric': 'time_hour' \(timestamp\) cannot be read as numbers",
         ),
         (
             {"target.column": "dest", "features.categorical": ["carrier", "origin"]},
-            r"target\.positive_when compares numbers, but target column 'dest' is category",
+            r"field 'target\.positive_when': positive_when compares numbers, but target column 'dest' is "
+            r"category",
         ),
         (
             {
@@ -212,27 +221,29 @@ WEATHER = "data.joins.0"
                 "features.categorical": ["carrier", "origin"],
                 "gate": {"primary_metric": "rmse"},
             },
-            r"target\.task regression needs a numeric target, but column 'dest' is category",
+            r"field 'target\.task': regression needs a numeric target, but column 'dest' is category",
         ),
-        ({"end_date": "2012-12-31"}, r"end_date \(2012-12-31\) is before start_date \(2013-01-01\)"),
+        ({"end_date": "2012-12-31"}, r"field 'end_date': 2012-12-31 is before start_date \(2013-01-01\)"),
         ({"training.schedule": "@dayly"}, r"field 'training\.schedule': schedule must be a 5-field cron"),
         ({"inference.schedule": "61 * * * *"}, r"field 'inference\.schedule': schedule is not a valid cron"),
         ({"drift.schedule": "0 0 * * * 30"}, r"field 'drift\.schedule': schedule must be a 5-field cron"),
         (
             {"drift.critical_columns": ["temp", "temp"]},
-            r"drift\.critical_columns lists \['temp'\] more than once",
+            r"field 'drift\.critical_columns': \['temp'\] listed more than once",
         ),
         (
             {"drift.min_rows": 60_000},
-            r"field 'drift': min_rows \(60000\) is above sample_rows \(20000\)",
+            r"fields 'drift\.min_rows' \+ 'drift\.sample_rows': min_rows \(60000\) is above sample_rows "
+            r"\(20000\)",
         ),
         (
             {"drift.critical_columns": ["time_hour"]},
-            r"drift\.critical_columns lists timestamp column\(s\) \['time_hour'\], whose values are new every day",
+            r"field 'drift\.critical_columns': timestamp column\(s\) \['time_hour'\] have values that are new "
+            r"every day",
         ),
         (
             {"features.categorical": ["carrier", "time_hour"]},
-            r"features\.categorical lists timestamp column\(s\) \['time_hour'\]",
+            r"field 'features\.categorical': timestamp column\(s\) \['time_hour'\]",
         ),
         (
             {"training.schedule": "0 0 30 2 *"},
@@ -258,9 +269,9 @@ WEATHER = "data.joins.0"
         ),
         (
             {"data.columns.0.name": "score", "data.key": ["score", "month", "day", "carrier", "flight"]},
-            r"columns \['score'\] \(data\.key, features or target\) are named like the columns batch inference",
+            r"field 'data\.key': columns \['score'\] are named like the columns batch inference adds",
         ),
-        ({"gate.min_value": 80}, r"gate\.min_value 80\.0 is outside 0\.\.1, the range of roc_auc"),
+        ({"gate.min_value": 80}, r"field 'gate\.min_value': 80\.0 is outside 0\.\.1, the range of roc_auc"),
         (
             {"data.columns.0.min": float("nan")},
             r"field 'data\.columns\.0\.min': Input should be a finite number",
@@ -278,20 +289,21 @@ WEATHER = "data.joins.0"
                 "features.numeric": ["distance", "dest"],
                 "features.categorical": ["carrier"],
             },
-            r"features\.numeric lists 'dest' \(string\), which the model cannot read as numbers",
+            r"field 'features\.numeric': 'dest' \(string\) cannot be read as numbers by the model",
         ),
         (
             {"target": {"task": "binary", "column": "origin"}, "features.categorical": ["carrier", "dest"]},
-            r"target\.task binary needs 2 classes, but target column 'origin' allows 3 values",
+            r"field 'target\.task': binary needs 2 classes, but target column 'origin' allows 3 values",
         ),
         (
             {"training.max_rows": 100},
-            r"training\.max_rows \(100\) leaves fewer than 100 rows to train on.*use at least 113",
+            r"field 'training\.max_rows': 100 leaves fewer than 100 rows to train on.*use at least 113",
         ),
         ({"data.columns.9.allowed": []}, r"field 'data\.columns\.9\.allowed': List should have at least 1"),
         (
             {f"{WEATHER}.columns.2.name": "temp "},
-            r"column name 'temp ' has whitespace around it; write 'temp'",
+            r"field 'data\.joins\.0\.columns\.2\.name': column name 'temp ' has whitespace around it; "
+            r"write 'temp'",
         ),
         ({"data.source.csv_delimiter": "\n"}, r"csv_delimiter '\\n' cannot separate fields"),
     ],
@@ -345,7 +357,9 @@ def test_mistakes_that_would_fail_later_are_rejected_at_load(
 @pytest.mark.parametrize("name", ["_source_line", "_day", "_source_file", "_ingest_error", "_join_error"])
 def test_a_column_named_like_a_lineage_column_is_rejected(tmp_path: Path, name: str) -> None:
     path = write_mutated(tmp_path, lambda raw: raw["data"]["columns"].append({"name": name, "type": "int"}))
-    with pytest.raises(ConfigError, match=rf"field 'data\.columns\.14': column name '{name}' is reserved"):
+    with pytest.raises(
+        ConfigError, match=rf"field 'data\.columns\.14\.name': column name '{name}' is reserved"
+    ):
         load_config(path)
 
 
@@ -402,7 +416,7 @@ def test_two_joins_with_one_name_are_rejected(tmp_path: Path) -> None:
     def second_weather(raw: dict) -> None:
         raw["data"]["joins"].append({**raw["data"]["joins"][0], "file_pattern": "wx*"})
 
-    with pytest.raises(ConfigError, match=r"field 'data': joins: names \['weather'\] are used twice"):
+    with pytest.raises(ConfigError, match=r"field 'data\.joins': names \['weather'\] are used twice"):
         load_config(write_mutated(tmp_path, second_weather))
 
 
@@ -548,3 +562,180 @@ def test_a_config_dumped_and_loaded_again_is_the_same(example_config: PipelineCo
     """Defaults such as storage.prefix (None: the pipeline's name) go through the validators when a
     config is read back from its dump (tests, the UI, a config copied with model_dump)."""
     assert PipelineConfig.model_validate(example_config.model_dump()) == example_config
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "error"),
+    [
+        (
+            "start_date: 2013-01-01",
+            "start_date: 2024-02-30",
+            r"field 'start_date' \(line 8\): 2024-02-30 is not a real date \(day is out of range for month\)",
+        ),
+        (
+            "start_date: 2013-01-01",
+            "start_date: 2024-13-01",
+            r"field 'start_date' \(line 8\): 2024-13-01 is not a real date \(month must be in 1\.\.12\)",
+        ),
+        ("end_date: 2013-12-31", "end_date: 2013-02-29", r"field 'end_date' \(line 9\): 2013-02-29 is not"),
+        (
+            "start_date: 2013-01-01",
+            "start_date: 2013-01-01 24:00:00",
+            r"field 'start_date' \(line 8\): 2013-01-01 24:00:00 is not a real date and time",
+        ),
+        (
+            'regex: "^[A-Z]{3}$"}',
+            'regex: "^[A-Z]{3}$", since: 2013-06-31}',
+            r"field 'validation\.expectations\.0\.kwargs\.since' \(line 68\): 2013-06-31 is not a real date",
+        ),
+    ],
+    ids=["30-february", "month-13", "end-date", "hour-24", "in-a-list"],
+)
+def test_an_impossible_date_names_its_field_and_line(tmp_path: Path, old: str, new: str, error: str) -> None:
+    """PyYAML parses dates itself and fails on an impossible one: that was "not valid YAML" with no
+    field and no line."""
+    path = tmp_path / "dated.yaml"
+    path.write_text(EXAMPLE.read_text().replace(old, new, 1))
+    with pytest.raises(ConfigError, match=r"dated\.yaml: invalid pipeline config: " + error):
+        load_config(path)
+
+
+def test_an_impossible_date_merged_into_a_mapping_is_named_as_the_field_it_becomes(tmp_path: Path) -> None:
+    path = tmp_path / "merged.yaml"
+    text = EXAMPLE.read_text().replace("start_date: 2013-01-01\n", "")
+    path.write_text(text + "dates: &dates {start_date: 2013-02-30}\n<<: *dates\n")
+    line = len(text.splitlines()) + 1  # where the date is written
+    with pytest.raises(ConfigError, match=rf"field 'start_date' \(line {line}\): 2013-02-30 is not a real"):
+        load_config(path)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "field"),
+    [
+        ("retries: 2", "retries: yes", "retries"),
+        ("epochs: 8", "epochs: true", "model.epochs"),
+        ("min: 2013, max: 2013}", "min: on, max: 2013}", "data.columns.0.min"),
+        ("hidden_layers: [128, 64]", "hidden_layers: [128, on]", "model.hidden_layers"),
+    ],
+)
+def test_a_yaml_boolean_where_a_number_is_expected_is_refused(
+    tmp_path: Path, old: str, new: str, field: str
+) -> None:
+    """pydantic reads True as 1: `epochs: true` trained one epoch, `retries: yes` retried once."""
+    text = EXAMPLE.read_text()
+    assert old in text
+    path = tmp_path / "p.yaml"
+    path.write_text(text.replace(old, new, 1))
+    with pytest.raises(
+        ConfigError,
+        match=rf"field '{re.escape(field)}': Input should be a number, not a boolean.*YAML reads unquoted "
+        r"yes/no/on/off/true/false as booleans: write a number",
+    ):
+        load_config(path)
+
+
+def number_fields(model: BaseModel, path: tuple[str | int, ...] = ()) -> Iterator[tuple[str | int, ...]]:
+    """The path of every number (or list of numbers) field of ``model`` and of the models in it, set or not."""
+    for name, field in type(model).model_fields.items():
+        value, here = getattr(model, name), (*path, name)
+        items = value if isinstance(value, list) else [value]
+        if any(isinstance(v, BaseModel) for v in items):
+            for i, item in enumerate(items):
+                yield from number_fields(item, (*here, i) if isinstance(value, list) else here)
+        elif {int, float} & set(flat_types(field.annotation)):
+            yield here
+
+
+def flat_types(annotation: object) -> list[object]:
+    return [annotation, *(t for arg in get_args(annotation) for t in flat_types(arg))]
+
+
+def test_no_number_field_of_any_section_takes_a_boolean(example_config: PipelineConfig) -> None:
+    """Every number field, including ones added later, refuses true/false: the rule is on the base model."""
+    paths = list(number_fields(example_config))
+    assert ("retries",) in paths and ("model", "hidden_layers") in paths and ("gate", "min_value") in paths
+    for path in paths:
+        raw = example_config.model_dump()
+        node = raw
+        for part in path[:-1]:
+            node = node[part]
+        node[path[-1]] = [True] if isinstance(node[path[-1]], list) else True
+        with pytest.raises(ValidationError) as err:
+            PipelineConfig.model_validate(raw)
+        assert [(e["loc"], e["type"]) for e in err.value.errors()] == [(path, "bool_for_number")]
+
+
+def test_every_shipped_and_example_config_still_loads() -> None:
+    for path in [EXAMPLE, *sorted((REPO / "configs" / "examples").glob("*.yaml"))]:
+        assert load_config(path).name
+
+
+@pytest.mark.parametrize(
+    ("changes", "error"),
+    [
+        (
+            {"target.column": "targt"},
+            r"field 'target\.column': 'targt' is not a column of data\.columns or a join",
+        ),
+        (
+            {"gate.primary_metric": "rmse"},
+            r"field 'gate\.primary_metric': binary pipelines \(target\.task\) cannot gate on rmse, a regression "
+            r"error; use one of roc_auc, pr_auc, log_loss, accuracy, f1",
+        ),
+        (
+            {"target": {"task": "regression", "column": "dep_delay"}},
+            r"field 'gate\.primary_metric': regression pipelines \(target\.task\) gate on rmse or mae, not roc_auc",
+        ),
+        (
+            {"features.numeric": ["distance", "dep_delay"]},
+            r"fields 'target\.column' \+ 'features\.numeric': target column 'dep_delay' is also a feature",
+        ),
+        (
+            {"features.categorical": ["carrier", "nope"]},
+            r"field 'features\.categorical': features \['nope'\]",
+        ),
+        (
+            {"drift.critical_columns": ["nope"]},
+            r"field 'drift\.critical_columns': \['nope'\] are not columns",
+        ),
+        (
+            {"training.evaluation_days": 90},
+            r"fields 'training\.evaluation_days' \+ 'training\.window_days': evaluation_days \(90\) must be",
+        ),
+        ({"data.key": ["year", "nope"]}, r"field 'data\.key': key columns \['nope'\] are not declared"),
+        ({"target.task": "multiclass"}, r"field 'target\.positive_when': positive_when only applies to task"),
+        (
+            {"data.columns.9.min": 1},
+            r"field 'data\.columns\.9\.min': column 'dest': min/max only apply to int/float columns, not category",
+        ),
+        (
+            {"data.columns.1.min": 12, "data.columns.1.max": 1},
+            r"fields 'data\.columns\.1\.min' \+ 'data\.columns\.1\.max': column 'month': min \(12\.0\) is greater",
+        ),
+        (
+            {f"{WEATHER}.keys": ["origin", "nope"]},
+            r"field 'data\.joins\.0\.keys': join 'weather': key column 'nope' is not a main column",
+        ),
+    ],
+    ids=[
+        "target-not-a-column",
+        "classifier-gating-on-rmse",
+        "regression-gating-on-roc-auc",
+        "label-leak",
+        "unknown-categorical-feature",
+        "unknown-critical-column",
+        "evaluation-longer-than-window",
+        "key-not-a-column",
+        "positive-when-on-multiclass",
+        "min-on-a-category",
+        "min-above-max",
+        "join-key-not-a-main-column",
+    ],
+)
+def test_a_rule_across_fields_names_the_fields_first(
+    tmp_path: Path, changes: dict[str, object], error: str
+) -> None:
+    """A model validator's error is located at its model (or nowhere, at the top level): the
+    message still starts with the path of the field(s) to fix."""
+    with pytest.raises(ConfigError, match=r"variant\.yaml: invalid pipeline config: " + error):
+        load_config(write_variant(tmp_path, **changes))

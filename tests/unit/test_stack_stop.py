@@ -72,3 +72,30 @@ def test_the_stack_serves_the_config_directory_every_command_reads(
         LocalStack(state_dir=tmp_path / "state").config_dir
         == (Path(__file__).parents[2] / "configs").resolve()
     )
+
+
+def test_the_stack_serves_the_valid_configs_and_warns_of_the_others(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As the DAG folder does: one config that cannot run must not stop the other pipelines (`up` and
+    `make demo` used to fail on it), unless no config can run."""
+    from mlops_tasks.config import ConfigError
+    from mlops_tasks.stack import LocalStack
+
+    example = (Path(__file__).parents[2] / "configs" / "flights_delay.yaml").read_text()
+    (tmp_path / "flights_delay.yaml").write_text(example)
+    (tmp_path / "other.yaml").write_text(
+        example.replace("name: flights_delay", "name: other").replace("owner: mlops", "owner: [x]")
+    )
+    local = LocalStack(state_dir=tmp_path / "state", config_dir=tmp_path)
+    with caplog.at_level("WARNING", logger="mlops_tasks.stack"):
+        assert [cfg.name for cfg in local._configs(warn=True)] == ["flights_delay"]
+    (warning,) = caplog.messages
+    assert f"{tmp_path / 'other.yaml'}: invalid pipeline config: field 'owner'" in warning
+    assert "Skipping a pipeline config, the other pipelines run" in warning
+
+    (tmp_path / "flights_delay.yaml").unlink()
+    with pytest.raises(
+        ConfigError, match=rf"no pipeline config in {tmp_path} can run: {tmp_path}/other\.yaml"
+    ):
+        local._configs()
