@@ -25,7 +25,10 @@ could otherwise fall on the other side of the 1000-values switch for a sparse co
   "drift" when samples are large. Drift when the distance >= its threshold.
 * at most 1000 reference values: Kolmogorov-Smirnov (numeric), chi-squared (categorical, > 2
   values) or a two-proportion z-test (2 values); drift when the p-value is below
-  ``drift.column_p_value`` (KS: at or below, as in Evidently).
+  ``drift.column_p_value`` (KS: at or below, as in Evidently). The chi-squared test is the
+  two-sample one (a test of independence on both sides' counts), not Evidently's goodness of fit
+  against the reference's counts, which mistakes the reference's own noise for drift; the report runs
+  the same test (registered with Evidently as ``chisquare_two_sample``).
 
 Sampling: when a side has more than ``drift.sample_rows`` rows, ``sample_rows`` positions are drawn
 uniformly without replacement by ``numpy.random.default_rng(drift.seed)`` and kept in input order,
@@ -40,12 +43,14 @@ grows with rows (plots), the decision's statistics are computed on ``sample_rows
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import logging
 import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from html import escape
 from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 import numpy as np
@@ -266,6 +271,9 @@ def _prepare(
 # -- statistics -----------------------------------------------------------------------------------
 
 
+CHISQUARE = "chisquare_two_sample"  # see _chisquare
+
+
 @dataclass(frozen=True)
 class _Plan:
     kind: str  # the kind the column is compared as ("categorical" for few-valued numerics)
@@ -283,7 +291,7 @@ def _plan(cfg: PipelineConfig, kind: str, ref: pd.Series, cur: pd.Series) -> _Pl
         return _Plan(kind, "jensenshannon", cfg.drift.jensenshannon_threshold)
     if kind == "numeric":
         return _Plan(kind, "ks", cfg.drift.column_p_value)
-    return _Plan(kind, "chisquare" if n_values > 2 else "z", cfg.drift.column_p_value)
+    return _Plan(kind, CHISQUARE if n_values > 2 else "z", cfg.drift.column_p_value)
 
 
 def _shares(ref: pd.Series, cur: pd.Series) -> tuple[list[Any], np.ndarray, np.ndarray]:
@@ -313,10 +321,36 @@ def _ks(ref: pd.Series, cur: pd.Series) -> tuple[float, float]:
 
 
 def _chisquare(ref: pd.Series, cur: pd.Series) -> tuple[float, float]:
-    _, rc, cc = _shares(ref, cur)
-    with np.errstate(divide="ignore", invalid="ignore"):  # a value unseen in reference: infinite chi2
-        result = stats.chisquare(cc, rc * (len(cur) / len(ref)))
+    """Chi-squared test of independence of side and value on the 2 x k table of counts: both sides
+    are samples. Evidently's "chisquare" tests the current counts against the reference's as if
+    those were the true shares, so the reference's own noise reads as drift: with 800 reference
+    rows it flagged identical distributions in 40-100% of draws instead of ``column_p_value``'s 5%."""
+    keys, rc, cc = _shares(ref, cur)
+    if len(keys) < 2:
+        return 0.0, 1.0
+    result = stats.chi2_contingency(np.vstack([rc, cc]), correction=False)
     return float(result.statistic), float(result.pvalue)
+
+
+@functools.cache
+def _register_chisquare_with_evidently() -> None:
+    """Evidently's report runs :func:`_chisquare` under its name (:data:`CHISQUARE`), so the report's
+    verdicts are the decision's."""
+    from evidently.legacy.calculations.stattests.registry import StatTest, register_stattest
+    from evidently.legacy.core import ColumnType
+
+    def test(ref: pd.Series, cur: pd.Series, feature_type: Any, threshold: float) -> tuple[float, bool]:
+        p_value = _chisquare(ref, cur)[1]
+        return p_value, p_value < threshold
+
+    register_stattest(
+        StatTest(
+            name=CHISQUARE,
+            display_name="chi-square two-sample p_value",
+            allowed_feature_types=[ColumnType.Categorical, ColumnType.Numerical],
+        ),
+        default_impl=test,
+    )
 
 
 def _z(ref: pd.Series, cur: pd.Series) -> tuple[float, float]:
@@ -333,7 +367,7 @@ _TESTS: dict[str, Callable[[pd.Series, pd.Series], tuple[float, float | None]]] 
     "wasserstein": _wasserstein,
     "jensenshannon": _jensenshannon,
     "ks": _ks,
-    "chisquare": _chisquare,
+    CHISQUARE: _chisquare,
     "z": _z,
 }
 
@@ -432,15 +466,54 @@ def compare(
 # -- Evidently report -----------------------------------------------------------------------------
 
 # Evidently renders random ids (uuid4 hex, uuid7) into the HTML; renumbering them in order of
-# appearance makes the bytes a function of the data only. Links between widgets are preserved.
+# appearance makes the bytes a function of the data only. Links between widgets are preserved. Only
+# the ids Evidently gives its widgets and metrics are renumbered (where they are declared, and every
+# place they appear): a category value or column name of the same shape (an md5, a uuid) is data, as
+# are the constants of the page's script libraries.
 _RANDOM_ID = re.compile(
     r"(?<![0-9a-f])(?:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[0-9a-f]{32})(?![0-9a-f])"
 )
+_DECLARED_ID = re.compile(rf'"id": "({_RANDOM_ID.pattern})"|\bmetric_({_RANDOM_ID.pattern})')
 
 
 def _stable_ids(html: str) -> str:
-    ids: dict[str, str] = {}
-    return _RANDOM_ID.sub(lambda m: ids.setdefault(m.group(0), f"{len(ids):032x}"), html)
+    declared = dict.fromkeys(m[1] or m[2] for m in _DECLARED_ID.finditer(html))
+    numbers = {old: f"{i:032x}" for i, old in enumerate(declared)}
+    return _RANDOM_ID.sub(lambda m: numbers.get(m[0], m[0]), html)
+
+
+def _with_decision(
+    html: str, comparison: dict[str, Any], cfg: PipelineConfig, day: dt.date, shown: int
+) -> str:
+    """The page with the comparison the monitor decides on stated at its top. Evidently's own
+    verdicts below come from a smaller sample and count only the columns it could test, so near a
+    threshold they may differ; the page must not leave a reader to guess which one acted."""
+    drifted, monitored = comparison["drifted_columns"], comparison["columns"]
+    prediction = comparison.get("prediction_drift")
+
+    def names(columns: list[str]) -> str:
+        return escape(", ".join(columns)) or "none"
+
+    lines = [
+        f"<b>Drift decision for {day.isoformat()}</b> (what the monitor acts on): "
+        f"{len(drifted)} of {len(monitored)} monitored columns drifted (share "
+        f"{comparison['share_drifted']:.3f}; drift.drift_share_threshold "
+        f"{cfg.drift.drift_share_threshold}): {names(drifted)}. Critical columns drifted: "
+        f"{names(comparison['drifted_critical'])}."
+        + (f" Prediction drift: {'yes' if prediction['drifted'] else 'no'}." if prediction else ""),
+        f"Decided on samples of up to {cfg.drift.sample_rows:,} rows per side; the Evidently report "
+        f"below renders up to {shown:,} rows per side with the same tests and thresholds, and its "
+        "dataset share counts only the columns it could test, so its verdicts may differ near a "
+        "threshold. The drift.json next to this page holds both.",
+    ]
+    banner = (
+        '<div id="mlops-drift-decision" style="font-family:sans-serif;padding:12px 16px;margin:8px;'
+        'border:2px solid #2b6cb0;background:#ebf4ff">'
+        + "".join(f"<p style='margin:4px 0'>{line}</p>" for line in lines)
+        + "</div>"
+    )
+    head, body, rest = html.partition("<body>")
+    return head + body + banner + rest if body else banner + html
 
 
 # Evidently inlines the report's data as raw JSON in a <script> element: a "</script>" or "<!--" in a
@@ -476,6 +549,7 @@ def evidently_report(
     from evidently.metrics import ValueDrift
     from evidently.presets import DataDriftPreset
 
+    _register_chisquare_with_evidently()
     comparison = comparison or compare(cfg, reference, current, **sides)
     decided = {**comparison["columns"], PREDICTION_COLUMN: comparison["prediction_drift"]}
     limit = min(cfg.drift.report_rows, cfg.drift.sample_rows)
@@ -552,7 +626,7 @@ def evidently_report(
             "reason": None,
         }
     html = _stable_ids(_escape_data(snapshot.get_html_str(as_iframe=False)))
-    return html, _summary(cfg, data, columns, "evidently", limit)
+    return _with_decision(html, comparison, cfg, day, limit), _summary(cfg, data, columns, "evidently", limit)
 
 
 # -- policy ---------------------------------------------------------------------------------------

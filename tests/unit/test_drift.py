@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
+import re
 from html.parser import HTMLParser
 
 import numpy as np
@@ -77,8 +79,32 @@ def test_small_reference_uses_p_value_tests():
     result = drift.compare(make_config(), frame(500, 1), frame(500, 2, x_shift=1.0))
     assert result["columns"]["x"]["stat_test"] == "ks"
     assert result["columns"]["x"]["p_value"] < 0.05
-    assert result["columns"]["c"]["stat_test"] == "chisquare"
+    assert result["columns"]["c"]["stat_test"] == drift.CHISQUARE
     assert result["columns"]["c"]["drifted"] is False
+
+
+def test_the_chi_squared_test_of_small_samples_flags_identical_distributions_at_its_p_value_rate():
+    """Evidently's goodness of fit against the reference's counts took the 800 reference rows'
+    noise for drift: 85% of these 40 draws of one distribution were "drift" at p 0.05."""
+    cfg = make_config(min_rows=100)
+    flagged = [
+        drift.compare(cfg, frame(800, seed), frame(3000, 1000 + seed))["columns"]["c"]["drifted"]
+        for seed in range(40)
+    ]
+    assert sum(flagged) <= 6  # 5% expected: 2 of 40
+    shifted = drift.compare(cfg, frame(800, 1), frame(3000, 2, c_probs=(0.5, 0.35, 0.15)))["columns"]["c"]
+    assert shifted["stat_test"] == drift.CHISQUARE and shifted["drifted"] is True
+
+
+def test_the_report_runs_the_decision_s_chi_squared_test():
+    cfg = make_config(min_rows=100, report_rows=5000)
+    ref, cur = frame(800, 1), frame(3000, 2, c_probs=(0.55, 0.33, 0.12))
+    comparison = drift.compare(cfg, ref, cur)
+    _, summary = drift.evidently_report(cfg, ref, cur, day=DAY, comparison=comparison)
+    keys = ("stat_test", "p_value", "threshold", "drifted")  # Evidently reports no chi2 statistic
+    reported, decided = summary["columns"]["c"], comparison["columns"]["c"]
+    assert {k: reported[k] for k in keys} == {k: decided[k] for k in keys}
+    assert decided["stat_test"] == drift.CHISQUARE and decided["drifted"] is True
 
 
 def test_numeric_column_with_few_values_is_compared_as_categories():
@@ -266,6 +292,36 @@ def test_a_column_name_with_markup_stays_data_in_the_evidently_report():
     assert [s for s in parser.scripts if "alert(1)" in s] == data  # no script of the column name's own
     report, _ = json.JSONDecoder().raw_decode(data[0], data[0].index("= ") + 2)  # the whole report data
     assert f'"column_name": {json.dumps(name)}' in json.dumps(report)
+
+
+def test_the_report_states_the_decision_the_monitor_acts_on_above_evidently_s_verdict():
+    """y has no value in the current window: drifted for the decision (1 of 3 columns with x), but
+    Evidently cannot test it, and its own share (1 of 2) read "drift" where the decision's did not."""
+    cfg = make_config(sample_rows=3000, report_rows=1000, drift_share_threshold=0.5, critical_columns=[])
+    ref, cur = frame(3000, 1), frame(3000, 2, x_shift=1.0)
+    cur["y"] = np.nan
+    comparison = drift.compare(cfg, ref, cur)
+    html, _ = drift.evidently_report(cfg, ref, cur, day=DAY, comparison=comparison)
+    assert comparison["drifted_columns"] == ["x", "y"]
+    banner = html[html.index('<div id="mlops-drift-decision"') :]
+    banner = banner[: banner.index("</div>")]
+    assert html.index("<body>") < html.index('<div id="mlops-drift-decision"')
+    assert "2 of 3 monitored columns drifted (share 0.667; drift.drift_share_threshold 0.5): x, y" in banner
+    assert "samples of up to 3,000 rows per side" in banner and "up to 1,000 rows per side" in banner
+
+
+def test_category_values_shaped_like_ids_are_data_and_the_page_bytes_repeat():
+    """Renumbering Evidently's random ids rewrote every 32-hex string on the page: md5 values of a
+    category showed as counters, and the page showed values the data does not have."""
+    cfg = make_config(sample_rows=2000, report_rows=2000)
+    digests = {v: hashlib.md5(v.encode()).hexdigest() for v in ("a", "b", "z")}
+    ref, cur = (f.assign(c=f["c"].map(digests)) for f in (frame(2000, 1), frame(2000, 2)))
+    first, _ = drift.evidently_report(cfg, ref, cur, day=DAY)
+    again, _ = drift.evidently_report(cfg, ref, cur, day=DAY)
+    assert first == again
+    assert all(digest in first for digest in digests.values())
+    ids = re.findall(r'"id": "([0-9a-f-]{32,36})"|metric_([0-9a-f]{32})', first)
+    assert ids and all(int(a or b, 16) < 1000 for a, b in ids)  # every Evidently id renumbered
 
 
 def test_a_comparison_of_other_inputs_is_refused_by_the_report():
