@@ -4,7 +4,8 @@
   gate metrics, the champion its gate compared it against, the newest version its gate saw, its run id
   and the sha256 of the ONNX file its gate judged, so the registry alone explains why each version is
   where it is. A version's gate tags are written once; retries reuse them (a stale version's are
-  written again, see below). A run's ONNX file is write-once (:mod:`mlops_tasks.export`); registering
+  written again, see below), and a later gate of the same run with the other outcome is not applied
+  (the result says so, ``decision_applied`` false): a new decision needs a new run. A run's ONNX file is write-once (:mod:`mlops_tasks.export`); registering
   a run whose file no longer has the registered checksum is refused.
 * ``champion`` is what batch inference serves; ``previous_champion`` is the one-step rollback target
   (the champion the serving version's gate beat); ``challenger`` marks a rejected-but-sane model that
@@ -14,17 +15,23 @@
   child down to a version that no one has beaten. Children rank on the primary metric their gates
   recorded, never on the reader's config, so changing ``gate.primary_metric`` re-ranks nothing already
   registered; children gated on different metrics (the config changed during a race) rank on the
-  oldest one's, which later arrivals do not change; on a tie the older version wins. A rejected
+  oldest one's, which later arrivals do not change; on a tie the older version wins; a metric tag that
+  is not a number (edited by hand) counts as missing and ranks last. A rejected
   version is not in the tree, so it never becomes champion. Deleting versions (retention) cuts the
   tree: the line then starts at the versions gated against the newest deleted champion. A rollback
   fences the restored version: the versions gated against it that exist at the rollback (the
   rolled-back champion and those it beat in a race) never count again, also once the restored version
-  is deleted (each carries the fence too); challengers gated against it later do.
+  is deleted (each carries the fence too); challengers gated against it later do. Every edge of the
+  tree points to an older version (a tag naming a champion at or above the version's own number, only
+  ever another model's, reads as none), so the tree has no cycle and the walk always ends.
 * Stale gates: siblings compete on metrics measured on different evaluation windows, which is only fair
   between registrations that raced each other from one champion. So a registration is tagged
   ``stale`` (registered, never promoted, never shadow-scored) when, by the time it registers, the tags
   already name a champion that is neither the one its gate compared with nor a sibling gated against
-  that same one: the champion moved on (e.g. its register task was retried after an outage). Its result
+  that same one: the champion moved on (e.g. its register task was retried after an outage); also when
+  the champion its gate compared with is not an earlier version of this model (deleted since, or the
+  registered model was deleted and created again while the run was in flight: by number, and by run
+  when the decision names the champion's run). Its result
   says so; registering the run again after a new gate (against the current champion) writes its tags
   again. A registration that comes after a sibling has already won cannot be told apart from a race
   (same tags, only timing differs), so it is judged as one.
@@ -51,11 +58,19 @@
   ``champion``), then ``challenger``. Stopped between the two writes, both aliases name one version and
   ``previous_champion`` never skips a step, so a retried rollback neither rolls back twice nor jumps
   over a champion; it sees both aliases on one version and only finishes the move.
+* Rollback acts only when the aliases agree with the champion line the tags give (``champion`` on its
+  last version, ``previous_champion`` on the one before), or show one of the interrupted moves above.
+  Aliases moved by hand (which the next registration would move back anyway) make it refuse, naming
+  both versions and how to put the alias back, and change nothing: rolling back from them would tag
+  the wrong version (even the one that keeps serving) or restore one the tags never made champion.
+  ``rolled_back_at`` only ever goes on the version that stops serving.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +106,8 @@ ROLLED_BACK_AT = "rolled_back_at"
 FENCED_BY = "rollback_fenced_by"
 # Bound on read-move-verify rounds: a round after the first only follows another writer's change.
 _MAX_ROUNDS = 30
+
+log = logging.getLogger(__name__)
 
 
 class RegistryUnavailable(tracking.TrackingUnavailable):
@@ -157,8 +174,11 @@ def _tags(version: ModelVersion) -> dict[str, str]:
 
 
 def _gate_value(version: ModelVersion | None, metric: str) -> float | None:
+    """The gate metric the version's tags record, or None when missing or not a number (a tag edited
+    by hand, e.g. to "n/a"): such a version ranks last among its siblings, as ``status`` shows it."""
     raw = _tags(version).get(f"gate_{metric}") if version is not None else None
-    return float(raw) if raw not in (None, "", "None") else None
+    value = _float(raw) if raw is not None else None
+    return None if value is None or math.isnan(value) else value
 
 
 def _number(raw: str | None) -> int:
@@ -169,16 +189,39 @@ def _versions(client: Any, name: str) -> list[ModelVersion]:
     return list(client.search_model_versions(f"name={tracking.quoted(name)}"))
 
 
-def _stale_against(versions: list[ModelVersion], baseline: str) -> str | None:
-    """The champion (as the tags say) that makes a gate against ``baseline`` out of date, or None when
-    the champion is that baseline or a sibling gated against it (a race; see module doc)."""
+def _baseline(version: ModelVersion) -> str:
+    """The champion the version's gate compared it with, as the champion line reads it: "" (none) also
+    when the tag names no version registered before this one, which only a gate against another model's
+    version does (the registered model was deleted and created again while the run was in flight).
+    Such an edge would point forward and could close a cycle; read as a first champion instead, every
+    edge of the tree points back, so following it always ends."""
+    baseline = _tags(version).get(BASELINE, "")
+    return baseline if baseline.isdigit() and int(baseline) < int(version.version) else ""
+
+
+def _stale_against(
+    versions: list[ModelVersion], baseline: str, own: str, champion_run: str | None
+) -> str | None:
+    """Why a gate against ``baseline`` is out of date for version ``own`` (a clause for its reason), or
+    None when the champion (as the tags say) is that baseline or a sibling gated against it (a race;
+    see module doc). ``champion_run``: the run of the champion the gate compared with, when known."""
     line = _champion_line(versions)
-    if not line:
+    champion = line[-1] if line else None
+    if baseline:
+        compared = next((v for v in versions if v.version == baseline), None)
+        other_run = compared is not None and champion_run not in (None, compared.run_id)
+        if compared is None or int(baseline) >= int(own) or other_run:
+            return (
+                f"v{baseline} is not the version of this model the gate saw (deleted since, or the "
+                "registered model was deleted and created again), so the comparison says nothing about "
+                "this model's champions"
+            )
+    if champion is None or baseline in (champion.version, _baseline(champion)):
         return None
-    champion = line[-1]
-    if baseline in (champion.version, _tags(champion).get(BASELINE, "")):
-        return None
-    return champion.version
+    return (
+        f"v{champion.version} was the champion when it registered, and metrics of other evaluation "
+        "windows do not compare"
+    )
 
 
 def _write_gate_tags(
@@ -186,23 +229,25 @@ def _write_gate_tags(
 ) -> dict[str, str]:
     """Tag the version with its gate record, ``gate_decision`` last: only then does it count."""
     name = version.name
-    baseline = decision.get("champion_version") or ""
-    stale = _stale_against(_versions(client, name), baseline)
+    baseline = str(decision.get("champion_version") or "")
+    versions = _versions(client, name)
+    champion_run = (decision.get("champion") or {}).get("run_id")
+    stale = _stale_against(versions, baseline, version.version, champion_run)
     outcome = PROMOTE if decision["promote"] else REJECT
     reason = decision["reason"]
     if stale is not None:
         compared = f"v{baseline}" if baseline else "no champion"
+        line = _champion_line(versions)
+        again = f"against v{line[-1].version}" if line else "(against no champion: there is none now)"
         if outcome == PROMOTE:
             outcome = STALE
             reason = (
-                f"not promoted, stale gate: the gate compared this model with {compared}, but v{stale} "
-                f"was the champion when it registered, and metrics of other evaluation windows do not "
-                f"compare; gate it again against v{stale} and register it again. The gate said: {reason}"
+                f"not promoted, stale gate: the gate compared this model with {compared}, but {stale}; "
+                f"gate it again {again} and register it again. The gate said: {reason}"
             )
         else:
             reason = (
-                f"{reason} (gated against {compared}; v{stale} was the champion when it registered, "
-                "so it is not shadow-scored as the challenger)"
+                f"{reason} (gated against {compared}; {stale}, so it is not shadow-scored as the challenger)"
             )
     eligible = outcome == REJECT and not decision.get("floor_failed") and stale is None
     # The bytes the gate judged (a decision made without them: the export's record of the run's file);
@@ -251,7 +296,8 @@ def register(
                 "run to register a new model (and roll back if the changed file is being served)."
             )
         # A stale version is not in the tree, so writing its tags again (after a new gate) is safe.
-        if tags.get(GATE_DECISION) in (None, STALE):
+        recorded = tags.get(GATE_DECISION)
+        if recorded in (None, STALE):
             tags = _write_gate_tags(client, version, run_id, decision, data_version)
         champion, previous = _converge(client, name)
     promoted = champion == version.version
@@ -261,11 +307,31 @@ def register(
             f"not promoted: the gate passed, but v{champion} is the champion after the registrations "
             f"that raced this one (compare the gate metrics of v{champion} and v{version.version})"
         )
+    # A version's gate record is written once (it is what the tree and every retry rely on): a retry
+    # with the same outcome is quiet; another outcome (the run gated again under other rules, or
+    # against another champion) is reported as not applied, and the task stays idempotent.
+    new = PROMOTE if decision["promote"] else REJECT
+    applied = recorded in (None, STALE) or recorded == new
+    if not applied:
+        reason = (
+            f"gate decision not applied: v{version.version} of '{name}' already recorded the gate "
+            f"decision '{recorded}' (\"{tags.get('gate_reason', '')}\"), and a version's gate record is "
+            f"written once, so this gate's decision '{new}' (\"{decision['reason']}\") changes nothing. "
+            f"v{version.version} stays as recorded, "
+            + (
+                "the champion."
+                if promoted
+                else f"not the champion ({f'v{champion} is' if champion else 'none is'})."
+            )
+            + " To have a new gate decision count, train a new run (a new version) and gate it."
+        )
+        log.warning("Registry: %s", reason)
     return {
         "model_name": name,
         "version": version.version,
         "promoted": promoted,
         "stale": tags[GATE_DECISION] == STALE,
+        "decision_applied": applied,
         "champion_version": champion,
         "previous_champion_version": previous,
         "reason": reason,
@@ -294,18 +360,19 @@ def _champion_line(versions: list[ModelVersion]) -> list[ModelVersion]:
     children: dict[str, list[ModelVersion]] = {}
     for v in versions:
         tags = _tags(v)
-        baseline = tags.get(BASELINE, "")
+        baseline = _baseline(v)
         # Under a deleted version, a rolled-back or fenced one is dropped: the fence that kept it out
-        # went with it.
+        # went with it. A first champion (no baseline) is never fenced: no rollback restores a version
+        # before it (an alias moved by hand once made a rollback tag it; it still counts).
         fenced = ROLLED_BACK_AT in tags or FENCED_BY in tags
-        if tags.get(GATE_DECISION) == PROMOTE and (baseline in registered or not fenced):
+        if tags.get(GATE_DECISION) == PROMOTE and (not baseline or baseline in registered or not fenced):
             children.setdefault(baseline, []).append(v)
     # The line starts under the newest champion no longer registered: none ("") at first, and once old
     # versions are deleted (retention), the deleted one the remaining line was gated against. Starting
     # at "" then would skip the line's deleted links and serve an old version again.
     start = max((b for b in children if b not in registered), key=_number, default="")
     line: list[ModelVersion] = []
-    while True:
+    while True:  # ends: each child's number is above its baseline's (see _baseline)
         node = line[-1] if line else None
         fence = _number(_tags(node).get(ROLLBACK_FENCE)) if node is not None else 0
         beaten_by = [v for v in children.get(node.version if node else start, []) if int(v.version) > fence]
@@ -326,10 +393,11 @@ def _challenger(versions: list[ModelVersion], line: list[ModelVersion], holder: 
             return tags[CHALLENGER_ELIGIBLE] == "true"
         return v.version == holder  # rejected before the flag existed
 
+    def gated_after(v: ModelVersion) -> int:  # never past v itself: more is another model's number
+        return min(max(_number(_tags(v).get(GATE_NEWEST)), _number(_baseline(v))), int(v.version))
+
     # A gate ran after every version up to the newest it saw, and after the champion it compared with.
-    seen = max(
-        (max(_number(_tags(v).get(GATE_NEWEST)), _number(_tags(v).get(BASELINE))) for v in line), default=0
-    )
+    seen = max((gated_after(v) for v in line), default=0)
     candidates = [int(v.version) for v in versions if int(v.version) > seen and eligible(v)]
     return str(max(candidates)) if candidates else None
 
@@ -378,53 +446,166 @@ def _converge(client: Any, name: str) -> tuple[str | None, str | None]:
     )
 
 
+def _fenced_out(version: ModelVersion | None, restored: ModelVersion) -> bool:
+    """Whether a rollback to ``restored`` fenced ``version`` out (see module doc)."""
+    if version is None:
+        return False
+    fence = _number(_tags(restored).get(ROLLBACK_FENCE))
+    return _tags(version).get(FENCED_BY) == restored.version or (
+        _baseline(version) == restored.version and int(version.version) <= fence
+    )
+
+
+def _rollback_plan(
+    name: str,
+    pipeline: str,
+    versions: list[ModelVersion],
+    line: list[ModelVersion],
+    current: str | None,
+    previous: str | None,
+) -> tuple[str, str | None, bool, str]:
+    """(the version to serve, the one that stops serving or None, whether to fence, what it does), from
+    the aliases ``current``/``previous`` and the champion ``line`` the tags give; a RegistryError,
+    changing nothing, when they disagree (aliases moved by hand): rolling back from them would tag or
+    restore the wrong version."""
+    champion = line[-1].version if line else None
+    before = line[-2].version if len(line) > 1 else None
+    if before is not None and (current, previous) == (champion, before):
+        return before, champion, True, f"rolled back v{champion}: v{before} serves again"
+    by_number = {v.version: v for v in versions}
+    # A retried rollback (see module doc): its fence is in place, so the tags already make the
+    # restored version champion; ``champion`` is still on the version it fenced out, or on it.
+    if (
+        previous is not None
+        and previous == champion
+        and ROLLBACK_FENCE in _tags(line[-1])
+        and (current == previous or _fenced_out(by_number.get(current or ""), line[-1]))
+    ):
+        if current != previous:
+            return previous, current, False, f"finished rolling back v{current}: v{previous} serves again"
+        return (
+            previous,
+            None,
+            False,
+            f"finished an interrupted rollback to v{previous} (both aliases were on it); nothing else "
+            "was rolled back",
+        )
+    # A promotion stopped between its two alias writes: undone, the version it promoted never served.
+    if before is not None and current == previous == before:
+        return (
+            before,
+            None,
+            True,
+            f"undid the interrupted promotion of v{champion} over v{before} (v{champion} never served); "
+            f"v{before} still serves: run `mlops-tasks model rollback {pipeline}` again to roll it back",
+        )
+    head = f"cannot roll back '{name}'"
+    if previous is None and current == champion:
+        if before is None:
+            raise RegistryError(
+                f"{head}: it has no '{PREVIOUS_CHAMPION}' alias (no earlier champion"
+                + (f": v{champion} is the first champion of its line)" if champion else ")")
+            )
+        raise RegistryError(
+            f"{head}: it has no '{PREVIOUS_CHAMPION}' alias, but the version tags name v{before} as the "
+            f"champion v{champion} beat (the alias was removed by hand?). Nothing was changed. To roll "
+            f"back v{champion} to v{before}, restore the alias (MlflowClient().set_registered_model_alias("
+            f"{name!r}, '{PREVIOUS_CHAMPION}', '{before}'); the next registration also restores it), then "
+            f"run `mlops-tasks model rollback {pipeline}` again."
+        )
+    if champion is None:
+        raise RegistryError(
+            f"{head}: no version of it is champion by its tags (none was promoted by a gate, or all were "
+            f"rolled back), so '{CHAMPION}' ({_on(current)}) and '{PREVIOUS_CHAMPION}' ({_on(previous)}) "
+            "were set by hand, and the tags name nothing to roll back to. Nothing was changed; move the "
+            "aliases with MlflowClient().set_registered_model_alias if another version must serve."
+        )
+    wrong: list[str] = []
+    moves: list[str] = []
+    for alias, have, want, what in (
+        (CHAMPION, current, champion, f"make v{champion} the champion"),
+        (
+            PREVIOUS_CHAMPION,
+            previous,
+            before,
+            f"name v{before} as the champion v{champion} beat" if before else f"name none before v{champion}",
+        ),
+    ):
+        if have == want:
+            continue
+        wrong.append(f"'{alias}' is {_on(have)}, but the version tags {what}")
+        moves.append(
+            f"MlflowClient().set_registered_model_alias({name!r}, '{alias}', '{want}')"
+            if want is not None
+            else f"MlflowClient().delete_registered_model_alias({name!r}, '{alias}')"
+        )
+    back = f"put the aliases back ({'; '.join(moves)})"
+    fix = (
+        f"To roll back v{champion} to v{before}, {back}, then run `mlops-tasks model rollback {pipeline}` "
+        "right after."
+        if before
+        else f"There is no earlier champion to roll back to (v{champion} is the first of its line); {back}."
+    )
+    raise RegistryError(
+        f"{head}: {'; '.join(wrong)} (moved by hand, or a registration is moving them right now: then run "
+        "the rollback again once it finished). Nothing was changed: a rollback from these aliases "
+        "would demote or restore the wrong version, and an alias moved by hand does not last (the next "
+        f"registration moves it back to what the tags say). {fix}"
+    )
+
+
+def _on(version: str | None) -> str:
+    return f"on v{version}" if version is not None else "missing"
+
+
 def rollback(cfg: PipelineConfig, *, tracking_uri: str) -> dict[str, Any]:
     """Serve ``previous_champion`` again; ``previous_champion`` then points one step further back.
 
-    Retrying a rollback that failed part-way finishes it (``rolled_back_version`` None when the failed
-    attempt had already moved ``champion``) instead of rolling back a second step.
+    Only when the aliases agree with the champion line the version tags give (see module doc): else a
+    RegistryError names both and changes nothing. Retrying a rollback that failed part-way finishes it
+    (``rolled_back_version`` None when the failed attempt had already moved ``champion``) instead of
+    rolling back a second step. ``reason`` in the result says what it did.
     """
     name = cfg.registered_model_name
     client = tracking.client(tracking_uri)
     with _reachable(tracking_uri, f"roll back the champion of '{name}'"):
-        previous = tracking.alias_version(client, name, PREVIOUS_CHAMPION)
-        if previous is None:
-            raise RegistryError(
-                f"cannot roll back '{name}': it has no '{PREVIOUS_CHAMPION}' alias (no earlier champion)"
-            )
-        current = tracking.alias_version(client, name, CHAMPION)
-        if current is not None and current.version == previous.version:
-            # Both aliases on one version: an alias move stopped between its two writes (see module
-            # doc). Nothing served is rolled back; a rollback's move is finished, a promotion's undone.
-            current = None
-        line = _champion_line(_versions(client, name))
-        # Fence, unless the tags already make it champion (a retried rollback, its fence in place):
-        # fencing again would also drop the challengers gated against it since.
-        if not line or line[-1].version != previous.version:
+        versions = _versions(client, name)
+        current = _alias(client, name, CHAMPION)
+        previous = _alias(client, name, PREVIOUS_CHAMPION)
+        target, demoted, fence, reason = _rollback_plan(
+            name, cfg.name, versions, _champion_line(versions), current, previous
+        )
+        if fence:
             newest = client.search_model_versions(
                 f"name={tracking.quoted(name)}", max_results=1, order_by=["version_number DESC"]
             )
-            fence = newest[0].version
+            fence_at = newest[0].version
             # Each fenced version says so itself first; the restored version's fence, the commit point,
             # goes with it if it is deleted (e.g. a race's loser would then count again under it).
             for v in _versions(client, name):
-                if _tags(v).get(BASELINE) == previous.version and _number(v.version) <= _number(fence):
-                    _write(client.set_model_version_tag, name, v.version, FENCED_BY, previous.version)
-            _write(client.set_model_version_tag, name, previous.version, ROLLBACK_FENCE, fence)
-        if current is not None:
+                if _baseline(v) == target and _number(v.version) <= _number(fence_at):
+                    _write(client.set_model_version_tag, name, v.version, FENCED_BY, target)
+            _write(client.set_model_version_tag, name, target, ROLLBACK_FENCE, fence_at)
+        # Only ever on a version the fence (in place by now) keeps out: the one that stops serving.
+        if demoted is not None and (
+            fence or ROLLED_BACK_AT not in _tags(client.get_model_version(name, demoted))
+        ):
             _write(
                 client.set_model_version_tag,
                 name,
-                current.version,
+                demoted,
                 ROLLED_BACK_AT,
                 dt.datetime.now(dt.UTC).isoformat(),
             )
         champion, before = _converge(client, name)
+    if champion != target:  # a registration promoted a version gated against the restored one meanwhile
+        reason += f"; v{champion} is the champion after a registration that ran meanwhile"
     return {
         "model_name": name,
         "champion_version": champion,
-        "rolled_back_version": current.version if current else None,
+        "rolled_back_version": demoted,
         "previous_champion_version": before,
+        "reason": reason,
     }
 
 
@@ -468,6 +649,36 @@ def champion_info(cfg: PipelineConfig, *, tracking_uri: str) -> dict[str, Any] |
     return alias_info(cfg, CHAMPION, tracking_uri=tracking_uri)
 
 
+def _role_advice(cfg: PipelineConfig, role: str | None, version: str, fix: str) -> str:
+    """What to do when ``role``'s version ``version`` cannot be scored (``fix``: e.g. "restore the
+    file"): advice that fits the role, so a broken challenger never leads anyone to demote the healthy
+    champion."""
+    name = cfg.registered_model_name
+    if role == CHAMPION:
+        return (
+            f"{fix[0].upper()}{fix[1:]}, or roll back to the previous champion (mlops-tasks model rollback "
+            f"{cfg.name})."
+        )
+    if role == CHALLENGER:
+        return (
+            f"The champion is not affected: do not roll back. {fix[0].upper()}{fix[1:]}, or stop "
+            f"shadow-scoring v{version}: mark it ineligible and remove the '{CHALLENGER}' alias "
+            f"(MlflowClient().set_model_version_tag({name!r}, '{version}', '{CHALLENGER_ELIGIBLE}', "
+            f"'false'), then MlflowClient().delete_registered_model_alias({name!r}, '{CHALLENGER}'); "
+            "without the tag the next registration moves the alias back)."
+        )
+    return (
+        f"v{version} is neither '{CHAMPION}' nor '{CHALLENGER}' now: re-run the inference run, which "
+        f"resolves them again, or {fix}."
+    )
+
+
+def _role_of(found: ModelVersion, role: str | None) -> str | None:
+    """``role`` if given, else the serving alias the version holds now."""
+    held = set(found.aliases or [])
+    return role or next((r for r in (CHAMPION, CHALLENGER) if r in held), None)
+
+
 def download_onnx(
     cfg: PipelineConfig,
     *,
@@ -475,34 +686,51 @@ def download_onnx(
     dest_dir: str | Path,
     alias: str | None = CHAMPION,
     version: str | int | None = None,
+    role: str | None = None,
 ) -> Path:
     """The ONNX file of a version (by number, or by alias) as a local path under ``dest_dir``; it
     must have the sha256 the version was registered with (versions registered before the checksum
-    was recorded have none to check), so nothing serves a file changed after its gate."""
+    was recorded have none to check), so nothing serves a file changed after its gate.
+
+    ``role`` (``champion``/``challenger``): what the caller scores the version as, for errors that
+    advise what fits it; by default the serving alias the version holds now."""
     from mlops_tasks.storage import sha256_file
 
     name = cfg.registered_model_name
     client = tracking.client(tracking_uri)
     with _reachable(tracking_uri, f"download the ONNX model of '{name}'"):
         if version is not None:
-            found = client.get_model_version(name, str(version))
+            try:
+                found = client.get_model_version(name, str(version))
+            except MlflowException as exc:
+                if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
+                    raise
+                as_role = f" (resolved as the {role})" if role else ""
+                raise RegistryError(
+                    f"v{version} of '{name}'{as_role} no longer exists in the registry: it was deleted "
+                    "after the run resolved it (retention, or by hand); nothing was scored with it. Re-run "
+                    "the inference run (or the check that resolved it): it resolves the champion again"
+                    + ("; the champion is not affected." if role == CHALLENGER else ".")
+                ) from None
         else:
             found = tracking.alias_version(client, name, alias or CHAMPION)
             if found is None:
                 raise RegistryError(f"model '{name}' has no version with alias '{alias}'")
+    role = _role_of(found, role)
+    who = f"{role} v{found.version}" if role else f"v{found.version}"
     try:
         path = tracking.download_run_artifact(tracking_uri, found.run_id, tracking.ONNX_ARTIFACT, dest_dir)
     except tracking.ArtifactMissingError:
         raise RegistryError(
-            f"v{found.version} of '{name}': its run {found.run_id} has no {tracking.ONNX_ARTIFACT} any more "
-            f"(deleted from the artifact store?); nothing was scored with it. Roll back (mlops-tasks "
-            f"model rollback {cfg.name}) or restore the file."
+            f"{who} of '{name}': its run {found.run_id} has no {tracking.ONNX_ARTIFACT} any more (deleted "
+            f"from the artifact store?); nothing was scored with it. "
+            + _role_advice(cfg, role, found.version, "restore the file")
         ) from None
     registered = (found.tags or {}).get(ONNX_SHA256_TAG)
     if registered and sha256_file(path) != registered:
         raise RegistryError(
-            f"v{found.version} of '{name}': the run's {tracking.ONNX_ARTIFACT} (run {found.run_id}) is not the "
-            f"file registered and gated (sha256 {registered[:12]}); it changed after registration. Nothing was "
-            f"scored with it: roll back (mlops-tasks model rollback {cfg.name}) or register a new run."
+            f"{who} of '{name}': the run's {tracking.ONNX_ARTIFACT} (run {found.run_id}) is not the file "
+            f"registered and gated (sha256 {registered[:12]}); it changed after registration. Nothing was "
+            "scored with it. " + _role_advice(cfg, role, found.version, "register a new run")
         )
     return path

@@ -531,3 +531,228 @@ def test_a_model_name_with_a_quote_registers_promotes_and_rolls_back(
 
     assert (result["champion_version"], result["previous_champion_version"]) == ("2", "1")
     assert registry.rollback(cfg, tracking_uri=mlflow_server)["champion_version"] == "1"
+
+
+# -- tags and aliases edited by hand, deleted versions and models ------------------------------------
+
+
+def hand_edited(cfg: PipelineConfig, mlflow_server: str) -> tuple:
+    """A client and the model's name, to edit tags and aliases as someone in the MLflow UI does."""
+    return tracking.client(mlflow_server), cfg.registered_model_name
+
+
+def test_a_gate_metric_tag_edited_to_a_non_number_ranks_last_and_keeps_register_and_rollback_working(
+    base_cfg: PipelineConfig, mlflow_server: str, tmp_path: Path
+) -> None:
+    cfg = model_cfg(base_cfg)
+    for auc, baseline in ((0.70, None), (0.72, "1"), (0.80, "2"), (0.75, "2")):  # v3 and v4 race from v2
+        register_bare(cfg, exported_run(mlflow_server, tmp_path), gate(auc, baseline), mlflow_server)
+    client, name = hand_edited(cfg, mlflow_server)
+    client.set_model_version_tag(name, "3", "gate_roc_auc", "n/a")  # e.g. in the MLflow UI
+
+    rejected = register_bare(
+        cfg, exported_run(mlflow_server, tmp_path), gate(0.5, "4", promote=False), mlflow_server
+    )
+    rolled = registry.rollback(cfg, tracking_uri=mlflow_server)
+
+    assert (rejected["champion_version"], rejected["previous_champion_version"]) == ("4", "2")
+    assert (rolled["champion_version"], rolled["rolled_back_version"]) == ("2", "4")
+
+
+def test_rollback_refuses_when_champion_was_moved_by_hand_and_the_registry_keeps_promoting(
+    base_cfg: PipelineConfig, mlflow_server: str, tmp_path: Path
+) -> None:
+    cfg = model_cfg(base_cfg)
+    promoted_chain(cfg, mlflow_server, tmp_path)
+    register_bare(cfg, exported_run(mlflow_server, tmp_path), gate(0.5, "3", promote=False), mlflow_server)
+    client, name = hand_edited(cfg, mlflow_server)
+    for moved_to in ("1", "4"):  # the first champion; a rejected version
+        client.set_registered_model_alias(name, registry.CHAMPION, moved_to)
+        with pytest.raises(registry.RegistryError) as refused:
+            registry.rollback(cfg, tracking_uri=mlflow_server)
+        message = str(refused.value)
+        assert f"'champion' is on v{moved_to}, but the version tags make v3 the champion" in message
+        assert "Nothing was changed" in message and "set_registered_model_alias(" in message
+        assert "'champion', '3')" in message and "mlops-tasks model rollback" in message
+        assert alias(cfg, registry.CHAMPION, mlflow_server) == moved_to
+        for version in ("1", "3", "4"):
+            tags = client.get_model_version(name, version).tags
+            assert "rolled_back_at" not in tags and "rollback_fence" not in tags
+
+    promoted = register_bare(cfg, exported_run(mlflow_server, tmp_path), gate(0.9, "3"), mlflow_server)
+
+    assert (promoted["version"], promoted["promoted"], promoted["previous_champion_version"]) == (
+        "5",
+        True,
+        "3",
+    )
+
+
+def test_rollback_refuses_a_previous_champion_moved_outside_the_line_and_tags_nothing(
+    base_cfg: PipelineConfig, mlflow_server: str, tmp_path: Path
+) -> None:
+    cfg = model_cfg(base_cfg)
+    promoted_chain(cfg, mlflow_server, tmp_path)
+    register_bare(cfg, exported_run(mlflow_server, tmp_path), gate(0.5, "3", promote=False), mlflow_server)
+    client, name = hand_edited(cfg, mlflow_server)
+    client.set_registered_model_alias(name, registry.PREVIOUS_CHAMPION, "4")
+
+    with pytest.raises(
+        registry.RegistryError,
+        match="'previous_champion' is on v4, but the version tags name v2 as the champion v3 beat",
+    ):
+        registry.rollback(cfg, tracking_uri=mlflow_server)
+
+    assert "rolled_back_at" not in client.get_model_version(name, "3").tags  # it still serves
+    client.delete_model_version(name, "2")  # retention: v3 keeps serving
+    later = register_bare(
+        cfg, exported_run(mlflow_server, tmp_path), gate(0.5, "3", promote=False), mlflow_server
+    )
+    assert later["champion_version"] == "3"
+
+
+def test_rollback_without_its_previous_champion_alias_names_the_version_the_tags_give(
+    base_cfg: PipelineConfig, mlflow_server: str, tmp_path: Path
+) -> None:
+    cfg = model_cfg(base_cfg)
+    promoted_chain(cfg, mlflow_server, tmp_path)
+    client, name = hand_edited(cfg, mlflow_server)
+    client.delete_registered_model_alias(name, registry.PREVIOUS_CHAMPION)
+
+    with pytest.raises(registry.RegistryError) as refused:
+        registry.rollback(cfg, tracking_uri=mlflow_server)
+
+    message = str(refused.value)
+    assert "no 'previous_champion' alias, but the version tags name v2 as the champion v3 beat" in message
+    assert f"set_registered_model_alias({name!r}, 'previous_champion', '2')" in message
+    assert "no earlier champion" not in message
+    assert alias(cfg, registry.CHAMPION, mlflow_server) == "3"
+
+
+def test_rollback_of_an_interrupted_promotion_undoes_it_and_says_so(
+    base_cfg: PipelineConfig, mlflow_server: str, tmp_path: Path
+) -> None:
+    """previous_champion moved onto v2, champion not yet moved to v3: v2 still serves."""
+    cfg = model_cfg(base_cfg)
+    promoted_chain(cfg, mlflow_server, tmp_path)
+    client, name = hand_edited(cfg, mlflow_server)
+    client.set_registered_model_alias(name, registry.CHAMPION, "2")
+
+    rolled = registry.rollback(cfg, tracking_uri=mlflow_server)
+
+    assert (rolled["champion_version"], rolled["previous_champion_version"]) == ("2", "1")
+    assert rolled["rolled_back_version"] is None and "interrupted promotion of v3" in rolled["reason"]
+    assert "rolled_back_at" not in client.get_model_version(name, "2").tags
+
+
+def test_a_registration_gated_against_a_deleted_model_s_version_is_stale_and_the_line_keeps_promoting(
+    base_cfg: PipelineConfig, mlflow_server: str, tmp_path: Path
+) -> None:
+    cfg = model_cfg(base_cfg)
+    promoted_chain(cfg, mlflow_server, tmp_path)
+    in_flight = exported_run(mlflow_server, tmp_path)  # its gate compared it with v3
+    client, name = hand_edited(cfg, mlflow_server)
+    client.delete_registered_model(name)
+
+    late = register_bare(cfg, in_flight, gate(0.80, "3"), mlflow_server)
+    assert (late["version"], late["promoted"], late["stale"], late["champion_version"]) == (
+        "1",
+        False,
+        True,
+        None,
+    )
+    assert "v3 is not the version of this model the gate saw" in late["reason"]
+    champion = None
+    for auc in (0.85, 0.90, 0.95):
+        result = register_bare(cfg, exported_run(mlflow_server, tmp_path), gate(auc, champion), mlflow_server)
+        assert result["promoted"] and not result["stale"], result
+        champion = result["version"]
+    assert (champion, alias(cfg, registry.PREVIOUS_CHAMPION, mlflow_server)) == ("4", "3")
+
+
+def test_a_tag_cycle_left_by_a_deleted_model_neither_loops_nor_loses_the_line(
+    base_cfg: PipelineConfig, mlflow_server: str, tmp_path: Path
+) -> None:
+    """v1 tagged as gated against "v3" (another model's, as older code registered an in-flight run):
+    v1 -> v2 -> v3 -> v1 would close a cycle."""
+    cfg = model_cfg(base_cfg)
+    promoted_chain(cfg, mlflow_server, tmp_path)
+    client, name = hand_edited(cfg, mlflow_server)
+    client.set_model_version_tag(name, "1", registry.BASELINE, "3")
+
+    result = register_bare(cfg, exported_run(mlflow_server, tmp_path), gate(0.75, "3"), mlflow_server)
+
+    assert (result["version"], result["promoted"]) == ("4", True)
+    assert (result["champion_version"], result["previous_champion_version"]) == ("4", "3")
+
+
+def test_the_same_run_gated_again_with_another_outcome_is_reported_as_not_applied(
+    base_cfg: PipelineConfig, mlflow_server: str, tmp_path: Path
+) -> None:
+    cfg = model_cfg(base_cfg)
+    register_bare(cfg, exported_run(mlflow_server, tmp_path), gate(0.70, None), mlflow_server)
+    run_id = exported_run(mlflow_server, tmp_path)
+    first = register_bare(cfg, run_id, gate(0.60, "1", promote=False), mlflow_server)
+
+    retried = register_bare(cfg, run_id, gate(0.60, "1", promote=False), mlflow_server)
+    regated = register_bare(cfg, run_id, gate(0.90, "1"), mlflow_server)
+
+    assert retried == first and first["decision_applied"]  # a retry is quiet
+    assert (regated["version"], regated["promoted"], regated["decision_applied"]) == ("2", False, False)
+    reason = regated["reason"]
+    assert "v2 of" in reason and "already recorded the gate decision 'reject'" in reason
+    assert "gate failed with roc_auc 0.6" in reason and "'promote'" in reason
+    assert "gate passed with roc_auc 0.9" in reason and "not the champion (v1 is)" in reason
+    client, name = hand_edited(cfg, mlflow_server)
+    assert client.get_model_version(name, "2").tags["gate_decision"] == "reject"
+    assert alias(cfg, registry.CHAMPION, mlflow_server) == "1"
+
+
+def test_download_onnx_errors_name_the_role_and_never_advise_a_rollback_for_the_challenger(
+    base_cfg: PipelineConfig, mlflow_server: str, s3_endpoint: str, tmp_path: Path
+) -> None:
+    from tests.conftest import make_store
+
+    cfg = model_cfg(base_cfg)
+    champion_run = exported_run(mlflow_server, tmp_path)
+    register_bare(cfg, champion_run, gate(0.70, None), mlflow_server)
+    challenger_run = exported_run(mlflow_server, tmp_path)
+    register_bare(cfg, challenger_run, gate(0.60, "1", promote=False), mlflow_server)
+    assert alias(cfg, registry.CHALLENGER, mlflow_server) == "2"
+    client, name = hand_edited(cfg, mlflow_server)
+    client.set_model_version_tag(name, "2", evaluation.ONNX_SHA256_TAG, "0" * 64)
+
+    with pytest.raises(registry.RegistryError) as changed:
+        registry.download_onnx(cfg, tracking_uri=mlflow_server, version="2", dest_dir=tmp_path / "c1")
+    artifacts = make_store(s3_endpoint, "mlops")
+    for run_id in (champion_run, challenger_run):
+        artifacts.delete([o.key for o in artifacts.list("mlflow/") if run_id in o.key])
+    with pytest.raises(registry.RegistryError) as challenger_gone:
+        registry.download_onnx(cfg, tracking_uri=mlflow_server, version="2", dest_dir=tmp_path / "c2")
+    with pytest.raises(registry.RegistryError) as champion_gone:
+        registry.download_onnx(cfg, tracking_uri=mlflow_server, version="1", dest_dir=tmp_path / "c3")
+
+    for error in (changed, challenger_gone):
+        message = str(error.value)
+        assert message.startswith("challenger v2 of") and "do not roll back" in message
+        assert "model rollback" not in message
+        assert f"delete_registered_model_alias({name!r}, 'challenger')" in message
+    assert "it changed after registration" in str(changed.value)
+    assert "has no model/model.onnx any more" in str(challenger_gone.value)
+    message = str(champion_gone.value)
+    assert message.startswith("champion v1 of") and "has no model/model.onnx any more" in message
+    assert f"mlops-tasks model rollback {cfg.name}" in message
+
+
+def test_download_onnx_of_a_version_deleted_after_it_was_resolved_says_to_re_run(
+    base_cfg: PipelineConfig, mlflow_server: str, tmp_path: Path
+) -> None:
+    cfg = model_cfg(base_cfg)
+    register_bare(cfg, exported_run(mlflow_server, tmp_path), gate(0.70, None), mlflow_server)
+    resolved = registry.champion_info(cfg, tracking_uri=mlflow_server)["version"]  # as inference does
+    register_bare(cfg, exported_run(mlflow_server, tmp_path), gate(0.75, "1"), mlflow_server)
+    client, name = hand_edited(cfg, mlflow_server)
+    client.delete_model_version(name, resolved)
+
+    with pytest.raises(registry.RegistryError, match=r"v1 of .* no longer exists in the registry.*Re-run"):
+        registry.download_onnx(cfg, tracking_uri=mlflow_server, version=resolved, dest_dir=tmp_path)
