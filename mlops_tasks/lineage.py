@@ -18,7 +18,8 @@ key                      type        meaning
 ``onnx_artifact_uri``    str         the exported ``model/model.onnx`` of that run
 ``gate``                 dict        ``promote`` (bool), ``reason`` (str), optional
                                      ``report_json_uri`` / ``report_html_uri`` / ``primary_metric``
-                                     / ``metrics``
+                                     / ``metrics`` / ``registry_reason`` (set when the registry did
+                                     not apply this decision: the version had recorded another)
 ``promoted``             bool        whether registration made it the champion
 =======================  ==========  ============================================================
 
@@ -181,6 +182,8 @@ def format_record(record: dict[str, Any]) -> str:
         + (" -> champion" if record["promoted"] else " (not champion)"),
         f"  gate decision             {'promote' if gate['promote'] else 'reject'}: {gate['reason']}",
     ]
+    if gate.get("registry_reason"):
+        lines.append(f"  not applied               {gate['registry_reason']}")
     if gate.get("report_html_uri"):
         lines.append(f"  gate report               {gate['report_html_uri']}")
     return "\n".join(lines)
@@ -237,8 +240,16 @@ def assemble_record(
         "experiment_id": training.get("experiment_id"),
         "onnx_artifact_uri": export["onnx_artifact_uri"],
         "gate": {
-            key: decision.get(key)
-            for key in ("promote", "reason", "primary_metric", "report_json_uri", "report_html_uri")
+            **{
+                key: decision.get(key)
+                for key in ("promote", "reason", "primary_metric", "report_json_uri", "report_html_uri")
+            },
+            # A run gated again with the other outcome: the version keeps its first record.
+            **(
+                {}
+                if registration.get("decision_applied", True)
+                else {"registry_reason": registration["reason"]}
+            ),
         },
         "promoted": bool(registration["promoted"]),
         # The champion the gate compared this model with, not whatever the registry holds afterwards.

@@ -723,7 +723,11 @@ class ScorePartOperator(PipelineOperator):
             raise AirflowSkipException(f"No '{self.role}' model: nothing to shadow-score.")
         with tempfile.TemporaryDirectory() as tmp, self._shadow_only(model):
             path = download_onnx(
-                self.config, tracking_uri=self.tracking_uri, version=model["version"], dest_dir=tmp
+                self.config,
+                tracking_uri=self.tracking_uri,
+                version=model["version"],
+                dest_dir=tmp,
+                role=self.role,  # its errors' advice: a challenger's fix must leave the champion alone
             )
             result = score_part(
                 self.store,
