@@ -26,9 +26,9 @@ from mlops_tasks.config import (
     ConfigError,
     PipelineConfig,
     config_paths,
-    load_all,
     load_config,
     load_configs,
+    load_each,
     load_pipeline,
     render_reference,
 )
@@ -253,14 +253,24 @@ def _model_version(text: str) -> str:
 def cmd_status(args: argparse.Namespace) -> int:
     from mlops_tasks.status import format_status, pipeline_status
 
-    configs = [load_pipeline(args.pipeline)] if args.pipeline else load_all()
+    if args.pipeline:
+        loaded: list[PipelineConfig | ConfigError] = [load_pipeline(args.pipeline)]
+    else:
+        loaded = [cfg for _, cfg in load_each(config_paths())]
+    # As in Airflow (an error DAG, the other pipelines scheduled): an invalid config is reported and
+    # left out, the others' status is still shown; the exit code says one was left out.
+    invalid = [error for error in loaded if isinstance(error, ConfigError)]
+    for error in invalid:
+        print(f"error: {error} (left out of the status)", file=sys.stderr)
     rows = []
-    for cfg in configs:
-        store, tracking_uri = _store(cfg), _tracking_uri(cfg)
-        with _mlflow(cfg, tracking_uri):
-            rows.append(pipeline_status(store, cfg, tracking_uri=tracking_uri))
-    _print(rows if args.json else format_status(rows), args.json)
-    return 0
+    for cfg in loaded:
+        if isinstance(cfg, PipelineConfig):
+            store, tracking_uri = _store(cfg), _tracking_uri(cfg)
+            with _mlflow(cfg, tracking_uri):
+                rows.append(pipeline_status(store, cfg, tracking_uri=tracking_uri))
+    if rows or not invalid:
+        _print(rows if args.json else format_status(rows), args.json)
+    return 1 if invalid else 0
 
 
 def cmd_up(args: argparse.Namespace) -> int:

@@ -1119,11 +1119,6 @@ def load_configs(paths: list[Path]) -> dict[Path, PipelineConfig]:
     return configs
 
 
-def load_all(directory: Path | None = None) -> list[PipelineConfig]:
-    """Every pipeline config in the directory (see :func:`load_configs` for what must be unique)."""
-    return list(load_configs(config_paths(directory)).values())
-
-
 def load_pipeline(name: str, directory: Path | None = None) -> PipelineConfig:
     """The config of pipeline ``name`` (its ``name:`` field, else its file stem) exactly as the DAG
     file built it (:func:`load_each`): another config's mistake does not fail this pipeline's tasks,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.server
+import json
 import os
 import subprocess
 import sys
@@ -292,6 +293,22 @@ def test_up_skips_an_invalid_config_with_a_warning_and_serves_the_others(tmp_pat
         assert "Press Ctrl-C" in text, text  # served, after seeding flights_delay
         warning = next(line for line in text.splitlines() if "Skipping a pipeline config" in line)
         assert f"{configs / 'other.yaml'}: invalid pipeline config: field 'model.epochs'" in warning
+
+
+def test_status_of_every_pipeline_reports_an_invalid_config_and_shows_the_others(
+    s3_endpoint: str, mlflow_server: str, tmp_path: Path
+) -> None:
+    """One broken config made `status` fail before showing any pipeline."""
+    make_store(s3_endpoint, "mlops")
+    configs = config_dir_with(
+        tmp_path, **{"flights_delay.yaml": EXAMPLE_CONFIG.read_text(), "other.yaml": BROKEN}
+    )
+    env = {**stack.connection_env(s3_endpoint, mlflow_server), "MLOPS_TASKS_CONFIG_DIR": str(configs)}
+    result = cli("status", "--json", env=env)
+    assert result.returncode == 1
+    assert [row["pipeline"] for row in json.loads(result.stdout)] == ["flights_delay"]
+    assert result.stderr.startswith(f"error: {configs / 'other.yaml'}: invalid pipeline config: field ")
+    assert result.stderr.rstrip().endswith("(left out of the status)")
 
 
 def test_up_refuses_when_no_config_is_valid_before_starting_anything(tmp_path: Path) -> None:

@@ -15,8 +15,9 @@ from mlops_tasks.config import (
     RESERVED_COLUMNS,
     ConfigError,
     PipelineConfig,
-    load_all,
+    config_paths,
     load_config,
+    load_configs,
     load_pipeline,
     render_reference,
 )
@@ -60,7 +61,7 @@ def test_example_config_loads_with_typed_values() -> None:
 
 
 def test_every_shipped_config_loads() -> None:
-    assert [c.name for c in load_all(REPO / "configs")]
+    assert [c.name for c in load_configs(config_paths(REPO / "configs")).values()]
 
 
 def test_missing_file_names_the_file(tmp_path: Path) -> None:
@@ -451,7 +452,7 @@ def test_two_pipelines_on_one_storage_location_are_rejected_naming_both_files(tm
 
     write_mutated(tmp_path, other_name_same_prefix, "b.yaml")
     with pytest.raises(ConfigError) as err:
-        load_all(tmp_path)
+        load_configs(config_paths(tmp_path))
     message = str(err.value)
     assert message.startswith(f"{tmp_path / 'b.yaml'}: fields 'storage.bucket' + 'storage.prefix'")
     assert "s3://mlops/flights_delay/" in message and str(tmp_path / "a.yaml") in message
@@ -471,7 +472,7 @@ def test_a_pipeline_inside_another_s_storage_area_is_rejected(
 
     write_mutated(tmp_path, inside, "b.yaml")
     with pytest.raises(ConfigError, match=f"s3://mlops/{second}/ overlaps s3://mlops/{first}/"):
-        load_all(tmp_path)
+        load_configs(config_paths(tmp_path))
 
 
 def test_an_experiment_may_be_named_like_a_workspace_path(tmp_path: Path) -> None:
@@ -489,7 +490,7 @@ def test_two_pipelines_sharing_an_mlflow_model_are_rejected_unless_their_servers
     write_mutated(tmp_path, lambda raw: None, "a.yaml")
     write_mutated(tmp_path, lambda raw: raw.update(name="flights_delay_v2"), "b.yaml")
     with pytest.raises(ConfigError) as err:
-        load_all(tmp_path)
+        load_configs(config_paths(tmp_path))
     assert str(err.value).startswith(
         f"{tmp_path / 'b.yaml'}: field 'mlflow.registered_model': MLflow registered model 'flights_delay' "
         f"(connection 'mlops_mlflow') is already used by {tmp_path / 'a.yaml'}"
@@ -500,7 +501,10 @@ def test_two_pipelines_sharing_an_mlflow_model_are_rejected_unless_their_servers
         raw["mlflow"]["connection_id"] = "mlops_mlflow_eu"
 
     write_mutated(tmp_path, on_another_server, "b.yaml")
-    assert [c.name for c in load_all(tmp_path)] == ["flights_delay", "flights_delay_v2"]
+    assert [c.name for c in load_configs(config_paths(tmp_path)).values()] == [
+        "flights_delay",
+        "flights_delay_v2",
+    ]
 
 
 def test_two_configs_with_one_pipeline_name_are_rejected_naming_both_files(tmp_path: Path) -> None:
@@ -509,7 +513,7 @@ def test_two_configs_with_one_pipeline_name_are_rejected_naming_both_files(tmp_p
     with pytest.raises(
         ConfigError, match=r"b\.yaml: field 'name': pipeline name 'flights_delay' is already used"
     ):
-        load_all(tmp_path)
+        load_configs(config_paths(tmp_path))
 
 
 @pytest.mark.parametrize("schedule", ["0 6 * * *", "30 23 * * *", "@daily", "0 0 * * *", None])
