@@ -21,17 +21,18 @@
   tree: the line then starts at the versions gated against the newest deleted champion. A rollback
   fences the restored version: the versions gated against it that exist at the rollback (the
   rolled-back champion and those it beat in a race) never count again, also once the restored version
-  is deleted (each carries the fence too); challengers gated against it later do. Every edge of the
-  tree points to an older version (a tag naming a champion at or above the version's own number, only
-  ever another model's, reads as none), so the tree has no cycle and the walk always ends.
+  is deleted (each carries the fence too); challengers gated against it later do. Tags an older
+  release could leave (a run gated against another model's version of the same number) may chain
+  into a cycle: its oldest version then reads as a first champion (:func:`_acyclic_baselines`), so
+  the walk always ends and the line is not lost.
 * Stale gates: siblings compete on metrics measured on different evaluation windows, which is only fair
   between registrations that raced each other from one champion. So a registration is tagged
   ``stale`` (registered, never promoted, never shadow-scored) when, by the time it registers, the tags
   already name a champion that is neither the one its gate compared with nor a sibling gated against
   that same one: the champion moved on (e.g. its register task was retried after an outage); also when
-  the champion its gate compared with is not an earlier version of this model (deleted since, or the
-  registered model was deleted and created again while the run was in flight: by number, and by run
-  when the decision names the champion's run). Its result
+  the champion its gate compared with is not a version of this model any more (deleted since, or the
+  registered model was deleted and created again while the run was in flight: a version of that
+  number of another run, when the decision names the champion's run). Its result
   says so; registering the run again after a new gate (against the current champion) writes its tags
   again. A registration that comes after a sibling has already won cannot be told apart from a race
   (same tags, only timing differs), so it is judged as one.
@@ -190,19 +191,33 @@ def _versions(client: Any, name: str) -> list[ModelVersion]:
 
 
 def _baseline(version: ModelVersion) -> str:
-    """The champion the version's gate compared it with, as the champion line reads it: "" (none) also
-    when the tag names no version registered before this one, which only a gate against another model's
-    version does (the registered model was deleted and created again while the run was in flight).
-    Such an edge would point forward and could close a cycle; read as a first champion instead, every
-    edge of the tree points back, so following it always ends."""
-    baseline = _tags(version).get(BASELINE, "")
-    return baseline if baseline.isdigit() and int(baseline) < int(version.version) else ""
+    """The champion the version's gate compared it with ("" for none), as its tag says."""
+    return _tags(version).get(BASELINE, "")
 
 
-def _stale_against(
-    versions: list[ModelVersion], baseline: str, own: str, champion_run: str | None
-) -> str | None:
-    """Why a gate against ``baseline`` is out of date for version ``own`` (a clause for its reason), or
+def _acyclic_baselines(versions: list[ModelVersion]) -> dict[str, str]:
+    """Each version's baseline, except that a chain of baselines closing on itself is cut: the oldest
+    version of the cycle reads as a first champion. Only tags no registration writes now can close one
+    (a run gated against another model's version of the same number, registered by an older release
+    after the model was deleted and created again), and every version of a cycle would otherwise wait
+    under another forever: no champion line at all. A baseline above the version's own number is
+    normal (a stale version gated again against a newer champion) and is kept."""
+    baselines = {v.version: _baseline(v) for v in versions}
+    cut: set[str] = set()
+    for version in baselines:
+        path: list[str] = []
+        node = version
+        while node in baselines and node not in path and node not in cut:
+            path.append(node)
+            node = baselines[node]
+        if node in path:  # the walk came back: the versions from node on form a cycle
+            cycle = path[path.index(node) :]
+            cut.add(min(cycle, key=int))
+    return {v: "" if v in cut else b for v, b in baselines.items()}
+
+
+def _stale_against(versions: list[ModelVersion], baseline: str, champion_run: str | None) -> str | None:
+    """Why a gate against ``baseline`` is out of date (a clause for the version's reason), or
     None when the champion (as the tags say) is that baseline or a sibling gated against it (a race;
     see module doc). ``champion_run``: the run of the champion the gate compared with, when known."""
     line = _champion_line(versions)
@@ -210,7 +225,7 @@ def _stale_against(
     if baseline:
         compared = next((v for v in versions if v.version == baseline), None)
         other_run = compared is not None and champion_run not in (None, compared.run_id)
-        if compared is None or int(baseline) >= int(own) or other_run:
+        if compared is None or other_run:
             return (
                 f"v{baseline} is not the version of this model the gate saw (deleted since, or the "
                 "registered model was deleted and created again), so the comparison says nothing about "
@@ -232,7 +247,7 @@ def _write_gate_tags(
     baseline = str(decision.get("champion_version") or "")
     versions = _versions(client, name)
     champion_run = (decision.get("champion") or {}).get("run_id")
-    stale = _stale_against(versions, baseline, version.version, champion_run)
+    stale = _stale_against(versions, baseline, champion_run)
     outcome = PROMOTE if decision["promote"] else REJECT
     reason = decision["reason"]
     if stale is not None:
@@ -357,10 +372,11 @@ def _champion_line(versions: list[ModelVersion]) -> list[ModelVersion]:
     """The promoted versions from the first champion down to the champion, as the tags say (see module
     doc); empty when nothing is promoted."""
     registered = {v.version for v in versions}
+    baselines = _acyclic_baselines(versions)
     children: dict[str, list[ModelVersion]] = {}
     for v in versions:
         tags = _tags(v)
-        baseline = _baseline(v)
+        baseline = baselines[v.version]
         # Under a deleted version, a rolled-back or fenced one is dropped: the fence that kept it out
         # went with it. A first champion (no baseline) is never fenced: no rollback restores a version
         # before it (an alias moved by hand once made a rollback tag it; it still counts).
@@ -372,7 +388,7 @@ def _champion_line(versions: list[ModelVersion]) -> list[ModelVersion]:
     # at "" then would skip the line's deleted links and serve an old version again.
     start = max((b for b in children if b not in registered), key=_number, default="")
     line: list[ModelVersion] = []
-    while True:  # ends: each child's number is above its baseline's (see _baseline)
+    while True:  # ends: the baselines have no cycle (see _acyclic_baselines)
         node = line[-1] if line else None
         fence = _number(_tags(node).get(ROLLBACK_FENCE)) if node is not None else 0
         beaten_by = [v for v in children.get(node.version if node else start, []) if int(v.version) > fence]
@@ -393,11 +409,8 @@ def _challenger(versions: list[ModelVersion], line: list[ModelVersion], holder: 
             return tags[CHALLENGER_ELIGIBLE] == "true"
         return v.version == holder  # rejected before the flag existed
 
-    def gated_after(v: ModelVersion) -> int:  # never past v itself: more is another model's number
-        return min(max(_number(_tags(v).get(GATE_NEWEST)), _number(_baseline(v))), int(v.version))
-
     # A gate ran after every version up to the newest it saw, and after the champion it compared with.
-    seen = max((gated_after(v) for v in line), default=0)
+    seen = max((max(_number(_tags(v).get(GATE_NEWEST)), _number(_baseline(v))) for v in line), default=0)
     candidates = [int(v.version) for v in versions if int(v.version) > seen and eligible(v)]
     return str(max(candidates)) if candidates else None
 

@@ -271,6 +271,28 @@ def test_a_stale_version_gated_again_against_the_champion_is_promoted(
     assert again["previous_champion_version"] == "3"
 
 
+def test_a_stale_version_gated_again_against_a_champion_registered_after_it_is_promoted_and_rolls_back(
+    base_cfg: PipelineConfig, mlflow_server: str, tmp_path: Path
+) -> None:
+    """v4 (stale) gated again against v5: its gate tag names a version above its own number, which a
+    cycle guard once read as "no champion", so v4 stayed stale for good (and a registry written so by
+    the release before lost its line)."""
+    cfg = model_cfg(base_cfg)
+    late = exported_run(mlflow_server, tmp_path)
+    promoted_chain(cfg, mlflow_server, tmp_path)
+    assert register_bare(cfg, late, gate(0.75, "1"), mlflow_server)["stale"]
+    register_bare(cfg, exported_run(mlflow_server, tmp_path), gate(0.74, "3"), mlflow_server)  # v5
+
+    again = register_bare(cfg, late, gate(0.76, "5"), mlflow_server)
+
+    assert (again["version"], again["promoted"], again["stale"]) == ("4", True, False)
+    assert (again["champion_version"], again["previous_champion_version"]) == ("4", "5")
+    rolled = registry.rollback(cfg, tracking_uri=mlflow_server)
+    assert (rolled["champion_version"], rolled["rolled_back_version"]) == ("5", "4")
+    later = register_bare(cfg, exported_run(mlflow_server, tmp_path), gate(0.77, "5"), mlflow_server)
+    assert (later["version"], later["promoted"], later["previous_champion_version"]) == ("6", True, "5")
+
+
 def test_registration_gated_against_the_champion_s_own_baseline_races_it_on_the_gate_metric(
     base_cfg: PipelineConfig, mlflow_server: str, tmp_path: Path
 ) -> None:
