@@ -6,7 +6,8 @@ whole URL (e.g. a Slack/Teams incoming webhook), or the URI form
 ``schema`` there; it moves a query string into extra, where it cannot be told from HttpHook options,
 so a signed URL - Teams Workflows, Power Automate - goes whole into host), or host, port and schema (``http``/``https``) as HttpHook reads them. Without it,
 alerts go to the task log only. The payload is JSON ``{"pipeline", "event", "message", "details"}``
-and never contains connection secrets. An alert is best-effort: a webhook that is down, misnamed or
+(plus ``key`` for the alerts of a task: the same for every attempt that raises it, so a receiver can
+drop the repeat a retried task sends) and never contains connection secrets. An alert is best-effort: a webhook that is down, misnamed or
 answers garbage is logged (scheme and host only) and never fails the task that raised the alert.
 """
 
@@ -40,15 +41,28 @@ def webhook_url(conn_id: str = ALERTS_CONN_ID) -> str | None:
     return connection_url(conn, "https")
 
 
-def announce(pipeline: str, event: str, message: str, details: dict[str, Any] | None = None) -> bool:
-    """Log the alert; POST it to the webhook if one is configured. Returns whether it was posted."""
+def alert_key(context: Context, event: str, attempt: bool = False) -> str:
+    """The identity of a task's alert: ``<dag_id>/<run_id>/<task_id>[<map_index>]/<event>``, with the
+    try number when ``attempt`` (a failure of each try is news; a decision re-announced by a retry of
+    the task that made it is not)."""
+    ti = context["ti"]
+    index = getattr(ti, "map_index", -1)
+    task = ti.task_id + (f"[{index}]" if index is not None and index >= 0 else "")
+    try_part = f"/try-{ti.try_number}" if attempt else ""
+    return f"{ti.dag_id}/{context['run_id']}/{task}{try_part}/{event}"
+
+
+def announce(
+    pipeline: str, event: str, message: str, details: dict[str, Any] | None = None, key: str | None = None
+) -> bool:
+    """Log the alert; POST it to the webhook if one is configured. Returns whether it was posted.
+    ``key``: see :func:`alert_key`."""
     log.warning("[%s] %s: %s", pipeline, event, message)
     url = webhook_url()
     if not url:
         return False
-    payload = json.dumps(
-        {"pipeline": pipeline, "event": event, "message": message, "details": details or {}}, default=str
-    )
+    body = {"pipeline": pipeline, "event": event, "message": message, "details": details or {}}
+    payload = json.dumps(body | ({"key": key} if key else {}), default=str)
     try:
         request = urllib.request.Request(
             url, data=payload.encode(), headers={"Content-Type": "application/json"}, method="POST"
@@ -90,4 +104,10 @@ class MlopsNotifier(BaseNotifier):
         ti = context["ti"]
         exception = context.get("exception")
         message = f"task {ti.task_id} of {ti.dag_id} failed (run {context['run_id']}): {exception}"
-        announce(self.pipeline, "task_failed", message, {"dag_id": ti.dag_id, "task_id": ti.task_id})
+        announce(
+            self.pipeline,
+            "task_failed",
+            message,
+            {"dag_id": ti.dag_id, "task_id": ti.task_id},
+            key=alert_key(context, "task_failed", attempt=True),
+        )

@@ -32,7 +32,7 @@ from mlops_tasks.airflow.links import (
     model_version_url,
     report_url,
 )
-from mlops_tasks.airflow.notifiers import announce
+from mlops_tasks.airflow.notifiers import alert_key, announce
 from mlops_tasks.config import ConfigError, PipelineConfig, load_pipeline
 from mlops_tasks.errors import DataError
 from mlops_tasks.observability import emit
@@ -570,7 +570,11 @@ class EvaluateGateOperator(_DataVersionInput):
         GateReportLink.persist(context, report_url(decision["report_html_uri"]))
         if not decision["promote"]:
             announce(
-                self.config.name, "gate_rejected", decision["reason"], {"report": decision["report_html_uri"]}
+                self.config.name,
+                "gate_rejected",
+                decision["reason"],
+                {"report": decision["report_html_uri"]},
+                key=alert_key(context, "gate_rejected"),
             )
         emit("gate", decision, pipeline=self.pipeline)
         self.log.info(
@@ -958,7 +962,13 @@ class TriggerRetrainingOperator(PipelineOperator):
         }
         for asset in self.outlets:
             context["outlet_events"][asset].extra = extra
-        announce(self.config.name, "drift_detected", f"retraining requested: {extra['reason']}", extra)
+        announce(
+            self.config.name,
+            "drift_detected",
+            f"retraining requested: {extra['reason']}",
+            extra,
+            key=alert_key(context, "drift_detected"),
+        )
         return extra
 
 

@@ -58,6 +58,31 @@ def test_alert_is_posted_as_json_to_the_webhook(webhook: list[dict]) -> None:
     ]
 
 
+def test_a_tasks_alerts_carry_a_key_that_a_retry_repeats_and_a_new_try_of_a_failure_does_not(
+    webhook: list[dict],
+) -> None:
+    """A retried task re-announced its gate rejection or drift as a new alert; receivers (PagerDuty,
+    Opsgenie) drop repeats of a key. Failures are keyed per try: each try that fails is news."""
+    from types import SimpleNamespace
+
+    from mlops_tasks.airflow.notifiers import MlopsNotifier, alert_key
+
+    def context(try_number: int, map_index: int = -1) -> dict:
+        ti = SimpleNamespace(dag_id="p_training", task_id="gate", map_index=map_index, try_number=try_number)
+        return {"ti": ti, "run_id": "scheduled__2013-07-01", "exception": ValueError("boom")}
+
+    assert alert_key(context(1), "gate_rejected") == alert_key(context(2), "gate_rejected")
+    assert alert_key(context(1), "gate_rejected") == "p_training/scheduled__2013-07-01/gate/gate_rejected"
+    assert alert_key(context(1, map_index=3), "x") == "p_training/scheduled__2013-07-01/gate[3]/x"
+    for try_number in (1, 2):
+        MlopsNotifier(pipeline="p").notify(context(try_number))
+    assert [alert["key"] for alert in webhook] == [
+        "p_training/scheduled__2013-07-01/gate/try-1/task_failed",
+        "p_training/scheduled__2013-07-01/gate/try-2/task_failed",
+    ]
+    assert announce("p", "gate_rejected", "rejected", key="k") and webhook[-1]["key"] == "k"
+
+
 def test_without_a_webhook_connection_the_alert_is_only_logged(caplog: pytest.LogCaptureFixture) -> None:
     assert announce("flights_delay", "gate_rejected", "roc_auc 0.55 must be >= 0.6") is False
     assert "gate_rejected: roc_auc 0.55 must be >= 0.6" in caplog.text
