@@ -508,7 +508,13 @@ class ExportSpec(_Strict):
     parity_rows: int = Field(
         2048, ge=1, description="Evaluation rows the torch/onnxruntime parity check scores."
     )
-    quantize: bool = Field(False, description="Try dynamic int8 quantisation.")
+    quantize: bool = Field(
+        False,
+        description="Try dynamic int8 quantisation. Its activations are scaled per batch of rows, so one "
+        "extreme row moves the scores of the other rows of its batch (beyond quantize_score_tolerance for "
+        "values far outside the parity rows' range): use it only where validation bounds every numeric "
+        "feature (min/max).",
+    )
     quantize_metric_tolerance: float = Field(
         0.005, ge=0, description="Accept the int8 model only if the gate metric drops less than this."
     )

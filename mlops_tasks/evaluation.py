@@ -183,16 +183,23 @@ def _metrics(
     # Averaged over the classes in the rows: the same for every model judged on them.
     present = onehot.any(axis=0)
     true_p = np.clip(proba[np.arange(len(y)), y], _EPS, 1)
+    # Rankings need rows of two classes at least, as in the binary case: with one class, each class
+    # column is all ones or all zeros, and average precision of an all-ones column is 1.0 for any scores.
+    ranked = int(present.sum()) > 1
     return {
         "accuracy": float(np.mean(predicted == y)),
         "f1": float(
             skm.f1_score(y, predicted, labels=np.flatnonzero(present), average="macro", zero_division=0)
         ),
         "log_loss": _defined(np.mean, -np.log(true_p)),
-        "roc_auc": _defined(skm.roc_auc_score, onehot[:, present], proba[:, present], average="macro"),
+        "roc_auc": _defined(skm.roc_auc_score, onehot[:, present], proba[:, present], average="macro")
+        if ranked
+        else None,
         "pr_auc": _defined(
             skm.average_precision_score, onehot[:, present], proba[:, present], average="macro"
-        ),
+        )
+        if ranked
+        else None,
     }
 
 

@@ -48,6 +48,8 @@ from mlops_tasks.features import CATEGORICAL_CODES_INPUT, CATEGORICAL_VALUES_INP
 log = logging.getLogger(__name__)
 
 SPEC_FORMAT = 1
+# A spread below this has no float32 reciprocal: the exported graph would scale the feature to inf.
+_SMALLEST_SCALABLE_STD = 1 / float(np.finfo(np.float32).max)
 
 
 class TrainingDataError(DataError):
@@ -130,9 +132,17 @@ def split_window(frame: pd.DataFrame, cfg: PipelineConfig) -> tuple[pd.DataFrame
     """
     if DAY_COLUMN not in frame.columns:
         raise TrainingDataError(f"training rows have no '{DAY_COLUMN}' column; cannot split by day")
-    days = pd.to_datetime(frame[DAY_COLUMN]).dt.normalize()
-    if days.isna().all():
-        raise TrainingDataError(f"column '{DAY_COLUMN}' of the training rows holds no dates")
+    days = pd.to_datetime(frame[DAY_COLUMN], errors="coerce").dt.normalize()
+    if days.empty:
+        raise TrainingDataError("no training rows to split into training and evaluation days")
+    if days.isna().any():
+        # A row without its day would land in training whatever day it is from (evaluation rows too).
+        example = frame[DAY_COLUMN][days.isna()].iloc[0]
+        raise TrainingDataError(
+            f"column '{DAY_COLUMN}' of {int(days.isna().sum())} of the {len(frame)} training rows holds no "
+            f"date (e.g. {example!r}); ingest writes it on every row: the rows do not come from curated "
+            "partitions as ingest and validation wrote them"
+        )
     cutoff = days.max() - pd.Timedelta(days=cfg.training.evaluation_days - 1)
     is_eval = (days >= cutoff).to_numpy()
     train, evaluation = frame[~is_eval], frame[is_eval]
@@ -176,8 +186,12 @@ def fit_spec(frame: pd.DataFrame, label: pd.Series, cfg: PipelineConfig) -> NetS
             med = float(np.nanmedian(values))
         filled = np.where(np.isnan(values), med, values).astype(np.float32)
         sd = float(filled.std(dtype=np.float64))  # float32 squares overflow beyond a spread of ~1.8e19
-        if sd == 0.0:
-            log.warning("numeric feature '%s' is constant in the training rows; the model ignores it", col)
+        if sd < _SMALLEST_SCALABLE_STD:  # 0, or so small that 1/std overflows in the float32 graph
+            log.warning(
+                "numeric feature '%s' is constant in the training rows (spread %.3g); the model ignores it",
+                col,
+                sd,
+            )
             sd = 1.0
             constant.append(col)
         median.append(float(np.float32(med)))

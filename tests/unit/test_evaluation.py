@@ -48,6 +48,13 @@ def test_multiclass_metrics_count_a_class_the_model_does_not_know_as_wrong() -> 
     assert got["f1"] == pytest.approx((2 / 3 + 1 + 1 + 0) / 4)
 
 
+def test_multiclass_rankings_are_undefined_when_the_rows_hold_one_class() -> None:
+    """pr_auc was 1.0 for a model wrong on every row (an all-ones class column), and passed the gate."""
+    wrong = np.array([[0.9, 0.05, 0.05]] * 4)  # sure of class 0; every row is class 1
+    got = evaluation.compute_metrics("multiclass", np.array([1, 1, 1, 1]), wrong.max(axis=1), wrong)
+    assert got["pr_auc"] is None and got["roc_auc"] is None and got["accuracy"] == 0.0
+
+
 def test_multiclass_models_with_different_classes_are_scored_on_the_same_rows_and_classes() -> None:
     """A challenger trained without class C gets every C row wrong: it must not score better than a
     champion that knows C (with C rows dropped it got roc_auc 1.0 on the remaining rows)."""

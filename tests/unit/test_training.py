@@ -68,6 +68,30 @@ def test_constant_feature_is_not_scaled_and_empty_feature_is_imputed_with_zero(
     assert "'month' is constant" in caplog.text and "'wind_gust' is empty" in caplog.text
 
 
+def test_a_feature_whose_spread_has_no_float32_reciprocal_is_treated_as_constant(
+    example_config: PipelineConfig, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A std of 5e-41 trained, then failed the export's parity check with an unexplained inf."""
+    rows = tiny_rows()
+    rows["distance"] = np.random.default_rng(1).normal(0, 1, len(rows)) * 1e-40
+    rows, label = training.labelled_rows(rows, example_config)
+    with caplog.at_level(logging.WARNING, logger="mlops_tasks.training"):
+        spec = training.fit_spec(rows, label, example_config)
+    assert "distance" in spec.constant and spec.std[spec.numeric.index("distance")] == 1.0
+    assert "'distance' is constant" in caplog.text
+
+
+def test_rows_without_a_day_are_refused_not_trained_on(example_config: PipelineConfig) -> None:
+    """A row without its day passed as a training row (an evaluation day's too)."""
+    rows = tiny_rows(days=10)
+    rows.loc[[3, 7], "_day"] = None
+    rows.loc[9, "_day"] = "n/a"
+    with pytest.raises(
+        training.TrainingDataError, match=r"'_day' of 3 of the 200 training rows holds no date"
+    ):
+        training.split_window(rows, example_config)
+
+
 def test_a_feature_of_a_huge_spread_is_scaled_by_it_not_overflowed_away(
     example_config: PipelineConfig,
 ) -> None:
