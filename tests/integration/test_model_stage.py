@@ -761,31 +761,25 @@ def test_lineage_names_the_champion_the_gate_compared_with(
     run_id, decision, registration = register(0.60, "2", False)
     assert registration["previous_champion_version"] == "1"
 
-    record = lineage.assemble_record(
-        store,
-        cfg,
-        data_version={"data_version": "dv", "days": ["2013-01-01"], "trigger": "test"},
-        training={"run_id": run_id},
-        export={"onnx_artifact_uri": f"runs:/{run_id}/model/model.onnx"},
-        decision=decision,
-        registration=registration,
-    )
+    def record_of(decision: dict, registration: dict) -> dict:
+        return lineage.assemble_record(
+            store,
+            cfg,
+            data_version={"data_version": "dv", "days": ["2013-01-01"], "trigger": "test"},
+            training={"run_id": run_id},
+            export={"onnx_artifact_uri": f"runs:/{run_id}/model/model.onnx"},
+            decision=decision,
+            registration=registration,
+        )
 
+    record = record_of(decision, registration)
     assert (record["model_version"], record["promoted"], record["champion_version"]) == ("3", False, "2")
     assert "registry_reason" not in record["gate"]
 
     # The same run gated again, now passing: the registry keeps v3's first record, and so must lineage.
     regated = {**decision, "promote": True, "reason": "roc_auc 0.9 beats v2"}
     again = registry.register(cfg, run_id, tracking_uri=mlflow_server, decision=regated, data_version="dv")
-    record = lineage.assemble_record(
-        store,
-        cfg,
-        data_version={"data_version": "dv", "days": ["2013-01-01"], "trigger": "test"},
-        training={"run_id": run_id},
-        export={"onnx_artifact_uri": f"runs:/{run_id}/model/model.onnx"},
-        decision=regated,
-        registration=again,
-    )
+    record = record_of(regated, again)
     assert again["decision_applied"] is False and record["promoted"] is False
     assert record["gate"]["registry_reason"].startswith("gate decision not applied: v3 ")
     assert "  not applied               gate decision not applied" in lineage.format_record(

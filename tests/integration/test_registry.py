@@ -411,6 +411,14 @@ def on_metric(cfg: PipelineConfig, metric: str) -> PipelineConfig:
     return cfg.model_copy(update={"gate": cfg.gate.model_copy(update={"primary_metric": metric})})
 
 
+def reject_then_roll_back(
+    cfg: PipelineConfig, decision: dict, mlflow_server: str, tmp_path: Path
+) -> tuple[dict, dict]:
+    """A rejected registration (which converges the aliases on the tags), then a rollback."""
+    rejected = register_bare(cfg, exported_run(mlflow_server, tmp_path), decision, mlflow_server)
+    return rejected, registry.rollback(cfg, tracking_uri=mlflow_server)
+
+
 def test_changing_the_primary_metric_re_ranks_no_registered_version(
     base_cfg: PipelineConfig, mlflow_server: str, tmp_path: Path
 ) -> None:
@@ -427,13 +435,9 @@ def test_changing_the_primary_metric_re_ranks_no_registered_version(
     ) == ("4", "2")
     by_log_loss = on_metric(cfg, "log_loss")
 
-    rejected = register_bare(
-        by_log_loss,
-        exported_run(mlflow_server, tmp_path),
-        gated_on("log_loss", 0.5, 0.9, "4", False),
-        mlflow_server,
+    rejected, rolled = reject_then_roll_back(
+        by_log_loss, gated_on("log_loss", 0.5, 0.9, "4", False), mlflow_server, tmp_path
     )
-    rolled = registry.rollback(by_log_loss, tracking_uri=mlflow_server)
 
     assert (rejected["champion_version"], rejected["previous_champion_version"]) == ("4", "2")
     assert (rolled["champion_version"], rolled["previous_champion_version"]) == ("2", "1")
@@ -572,10 +576,7 @@ def test_a_gate_metric_tag_edited_to_a_non_number_ranks_last_and_keeps_register_
     client, name = hand_edited(cfg, mlflow_server)
     client.set_model_version_tag(name, "3", "gate_roc_auc", "n/a")  # e.g. in the MLflow UI
 
-    rejected = register_bare(
-        cfg, exported_run(mlflow_server, tmp_path), gate(0.5, "4", promote=False), mlflow_server
-    )
-    rolled = registry.rollback(cfg, tracking_uri=mlflow_server)
+    rejected, rolled = reject_then_roll_back(cfg, gate(0.5, "4", promote=False), mlflow_server, tmp_path)
 
     assert (rejected["champion_version"], rejected["previous_champion_version"]) == ("4", "2")
     assert (rolled["champion_version"], rolled["rolled_back_version"]) == ("2", "4")
