@@ -204,15 +204,17 @@ def _acyclic_baselines(versions: list[ModelVersion]) -> dict[str, str]:
     normal (a stale version gated again against a newer champion) and is kept."""
     baselines = {v.version: _baseline(v) for v in versions}
     cut: set[str] = set()
+    done: set[str] = set()  # versions whose chain is known to end: each is walked once, O(n) in all
     for version in baselines:
-        path: list[str] = []
+        path: dict[str, None] = {}  # ordered, with set lookups
         node = version
-        while node in baselines and node not in path and node not in cut:
-            path.append(node)
+        while node in baselines and node not in path and node not in done:
+            path[node] = None
             node = baselines[node]
         if node in path:  # the walk came back: the versions from node on form a cycle
-            cycle = path[path.index(node) :]
-            cut.add(min(cycle, key=int))
+            walked = list(path)
+            cut.add(min(walked[walked.index(node) :], key=int))
+        done.update(path)
     return {v: "" if v in cut else b for v, b in baselines.items()}
 
 

@@ -48,8 +48,9 @@ from mlops_tasks.features import CATEGORICAL_CODES_INPUT, CATEGORICAL_VALUES_INP
 log = logging.getLogger(__name__)
 
 SPEC_FORMAT = 1
-# A spread below this has no float32 reciprocal: the exported graph would scale the feature to inf.
-_SMALLEST_SCALABLE_STD = 1 / float(np.finfo(np.float32).max)
+# Below this spread the export's first layer, whose weights it divides by the spread in float32,
+# overflows to inf for trained weights of |w| > ~3e8 (and at 3e-39, for any |w| > 1).
+_SMALLEST_SCALABLE_STD = 1e-30
 
 
 class TrainingDataError(DataError):

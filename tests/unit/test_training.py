@@ -71,7 +71,7 @@ def test_constant_feature_is_not_scaled_and_empty_feature_is_imputed_with_zero(
 def test_a_feature_whose_spread_has_no_float32_reciprocal_is_treated_as_constant(
     example_config: PipelineConfig, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A std of 5e-41 trained, then failed the export's parity check with an unexplained inf."""
+    """A std of 1e-40 trained, then failed the export's parity check with an unexplained inf."""
     rows = tiny_rows()
     rows["distance"] = np.random.default_rng(1).normal(0, 1, len(rows)) * 1e-40
     rows, label = training.labelled_rows(rows, example_config)
