@@ -154,7 +154,8 @@ def test_the_retrain_event_goes_out_once_per_run_and_is_marked_sent_only_once_it
         ]
         return {
             "run_id": run,
-            "ti": SimpleNamespace(dag_id=dag_id),
+            # as the task runner's RuntimeTaskInstance has them (the alert's key reads them)
+            "ti": SimpleNamespace(dag_id=dag_id, task_id=operator.task_id, map_index=-1, try_number=1),
             "outlet_events": defaultdict(SimpleNamespace),
             "inlet_events": {asset: sent},
         }
@@ -258,7 +259,8 @@ def test_a_cleared_drift_check_of_a_run_that_sent_its_retrain_marks_it_sent_firs
     # Nothing listens there: the check itself stops after the mark, whatever other tests registered.
     operator.__dict__["_mlflow_addresses"] = ("http://127.0.0.1:9", "http://127.0.0.1:9")
     sent = SimpleNamespace(source_dag_id=dag_id, source_run_id=run, extra={"window_end": "2013-07-14"})
-    context: Any = {"run_id": run, "ti": SimpleNamespace(dag_id=dag_id), "inlet_events": {asset: [sent]}}
+    ti = SimpleNamespace(dag_id=dag_id, task_id="check_drift", map_index=-1, try_number=1)
+    context: Any = {"run_id": run, "ti": ti, "inlet_events": {asset: [sent]}}
     with pytest.raises(Exception, match="is not reachable"):
         operator.execute(context)
     assert store.get_json(state_key(example_config))["triggers"] == [
