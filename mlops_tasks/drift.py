@@ -629,6 +629,11 @@ def evidently_report(
     return _with_decision(html, comparison, cfg, day, limit), _summary(cfg, data, columns, "evidently", limit)
 
 
+def retrain_page_name(page_sha256: str) -> str:
+    """The name a retrain's report page is kept under, beside the day's drift.html (by its bytes)."""
+    return f"retrain-{page_sha256[:16]}.html"
+
+
 # -- policy ---------------------------------------------------------------------------------------
 
 
@@ -910,11 +915,15 @@ def run_check(
     """
     comparison = compare(cfg, reference, current, **sides)
     prefix = partition_prefix(cfg.prefix, "reports/drift", day)
-    html_uri = summary = page = None
+    html_uri = summary = page = page_sha256 = None
     if not _too_few_rows(cfg, comparison):
         html, summary = evidently_report(cfg, reference, current, day=day, comparison=comparison, **sides)
         page = html.encode()
-        html_uri = store.put_bytes(prefix + "drift.html", page, _HTML)
+        page_sha256 = sha256_bytes(page)
+        # Tagged with its checksum, which drift.json records: a later check of the day that dies
+        # between its two writes replaces drift.html, and status must not show its page beside
+        # this check's decision (status.last_drift).
+        html_uri = store.put_bytes(prefix + "drift.html", page, _HTML, metadata={"sha256": page_sha256})
     else:  # an earlier check's report of the day would be linked as this check's
         store.delete([prefix + "drift.html"])
     decision: dict[str, Any] = {}
@@ -934,11 +943,17 @@ def run_check(
 
     update_state(store, state_key, decide_on)
     report_uri = store.put_json(
-        prefix + "drift.json", {"decision": decision, "comparison": comparison, "evidently": summary}
+        prefix + "drift.json",
+        {
+            "decision": decision,
+            "comparison": comparison,
+            "evidently": summary,
+            "report_html_sha256": page_sha256,
+        },
     )
-    if decision["retrain"] and page is not None:
+    if decision["retrain"] and page_sha256 is not None:
         # Written last: a check killed before it has sent no retrain event, and its retry writes it.
         # Named by its bytes, so a retry deciding the same writes the same key.
-        kept = f"retrain-{sha256_bytes(page)[:16]}.html"
+        kept = retrain_page_name(page_sha256)
         html_uri = store.put_bytes(prefix + kept, page, _HTML)
     return {**decision, "report_uri": report_uri, "html_uri": html_uri}

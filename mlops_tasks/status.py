@@ -142,8 +142,27 @@ def last_drift(store: ObjectStore, cfg: PipelineConfig) -> dict[str, Any] | None
         "share_drifted": _number(decision.get("share_drifted")),
         "reasons": [str(r) for r in reasons] if isinstance(reasons, list) else [str(reasons)],
         "report_json_uri": store.uri(prefix + "drift.json"),
-        "report_html_uri": store.uri(prefix + "drift.html") if store.exists(prefix + "drift.html") else None,
+        "report_html_uri": _drift_page(store, prefix, report, decision.get("retrain") is True),
     }
+
+
+def _drift_page(store: ObjectStore, prefix: str, report: dict, retrained: bool) -> str | None:
+    """The page of the check that wrote ``report``: drift.html while it still holds that check's
+    bytes (a later check of the day replaces it, and may die before its drift.json), else the copy a
+    retrain keeps; None when neither is that page. A report written before pages were checksummed
+    links drift.html as it is."""
+    sha256 = report.get("report_html_sha256")
+    latest = store.metadata(prefix + "drift.html")
+    if not isinstance(sha256, str):
+        return store.uri(prefix + "drift.html") if latest is not None else None
+    if latest is not None and latest.get("sha256") == sha256:
+        return store.uri(prefix + "drift.html")
+    if not retrained:
+        return None
+    from mlops_tasks.drift import retrain_page_name  # scipy and pandas: only on this rare path
+
+    kept = prefix + retrain_page_name(sha256)
+    return store.uri(kept) if store.exists(kept) else None
 
 
 def last_training(cfg: PipelineConfig, tracking_uri: str, ui_url: str | None = None) -> dict[str, Any] | None:

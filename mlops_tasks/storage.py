@@ -348,14 +348,8 @@ class ObjectStore:
 
     def exists(self, key: str) -> bool:
         """Whether ``key`` exists; a missing bucket is an error, not a missing key (a misnamed bucket
-        must not make a task skip as if there were no data)."""
-        try:
-            with self._explain("read", key):
-                self.client.head_object(Bucket=self.bucket, Key=key)
-        except FileNotFoundError:
-            self.check()  # HEAD says 404 for a missing bucket too
-            return False
-        return True
+        must not make a task skip as if there were no data: HEAD says 404 for it too)."""
+        return self.metadata(key) is not None
 
     def get_bytes(self, key: str) -> bytes:
         return self._get(key)["Body"]
@@ -412,15 +406,31 @@ class ObjectStore:
         data: bytes,
         content_type: str = "application/octet-stream",
         condition: dict[str, str] | None = None,
+        metadata: dict[str, str] | None = None,
     ) -> str:
         """One PUT: S3 makes the object visible whole or not at all. Returns the URI. ``condition``:
         from :meth:`read_for_write`; a lost condition is a :class:`WriteConflictError` (or
-        :class:`ObjectNotFoundError` when the object was deleted) and writes nothing."""
+        :class:`ObjectNotFoundError` when the object was deleted) and writes nothing. ``metadata``:
+        user metadata (:meth:`metadata` reads it back with one HEAD)."""
         with self._explain("write", key):
             self.client.put_object(
-                Bucket=self.bucket, Key=key, Body=data, ContentType=content_type, **(condition or {})
+                Bucket=self.bucket,
+                Key=key,
+                Body=data,
+                ContentType=content_type,
+                **(condition or {}),
+                **({"Metadata": metadata} if metadata else {}),
             )
         return self.uri(key)
+
+    def metadata(self, key: str) -> dict[str, str] | None:
+        """The user metadata of ``key`` (one HEAD), None when it does not exist."""
+        try:
+            with self._explain("read", key):
+                return dict(self.client.head_object(Bucket=self.bucket, Key=key).get("Metadata") or {})
+        except FileNotFoundError:
+            self.check()  # HEAD says 404 for a missing bucket too
+            return None
 
     def put_many(
         self, objects: dict[str, bytes], content_type: str = "application/octet-stream", threads: int = 8

@@ -126,6 +126,9 @@ def test_run_check_writes_html_and_json_reports_to_the_store(
     assert store.get_bytes(kept) == page
     stored = store.get_json(prefix + "drift.json")
     assert stored["decision"]["reasons"] == result["reasons"]
+    # the page is tagged with the checksum its decision records (status pairs them by it)
+    assert stored["report_html_sha256"] == hashlib.sha256(page).hexdigest()
+    assert store.metadata(prefix + "drift.html") == {"sha256": stored["report_html_sha256"]}
     assert stored["evidently"]["drifted_columns"] == stored["comparison"]["drifted_columns"]
     assert b"Drift is detected" in page
     assert store.get_json(STATE) == {

@@ -38,6 +38,34 @@ def test_a_drift_check_stopped_before_its_json_leaves_the_previous_check_as_the_
     assert last["report_html_uri"] is None  # 07-01's HTML was not written either
 
 
+def test_the_last_drift_check_links_its_own_page_not_one_a_later_check_left(
+    store: ObjectStore, example_config: PipelineConfig
+) -> None:
+    """A later check of the day replaced drift.html and died before its drift.json: status paired the
+    earlier decision with the later check's page."""
+    from mlops_tasks.drift import retrain_page_name
+    from mlops_tasks.storage import sha256_bytes
+
+    prefix = partition_prefix(example_config.prefix, "reports/drift", dt.date(2013, 7, 3))
+    page = b"<html>the check that decided</html>"
+    sha = sha256_bytes(page)
+    store.put_bytes(prefix + "drift.html", page, "text/html", metadata={"sha256": sha})
+    decision = {"status": "no_drift", "retrain": False, "reasons": []}
+    store.put_json(prefix + "drift.json", {"decision": decision, "report_html_sha256": sha})
+    assert last_drift(store, example_config)["report_html_uri"] == store.uri(prefix + "drift.html")
+
+    later = b"<html>a later check that died</html>"
+    store.put_bytes(prefix + "drift.html", later, "text/html", metadata={"sha256": sha256_bytes(later)})
+    assert last_drift(store, example_config)["report_html_uri"] is None
+
+    # a retrain keeps its page under its checksum: that copy is still the decision's
+    store.put_json(
+        prefix + "drift.json", {"decision": {**decision, "retrain": True}, "report_html_sha256": sha}
+    )
+    store.put_bytes(prefix + retrain_page_name(sha), page, "text/html")
+    assert last_drift(store, example_config)["report_html_uri"] == store.uri(prefix + retrain_page_name(sha))
+
+
 def test_the_last_gate_is_the_latest_decision_written_whatever_its_window(
     store: ObjectStore, example_config: PipelineConfig
 ) -> None:
