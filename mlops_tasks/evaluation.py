@@ -50,7 +50,7 @@ from mlops_tasks.features import (
     session_inputs,
     take_rows,
 )
-from mlops_tasks.storage import ObjectStore, partition_prefix
+from mlops_tasks.storage import ObjectStore, parse_partition_date, partition_prefix
 from mlops_tasks.versioning import DataVersionError, read_record
 
 HIGHER_IS_BETTER = {
@@ -444,7 +444,7 @@ def champion_training_days(
         record = read_record(store, cfg, version)
     except DataVersionError:
         return None
-    days = {dt.date.fromisoformat(f["path"].split("date=", 1)[1][:10]) for f in record["files"] if f["rows"]}
+    days = {parse_partition_date(f["path"]) for f in record["files"] if f["rows"]} - {None}
     if not days:
         return None
     cutoff = max(days) - dt.timedelta(days=int(evaluation_days) - 1)
