@@ -3,10 +3,11 @@
 * Every exported run becomes a registered model version, tagged with its data version, gate decision,
   gate metrics, the champion its gate compared it against, the newest version its gate saw, its run id
   and the sha256 of the ONNX file its gate judged, so the registry alone explains why each version is
-  where it is. A version's gate tags are written once; retries reuse them (a stale version's are
-  written again, see below), and a later gate of the same run with the other outcome is not applied
-  (the result says so, ``decision_applied`` false): a new decision needs a new run. A run's ONNX file is write-once (:mod:`mlops_tasks.export`); registering
-  a run whose file no longer has the registered checksum is refused.
+  where it is. A version's gate tags are written once; retries reuse them, and a later gate of the
+  same run with the other outcome is not applied (the result says so, ``decision_applied`` false): a
+  new decision needs a new run (a stale version is the exception, see below). A run's ONNX file is
+  write-once (:mod:`mlops_tasks.export`); registering a run whose file no longer has the registered
+  checksum is refused.
 * ``champion`` is what batch inference serves; ``previous_champion`` is the one-step rollback target
   (the champion the serving version's gate beat); ``challenger`` marks a rejected-but-sane model that
   batch inference shadow-scores.
@@ -33,8 +34,8 @@
   the champion its gate compared with is not a version of this model any more (deleted since, or the
   registered model was deleted and created again while the run was in flight: a version of that
   number of another run, when the decision names the champion's run). Its result
-  says so; registering the run again after a new gate (against the current champion) writes its tags
-  again. A registration that comes after a sibling has already won cannot be told apart from a race
+  says so; registering the run again after a new gate (against the current champion) registers it as
+  a new version (:func:`_version_for_run`), whose number is above any rollback fence since. A registration that comes after a sibling has already won cannot be told apart from a race
   (same tags, only timing differs), so it is judged as one.
 * ``challenger`` is also a function of the tags: the newest rejected-but-sane version, unless a gate on
   the champion's line ran after that version was registered (``gate_newest_version``): the champion
@@ -151,13 +152,34 @@ def _ensure_model(client: Any, name: str) -> None:
             raise
 
 
-def _version_for_run(client: Any, cfg: PipelineConfig, run_id: str) -> ModelVersion:
-    """The run's model version: reused if a previous attempt created it, else created now."""
+def _version_for_run(client: Any, cfg: PipelineConfig, run_id: str, decision: dict[str, Any]) -> ModelVersion:
+    """The run's model version for this gate: reused if a previous attempt created it, else created now.
+
+    A run's versions are one per gate that counts: a version whose gate record is written (promote or
+    reject) is the run's for good; one whose gate was stale is reused only by a retry of that gate (the
+    same champion compared and the same newest version seen), and a new gate of the run gets a new
+    version. The registry orders gates by version number (a rollback fences the versions numbered up to
+    it), so a re-gate written onto the stale version's old number could be fenced out by a rollback that
+    came after the stale gate, and would never be promoted as the stale reason advises."""
     name = cfg.registered_model_name
     query = f"name={tracking.quoted(name)} and run_id='{run_id}'"
-    existing = client.search_model_versions(query)
-    if existing:
-        return min(existing, key=lambda v: int(v.version))
+
+    def this_gates(versions: list[ModelVersion]) -> ModelVersion | None:
+        def reusable(v: ModelVersion) -> bool:
+            tags = _tags(v)
+            if tags.get(GATE_DECISION) != STALE:  # recorded for good, or not yet (a creation race)
+                return True
+            return tags.get(BASELINE, "") == str(decision.get("champion_version") or "") and tags.get(
+                GATE_NEWEST, ""
+            ) == str(decision.get("registry_newest_version") or "")
+
+        ordered = sorted(versions, key=lambda v: int(v.version))
+        recorded = [v for v in ordered if _tags(v).get(GATE_DECISION) in (PROMOTE, REJECT)]
+        return next(iter(recorded), None) or next((v for v in ordered if reusable(v)), None)
+
+    found = this_gates(client.search_model_versions(query))
+    if found is not None:
+        return found
     run = client.get_run(run_id)
     if tracking.ONNX_ARTIFACT not in {a.path for a in client.list_artifacts(run_id, "model")}:
         raise RegistryError(
@@ -165,9 +187,11 @@ def _version_for_run(client: Any, cfg: PipelineConfig, run_id: str) -> ModelVers
             "succeed before a model can be registered"
         )
     client.create_model_version(name, f"{run.info.artifact_uri}/model", run_id=run_id)
-    # Two attempts of one run (a task and its zombie) may both create one: both go on with the lowest,
+    # Two attempts of one gate (a task and its zombie) may both create one: both go on with the lowest,
     # the other stays untagged and never counts.
-    return min(client.search_model_versions(query), key=lambda v: int(v.version))
+    found = this_gates(client.search_model_versions(query))
+    assert found is not None  # the version just created is untagged, so reusable
+    return found
 
 
 def _tags(version: ModelVersion) -> dict[str, str]:
@@ -200,8 +224,8 @@ def _acyclic_baselines(versions: list[ModelVersion]) -> dict[str, str]:
     version of the cycle reads as a first champion. Only tags no registration writes now can close one
     (a run gated against another model's version of the same number, registered by an older release
     after the model was deleted and created again), and every version of a cycle would otherwise wait
-    under another forever: no champion line at all. A baseline above the version's own number is
-    normal (a stale version gated again against a newer champion) and is kept."""
+    under another forever: no champion line at all. A baseline above the version's own number (older
+    releases wrote a stale version's new gate onto it) is kept when it closes no cycle."""
     baselines = {v.version: _baseline(v) for v in versions}
     cut: set[str] = set()
     done: set[str] = set()  # versions whose chain is known to end: each is walked once, O(n) in all
@@ -302,7 +326,7 @@ def register(
     client = tracking.client(tracking_uri)
     with _reachable(tracking_uri, f"register run {run_id} as a version of '{name}'"):
         _ensure_model(client, name)
-        version = _version_for_run(client, cfg, run_id)
+        version = _version_for_run(client, cfg, run_id, decision)
         tags = dict(_tags(version))
         gated, registered = decision["challenger"].get(ONNX_SHA256_TAG), tags.get(ONNX_SHA256_TAG)
         if gated and registered and gated != registered:
@@ -312,9 +336,8 @@ def register(
                 f"{tracking.ONNX_ARTIFACT} changed after registration. Nothing was changed; train a new "
                 "run to register a new model (and roll back if the changed file is being served)."
             )
-        # A stale version is not in the tree, so writing its tags again (after a new gate) is safe.
         recorded = tags.get(GATE_DECISION)
-        if recorded in (None, STALE):
+        if recorded is None:
             tags = _write_gate_tags(client, version, run_id, decision, data_version)
         champion, previous = _converge(client, name)
     promoted = champion == version.version

@@ -267,16 +267,36 @@ def test_a_stale_version_gated_again_against_the_champion_is_promoted(
 
     again = register_bare(cfg, late, gate(0.76, "3"), mlflow_server)
 
-    assert (again["version"], again["promoted"], again["stale"]) == ("4", True, False)
+    # The new gate is a new version of the run: v4 keeps the stale record that explains it.
+    assert (again["version"], again["promoted"], again["stale"]) == ("5", True, False)
     assert again["previous_champion_version"] == "3"
+    assert register_bare(cfg, late, gate(0.76, "3"), mlflow_server)["version"] == "5"  # a retry
+    old = tracking.client(mlflow_server).get_model_version(cfg.registered_model_name, "4")
+    assert old.tags["gate_decision"] == "stale" and old.tags["gate_champion_version"] == "1"
+
+
+def test_a_stale_version_gated_again_after_a_rollback_is_promoted(
+    base_cfg: PipelineConfig, mlflow_server: str, tmp_path: Path
+) -> None:
+    """The rollback fences the versions gated against the restored v2 that exist when it runs (up to
+    v4). The stale run's new gate against v2, written onto v4 as older releases did, fell under that
+    fence: the gate passed, its reason had advised exactly this, and it was never promoted."""
+    cfg = model_cfg(base_cfg)
+    late = exported_run(mlflow_server, tmp_path)
+    promoted_chain(cfg, mlflow_server, tmp_path)
+    assert register_bare(cfg, late, gate(0.75, "1"), mlflow_server)["stale"]  # v4
+    assert registry.rollback(cfg, tracking_uri=mlflow_server)["champion_version"] == "2"
+
+    again = register_bare(cfg, late, gate(0.76, "2"), mlflow_server)
+
+    assert (again["version"], again["promoted"], again["stale"]) == ("5", True, False)
+    assert (again["champion_version"], again["previous_champion_version"]) == ("5", "2")
 
 
 def test_a_stale_version_gated_again_against_a_champion_registered_after_it_is_promoted_and_rolls_back(
     base_cfg: PipelineConfig, mlflow_server: str, tmp_path: Path
 ) -> None:
-    """v4 (stale) gated again against v5: its gate tag names a version above its own number, which a
-    cycle guard once read as "no champion", so v4 stayed stale for good (and a registry written so by
-    the release before lost its line)."""
+    """v4 (stale) gated again against v5, registered after it: the new gate is v6, under v5."""
     cfg = model_cfg(base_cfg)
     late = exported_run(mlflow_server, tmp_path)
     promoted_chain(cfg, mlflow_server, tmp_path)
@@ -285,12 +305,37 @@ def test_a_stale_version_gated_again_against_a_champion_registered_after_it_is_p
 
     again = register_bare(cfg, late, gate(0.76, "5"), mlflow_server)
 
-    assert (again["version"], again["promoted"], again["stale"]) == ("4", True, False)
-    assert (again["champion_version"], again["previous_champion_version"]) == ("4", "5")
+    assert (again["version"], again["promoted"], again["stale"]) == ("6", True, False)
+    assert (again["champion_version"], again["previous_champion_version"]) == ("6", "5")
     rolled = registry.rollback(cfg, tracking_uri=mlflow_server)
-    assert (rolled["champion_version"], rolled["rolled_back_version"]) == ("5", "4")
+    assert (rolled["champion_version"], rolled["rolled_back_version"]) == ("5", "6")
     later = register_bare(cfg, exported_run(mlflow_server, tmp_path), gate(0.77, "5"), mlflow_server)
-    assert (later["version"], later["promoted"], later["previous_champion_version"]) == ("6", True, "5")
+    assert (later["version"], later["promoted"], later["previous_champion_version"]) == ("7", True, "5")
+
+
+def test_a_stale_version_re_tagged_by_an_older_release_above_its_own_number_keeps_the_line(
+    base_cfg: PipelineConfig, mlflow_server: str, tmp_path: Path
+) -> None:
+    """Older releases wrote a stale version's new gate onto it: v4 promoted over v5, a baseline above
+    its own number, which a cycle guard once read as "no champion" (the line was lost)."""
+    cfg = model_cfg(base_cfg)
+    late = exported_run(mlflow_server, tmp_path)
+    promoted_chain(cfg, mlflow_server, tmp_path)
+    assert register_bare(cfg, late, gate(0.75, "1"), mlflow_server)["stale"]  # v4
+    register_bare(cfg, exported_run(mlflow_server, tmp_path), gate(0.74, "3"), mlflow_server)  # v5
+    client, name = hand_edited(cfg, mlflow_server)
+    for key, value in (
+        (registry.BASELINE, "5"),
+        ("gate_roc_auc", "0.76"),
+        (registry.GATE_DECISION, "promote"),
+    ):
+        client.set_model_version_tag(name, "4", key, value)
+
+    later = register_bare(cfg, exported_run(mlflow_server, tmp_path), gate(0.77, "4"), mlflow_server)
+
+    assert (later["version"], later["promoted"], later["previous_champion_version"]) == ("6", True, "4")
+    rolled = registry.rollback(cfg, tracking_uri=mlflow_server)
+    assert (rolled["champion_version"], rolled["rolled_back_version"]) == ("4", "6")
 
 
 def test_registration_gated_against_the_champion_s_own_baseline_races_it_on_the_gate_metric(
