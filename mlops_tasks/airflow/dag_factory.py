@@ -7,7 +7,7 @@ Per pipeline ``p``:
   its cron OR the ``mlops://p/retrain`` asset (drift monitor, or an external POST of an asset event).
 * ``p_batch_inference``: resolve champion once -> ingest + validate the day -> plan parts ->
   score (mapped) -> publish atomically (emits the predictions asset); shadow-scores the challenger
-  (a branch skipped as a whole when there is none).
+  (a branch skipped as a whole when there is none, whose failure fails its tasks, not the run).
 * ``p_drift_monitor``: on the predictions asset: Evidently drift check -> retrain asset event.
 
 Batch inference (and the drift monitor's optional cron) run once a day is over, the classic daily
@@ -28,6 +28,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.providers.standard.operators.python import ShortCircuitOperator
 from airflow.sdk import (
     DAG,
@@ -71,6 +72,7 @@ from mlops_tasks.config import (
 )
 
 NONE_FAILED = "none_failed"
+ALL_DONE = "all_done"
 CONFIG_ERROR_DAG = "mlops_config_error_{stem}"
 CONFIG_DIR_ERROR_DAG = "mlops_config_error_config_dir"
 log = logging.getLogger(__name__)
@@ -222,9 +224,14 @@ def build_batch_inference_dag(cfg: PipelineConfig) -> DAG:
             **common,
         )
         # The report reads both published days.
-        [publish, publish_shadow] >> ShadowReportOperator(
-            task_id="shadow_report", models=models.output, **common
-        )
+        report = ShadowReportOperator(task_id="shadow_report", models=models.output, **common)
+        [publish, publish_shadow] >> report
+        # Airflow judges a run by its leaf tasks. The run's state follows serving alone: `served`
+        # fails the run when publishing did not succeed, while `shadow_settled` succeeds however the
+        # shadow branch ended. A challenger that cannot be scored fails its own tasks (red in the grid,
+        # alerted) but not the day whose predictions were published and announced.
+        publish >> EmptyOperator(task_id="served")
+        report >> EmptyOperator(task_id="shadow_settled", trigger_rule=ALL_DONE)
     return dag
 
 

@@ -21,6 +21,7 @@ from mlops_tasks.inference import read_predictions
 from mlops_tasks.status import last_drift, last_gate
 from mlops_tasks.storage import MANIFEST_NAME, partition_prefix
 from tests.e2e.conftest import run_dag
+from tests.integration.faults.stage_runner import exported_run
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +36,7 @@ def days(start: str, end: str) -> list[dt.date]:
     return [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
 
 
-def test_lifecycle_from_landing_to_a_retrain_request(lifecycle_env: dict) -> None:
+def test_lifecycle_from_landing_to_a_retrain_request(lifecycle_env: dict, tmp_path: Path) -> None:
     from mlops_tasks.lineage import read_record
     from mlops_tasks.registry import champion_info
 
@@ -76,6 +77,7 @@ def test_lifecycle_from_landing_to_a_retrain_request(lifecycle_env: dict) -> Non
         ("shadow_score", -1): "skipped",
         ("publish_shadow", -1): "skipped",
         ("shadow_report", -1): "skipped",
+        ("shadow_settled", -1): "skipped",
     }
     run = run_dag("flights_delay_batch_inference", day.isoformat())
     second = read_predictions(store, cfg, day)
@@ -152,6 +154,20 @@ def test_lifecycle_from_landing_to_a_retrain_request(lifecycle_env: dict) -> Non
         assert champion_info(cfg, tracking_uri=lifecycle_env["mlflow"])["version"] == "1"
     else:
         assert rollback.returncode == 1 and "no earlier champion" in rollback.stderr
+
+    # A challenger that cannot be scored (its model.onnx is not ONNX) fails the shadow branch, not
+    # the run: the day's predictions are the champion's (v1 again), published as before.
+    client = tracking.client(lifecycle_env["mlflow"])
+    broken_run = client.get_run(exported_run(lifecycle_env["mlflow"], tmp_path))
+    broken = client.create_model_version(
+        cfg.registered_model_name, f"{broken_run.info.artifact_uri}/model", run_id=broken_run.info.run_id
+    )
+    client.set_registered_model_alias(cfg.registered_model_name, "challenger", broken.version)
+    run = run_dag("flights_delay_batch_inference", day.isoformat())
+    states = {ti.task_id: ti.state for ti in run.get_task_instances() if ti.map_index <= 0}
+    assert (run.state, states["publish"], states["served"]) == ("success", "success", "success")
+    assert (states["shadow_score"], states["shadow_settled"]) == ("failed", "success")
+    assert read_predictions(store, cfg, day).drop(columns="run_id").equals(first.drop(columns="run_id"))
 
 
 def cli() -> str:

@@ -172,7 +172,22 @@ def test_the_shadow_branch_hangs_off_the_challenger_check(dags) -> None:
     assert check.upstream_task_ids == {"resolve_champion"}
     assert check.downstream_task_ids == {"shadow_score"}
     # everything the check skips is shadow work: the published predictions never wait on it
-    assert check.get_flat_relative_ids(upstream=False) == {"shadow_score", "publish_shadow", "shadow_report"}
+    assert check.get_flat_relative_ids(upstream=False) == {
+        "shadow_score",
+        "publish_shadow",
+        "shadow_report",
+        "shadow_settled",
+    }
+
+
+def test_the_run_state_follows_publishing_not_the_shadow_branch(dags) -> None:
+    """Airflow fails a run when a leaf task failed: the leaves are a plain task after publish and
+    one after the shadow report that runs whatever the branch's outcome (e2e: a failing challenger)."""
+    dag = dags["flights_delay_batch_inference"]
+    assert {t.task_id for t in dag.leaves} == {"served", "shadow_settled"}
+    served, settled = dag.get_task("served"), dag.get_task("shadow_settled")
+    assert (served.upstream_task_ids, served.trigger_rule) == ({"publish"}, "all_success")
+    assert (settled.upstream_task_ids, settled.trigger_rule) == ({"shadow_report"}, "all_done")
 
 
 def test_one_drift_run_at_a_time_as_runs_share_the_retrain_cooldown(dags) -> None:
