@@ -770,9 +770,9 @@ def decide(
     (``live_metric_drop`` = champion's metric minus live metric, oriented so that positive is worse),
     or ``new_rows_since_training`` reached ``retrain_after_new_rows``. Fewer than ``drift.min_rows``
     rows on a side: "insufficient_data", no trigger. Reasons to retrain but another run's trigger (per
-    ``state``) on ``day``: "already_requested" (``requested_by`` its run id, None if unknown); on
-    another day less than ``drift.cooldown_days`` before or after ``day``: "cooldown"
-    (``cooldown_until``); both report the reasons and do not trigger. ``check_run_id`` identifies
+    ``state``) on ``day``: "already_requested"; on another day less than ``drift.cooldown_days``
+    before or after ``day``: "cooldown" (``cooldown_until``); both name the trigger's run
+    (``requested_by``, None if unknown), report the reasons and do not trigger. ``check_run_id`` identifies
     the run deciding (e.g. the DAG run id): only the same run deciding again (a retry) may
     re-request its day's retrain; None never matches a recorded trigger.
     """
@@ -841,6 +841,7 @@ def decide(
             "status": "cooldown",
             "reasons": reasons,
             "cooldown_until": until.isoformat(),
+            "requested_by": blocker["run_id"],
         }
     else:
         decision = {**base, "retrain": True, "status": "drift", "reasons": reasons}

@@ -915,6 +915,10 @@ class DriftCheckOperator(PipelineOperator):
             tracking_uri=self.tracking_uri,
             check_run_id=_check_identity(context),
         )
+        pending = _unsent_request(self, context, result)
+        if pending:
+            self.log.warning(pending)
+            result["request_pending"] = True
         DriftReportLink.persist(context, report_url(result.get("report_html_uri")))
         emit("drift", result, pipeline=self.pipeline)
         self.log.info("Drift check for %s: %s", day, result)
@@ -982,9 +986,31 @@ def _check_identity(context: Context) -> str:
 def _retrain_event_of_this_run(task: BaseOperator, context: Context) -> Any:
     """The retrain event this DAG run already emitted (Airflow records an outlet event when its task
     succeeds), looked up among ``task``'s inlets; None if there is none."""
-    this_run = (context["ti"].dag_id, context["run_id"])
+    return _retrain_event_of(task, context, _check_identity(context))
+
+
+def _retrain_event_of(task: BaseOperator, context: Context, check_identity: str) -> Any:
+    """The retrain event the run ``<dag_id>/<run_id>`` emitted, among ``task``'s inlets; or None."""
+    dag_id, _, run_id = check_identity.partition("/")  # a dag id has no "/"
     for asset in task.inlets:
         for event in context["inlet_events"][asset]:
-            if (event.source_dag_id, event.source_run_id) == this_run:
+            if (event.source_dag_id, event.source_run_id) == (dag_id, run_id):
                 return event
     return None
+
+
+def _unsent_request(task: BaseOperator, context: Context, decision: dict[str, Any]) -> str | None:
+    """Why a check that defers to another run's retrain ("already_requested", "cooldown") may be
+    deferring to nothing: that run's retrain event does not exist (its trigger task has not succeeded,
+    yet or ever). The trigger still holds the cooldown, so the user must know where to look; None when
+    the event exists, or without the retrain asset as an inlet to look it up."""
+    requester = decision.get("requested_by")
+    if not requester or not task.inlets or _retrain_event_of(task, context, requester) is not None:
+        return None
+    return (
+        f"This check found reasons to retrain but defers to the retrain run {requester} requested "
+        f"({decision['status']}), and that run has sent no retrain event: its retrain task "
+        "(request_retraining in the generated DAG) has not succeeded, yet or at all. Until it does, no "
+        "check of a day within drift.cooldown_days of that request triggers a retrain. If that run "
+        "failed, clear its retrain task to send the event."
+    )

@@ -458,3 +458,27 @@ def test_drift_checks_of_two_dags_with_the_same_run_id_are_different_runs() -> N
         "already_requested",
         generated,
     )
+
+
+def test_a_check_deferring_to_a_retrain_whose_event_never_went_out_says_where_to_look() -> None:
+    """The trigger of a run whose retrain task never succeeded holds the cooldown: the check that
+    defers to it must name that run, and stay quiet once its event exists."""
+    from mlops_tasks.airflow.dag_factory import retrain_asset
+    from mlops_tasks.airflow.operators import DriftCheckOperator, _unsent_request
+    from mlops_tasks.config import load_pipeline
+
+    asset = retrain_asset(load_pipeline("flights_delay"))
+    check = DriftCheckOperator(task_id="drift_check", pipeline="flights_delay", inlets=[asset])
+    requester = "flights_delay_drift_monitor/scheduled__2013-07-14T00:00:00+00:00"
+    deferring = {"status": "cooldown", "retrain": False, "requested_by": requester}
+    sent = SimpleNamespace(
+        source_dag_id="flights_delay_drift_monitor", source_run_id="scheduled__2013-07-14T00:00:00+00:00"
+    )
+    other = SimpleNamespace(source_dag_id="flights_delay_drift_monitor", source_run_id="manual__x")
+
+    message = _unsent_request(check, {"inlet_events": {asset: [other]}}, deferring)
+
+    assert message is not None and requester in message and "clear its retrain task" in message
+    assert _unsent_request(check, {"inlet_events": {asset: [other, sent]}}, deferring) is None
+    unknown = {**deferring, "requested_by": None}  # a state written before run ids were recorded
+    assert _unsent_request(check, {"inlet_events": {asset: []}}, unknown) is None
