@@ -300,7 +300,9 @@ def _arrow_dictionary(chunks: list[pa.Array], offset: int) -> tuple[np.ndarray, 
         if indices.null_count:  # missing rows: index 0 for now, pointed at the trailing "" below
             missing.append(np.flatnonzero(indices.is_null().to_numpy(zero_copy_only=False)) + first_row)
             indices = indices.fill_null(0)
-        codes.append(indices.to_numpy() + offset)
+        # int64 first: parquet written from a pandas Categorical keeps int8 indices, which the
+        # offset would wrap (another column's values) or overflow.
+        codes.append(np.add(indices.to_numpy(), offset, dtype=np.int64))
         offset += len(dictionary)
         first_row += len(indices)
     row_codes = _joined(codes, np.int64).astype(np.int64, copy=False)

@@ -185,11 +185,16 @@ class _Model:
         return cls(session, task, labels, F.is_legacy_session(session), where)
 
     def output_fields(self) -> list[pa.Field]:
-        """The columns :meth:`predict` fills: never null (a regression may predict NaN, not null)."""
-        fields = [pa.field("prediction", self._label_type()), pa.field("score", pa.float32())]
+        """The columns :meth:`predict` fills. Only a class can be null: a row the model gave no
+        finite score (a regression's prediction is then NaN, like its score)."""
+        fields = [pa.field("prediction", self._label_type(), nullable=self.task != "regression")]
+        fields.append(pa.field("score", pa.float32(), nullable=False))
         if self.task == "multiclass":
-            fields += [pa.field(f"probability_{_label_text(c)}", pa.float32()) for c in self.classes or []]
-        return [f.with_nullable(False) for f in fields]
+            fields += [
+                pa.field(f"probability_{_label_text(c)}", pa.float32(), nullable=False)
+                for c in self.classes or []
+            ]
+        return fields
 
     def _label_type(self) -> pa.DataType:
         if self.task == "regression":
@@ -201,7 +206,8 @@ class _Model:
         """The prediction of each class index (built once, not per scored job): integers where every
         class is a whole number, else text."""
         if all(_whole_number(c) for c in self.classes):
-            return np.asarray([int(c) for c in self.classes], dtype=np.int64)
+            whole = (int(_label_text(c)) if isinstance(c, str) else int(c) for c in self.classes)
+            return np.fromiter(whole, dtype=np.int64, count=len(self.classes))
         return np.asarray([str(c) for c in self.classes], dtype=object)
 
     def predict(self, inputs: dict[str, np.ndarray], batch_rows: int | None = None) -> list[np.ndarray]:
@@ -221,30 +227,44 @@ class _Model:
         if self.task == "regression":
             return [outputs[0], outputs[0]]
         if self.task == "binary":
-            return [self._labels((outputs[0] >= BINARY_THRESHOLD).astype(np.int64)), outputs[0]]
+            score = outputs[0]
+            return [self._labels(score >= BINARY_THRESHOLD, np.isfinite(score)), score]
         score, proba = outputs
         if proba.shape[1] != len(self.classes):  # a dynamic output shape is checked here, not at load
             raise ModelContractError(
                 f"{self.label}: the model gives {proba.shape[1]} probabilities per row but its metadata "
                 f"lists {len(self.classes)} classes ({self.classes})"
             )
-        return [self._labels(proba.argmax(axis=1)), score, *proba.T]
+        return [self._labels(proba.argmax(axis=1), np.isfinite(proba).all(axis=1)), score, *proba.T]
 
-    def _labels(self, index: np.ndarray) -> np.ndarray:
-        return self._class_labels[index]
+    def _labels(self, index: np.ndarray, scored: np.ndarray) -> np.ndarray:
+        """The class of each row; masked (null once written) where the model gave no finite score:
+        NaN is below the threshold and argmax of a NaN row is 0, so the row would read as a real
+        class, and two models failing on it would agree."""
+        labels = self._class_labels[index.astype(np.intp, copy=False)]
+        return labels if scored.all() else np.ma.MaskedArray(labels, mask=~scored)
+
+
+_WHOLE_NUMBER_TEXT = re.compile(r"(0|-?[1-9][0-9]*)(\.0+)?")
 
 
 def _whole_number(value: Any) -> bool:
     """A class that is a whole number: 1, 1.0, True, or the text "1" - how training stores the classes
     of a 0/1 column or a positive_when rule (:func:`mlops_tasks.evaluation.class_text`), whose
-    predictions are then the integers users compare with, not the text "0"/"1"."""
+    predictions are then the integers users compare with, not the text "0"/"1". The text "1.0" is how
+    models of older releases stored a float label's classes: the same classes."""
     if isinstance(value, str):
-        return re.fullmatch(r"0|-?[1-9][0-9]*", value) is not None
+        return _WHOLE_NUMBER_TEXT.fullmatch(value) is not None
     return isinstance(value, bool | int) or (isinstance(value, float) and value.is_integer())
 
 
 def _label_text(value: Any) -> str:
-    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+    """A class as text: whole numbers without a fraction ("1", not "1.0")."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, str) and (whole := _WHOLE_NUMBER_TEXT.fullmatch(value)):
+        return whole.group(1)
+    return str(value)
 
 
 # -- plan -------------------------------------------------------------------------------------------
@@ -951,9 +971,6 @@ def _join_on_keys(
 def _metrics(task: str, label: pd.Series, prediction: pd.Series, score: pd.Series) -> dict[str, float | None]:
     from sklearn import metrics
 
-    # A model may predict NaN (a regression's output as it is): such rows have no error to measure.
-    finite = np.isfinite(score.astype(float).to_numpy())
-    label, prediction, score = label[finite], prediction[finite], score[finite]
     if not len(score):
         return {}
     if task == "regression":
@@ -1033,14 +1050,16 @@ def shadow_report(
     )
     task = cfg.target.task
     champ_s, chall_s = both["score_champion"].astype(float), both["score_challenger"].astype(float)
-    metrics = (
-        {
-            role: _metrics(task, labelled["label"], labelled[f"prediction_{role}"], labelled[f"score_{role}"])
-            for role in ("champion", "challenger")
-        }
-        if len(labelled)
-        else {"champion": {}, "challenger": {}}
-    )
+    # Both models on the same rows: those each gave a finite score. A model that fails on the hard
+    # rows must not look better for leaving them out of its own metrics.
+    measured = labelled[
+        np.isfinite(labelled["score_champion"].astype(float))
+        & np.isfinite(labelled["score_challenger"].astype(float))
+    ]
+    metrics = {
+        role: _metrics(task, measured["label"], measured[f"prediction_{role}"], measured[f"score_{role}"])
+        for role in ("champion", "challenger")
+    }
     metrics["delta"] = {
         name: metrics["challenger"][name] - value
         for name, value in metrics["champion"].items()
@@ -1055,6 +1074,7 @@ def shadow_report(
             "challenger": published["challenger"],
             "compared": len(both),
             "labelled": len(labelled),
+            "measured": len(measured),  # labelled rows both models scored: the metrics' rows
             "without_key": unkeyed,
         },
         # Classes agree or not; regression predictions are numbers that never quite agree: compare

@@ -178,6 +178,51 @@ def test_a_multiclass_day_is_written_with_its_class_labels_and_one_float_column_
     assert out["prediction"].tolist() == [classes[i] for i in best]
 
 
+@pytest.mark.parametrize("task", ["binary", "multiclass"])
+def test_a_row_the_model_gives_no_finite_score_is_published_without_a_class(
+    store: ObjectStore, cfg: PipelineConfig, tmp_path: Path, task: str
+) -> None:
+    """An absurd finite input (a temperature of 3e38, past validation's reach here) overflows the
+    network to NaN. NaN is below the threshold and argmax of a NaN row is 0: the row read as a real
+    class, and two models failing on it agreed."""
+    classes = [0.0, 1.0] if task == "binary" else ["early", "on_time", "late"]
+    cfg = cfg if task == "binary" else multiclass(cfg)
+    params = random_params(
+        cfg.features, EXAMPLE_VOCAB, [8], outputs=len(classes) - (task == "binary"), seed=3
+    )
+    model = str(build_model(tmp_path / "m.onnx", cfg.features, params, task, classes))
+    frame = curated_frame(DAY, 6).astype({"temp": float})
+    frame.loc[[1, 4], "temp"] = 3e38
+    publish_curated(store, cfg, DAY, [frame], row_group_size=100)
+
+    score_day(store, cfg, model)
+    score_day(store, cfg, model, "predictions_shadow", model_version="4")
+
+    out = inference.read_predictions(store, cfg, DAY).set_index("flight").loc[frame["flight"]]
+    unscored = out["score"].isna().to_numpy()
+    assert unscored.tolist() == [False, True, False, False, True, False]
+    assert out["prediction"].isna().to_numpy().tolist() == unscored.tolist()
+    report = inference.shadow_report(
+        store, cfg, DAY, champion={"model_version": "3"}, challenger={"model_version": "4"}
+    )
+    assert report["agreement_rate"] == pytest.approx(4 / 6)  # a model with itself, but for those rows
+
+
+def test_classes_an_older_release_stored_as_1_0_are_published_as_integers(
+    store: ObjectStore, cfg: PipelineConfig, tmp_path: Path
+) -> None:
+    """Models of older releases stored a float label's classes as "0.0"/"1.0": the same classes as
+    a newer model's "0"/"1", so the days they score have the same integer prediction column."""
+    params = random_params(cfg.features, EXAMPLE_VOCAB, [8], seed=1)
+    publish_curated(store, cfg, DAY, [curated_frame(DAY, 50)], row_group_size=100)
+    published = {}
+    for classes in (["0", "1"], ["0.0", "1.0"]):
+        score_day(store, cfg, str(build_model(tmp_path / "m.onnx", cfg.features, params, classes=classes)))
+        published[classes[1]] = inference.read_predictions(store, cfg, DAY)["prediction"]
+    assert published["1.0"].dtype == published["1"].dtype == np.int64
+    assert published["1.0"].equals(published["1"])
+
+
 def test_predictions_are_snappy_parquet_with_delta_integers_and_required_model_columns(
     store: ObjectStore, cfg: PipelineConfig, mlp_path: str
 ) -> None:
@@ -197,7 +242,7 @@ def test_predictions_are_snappy_parquet_with_delta_integers_and_required_model_c
         for i in range(12)
         if metadata.schema.column(i).max_definition_level == 0
     ]
-    assert required == ["prediction", "score", "model_name", "model_version", "run_id"]
+    assert required == ["score", "model_name", "model_version", "run_id"]  # a class may be null
 
 
 def test_a_unit_is_read_with_one_get_for_the_footer_and_one_for_its_rows_fetched_meanwhile(
@@ -512,6 +557,7 @@ def test_shadow_report_compares_agreement_correlation_and_labelled_metrics(
         "challenger": 10,
         "compared": 10,
         "labelled": 10,
+        "measured": 10,
         "without_key": {"champion": 0, "challenger": 0},
     }
     assert report["agreement_rate"] == pytest.approx(0.8)
@@ -574,6 +620,7 @@ def test_shadow_report_pairs_no_rows_without_a_key_and_refuses_repeated_keys(
         "challenger": 3,
         "compared": 1,
         "labelled": 1,
+        "measured": 1,
         "without_key": {"champion": 2, "challenger": 2},
     }
     assert report["agreement_rate"] == 1.0
@@ -591,7 +638,11 @@ def test_shadow_report_pairs_no_rows_without_a_key_and_refuses_repeated_keys(
         )
 
 
-def test_shadow_metrics_leave_out_rows_a_model_scored_nan(store: ObjectStore, cfg: PipelineConfig) -> None:
+def test_shadow_metrics_compare_both_models_on_the_rows_both_scored(
+    store: ObjectStore, cfg: PipelineConfig
+) -> None:
+    """A row a model scored NaN has no error to measure; leaving it out of that model's metrics only
+    would let a model that fails on the hard rows look better than one that scores them."""
     cfg = keyed_by_flight(cfg, task="regression", positive_when=None)
     nan_in_the_middle = np.array([1.0, np.nan, 2.0], np.float32)
     report = shadow_of(
@@ -602,8 +653,10 @@ def test_shadow_metrics_leave_out_rows_a_model_scored_nan(store: ObjectStore, cf
         {"prediction": np.array([1.0, 1.5, 2.0], np.float32), "score": np.array([1.0, 1.5, 2.0], np.float32)},
         [1.0, 2.0, 4.0],
     )
-    assert report["metrics"]["champion"] == {"rmse": pytest.approx(np.sqrt(2.0)), "mae": pytest.approx(1.0)}
-    assert report["metrics"]["challenger"]["mae"] == pytest.approx(2.5 / 3)
+    both_rows = {"rmse": pytest.approx(np.sqrt(2.0)), "mae": pytest.approx(1.0)}  # flights 1 and 3
+    assert report["metrics"]["champion"] == report["metrics"]["challenger"] == both_rows
+    assert report["metrics"]["delta"] == {"rmse": 0.0, "mae": 0.0}
+    assert (report["rows"]["labelled"], report["rows"]["measured"]) == (3, 2)
     # numbers that never quite agree: compared by correlation and difference, not an agreement rate
     assert report["agreement_rate"] is None
 

@@ -217,3 +217,29 @@ def test_an_infinite_label_is_missing() -> None:
 
     assert late.isna().tolist() == [False, True, True, False, False]  # 1e39 is a finite float64
     assert amount.isna().tolist() == [False, True, True, True, False]  # ... but inf as float32
+
+
+@pytest.mark.parametrize("first_values", [120, 200])
+def test_dictionary_categoricals_with_int8_indices_keep_every_column_s_values(first_values: int) -> None:
+    """Parquet written from pandas Categoricals reads back with int8 indices: the next column's codes,
+    offset past the first column's values, wrapped (another column's value, silently) or overflowed."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    frame = pd.DataFrame(
+        {
+            "a": pd.Categorical([f"v{i % first_values}" for i in range(400)]),
+            "b": pd.Categorical([f"w{i % 20}" for i in range(400)]),
+        }
+    )
+    data = io.BytesIO()
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), data)
+    batch = next(pq.ParquetFile(pa.BufferReader(data.getvalue())).iter_batches(columns=["a", "b"]))
+    assert batch.schema.field("b").type.index_type == pa.int8()
+    spec = FeatureSpec(numeric=[], categorical=["a", "b"])
+
+    decoded = F.categorical_strings(F.onnx_inputs(batch, spec, "t"))
+
+    assert (decoded == frame.astype(str).to_numpy()).all()
+    assert (decoded == F.categorical_strings(F.onnx_inputs(frame, spec, "t"))).all()
