@@ -55,12 +55,20 @@ def load_stack_connections(stack_dir: Path = STACK_DIR) -> None:
             os.environ.setdefault(key, value)
 
 
-def write_stack_connections(env: dict[str, str], stack_dir: Path = STACK_DIR) -> Path:
+@contextmanager
+def stack_connections(env: dict[str, str], stack_dir: Path = STACK_DIR) -> Iterator[Path]:
+    """The running stack's connections file, removed when the stack stops: left behind, it would
+    point later commands at ports nothing listens on ("not reachable", after MLflow's retries)
+    instead of saying that no connection is defined."""
     stack_dir.mkdir(parents=True, exist_ok=True)
     path = stack_dir / CONNECTIONS_FILE
+    path.touch(mode=0o600)
+    path.chmod(0o600)  # before the secrets go in
     path.write_text("".join(f"{k}={v}\n" for k, v in env.items() if k.startswith("AIRFLOW_CONN_")))
-    path.chmod(0o600)
-    return path
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
 
 
 @contextmanager
@@ -71,6 +79,13 @@ def _connection(cfg: PipelineConfig, field: str, conn_id: str) -> Iterator[None]
     try:
         yield
     except AirflowNotFoundException:
+        variable = f"AIRFLOW_CONN_{conn_id.upper()}"
+        if os.environ.get(variable):  # Airflow reads a value it cannot parse as no connection
+            raise CliError(
+                f"pipeline '{cfg.name}': {variable} is set, but Airflow cannot read it as the connection "
+                f"'{conn_id}' ({field} of its config): give it as a URI (e.g. aws://?endpoint_url=...) "
+                'or as JSON ({"conn_type": ..., "extra": {...}})'
+            ) from None
         raise CliError(
             f"pipeline '{cfg.name}': the Airflow connection '{conn_id}' ({field} of its config) is not "
             f"defined: set AIRFLOW_CONN_{conn_id.upper()}, or start the local stack with `mlops-tasks up` "
@@ -279,8 +294,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     # Ctrl-C (SIGINT) stops the stack even when a script started it in the background: such jobs
     # inherit SIGINT ignored, and Python would keep it ignored.
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    with LocalStack(state_dir=Path(args.state_dir), airflow=not args.no_airflow) as local:
-        write_stack_connections(local.airflow_env(), Path(args.state_dir))
+    with (
+        LocalStack(state_dir=Path(args.state_dir), airflow=not args.no_airflow) as local,
+        stack_connections(local.airflow_env(), Path(args.state_dir)),
+    ):
         if not args.no_seed:
             from mlops_tasks.example import seed_landing
 

@@ -179,10 +179,12 @@ def run_demo(state_dir: Path, keep_running: bool = False) -> int:
 
     started = time.monotonic()
     _say("starting the embedded stack (S3, MLflow, Airflow 3) ...")
-    with LocalStack(state_dir=state_dir, airflow=True) as stack:
-        from mlops_tasks.cli import write_stack_connections
+    from mlops_tasks.cli import stack_connections
 
-        write_stack_connections(stack.airflow_env(), state_dir)
+    with (
+        LocalStack(state_dir=state_dir, airflow=True) as stack,
+        stack_connections(stack.airflow_env(), state_dir),
+    ):
         _say(
             f"stack up in {time.monotonic() - started:.0f}s: Airflow {stack.airflow_url}, MLflow {stack.mlflow_url}"
         )

@@ -946,6 +946,14 @@ class TriggerRetrainingOperator(PipelineOperator):
 
         if not self.decision.get("retrain"):
             raise AirflowSkipException(f"No retraining: {self.decision.get('status')}.")
+        if not self.outlets:
+            # The check has stored its trigger: returning would announce a retrain that no event
+            # starts, while the trigger holds the cooldown of every check near its day.
+            raise AirflowFailException(
+                f"{self.task_id}: the drift check requested a retrain, but this task has no outlet "
+                "asset to emit its event on: give it the pipeline's retrain asset (mlops://"
+                f"{self.pipeline}/retrain) as both outlet and inlet, then clear it."
+            )
         sent = _retrain_event_of_this_run(self, context)
         if sent is not None:
             # Marked only now that the event is known to exist: marking before it went out (Airflow
@@ -990,11 +998,14 @@ def _retrain_event_of_this_run(task: BaseOperator, context: Context) -> Any:
 
 
 def _retrain_event_of(task: BaseOperator, context: Context, check_identity: str) -> Any:
-    """The retrain event the run ``<dag_id>/<run_id>`` emitted, among ``task``'s inlets; or None."""
-    dag_id, _, run_id = check_identity.partition("/")  # a dag id has no "/"
+    """The retrain event the run ``<dag_id>/<run_id>`` emitted, among ``task``'s inlets; or None.
+    Triggers stored by older releases name the run id alone: any DAG's run of that id matches."""
+    dag_id, slash, run_id = check_identity.partition("/")  # a dag id has no "/"
     for asset in task.inlets:
         for event in context["inlet_events"][asset]:
-            if (event.source_dag_id, event.source_run_id) == (dag_id, run_id):
+            if slash and (event.source_dag_id, event.source_run_id) == (dag_id, run_id):
+                return event
+            if not slash and event.source_run_id == check_identity:
                 return event
     return None
 

@@ -98,6 +98,18 @@ def test_an_undefined_connection_is_one_line_saying_how_to_define_it(
     assert len(result.stderr.splitlines()) == 1, result.stderr
 
 
+def test_a_connection_variable_airflow_cannot_parse_is_named_as_set_not_as_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_MLOPS_S3", '{"conn_type": "aws", "extra": ')  # cut short
+    result = cli("status", "flights_delay", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "AIRFLOW_CONN_MLOPS_S3 is set, but Airflow cannot read it as the connection 'mlops_s3'" in (
+        result.stderr
+    )
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+
+
 @pytest.fixture(params=[401, 403, 404])
 def refusing_server(request: pytest.FixtureRequest) -> Iterator[tuple[str, int]]:
     """An HTTP server that answers every request with one error status and an HTML page, as a
@@ -265,6 +277,8 @@ def test_up_serves_until_interrupted_then_stops_every_process(tmp_path: Path) ->
     with serving_up(state, "--no-airflow", "--no-seed") as text:
         assert "IN-MEMORY and EPHEMERAL" in text and "MLflow" in text, text
         assert (state / "connections.env").stat().st_mode & 0o777 == 0o600
+    # Left behind, it pointed later commands at dead ports ("not reachable") instead of "not defined".
+    assert not (state / "connections.env").exists()
 
 
 def config_dir_with(tmp_path: Path, **files: str) -> Path:

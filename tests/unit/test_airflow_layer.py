@@ -482,3 +482,21 @@ def test_a_check_deferring_to_a_retrain_whose_event_never_went_out_says_where_to
     assert _unsent_request(check, {"inlet_events": {asset: [other, sent]}}, deferring) is None
     unknown = {**deferring, "requested_by": None}  # a state written before run ids were recorded
     assert _unsent_request(check, {"inlet_events": {asset: []}}, unknown) is None
+    # and before DAG ids were: the run id alone, which the run's event matches
+    legacy = {**deferring, "requested_by": "scheduled__2013-07-14T00:00:00+00:00"}
+    assert _unsent_request(check, {"inlet_events": {asset: [other, sent]}}, legacy) is None
+    assert _unsent_request(check, {"inlet_events": {asset: [other]}}, legacy) is not None
+
+
+def test_a_retrain_request_without_an_outlet_to_emit_on_fails_instead_of_announcing_nothing() -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from mlops_tasks.airflow.operators import TriggerRetrainingOperator
+
+    request = TriggerRetrainingOperator(
+        task_id="request_retraining",
+        pipeline="flights_delay",
+        decision={"retrain": True, "day": "2013-07-14"},
+    )
+    with pytest.raises(AirflowFailException, match=r"no outlet asset .* \(mlops://flights_delay/retrain\)"):
+        request.execute({"run_id": "manual__1", "ti": SimpleNamespace(dag_id="mine")})
