@@ -36,10 +36,18 @@ def _validate(result: Mapping[str, Any]) -> dict[str, float]:
 
 
 def _gate(decision: Mapping[str, Any]) -> dict[str, float]:
+    """The two models on the rows the gate compared them on: a champion is scored only on evaluation
+    days it did not train on, and the challenger's figure beside it is then its metric on those rows
+    (``champion.challenger_metrics``), not on all of them."""
     metric = decision["primary_metric"]
     metrics: dict[str, float] = {"promoted": 1.0 if decision["promote"] else 0.0}
-    for role in ("challenger", "champion"):
-        value = ((decision.get(role) or {}).get("metrics") or {}).get(metric)
+    champion = decision.get("champion") or {}
+    compared = {
+        "challenger": champion.get("challenger_metrics", (decision.get("challenger") or {}).get("metrics")),
+        "champion": champion.get("metrics"),
+    }
+    for role, values in compared.items():
+        value = (values or {}).get(metric)
         if value is not None:
             metrics[f"{role}_{metric}"] = value
     return metrics
@@ -70,8 +78,17 @@ STEPS: dict[str, Callable[[Mapping[str, Any]], dict[str, float]]] = {
     "gate": _gate,
     "score": _score,
     "publish": _publish,
+    # the challenger's shadow branch: its own series, so the served day's never show its figures
+    "shadow_score": _score,
+    "shadow_publish": _publish,
     "drift": _drift,
 }
+
+
+def role_step(step: str, role: str) -> str:
+    """The metrics step of a scoring or publishing task: the challenger's shadow branch has its own
+    (``shadow_score``), so the figures of the served day are never the shadow's."""
+    return step if role == "champion" else f"shadow_{step}"
 
 
 class UnknownStepError(ValueError):

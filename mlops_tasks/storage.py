@@ -172,13 +172,16 @@ def partition_prefix(pipeline_prefix: str, area: str, day: dt.date) -> str:
 
 
 def parse_partition_date(key: str) -> dt.date | None:
-    """The date of a ``.../date=YYYY-MM-DD/...`` key, or None."""
+    """The date of a ``.../date=YYYY-MM-DD/...`` key, or None. Only that spelling: Python also reads
+    ``20130105`` and ``2013-W01-6`` as dates, and a folder so named would be listed as a day whose
+    partition (``date=2013-01-05/``) then holds nothing."""
     for segment in key.split("/"):
         if segment.startswith("date="):
             try:
-                return dt.date.fromisoformat(segment[5:])
+                day = dt.date.fromisoformat(segment[5:])
             except ValueError:
                 return None
+            return day if day.isoformat() == segment[5:] else None
     return None
 
 
@@ -359,7 +362,10 @@ class ObjectStore:
         return self._get(key, Range=f"bytes=-{nbytes}")["Body"]
 
     def get_range(self, key: str, start: int, length: int) -> bytes:
-        """``length`` bytes from ``start`` (one ranged GET)."""
+        """``length`` bytes from ``start`` (one ranged GET; none for no bytes: S3 answers the range
+        ``bytes=5-4`` with the whole object)."""
+        if length <= 0:
+            return b""
         return self._get(key, Range=f"bytes={start}-{start + length - 1}")["Body"]
 
     def _get(self, key: str, **params: str) -> dict[str, Any]:

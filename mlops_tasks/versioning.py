@@ -41,6 +41,7 @@ from mlops_tasks.errors import DataError
 from mlops_tasks.storage import (
     ManifestMismatchError,
     ObjectStore,
+    parse_partition_date,
     partition_prefix,
     read_part,
     sha256_bytes,
@@ -281,7 +282,7 @@ def _check_replaceable(target: Path, version: str) -> None:
         and not (
             entry.is_dir()
             and not entry.is_symlink()
-            and _is_date_folder(entry.name)
+            and parse_partition_date(entry.name) is not None
             and all(f.is_file() and not f.is_symlink() for f in entry.iterdir())
         )
     ]
@@ -292,13 +293,6 @@ def _check_replaceable(target: Path, version: str) -> None:
             "wrote (a checkout holds only date=YYYY-MM-DD/ folders of files, and replaces a previous "
             "one whole). Nothing was changed; choose a new or empty directory."
         )
-
-
-def _is_date_folder(name: str) -> bool:
-    try:
-        return name.startswith("date=") and dt.date.fromisoformat(name[5:]).isoformat() == name[5:]
-    except ValueError:
-        return False
 
 
 def load_data_version(

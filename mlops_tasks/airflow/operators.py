@@ -35,7 +35,7 @@ from mlops_tasks.airflow.links import (
 from mlops_tasks.airflow.notifiers import alert_key, announce
 from mlops_tasks.config import ConfigError, PipelineConfig, load_pipeline
 from mlops_tasks.errors import DataError
-from mlops_tasks.observability import emit
+from mlops_tasks.observability import emit, role_step
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -376,6 +376,7 @@ class ValidateDayOperator(PipelineOperator):
             result = validate_day(self.store, self.config, day)
         except ValidationGateError as exc:
             ValidationReportLink.persist(context, report_url(exc.result.get("report_html_uri")))
+            emit("validate", exc.result, pipeline=self.pipeline)  # a failing day is the one to see
             raise AirflowFailException(str(exc)) from None
         ValidationReportLink.persist(context, report_url(result["report_html_uri"]))
         emit("validate", result, pipeline=self.pipeline)
@@ -743,7 +744,7 @@ class ScorePartOperator(PipelineOperator):
                 run_id=context["run_id"],
                 output_area="predictions" if self.role == "champion" else "predictions_shadow",
             )
-        emit("score", result, pipeline=self.pipeline)
+        emit(role_step("score", self.role), result, pipeline=self.pipeline)
         self.log.info("Scored %d rows: %s", result["rows"], result["seconds"])
         return result
 
@@ -813,7 +814,7 @@ class PublishPredictionsOperator(PipelineOperator):
             run_id=context["run_id"],
             output_area="predictions" if self.role == "champion" else "predictions_shadow",
         )
-        emit("publish", result, pipeline=self.pipeline)
+        emit(role_step("publish", self.role), result, pipeline=self.pipeline)
         for asset in self.outlets:
             context["outlet_events"][asset].extra = {
                 "day": day.isoformat(),

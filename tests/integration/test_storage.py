@@ -42,6 +42,9 @@ def test_partition_prefix_and_date_round_trip() -> None:
     prefix = partition_prefix("flights_delay", "curated", DAY)
     assert prefix == "flights_delay/curated/date=2013-03-01/"
     assert parse_partition_date(prefix + "part-0.parquet") == DAY
+    # Python reads these as dates too; listed as days, their partitions (date=2013-01-05/) held nothing
+    for folder in ("date=20130105", "date=2013-W01-6", "date=2013-01-5"):
+        assert parse_partition_date(f"flights_delay/landing/{folder}/x.csv") is None, folder
 
 
 def test_unknown_area_is_rejected() -> None:
@@ -727,3 +730,9 @@ def test_an_endpoint_that_keeps_throttling_says_so_and_what_to_do(store: ObjectS
         "kept answering HTTP 503 SlowDown through 3 attempts: it is throttling requests or failing. "
         "Nothing is wrong with the data; run the task again once the endpoint has recovered."
     )
+
+
+def test_a_range_of_no_bytes_reads_nothing_not_the_whole_object(store: ObjectStore) -> None:
+    """The range "bytes=5-4" is not valid, and S3 answers it with the whole object."""
+    store.put_bytes("p/ranged.bin", b"0123456789")
+    assert (store.get_range("p/ranged.bin", 5, 0), store.get_range("p/ranged.bin", 2, 3)) == (b"", b"234")

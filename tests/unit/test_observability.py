@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mlops_tasks.observability import UnknownStepError, metrics_for
+from mlops_tasks.observability import UnknownStepError, metrics_for, role_step
 
 
 def test_validation_result_reports_good_and_quarantined_rows() -> None:
@@ -50,3 +50,26 @@ def test_drift_reports_share_and_retrain_flag() -> None:
 def test_unknown_step_is_refused_naming_the_known_ones() -> None:
     with pytest.raises(UnknownStepError, match="known steps: .*validate"):
         metrics_for("trian", {})
+
+
+def test_the_gate_reports_the_challenger_on_the_rows_the_champion_was_compared_on() -> None:
+    """A champion is scored only on evaluation days it did not train on: the challenger beside it is
+    its metric on those rows, not on all of them (the dashboard showed it ahead of a gate it lost)."""
+    decision = {
+        "promote": False,
+        "primary_metric": "roc_auc",
+        "challenger": {"metrics": {"roc_auc": 0.80}},
+        "champion": {"metrics": {"roc_auc": 0.70}, "challenger_metrics": {"roc_auc": 0.65}},
+    }
+    assert metrics_for("gate", decision) == {
+        "promoted": 0.0,
+        "challenger_roc_auc": 0.65,
+        "champion_roc_auc": 0.70,
+    }
+
+
+def test_the_shadow_branch_reports_under_its_own_steps() -> None:
+    assert (role_step("score", "champion"), role_step("publish", "challenger")) == ("score", "shadow_publish")
+    result = {"rows": 1000, "parts": 2, "seconds": {"score": 0.5}}
+    assert metrics_for("shadow_publish", result) == metrics_for("publish", result)
+    assert metrics_for("shadow_score", result) == metrics_for("score", result)
