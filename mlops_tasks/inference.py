@@ -308,10 +308,29 @@ def split_row_groups(group_rows: list[int], limit: int) -> list[tuple[list[int],
 
 def plan_parts(store: ObjectStore, cfg: PipelineConfig, day: dt.date) -> list[dict[str, Any]]:
     """Work units over the day's published curated parts (see :func:`split_row_groups`), one per
-    mapped task, read from parquet footers only. An unpublished or empty day plans nothing."""
+    mapped task, read from parquet footers only. An unpublished day plans nothing. A day curated
+    with no rows (``validation.min_rows: 0``) plans one unit of no rows over its empty part: scored
+    and published as any other, its empty predictions replace those of the day's earlier rows."""
     manifest = store.read_manifest(partition_prefix(cfg.prefix, "curated", day))
+    parts = manifest["parts"] if manifest else []
     units: list[dict[str, Any]] = []
-    for part in manifest["parts"] if manifest else []:
+    if parts and not any(part["rows"] for part in parts):
+        part = parts[0]
+        return [
+            {
+                "day": day.isoformat(),
+                "part_index": 0,
+                "source_key": part["key"],
+                "source_bytes": part["bytes"],
+                "row_groups": [],
+                "row_offset": 0,
+                "rows": 0,
+                "footer_bytes": None,
+                "first_block": None,
+                "units": 1,
+            }
+        ]
+    for part in parts:
         if part["rows"] == 0:
             continue
         meta = _parquet_metadata(store, part["key"], part["bytes"])

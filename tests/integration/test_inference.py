@@ -85,6 +85,25 @@ def test_plan_of_a_day_without_curated_data_is_empty(store: ObjectStore, cfg: Pi
     assert inference.plan_parts(store, cfg, DAY) == []
 
 
+def test_a_day_curated_again_with_no_rows_replaces_its_predictions_with_an_empty_day(
+    store: ObjectStore, cfg: PipelineConfig, mlp_path: str
+) -> None:
+    """With validation.min_rows 0 a day can be curated again to no rows: planning nothing skipped the
+    run, and the predictions of the day's earlier rows stayed published."""
+    publish_curated(store, cfg, DAY, [curated_frame(DAY, 500)], row_group_size=100)
+    assert score_day(store, cfg, mlp_path)["rows"] == 500
+    publish_curated(store, cfg, DAY, [curated_frame(DAY, 0)], row_group_size=100)
+
+    plan = inference.plan_parts(store, cfg, DAY)
+    published = score_day(store, cfg, mlp_path, run_id="manual__again")
+
+    assert [(unit["rows"], unit["units"]) for unit in plan] == [(0, 1)]
+    assert (published["rows"], published["parts"]) == (0, 1)
+    manifest = store.read_manifest(partition_prefix(cfg.prefix, "predictions", DAY))
+    assert (manifest["rows"], manifest["run_id"]) == (0, "manual__again")
+    assert len(inference.read_predictions(store, cfg, DAY)) == 0
+
+
 def test_plan_packs_row_groups_of_every_part_into_units_of_at_most_part_rows(
     store: ObjectStore, cfg: PipelineConfig
 ) -> None:
