@@ -489,6 +489,10 @@ class ObjectStore:
                 return new
             except (WriteConflictError, FileNotFoundError):  # replaced, created or deleted meanwhile
                 sent = (new, body)
+        # The last attempt's own write may have landed, its answer lost (see above): no next attempt
+        # reads it back, so read it here rather than report a stored update as "wrote nothing".
+        if sent is not None and self.read_for_write(key)[0] == sent[1]:
+            return sent[0]
         raise WriteConflictError(
             f"Cannot update {self.uri(key)}: other writers replaced it between each of {attempts} reads "
             "and the conditional write that followed; this update wrote nothing. Run it again."
@@ -715,6 +719,10 @@ def publish_manifest(
             continue
         if stale:
             store.delete(stale)
+        return manifest
+    if lost is not None and store.read_for_write(key)[0] == body:  # the last PUT landed (see above)
+        if lost:
+            store.delete(lost)
         return manifest
     raise WriteConflictError(
         f"Cannot publish {store.uri(key)}: other runs published this partition between each of "

@@ -388,6 +388,21 @@ def test_update_json_whose_own_write_landed_before_a_conflict_does_not_change_ag
     assert seen == [{"n": 5}] and store.get_json(STATE) == {"n": 6}  # not incremented twice
 
 
+def test_update_json_whose_last_attempt_landed_before_a_conflict_returns_it(store: ObjectStore) -> None:
+    """No next attempt reads the last one's write back: it was reported as "wrote nothing"."""
+    store.put_json(STATE, {"n": 5})
+
+    def another_writer_then_own_write_landing(current: Any) -> dict:
+        if current == {"n": 5}:  # attempt 1: another writer gets in between the read and the PUT
+            store.put_json(STATE, {"n": 100})
+        else:  # attempt 2: the PUT is applied, and the resend of it conflicts
+            store.put_json(STATE, increment(current))
+        return increment(current)
+
+    assert store.update_json(STATE, another_writer_then_own_write_landing, attempts=2) == {"n": 101}
+    assert store.get_json(STATE) == {"n": 101}
+
+
 # -- publish_manifest racing another publish of the same partition ------------------------------------
 
 
@@ -522,6 +537,30 @@ def test_a_publish_whose_own_put_landed_before_a_conflict_deletes_what_it_replac
     assert publish_manifest(store, partition, [new], run_id="b") == manifest
 
     assert keys_in(store, partition) == {new["key"], partition + MANIFEST_NAME}
+
+
+def test_a_publish_whose_last_put_landed_before_a_conflict_returns_its_manifest(
+    store: ObjectStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another run publishes before the first PUT, this run's own manifest lands before the last."""
+    from mlops_tasks import storage
+
+    monkeypatch.setattr(storage, "PUBLISH_ATTEMPTS", 2)
+    partition = partition_prefix("p", "predictions", DAY)
+    old = parquet_part(store, partition, "part-0.parquet", [1])
+    new = parquet_part(store, partition, "part-1.parquet", [2])
+    other = {"partition": partition, "parts": [old], "rows": 1, "run_id": "a"}
+    manifest = {"partition": partition, "parts": [new], "rows": 1, "run_id": "b"}
+    published_between_check_and_put(
+        store,
+        monkeypatch,
+        lambda: store.put_json(partition + MANIFEST_NAME, other),
+        lambda: store.put_json(partition + MANIFEST_NAME, manifest),
+    )
+
+    assert publish_manifest(store, partition, [new], run_id="b") == manifest
+
+    assert store.read_manifest(partition) == manifest
 
 
 # -- delete: DeleteObjects' per-key errors -------------------------------------------------------------
