@@ -280,6 +280,13 @@ class ObjectStore:
                 raise WriteConflictError(
                     f"Cannot {action} {target}: another writer changed it since it was read ({code})"
                 ) from None
+            if code == "NotImplemented" and exc.operation_name == "PutObject":
+                raise StorageError(
+                    f"Cannot {action} {target}: the S3 endpoint {self.settings.endpoint_url or 'AWS'} "
+                    "does not implement conditional writes (If-Match / If-None-Match), with which "
+                    "manifests and the drift state are published so that concurrent runs never "
+                    "overwrite each other. Use a store that does (AWS S3, MinIO, moto)."
+                ) from None
             # botocore has retried these already: say it is the endpoint, not the data, and what to do
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             if code == "SlowDown" or status in (500, 502, 503, 504):

@@ -775,3 +775,29 @@ def test_a_range_of_no_bytes_reads_nothing_not_the_whole_object(store: ObjectSto
     """The range "bytes=5-4" is not valid, and S3 answers it with the whole object."""
     store.put_bytes("p/ranged.bin", b"0123456789")
     assert (store.get_range("p/ranged.bin", 5, 0), store.get_range("p/ranged.bin", 2, 3)) == (b"", b"234")
+
+
+def test_an_endpoint_rejecting_conditional_writes_is_named_as_such(store: ObjectStore) -> None:
+    """S3-compatible stores answer a header they do not implement with 501 NotImplemented: every
+    manifest publish failed with that bare code."""
+    from botocore.awsrequest import AWSResponse
+
+    class Body:
+        def stream(self, **_: Any) -> Iterator[bytes]:
+            yield (
+                b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>NotImplemented</Code><Message>A '
+                b"header you provided implies functionality that is not implemented</Message></Error>"
+            )
+
+    def reject_conditional(request: Any, **_: Any) -> AWSResponse | None:
+        if {"If-Match", "If-None-Match"} & set(request.headers.keys()):
+            return AWSResponse(request.url, 501, {"Content-Type": "application/xml"}, Body())
+        return None
+
+    store.client.meta.events.register("before-send.s3.PutObject", reject_conditional)
+    partition = partition_prefix("p", "predictions", DAY)
+    part = write_part(store, partition, "part-0.parquet", b"PAR1", rows=1)
+    with pytest.raises(
+        StorageError, match=r"does not implement conditional writes \(If-Match / If-None-Match\)"
+    ):
+        publish_manifest(store, partition, [part])
