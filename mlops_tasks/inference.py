@@ -987,6 +987,11 @@ def _join_on_keys(
         ) from None
 
 
+# The derived label beside the keys in the shadow comparison: not a name data.key may use ("label"
+# may be a key column, which the label would replace before the join).
+_LABEL = "__label__"
+
+
 def _metrics(task: str, label: pd.Series, prediction: pd.Series, score: pd.Series) -> dict[str, float | None]:
     from sklearn import metrics
 
@@ -1062,10 +1067,10 @@ def shadow_report(
     )
     curated = partition_prefix(cfg.prefix, "curated", day)
     truth, _ = _read_published(store, curated, [*keys, cfg.target.column])
-    truth["label"] = F.derive_label(truth, cfg.target)
+    truth[_LABEL] = F.derive_label(truth, cfg.target)
     truth = truth.dropna(subset=keys)
-    labelled = _join_on_keys(both, truth[[*keys, "label"]], keys, "one_to_one", store.uri(curated)).dropna(
-        subset=["label"]
+    labelled = _join_on_keys(both, truth[[*keys, _LABEL]], keys, "one_to_one", store.uri(curated)).dropna(
+        subset=[_LABEL]
     )
     task = cfg.target.task
     champ_s, chall_s = both["score_champion"].astype(float), both["score_challenger"].astype(float)
@@ -1076,7 +1081,7 @@ def shadow_report(
         & np.isfinite(labelled["score_challenger"].astype(float))
     ]
     metrics = {
-        role: _metrics(task, measured["label"], measured[f"prediction_{role}"], measured[f"score_{role}"])
+        role: _metrics(task, measured[_LABEL], measured[f"prediction_{role}"], measured[f"score_{role}"])
         for role in ("champion", "challenger")
     }
     metrics["delta"] = {

@@ -746,3 +746,18 @@ def test_peak_memory_of_scoring_does_not_grow_with_the_rows_of_a_unit(
     large = scoring_peak_bytes(store, big, big_unit, mlp_path)
 
     assert large < 1.5 * small, f"scoring 3.8x the rows raised the peak from {small} to {large} bytes"
+
+
+def test_a_key_column_named_label_is_joined_as_a_key(store: ObjectStore, cfg: PipelineConfig) -> None:
+    """The derived label went into a column "label" beside the keys, replacing a key of that name."""
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"key": ["label"]})})
+    report = shadow_of(
+        store,
+        cfg,
+        {"label": [7, 8, 9]},
+        {"prediction": [1, 0, 0], "score": [0.9, 0.1, 0.2]},
+        {"prediction": [1, 1, 0], "score": [0.8, 0.6, 0.1]},
+        [30.0, 0.0, 0.0],
+    )
+    assert (report["rows"]["labelled"], report["agreement_rate"]) == (3, pytest.approx(2 / 3))
+    assert report["metrics"]["champion"]["accuracy"] == 1.0
