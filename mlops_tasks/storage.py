@@ -148,6 +148,7 @@ class S3Settings:
     region_name: str = "us-east-1"
     aws_access_key_id: str | None = field(default=None, repr=False)
     aws_secret_access_key: str | None = field(default=None, repr=False)
+    aws_session_token: str | None = field(default=None, repr=False)  # temporary (STS) credentials
     max_attempts: int = 8
     connect_timeout: float = 5.0
     read_timeout: float = 60.0
@@ -214,6 +215,7 @@ class ObjectStore:
                 region_name=self.settings.region_name,
                 aws_access_key_id=self.settings.aws_access_key_id,
                 aws_secret_access_key=self.settings.aws_secret_access_key,
+                aws_session_token=self.settings.aws_session_token,
                 config=Config(
                     retries={"max_attempts": self.settings.max_attempts, "mode": "standard"},
                     connect_timeout=self.settings.connect_timeout,

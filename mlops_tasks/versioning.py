@@ -414,6 +414,7 @@ def dvc_repo(store: ObjectStore) -> Iterator[tuple[Path, Repo]]:
         "endpointurl": s.endpoint_url,
         "access_key_id": s.aws_access_key_id,
         "secret_access_key": s.aws_secret_access_key,
+        "session_token": s.aws_session_token,
     }
     with tempfile.TemporaryDirectory(prefix="mlops-dvc-") as tmp:
         root = Path(tmp)

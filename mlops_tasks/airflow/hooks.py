@@ -43,7 +43,8 @@ class ObjectStoreHook(BaseHook):
     """S3-compatible object store from an ``aws`` connection.
 
     login / password: access key id / secret key (empty: boto3's default chain, e.g. an IAM role);
-    extra ``endpoint_url`` for MinIO or the local stack, ``region_name`` (default us-east-1).
+    extra ``endpoint_url`` for MinIO or the local stack, ``region_name`` (default us-east-1),
+    ``aws_session_token`` with temporary (STS) credentials.
 
     :param conn_id: Airflow connection id (``storage.connection_id`` of the pipeline config).
     :param bucket: bucket to work in.
@@ -70,6 +71,7 @@ class ObjectStoreHook(BaseHook):
             region_name=extra.get("region_name", "us-east-1"),
             aws_access_key_id=conn.login or extra.get("aws_access_key_id"),
             aws_secret_access_key=conn.password or extra.get("aws_secret_access_key"),
+            aws_session_token=extra.get("aws_session_token") or None,
         )
 
     def get_store(self) -> ObjectStore:

@@ -90,3 +90,22 @@ def test_the_plugins_folder_shim_still_imports_and_the_plugin_module_is_cheap() 
         check=True,
     )
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_temporary_credentials_reach_the_store_client_with_their_session_token(monkeypatch) -> None:
+    """STS credentials without their token are rejected by S3 ("credentials rejected")."""
+    import json
+
+    from mlops_tasks.airflow.hooks import ObjectStoreHook
+
+    connection = {
+        "conn_type": "aws",
+        "login": "ASIAEXAMPLE",
+        "password": "secret",
+        "extra": {"region_name": "eu-west-1", "aws_session_token": "token-of-the-session"},
+    }
+    monkeypatch.setenv("AIRFLOW_CONN_STS_S3", json.dumps(connection))
+    store = ObjectStoreHook("sts_s3", bucket="b").get_store()
+    credentials = store.client._request_signer._credentials
+    assert (credentials.access_key, credentials.token) == ("ASIAEXAMPLE", "token-of-the-session")
+    assert "token-of-the-session" not in repr(store.settings)
