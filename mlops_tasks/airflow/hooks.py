@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseHook
 
+from mlops_tasks.errors import DataError
+
 if TYPE_CHECKING:
     from airflow.sdk import Connection
 
@@ -18,6 +20,11 @@ if TYPE_CHECKING:
 
 
 HTTP_SCHEMES = ("http", "https")
+
+
+class ConnectionSetupError(DataError):
+    """A connection that names no usable service: retrying the task cannot fix it, so it fails at
+    once (see :class:`mlops_tasks.airflow.operators.PipelineOperator`), not after a minute of retries."""
 
 
 def connection_url(conn: Connection, bare_scheme: str) -> str:
@@ -115,13 +122,15 @@ class MlflowHook(BaseHook):
 
     def _tracking_uri(self, conn: Connection) -> str:
         if not (conn.host or "").strip():
-            raise ValueError(f"Airflow connection '{self.conn_id}' has no host (the MLflow tracking URI)")
+            raise ConnectionSetupError(
+                f"Airflow connection '{self.conn_id}' has no host (the MLflow tracking URI)"
+            )
         host = connection_url(conn, "http").rstrip("/")
         scheme = host.split("://", 1)[0].lower()
         if scheme not in HTTP_SCHEMES:
             # A database or file store is one worker's (sqlite, file:) or hands model versions back
             # as numbers where the server's REST API gives text, which the registry's tags compare.
-            raise ValueError(
+            raise ConnectionSetupError(
                 f"Airflow connection '{self.conn_id}': tracking URI scheme '{scheme}' is not served "
                 "over HTTP; point host at an MLflow tracking server (`mlflow server --backend-store-uri "
                 f"{scheme}://...`), e.g. http://mlflow:5000, which every worker and the UI reach alike"
