@@ -15,6 +15,8 @@ from collections.abc import Callable
 from typing import Any
 
 FINISHED = {"success", "failed"}
+TRANSIENT_ATTEMPTS = 4
+RETRY_SECONDS = 1.0
 
 
 class AirflowApiError(RuntimeError):
@@ -47,13 +49,28 @@ class AirflowApi:
             method=method,
             headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
         )
-        try:
-            with urllib.request.urlopen(request, timeout=30) as resp:
-                raw = resp.read()
-        except urllib.error.HTTPError as exc:
-            detail = exc.read().decode(errors="replace")[:500]
-            raise AirflowApiError(f"{method} {path}: HTTP {exc.code}: {detail}") from None
-        return json.loads(raw) if raw else None
+        # Reads and PATCHes may be sent again: a poll that meets an api-server restarting or a dropped
+        # connection must not end a long wait (the demo's) with a traceback. A POST is sent once.
+        attempts = TRANSIENT_ATTEMPTS if method in ("GET", "PATCH") else 1
+        attempt = 1
+        while True:
+            try:
+                with urllib.request.urlopen(request, timeout=30) as resp:
+                    raw = resp.read()
+                return json.loads(raw) if raw else None
+            except urllib.error.HTTPError as exc:
+                detail = exc.read().decode(errors="replace")[:500]
+                if exc.code < 500 or attempt == attempts:
+                    raise AirflowApiError(f"{method} {path}: HTTP {exc.code}: {detail}") from None
+            except (urllib.error.URLError, OSError) as exc:  # refused, reset, timed out
+                if attempt == attempts:
+                    reason = getattr(exc, "reason", exc)
+                    raise AirflowApiError(
+                        f"{method} {path}: the api-server at {self.base_url} did not answer "
+                        f"({reason}) through {attempts} attempt(s)"
+                    ) from None
+            time.sleep(RETRY_SECONDS * attempt)
+            attempt += 1
 
     # -- DAGs and runs ------------------------------------------------------------------------------
 
