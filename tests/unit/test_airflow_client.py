@@ -56,13 +56,8 @@ def test_a_post_is_sent_once_and_its_failure_named(flaky_server: dict) -> None:
     assert flaky_server["seen"] == ["POST"]
 
 
-def test_an_api_server_that_is_gone_is_one_error_naming_it() -> None:
+def test_an_api_server_that_is_gone_is_one_error_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(airflow_client, "RETRY_SECONDS", 0.01)
     api = AirflowApi("http://127.0.0.1:9", "token")  # the discard port: nothing listens
-    airflow_client.RETRY_SECONDS, saved = 0.01, airflow_client.RETRY_SECONDS
-    try:
-        with pytest.raises(
-            AirflowApiError, match=r"GET /dags/d/dagRuns/r: the api-server at .* did not answer"
-        ):
-            api.run("d", "r")
-    finally:
-        airflow_client.RETRY_SECONDS = saved
+    with pytest.raises(AirflowApiError, match=r"GET /dags/d/dagRuns/r: the api-server at .* did not answer"):
+        api.run("d", "r")
