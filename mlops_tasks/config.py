@@ -1055,9 +1055,16 @@ def require_config_dir(directory: Path | None = None) -> Path:
 
 
 def config_paths(directory: Path | None = None) -> list[Path]:
-    """The pipeline YAML files of the directory (:func:`require_config_dir`: it must exist)."""
+    """The pipeline YAML files of the directory (:func:`require_config_dir`: it must exist), at least
+    one: an empty directory (a volume mounted over the wrong path) scheduled nothing and said nothing."""
     directory = require_config_dir(directory)
-    return sorted(p for p in directory.glob("*.y*ml") if p.suffix in (".yaml", ".yml"))
+    paths = sorted(p for p in directory.glob("*.y*ml") if p.suffix in (".yaml", ".yml"))
+    if not paths:
+        raise ConfigError(
+            f"{directory}: pipeline config directory holds no pipeline YAML file (*.yaml, *.yml); put "
+            f"the pipeline configs there, or set ${CONFIG_DIR_ENV} to the directory holding them"
+        )
+    return paths
 
 
 def load_each(paths: list[Path]) -> Iterator[tuple[Path, PipelineConfig | ConfigError]]:

@@ -316,8 +316,8 @@ def build_all_dags(directory: Path | None = None) -> dict[str, DAG]:
     others: an exception in a DAG file discards every DAG of the file, and the scheduler then stops
     scheduling all of them. A config that cannot be built (invalid, or a pipeline name or storage
     location another config already uses: :func:`mlops_tasks.config.load_each`) gets an error DAG
-    instead (:func:`config_error_dag`), and the reason is logged by the DAG processor. A missing
-    config directory (a mistyped ``$MLOPS_TASKS_CONFIG_DIR``) is one error DAG too, not zero DAGs."""
+    instead (:func:`config_error_dag`), and the reason is logged by the DAG processor. A missing or
+    empty config directory (a mistyped ``$MLOPS_TASKS_CONFIG_DIR``) is one error DAG too, not zero DAGs."""
     dags: dict[str, DAG] = {}
     try:
         paths = config_paths(directory)
@@ -328,7 +328,7 @@ def build_all_dags(directory: Path | None = None) -> dict[str, DAG]:
             missing,
             f"{type(exc).__name__}: {exc}",
             base=CONFIG_DIR_ERROR_DAG,
-            description=f"no pipeline config directory {missing}: set ${CONFIG_DIR_ENV}",
+            description=f"no pipeline config in {missing}: set ${CONFIG_DIR_ENV}",
         )
         return {error.dag_id: error}
     for path, loaded in load_each(paths):

@@ -59,11 +59,12 @@ def test_drift_monitor_is_triggered_by_predictions(dagbag) -> None:
     assert dag.timetable.asset_condition.name == "flights_delay_predictions"
 
 
+@pytest.mark.parametrize("made", [False, True], ids=["missing", "empty"])
 def test_a_missing_config_directory_is_an_error_dag_not_zero_dags(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, made: bool
 ) -> None:
-    """A mistyped $MLOPS_TASKS_CONFIG_DIR (or a wheel install without configs/ beside it) must show
-    up in the UI, not leave an empty DAG list."""
+    """A mistyped $MLOPS_TASKS_CONFIG_DIR (or a wheel install without configs/ beside it, or a
+    volume mounted over the wrong path) must show up in the UI, not leave an empty DAG list."""
     import shutil
 
     from airflow.dag_processing.dagbag import DagBag
@@ -73,13 +74,17 @@ def test_a_missing_config_directory_is_an_error_dag_not_zero_dags(
     dags_dir.mkdir()
     shutil.copy(REPO / "dags" / "mlops_pipelines.py", dags_dir)
     typo = tmp_path / "cofnigs"
+    if made:
+        typo.mkdir()
+        (typo / "README.md").write_text("not a pipeline")
     monkeypatch.setenv("MLOPS_TASKS_CONFIG_DIR", str(typo))
     bag = DagBag(dag_folder=str(dags_dir))
     assert bag.import_errors == {}
     assert bag.dag_ids == ["mlops_config_error_config_dir"]
     dag = bag.dags["mlops_config_error_config_dir"]
     task = dag.get_task("config_error")
-    assert str(typo) in task.reason and "does not exist" in task.reason
+    problem = "holds no pipeline YAML file" if made else "does not exist"
+    assert str(typo) in task.reason and problem in task.reason
     assert "$MLOPS_TASKS_CONFIG_DIR" in task.reason and "$MLOPS_TASKS_CONFIG_DIR" in dag.description
     assert dag.schedule is None or dag.timetable.summary in ("None", "")
     with pytest.raises(AirflowFailException, match="cofnigs"):
