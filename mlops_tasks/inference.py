@@ -206,7 +206,7 @@ class _Model:
         """The prediction of each class index (built once, not per scored job): integers where every
         class is a whole number, else text."""
         if all(_whole_number(c) for c in self.classes):
-            whole = (int(_label_text(c)) if isinstance(c, str) else int(c) for c in self.classes)
+            whole = (int(c.split(".")[0]) if isinstance(c, str) else int(c) for c in self.classes)
             return np.fromiter(whole, dtype=np.int64, count=len(self.classes))
         return np.asarray([str(c) for c in self.classes], dtype=object)
 
@@ -259,12 +259,10 @@ def _whole_number(value: Any) -> bool:
 
 
 def _label_text(value: Any) -> str:
-    """A class as text: whole numbers without a fraction ("1", not "1.0")."""
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    if isinstance(value, str) and (whole := _WHOLE_NUMBER_TEXT.fullmatch(value)):
-        return whole.group(1)
-    return str(value)
+    """A class in a column name (``probability_<class>``): as stored, but a float 1.0 as "1". The
+    text "1.0" stays: the days a model scored keep their column names, which the drift monitor reads
+    back across days."""
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
 
 
 # -- plan -------------------------------------------------------------------------------------------

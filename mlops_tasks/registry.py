@@ -165,13 +165,19 @@ def _version_for_run(client: Any, cfg: PipelineConfig, run_id: str, decision: di
     query = f"name={tracking.quoted(name)} and run_id='{run_id}'"
 
     def this_gates(versions: list[ModelVersion]) -> ModelVersion | None:
+        baseline = str(decision.get("champion_version") or "")
+        newest = str(decision.get("registry_newest_version") or "")
+
         def reusable(v: ModelVersion) -> bool:
             tags = _tags(v)
-            if tags.get(GATE_DECISION) != STALE:  # recorded for good, or not yet (a creation race)
-                return True
-            return tags.get(BASELINE, "") == str(decision.get("champion_version") or "") and tags.get(
-                GATE_NEWEST, ""
-            ) == str(decision.get("registry_newest_version") or "")
+            if GATE_DECISION not in tags:
+                # Not tagged yet: this gate's (a creation race, or tagging cut short), unless the gate
+                # saw it already - an earlier gate's leftover, whose number a rollback since may fence.
+                return int(v.version) > _number(newest)
+            return tags[GATE_DECISION] == STALE and (tags.get(BASELINE, ""), tags.get(GATE_NEWEST, "")) == (
+                baseline,
+                newest,
+            )
 
         ordered = sorted(versions, key=lambda v: int(v.version))
         recorded = [v for v in ordered if _tags(v).get(GATE_DECISION) in (PROMOTE, REJECT)]
@@ -190,7 +196,11 @@ def _version_for_run(client: Any, cfg: PipelineConfig, run_id: str, decision: di
     # Two attempts of one gate (a task and its zombie) may both create one: both go on with the lowest,
     # the other stays untagged and never counts.
     found = this_gates(client.search_model_versions(query))
-    assert found is not None  # the version just created is untagged, so reusable
+    if found is None:  # another gate of this run tagged the new version first
+        raise RegistryContention(
+            f"run {run_id}: another registration of this run took the version just created for it; "
+            "run the task again"
+        )
     return found
 
 

@@ -240,7 +240,7 @@ class ObjectStore:
     # -- errors ---------------------------------------------------------------------------------
 
     @contextmanager
-    def _explain(self, action: str, key: str = "") -> Iterator[None]:
+    def _explain(self, action: str, key: str = "", conditional: bool = False) -> Iterator[None]:
         target = f"s3://{self.bucket}/{key}" if key else self.settings.where()
         try:
             yield
@@ -253,9 +253,11 @@ class ObjectStore:
                 f"Cannot {action} {target} ({self.settings.where()}): the multipart upload failed: {exc}"
             ) from None
         except (ClientError, BotoCoreError) as exc:
-            self._raise_explained(action, target, key, exc)
+            self._raise_explained(action, target, key, exc, conditional)
 
-    def _raise_explained(self, action: str, target: str, key: str, exc: Exception) -> None:
+    def _raise_explained(
+        self, action: str, target: str, key: str, exc: Exception, conditional: bool = False
+    ) -> None:
         """Raise ``exc`` (a botocore failure) again as one :class:`StorageError` sentence."""
         where = self.settings.where()
         if isinstance(exc, EndpointConnectionError):
@@ -282,12 +284,18 @@ class ObjectStore:
                 raise WriteConflictError(
                     f"Cannot {action} {target}: another writer changed it since it was read ({code})"
                 ) from None
-            if code == "NotImplemented" and exc.operation_name == "PutObject":
+            if code == "NotImplemented":
+                endpoint = self.settings.endpoint_url or "AWS"
                 raise StorageError(
-                    f"Cannot {action} {target}: the S3 endpoint {self.settings.endpoint_url or 'AWS'} "
-                    "does not implement conditional writes (If-Match / If-None-Match), with which "
-                    "manifests and the drift state are published so that concurrent runs never "
-                    "overwrite each other. Use a store that does (AWS S3, MinIO, moto)."
+                    f"Cannot {action} {target}: the S3 endpoint {endpoint} does not implement conditional "
+                    "writes (If-Match / If-None-Match), with which manifests and the drift state are "
+                    "published so that concurrent runs never overwrite each other. Use a store that "
+                    "does (AWS S3, MinIO, moto)."
+                    if conditional
+                    else f"Cannot {action} {target}: the S3 endpoint {endpoint} does not implement a "
+                    "header of the request (NotImplemented). Stores that reject the checksum headers "
+                    "of recent boto3 releases need AWS_REQUEST_CHECKSUM_CALCULATION=when_required in "
+                    "the workers' environment."
                 ) from None
             # botocore has retried these already: say it is the endpoint, not the data, and what to do
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
@@ -427,7 +435,7 @@ class ObjectStore:
         from :meth:`read_for_write`; a lost condition is a :class:`WriteConflictError` (or
         :class:`ObjectNotFoundError` when the object was deleted) and writes nothing. ``metadata``:
         user metadata (:meth:`metadata` reads it back with one HEAD)."""
-        with self._explain("write", key):
+        with self._explain("write", key, conditional=condition is not None):
             self.client.put_object(
                 Bucket=self.bucket,
                 Key=key,

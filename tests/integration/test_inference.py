@@ -240,6 +240,22 @@ def test_classes_an_older_release_stored_as_1_0_are_published_as_integers(
         published[classes[1]] = inference.read_predictions(store, cfg, DAY)["prediction"]
     assert published["1.0"].dtype == published["1"].dtype == np.int64
     assert published["1.0"].equals(published["1"])
+    # A multiclass model's probability columns keep their names: the drift monitor reads back the
+    # days that model scored before the upgrade under them.
+    cfg = multiclass(cfg)
+    params = random_params(cfg.features, EXAMPLE_VOCAB, [8], outputs=3, seed=1)
+    score_day(
+        store,
+        cfg,
+        str(build_model(tmp_path / "m3.onnx", cfg.features, params, "multiclass", ["1.0", "2.0", "3.0"])),
+    )
+    out = inference.read_predictions(store, cfg, DAY)
+    assert out["prediction"].dtype == np.int64 and set(out["prediction"]) <= {1, 2, 3}
+    assert [c for c in out.columns if c.startswith("probability_")] == [
+        "probability_1.0",
+        "probability_2.0",
+        "probability_3.0",
+    ]
 
 
 def test_predictions_are_snappy_parquet_with_delta_integers_and_required_model_columns(

@@ -293,6 +293,26 @@ def test_a_stale_version_gated_again_after_a_rollback_is_promoted(
     assert (again["champion_version"], again["previous_champion_version"]) == ("5", "2")
 
 
+def test_a_re_gate_does_not_take_an_untagged_version_an_earlier_gate_left(
+    base_cfg: PipelineConfig, mlflow_server: str, tmp_path: Path
+) -> None:
+    """Two attempts of one gate may both create a version; the second stays untagged. A later gate
+    of the run saw it (its registry_newest_version): reused, its old number fell under the fence of
+    the rollback in between, and the re-gate was never promoted."""
+    cfg = model_cfg(base_cfg)
+    late = exported_run(mlflow_server, tmp_path)
+    promoted_chain(cfg, mlflow_server, tmp_path)
+    assert register_bare(cfg, late, gate(0.75, "1"), mlflow_server)["stale"]  # v4
+    client = tracking.client(mlflow_server)
+    source = f"{client.get_run(late).info.artifact_uri}/model"
+    assert client.create_model_version(cfg.registered_model_name, source, run_id=late).version in (5, "5")
+    assert registry.rollback(cfg, tracking_uri=mlflow_server)["champion_version"] == "2"
+
+    again = register_bare(cfg, late, {**gate(0.76, "2"), "registry_newest_version": "5"}, mlflow_server)
+
+    assert (again["version"], again["promoted"], again["champion_version"]) == ("6", True, "6")
+
+
 def test_a_stale_version_gated_again_against_a_champion_registered_after_it_is_promoted_and_rolls_back(
     base_cfg: PipelineConfig, mlflow_server: str, tmp_path: Path
 ) -> None:

@@ -796,7 +796,17 @@ def test_an_endpoint_rejecting_conditional_writes_is_named_as_such(store: Object
 
     store.client.meta.events.register("before-send.s3.PutObject", reject_conditional)
     partition = partition_prefix("p", "predictions", DAY)
-    part = write_part(store, partition, "part-0.parquet", b"PAR1", rows=1)
+    part = write_part(store, partition, "part-0.parquet", b"PAR1", rows=1)  # not conditional
+    store.client.meta.events.register(
+        "before-send.s3.PutObject",
+        lambda request, **_: (
+            AWSResponse(request.url, 501, {"Content-Type": "application/xml"}, Body())
+            if "plain" in request.url
+            else None
+        ),
+    )
+    with pytest.raises(StorageError, match="AWS_REQUEST_CHECKSUM_CALCULATION=when_required"):
+        store.put_bytes("p/plain.bin", b"x")  # a store rejecting another header: not about conditions
     with pytest.raises(
         StorageError, match=r"does not implement conditional writes \(If-Match / If-None-Match\)"
     ):
