@@ -50,6 +50,7 @@ import pyarrow.parquet as pq
 
 from mlops_tasks.config import ColumnSpec, JoinSpec, PipelineConfig
 from mlops_tasks.errors import DataError
+from mlops_tasks.features import category_strings
 from mlops_tasks.storage import (
     PARQUET_COMPRESSION,
     ObjectInfo,
@@ -122,7 +123,10 @@ def ingest_day(store: ObjectStore, cfg: PipelineConfig, day: dt.date) -> dict[st
     staging = partition_prefix(cfg.prefix, "staging", day)
     listed = [o for o in store.list(landing) if not o.key.endswith("/")]
     keys = [o.key for o in listed]
-    if not keys:
+    ignored = [k for k in keys if _route(k.rsplit("/", 1)[-1], cfg) is None]
+    if len(ignored) == len(keys):
+        # Only files of no table (a writer's _SUCCESS marker, a README): no data either, not a day
+        # of 0 rows that fails the validation gate and with it the training run.
         return {
             "date": day.isoformat(),
             "status": "no_data",
@@ -131,7 +135,8 @@ def ingest_day(store: ObjectStore, cfg: PipelineConfig, day: dt.date) -> dict[st
             "files": 0,
             "rejected_files": [],
             "malformed_lines": 0,
-            "warnings": [f"no files under {store.uri(landing)}"],
+            "warnings": [f"no files under {store.uri(landing)}"]
+            + [f"{k}: ignored, its name matches no file_pattern of the config" for k in ignored],
         }
     found = _Day()
     main = _Table()
@@ -151,7 +156,14 @@ def ingest_day(store: ObjectStore, cfg: PipelineConfig, day: dt.date) -> dict[st
         except RejectedFileError as exc:
             copy = write_part(store, staging, rejected_copy_name(key), data, rows=0)
             found.rejected.append(
-                {"key": key, "reason": str(exc), "copy": copy["key"], "lines": _rejected_lines(key, data)}
+                {
+                    "key": key,
+                    "reason": str(exc),
+                    "copy": copy["key"],
+                    "lines": _rejected_lines(
+                        key, data, cfg.data.source.encoding, cfg.data.source.csv_delimiter
+                    ),
+                }
             )
             parts.append(copy)
             continue
@@ -327,11 +339,13 @@ def _required_columns(cfg: PipelineConfig, target: str) -> set[str]:
     return {c.name for c in cfg.data.columns if not c.nullable} | keys
 
 
-def _rejected_lines(key: str, data: bytes) -> int:
-    """How many rows a rejected file holds, for the validation gate's bad share: its non-blank lines
-    but the header for CSV (ended by LF, CRLF or CR, as the reader takes them; gzip bytes are counted
-    in their text whatever the file's name), the footer's row count for parquet, and 1 for a file
-    whose content cannot be read at all (it still stands for data that was lost)."""
+def _rejected_lines(key: str, data: bytes, encoding: str, delimiter: str) -> int:
+    """How many rows a rejected file holds, for the validation gate's bad share: its non-blank records
+    but the header for CSV, as the reader splits them (a quoted field may span lines; records end by
+    LF, CRLF or CR; gzip bytes are counted in their text whatever the file's name), else its
+    non-blank lines when it is not text of the encoding or not CSV; the footer's row count for
+    parquet, and 1 for a file whose content cannot be read at all (it still stands for data that was
+    lost)."""
     if not data:
         return 0
     lower = key.rsplit("/", 1)[-1].lower()
@@ -347,7 +361,17 @@ def _rejected_lines(key: str, data: bytes) -> int:
             data = gzip.decompress(data)
         except (OSError, EOFError, zlib.error):
             return 1
-    return max(sum(1 for line in data.splitlines() if line.strip()) - 1, 0)
+    try:
+        text = data.decode(encoding).removeprefix("\ufeff")
+        csv.field_size_limit(max(csv.field_size_limit(), len(text)))
+        records = sum(
+            1
+            for row in csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+            if "".join(row).strip()
+        )
+    except (UnicodeDecodeError, csv.Error):
+        records = sum(1 for line in data.splitlines() if line.strip())
+    return max(records - 1, 0)
 
 
 def rejected_copy_name(key: str) -> str:
@@ -661,7 +685,10 @@ def convert_column(raw: pd.Series, kind: str) -> tuple[pd.Series, np.ndarray, st
         if kind in ("string", "category"):
             if family == "nested":
                 return _wrong_family(raw, missing, STRING_DTYPE, "is not text (a list, struct or map)")
-            return _trimmed(raw.astype(STRING_DTYPE)), np.zeros(len(raw), dtype=bool), ""
+            # Whole numbers as integers ("101", not "101.0"): an int column with a null arrives as
+            # floats, and must give the text the same values give in CSV (joins, duplicates, rules).
+            text = category_strings(raw) if family == "float" else raw.astype(STRING_DTYPE)
+            return _trimmed(text), np.zeros(len(raw), dtype=bool), ""
         values = raw
     else:
         text, undecodable = _as_text(raw)
@@ -806,10 +833,17 @@ def _to_bool(values: pd.Series, missing: np.ndarray, family: str) -> tuple[pd.Se
         lower = values.str.lower()
         typed[lower.isin(TRUE_TOKENS).to_numpy(dtype=bool)] = True
         typed[lower.isin(FALSE_TOKENS).to_numpy(dtype=bool)] = False
+        # "1.0" / "0.0": how pandas writes a 0/1 column that has a null (as _to_int reads "12.0")
+        other = (typed.isna() & values.notna()).to_numpy(dtype=bool)
+        if other.any():
+            numbers = values[other].map(_exact_int)
+            typed[numbers.index[(numbers == 1).to_numpy(dtype=bool)]] = True
+            typed[numbers.index[(numbers == 0).to_numpy(dtype=bool)]] = False
     elif family == "bool":
         typed = values.astype("boolean")
-    elif family == "int":
-        # 1 and 0 are booleans in CSV text too; any other integer is not.
+    elif family in ("int", "float"):
+        # 1 and 0 are booleans in CSV text too (1.0 and 0.0: a 0/1 column with a null, as pandas
+        # stores it); any other number is not.
         typed[(values == 1).fillna(False).to_numpy(dtype=bool)] = True
         typed[(values == 0).fillna(False).to_numpy(dtype=bool)] = False
     return typed, (typed.isna().to_numpy() & ~missing), reason

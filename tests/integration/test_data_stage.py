@@ -652,6 +652,35 @@ def test_a_rejected_file_counts_its_rows_as_the_reader_would_split_them(store, c
     assert f"1 rejected file(s) with {lines} line(s): {name} ({lines})" in str(failure.value)
 
 
+def test_a_rejected_file_whose_quoted_fields_span_lines_counts_its_records(store, cfg):
+    """Counted by physical lines, 2 records with multi-line comments were 5 bad rows: a day that
+    should pass failed the gate."""
+    land(
+        store,
+        cfg,
+        "flights_a.csv",
+        csv(*GOOD, *(f"{i},1,AA,EWR,2013-01-01T10:00:00Z" for i in range(10, 16))),
+    )
+    commented = 'id,delay,carrier,origin,comment\n11,1,AA,EWR,"late\ncrew\nswap"\n12,1,AA,EWR,"a\nb"\n'
+    land(store, cfg, "flights_b.csv", commented)  # no time_hour column: rejected
+    ingest_day(store, cfg, DAY)
+
+    result = validate_day(store, cfg, DAY)
+
+    assert (result["passed"], result["rejected_lines"]) == (True, 2)
+
+
+def test_a_day_with_only_files_of_no_table_has_no_data(store, cfg):
+    """A writer's _SUCCESS marker alone was a day of 0 rows, whose validation gate failed the run."""
+    land(store, cfg, "_SUCCESS", b"")
+    land(store, cfg, "README.md", "about this folder")
+
+    result = ingest_day(store, cfg, DAY)
+
+    assert (result["status"], result["rows"]) == ("no_data", 0)
+    assert sum("matches no file_pattern" in w for w in result["warnings"]) == 2
+
+
 def test_a_rerun_that_fails_the_gate_withdraws_the_days_earlier_curated_data(store, cfg):
     land(store, cfg, "flights.csv", csv(*GOOD))
     run(store, cfg)

@@ -125,9 +125,26 @@ def test_parquet_integers_pass_through_without_float():
 def test_typed_integers_one_and_zero_are_booleans_and_other_numbers_are_flagged():
     typed, bad, reason = convert_column(pd.Series([1, 0, 2]), "bool")
     assert typed.tolist()[:2] == [True, False] and bad.tolist() == [False, False, True]
-    for series in (pd.Series([1.0, float("nan")]), pd.Series(pd.to_datetime(["2013-01-01", None]))):
+    for series in (pd.Series([1.5, float("nan")]), pd.Series(pd.to_datetime(["2013-01-01", None]))):
         typed, bad, reason = convert_column(series, "bool")
         assert typed.isna().all() and bad.tolist() == [True, False] and reason == "is not a boolean"
+
+
+def test_a_0_1_column_with_a_null_as_pandas_writes_it_is_boolean():
+    """pandas keeps such a column as floats: 1.0 in parquet, "1.0" in its CSV. Every row was
+    flagged "is not a boolean" and quarantined."""
+    for series in (pd.Series([1.0, 0.0, float("nan")]), raw("1.0", "0.0", None, "2.0")):
+        typed, bad, _ = convert_column(series, "bool")
+        assert typed.tolist()[:3] == [True, False, pd.NA] and not bad[:3].any()
+    assert bad.tolist()[3]  # "2.0" is a number, not a boolean
+
+
+def test_whole_floats_become_integer_text_in_text_columns():
+    """An int column with a null arrives as floats: its category text must be "101", as the same
+    value reads from CSV, or a join on it matches nothing and a duplicate key goes unseen."""
+    for kind in ("category", "string"):
+        typed, bad, _ = convert_column(pd.Series([101.0, float("nan"), 2.5]), kind)
+        assert typed.tolist() == ["101", pd.NA, "2.5"] and not bad.any()
 
 
 def test_text_timestamps_past_what_nanoseconds_hold_are_flagged_with_the_range():
