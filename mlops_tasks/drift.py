@@ -306,8 +306,13 @@ def _shares(ref: pd.Series, cur: pd.Series) -> tuple[list[Any], np.ndarray, np.n
 
 
 def _wasserstein(ref: pd.Series, cur: pd.Series) -> tuple[float, None]:
-    norm = max(float(np.std(ref.to_numpy())), 0.001)
-    return float(stats.wasserstein_distance(ref.to_numpy(), cur.to_numpy())) / norm, None
+    """The distance in reference standard deviations (at least 0.001), computed on values divided by
+    the largest magnitude: the same number, but the variance of values past ~1e154 overflowed to
+    inf, which read as a distance of 0 ("not drifted") however far the values moved."""
+    r, c = ref.to_numpy(dtype=float), cur.to_numpy(dtype=float)
+    scale = max(float(np.abs(r).max(initial=0.0)), float(np.abs(c).max(initial=0.0))) or 1.0
+    norm = max(float(np.std(r / scale)), 0.001 / scale)
+    return float(stats.wasserstein_distance(r / scale, c / scale)) / norm, None
 
 
 def _jensenshannon(ref: pd.Series, cur: pd.Series) -> tuple[float, None]:

@@ -570,3 +570,16 @@ def test_a_backfilled_day_older_than_every_remembered_trigger_keeps_its_own():
     # fewer than the limit: nothing is dropped
     few = drift.next_state({"triggers": weekly[:3]}, decision, old_day, check_run_id="b")
     assert len(few["triggers"]) == 4
+
+
+@pytest.mark.parametrize("scale", [1e100, 1e200])
+def test_numeric_drift_is_seen_on_huge_values_as_on_small_ones(scale: float) -> None:
+    """The variance of values past ~1e154 overflowed to inf: every value doubled read as no drift."""
+    rng = np.random.default_rng(0)
+    ref, cur = frame(3000, 1), frame(3000, 2)
+    ref["y"], cur["y"] = rng.uniform(1, 2, 3000), rng.uniform(2, 4, 3000)  # every value doubled
+    small = drift.compare(make_config(), ref, cur)["columns"]["y"]
+    ref["y"], cur["y"] = ref["y"] * scale, cur["y"] * scale
+    huge = drift.compare(make_config(), ref, cur)["columns"]["y"]
+    assert (huge["stat_test"], huge["drifted"]) == ("wasserstein", True)
+    assert huge["statistic"] == pytest.approx(small["statistic"], rel=1e-6)
