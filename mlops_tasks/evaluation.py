@@ -164,7 +164,9 @@ def _metrics(
             "pr_auc": _defined(skm.average_precision_score, y, score) if both else None,
             "log_loss": _defined(skm.log_loss, y, np.clip(score, _EPS, 1 - _EPS), labels=[0, 1]),
             "accuracy": float(np.mean(predicted == y)),
-            "f1": float(skm.f1_score(y, predicted, zero_division=0)),
+            # Undefined (None) without a positive row or prediction: 0/0, not a score of 0 that a
+            # perfect model on a window of negatives gets, and that ties with any champion's.
+            "f1": _defined(skm.f1_score, y, predicted, zero_division=np.nan),
         }
     if probabilities is None:
         raise ValueError("multiclass metrics need the probabilities output")
@@ -423,7 +425,30 @@ def _champion(
             "and batch inference cannot serve it either. Roll back to the previous champion "
             f"(mlops-tasks model rollback {cfg.name}), or restore the file, then run the gate again."
         ) from None
-    return version, OnnxModel(path, cfg), newest_version
+    champion = OnnxModel(path, cfg)
+    with tracking.reachable(tracking_uri, f"read the label rule of champion v{version.version} of '{name}'"):
+        recorded = client.get_run(version.run_id).data.params
+    changed = _target_changes(cfg, champion.task, recorded)
+    if changed:
+        raise EvaluationDataError(
+            f"champion v{version.version} of '{name}' was trained for another target than the config's "
+            f"({'; '.join(changed)}): its metrics do not compare with this run's, and batch inference "
+            "would go on serving predictions of the old target. Register the models of the new target "
+            "under a new mlflow.registered_model (batch inference serves it once its first model is "
+            "promoted), or put the target back."
+        )
+    return version, champion, newest_version
+
+
+def _target_changes(cfg: PipelineConfig, task: str, recorded: dict[str, str]) -> list[str]:
+    """How the config's target differs from the one a run trained for: its model's task, and the
+    ``target.*`` parameters the run recorded (those it has: older runs may lack some)."""
+    changes = [f"task {task} -> {cfg.target.task}"] if task != cfg.target.task else []
+    for field, value in cfg.target.model_dump().items():
+        was, now = recorded.get(f"target.{field}"), str(value)[:6000]
+        if field != "task" and was is not None and was != now:
+            changes.append(f"target.{field} {was} -> {now}")
+    return changes
 
 
 def champion_training_days(

@@ -331,4 +331,6 @@ def derive_label(frame: pd.DataFrame, target: TargetSpec) -> pd.Series:
         with np.errstate(over="ignore"):  # beyond float32 -> inf -> missing
             values = pd.to_numeric(raw, errors="coerce").astype("float32")
         return values.where(~values.isin([np.inf, -np.inf]))
+    if raw.dtype.kind == "f":  # an infinite class is a corrupt value, missing as above, not class "inf"
+        raw = raw.where(~raw.isin([np.inf, -np.inf]))
     return category_strings(raw)

@@ -307,6 +307,13 @@ def test_quantized_export_is_kept_only_within_the_metric_tolerance(
     # training, not with the first layer's inputs in their raw ranges (distance ~1e3, precip ~0.1)
     diff = result["quantization"]["int8_max_abs_diff"]
     assert 0 < diff <= cfg.export.quantize_score_tolerance
+    # the parity reported and logged is the served file's, the fp32 graph's beside it
+    assert (result["parity_max_abs_diff"], result["fp32_parity_max_abs_diff"] < diff) == (diff, True)
+    logged = tracking.client(mlflow_server).get_run(run["run_id"]).data.metrics
+    assert (logged["parity_max_abs_diff"], logged["fp32_parity_max_abs_diff"]) == (
+        pytest.approx(diff),
+        pytest.approx(result["fp32_parity_max_abs_diff"]),
+    )
     with tempfile.TemporaryDirectory() as tmp:
         net, spec = training.load_run_model(mlflow_server, run["run_id"], Path(tmp) / "run")
         served = evaluation.OnnxModel(
@@ -501,6 +508,32 @@ def test_a_champion_whose_onnx_file_is_gone_fails_the_gate_with_a_clear_error(
     assert registry.champion_info(cfg, tracking_uri=mlflow_server)["run_id"] == champion_run
     with pytest.raises(registry.RegistryError, match=r"v1 of .* has no model/model.onnx any more"):
         registry.download_onnx(cfg, tracking_uri=mlflow_server, dest_dir=tmp_path / "served")
+
+
+def test_a_champion_trained_for_another_target_fails_the_gate_naming_the_change(
+    binary_cfg: PipelineConfig,
+    split: tuple,
+    trained: dict,
+    mlflow_server: str,
+    store: ObjectStore,
+    tmp_path: Path,
+) -> None:
+    """A changed label rule under the same registered model compared a champion of one target with a
+    challenger of another (or blocked every gate with advice to change the task)."""
+    cfg = own_model(binary_cfg, f"retargeted_{uuid.uuid4().hex[:8]}")
+    champion_run = registered_copy(cfg, trained["run_id"], mlflow_server, tmp_path)
+    tracking.client(mlflow_server).log_param(champion_run, "target.positive_when", "{'greater_than': 60.0}")
+
+    with pytest.raises(
+        evaluation.EvaluationDataError,
+        match=r"champion v1 of 'retargeted_\w+' was trained for another target than the config's "
+        r"\(target\.positive_when \{'greater_than': 60\.0\} -> \{'greater_than': 15\.0\}\).*new "
+        r"mlflow\.registered_model",
+    ):
+        evaluation.evaluate_and_gate(
+            cfg, trained["run_id"], split[1], tracking_uri=mlflow_server, store=store, day=DAY
+        )
+    assert registry.champion_info(cfg, tracking_uri=mlflow_server)["run_id"] == champion_run
 
 
 def test_a_champion_needing_a_column_the_data_lost_fails_the_gate_naming_it(

@@ -282,3 +282,12 @@ def test_label_targets_match_classes_however_the_model_s_metadata_writes_them() 
     for classes in (["0", "1"], [0.0, 1.0], [0, 1], ["0.0", "1.0"]):
         assert evaluation.label_targets(labels, "binary", classes).tolist() == [1.0, 0.0, 1.0]
     assert evaluation.label_targets(labels, "multiclass", [0.0, 1.0]).tolist() == [1, 0, 1]
+
+
+def test_binary_f1_is_undefined_without_a_positive_row_or_prediction() -> None:
+    """0/0, not 0.0: a perfect model on a window of negatives scored f1 0 (failing a min_value, and
+    tying with any champion)."""
+    perfect = evaluation.compute_metrics("binary", np.zeros(5), np.full(5, 0.1))
+    wrong = evaluation.compute_metrics("binary", np.zeros(5), np.full(5, 0.9))
+    assert (perfect["accuracy"], perfect["f1"]) == (1.0, None)
+    assert (wrong["accuracy"], wrong["f1"]) == (0.0, 0.0)  # positives predicted, none there: 0

@@ -243,3 +243,12 @@ def test_dictionary_categoricals_with_int8_indices_keep_every_column_s_values(fi
 
     assert (decoded == frame.astype(str).to_numpy()).all()
     assert (decoded == F.categorical_strings(F.onnx_inputs(frame, spec, "t"))).all()
+
+
+def test_an_infinite_class_label_is_missing_not_a_class() -> None:
+    """A corrupt inf became class "inf": binary training failed with "3 classes", multiclass learned it."""
+    for task in ("binary", "multiclass"):
+        label = F.derive_label(
+            pd.DataFrame({"y": [0.0, 1.0, np.inf, -np.inf]}), TargetSpec(task=task, column="y")
+        )
+        assert label.tolist() == ["0", "1", pd.NA, pd.NA], task
