@@ -156,8 +156,10 @@ def test_scoring_is_mapped_into_at_least_four_parts(runs: dict[str, dict]) -> No
 
 
 def test_both_celery_workers_ran_tasks(runs: dict[str, dict]) -> None:
-    hostnames = {ti["hostname"] for r in runs.values() for ti in r["tis"] if ti["state"] == "success"}
-    assert hostnames == set(WORKERS)
+    # The batch inference DAG's leaves are EmptyOperators, which the scheduler completes itself.
+    ran = [ti for r in runs.values() for ti in r["tis"] if ti["state"] == "success"]
+    assert {ti["hostname"] for ti in ran if ti["task_id"] == "served"} == {""}
+    assert {ti["hostname"] for ti in ran if ti["task_id"] != "served"} == set(WORKERS)
 
 
 def test_celery_predictions_equal_an_in_process_dag_test_run(
