@@ -122,8 +122,10 @@ def _window_parts(
 def _curated_day(store: ObjectStore, cfg: PipelineConfig, day: dt.date, columns: list[str]) -> pd.DataFrame:
     partition = partition_prefix(cfg.prefix, "curated", day)
     table, _ = read_published(store, partition, columns=columns)
-    if table is None:
-        raise FileNotFoundError(f"{store.uri(partition)}: the day was scored but its curated rows are gone")
+    if table is None:  # withdrawn since the window was listed: reading it again skips the day
+        raise ObjectNotFoundError(
+            f"{store.uri(partition)}: the day was scored but its curated rows are gone", partition
+        )
     return table.to_pandas()
 
 
@@ -315,9 +317,11 @@ def run_drift_monitor(
             current, current_rows = drift.sample_parts(parts, cfg.drift.sample_rows, cfg.drift.seed)
             break
         except ObjectNotFoundError as exc:
-            # A day re-scored while the window was read: its manifest's old parts are deleted once the
-            # new ones are published. Read the window again from the manifests as they are now.
-            if attempt == _WINDOW_READS or not exc.key.startswith(f"{cfg.prefix}/predictions/"):
+            # A day re-scored or validated again while the window was read: its manifest's old parts
+            # are deleted once the new ones are published (a day failing validation again loses its
+            # curated rows). Read the window again from the manifests as they are now.
+            areas = (f"{cfg.prefix}/predictions/", f"{cfg.prefix}/curated/")
+            if attempt == _WINDOW_READS or not exc.key.startswith(areas):
                 raise _unreadable_window(cfg, day, exc) from None
             log.info("drift check of %s: %s was replaced while read; reading the window again", day, exc.key)
         except (FileNotFoundError, ValueError) as exc:

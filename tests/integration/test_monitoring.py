@@ -674,6 +674,36 @@ def test_a_day_rescored_while_the_window_is_read_is_read_again_from_its_new_mani
     assert result["rows"]["current"] == 1200
 
 
+def test_a_day_whose_curated_rows_are_withdrawn_while_the_window_is_read_is_skipped(
+    world: ObjectStore,
+    cfg: PipelineConfig,
+    champion: Champion,
+    mlflow_server: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Validated again and failed its gate while the check read the window: the check failed for good
+    (a data error, no retry) instead of reading the window again, which skips the day."""
+    from mlops_tasks import monitoring
+    from mlops_tasks.storage import partition_prefix
+
+    publish_window(world, cfg, champion, change=warmer)
+    read_part_rows = monitoring._scored_rows
+    withdrawn: list[bool] = []
+
+    def withdrawn_meanwhile(*args: object) -> pd.DataFrame:
+        if not withdrawn:
+            world.delete_prefix(partition_prefix(cfg.prefix, "curated", DAY))
+            withdrawn.append(True)
+        return read_part_rows(*args)
+
+    monkeypatch.setattr(monitoring, "_scored_rows", withdrawn_meanwhile)
+
+    result = monitor(world, cfg, mlflow_server)
+
+    assert result["uncurated_days"] == [{"day": DAY.isoformat(), "rows": 500}]
+    assert result["rows"]["current"] == 1200 and result["status"] == "drift"
+
+
 def test_multiclass_champion_s_live_metric_uses_its_published_class_probabilities(
     store: ObjectStore, cfg: PipelineConfig, champion: Champion, mlflow_server: str, tmp_path: Path
 ) -> None:
