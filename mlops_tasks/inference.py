@@ -245,7 +245,7 @@ class _Model:
         return labels if scored.all() else np.ma.MaskedArray(labels, mask=~scored)
 
 
-_WHOLE_NUMBER_TEXT = re.compile(r"(0|-?[1-9][0-9]*)(\.0+)?")
+_WHOLE_NUMBER_TEXT = re.compile(r"(?:0|-?[1-9][0-9]*)(?:\.0+)?")
 
 
 def _whole_number(value: Any) -> bool:
@@ -304,6 +304,24 @@ def split_row_groups(group_rows: list[int], limit: int) -> list[tuple[list[int],
     return units
 
 
+def _unit(
+    day: dt.date, index: int, part: dict[str, Any], groups: list[int], offset: int, rows: int
+) -> dict[str, Any]:
+    """A work unit of ``rows`` rows from ``offset`` in the row groups ``groups`` of a curated part;
+    its footer size and first block unknown (see :func:`plan_parts`)."""
+    return {
+        "day": day.isoformat(),
+        "part_index": index,
+        "source_key": part["key"],
+        "source_bytes": part["bytes"],
+        "row_groups": groups,
+        "row_offset": offset,
+        "rows": rows,
+        "footer_bytes": None,
+        "first_block": None,
+    }
+
+
 def plan_parts(store: ObjectStore, cfg: PipelineConfig, day: dt.date) -> list[dict[str, Any]]:
     """Work units over the day's published curated parts (see :func:`split_row_groups`), one per
     mapped task, read from parquet footers only. An unpublished day plans nothing. A day curated
@@ -313,21 +331,7 @@ def plan_parts(store: ObjectStore, cfg: PipelineConfig, day: dt.date) -> list[di
     parts = manifest["parts"] if manifest else []
     units: list[dict[str, Any]] = []
     if parts and not any(part["rows"] for part in parts):
-        part = parts[0]
-        return [
-            {
-                "day": day.isoformat(),
-                "part_index": 0,
-                "source_key": part["key"],
-                "source_bytes": part["bytes"],
-                "row_groups": [],
-                "row_offset": 0,
-                "rows": 0,
-                "footer_bytes": None,
-                "first_block": None,
-                "units": 1,
-            }
-        ]
+        return [{**_unit(day, 0, parts[0], [], 0, 0), "units": 1}]
     for part in parts:
         if part["rows"] == 0:
             continue
@@ -342,14 +346,8 @@ def plan_parts(store: ObjectStore, cfg: PipelineConfig, day: dt.date) -> list[di
         columns = [c for c in _scored_columns(cfg) if c in present]  # a missing one fails in scoring
         for groups, offset, rows in split_row_groups(group_rows, cfg.inference.part_rows):
             units.append(
-                {
-                    "day": day.isoformat(),
-                    "part_index": len(units),
-                    "source_key": part["key"],
-                    "source_bytes": part["bytes"],
-                    "row_groups": groups,
-                    "row_offset": offset,
-                    "rows": rows,
+                _unit(day, len(units), part, groups, offset, rows)
+                | {
                     "footer_bytes": meta.serialized_size + 8,  # + length and magic
                     "first_block": _block([_row_group_span(meta, g, columns) for g in groups])
                     if columns

@@ -35,7 +35,8 @@
   registered model was deleted and created again while the run was in flight: a version of that
   number of another run, when the decision names the champion's run). Its result
   says so; registering the run again after a new gate (against the current champion) registers it as
-  a new version (:func:`_version_for_run`), whose number is above any rollback fence since. A registration that comes after a sibling has already won cannot be told apart from a race
+  a new version (:func:`_version_for_run`), whose number is above any rollback fence since. A
+  registration that comes after a sibling has already won cannot be told apart from a race
   (same tags, only timing differs), so it is judged as one.
 * ``challenger`` is also a function of the tags: the newest rejected-but-sane version, unless a gate on
   the champion's line ran after that version was registered (``gate_newest_version``): the champion
@@ -164,26 +165,7 @@ def _version_for_run(client: Any, cfg: PipelineConfig, run_id: str, decision: di
     name = cfg.registered_model_name
     query = f"name={tracking.quoted(name)} and run_id='{run_id}'"
 
-    def this_gates(versions: list[ModelVersion]) -> ModelVersion | None:
-        baseline = str(decision.get("champion_version") or "")
-        newest = str(decision.get("registry_newest_version") or "")
-
-        def reusable(v: ModelVersion) -> bool:
-            tags = _tags(v)
-            if GATE_DECISION not in tags:
-                # Not tagged yet: this gate's (a creation race, or tagging cut short), unless the gate
-                # saw it already - an earlier gate's leftover, whose number a rollback since may fence.
-                return int(v.version) > _number(newest)
-            return tags[GATE_DECISION] == STALE and (tags.get(BASELINE, ""), tags.get(GATE_NEWEST, "")) == (
-                baseline,
-                newest,
-            )
-
-        ordered = sorted(versions, key=lambda v: int(v.version))
-        recorded = [v for v in ordered if _tags(v).get(GATE_DECISION) in (PROMOTE, REJECT)]
-        return next(iter(recorded), None) or next((v for v in ordered if reusable(v)), None)
-
-    found = this_gates(client.search_model_versions(query))
+    found = _gates_version(client.search_model_versions(query), decision)
     if found is not None:
         return found
     run = client.get_run(run_id)
@@ -195,13 +177,36 @@ def _version_for_run(client: Any, cfg: PipelineConfig, run_id: str, decision: di
     client.create_model_version(name, f"{run.info.artifact_uri}/model", run_id=run_id)
     # Two attempts of one gate (a task and its zombie) may both create one: both go on with the lowest,
     # the other stays untagged and never counts.
-    found = this_gates(client.search_model_versions(query))
+    found = _gates_version(client.search_model_versions(query), decision)
     if found is None:  # another gate of this run tagged the new version first
         raise RegistryContention(
             f"run {run_id}: another registration of this run took the version just created for it; "
             "run the task again"
         )
     return found
+
+
+def _gates_version(versions: list[ModelVersion], decision: dict[str, Any]) -> ModelVersion | None:
+    """Of a run's ``versions``, the one ``decision`` (a gate) registers as (see :func:`_version_for_run`):
+    the lowest whose gate record is written, else the lowest untagged one the gate did not see yet (a
+    creation race, or tagging cut short; one it saw is an earlier gate's leftover, whose number a
+    rollback since may fence), else a stale one of this very gate (a retry); None for a new one."""
+    ordered = sorted(versions, key=lambda v: int(v.version))
+    recorded = next((v for v in ordered if _tags(v).get(GATE_DECISION) in (PROMOTE, REJECT)), None)
+    if recorded is not None:
+        return recorded
+    newest = str(decision.get("registry_newest_version") or "")
+    this_gate = (str(decision.get("champion_version") or ""), newest)
+    for v in ordered:
+        tags = _tags(v)
+        if GATE_DECISION not in tags and int(v.version) > _number(newest):
+            return v
+        if (
+            tags.get(GATE_DECISION) == STALE
+            and (tags.get(BASELINE, ""), tags.get(GATE_NEWEST, "")) == this_gate
+        ):
+            return v
+    return None
 
 
 def _tags(version: ModelVersion) -> dict[str, str]:

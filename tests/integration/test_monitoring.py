@@ -644,6 +644,22 @@ def test_a_scored_day_whose_curated_rows_were_withdrawn_is_skipped_and_the_windo
     assert result["rows"]["current"] == 1200 and result["status"] == "drift"
 
 
+def before_the_first_part_loads(monkeypatch: pytest.MonkeyPatch, meanwhile: Callable[[], object]) -> None:
+    """Run ``meanwhile`` (another run's write) once, as the check loads its first scored part."""
+    from mlops_tasks import monitoring
+
+    read_part_rows = monitoring._scored_rows
+    done: list[bool] = []
+
+    def load(*args: object) -> pd.DataFrame:
+        if not done:
+            meanwhile()
+            done.append(True)
+        return read_part_rows(*args)
+
+    monkeypatch.setattr(monitoring, "_scored_rows", load)
+
+
 def test_a_day_rescored_while_the_window_is_read_is_read_again_from_its_new_manifest(
     world: ObjectStore,
     cfg: PipelineConfig,
@@ -651,22 +667,10 @@ def test_a_day_rescored_while_the_window_is_read_is_read_again_from_its_new_mani
     mlflow_server: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from mlops_tasks import monitoring
-
     publish_window(world, cfg, champion, change=warmer)
     earlier = str(int(champion.version) + 100)
-    read_part_rows = monitoring._scored_rows
-    rescored: list[str] = []
-
-    def rescored_meanwhile(*args: object) -> pd.DataFrame:
-        # the first part the check loads: meanwhile another model version re-scores DAY (a real
-        # publish, which deletes the parts it replaces)
-        if not rescored:
-            score(world, cfg, champion, [DAY], version=earlier)
-            rescored.append(earlier)
-        return read_part_rows(*args)
-
-    monkeypatch.setattr(monitoring, "_scored_rows", rescored_meanwhile)
+    # meanwhile another model version re-scores DAY (a real publish, which deletes the parts it replaces)
+    before_the_first_part_loads(monkeypatch, lambda: score(world, cfg, champion, [DAY], version=earlier))
 
     result = monitor(world, cfg, mlflow_server)
 
@@ -683,20 +687,12 @@ def test_a_day_whose_curated_rows_are_withdrawn_while_the_window_is_read_is_skip
 ) -> None:
     """Validated again and failed its gate while the check read the window: the check failed for good
     (a data error, no retry) instead of reading the window again, which skips the day."""
-    from mlops_tasks import monitoring
     from mlops_tasks.storage import partition_prefix
 
     publish_window(world, cfg, champion, change=warmer)
-    read_part_rows = monitoring._scored_rows
-    withdrawn: list[bool] = []
-
-    def withdrawn_meanwhile(*args: object) -> pd.DataFrame:
-        if not withdrawn:
-            world.delete_prefix(partition_prefix(cfg.prefix, "curated", DAY))
-            withdrawn.append(True)
-        return read_part_rows(*args)
-
-    monkeypatch.setattr(monitoring, "_scored_rows", withdrawn_meanwhile)
+    before_the_first_part_loads(
+        monkeypatch, lambda: world.delete_prefix(partition_prefix(cfg.prefix, "curated", DAY))
+    )
 
     result = monitor(world, cfg, mlflow_server)
 
