@@ -876,12 +876,19 @@ def publish_predictions(
     model_version: str,
     run_id: str,
     output_area: str = "predictions",
+    aliased_version: Callable[[], str | None] | None = None,
 ) -> dict[str, Any]:
     """Make the day's predictions visible in one manifest PUT (see :func:`storage.publish_manifest`).
 
     Refuses results of another model version or run, two results for one unit, and a set of results
     that misses a planned unit, so a day never mixes models, counts rows twice or goes up partial
     over a complete one. Returns ``{"uri", "rows", "parts", "model_version"}``.
+
+    ``aliased_version`` returns the version the model's alias (champion, or challenger for the
+    shadow) names now. Given, it is asked when the day is published by another version, and the
+    publish is refused when that version is the alias's and this one is not: a run that resolved its
+    model before a rollback or promotion, and publishes late (a retry, a slow run), must not replace
+    the predictions a newer run made with the current model.
     """
     partition = partition_prefix(cfg.prefix, output_area, day)
     indexes = [r["part_index"] for r in part_results]
@@ -911,10 +918,26 @@ def publish_predictions(
             "planned have no result, so publishing would make a partial day visible; the published "
             "day is left as it is. Re-run the inference run (its failed or skipped score tasks)."
         )
+
+    def may_replace(published: dict[str, Any]) -> None:
+        theirs = published.get("model_version")
+        if aliased_version is None or theirs is None or str(theirs) == str(model_version):
+            return
+        if aliased_version() == str(theirs):
+            raise PredictionsError(
+                f"{store.uri(partition)}: not published. The day's predictions there are model version "
+                f"{theirs}'s (run {published.get('run_id')!r}), the version the registry's alias names now; "
+                f"this run scored with version {model_version}, which it resolved when it started and "
+                "which the alias has left since (a promotion or a rollback). The day keeps the current "
+                "model's predictions. To score it with the model of this run's start anyway, move the "
+                "alias back first; otherwise nothing is to be done."
+            )
+
     manifest = publish_manifest(
         store,
         partition,
         [r["part"] for r in part_results],
+        may_replace=may_replace,
         day=day.isoformat(),
         model_name=model_name,
         model_version=str(model_version),

@@ -646,7 +646,12 @@ PUBLISH_ATTEMPTS = 5
 
 
 def publish_manifest(
-    store: ObjectStore, partition: str, parts: list[dict[str, Any]], **extra: Any
+    store: ObjectStore,
+    partition: str,
+    parts: list[dict[str, Any]],
+    *,
+    may_replace: Callable[[dict[str, Any]], None] | None = None,
+    **extra: Any,
 ) -> dict[str, Any]:
     """Make ``parts`` the partition's content in one PUT, then delete what no manifest needs.
 
@@ -672,6 +677,9 @@ def publish_manifest(
     resolution: a replaced part written again within the second its manifest was written counts as
     not written again and is deleted at once, so the concurrent run republishing it fails with
     :class:`PartsMissingError` (having published nothing) instead of succeeding.
+
+    ``may_replace``, if given, is called with the stored manifest before each PUT that would replace
+    it, and raises to refuse (nothing is published, nothing deleted).
 
     ``extra`` goes into the manifest; keep it deterministic (no wall-clock times) so reruns are
     byte-identical.
@@ -709,7 +717,10 @@ def publish_manifest(
                 "by this run and the partition keeps the other run's complete content. Re-run the tasks "
                 "that wrote the parts to publish this run's instead."
             )
-        replaced = {p["key"] for p in (json.loads(stored) if stored else {}).get("parts", [])}
+        previous = json.loads(stored) if stored else {}
+        if stored and may_replace is not None:
+            may_replace(previous)
+        replaced = {p["key"] for p in previous.get("parts", [])}
         # When the replaced manifest was written, from the listing (the same clock and resolution as
         # its parts'); unknown if the listing saw another version of it: then replaced parts stay.
         seen = present.get(key)

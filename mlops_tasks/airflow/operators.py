@@ -799,6 +799,11 @@ class PublishPredictionsOperator(PipelineOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         from mlops_tasks.inference import publish_predictions
+        from mlops_tasks.registry import alias_info
+
+        def aliased_version() -> str | None:
+            now = alias_info(self.config, self.role, tracking_uri=self.tracking_uri)
+            return None if now is None else str(now["version"])
 
         model = self.models.get(self.role)
         if model is None:
@@ -813,6 +818,7 @@ class PublishPredictionsOperator(PipelineOperator):
             model_version=str(model["version"]),
             run_id=context["run_id"],
             output_area="predictions" if self.role == "champion" else "predictions_shadow",
+            aliased_version=aliased_version,
         )
         emit(role_step("publish", self.role), result, pipeline=self.pipeline)
         for asset in self.outlets:

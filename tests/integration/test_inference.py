@@ -477,6 +477,28 @@ def test_rerun_with_a_new_model_version_replaces_the_day(
     assert set(out["model_version"]) == {"4"}
 
 
+def test_a_late_run_of_a_model_the_alias_has_left_does_not_replace_the_current_models_day(
+    store: ObjectStore, cfg: PipelineConfig, mlp_path: str, tmp_path: Path
+) -> None:
+    """Run A resolved v3, then a rollback made v2 champion and run B published v2's day; A's publish
+    (a retry) comes last. The registry's alias is the judge: B's day stays, A's replaces only a day
+    whose version the alias has left too."""
+    two_parts(store, cfg)
+    stale = [
+        inference.score_part(store, cfg, unit, model_path=mlp_path, **IDENTITY)
+        for unit in inference.plan_parts(store, cfg, DAY)
+    ]
+    score_day(store, cfg, threshold_model(tmp_path, cfg, 12.0, "v2"), model_version="2", run_id="B")
+    published = contents(store, partition_prefix(cfg.prefix, "predictions", DAY))
+
+    with pytest.raises(inference.PredictionsError, match="version 2's .run 'B'.*the alias has left"):
+        inference.publish_predictions(store, cfg, DAY, stale, **IDENTITY, aliased_version=lambda: "2")
+    assert contents(store, partition_prefix(cfg.prefix, "predictions", DAY)) == published
+
+    inference.publish_predictions(store, cfg, DAY, stale, **IDENTITY, aliased_version=lambda: "4")
+    assert set(inference.read_predictions(store, cfg, DAY)["model_version"]) == {IDENTITY["model_version"]}
+
+
 def test_publish_refuses_parts_scored_by_another_model_version(
     store: ObjectStore, cfg: PipelineConfig, mlp_path: str
 ) -> None:

@@ -266,3 +266,61 @@ def test_a_cleared_drift_check_of_a_run_that_sent_its_retrain_marks_it_sent_firs
     assert store.get_json(state_key(example_config))["triggers"] == [
         {"day": "2013-07-14", "run_id": f"{dag_id}/{run}", "sent": True}
     ]
+
+
+def test_a_late_publish_of_a_model_the_champion_alias_has_left_is_refused_by_the_registry(
+    store: ObjectStore, example_config: PipelineConfig, mlflow_server: str
+) -> None:
+    """The operator asks the real registry which version the alias names now: a run that resolved v1
+    before the rollback to v2 does not replace the day a later run published with v2."""
+    import uuid
+
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from mlops_tasks import tracking
+    from mlops_tasks.airflow.operators import PublishPredictionsOperator
+    from mlops_tasks.inference import publish_predictions
+
+    name = f"m_{uuid.uuid4().hex[:10]}"
+    cfg = example_config.model_copy(
+        update={"mlflow": example_config.mlflow.model_copy(update={"registered_model": name})}
+    )
+    client = tracking.client(mlflow_server)
+    client.create_registered_model(name)
+    for _ in range(2):
+        client.create_model_version(name, source="s3://mlops/unused/model")
+    client.set_registered_model_alias(name, "champion", "2")
+    day = dt.date(2013, 3, 1)
+    partition = partition_prefix(cfg.prefix, "predictions", day)
+
+    def scored(version: str, run_id: str) -> dict[str, Any]:
+        part = write_part(store, partition, f"part-{run_id}.parquet", f"{version} {run_id}".encode(), 1)
+        return {
+            "part": part,
+            "part_index": 0,
+            "units": 1,
+            "rows": 1,
+            "model_version": version,
+            "run_id": run_id,
+        }
+
+    stale = scored("1", "scheduled")
+    publish_predictions(
+        store, cfg, day, [scored("2", "manual")], model_name=name, model_version="2", run_id="manual"
+    )
+    operator = PublishPredictionsOperator(
+        task_id="publish",
+        pipeline="flights_delay",
+        part_results=[stale],
+        models={"champion": {"version": "1"}},
+    )
+    operator.__dict__.update(config=cfg, store=store, _mlflow_addresses=(mlflow_server, mlflow_server))
+    context = {
+        "run_id": "scheduled",
+        "outlet_events": {},
+        "logical_date": dt.datetime(2013, 3, 1, tzinfo=dt.UTC),
+    }
+
+    with pytest.raises(AirflowFailException, match="version 2's .run 'manual'"):
+        operator.execute(context)
+    assert store.read_manifest(partition)["model_version"] == "2"
