@@ -87,7 +87,17 @@ class StagedDataMissingError(FileNotFoundError):
 
 
 class StagingReplacedError(DataError):
-    """A staging part vanished while validation read it (a concurrent ingest run of the day)."""
+    """A staging part vanished while validation read it, or staging kept being replaced before
+    validation could publish (concurrent ingest runs of the day)."""
+
+
+class _StagingMoved(Exception):
+    """Staging was published again after validation read it: what it validated is not the day's
+    current data, and publishing it would put older content over a newer validation's."""
+
+    def __init__(self, newer: dict[str, Any] | None) -> None:
+        super().__init__("staging replaced")
+        self.newer = newer
 
 
 class ValidationConfigError(DataError):
@@ -473,7 +483,13 @@ def validate_day(store: ObjectStore, cfg: PipelineConfig, day: dt.date) -> dict[
             newer = store.read_manifest(staging)
             if newer is None or newer == staged or attempt == STAGING_ATTEMPTS:
                 raise _staging_replaced(store, cfg, day, exc.key, newer, staged, attempt) from None
-            staged, attempt = newer, attempt + 1
+        except _StagingMoved as moved:
+            # Validated, but staging is newer now (a late file ingested by another run, whose own
+            # validation may have published already): validate the current staging instead.
+            newer = moved.newer
+            if newer is None or attempt == STAGING_ATTEMPTS:
+                raise _staging_replaced(store, cfg, day, staging, newer, staged, attempt) from None
+        staged, attempt = newer, attempt + 1
 
 
 def _staging_replaced(
@@ -489,6 +505,8 @@ def _staging_replaced(
     head = (
         f"Validation of '{cfg.name}' for {day} could not read {store.uri(key)}, a part of the staging "
         f"manifest it validates:"
+        if key != partition_prefix(cfg.prefix, "staging", day)
+        else f"Validation of '{cfg.name}' for {day} found {store.uri(key)} published again after reading it:"
     )
     if newer is None:
         why = (
@@ -503,7 +521,8 @@ def _staging_replaced(
     else:
         why = (
             f"staging was replaced by a concurrent ingest run of the same day ({attempts} time(s) while it "
-            "was read). Nothing was published by this validation; rerun it once that ingest has finished."
+            "was validated). This validation published nothing newer than that staging; rerun it once "
+            "that ingest has finished."
         )
     return StagingReplacedError(f"{head} {why}")
 
@@ -538,6 +557,14 @@ def _validate_staged(
     quarantined[REASONS_COLUMN] = pd.Series(reasons, index=quarantined.index, dtype=object)
     # Unlisted parts until the manifest is published: the last read of staging, before anything shows.
     parts, rejected = _quarantine_parts(store, quarantine, staged, quarantined)
+
+    def still_current(_: object = None) -> None:
+        """Checked before each output becomes visible, the publishes' just before their PUTs."""
+        newer = store.read_manifest(partition_prefix(cfg.prefix, "staging", day))
+        if newer != staged:
+            raise _StagingMoved(newer)
+
+    still_current()
     # Before quarantine is published: the day's new bad rows must never sit next to curated rows of
     # an earlier run, which training would read as the day's data.
     withdrawn = not passed and _unpublish(store, curated)
@@ -563,6 +590,7 @@ def _validate_staged(
         store,
         quarantine,
         parts,
+        may_replace=still_current,
         day=day.isoformat(),
         bad_rows=len(quarantined),
         malformed_lines=malformed,
@@ -595,6 +623,7 @@ def _validate_staged(
         store,
         curated,
         parts,
+        may_replace=still_current,
         day=day.isoformat(),
         validation_report=reports + "validation.json",
         landing_files=staged.get("landing_files"),  # what training's planning compares (ingestion)

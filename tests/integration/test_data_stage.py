@@ -1023,6 +1023,32 @@ def test_validation_starts_again_when_a_concurrent_ingest_restages_the_day(store
     assert malformed_lines(store, cfg)["raw"].tolist() == ["9,0,UA", "10,0,UA"]
 
 
+def test_a_validation_of_staging_that_a_later_ingest_and_validation_replaced_publishes_the_new_day(
+    store, cfg, monkeypatch
+):
+    """Training's and inference's validations of one day run at once. A has read staging (no part
+    of it is read again later) when a late file is ingested and B validates and publishes the new
+    staging; A, finishing last, must not put the older, smaller day back over B's."""
+    land(store, cfg, "flights_a.csv", csv(*GOOD))
+    ingest_day(store, cfg, DAY)
+    real, restaged = validation.run_gx, []
+
+    def racing(*args):
+        if not restaged:
+            restaged.append(1)
+            restage_concurrently(store, cfg, "flights_b.csv", "11,1,AA,EWR,2013-01-01T10:00:00Z")
+            restaged.append(validate_day(store, cfg, DAY))  # B, all the way to its curated manifest
+        return real(*args)
+
+    monkeypatch.setattr(validation, "run_gx", racing)
+    validated = validate_day(store, cfg, DAY)
+
+    assert validated == restaged[1] and validated["good_rows"] == 5
+    assert curated(store, cfg)["id"].tolist() == [1, 2, 3, 4, 11]
+    report = store.get_json(partition_prefix(cfg.prefix, "reports/validation", DAY) + "validation.json")
+    assert report["good_rows"] == 5
+
+
 def test_validation_gives_up_with_a_clear_message_when_staging_keeps_being_replaced(store, cfg, monkeypatch):
     land(store, cfg, "flights.csv", csv(*GOOD))
     ingest_day(store, cfg, DAY)
@@ -1045,7 +1071,7 @@ def test_validation_gives_up_with_a_clear_message_when_staging_keeps_being_repla
         f"Validation of 'tiny' for {DAY} could not read s3://{store.bucket}/tiny/staging/"
     )
     assert (
-        "staging was replaced by a concurrent ingest run of the same day (3 time(s) while it was read)"
+        "staging was replaced by a concurrent ingest run of the same day (3 time(s) while it was validated)"
         in message
     )
     assert "rerun it once that ingest has finished" in message
