@@ -355,13 +355,10 @@ def register(
         if recorded is None:
             tags = _write_gate_tags(client, version, run_id, decision, data_version)
         champion, previous = _converge(client, name)
-    promoted = champion == version.version
-    reason = tags["gate_reason"]
-    if tags[GATE_DECISION] == PROMOTE and not promoted:
-        reason = (
-            f"not promoted: the gate passed, but v{champion} is the champion after the registrations "
-            f"that raced this one (compare the gate metrics of v{champion} and v{version.version})"
-        )
+        promoted = champion == version.version
+        reason = tags["gate_reason"]
+        if tags[GATE_DECISION] == PROMOTE and not promoted:
+            promoted, reason = _since_promotion(client, name, version.version, champion)
     # A version's gate record is written once (it is what the tree and every retry rely on): a retry
     # with the same outcome is quiet; another outcome (the run gated again under other rules, or
     # against another champion) is reported as not applied, and the task stays idempotent.
@@ -391,6 +388,22 @@ def register(
         "previous_champion_version": previous,
         "reason": reason,
     }
+
+
+def _since_promotion(client: Any, name: str, version: str, champion: str | None) -> tuple[bool, str]:
+    """Whether ``version``, gate-passed but not the champion, was promoted all the same, and why it is
+    not the champion: a register task cleared days later must report what happened then (promoted,
+    superseded since; or rolled back), not a race that never was."""
+    versions = _versions(client, name)
+    if any(v.version == version for v in _champion_line(versions)):
+        return True, f"promoted; v{champion} has been promoted since, on its line"
+    tags = next((_tags(v) for v in versions if v.version == version), {})
+    if ROLLED_BACK_AT in tags:
+        return False, (f"promoted, then rolled back (at {tags[ROLLED_BACK_AT]}); v{champion} is the champion")
+    return False, (
+        f"not promoted: the gate passed, but v{champion} is the champion after the registrations "
+        f"that raced this one (compare the gate metrics of v{champion} and v{version})"
+    )
 
 
 def _best(siblings: list[ModelVersion]) -> ModelVersion:

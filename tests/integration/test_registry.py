@@ -844,3 +844,30 @@ def test_download_onnx_of_a_version_deleted_after_it_was_resolved_says_to_re_run
 
     with pytest.raises(registry.RegistryError, match=r"v1 of .* no longer exists in the registry.*Re-run"):
         registry.download_onnx(cfg, tracking_uri=mlflow_server, version=resolved, dest_dir=tmp_path)
+
+
+def test_a_register_task_cleared_after_later_promotions_reports_what_happened_to_its_version(
+    base_cfg: PipelineConfig, mlflow_server: str, tmp_path: Path
+) -> None:
+    """Cleared days later, the register task of v2 (promoted, then superseded by v3) and of v3
+    (promoted, then rolled back) must not report a race that never was: the lineage record is
+    written from this result."""
+    cfg = model_cfg(base_cfg)
+    runs = [exported_run(mlflow_server, tmp_path) for _ in range(3)]
+    gates = [gate(0.70, None), gate(0.72, "1"), gate(0.73, "2")]
+    for run, decided in zip(runs, gates, strict=True):
+        register_bare(cfg, run, decided, mlflow_server)
+
+    superseded = register_bare(cfg, runs[1], gates[1], mlflow_server)
+    assert (superseded["version"], superseded["promoted"], superseded["decision_applied"]) == (
+        "2",
+        True,
+        True,
+    )
+    assert superseded["reason"] == "promoted; v3 has been promoted since, on its line"
+
+    registry.rollback(cfg, tracking_uri=mlflow_server)  # v2 serves again
+    rolled_back = register_bare(cfg, runs[2], gates[2], mlflow_server)
+    assert (rolled_back["promoted"], rolled_back["champion_version"]) == (False, "2")
+    assert rolled_back["reason"].startswith("promoted, then rolled back (at ")
+    assert rolled_back["reason"].endswith("); v2 is the champion")
