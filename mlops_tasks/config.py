@@ -467,7 +467,13 @@ class TrainingSpec(_Strict):
         description="5-field cron or a preset (@hourly, @daily, @weekly, @monthly, @quarterly, @yearly); "
         "the DAG also runs on drift events.",
     )
-    window_days: int = Field(60, ge=1, description="Days of curated data the model is trained on.")
+    window_days: int = Field(
+        60,
+        ge=1,
+        description="Days of curated data the model is trained on, the last evaluation_days of them held "
+        f"out for the gate. The rest must hold at least {MIN_TRAINING_ROWS} labelled rows after the "
+        "validation_fraction split, or the train task fails saying how many it found.",
+    )
     evaluation_days: int = Field(
         7,
         ge=1,

@@ -7,11 +7,13 @@ of your own that docs/operators.md shows, copied from the page, scores another d
 from __future__ import annotations
 
 import datetime as dt
+import io
 import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from mlops_tasks import stack
@@ -117,14 +119,18 @@ def test_the_documented_rescore_dag_scores_a_day_with_the_champion(
     bag = DagBag(dag_folder=str(tmp_path))
     assert bag.import_errors == {}
     day = dt.date(2024, 1, 29)  # landed, not scored yet: the training window ended the day before
+    cfg, store = wine_pipeline["cfg"], wine_pipeline["store"]
+    # as production data comes: the cultivar is not known yet (the config's label column is nullable)
+    landed = partition_prefix(cfg.prefix, "landing", day) + "wine.csv"
+    unlabelled = pd.read_csv(io.BytesIO(store.get_bytes(landed))).drop(columns=["target"])
+    store.put_bytes(landed, unlabelled.to_csv(index=False).encode())
     run = bag.dags["wine_cultivar_rescore"].test(
         logical_date=dt.datetime(2024, 2, 1, tzinfo=dt.UTC), run_conf={"day": day.isoformat()}
     )
 
     assert run.state == "success"
-    cfg, store = wine_pipeline["cfg"], wine_pipeline["store"]
     predictions = read_predictions(store, cfg, day)
     champion = champion_info(cfg, tracking_uri=wine_pipeline["mlflow"])
     curated = store.read_manifest(partition_prefix(cfg.prefix, "curated", day))
-    assert len(predictions) == curated["rows"] > 0
+    assert len(predictions) == curated["rows"] == len(unlabelled) > 0
     assert set(predictions["model_version"].astype(str)) == {str(champion["version"])}
