@@ -384,9 +384,17 @@ def test_more_mapped_tasks_than_airflow_allows_fail_with_the_limit_and_the_fix(
         mappable([1, 2, 3, 4], "work units of 2013-06-01", "raise inference.part_rows")
 
 
-def test_every_task_has_the_pipelines_timeout(dags) -> None:
-    for dag in dags.values():
-        assert {task.execution_timeout for task in dag.tasks} == {dt.timedelta(hours=6)}, dag.dag_id
+def test_every_task_has_the_pipelines_timeout_and_retries() -> None:
+    from mlops_tasks.airflow.dag_factory import build_dags
+    from mlops_tasks.config import load_config
+
+    cfg = load_config(REPO / "configs" / "flights_delay.yaml").model_copy(
+        update={"task_timeout_minutes": 17, "retries": 5}
+    )
+    for dag in build_dags(cfg).values():
+        for task in dag.tasks:
+            assert task.execution_timeout == dt.timedelta(minutes=17), task.task_id
+            assert (task.retries, bool(task.retry_exponential_backoff)) == (5, True), task.task_id
 
 
 def test_an_unreachable_mlflow_server_is_named_without_its_credentials() -> None:

@@ -83,6 +83,26 @@ def test_small_reference_uses_p_value_tests():
     assert result["columns"]["c"]["drifted"] is False
 
 
+def test_small_sample_tests_judge_on_drift_column_p_value() -> None:
+    """One small shift: its KS p-value lies between the two settings, so they decide oppositely."""
+    reference, current = frame(500, 1), frame(500, 2, x_shift=0.2)
+    p_value = drift.compare(make_config(), reference, current)["columns"]["x"]["p_value"]
+    assert 1e-4 < p_value < 0.5
+    strict, lenient = (
+        drift.compare(make_config(column_p_value=p), reference, current)["columns"]["x"]
+        for p in (p_value / 2, min(p_value * 2, 0.99))
+    )
+    assert (strict["threshold"], strict["drifted"]) == (p_value / 2, False)
+    assert lenient["drifted"] is True
+
+
+@pytest.mark.parametrize(("test", "at_threshold"), [("ks", True), (drift.CHISQUARE, False), ("z", False)])
+def test_a_p_value_equal_to_the_threshold_is_drift_for_ks_only_as_in_evidently(test, at_threshold) -> None:
+    plan = drift._Plan("numeric" if test == "ks" else "categorical", test, 0.05)
+    assert drift._drifted(plan, 1.0, 0.05) is at_threshold
+    assert drift._drifted(plan, 1.0, 0.0499) is True and drift._drifted(plan, 1.0, 0.0501) is False
+
+
 def test_the_chi_squared_test_of_small_samples_flags_identical_distributions_at_its_p_value_rate():
     """Evidently's goodness of fit against the reference's counts took the 800 reference rows'
     noise for drift: 85% of these 40 draws of one distribution were "drift" at p 0.05."""

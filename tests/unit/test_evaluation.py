@@ -147,6 +147,16 @@ def test_gate_without_champion_applies_absolute_rules_only(example_config: Pipel
     assert failed(checks) == ["max_onnx_bytes"]
 
 
+def test_gate_rejects_a_model_slower_than_its_latency_limit_and_passes_one_at_it(
+    example_config: PipelineConfig,
+) -> None:
+    cfg = gated(example_config, max_p95_batch_latency_ms=10)
+    slow = evaluation.gate_checks(cfg, candidate("roc_auc", 0.7, p95=10.5), None)
+    assert failed(slow) == ["max_p95_batch_latency_ms"]
+    assert slow[-1]["value"] == 10.5 and "10.5 ms must be <= 10" in slow[-1]["detail"]
+    assert failed(evaluation.gate_checks(cfg, candidate("roc_auc", 0.7, p95=10.0), None)) == []
+
+
 def test_gate_floor_on_a_loss_is_a_ceiling(example_config: PipelineConfig) -> None:
     cfg = gated(example_config, primary_metric="log_loss", min_value=0.5)
     assert failed(evaluation.gate_checks(cfg, candidate("log_loss", 0.45), None)) == []

@@ -241,3 +241,38 @@ def test_validation_rows_of_a_class_the_training_split_lacks_are_left_out(
         match=r"none of the 2 validation rows has a class.*'carrier'.*validation_fraction",
     ):
         training._known_class_rows(val_rows.head(2), pd.Series(["OO", "9E"], dtype="string"), spec, "carrier")
+
+
+def test_training_stops_early_and_keeps_the_weights_of_its_best_epoch(
+    example_config: PipelineConfig, tmp_path
+) -> None:
+    """Labels of pure noise: the validation loss bottoms out early, so with a patience of 2 training
+    stops 2 epochs after its best one, and the saved weights are that epoch's, not the last one's
+    (recomputed from the artifact, against the history logged to a real MLflow store)."""
+    import torch
+    from mlflow.tracking import MlflowClient
+
+    from tests.conftest import tune
+
+    cfg = tune(example_config, "model", {"epochs": 40, "early_stopping_patience": 2, "learning_rate": 0.01})
+    rows, label = training.labelled_rows(tiny_rows(300), cfg)
+    spec = training.fit_spec(rows, label, cfg)
+    fit, val = (rows.iloc[:240], label.iloc[:240]), (rows.iloc[240:], label.iloc[240:])
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.create_experiment("t", artifact_location=(tmp_path / "artifacts").as_uri())
+    run_id = client.create_run(experiment).info.run_id
+
+    result = training._fit(cfg, spec, fit, val, client, run_id)
+
+    assert result["epochs_run"] - result["best_epoch"] == 2 and result["epochs_run"] < 40
+    history = {m.step: m.value for m in client.get_metric_history(run_id, "val_loss")}
+    assert sorted(history) == list(range(1, result["epochs_run"] + 1))
+    assert min(history, key=history.get) == result["best_epoch"]
+    net = training.TabularNet(spec)
+    net.load_state_dict(torch.load(client.download_artifacts(run_id, "model/weights.pt", str(tmp_path))))
+    net.eval()
+    with torch.no_grad():
+        x_num, x_cat = (torch.from_numpy(a) for a in training.encode(val[0], spec))
+        saved = float(training._loss_fn(spec.task)(net(x_num, x_cat), training._targets(val[1], spec)))
+    assert saved == pytest.approx(history[result["best_epoch"]], rel=1e-5)
+    assert history[result["epochs_run"]] > saved
