@@ -3,15 +3,19 @@
 * ``s3_endpoint``: moto's S3 server as a child process (real HTTP, real boto3 wire protocol).
 * ``store``: an :class:`ObjectStore` on a fresh bucket per test, so tests never see each other's keys.
 * ``mlflow_server``: a real ``mlflow server`` (SQLite store, artifacts in the S3 endpoint).
+* ``webhook``: an alert webhook on loopback, set as the ``mlops_alerts`` connection; the alerts it got.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import tempfile
+import threading
 import uuid
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -89,3 +93,35 @@ def mlflow_server(stack_dir: Path, s3_endpoint: str) -> Iterator[str]:
 @pytest.fixture
 def example_config() -> PipelineConfig:
     return load_config(EXAMPLE_CONFIG)
+
+
+@pytest.fixture
+def webhook_server() -> Iterator[tuple[int, list[dict]]]:
+    """A webhook on loopback: its port, and each POST as ``{"path", **payload}``."""
+    received: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            received.append({"path": self.path, **payload})
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_port, received
+    server.shutdown()
+
+
+@pytest.fixture
+def webhook(monkeypatch: pytest.MonkeyPatch, webhook_server: tuple[int, list[dict]]) -> list[dict]:
+    port, received = webhook_server
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_MLOPS_ALERTS",
+        json.dumps({"conn_type": "http", "host": f"http://127.0.0.1:{port}/hook"}),
+    )
+    return received

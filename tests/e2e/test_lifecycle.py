@@ -36,7 +36,9 @@ def days(start: str, end: str) -> list[dt.date]:
     return [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
 
 
-def test_lifecycle_from_landing_to_a_retrain_request(lifecycle_env: dict, tmp_path: Path) -> None:
+def test_lifecycle_from_landing_to_a_retrain_request(
+    lifecycle_env: dict, tmp_path: Path, webhook: list[dict]
+) -> None:
     from mlops_tasks.lineage import read_record
     from mlops_tasks.registry import champion_info
 
@@ -117,6 +119,12 @@ def test_lifecycle_from_landing_to_a_retrain_request(lifecycle_env: dict, tmp_pa
     event = latest_asset_event("mlops://flights_delay/retrain")
     assert event.extra["window_end"] == "2013-07-01"
     assert event.extra["source"] == "drift_monitor"
+    # the alert webhook (the mlops_alerts connection) heard of it, keyed to the task that requested it
+    [alert] = [a for a in webhook if a["event"] == "drift_detected"]
+    assert alert["details"]["window_end"] == "2013-07-01" and alert["pipeline"] == "flights_delay"
+    assert alert["key"].startswith("flights_delay_drift_monitor/") and alert["key"].endswith(
+        "/drift_detected"
+    )
 
     # A second training window: the gate decides against champion v1 and explains why.
     seed_landing(store, cfg, dt.date(2013, 1, 13), dt.date(2013, 1, 21))
@@ -127,6 +135,9 @@ def test_lifecycle_from_landing_to_a_retrain_request(lifecycle_env: dict, tmp_pa
     assert report["champion"]["version"] == "1"
     champion = champion_info(cfg, tracking_uri=lifecycle_env["mlflow"])
     assert champion["version"] == ("2" if gate["promote"] else "1")
+    rejections = [a for a in webhook if a["event"] == "gate_rejected"]
+    assert [a["message"] for a in rejections] == ([] if gate["promote"] else [gate["reason"]])
+    assert not [a for a in webhook if a["event"] == "task_failed"]
 
     # The CLI shows the whole chain, and rolls a promotion back in one command.
     env = {**os.environ, "MLOPS_TASKS_STACK_DIR": "/nonexistent"}
@@ -190,7 +201,7 @@ def latest_asset_event(uri: str):
 
 
 def test_batch_inference_without_a_champion_fails_clearly_and_writes_nothing(
-    tmp_path: Path, airflow_db: None, s3_endpoint: str, mlflow_server: str, monkeypatch
+    tmp_path: Path, airflow_db: None, s3_endpoint: str, mlflow_server: str, monkeypatch, webhook: list[dict]
 ) -> None:
     from mlops_tasks import stack
     from mlops_tasks.config import load_config
@@ -211,3 +222,7 @@ def test_batch_inference_without_a_champion_fails_clearly_and_writes_nothing(
     states = {ti.task_id: ti.state for ti in run.get_task_instances()}
     assert states["resolve_champion"] == "failed"
     assert store.list(f"{cfg.prefix}/predictions/") == []
+    # every task's failure callback alerts (the DAG's default_args): one alert for the failed task
+    [alert] = webhook
+    assert (alert["event"], alert["details"]["task_id"]) == ("task_failed", "resolve_champion")
+    assert "has no 'champion' alias in the registry" in alert["message"]

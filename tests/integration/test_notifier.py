@@ -5,44 +5,10 @@ from __future__ import annotations
 import json
 import socket
 import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
 from mlops_tasks.airflow.notifiers import announce
-
-
-@pytest.fixture
-def webhook_server() -> Iterator[tuple[int, list[dict]]]:
-    """A webhook on loopback: its port, and each POST as ``{"path", **payload}``."""
-    received: list[dict] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            received.append({"path": self.path, **payload})
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server.server_port, received
-    server.shutdown()
-
-
-@pytest.fixture
-def webhook(monkeypatch: pytest.MonkeyPatch, webhook_server: tuple[int, list[dict]]) -> list[dict]:
-    port, received = webhook_server
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_MLOPS_ALERTS",
-        json.dumps({"conn_type": "http", "host": f"http://127.0.0.1:{port}/hook"}),
-    )
-    return received
 
 
 def test_alert_is_posted_as_json_to_the_webhook(webhook: list[dict]) -> None:
