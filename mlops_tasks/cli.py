@@ -27,7 +27,6 @@ from mlops_tasks.config import (
     PipelineConfig,
     config_paths,
     load_config,
-    load_configs,
     load_each,
     load_pipeline,
     render_reference,
@@ -161,23 +160,40 @@ def _print(obj: Any, as_json: bool) -> None:
 
 
 def cmd_config_validate(args: argparse.Namespace) -> int:
-    from mlops_tasks.validation import build_rules
-
+    """Every config's verdict, one line each (ok on stdout, errors on stderr); 1 if any failed."""
     # Named files are checked one by one (e.g. an edited copy next to its original); the config
     # directory as the set the DAG factory loads: names and storage locations unique.
     files = [Path(p) for p in args.files]
-    configs = {p: load_config(p) for p in files} if files else load_configs(config_paths())
-    for path, cfg in configs.items():
-        # The Great Expectations rules are built by the validate task; a typo'd expectation type or
-        # bad kwargs must show here, not on the first run.
-        try:
-            build_rules(cfg)
-        except ValueError as exc:  # GX's own messages span lines: one line here
-            raise ConfigError(f"{path}: " + " ".join(str(exc).split())) from None
-        print(
-            f"ok: {cfg.name} ({', '.join(cfg.dag_id(k) for k in ('training', 'batch_inference', 'drift_monitor'))})"
-        )
-    return 0
+    checked = [(p, _loaded(p)) for p in files] if files else list(load_each(config_paths()))
+    failed = 0
+    for path, loaded in checked:
+        problem = loaded if isinstance(loaded, ConfigError) else _expectations_problem(path, loaded)
+        if problem is not None:
+            failed += 1
+            _print_error(problem)
+            continue
+        dags = ", ".join(loaded.dag_id(k) for k in ("training", "batch_inference", "drift_monitor"))
+        print(f"ok: {loaded.name} ({dags})")
+    return 1 if failed else 0
+
+
+def _loaded(path: Path) -> PipelineConfig | ConfigError:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        return exc
+
+
+def _expectations_problem(path: Path, cfg: PipelineConfig) -> ConfigError | None:
+    """The Great Expectations rules are built by the validate task; a typo'd expectation type or bad
+    kwargs must show here, not on the first run."""
+    from mlops_tasks.validation import build_rules
+
+    try:
+        build_rules(cfg)
+    except ValueError as exc:  # GX's own messages span lines: one line here
+        return ConfigError(f"{path}: " + " ".join(str(exc).split()))
+    return None
 
 
 def cmd_config_reference(args: argparse.Namespace) -> int:
@@ -405,10 +421,15 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except (ConfigError, CliError, OSError, ValueError, RuntimeError) as exc:
-        from mlops_tasks.status import printable, redacted
-
-        print(f"error: {printable(redacted(str(exc)))}", file=sys.stderr)
+        _print_error(exc)
         return 1
+
+
+def _print_error(exc: Exception) -> None:
+    """``error: <message>`` on stderr, one line, without credentials or control characters."""
+    from mlops_tasks.status import printable, redacted
+
+    print(f"error: {printable(redacted(str(exc)))}", file=sys.stderr)
 
 
 if __name__ == "__main__":

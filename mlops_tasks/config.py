@@ -1152,7 +1152,10 @@ def load_pipeline(name: str, directory: Path | None = None) -> PipelineConfig:
         if isinstance(by_stem, ConfigError):
             raise by_stem
         return by_stem
-    raise ConfigError(f"no pipeline named '{name}' in {directory or config_dir()}")
+    raise ConfigError(
+        f"no pipeline named '{name}' in {directory or config_dir()} (the pipeline config directory: set "
+        f"${CONFIG_DIR_ENV} to the directory holding its YAML file)"
+    )
 
 
 def json_schema() -> dict[str, Any]:

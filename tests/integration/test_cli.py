@@ -47,6 +47,26 @@ def test_invalid_config_is_one_line_naming_file_and_field(tmp_path: Path) -> Non
     assert "Traceback" not in result.stderr
 
 
+def test_config_validate_gives_every_file_its_verdict_and_fails_if_any_failed(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(EXAMPLE_CONFIG.read_text().replace("epochs: 8", "epochs: zero"))
+    good = tmp_path / "other.yaml"
+    good.write_text(EXAMPLE_CONFIG.read_text().replace("name: flights_delay", "name: other_flights", 1))
+    assert "name: other_flights" in good.read_text()
+
+    named = cli("config", "validate", str(bad), str(good))
+    directory = cli("config", "validate", env={"MLOPS_TASKS_CONFIG_DIR": str(tmp_path)})
+
+    for result in (named, directory):
+        assert result.returncode == 1
+        assert result.stdout.splitlines() == [
+            "ok: other_flights (other_flights_training, other_flights_batch_inference, "
+            "other_flights_drift_monitor)"
+        ]
+        [error] = result.stderr.splitlines()
+        assert error.startswith("error: ") and "bad.yaml" in error and "model.epochs" in error
+
+
 @pytest.mark.parametrize(
     ("expectation", "says"),
     [
