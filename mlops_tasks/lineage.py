@@ -205,19 +205,20 @@ def assemble_record(
     Landing files are those the data version recorded when it was made (``data_version`` may carry
     them as ``landing_files``, S3 keys; otherwise they are read from the version's record), so a
     retried lineage task writes the same record after a day of the window was ingested again.
-    Curated partitions and validation reports are those of the days of the data version.
+    Curated partitions are those of the days of the data version; validation reports are those the
+    version recorded (the reports of the validations that published its curated parts).
     """
     from mlops_tasks.storage import partition_prefix
     from mlops_tasks.versioning import DataVersionError
     from mlops_tasks.versioning import read_record as read_version_record
 
     days = [dt.date.fromisoformat(d) for d in data_version["days"]]
-    keys = data_version.get("landing_files")
-    if keys is None:
-        try:
-            keys = read_version_record(store, cfg, data_version["data_version"]).get("landing_files")
-        except DataVersionError as exc:  # no record: the lineage of the model is still worth writing
-            log.warning("%s; landing files are taken from the staging manifests as they are now", exc)
+    try:
+        version_record = read_version_record(store, cfg, data_version["data_version"])
+    except DataVersionError as exc:  # no record: the lineage of the model is still worth writing
+        log.warning("%s; landing files and reports are taken from the days as they are now", exc)
+        version_record = {}
+    keys = data_version.get("landing_files", version_record.get("landing_files"))
     if keys is None:
         # A data version made before versions recorded their landing files (or without a record):
         # fall back to the days' staging manifests as they are now (what ingest read last), as
@@ -232,7 +233,9 @@ def assemble_record(
         "model_version": str(registration["version"]),
         "landing_files": sorted(store.uri(k) for k in keys),
         "curated_partitions": [store.uri(partition_prefix(cfg.prefix, "curated", d)) for d in days],
-        "validation_reports": [
+        # Versions made before they recorded their reports: the days' latest reports.
+        "validation_reports": version_record.get("validation_reports")
+        or [
             store.uri(partition_prefix(cfg.prefix, "reports/validation", d) + "validation.json") for d in days
         ],
         "data_version": data_version["data_version"],

@@ -27,6 +27,7 @@ from __future__ import annotations
 import datetime as dt
 import html
 import io
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -50,6 +51,7 @@ from mlops_tasks.storage import (
     partition_prefix,
     publish_manifest,
     read_part,
+    sha256_bytes,
     write_part,
 )
 
@@ -552,6 +554,10 @@ def _validate_staged(
 
     quarantine = partition_prefix(cfg.prefix, "quarantine", day)
     reports = partition_prefix(cfg.prefix, "reports/validation", day)
+    # The report of this staging under a name of its own, which the curated manifest (so the data
+    # version and the lineage of a model) points to: a later validation of the day writes another
+    # one. `validation.json`/`.html` beside it are the day's latest, which that one replaces.
+    report_name = f"validation-{sha256_bytes(json.dumps(staged, sort_keys=True).encode())[:16]}"
     curated = partition_prefix(cfg.prefix, "curated", day)
     quarantined = frame[bad].copy()
     quarantined[REASONS_COLUMN] = pd.Series(reasons, index=quarantined.index, dtype=object)
@@ -579,8 +585,8 @@ def _validate_staged(
         "bad_fraction": round(bad_fraction, 6),
         "curated_uri": store.uri(curated) if passed else None,
         "quarantine_uri": store.uri(quarantine),
-        "report_json_uri": store.uri(reports + "validation.json"),
-        "report_html_uri": store.uri(reports + "validation.html"),
+        "report_json_uri": store.uri(reports + f"{report_name}.json"),
+        "report_html_uri": store.uri(reports + f"{report_name}.html"),
         "failed_rules": [o.rule.name for o in failed],
         "message": "",
     }
@@ -609,8 +615,10 @@ def _validate_staged(
         "rejected_files": staged.get("rejected_files", []),
         "ingest_warnings": staged.get("warnings", []),
     }
-    store.put_json(reports + "validation.json", _plain(report))
-    store.put_bytes(reports + "validation.html", render_html(report).encode(), "text/html; charset=utf-8")
+    page = render_html(report).encode()
+    for name in (report_name, "validation"):
+        store.put_json(reports + f"{name}.json", _plain(report))
+        store.put_bytes(reports + f"{name}.html", page, "text/html; charset=utf-8")
     if not passed:
         raise ValidationGateError(result["message"], result)
     # Filtering the arrow table (not the frame) keeps the staged schema and needs no pandas copy.
@@ -625,7 +633,7 @@ def _validate_staged(
         parts,
         may_replace=still_current,
         day=day.isoformat(),
-        validation_report=reports + "validation.json",
+        validation_report=reports + f"{report_name}.json",
         landing_files=staged.get("landing_files"),  # what training's planning compares (ingestion)
     )
     return result

@@ -73,14 +73,15 @@ def create_data_version(store: ObjectStore, cfg: PipelineConfig, days: list[dt.d
     False when the same data was versioned before (its record, written then, is kept as it is).
 
     The record also lists, sorted, the keys of the landing files the days were ingested from
-    (``landing_files``, see :func:`_day_landing_files`), read now, so that lineage written later
-    names what this version holds even after a day is ingested again. They stay out of the result,
+    (``landing_files``, see :func:`_day_landing_files`), read now, and the URIs of the validation
+    reports of the days' curated partitions (``validation_reports``), so that lineage written later
+    names what this version holds even after a day is ingested or validated again. They stay out of the result,
     which goes to XCom: :func:`mlops_tasks.lineage.assemble_record` reads them from the record.
     """
     if not days:
         raise DataVersionError(f"cannot create a data version of '{cfg.name}': no days were given.")
     with dvc_repo(store) as (root, repo):
-        files, included, missing, landing = [], [], [], set()
+        files, included, missing, landing, reports = [], [], [], set(), []
         for day in sorted(set(days)):
             manifest = store.read_manifest(partition_prefix(cfg.prefix, "curated", day))
             if manifest is None:
@@ -88,6 +89,8 @@ def create_data_version(store: ObjectStore, cfg: PipelineConfig, days: list[dt.d
                 continue
             included.append(day.isoformat())
             landing.update(_day_landing_files(store, cfg, day, manifest))
+            if manifest.get("validation_report"):
+                reports.append(store.uri(manifest["validation_report"]))
             for part in manifest["parts"]:
                 files.append(_fetch_part(store, root, day, part))
         if not included:
@@ -119,6 +122,8 @@ def create_data_version(store: ObjectStore, cfg: PipelineConfig, days: list[dt.d
         "files": files,
         "rows": rows,
         "landing_files": sorted(landing),
+        # the reports of the validations that published these days' curated parts, one per day
+        "validation_reports": reports,
     }
     store.put_json(record_key, record)
     return {**result, "uploaded": True}

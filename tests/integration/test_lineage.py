@@ -68,6 +68,40 @@ def test_a_rerun_lineage_task_lists_the_landing_files_of_its_data_version(
     assert lineage.read_record(store, cfg, 1)["landing_files"] == [landing + "flights_a.csv"]
 
 
+def test_a_models_lineage_keeps_the_validation_report_of_its_data_after_the_day_is_validated_again(
+    store: ObjectStore, example_config: PipelineConfig
+) -> None:
+    """Each validation writes its report under a name of its own, which the curated manifest and so
+    the data version record; the day's `validation.json` is only the latest."""
+    import io
+
+    import pandas as pd
+
+    from mlops_tasks import example
+    from mlops_tasks.ingestion import ingest_day
+    from mlops_tasks.validation import validate_day
+
+    cfg, day = example_config, dt.date(2013, 3, 1)
+    example.seed_landing(store, cfg, day, day)
+    ingest_day(store, cfg, day)
+    first = validate_day(store, cfg, day)
+    version = create_data_version(store, cfg, [day])
+    late = pd.read_csv(io.BytesIO(example.landing_csv("flights", day)[0])).head(50).assign(flight=9000)
+    late["flight"] += late.index
+    store.put_bytes(
+        partition_prefix(cfg.prefix, "landing", day) + "flights_late.csv", late.to_csv(index=False).encode()
+    )
+    ingest_day(store, cfg, day)
+    again = validate_day(store, cfg, day)  # the next training run's, after the late file
+
+    write_lineage(store, cfg, version)
+    [linked] = lineage.read_record(store, cfg, 1)["validation_reports"]
+    assert linked == first["report_json_uri"] != again["report_json_uri"]
+    assert store.get_json(store.key_of(linked))["good_rows"] == version["rows"] < again["good_rows"]
+    latest = partition_prefix(cfg.prefix, "reports/validation", day) + "validation.json"
+    assert store.get_json(latest)["good_rows"] == again["good_rows"]
+
+
 def recorded_before_landing_files(store: ObjectStore, key: str) -> None:
     old = store.get_json(key)
     del old["landing_files"]
