@@ -90,8 +90,10 @@ class _SlowScorer:
     """Scores batch i (its only column is [i]) as [i], in time inversely proportional to i, so
     batches scored at once finish out of order; fails on batch ``fail_at``."""
 
-    def __init__(self, fail_at: int | None = None) -> None:
+    def __init__(self, fail_at: int | None = None, together: int = 1) -> None:
         self.fail_at = fail_at
+        # the first `together` batches wait for each other: scored at once, or the barrier times out
+        self.meet = threading.Barrier(together, timeout=30)
         self.started: list[int] = []
         self.lock = threading.Lock()
         self.peak = self.running = 0
@@ -103,6 +105,8 @@ class _SlowScorer:
             self.running += 1
             self.peak = max(self.peak, self.running)
         try:
+            if index < self.meet.parties:
+                self.meet.wait()
             time.sleep(0.02 / (1 + index % 4))
             if index == self.fail_at:
                 raise RuntimeError(f"batch {index} failed")
@@ -118,7 +122,7 @@ def _batches(count: int) -> Any:
 
 @pytest.mark.parametrize("threads", [1, 3])
 def test_batches_scored_at_once_come_back_in_input_order(threads: int) -> None:
-    scorer = _SlowScorer()
+    scorer = _SlowScorer(together=threads)
     seconds = {"score": 0.0}
 
     scored = list(inference._scored(scorer, _batches(12), threads, seconds))

@@ -8,6 +8,7 @@ import threading
 import time
 
 from mlops_tasks import inference
+from mlops_tasks.errors import DataError
 from mlops_tasks.storage import ObjectStore
 from tests.conftest import make_store
 from tests.integration.faults.conftest import OutageProxy
@@ -24,6 +25,8 @@ def run_with_task_retries(store: ObjectStore, model_path: str, retries: int) -> 
         try:
             run_stage("score", store, model_path)
             return attempt
+        except DataError:
+            raise  # as PipelineOperator fails its task on bad input: no retry
         except Exception:
             if attempt > retries:
                 raise
@@ -44,15 +47,21 @@ def test_scoring_survives_a_12s_s3_outage_mid_upload(
 
     faulty = store_for(s3_proxy.url, faulty_direct.settings.bucket)
 
+    finished = threading.Event()
+
     def cut_after_first_part() -> None:
         while len(faulty_direct.list(partition)) < 1:
-            time.sleep(0.01)
+            if finished.wait(0.01):  # the run ended (failed) before its first part: no outage
+                return
         s3_proxy.outage(OUTAGE_SECONDS)
 
     cutter = threading.Thread(target=cut_after_first_part, daemon=True)
     cutter.start()
     started = time.monotonic()
-    attempts = run_with_task_retries(faulty, model_path, retries=config().retries)
+    try:
+        attempts = run_with_task_retries(faulty, model_path, retries=config().retries)
+    finally:
+        finished.set()
     elapsed = time.monotonic() - started
     cutter.join(OUTAGE_SECONDS + 5)
 

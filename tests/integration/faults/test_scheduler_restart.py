@@ -189,7 +189,7 @@ def assert_complete_predictions(env: Env, day: dt.date, model_path: str) -> None
     assert on_stack.drop(columns="run_id").equals(reference.drop(columns="run_id"))
 
 
-@pytest.mark.timeout(360)
+@pytest.mark.timeout(900)  # above the sum of the waits inside, so their messages say what hung
 def test_scheduler_process_killed_mid_run_a_new_scheduler_completes_the_run(
     env: Env, model_path: str
 ) -> None:
@@ -197,7 +197,7 @@ def test_scheduler_process_killed_mid_run_a_new_scheduler_completes_the_run(
     assert_complete_predictions(env, SCHEDULER_ONLY_DAY, model_path)
 
 
-@pytest.mark.timeout(360)
+@pytest.mark.timeout(900)  # above the sum of the waits inside, so their messages say what hung
 def test_scheduler_killed_with_its_task_supervisors_mid_run_a_new_scheduler_reruns_them_and_completes_the_run(
     env: Env, model_path: str
 ) -> None:
