@@ -14,7 +14,8 @@ file, which the registry records; a run that is champion already passes only whi
 that checksum. A rejection is a normal outcome: it
 is reported (JSON + a self-contained HTML page under ``reports/gate/``, both also logged to the MLflow
 run), not raised.
-The report keys are fixed per (day, run); its bytes repeat on a rerun except the measured latencies.
+The report keys are fixed per (day, run, champion compared with); its bytes repeat on a rerun except
+the measured latencies.
 """
 
 from __future__ import annotations
@@ -581,7 +582,10 @@ def evaluate_and_gate(
         "model_name": cfg.registered_model_name,
         "day": day.isoformat(),
     }
-    base = partition_prefix(cfg.prefix, "reports/gate", day) + f"{run_id}/"
+    # One report per champion compared with: a run gated again after the champion moved (a stale
+    # registration's remedy) keeps its first report, which that gate's version and lineage point to.
+    compared = f"vs-v{version.version}" if version is not None else "vs-none"
+    base = partition_prefix(cfg.prefix, "reports/gate", day) + f"{run_id}/{compared}/"
     report = json.dumps(decision, indent=1, sort_keys=True).encode()
     page = render_html(decision).encode()
     decision["report_json_uri"] = store.put_bytes(base + "gate.json", report, "application/json")

@@ -99,10 +99,17 @@ def last_gate(store: ObjectStore, cfg: PipelineConfig) -> dict[str, Any] | None:
         "day": day.isoformat() if day else None,
         "promote": decision.get("promote") is True,
         "reason": str(decision.get("reason", "")),
-        "run_id": str(decision.get("run_id") or newest.key.rsplit("/", 2)[-2]),
+        "run_id": str(decision.get("run_id") or _gated_run(newest.key)),
         "report_json_uri": store.uri(newest.key),
         "report_html_uri": store.uri(newest.key.removesuffix(".json") + ".html"),
     }
+
+
+def _gated_run(key: str) -> str:
+    """The run of a gate report ``.../date=D/<run id>/[vs-<champion>/]gate.json`` (releases before
+    this one wrote no ``vs-`` folder)."""
+    folders = key.split("/")[:-1]
+    return folders[-2] if folders[-1].startswith("vs-") else folders[-1]
 
 
 def last_inference(store: ObjectStore, cfg: PipelineConfig) -> dict[str, Any] | None:

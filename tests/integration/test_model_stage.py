@@ -650,7 +650,7 @@ def test_gate_report_is_written_to_the_store_and_the_run(
         and decision["floor_failed"] is True
         and "must be >= 0.99" in decision["reason"]
     )
-    key = f"{cfg.prefix}/reports/gate/date={DAY}/{trained['run_id']}/gate.json"
+    key = f"{cfg.prefix}/reports/gate/date={DAY}/{trained['run_id']}/vs-none/gate.json"
     assert (
         decision["report_json_uri"] == store.uri(key) and store.get_json(key)["reason"] == decision["reason"]
     )
@@ -665,6 +665,30 @@ def test_gate_report_is_written_to_the_store_and_the_run(
     assert history(mlflow_server, trained["run_id"], "eval_roc_auc") == [
         (0, decision["challenger"]["metrics"]["roc_auc"])
     ]
+
+
+def test_a_run_gated_again_against_another_champion_keeps_its_first_gate_report(
+    binary_cfg: PipelineConfig, split: tuple, trained: dict, mlflow_server: str, store: ObjectStore
+) -> None:
+    """The first gate's report is what its registered version and lineage point to."""
+    registered = binary_cfg.mlflow.model_copy(update={"registered_model": f"m_{uuid.uuid4().hex[:10]}"})
+    cfg = binary_cfg.model_copy(update={"mlflow": registered, "gate": GateSpec(latency_batch_rows=256)})
+    run_id = trained["run_id"]
+    first = evaluation.evaluate_and_gate(
+        cfg, run_id, split[1], tracking_uri=mlflow_server, store=store, day=DAY
+    )
+    registry.register(cfg, run_id, tracking_uri=mlflow_server, decision=first, data_version="dv1")
+    report = store.get_bytes(store.key_of(first["report_json_uri"]))
+
+    again = evaluation.evaluate_and_gate(
+        cfg, run_id, split[1], tracking_uri=mlflow_server, store=store, day=DAY
+    )
+
+    gates = f"{cfg.prefix}/reports/gate/date={DAY}/{run_id}/"
+    assert first["report_json_uri"] == store.uri(gates + "vs-none/gate.json")
+    assert again["report_json_uri"] == store.uri(gates + "vs-v1/gate.json")
+    assert store.get_bytes(store.key_of(first["report_json_uri"])) == report
+    assert store.get_json(store.key_of(again["report_json_uri"]))["champion_version"] == "1"
 
 
 @pytest.mark.parametrize(

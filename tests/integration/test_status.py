@@ -77,7 +77,7 @@ def test_the_last_gate_is_the_latest_decision_written_whatever_its_window(
     time.sleep(1.1)  # S3 dates objects to the second
     # a retrain event asked for June (window_end 2013-06-30) after December was gated
     june = partition_prefix(example_config.prefix, "reports/gate", dt.date(2013, 6, 30))
-    store.put_json(june + "run3/gate.json", {"decision": {"promote": True, "reason": "better"}})
+    store.put_json(june + "run3/vs-v2/gate.json", {"decision": {"promote": True, "reason": "better"}})
 
     last = last_gate(store, example_config)
     assert (last["day"], last["promote"], last["run_id"]) == ("2013-06-30", True, "run3")
