@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -64,6 +65,18 @@ def test_lifecycle_from_landing_to_a_retrain_request(
     assert record["model_version"] == "1"
     assert record["data_version"] == champion["data_version"]
     assert record["promoted"] is True
+    # The task instances' extra links, as the UI reads them: reports through the UI app, MLflow pages
+    links = stored_links(run)
+    assert links[("validate", "Validation report")] == {
+        "/mlops/reports?uri=" + quote(uri.removesuffix(".json") + ".html", safe="")
+        for uri in record["validation_reports"]
+    }
+    [gate_link] = links[("evaluate_gate", "Gate report")]
+    assert gate_link == "/mlops/reports?uri=" + quote(record["gate"]["report_html_uri"], safe="")
+    [run_link] = links[("train", "MLflow run")]
+    assert run_link.endswith(f"/runs/{record['run_id']}")
+    [version_link] = links[("register", "Registered model version")]
+    assert version_link.endswith("/#/models/flights_delay/versions/1")
 
     # Batch inference of a later day with the champion; a second run of the same day replaces it.
     day = dt.date(2013, 1, 12)
@@ -179,6 +192,31 @@ def test_lifecycle_from_landing_to_a_retrain_request(
     assert (run.state, states["publish"], states["served"]) == ("success", "success", "success")
     assert (states["shadow_score"], states["shadow_settled"]) == ("failed", "success")
     assert read_predictions(store, cfg, day).drop(columns="run_id").equals(first.drop(columns="run_id"))
+
+
+def stored_links(run) -> dict[tuple[str, str], set[str]]:
+    """Each task's extra-link URLs (every map index), from the XComs Airflow's UI reads them from."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    from mlops_tasks.airflow import links
+
+    labels = {
+        link().xcom_key: link().name
+        for link in (
+            links.ValidationReportLink,
+            links.MlflowRunLink,
+            links.GateReportLink,
+            links.RegisteredModelLink,
+            links.DriftReportLink,
+        )
+    }
+    found: dict[tuple[str, str], set[str]] = {}
+    with create_session() as session:
+        for row in session.scalars(XComModel.get_many(run_id=run.run_id, dag_ids=run.dag_id)):
+            if row.key in labels:
+                found.setdefault((row.task_id, labels[row.key]), set()).add(XComModel.deserialize_value(row))
+    return found
 
 
 def cli() -> str:
