@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from types import SimpleNamespace
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from airflow.sdk.exceptions import AirflowSkipException
@@ -324,3 +326,45 @@ def test_a_late_publish_of_a_model_the_champion_alias_has_left_is_refused_by_the
     with pytest.raises(AirflowFailException, match="version 2's .run 'manual'"):
         operator.execute(context)
     assert store.read_manifest(partition)["model_version"] == "2"
+
+
+def test_a_day_failing_the_validation_gate_still_reports_its_quarantine_metrics_and_report_link(
+    store: ObjectStore, example_config: PipelineConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The quarantined-fraction panel must show the day that failed, not only days that passed; the
+    task's link opens the report that says why."""
+    from collections import defaultdict
+
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from mlops_tasks import example, observability
+    from mlops_tasks.airflow import operators
+    from mlops_tasks.airflow.links import ValidationReportLink
+    from mlops_tasks.ingestion import ingest_day
+
+    day = dt.date(2013, 1, 5)
+    example.seed_landing(store, example_config, day, day)
+    landing = partition_prefix(example_config.prefix, "landing", day) + "flights.csv"
+    lines = store.get_bytes(landing).decode().splitlines()
+    # two of every three flights from an airport the config does not allow: over max_bad_row_fraction
+    header, rows = lines[0], [r.replace(",EWR,", ",XXX,").replace(",JFK,", ",XXX,") for r in lines[1:]]
+    store.put_bytes(landing, "\n".join([header, *rows, ""]).encode())
+    ingest_day(store, example_config, day)
+    emitted: list[dict[str, float]] = []
+    monkeypatch.setattr(operators, "emit", lambda *a, **k: emitted.append(observability.emit(*a, **k)))
+    validate = operators.ValidateDayOperator(
+        task_id="validate", pipeline="flights_delay", day=day.isoformat()
+    )
+    validate.__dict__.update(store=store, config=example_config)
+    pushed: dict[str, str] = defaultdict(str)
+    ti = SimpleNamespace(xcom_push=lambda key, value: pushed.__setitem__(key, value))
+
+    with pytest.raises(AirflowFailException, match="FAILED the gate.*'origin in allowed values'") as failure:
+        validate.execute({"run_id": "manual__1", "ti": ti})
+
+    [sent] = emitted
+    assert sent["mlops.flights_delay.validate.bad_fraction"] > example_config.validation.max_bad_row_fraction
+    assert sent["mlops.flights_delay.validate.quarantined_rows"] > 0
+    report = re.search(r"Report: (s3://\S+/validation-[0-9a-f]{16}\.html);", str(failure.value))
+    assert report and store.exists(store.key_of(report[1]))
+    assert pushed[ValidationReportLink().xcom_key] == "/mlops/reports?uri=" + quote(report[1], safe="")

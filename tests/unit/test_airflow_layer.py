@@ -509,26 +509,3 @@ def test_a_retrain_request_without_an_outlet_to_emit_on_fails_instead_of_announc
     )
     with pytest.raises(AirflowFailException, match=r"no outlet asset .* \(mlops://flights_delay/retrain\)"):
         request.execute({"run_id": "manual__1", "ti": SimpleNamespace(dag_id="mine")})
-
-
-def test_a_day_failing_the_validation_gate_still_reports_its_quarantine_metrics(monkeypatch) -> None:
-    """The quarantined-fraction panel must show the day that failed, not only days that passed."""
-    from airflow.sdk.exceptions import AirflowFailException
-
-    from mlops_tasks import validation
-    from mlops_tasks.airflow import operators
-
-    result = {"good_rows": 60, "bad_rows": 40, "bad_fraction": 0.4, "report_html_uri": None}
-
-    def failing_gate(*args: object) -> None:
-        raise validation.ValidationGateError("40% bad rows", result)
-
-    emitted = []
-    monkeypatch.setattr(validation, "validate_day", failing_gate)
-    monkeypatch.setattr(operators, "emit", lambda step, res, pipeline: emitted.append((step, res, pipeline)))
-    validate = operators.ValidateDayOperator(task_id="validate", pipeline="flights_delay", day="2013-01-05")
-    validate.__dict__["store"] = None  # not reached: the gate is replaced
-
-    with pytest.raises(AirflowFailException, match="40% bad rows"):
-        validate.execute({"run_id": "manual__1"})
-    assert emitted == [("validate", result, "flights_delay")]
