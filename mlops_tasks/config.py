@@ -980,14 +980,28 @@ def _node_path(root: yaml.Node, target: yaml.Node) -> str:
     return ""
 
 
+# What a field's pattern asks for, in words (pydantic quotes the bare regex).
+_PATTERN_WORDS = {
+    _IDENTIFIER: "a lowercase identifier: a letter a-z, then up to 62 letters a-z, digits or '_'",
+    r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$": "an S3 bucket name: 3-63 lowercase letters, digits, '.' or '-', "
+    "starting and ending with a letter or digit",
+}
+
+
 def _format_errors(path: Path, err: ValidationError) -> str:
     lines = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"])
         msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "string_pattern_mismatch" and e["ctx"]["pattern"] in _PATTERN_WORDS:
+            msg = f"must be {_PATTERN_WORDS[e['ctx']['pattern']]}"
         got = e.get("input")
         shown = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
         fix = {"string_type": "quote the value", "bool_for_number": "write a number"}.get(e["type"])
+        if e["msg"] == "Keys should be strings" and isinstance(got, bool):
+            loc = ".".join(str(p) for p in e["loc"][:-1])  # the mapping: its last item is the key's index
+            msg = f"a key reads as the boolean {str(got).lower()}"
+            fix = "quote the key, or write the field's name (a join's columns are `keys:`)"
         if fix and (isinstance(got, bool) or e["type"] == "bool_for_number"):  # a list holding one too
             shown += f"; YAML reads unquoted yes/no/on/off/true/false as booleans: {fix}"
         rule = e.get("ctx", {}).get("error")
@@ -1027,8 +1041,14 @@ def load_config(path: str | Path) -> PipelineConfig:
         raise ConfigError(
             f"{path}: invalid pipeline config: {where}: {bad.node.value} is not a real {what} ({bad.reason})"
         ) from None
+    except yaml.MarkedYAMLError as exc:  # one line, at the line and column of the problem
+        mark = exc.problem_mark or exc.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = "; ".join(filter(None, (exc.context, exc.problem))) or type(exc).__name__
+        raise ConfigError(f"{path}: not valid YAML: {what}{where}") from None
     except Exception as exc:  # YAMLError, RecursionError (too deep), ...: one file's problem, never all DAGs'
-        raise ConfigError(f"{path}: not valid YAML: {str(exc)[:500] or type(exc).__name__}") from None
+        text = " ".join(str(exc).split())[:500]
+        raise ConfigError(f"{path}: not valid YAML: {text or type(exc).__name__}") from None
     if raw is None:
         raise ConfigError(f"{path}: the pipeline config file is empty")
     if not isinstance(raw, dict):

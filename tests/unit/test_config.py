@@ -69,10 +69,30 @@ def test_missing_file_names_the_file(tmp_path: Path) -> None:
         load_config(tmp_path / "nope.yaml")
 
 
-def test_invalid_yaml_names_the_file(tmp_path: Path) -> None:
+def test_invalid_yaml_is_one_line_naming_the_file_line_and_column(tmp_path: Path) -> None:
     path = tmp_path / "broken.yaml"
-    path.write_text("name: [unclosed\n")
-    with pytest.raises(ConfigError, match=r"broken\.yaml: not valid YAML"):
+    path.write_text("name: x\nowner: [unclosed\nretries: 2\n")
+    with pytest.raises(ConfigError) as failure:
+        load_config(path)
+    assert str(failure.value) == (
+        f"{path}: not valid YAML: while parsing a flow sequence; expected ',' or ']', but got ':' "
+        "at line 3, column 8"
+    )
+
+
+def test_a_name_or_bucket_of_the_wrong_shape_is_explained_in_words(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"field 'name': must be a lowercase identifier: a letter a-z"):
+        load_config(write_variant(tmp_path, name="Flights-Delay"))
+    with pytest.raises(ConfigError, match=r"field 'storage.bucket': must be an S3 bucket name: 3-63 "):
+        load_config(write_variant(tmp_path, **{"storage.bucket": "My_Bucket"}))
+
+
+def test_a_yaml_boolean_key_names_its_mapping_and_says_to_quote_it(tmp_path: Path) -> None:
+    path = tmp_path / "on.yaml"
+    path.write_text(EXAMPLE.read_text().replace("keys: [origin, time_hour]", "on: [origin, time_hour]", 1))
+    with pytest.raises(
+        ConfigError, match=r"field 'data.joins.0': a key reads as the boolean true .*quote the key"
+    ):
         load_config(path)
 
 
