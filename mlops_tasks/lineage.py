@@ -133,19 +133,20 @@ def read_record(store: ObjectStore, cfg: PipelineConfig, version: str | int | No
     :class:`~mlops_tasks.storage.CorruptObjectError`.
     """
     name = cfg.registered_model_name
+    folder = f"{cfg.prefix}/lineage/{name}/"
+    keys = [(int(m.group(1)), o.key) for o in store.list(folder) if (m := _VERSION_KEY.search(o.key))]
     if version is None:
-        keys = [
-            (int(m.group(1)), o.key)
-            for o in store.list(f"{cfg.prefix}/lineage/{name}/")
-            if (m := _VERSION_KEY.search(o.key))
-        ]
         if not keys:
-            raise FileNotFoundError(
-                f"no lineage record for model '{name}' under {store.uri(f'{cfg.prefix}/lineage/{name}/')}"
-            )
+            raise FileNotFoundError(f"no lineage record for model '{name}' under {store.uri(folder)}")
         number, key = max(keys)
     else:
         number, key = version, record_key(cfg, name, version)
+        if key not in {k for _, k in keys}:
+            have = f"v{min(keys)[0]} to v{max(keys)[0]}" if keys else "none yet"
+            raise FileNotFoundError(
+                f"model '{name}' has no lineage record of v{str(version).lstrip('v')} (records: {have}, "
+                f"under {store.uri(folder)}); a version gets one when its training run's lineage task runs"
+            )
     where = f"lineage record {store.uri(key)}"
     record = validate_record(store.get_json(key), where=where)
     if record["model_version"].lstrip("0") != str(number).lstrip("0"):  # stored under another name

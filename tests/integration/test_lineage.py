@@ -175,3 +175,17 @@ def test_a_well_formed_stored_record_reads_back_as_written(
 ) -> None:
     uri = lineage.write_record(store, example_config, valid_record())
     assert lineage.read_record(store, example_config, "3") == store.get_json(store.key_of(uri))
+
+
+def test_a_version_without_a_record_is_named_with_the_versions_that_have_one(
+    store: ObjectStore, example_config: PipelineConfig
+) -> None:
+    cfg = example_config
+    stage(store, cfg, DAY, ["flights_a.csv"])
+    curate(store, cfg, DAY, [1, 2])
+    write_lineage(store, cfg, create_data_version(store, cfg, [DAY]))  # v1's record
+
+    with pytest.raises(
+        FileNotFoundError, match=r"model 'flights_delay' has no lineage record of v7 \(records: v1 to v1,"
+    ):
+        lineage.read_record(store, cfg, 7)
