@@ -51,8 +51,9 @@ class _StoredLink(BaseOperatorLink):
 
     @classmethod
     def persist(cls, context: Context, url: str | None) -> None:
-        if url:
-            context["ti"].xcom_push(key=cls().xcom_key, value=url)
+        """Store the link's URL; "" when there is nothing to link (a drift check without a report):
+        a link with no XCom at all makes every view of the task log an "XCom not found" error."""
+        context["ti"].xcom_push(key=cls().xcom_key, value=url or "")
 
 
 @attrs.define()

@@ -509,3 +509,15 @@ def test_a_retrain_request_without_an_outlet_to_emit_on_fails_instead_of_announc
     )
     with pytest.raises(AirflowFailException, match=r"no outlet asset .* \(mlops://flights_delay/retrain\)"):
         request.execute({"run_id": "manual__1", "ti": SimpleNamespace(dag_id="mine")})
+
+
+def test_a_link_with_nothing_to_open_is_stored_empty_so_the_ui_finds_it() -> None:
+    """Without an XCom for the link, every view of the task logged "XCom not found" at error level."""
+    from types import SimpleNamespace
+
+    from mlops_tasks.airflow.links import DriftReportLink
+
+    pushed: dict[str, str] = {}
+    ti = SimpleNamespace(xcom_push=lambda key, value: pushed.__setitem__(key, value))
+    DriftReportLink.persist({"ti": ti}, None)
+    assert pushed == {DriftReportLink().xcom_key: ""}
