@@ -38,6 +38,10 @@ CONNECTIONS_FILE = "connections.env"
 CLI_S3_ATTEMPTS = 3
 
 
+FLIGHTS_DAYS = (dt.date(2013, 1, 1), dt.date(2013, 12, 31))  # what the flights example covers
+SKLEARN_DAYS = 30  # a scikit-learn data set spread over a pipeline without end_date
+
+
 class CliError(RuntimeError):
     """A user-facing failure: printed as one line, exit code 1. Commands raise it for errors of the
     libraries underneath (Airflow connections, MLflow) that would otherwise end in a traceback."""
@@ -219,10 +223,14 @@ def _iso_date(option: str) -> Callable[[str], dt.date]:
 
 
 def cmd_seed(args: argparse.Namespace) -> int:
-    start, end = args.start, args.end
+    cfg = load_pipeline(args.pipeline)
+    if args.sklearn_dataset:  # the pipeline's own dates: a data set without dates lands where it runs
+        start = args.start or cfg.start_date
+        end = args.end or cfg.end_date or start + dt.timedelta(days=SKLEARN_DAYS - 1)
+    else:
+        start, end = args.start or FLIGHTS_DAYS[0], args.end or FLIGHTS_DAYS[1]
     if start > end:  # before the connection is looked up and the bucket created
         raise ConfigError(f"seed: --start {start} is after --end {end}: nothing to land")
-    cfg = load_pipeline(args.pipeline)
     store = _store(cfg)
     store.ensure_bucket()
     if args.sklearn_dataset:
@@ -367,14 +375,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--start",
         type=_iso_date("--start"),
-        default=dt.date(2013, 1, 1),
-        help="First day (default: %(default)s).",
+        help=f"First day (default: {FLIGHTS_DAYS[0]}; with --sklearn-dataset the pipeline's start_date).",
     )
     p.add_argument(
         "--end",
         type=_iso_date("--end"),
-        default=dt.date(2013, 12, 31),
-        help="Last day (default: %(default)s).",
+        help=f"Last day (default: {FLIGHTS_DAYS[1]}; with --sklearn-dataset the pipeline's end_date, or "
+        f"{SKLEARN_DAYS} days from the first).",
     )
     p.add_argument(
         "--sklearn-dataset",

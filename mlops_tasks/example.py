@@ -110,7 +110,15 @@ def seed_landing(
     """Land ``flights.csv`` and ``weather.csv`` for every day in ``[start, end]`` under the pipeline's
     ``landing/date=YYYY-MM-DD/``, as an upstream system would. Each file is one PUT of deterministic
     bytes, so reseeding is idempotent. Returns counts: days, objects, rows (flights), bytes."""
-    _, flight_days = _csv_by_day("flights")
+    header, flight_days = _csv_by_day("flights")
+    columns = set(header.decode().strip().split(","))
+    if not set(cfg.data.key) <= columns:
+        raise ExampleDataError(
+            f"cannot seed '{cfg.name}' with the flights example: its key column(s) "
+            f"{sorted(set(cfg.data.key) - columns)} are not columns of the example's flights.csv, so "
+            "every landed file would be rejected. Land the pipeline's own files, or a scikit-learn data "
+            "set (mlops-tasks seed <pipeline> --sklearn-dataset NAME, docs/new-pipeline.md)."
+        )
     days = [start + dt.timedelta(n) for n in range((end - start).days + 1)]
     if not days:
         raise ExampleDataError(f"cannot seed landing: the range {start} .. {end} is empty (start > end)")

@@ -199,6 +199,32 @@ def test_seed_lands_example_days_through_the_connection(s3_endpoint: str, mlflow
     assert store.exists("flights_delay/landing/date=2013-05-02/flights.csv")
 
 
+def test_seed_lands_a_sklearn_data_set_on_the_pipelines_days_and_refuses_it_the_flights_example(
+    s3_endpoint: str, mlflow_server: str, tmp_path: Path
+) -> None:
+    """The walkthrough's pipeline: seeded without dates, its rows land on its start_date..end_date
+    (they landed over 2013 before); the flights example, whose columns it lacks, is refused."""
+    import shutil
+
+    shutil.copy(REPO / "configs" / "examples" / "wine_cultivar.yaml", tmp_path)
+    bucket = make_store(s3_endpoint).settings.bucket
+    config = tmp_path / "wine_cultivar.yaml"
+    config.write_text(config.read_text().replace("bucket: mlops ", f"bucket: {bucket} ", 1))
+    env = {**stack.connection_env(s3_endpoint, mlflow_server), "MLOPS_TASKS_CONFIG_DIR": str(tmp_path)}
+
+    landed = cli("seed", "wine_cultivar", "--sklearn-dataset", "wine", env=env)
+    flights = cli("seed", "wine_cultivar", env=env)
+
+    assert landed.returncode == 0, landed.stderr
+    assert landed.stdout.startswith("seeded 30 day(s), 178 rows")
+    days = make_store(s3_endpoint, bucket).list_partition_dates("wine_cultivar/landing/")
+    assert (days[0].isoformat(), days[-1].isoformat(), len(days)) == ("2024-01-01", "2024-01-30", 30)
+    assert flights.returncode == 1
+    assert (
+        "cannot seed 'wine_cultivar' with the flights example: its key column(s) ['row_id']" in flights.stderr
+    )
+
+
 def test_data_checkout_takes_a_version_as_the_demo_prints_it(
     s3_endpoint: str, mlflow_server: str, tmp_path: Path
 ) -> None:
