@@ -230,7 +230,13 @@ def cmd_seed(args: argparse.Namespace) -> int:
     else:
         start, end = args.start or FLIGHTS_DAYS[0], args.end or FLIGHTS_DAYS[1]
     if start > end:  # before the connection is looked up and the bucket created
-        raise ConfigError(f"seed: --start {start} is after --end {end}: nothing to land")
+        first = "--start" if args.start else "the pipeline's start_date"
+        last = (
+            "--end"
+            if args.end
+            else ("the pipeline's end_date" if args.sklearn_dataset else "the default --end")
+        )
+        raise ConfigError(f"seed: {first} {start} is after {last} {end}: nothing to land")
     store = _store(cfg)
     store.ensure_bucket()
     if args.sklearn_dataset:

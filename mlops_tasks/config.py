@@ -37,6 +37,7 @@ CONFIG_DIR_ENV = "MLOPS_TASKS_CONFIG_DIR"
 DEFAULT_CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 _IDENTIFIER = r"^[a-z][a-z0-9_]{0,62}$"
+_BUCKET = r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$"
 # What Airflow accepts as a connection id (RE_SANITIZE_CONN_ID of airflow.models.connection).
 _CONN_ID = r"^[\w#!()\-.:/\\]+$"
 # MLflow refuses "/" and ":" in model names; a blank name would be an unnamed model.
@@ -694,9 +695,7 @@ class StorageSpec(_Strict):
         max_length=250,
         description="Airflow connection (type aws) of the object store.",
     )
-    bucket: Annotated[
-        str, Field(pattern=r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$", description="S3 bucket of the pipeline.")
-    ] = "mlops"
+    bucket: Annotated[str, Field(pattern=_BUCKET, description="S3 bucket of the pipeline.")] = "mlops"
     prefix: str | None = Field(None, description="Key prefix of this pipeline; defaults to its name.")
 
     @field_validator("prefix")
@@ -983,7 +982,7 @@ def _node_path(root: yaml.Node, target: yaml.Node) -> str:
 # What a field's pattern asks for, in words (pydantic quotes the bare regex).
 _PATTERN_WORDS = {
     _IDENTIFIER: "a lowercase identifier: a letter a-z, then up to 62 letters a-z, digits or '_'",
-    r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$": "an S3 bucket name: 3-63 lowercase letters, digits, '.' or '-', "
+    _BUCKET: "an S3 bucket name: 3-63 lowercase letters, digits, '.' or '-', "
     "starting and ending with a letter or digit",
 }
 

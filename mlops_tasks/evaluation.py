@@ -13,7 +13,7 @@ time, so the registry knows which versions the gate came after, and the sha256 o
 file, which the registry records; a run that is champion already passes only while its file still has
 that checksum. A rejection is a normal outcome: it
 is reported (JSON + a self-contained HTML page under ``reports/gate/``, both also logged to the MLflow
-run), not raised.
+run under ``gate/vs-v<champion>/``), not raised.
 The report keys are fixed per (day, run, champion compared with); its bytes repeat on a rerun except
 the measured latencies.
 """
@@ -590,11 +590,15 @@ def evaluate_and_gate(
     page = render_html(decision).encode()
     decision["report_json_uri"] = store.put_bytes(base + "gate.json", report, "application/json")
     decision["report_html_uri"] = store.put_bytes(base + "gate.html", page, "text/html; charset=utf-8")
-    _log_to_run(tracking_uri, run_id, decision, report, page)
+    _log_to_run(tracking_uri, run_id, decision, report, page, f"gate/{compared}")
     return decision
 
 
-def _log_to_run(tracking_uri: str, run_id: str, decision: dict[str, Any], report: bytes, page: bytes) -> None:
+def _log_to_run(
+    tracking_uri: str, run_id: str, decision: dict[str, Any], report: bytes, page: bytes, artifact_path: str
+) -> None:
+    """The gate's metrics, its decision as the run's tags (the latest gate of the run) and its report
+    as artifacts under ``artifact_path`` (one folder per champion compared with, as in S3)."""
     client = tracking.client(tracking_uri)
     now = int(time.time() * 1000)
     metrics = [
@@ -620,7 +624,7 @@ def _log_to_run(tracking_uri: str, run_id: str, decision: dict[str, Any], report
         logged = client.get_run(run_id).data.metrics
         metrics = [m for m in metrics if logged.get(m.key) != m.value]
         client.log_batch(run_id, metrics=metrics, tags=tags)
-        client.log_artifacts(run_id, tmp, "gate")
+        client.log_artifacts(run_id, tmp, artifact_path)
 
 
 # -- the HTML report ---------------------------------------------------------------------------------

@@ -142,9 +142,10 @@ def read_record(store: ObjectStore, cfg: PipelineConfig, version: str | int | No
     else:
         number, key = version, record_key(cfg, name, version)
         if key not in {k for _, k in keys}:
-            have = f"v{min(keys)[0]} to v{max(keys)[0]}" if keys else "none yet"
+            numbers = sorted(n for n, _ in keys)
+            have = ", ".join(f"v{n}" for n in numbers[-10:]) + (" and older" if len(numbers) > 10 else "")
             raise FileNotFoundError(
-                f"model '{name}' has no lineage record of v{str(version).lstrip('v')} (records: {have}, "
+                f"model '{name}' has no lineage record of v{str(version).lstrip('v')} (records: {have or 'none yet'}, "
                 f"under {store.uri(folder)}); a version gets one when its training run's lineage task runs"
             )
     where = f"lineage record {store.uri(key)}"
@@ -210,16 +211,19 @@ def assemble_record(
     version recorded (the reports of the validations that published its curated parts).
     """
     from mlops_tasks.storage import partition_prefix
-    from mlops_tasks.versioning import DataVersionError
     from mlops_tasks.versioning import read_record as read_version_record
 
     days = [dt.date.fromisoformat(d) for d in data_version["days"]]
     try:
         version_record = read_version_record(store, cfg, data_version["data_version"])
-    except DataVersionError as exc:  # no record: the lineage of the model is still worth writing
-        log.warning("%s; landing files and reports are taken from the days as they are now", exc)
+    except DataError as exc:  # no record, or unreadable: the lineage of the model is still worth writing
+        log.warning("%s; what it records is taken from the days as they are now", exc)
         version_record = {}
     keys = data_version.get("landing_files", version_record.get("landing_files"))
+    reports = version_record.get("validation_reports")
+    if not isinstance(reports, list) or len(reports) != len(days):  # a record of an older release
+        latest = [partition_prefix(cfg.prefix, "reports/validation", d) + "validation.json" for d in days]
+        reports = [store.uri(key) for key in latest]
     if keys is None:
         # A data version made before versions recorded their landing files (or without a record):
         # fall back to the days' staging manifests as they are now (what ingest read last), as
@@ -234,11 +238,7 @@ def assemble_record(
         "model_version": str(registration["version"]),
         "landing_files": sorted(store.uri(k) for k in keys),
         "curated_partitions": [store.uri(partition_prefix(cfg.prefix, "curated", d)) for d in days],
-        # Versions made before they recorded their reports: the days' latest reports.
-        "validation_reports": version_record.get("validation_reports")
-        or [
-            store.uri(partition_prefix(cfg.prefix, "reports/validation", d) + "validation.json") for d in days
-        ],
+        "validation_reports": reports,
         "data_version": data_version["data_version"],
         "run_id": training["run_id"],
         "experiment_id": training.get("experiment_id"),

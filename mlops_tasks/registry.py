@@ -393,13 +393,20 @@ def register(
 def _since_promotion(client: Any, name: str, version: str, champion: str | None) -> tuple[bool, str]:
     """Whether ``version``, gate-passed but not the champion, was promoted all the same, and why it is
     not the champion: a register task cleared days later must report what happened then (promoted,
-    superseded since; or rolled back), not a race that never was."""
+    superseded since; or rolled back), not a race that never was. It was champion if it is on the
+    champion line, if a later gate compared a model with it, or if an alias move stamped it
+    ``promoted_at``: the line alone starts below a deleted champion (retention)."""
     versions = _versions(client, name)
-    if any(v.version == version for v in _champion_line(versions)):
-        return True, f"promoted; v{champion} has been promoted since, on its line"
     tags = next((_tags(v) for v in versions if v.version == version), {})
     if ROLLED_BACK_AT in tags:
-        return False, (f"promoted, then rolled back (at {tags[ROLLED_BACK_AT]}); v{champion} is the champion")
+        return False, f"promoted, then rolled back (at {tags[ROLLED_BACK_AT]}); v{champion} is the champion"
+    served = (
+        any(v.version == version for v in _champion_line(versions))
+        or any(_tags(v).get(BASELINE) == version for v in versions)
+        or "promoted_at" in tags
+    )
+    if served:
+        return True, f"promoted; v{champion} has been promoted since"
     return False, (
         f"not promoted: the gate passed, but v{champion} is the champion after the registrations "
         f"that raced this one (compare the gate metrics of v{champion} and v{version})"

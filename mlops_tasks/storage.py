@@ -678,8 +678,8 @@ def publish_manifest(
     not written again and is deleted at once, so the concurrent run republishing it fails with
     :class:`PartsMissingError` (having published nothing) instead of succeeding.
 
-    ``may_replace``, if given, is called with the stored manifest before each PUT that would replace
-    it, and raises to refuse (nothing is published, nothing deleted).
+    ``may_replace``, if given, is called before each PUT with the stored manifest (``{}`` when there
+    is none), and raises to refuse (nothing is published, nothing deleted).
 
     ``extra`` goes into the manifest; keep it deterministic (no wall-clock times) so reruns are
     byte-identical.
@@ -718,7 +718,7 @@ def publish_manifest(
                 "that wrote the parts to publish this run's instead."
             )
         previous = json.loads(stored) if stored else {}
-        if stored and may_replace is not None:
+        if may_replace is not None:
             may_replace(previous)
         replaced = {p["key"] for p in previous.get("parts", [])}
         # When the replaced manifest was written, from the listing (the same clock and resolution as

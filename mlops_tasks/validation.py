@@ -508,7 +508,8 @@ def _staging_replaced(
         f"Validation of '{cfg.name}' for {day} could not read {store.uri(key)}, a part of the staging "
         f"manifest it validates:"
         if key != partition_prefix(cfg.prefix, "staging", day)
-        else f"Validation of '{cfg.name}' for {day} found {store.uri(key)} published again after reading it:"
+        else f"Validation of '{cfg.name}' for {day} found the staging it validated ({store.uri(key)}) "
+        "changed before it could publish:"
     )
     if newer is None:
         why = (
@@ -554,10 +555,14 @@ def _validate_staged(
 
     quarantine = partition_prefix(cfg.prefix, "quarantine", day)
     reports = partition_prefix(cfg.prefix, "reports/validation", day)
-    # The report of this staging under a name of its own, which the curated manifest (so the data
-    # version and the lineage of a model) points to: a later validation of the day writes another
-    # one. `validation.json`/`.html` beside it are the day's latest, which that one replaces.
-    report_name = f"validation-{sha256_bytes(json.dumps(staged, sort_keys=True).encode())[:16]}"
+    # The report of this staging under these rules, under a name of its own, which the curated
+    # manifest (so the data version and the lineage of a model) points to: a later validation of the
+    # day writes another one. `validation.json`/`.html` beside it are the day's latest.
+    validated = {
+        "staging": staged,
+        "rules": [cfg.data.model_dump(mode="json"), cfg.validation.model_dump(mode="json")],
+    }
+    report_name = f"validation-{sha256_bytes(json.dumps(validated, sort_keys=True).encode())[:16]}"
     curated = partition_prefix(cfg.prefix, "curated", day)
     quarantined = frame[bad].copy()
     quarantined[REASONS_COLUMN] = pd.Series(reasons, index=quarantined.index, dtype=object)
@@ -565,7 +570,8 @@ def _validate_staged(
     parts, rejected = _quarantine_parts(store, quarantine, staged, quarantined)
 
     def still_current(_: object = None) -> None:
-        """Checked before each output becomes visible, the publishes' just before their PUTs."""
+        """Checked before each output of the day becomes visible (the publishes' just before their
+        PUTs): an older staging's must not replace a newer validation's."""
         newer = store.read_manifest(partition_prefix(cfg.prefix, "staging", day))
         if newer != staged:
             raise _StagingMoved(newer)
@@ -616,10 +622,15 @@ def _validate_staged(
         "ingest_warnings": staged.get("warnings", []),
     }
     page = render_html(report).encode()
-    for name in (report_name, "validation"):
+
+    def write_report(name: str) -> None:
         store.put_json(reports + f"{name}.json", _plain(report))
         store.put_bytes(reports + f"{name}.html", page, "text/html; charset=utf-8")
+
+    write_report(report_name)  # this staging's: replacing nothing newer
     if not passed:
+        still_current()
+        write_report("validation")
         raise ValidationGateError(result["message"], result)
     # Filtering the arrow table (not the frame) keeps the staged schema and needs no pandas copy.
     good = required_where_declared(table.filter(pa.array(~bad)), cfg)
@@ -636,6 +647,8 @@ def _validate_staged(
         validation_report=reports + f"{report_name}.json",
         landing_files=staged.get("landing_files"),  # what training's planning compares (ingestion)
     )
+    still_current()
+    write_report("validation")
     return result
 
 

@@ -89,8 +89,9 @@ def create_data_version(store: ObjectStore, cfg: PipelineConfig, days: list[dt.d
                 continue
             included.append(day.isoformat())
             landing.update(_day_landing_files(store, cfg, day, manifest))
-            if manifest.get("validation_report"):
-                reports.append(store.uri(manifest["validation_report"]))
+            # manifests of older releases name no report: the day's latest then
+            latest = partition_prefix(cfg.prefix, "reports/validation", day) + "validation.json"
+            reports.append(store.uri(manifest.get("validation_report") or latest))
             for part in manifest["parts"]:
                 files.append(_fetch_part(store, root, day, part))
         if not included:

@@ -1049,6 +1049,47 @@ def test_a_validation_of_staging_that_a_later_ingest_and_validation_replaced_pub
     assert report["good_rows"] == 5
 
 
+@pytest.mark.parametrize(
+    "late",
+    [["11,1,AA,EWR,2013-01-01T10:00:00Z"], [f"{i},1,XX,EWR,2013-01-01T10:00:00Z" for i in (11, 12, 13)]],
+    ids=["passing", "failing"],
+)
+def test_a_validation_overtaken_after_its_quarantine_went_up_leaves_the_day_as_the_newer_one_made_it(
+    store, cfg, monkeypatch, late
+):
+    """B (a late file: a good row, or a bad one that fails the day and withdraws curated) runs while
+    A, on the older staging, is between its quarantine and its curated publish: A's curated
+    manifest, written over B's or where B left none, and the day's latest report must be B's."""
+    land(store, cfg, "flights_a.csv", csv(*GOOD[:2]))
+    ingest_day(store, cfg, DAY)
+    real, overtaken = validation.render_html, []
+
+    def racing(report):
+        if not overtaken:
+            overtaken.append(1)
+            restage_concurrently(store, cfg, "flights_b.csv", *late)
+            try:
+                overtaken.append(validate_day(store, cfg, DAY))
+            except ValidationGateError as failed:
+                overtaken.append(failed.result)
+        return real(report)
+
+    monkeypatch.setattr(validation, "render_html", racing)
+    newer = None
+    try:
+        newer = validate_day(store, cfg, DAY)
+    except ValidationGateError as failed:
+        newer = failed.result
+
+    assert newer == overtaken[1]
+    latest = store.get_json(partition_prefix(cfg.prefix, "reports/validation", DAY) + "validation.json")
+    assert (latest["rows"], latest["passed"]) == (2 + len(late), newer["passed"])
+    if newer["passed"]:
+        assert curated(store, cfg)["id"].tolist() == [1, 2, 11]
+    else:
+        assert store.read_manifest(partition_prefix(cfg.prefix, "curated", DAY)) is None
+
+
 def test_validation_gives_up_with_a_clear_message_when_staging_keeps_being_replaced(store, cfg, monkeypatch):
     land(store, cfg, "flights.csv", csv(*GOOD))
     ingest_day(store, cfg, DAY)

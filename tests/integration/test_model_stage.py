@@ -670,7 +670,8 @@ def test_gate_report_is_written_to_the_store_and_the_run(
 def test_a_run_gated_again_against_another_champion_keeps_its_first_gate_report(
     binary_cfg: PipelineConfig, split: tuple, trained: dict, mlflow_server: str, store: ObjectStore
 ) -> None:
-    """The first gate's report is what its registered version and lineage point to."""
+    """The first gate's report is what its registered version and lineage point to. (Gated again here
+    against itself, the champion it became: any other champion gets its own folder the same way.)"""
     registered = binary_cfg.mlflow.model_copy(update={"registered_model": f"m_{uuid.uuid4().hex[:10]}"})
     cfg = binary_cfg.model_copy(update={"mlflow": registered, "gate": GateSpec(latency_batch_rows=256)})
     run_id = trained["run_id"]
@@ -689,6 +690,9 @@ def test_a_run_gated_again_against_another_champion_keeps_its_first_gate_report(
     assert again["report_json_uri"] == store.uri(gates + "vs-v1/gate.json")
     assert store.get_bytes(store.key_of(first["report_json_uri"])) == report
     assert store.get_json(store.key_of(again["report_json_uri"]))["champion_version"] == "1"
+    client = tracking.client(mlflow_server)
+    logged = {a.path for a in client.list_artifacts(run_id, "gate")}
+    assert {"gate/vs-none", "gate/vs-v1"} <= logged
 
 
 @pytest.mark.parametrize(

@@ -864,10 +864,27 @@ def test_a_register_task_cleared_after_later_promotions_reports_what_happened_to
         True,
         True,
     )
-    assert superseded["reason"] == "promoted; v3 has been promoted since, on its line"
+    assert superseded["reason"] == "promoted; v3 has been promoted since"
 
     registry.rollback(cfg, tracking_uri=mlflow_server)  # v2 serves again
     rolled_back = register_bare(cfg, runs[2], gates[2], mlflow_server)
     assert (rolled_back["promoted"], rolled_back["champion_version"]) == (False, "2")
     assert rolled_back["reason"].startswith("promoted, then rolled back (at ")
     assert rolled_back["reason"].endswith("); v2 is the champion")
+
+
+def test_a_register_task_cleared_after_a_later_champion_was_deleted_still_reports_its_promotion(
+    base_cfg: PipelineConfig, mlflow_server: str, tmp_path: Path
+) -> None:
+    """v1 -> v2 -> v3 -> v4, then v3 deleted (retention): the champion line starts below it, at v4,
+    but v2 and v1 were champions all the same."""
+    cfg = model_cfg(base_cfg)
+    runs = [exported_run(mlflow_server, tmp_path) for _ in range(4)]
+    gates = [gate(0.70, None), gate(0.72, "1"), gate(0.73, "2"), gate(0.74, "3")]
+    for run, decided in zip(runs, gates, strict=True):
+        register_bare(cfg, run, decided, mlflow_server)
+    tracking.client(mlflow_server).delete_model_version(cfg.registered_model_name, "3")
+
+    for index in (1, 0):
+        again = register_bare(cfg, runs[index], gates[index], mlflow_server)
+        assert (again["promoted"], again["reason"]) == (True, "promoted; v4 has been promoted since")

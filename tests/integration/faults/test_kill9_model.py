@@ -282,7 +282,8 @@ def test_gate_killed_then_retried_decides_the_same_with_one_point_per_metric(
     )
     assert all(len(client.get_metric_history(run_id, k)) == 1 for k in eval_metrics)
     with tempfile.TemporaryDirectory() as tmp:
-        logged = Path(client.download_artifacts(run_id, "gate/gate.json", tmp)).read_bytes()
+        compared = retried["report_json_uri"].split("/")[-2]  # vs-none: no champion yet
+        logged = Path(client.download_artifacts(run_id, f"gate/{compared}/gate.json", tmp)).read_bytes()
     store = make_store(data.endpoint, data.bucket)
     assert json.loads(logged) == json.loads(store.get_bytes(store.key_of(retried["report_json_uri"])))
 
