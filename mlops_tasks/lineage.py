@@ -222,8 +222,7 @@ def assemble_record(
     keys = data_version.get("landing_files", version_record.get("landing_files"))
     reports = version_record.get("validation_reports")
     if not isinstance(reports, list) or len(reports) != len(days):  # a record of an older release
-        latest = [partition_prefix(cfg.prefix, "reports/validation", d) + "validation.json" for d in days]
-        reports = [store.uri(key) for key in latest]
+        reports = [partition_prefix(cfg.prefix, "reports/validation", d) + "validation.json" for d in days]
     if keys is None:
         # A data version made before versions recorded their landing files (or without a record):
         # fall back to the days' staging manifests as they are now (what ingest read last), as
@@ -238,7 +237,7 @@ def assemble_record(
         "model_version": str(registration["version"]),
         "landing_files": sorted(store.uri(k) for k in keys),
         "curated_partitions": [store.uri(partition_prefix(cfg.prefix, "curated", d)) for d in days],
-        "validation_reports": reports,
+        "validation_reports": [store.uri(key) for key in reports],
         "data_version": data_version["data_version"],
         "run_id": training["run_id"],
         "experiment_id": training.get("experiment_id"),

@@ -73,8 +73,8 @@ def create_data_version(store: ObjectStore, cfg: PipelineConfig, days: list[dt.d
     False when the same data was versioned before (its record, written then, is kept as it is).
 
     The record also lists, sorted, the keys of the landing files the days were ingested from
-    (``landing_files``, see :func:`_day_landing_files`), read now, and the URIs of the validation
-    reports of the days' curated partitions (``validation_reports``), so that lineage written later
+    (``landing_files``, see :func:`_day_landing_files`), read now, and the keys of the validation
+    reports of the days' curated partitions (``validation_reports``, one per day), so that lineage written later
     names what this version holds even after a day is ingested or validated again. They stay out of the result,
     which goes to XCom: :func:`mlops_tasks.lineage.assemble_record` reads them from the record.
     """
@@ -91,7 +91,7 @@ def create_data_version(store: ObjectStore, cfg: PipelineConfig, days: list[dt.d
             landing.update(_day_landing_files(store, cfg, day, manifest))
             # manifests of older releases name no report: the day's latest then
             latest = partition_prefix(cfg.prefix, "reports/validation", day) + "validation.json"
-            reports.append(store.uri(manifest.get("validation_report") or latest))
+            reports.append(manifest.get("validation_report") or latest)
             for part in manifest["parts"]:
                 files.append(_fetch_part(store, root, day, part))
         if not included:
@@ -123,7 +123,7 @@ def create_data_version(store: ObjectStore, cfg: PipelineConfig, days: list[dt.d
         "files": files,
         "rows": rows,
         "landing_files": sorted(landing),
-        # the reports of the validations that published these days' curated parts, one per day
+        # the keys of the reports of the validations that published these days' curated parts
         "validation_reports": reports,
     }
     store.put_json(record_key, record)

@@ -603,3 +603,23 @@ def test_numeric_drift_is_seen_on_huge_values_as_on_small_ones(scale: float) -> 
     huge = drift.compare(make_config(), ref, cur)["columns"]["y"]
     assert (huge["stat_test"], huge["drifted"]) == ("wasserstein", True)
     assert huge["statistic"] == pytest.approx(small["statistic"], rel=1e-6)
+
+
+def test_a_small_window_over_many_categories_is_not_drift_when_nothing_changed() -> None:
+    """100 airports, 1,000 current rows: their Jensen-Shannon distance to the reference is ~0.12 for
+    the same distribution, over the default threshold; the p-value test judges such a window."""
+    cfg = make_config(min_rows=100, sample_rows=50_000)
+    rng = np.random.default_rng(3)
+    shares = 1 / np.arange(1, 101)
+    shares /= shares.sum()
+
+    def airports(n: int) -> pd.DataFrame:
+        return frame(n, int(rng.integers(1 << 30))).assign(
+            c=rng.choice([f"A{i}" for i in range(100)], n, p=shares)
+        )
+
+    reference = airports(20_000)
+    small, large = (drift.compare(cfg, reference, airports(n))["columns"]["c"] for n in (1_000, 5_000))
+    assert (small["stat_test"], small["drifted"]) == (drift.CHISQUARE, False)
+    assert (large["stat_test"], large["drifted"]) == ("jensenshannon", False)
+    assert large["statistic"] < cfg.drift.jensenshannon_threshold
