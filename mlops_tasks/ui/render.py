@@ -222,6 +222,8 @@ def _history_table(history: list[dict[str, Any]], metric: str) -> str:
 def _lineage(record: dict[str, Any] | None, root: str) -> str:
     if not record:
         return "<p>No lineage record yet.</p>"
+    if "error" in record:
+        return f"<p>The lineage record cannot be shown: {_e(record['error'])}</p>"
     reports = [(uri.rsplit("/", 2)[-2], uri) for uri in record.get("validation_reports", [])]
     gate_uri = (record.get("gate") or {}).get("report_html_uri")
     links = [_a(report_link(root, uri), f"validation {label}") for label, uri in reports[:31]]

@@ -127,13 +127,18 @@ def _number(raw: str | None) -> float | None:
 
 
 def read_lineage(store: ObjectStore, cfg: PipelineConfig, version: str | None) -> dict[str, Any] | None:
-    """The lineage record of ``version`` (or of the newest version), None when there is none."""
+    """The lineage record of ``version`` (or of the newest version), None when there is none, and
+    ``{"error": <why>}`` when it cannot be read (edited by hand, written by another tool): one bad
+    record must not take the rest of the page with it."""
+    from mlops_tasks.errors import DataError
     from mlops_tasks.lineage import read_record
 
     try:
         return read_record(store, cfg, version)
     except FileNotFoundError:
         return None
+    except DataError as exc:  # LineageError, CorruptObjectError
+        return {"error": str(exc)}
 
 
 def _run_url(tracking_uri: str, ui_url: str, run_id: str | None) -> str | None:

@@ -188,6 +188,27 @@ def test_drill_down_shows_the_champions_lineage_with_report_links(
     assert "validation date=2013-03-01" in page
 
 
+def test_a_lineage_record_that_cannot_be_read_costs_only_its_own_section(
+    client: TestClient, lifecycle: dict[str, Any]
+) -> None:
+    """A record edited by hand (a field of the wrong type): the page stays, says why, and keeps the
+    version history and links (it answered 503 as a whole)."""
+    from mlops_tasks.lineage import record_key
+
+    cfg, store = lifecycle["cfg"], lifecycle["store"]
+    key = record_key(cfg, cfg.registered_model_name, 2)
+    kept = store.get_bytes(key)
+    store.put_json(key, {**store.get_json(key), "training_window": ["2013-02-01", "2013-02-28"]})
+    try:
+        response = client.get(f"/pipelines/{cfg.name}")
+    finally:
+        store.put_bytes(key, kept)
+    assert response.status_code == 200
+    assert "The lineage record cannot be shown: lineage record s3://" in response.text
+    assert "wrong types [&#x27;training_window (list, expected dict)&#x27;]" in response.text
+    assert f'href="/dags/{cfg.name}_training" target="_top"' in response.text
+
+
 def test_unknown_pipeline_is_not_found(client: TestClient) -> None:
     assert client.get("/pipelines/no_such_pipeline").status_code == 404
 
