@@ -47,6 +47,10 @@ _CURATED = "_curated_match"  # merge indicator: was the scored row's curated row
 _WINDOW_READS = 3  # reads of the window when days are re-scored while it is read
 
 
+class DayTrainedOn(Exception):
+    """The checked day is inside the champion's training data: nothing to monitor (the task skips)."""
+
+
 class MonitoringError(DataError):
     """The monitor cannot run (no champion, reference unreadable); nothing is triggered."""
 
@@ -304,6 +308,15 @@ def run_drift_monitor(
             f"reference data of champion v{champion['version']} (data version {champion['data_version']}) "
             f"cannot be used: {exc}. No retraining is triggered."
         ) from None
+    training_end = max(dt.date.fromisoformat(d) for d in record["days"])
+    if day <= training_end:  # e.g. an old day scored again: its predictions asset event names it
+        raise DayTrainedOn(
+            f"{day} is inside the training data of champion v{champion['version']} (data version "
+            f"{champion['data_version'][:12]}, days up to {training_end}): the check would compare the "
+            "champion's training data with part of itself, and a retrain it requested would train on a "
+            f"window ending before the champion's. Nothing is checked; the checks of days after "
+            f"{training_end} are the drift monitor's."
+        )
     with tempfile.TemporaryDirectory() as tmp:
         path = download_onnx(cfg, tracking_uri=tracking_uri, version=champion["version"], dest_dir=tmp)
         model = _load_model(str(path), cfg, champion)
@@ -352,7 +365,6 @@ def run_drift_monitor(
     # again on the new state, so concurrent checks (a user's DAG without max_active_tis_per_dag=1,
     # two DAGs checking one pipeline) request one retrain. A store ignoring conditional writes lets
     # the last writer win, which is safe only for one check at a time (the drift DAG's setting).
-    training_end = max(dt.date.fromisoformat(d) for d in record["days"])
     result = drift.run_check(
         store,
         cfg,

@@ -904,7 +904,7 @@ class DriftCheckOperator(PipelineOperator):
         return day
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from mlops_tasks.monitoring import record_retrain_sent, run_drift_monitor
+        from mlops_tasks.monitoring import DayTrainedOn, record_retrain_sent, run_drift_monitor
 
         day = self._day(context)
         sent = _retrain_event_of_this_run(self, context)
@@ -915,13 +915,16 @@ class DriftCheckOperator(PipelineOperator):
             record_retrain_sent(self.store, self.config, sent_day, _check_identity(context))
         # the run id tells a retry of the run that requested retraining (which may decide again) from
         # another run checking the same day (which must not request it twice)
-        result = run_drift_monitor(
-            self.store,
-            self.config,
-            day,
-            tracking_uri=self.tracking_uri,
-            check_run_id=_check_identity(context),
-        )
+        try:
+            result = run_drift_monitor(
+                self.store,
+                self.config,
+                day,
+                tracking_uri=self.tracking_uri,
+                check_run_id=_check_identity(context),
+            )
+        except DayTrainedOn as exc:
+            raise AirflowSkipException(str(exc)) from None
         pending = _unsent_request(self, context, result)
         if pending:
             self.log.warning(pending)

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -734,3 +735,26 @@ def test_multiclass_champion_s_live_metric_uses_its_published_class_probabilitie
     assert "skipped" not in live and live["labelled_rows"] == 1000
     assert live["live"] == pytest.approx(expected) and live["drop"] == pytest.approx(0.9 - expected)
     assert result["status"] != "insufficient_data"
+
+
+@pytest.mark.parametrize("day", [dt.date(2013, 1, 1), dt.date(2013, 1, 2)], ids=["inside", "last day"])
+def test_a_day_the_champion_trained_on_is_not_checked_and_requests_nothing(
+    world: ObjectStore, cfg: PipelineConfig, champion: Champion, mlflow_server: str, day: dt.date
+) -> None:
+    """An old day scored again (its predictions asset event names it): its rows are the reference."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from mlops_tasks.airflow.operators import DriftCheckOperator
+    from mlops_tasks.monitoring import DayTrainedOn
+
+    score(world, cfg, champion, [day])
+    with pytest.raises(
+        DayTrainedOn, match=rf"{day} is inside the training data of champion v{champion.version}"
+    ):
+        run_drift_monitor(world, cfg, day, tracking_uri=mlflow_server, check_run_id=RUN)
+    operator = DriftCheckOperator(task_id="check", pipeline=cfg.name, day=day.isoformat())
+    operator.__dict__.update(store=world, config=cfg, _mlflow_addresses=(mlflow_server, mlflow_server))
+    context = {"run_id": RUN, "ti": SimpleNamespace(dag_id="p_drift_monitor"), "inlet_events": {}}
+    with pytest.raises(AirflowSkipException, match="days up to 2013-01-02"):
+        operator.execute(context)
+    assert not world.exists(state_key(cfg))
