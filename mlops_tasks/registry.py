@@ -395,12 +395,13 @@ def _since_promotion(client: Any, name: str, version: str, champion: str | None)
     not the champion: a register task cleared days later must report what happened then (promoted,
     superseded since; or rolled back), not a race that never was. It was champion if it is on the
     champion line, if a later gate compared a model with it, or if an alias move stamped it
-    ``promoted_at``: the line alone starts below a deleted champion (retention)."""
+    ``promoted_at`` (the line alone starts below a deleted champion, retention; a race's loser may
+    have served for the moments before the winner registered)."""
     versions = _versions(client, name)
     tags = next((_tags(v) for v in versions if v.version == version), {})
     if ROLLED_BACK_AT in tags:
         return False, f"promoted, then rolled back (at {tags[ROLLED_BACK_AT]}); v{champion} is the champion"
-    served = (
+    served = FENCED_BY not in tags and (  # fenced: a race's loser that a rollback shut out for good
         any(v.version == version for v in _champion_line(versions))
         or any(_tags(v).get(BASELINE) == version for v in versions)
         or "promoted_at" in tags
