@@ -42,7 +42,7 @@ from typing import Any
 
 from mlops_tasks.config import PipelineConfig
 from mlops_tasks.errors import DataError
-from mlops_tasks.storage import ObjectStore
+from mlops_tasks.storage import ObjectNotFoundError, ObjectStore
 
 SCHEMA_VERSION = 1
 REQUIRED: dict[str, type | tuple[type, ...]] = {
@@ -134,22 +134,29 @@ def read_record(store: ObjectStore, cfg: PipelineConfig, version: str | int | No
     """
     name = cfg.registered_model_name
     folder = f"{cfg.prefix}/lineage/{name}/"
-    keys = [(int(m.group(1)), o.key) for o in store.list(folder) if (m := _VERSION_KEY.search(o.key))]
+
+    def recorded() -> list[tuple[int, str]]:  # listed only when needed: a named record is one GET
+        return sorted(
+            (int(m.group(1)), o.key) for o in store.list(folder) if (m := _VERSION_KEY.search(o.key))
+        )
+
     if version is None:
+        keys = recorded()
         if not keys:
             raise FileNotFoundError(f"no lineage record for model '{name}' under {store.uri(folder)}")
-        number, key = max(keys)
+        number, key = keys[-1]
     else:
         number, key = version, record_key(cfg, name, version)
-        if key not in {k for _, k in keys}:
-            numbers = sorted(n for n, _ in keys)
-            have = ", ".join(f"v{n}" for n in numbers[-10:]) + (" and older" if len(numbers) > 10 else "")
-            raise FileNotFoundError(
-                f"model '{name}' has no lineage record of v{str(version).lstrip('v')} (records: {have or 'none yet'}, "
-                f"under {store.uri(folder)}); a version gets one when its training run's lineage task runs"
-            )
     where = f"lineage record {store.uri(key)}"
-    record = validate_record(store.get_json(key), where=where)
+    try:
+        record = validate_record(store.get_json(key), where=where)
+    except ObjectNotFoundError:
+        numbers = [n for n, _ in recorded()]
+        have = ", ".join(f"v{n}" for n in numbers[-10:]) + (" and older" if len(numbers) > 10 else "")
+        raise FileNotFoundError(
+            f"model '{name}' has no lineage record of v{str(number).lstrip('v')} (records: {have or 'none yet'}, "
+            f"under {store.uri(folder)}); a version gets one when its training run's lineage task runs"
+        ) from None
     if record["model_version"].lstrip("0") != str(number).lstrip("0"):  # stored under another name
         raise LineageError(f"{where}: it is the record of v{record['model_version']}, not of v{number}")
     return record
