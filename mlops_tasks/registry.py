@@ -723,6 +723,22 @@ def champion_info(cfg: PipelineConfig, *, tracking_uri: str) -> dict[str, Any] |
     return alias_info(cfg, CHAMPION, tracking_uri=tracking_uri)
 
 
+def champion_history(cfg: PipelineConfig, *, tracking_uri: str) -> tuple[bool, str | None]:
+    """(whether the registered model exists, the newest version ever promoted): what tells "no champion
+    yet" from a champion removed by hand (the model deleted in MLflow, or its alias)."""
+    name = cfg.registered_model_name
+    client = tracking.client(tracking_uri)
+    with _reachable(tracking_uri, f"read registered model '{name}'"):
+        try:
+            client.get_registered_model(name)
+        except MlflowException as exc:
+            if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
+                raise
+            return False, None
+        served = [v.version for v in _versions(client, name) if "promoted_at" in _tags(v)]
+    return True, max(served, key=_number, default=None)
+
+
 def _role_advice(cfg: PipelineConfig, role: str | None, version: str, fix: str) -> str:
     """What to do when ``role``'s version ``version`` cannot be scored (``fix``: e.g. "restore the
     file"): advice that fits the role, so a broken challenger never leads anyone to demote the healthy

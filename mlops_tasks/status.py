@@ -205,9 +205,11 @@ def pipeline_status(
 
     champion = champion_info(cfg, tracking_uri=tracking_uri)
     metric = cfg.gate.primary_metric
+    gate = last_gate(store, cfg)
     return {
         "pipeline": cfg.name,
         "model": cfg.registered_model_name,
+        "no_champion": None if champion else _no_champion(cfg, tracking_uri, gate),
         "champion": None
         if champion is None
         else {
@@ -218,11 +220,31 @@ def pipeline_status(
             "data_version": champion.get("data_version"),
             "run_id": champion.get("run_id"),
         },
-        "last_gate": last_gate(store, cfg),
+        "last_gate": gate,
         "last_training": last_training(cfg, tracking_uri, ui_url),
         "last_drift": last_drift(store, cfg),
         "last_inference": last_inference(store, cfg),
     }
+
+
+def _no_champion(cfg: PipelineConfig, tracking_uri: str, gate: dict[str, Any] | None) -> str:
+    """Why no version serves: not yet, or a champion removed by hand (the registered model deleted in
+    MLflow, or the alias taken off), which stops batch inference until a version serves again."""
+    from mlops_tasks.registry import CHAMPION, champion_history
+
+    registered, promoted = champion_history(cfg, tracking_uri=tracking_uri)
+    consequence = "batch inference fails until a version serves"
+    if not registered and gate and gate["promote"]:
+        return (
+            f"'{cfg.registered_model_name}' is not in the registry, though the gate of {gate['day']} "
+            f"promoted a version (deleted in MLflow?): {consequence} (train again)"
+        )
+    if promoted:
+        return (
+            f"no version holds the alias '{CHAMPION}', though v{promoted} was promoted (alias removed?): "
+            f"{consequence} (set the alias on a version, or train again)"
+        )
+    return "no champion yet"
 
 
 def format_status(rows: list[dict[str, Any]]) -> str:
@@ -250,6 +272,8 @@ def format_status(rows: list[dict[str, Any]]) -> str:
                 else "-",
             ]
         )
+        if not champ and row.get("no_champion"):
+            notes.append(f"{row['pipeline']}: champion: {row['no_champion']}")
         if gate:
             notes.append(f"{row['pipeline']}: last gate: {gate['reason']}")
         if drift and drift["reasons"]:

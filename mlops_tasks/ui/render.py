@@ -83,9 +83,9 @@ def page(title: str, body: str, root: str) -> str:
     )
 
 
-def _champion_cell(champ: dict[str, Any] | None) -> str:
+def _champion_cell(champ: dict[str, Any] | None, no_champion: str | None) -> str:
     if not champ:
-        return _pill("none") + "<small>no champion yet</small>"
+        return _pill("none") + f"<small>{_e(no_champion or 'no champion yet')}</small>"
     return (
         f'<strong class="champion-version">v{_e(champ["version"])}</strong> '
         f"{_e(champ['metric'])} {_metric(champ['value'])}"
@@ -151,7 +151,7 @@ def _table(rows: list[dict[str, Any]], root: str) -> str:
         data_version = (champ or {}).get("data_version") or (row["last_training"] or {}).get("data_version")
         body.append(
             f'<tr id="pipeline-{_e(row["pipeline"])}"><td>{name}<small>model {_e(row["model"])}</small></td>'
-            f"<td>{_champion_cell(champ)}</td><td>{_gate_cell(row['last_gate'], root)}</td>"
+            f"<td>{_champion_cell(champ, row.get('no_champion'))}</td><td>{_gate_cell(row['last_gate'], root)}</td>"
             f"<td>{_training_cell(row['last_training'])}</td><td>{_drift_cell(row['last_drift'], root)}</td>"
             f"<td>{_inference_cell(row['last_inference'])}</td><td><code>{_e(data_version)}</code></td></tr>"
         )

@@ -7,6 +7,7 @@ a model trained on label-shuffled rows); each test registers them under its own 
 from __future__ import annotations
 
 import datetime as dt
+import html
 import threading
 import uuid
 from pathlib import Path
@@ -888,3 +889,35 @@ def test_a_register_task_cleared_after_a_later_champion_was_deleted_still_report
     for index in (1, 0):
         again = register_bare(cfg, runs[index], gates[index], mlflow_server)
         assert (again["promoted"], again["reason"]) == (True, "promoted; v4 has been promoted since")
+
+
+def test_status_tells_a_champion_removed_by_hand_from_no_champion_yet(
+    base_cfg: PipelineConfig, split: tuple, runs: dict, mlflow_server: str, store: ObjectStore
+) -> None:
+    """Before any registration: "no champion yet". The alias taken off, or the registered model
+    deleted in MLflow after a gate promoted a version: the status says so, and what it stops."""
+    from mlops_tasks.status import format_status, pipeline_status
+    from mlops_tasks.ui.render import overview
+
+    cfg = tune(model_cfg(base_cfg), "storage", {"prefix": f"status-{uuid.uuid4().hex[:8]}"})
+
+    def no_champion() -> str:
+        row = pipeline_status(store, cfg, tracking_uri=mlflow_server)
+        assert row["champion"] is None
+        assert f"{cfg.name}: champion: {row['no_champion']}" in format_status([row])
+        assert html.escape(row["no_champion"], quote=True) in overview([row], "")
+        return row["no_champion"]
+
+    assert no_champion() == "no champion yet"
+    gate_and_register(cfg, runs["good"], split, mlflow_server, store)
+    client, name = tracking.client(mlflow_server), cfg.registered_model_name
+    client.delete_registered_model_alias(name, registry.CHAMPION)
+    assert no_champion() == (
+        "no version holds the alias 'champion', though v1 was promoted (alias removed?): batch inference "
+        "fails until a version serves (set the alias on a version, or train again)"
+    )
+    client.delete_registered_model(name)
+    assert no_champion() == (
+        f"'{name}' is not in the registry, though the gate of {DAY} promoted a version (deleted in "
+        "MLflow?): batch inference fails until a version serves (train again)"
+    )
