@@ -48,14 +48,49 @@ class CliError(RuntimeError):
 
 
 def load_stack_connections(stack_dir: Path = STACK_DIR) -> None:
-    """Fill missing ``AIRFLOW_CONN_*`` variables from a running local stack's connections file."""
+    """Fill missing ``AIRFLOW_CONN_*`` variables from a running local stack's connections file.
+
+    The file is found relative to the current directory, so one that came with a checkout or an
+    archive could send this user's ambient AWS credentials (boto3's fallback for a connection
+    without keys) to someone else's endpoint. Only the file ``mlops-tasks up`` writes is read: this
+    user's, owner-only, every endpoint on the loopback interface; any other is ignored, with a line
+    on stderr saying why."""
     path = stack_dir / CONNECTIONS_FILE
     if not path.exists():
         return
-    for line in path.read_text().splitlines():
-        key, sep, value = line.partition("=")
-        if sep and key.startswith("AIRFLOW_CONN_"):
-            os.environ.setdefault(key, value)
+    found = dict(
+        line.partition("=")[::2]
+        for line in path.read_text().splitlines()
+        if line.startswith("AIRFLOW_CONN_") and "=" in line
+    )
+    problem = _untrusted_stack_file(path, found)
+    if problem:
+        print(f"mlops-tasks: ignoring {path.resolve()}: {problem}", file=sys.stderr)
+        return
+    for key, value in found.items():
+        os.environ.setdefault(key, value)
+
+
+_LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+
+
+def _untrusted_stack_file(path: Path, connections: dict[str, str]) -> str | None:
+    """Why ``path`` is not a connections file of a local stack this user started, or None."""
+    from urllib.parse import urlsplit
+
+    info = path.stat()
+    if info.st_uid != os.getuid() or info.st_mode & 0o077:
+        return "it is not an owner-only file of this user, as `mlops-tasks up` writes it"
+    for key, value in connections.items():
+        try:
+            conn = json.loads(value)
+            urls = [conn.get("host") or "", *((conn.get("extra") or {}).values())]
+        except (ValueError, AttributeError):
+            return f"{key} is not a connection as `mlops-tasks up` writes it"
+        for url in (u for u in urls if isinstance(u, str) and "://" in u):
+            if urlsplit(url).hostname not in _LOOPBACK_HOSTS:
+                return f"{key} points at {urlsplit(url).hostname}, not at a local stack on this machine"
+    return None
 
 
 @contextmanager

@@ -27,6 +27,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -188,6 +189,7 @@ def checkout_data_version(
         )
     record = read_record(store, cfg, version)
     dvc_text = store.get_bytes(_record_key(cfg, version, ".dvc"))
+    _check_restorable(store, cfg, version, record, dvc_text)
     _check_replaceable(target, version)
     _check_creatable(target.parent, version)
     with dvc_repo(store) as (root, repo):
@@ -227,6 +229,37 @@ def checkout_data_version(
         finally:
             shutil.rmtree(staged, ignore_errors=True)
     return target
+
+
+# A file of a data version as _fetch_part records it: a curated part's name below its day's folder.
+_VERSION_FILE = re.compile(rf"{DATA_DIR}/date=\d{{4}}-\d{{2}}-\d{{2}}/[A-Za-z0-9_-][A-Za-z0-9._-]*")
+
+
+def _check_restorable(
+    store: ObjectStore, cfg: PipelineConfig, version: str, record: dict[str, Any], dvc_text: bytes
+) -> None:
+    """Refuse a record or ``.dvc`` file that would make a checkout write outside its target, or read
+    other objects than the pipeline's curated parts: both come from the bucket, which people and
+    tools other than mlops_tasks may write."""
+    key = _record_key(cfg, version)
+
+    def refuse(what: str) -> DataVersionError:
+        return DataVersionError(
+            f"data version '{version}': {store.uri(key)} {what}, which mlops_tasks never writes (the "
+            "record was changed outside it); nothing was checked out."
+        )
+
+    try:
+        outs = [out["path"] for out in yaml.safe_load(dvc_text)["outs"]]
+    except (yaml.YAMLError, TypeError, KeyError):
+        raise refuse(f"has a .dvc file beside it that is not DVC's record of '{DATA_DIR}'") from None
+    if outs != [DATA_DIR]:
+        raise refuse(f"has a .dvc file beside it naming the outputs {outs}, not '{DATA_DIR}'")
+    for file in record.get("files", []):
+        if not _VERSION_FILE.fullmatch(str(file.get("path"))):
+            raise refuse(f"names the file {file.get('path')!r}, not {DATA_DIR}/date=YYYY-MM-DD/<part>")
+        if not str(file.get("curated_key")).startswith(f"{cfg.prefix}/curated/"):
+            raise refuse(f"restores {file['path']} from {file.get('curated_key')!r}, not a curated part")
 
 
 def _restore_from_curated(

@@ -251,6 +251,54 @@ def test_data_checkout_takes_a_version_as_the_demo_prints_it(
     assert restored.read_bytes() == store.get_bytes(part["key"])
 
 
+@pytest.mark.parametrize(
+    ("mode", "endpoint", "why"),
+    [
+        (0o644, "http://127.0.0.1:{port}", "it is not an owner-only file of this user"),
+        (0o600, "https://s3.attacker.example", "AIRFLOW_CONN_MLOPS_S3 points at s3.attacker.example"),
+    ],
+    ids=["came-with-a-checkout", "remote-endpoint"],
+)
+def test_a_connections_file_the_local_stack_did_not_write_is_ignored(
+    mode: int, endpoint: str, why: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A .stack/connections.env that came with a checkout or an archive would otherwise send the
+    user's ambient AWS credentials to its endpoint (boto3's fallback for a connection without keys)."""
+    for name in [n for n in os.environ if n.startswith("AIRFLOW_CONN_")]:
+        monkeypatch.delenv(name)
+    state = tmp_path / ".stack"
+    state.mkdir()
+    env = stack.connection_env(
+        endpoint.format(port=stack.free_port()), f"http://127.0.0.1:{stack.free_port()}"
+    )
+    (state / "connections.env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
+    (state / "connections.env").chmod(mode)
+
+    result = cli("lineage", "flights_delay", env={"MLOPS_TASKS_STACK_DIR": str(state)}, cwd=tmp_path)
+    assert result.returncode == 1
+    ignored, error = result.stderr.splitlines()
+    assert ignored.startswith(f"mlops-tasks: ignoring {state / 'connections.env'}: {why}"), ignored
+    assert "is not defined: set AIRFLOW_CONN_MLOPS_" in error
+
+
+def test_the_local_stack_s_own_connections_file_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in [n for n in os.environ if n.startswith("AIRFLOW_CONN_")]:
+        monkeypatch.delenv(name)
+    state = tmp_path / ".stack"
+    env = stack.connection_env(
+        f"http://127.0.0.1:{stack.free_port()}", f"http://localhost:{stack.free_port()}"
+    )
+    from mlops_tasks.cli import stack_connections
+
+    with stack_connections(env, state):
+        result = cli("lineage", "flights_delay", env={"MLOPS_TASKS_STACK_DIR": str(state)}, cwd=tmp_path)
+    assert result.returncode == 1
+    assert "ignoring" not in result.stderr
+    assert "is not reachable" in result.stderr, result.stderr
+
+
 def test_unreachable_object_store_is_a_clear_error_not_a_traceback(mlflow_server: str) -> None:
     env = stack.connection_env(f"http://127.0.0.1:{stack.free_port()}", mlflow_server)
     started = time.monotonic()

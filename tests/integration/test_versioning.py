@@ -341,6 +341,48 @@ def test_checkout_restores_a_file_whose_dvc_copy_is_gone_from_its_intact_curated
     assert not (tmp_path / "again").exists()
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "says"),
+    [
+        ("path", "/tmp/outside/.bashrc", "names the file '/tmp/outside/.bashrc', not data/date=YYYY-MM-DD"),
+        ("path", "data/date=2013-01-01/../../../escaped", "names the file 'data/date=2013-01-01/../../"),
+        ("path", "data/date=2013-01-01/..", "names the file 'data/date=2013-01-01/..'"),
+        (
+            "curated_key",
+            "secrets/other-team.parquet",
+            "from 'secrets/other-team.parquet', not a curated part",
+        ),
+    ],
+)
+def test_checkout_refuses_a_record_edited_to_write_outside_its_target_or_read_other_objects(
+    store, example_config, tmp_path: Path, field: str, value: str, says: str
+):
+    """The record and the .dvc file come from the bucket: anyone who may write it must not be able to
+    make a checkout write files elsewhere on the machine of whoever runs it."""
+    curate(store, example_config, DAY1, [1, 2])
+    version = create_data_version(store, example_config, [DAY1])["data_version"]
+    record_key = f"{example_config.prefix}/data_versions/{version}.json"
+    record = store.get_json(record_key)
+    store.delete([dvc_object_key(record["files"][0]["md5"])])  # the copy is restored from curated_key
+    record["files"][0][field] = value
+    store.put_json(record_key, record)
+
+    with pytest.raises(DataVersionError, match="which mlops_tasks never writes") as refused:
+        checkout_data_version(store, example_config, version, tmp_path / "restored")
+    assert says in str(refused.value)
+    assert not (tmp_path / "restored").exists() and not Path("/tmp/outside/.bashrc").exists()
+
+
+def test_checkout_refuses_a_dvc_file_edited_to_name_other_outputs(store, example_config, tmp_path: Path):
+    curate(store, example_config, DAY1, [1, 2])
+    version = create_data_version(store, example_config, [DAY1])["data_version"]
+    dvc_key = f"{example_config.prefix}/data_versions/{version}.dvc"
+    store.put_bytes(dvc_key, store.get_bytes(dvc_key).replace(b"path: data", b"path: ../../elsewhere"))
+
+    with pytest.raises(DataVersionError, match=r"naming the outputs \['../../elsewhere'\], not 'data'"):
+        checkout_data_version(store, example_config, version, tmp_path / "restored")
+
+
 def test_checkout_below_a_file_is_refused_before_downloading(store, example_config, tmp_path: Path):
     curate(store, example_config, DAY1, [1])
     version = create_data_version(store, example_config, [DAY1])["data_version"]
