@@ -227,11 +227,16 @@ UI_USER = "admin"
 def _local_secret(path: Path, nbytes: int = 24) -> str:
     """A random secret generated once per state dir (owner-only file), so restarts keep logins and tokens."""
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(secrets.token_urlsafe(nbytes))
+        _write_private(path, secrets.token_urlsafe(nbytes))
     return path.read_text().strip()
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Create ``path`` owner-only from the start (no moment when others may read it) and write ``text``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
 
 
 def _get_json(url: str, token: str | None = None) -> Any:
@@ -462,8 +467,7 @@ class LocalStack:
     def _begin_airflow_migrate(self) -> Service:
         self.airflow_home.mkdir(parents=True, exist_ok=True)
         if not self._passwords_file.exists():
-            self._passwords_file.write_text(json.dumps({UI_USER: secrets.token_urlsafe(12)}))
-            self._passwords_file.chmod(0o600)
+            _write_private(self._passwords_file, json.dumps({UI_USER: secrets.token_urlsafe(12)}))
         argv = [_bin("airflow"), "db", "migrate"]
         migrate = start_process(
             "airflow-db-migrate", argv, "", self.log_dir, lambda: True, env=self._airflow_settings()

@@ -31,7 +31,6 @@ import datetime as dt
 import hashlib
 import io
 import json
-import os
 import random
 import tempfile
 import time
@@ -595,14 +594,11 @@ class ObjectStore:
 
     @contextmanager
     def spooled(self, key: str) -> Iterator[Path]:
-        """Download an object to a temporary file that is removed afterwards."""
+        """Download an object to a temporary file that is removed afterwards. The file is in an
+        owner-only directory: the download replaces it with a file of the default permissions."""
         suffix = "".join(Path(key).suffixes[-2:])
-        fd, name = tempfile.mkstemp(prefix="mlops-", suffix=suffix)
-        os.close(fd)
-        try:
-            yield self.download(key, name)
-        finally:
-            Path(name).unlink(missing_ok=True)
+        with tempfile.TemporaryDirectory(prefix="mlops-") as directory:
+            yield self.download(key, Path(directory) / f"object{suffix}")
 
 
 def _json_bytes(obj: Any) -> bytes:

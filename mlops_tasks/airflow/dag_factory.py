@@ -283,16 +283,22 @@ class _ConfigErrorOperator(BaseOperator):
         raise AirflowFailException(self.reason)
 
 
+def config_error_dag_base(path: Path) -> str:
+    """The id of the error DAG of the config file ``path``: this, or with a "_<n>" suffix where
+    another file's name differs only in punctuation (:func:`config_error_dag`)."""
+    # Cut to stay under Airflow's 250 characters with a "_<n>" suffix: a longer id raises, and an
+    # exception in the DAG file would take every pipeline's DAGs down with this one.
+    stem = "".join(c if c.isalnum() else "_" for c in path.stem)[:200]
+    return CONFIG_ERROR_DAG.format(stem=stem)
+
+
 def config_error_dag(
     path: Path, reason: str, taken: Iterable[str] = (), *, base: str | None = None, description: str = ""
 ) -> DAG:
     """Stands in for the DAGs of a config that cannot be built: its description and its one task
     say why (a run fails with the reason), and it never runs on its own. Files whose names differ
     only in punctuation (a-b.yaml, a_b.yaml) get distinct ids: ``taken`` are the ids in use."""
-    # Cut to stay under Airflow's 250 characters with a "_<n>" suffix: a longer id raises, and an
-    # exception in the DAG file would take every pipeline's DAGs down with this one.
-    stem = "".join(c if c.isalnum() else "_" for c in path.stem)[:200]
-    base = base or CONFIG_ERROR_DAG.format(stem=stem)
+    base = base or config_error_dag_base(path)
     taken = set(taken)
     dag_id = next(
         i for i in itertools.chain([base], (f"{base}_{n}" for n in itertools.count(2))) if i not in taken

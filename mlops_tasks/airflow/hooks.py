@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import os
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from airflow.sdk import BaseHook
+from airflow.sdk.log import mask_secret
 
 from mlops_tasks.errors import DataError
 
@@ -135,12 +137,23 @@ class MlflowHook(BaseHook):
                 "over HTTP; point host at an MLflow tracking server (`mlflow server --backend-store-uri "
                 f"{scheme}://...`), e.g. http://mlflow:5000, which every worker and the UI reach alike"
             )
+        # Credentials written into the URI (http://user:password@host) leave it: MLflow prints the
+        # tracking URI with every run's link into the task log, and Airflow masks only the
+        # connection's password field.
+        parts = urlsplit(host)
+        login, password = conn.login, conn.password
+        if "@" in parts.netloc:
+            login = login or unquote(parts.username or "")
+            password = password or unquote(parts.password or "")
+            host = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
         # MLflow's client reads basic-auth credentials from the environment only. Set or cleared
         # for every connection resolved: a process that serves several pipelines (the UI in the API
         # server) must not send one server's credentials to a server that has none.
-        if conn.login:
-            os.environ["MLFLOW_TRACKING_USERNAME"] = conn.login
-            os.environ["MLFLOW_TRACKING_PASSWORD"] = conn.password or ""
+        if login:
+            if password:
+                mask_secret(password)
+            os.environ["MLFLOW_TRACKING_USERNAME"] = login
+            os.environ["MLFLOW_TRACKING_PASSWORD"] = password or ""
         else:
             os.environ.pop("MLFLOW_TRACKING_USERNAME", None)
             os.environ.pop("MLFLOW_TRACKING_PASSWORD", None)

@@ -62,6 +62,21 @@ class BrokenConfig:
 
     path: Path
     error: ConfigError
+    no_directory: bool = False  # no config directory at all (path): one error DAG of its own
+
+
+def _dag_ids(config: PipelineConfig | BrokenConfig, configs: int) -> set[str]:
+    """The DAGs a config's row is about: a pipeline's, or the error DAG of a broken file (its id
+    gets a "_<n>" suffix where another file's name differs only in punctuation: any of ``configs``)."""
+    from mlops_tasks.airflow.dag_factory import CONFIG_DIR_ERROR_DAG, config_error_dag_base
+    from mlops_tasks.ui.views import DAG_KINDS
+
+    if isinstance(config, PipelineConfig):
+        return {config.dag_id(kind) for kind in DAG_KINDS}
+    if config.no_directory:
+        return {CONFIG_DIR_ERROR_DAG}
+    base = config_error_dag_base(config.path)
+    return {base, *(f"{base}_{n}" for n in range(2, configs + 2))}
 
 
 def _every_config() -> list[PipelineConfig | BrokenConfig]:
@@ -70,7 +85,7 @@ def _every_config() -> list[PipelineConfig | BrokenConfig]:
     try:
         paths = config_paths()
     except ConfigError as exc:  # no config directory: one row saying so, not an empty page
-        return [BrokenConfig(config_dir(), exc)]
+        return [BrokenConfig(config_dir(), exc, no_directory=True)]
     return [
         BrokenConfig(path, loaded) if isinstance(loaded, ConfigError) else loaded
         for path, loaded in load_each(paths)
@@ -135,10 +150,10 @@ def build_app(sources: Sources | None = None) -> FastAPI:
     def readable(configs: list[Any], user: Any) -> list[Any]:
         """``configs`` less the pipelines of which the user may read no DAG: an auth manager with
         per-DAG (or per-team) permissions shows each user the rows, pages and reports of their
-        pipelines only. Broken configs stay: their rows hold an error, no pipeline's data."""
-        wanted = {
-            c.dag_id(kind) for c in configs if isinstance(c, PipelineConfig) for kind in views.DAG_KINDS
-        }
+        pipelines only. A broken config's row (its error quotes the file's values, and other files'
+        buckets) goes to those who may read the error DAG the DAG file shows in its place."""
+        about = {id(c): _dag_ids(c, len(configs)) for c in configs}
+        wanted = set().union(*about.values())
         manager = get_auth_manager()
         allowed = set()
         # Multi-team mode: a DAG's team goes with the check, or a user of one team would be shown
@@ -147,11 +162,7 @@ def build_app(sources: Sources | None = None) -> FastAPI:
             allowed |= manager.filter_authorized_dag_ids(
                 dag_ids=dag_ids, user=user, method="GET", team_name=team
             )
-        return [
-            c
-            for c in configs
-            if not isinstance(c, PipelineConfig) or any(c.dag_id(kind) in allowed for kind in views.DAG_KINDS)
-        ]
+        return [c for c in configs if about[id(c)] & allowed]
 
     the_user = Depends(get_user)  # resolved once per request, after the app's access check
 

@@ -811,3 +811,13 @@ def test_an_endpoint_rejecting_conditional_writes_is_named_as_such(store: Object
         StorageError, match=r"does not implement conditional writes \(If-Match / If-None-Match\)"
     ):
         publish_manifest(store, partition, [part])
+
+
+def test_a_spooled_object_is_readable_by_its_owner_only(store: ObjectStore) -> None:
+    """Curated rows, predictions and data versions wait on local disk while read: other users of the
+    machine must not read them (a download replaces a private temporary file with one of the umask)."""
+    store.put_bytes("private/rows.parquet", b"rows")
+    with store.spooled("private/rows.parquet") as path:
+        assert path.read_bytes() == b"rows" and path.suffix == ".parquet"
+        assert path.parent.stat().st_mode & 0o077 == 0
+    assert not path.exists()

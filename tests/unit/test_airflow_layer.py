@@ -288,6 +288,29 @@ def test_an_mlflow_connection_without_login_clears_the_previous_ones_credentials
     assert (creds.username, creds.password) == (None, None)
 
 
+def test_credentials_in_an_mlflow_host_url_leave_the_tracking_uri_and_are_masked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """MLflow prints the tracking URI with each run's link into the task log; Airflow masks only
+    the connection's password field, not a password inside its host."""
+    from airflow.sdk._shared.secrets_masker.secrets_masker import redact
+    from mlflow.utils.credentials import get_default_host_creds
+
+    from mlops_tasks.airflow.hooks import MlflowHook
+
+    host = "http://ml-user:S3cr%40tPw@mlflow.example:5000"
+    monkeypatch.setenv("AIRFLOW_CONN_MLFLOW_URL", json.dumps({"conn_type": "mlflow", "host": host}))
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
+
+    uri = MlflowHook("mlflow_url").get_tracking_uri()
+
+    assert uri == "http://mlflow.example:5000"
+    creds = get_default_host_creds(uri)
+    assert (creds.username, creds.password) == ("ml-user", "S3cr@tPw")
+    assert "S3cr@tPw" not in redact("View run at http://ml-user:S3cr@tPw@mlflow.example:5000")
+
+
 @pytest.mark.parametrize(
     ("connection", "tracking_uri"),
     [

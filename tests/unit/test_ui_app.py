@@ -8,9 +8,10 @@ champion), v3 rejected after a drift-triggered retraining, a drift report, predi
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -446,6 +447,46 @@ def test_a_broken_config_file_is_one_error_row_and_the_other_pipelines_still_ren
     assert page.status_code == 200
     assert rows[0]["pipeline"] == "broken" and "broken.yaml" in rows[0]["error"]
     assert rows[1]["pipeline"] == "flights_delay" and "error" not in rows[1]
+
+
+def _only(allowed: Callable[..., bool], prefix: str, *, details: Any = None, **check: Any) -> bool:
+    """An auth manager's per-DAG check, limited to the DAGs whose ids start with ``prefix``."""
+    if details is not None and details.id and not details.id.startswith(prefix):
+        return False
+    return allowed(details=details, **check)
+
+
+def test_a_broken_config_s_row_shows_only_to_users_who_may_read_its_error_dag(
+    lifecycle: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its error quotes the file's values (a bucket name here): with per-DAG permissions, a user of
+    another team must not read it where Airflow would not show them the error DAG."""
+    from airflow.api_fastapi.app import get_auth_manager
+
+    (tmp_path / "flights_delay.yaml").write_text(EXAMPLE_CONFIG.read_text())
+    (tmp_path / "team-b.fraud.yaml").write_text("name: team_b_fraud\nstorage: {bucket: TeamB_Private}\n")
+    monkeypatch.setenv(CONFIG_DIR_ENV, str(tmp_path))
+    sources = Sources(store=lambda cfg: lifecycle["store"], mlflow=lambda cfg: (lifecycle["mlflow"],) * 2)
+    readers = {"team-a": "flights_delay_", "team-b": "mlops_config_error_team_b_fraud"}
+    for user, readable_prefix in readers.items():
+        with (
+            client_for(sources, user=SimpleAuthManagerUser(username=user, role="viewer")) as client,
+            monkeypatch.context() as patch,
+        ):
+            manager = get_auth_manager()
+            patch.setattr(
+                manager,
+                "is_authorized_dag",
+                functools.partial(_only, manager.is_authorized_dag, readable_prefix),
+            )
+            rows = client.get("/api/status").json()["pipelines"]
+            page = client.get("/").text
+        if user == "team-a":
+            assert [row["pipeline"] for row in rows] == ["flights_delay"]
+            assert "TeamB_Private" not in page and "team-b" not in page
+        else:
+            assert [row["pipeline"] for row in rows] == ["team-b.fraud"]
+            assert "TeamB_Private" in rows[0]["error"]
 
 
 def test_reports_answer_503_when_the_store_is_unavailable(
