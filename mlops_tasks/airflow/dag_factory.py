@@ -78,6 +78,14 @@ CONFIG_DIR_ERROR_DAG = "mlops_config_error_config_dir"
 log = logging.getLogger(__name__)
 
 
+# A scoring unit in the grid: the predictions part it writes, and its rows.
+UNIT_LABEL = "part {{ task.unit['part_index'] }}: {{ '{:,}'.format(task.unit['rows']) }} rows"
+# Which DAG's tasks a worker slot goes to first when they queue together (absolute weights: the
+# default sums the tasks downstream, so a training run's many mapped ingest/validate tasks came
+# before the day's scoring): serving, then the drift check, then training.
+PRIORITY = {"batch_inference": 3, "drift_monitor": 2, "training": 1}
+
+
 def predictions_asset(cfg: PipelineConfig) -> Asset:
     return Asset(name=f"{cfg.name}_predictions", uri=f"s3://{cfg.storage.bucket}/{cfg.prefix}/predictions")
 
@@ -124,6 +132,8 @@ def _dag(cfg: PipelineConfig, kind: str, schedule: Any, doc: str, on_failure: An
             "retry_exponential_backoff": True,
             "max_retry_delay": dt.timedelta(minutes=10),
             "on_failure_callback": notifier,
+            "weight_rule": "absolute",
+            "priority_weight": PRIORITY[kind],
         },
     )
 
@@ -144,10 +154,13 @@ def build_training_dag(cfg: PipelineConfig) -> DAG:
         on_failure=EndAbandonedTrainingRun(cfg.name),
     ) as dag:
         plan = PlanIngestionOperator(task_id="plan_ingestion", **common)
-        ingest = IngestDayOperator.partial(task_id="ingest", **common).expand(day=plan.output)
-        validate = ValidateDayOperator.partial(task_id="validate", **common).expand(
-            ingest_result=ingest.output
-        )
+        # Mapped tasks labelled by their day in the grid: which day failed the gate, at a glance.
+        ingest = IngestDayOperator.partial(
+            task_id="ingest", map_index_template="{{ task.day }}", **common
+        ).expand(day=plan.output)
+        validate = ValidateDayOperator.partial(
+            task_id="validate", map_index_template="{{ task.ingest_result['date'] }}", **common
+        ).expand(ingest_result=ingest.output)
         version = DataVersionOperator(
             task_id="version_data", window=XComArg(plan, key="window"), trigger_rule=NONE_FAILED, **common
         )
@@ -197,9 +210,9 @@ def build_batch_inference_dag(cfg: PipelineConfig) -> DAG:
         plan = PlanScoringOperator(task_id="plan_parts", trigger_rule=NONE_FAILED, **common)
         models >> ingest
         validate >> plan
-        score = ScorePartOperator.partial(task_id="score", models=models.output, **common).expand(
-            unit=plan.output
-        )
+        score = ScorePartOperator.partial(
+            task_id="score", models=models.output, map_index_template=UNIT_LABEL, **common
+        ).expand(unit=plan.output)
         publish = PublishPredictionsOperator(
             task_id="publish",
             part_results=score.output,
@@ -213,7 +226,11 @@ def build_batch_inference_dag(cfg: PipelineConfig) -> DAG:
             task_id="has_challenger", python_callable=_has_challenger, op_args=[models.output]
         )
         shadow = ScorePartOperator.partial(
-            task_id="shadow_score", models=models.output, role="challenger", **common
+            task_id="shadow_score",
+            models=models.output,
+            role="challenger",
+            map_index_template=UNIT_LABEL,
+            **common,
         ).expand(unit=plan.output)
         has_challenger >> shadow
         publish_shadow = PublishPredictionsOperator(

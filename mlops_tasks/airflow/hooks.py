@@ -159,6 +159,20 @@ class MlflowHook(BaseHook):
             os.environ.pop("MLFLOW_TRACKING_PASSWORD", None)
         return host
 
+    def test_connection(self) -> tuple[bool, str]:
+        """The "Test" button of the connection form: the tracking server answers with these
+        credentials (one experiment search)."""
+        from mlflow.exceptions import MlflowException
+
+        from mlops_tasks import tracking
+
+        try:
+            uri = self.get_tracking_uri()
+            tracking.client(uri).search_experiments(max_results=1)
+        except (ConnectionSetupError, MlflowException) as exc:
+            return False, str(exc).splitlines()[0][:500]
+        return True, f"MLflow tracking server at {uri} answered"
+
     def get_ui_url(self) -> str:
         """The MLflow UI's address for links in Airflow: extra ``ui_url``, else the tracking URI
         (without credentials)."""

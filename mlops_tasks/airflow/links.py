@@ -39,7 +39,7 @@ def report_url(uri: str | None) -> str | None:
 
 
 @attrs.define()
-class _StoredLink(BaseOperatorLink):
+class StoredLink(BaseOperatorLink):
     label: str = ""
 
     @property
@@ -57,27 +57,27 @@ class _StoredLink(BaseOperatorLink):
 
 
 @attrs.define()
-class ValidationReportLink(_StoredLink):
+class ValidationReportLink(StoredLink):
     label: str = "Validation report"
 
 
 @attrs.define()
-class MlflowRunLink(_StoredLink):
+class MlflowRunLink(StoredLink):
     label: str = "MLflow run"
 
 
 @attrs.define()
-class RegisteredModelLink(_StoredLink):
+class RegisteredModelLink(StoredLink):
     label: str = "Registered model version"
 
 
 @attrs.define()
-class GateReportLink(_StoredLink):
+class GateReportLink(StoredLink):
     label: str = "Gate report"
 
 
 @attrs.define()
-class DriftReportLink(_StoredLink):
+class DriftReportLink(StoredLink):
     label: str = "Drift report"
 
 

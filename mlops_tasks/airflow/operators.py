@@ -27,6 +27,7 @@ from mlops_tasks.airflow.links import (
     GateReportLink,
     MlflowRunLink,
     RegisteredModelLink,
+    StoredLink,
     ValidationReportLink,
     mlflow_run_url,
     model_version_url,
@@ -179,6 +180,14 @@ class PipelineOperator(BaseOperator):
     def __init__(self, *, pipeline: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.pipeline = pipeline
+
+    def pre_execute(self, context: Context) -> None:
+        """Every extra link starts empty: a task that skips or fails before it has a URL to store
+        would make each view of its log an "XCom not found" error. A success overwrites it."""
+        super().pre_execute(context)
+        for link in self.operator_extra_links:
+            if isinstance(link, StoredLink):
+                link.persist(context, None)
 
     @cached_property
     def config(self) -> PipelineConfig:

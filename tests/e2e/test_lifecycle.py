@@ -77,6 +77,11 @@ def test_lifecycle_from_landing_to_a_retrain_request(
     assert run_link.endswith(f"/runs/{record['run_id']}")
     [version_link] = links[("register", "Registered model version")]
     assert version_link.endswith("/#/models/flights_delay/versions/1")
+    # mapped tasks are labelled by their day in the grid
+    labels = {(ti.task_id, ti.rendered_map_index) for ti in run.get_task_instances() if ti.map_index >= 0}
+    window = {day.isoformat() for day in days("2013-01-01", "2013-01-10")}
+    assert {label for task, label in labels if task == "validate"} == window
+    assert {label for task, label in labels if task == "ingest"} == window
 
     # Batch inference of a later day with the champion; a second run of the same day replaces it.
     day = dt.date(2013, 1, 12)
@@ -86,6 +91,9 @@ def test_lifecycle_from_landing_to_a_retrain_request(
     manifest = store.read_manifest(partition)
     assert manifest["rows"] > 0
     assert manifest["model_version"] == "1"
+    assert [ti.rendered_map_index for ti in run.get_task_instances() if ti.task_id == "score"] == [
+        f"part 0: {manifest['rows']:,} rows"
+    ]
     first = read_predictions(store, cfg, day)
     # No challenger: the shadow branch is skipped as a whole, before the mapped task expands.
     assert shadow_states(run) == {

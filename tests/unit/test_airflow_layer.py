@@ -544,3 +544,61 @@ def test_a_link_with_nothing_to_open_is_stored_empty_so_the_ui_finds_it() -> Non
     ti = SimpleNamespace(xcom_push=lambda key, value: pushed.__setitem__(key, value))
     DriftReportLink.persist({"ti": ti}, None)
     assert pushed == {DriftReportLink().xcom_key: ""}
+
+
+def test_every_extra_link_starts_empty_so_a_task_that_skips_or_fails_early_has_one() -> None:
+    """A validate of a day without data skips, a train may fail before its run exists: neither
+    reaches the code that stores its link, and the UI then logged "XCom not found" for each view."""
+    from types import SimpleNamespace
+
+    from mlops_tasks.airflow.dag_factory import build_dags
+    from mlops_tasks.airflow.links import StoredLink
+    from mlops_tasks.config import load_config
+
+    cfg = load_config(REPO / "configs" / "flights_delay.yaml")
+    linked = [t for dag in build_dags(cfg).values() for t in dag.tasks if t.operator_extra_links]
+    assert {t.task_id for t in linked} >= {"validate", "train", "evaluate_gate", "register", "drift_check"}
+    for task in linked:
+        pushed: dict[str, str] = {}
+        ti = SimpleNamespace(xcom_push=lambda key, value, pushed=pushed: pushed.__setitem__(key, value))
+        if hasattr(task, "expand_input"):  # a mapped task: the operator one map index runs
+            task = task.unmap(dict.fromkeys(task.expand_input.value))
+        task.pre_execute({"ti": ti})
+        assert pushed == {
+            link.xcom_key: "" for link in task.operator_extra_links if isinstance(link, StoredLink)
+        }
+        assert pushed, task.task_id
+
+
+def test_serving_comes_first_when_tasks_of_several_dags_queue_together() -> None:
+    """Absolute weights: by default a training run's mapped ingest/validate (many tasks downstream)
+    outranked the day's scoring and publishing."""
+    from mlops_tasks.airflow.dag_factory import build_dags
+    from mlops_tasks.config import load_config
+
+    dags = build_dags(load_config(REPO / "configs" / "flights_delay.yaml"))
+    weights = {
+        kind: {(str(task.weight_rule), task.priority_weight) for task in dags[f"flights_delay_{kind}"].tasks}
+        for kind in ("batch_inference", "drift_monitor", "training")
+    }
+    assert weights == {
+        "batch_inference": {("absolute", 3)},
+        "drift_monitor": {("absolute", 2)},
+        "training": {("absolute", 1)},
+    }
+
+
+def test_the_mlflow_connection_test_button_asks_the_server(mlflow_server: str, monkeypatch) -> None:
+    from mlops_tasks import stack
+    from mlops_tasks.airflow.hooks import MlflowHook
+
+    monkeypatch.setenv("AIRFLOW_CONN_MLFLOW_UP", json.dumps({"conn_type": "mlflow", "host": mlflow_server}))
+    dead = f"http://127.0.0.1:{stack.free_port()}"
+    monkeypatch.setenv("AIRFLOW_CONN_MLFLOW_DOWN", json.dumps({"conn_type": "mlflow", "host": dead}))
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    assert MlflowHook("mlflow_up").test_connection() == (
+        True,
+        f"MLflow tracking server at {mlflow_server} answered",
+    )
+    ok, message = MlflowHook("mlflow_down").test_connection()
+    assert not ok and "127.0.0.1" in message
