@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import logging
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import cached_property
@@ -512,19 +513,37 @@ class EndAbandonedTrainingRun:
     :param pipeline: the pipeline whose training DAG this is.
     """
 
+    # The DAG processor runs every callback of a DAG file in one process, killed after
+    # [dag_processor] dag_file_processor_timeout (50 s by default) with the callbacks not yet run: a
+    # hung MLflow server (MLflow waits 30 s per attempt, 3 attempts) must not take those down too.
+    SECONDS = 20
+
     def __init__(self, pipeline: str) -> None:
         self.pipeline = pipeline
 
     def __call__(self, context: Context) -> None:
+        run_id = context.get("run_id")
+        worker = threading.Thread(target=self._end_run, args=(run_id,), daemon=True, name="end-mlflow-run")
+        worker.start()
+        worker.join(self.SECONDS)
+        if worker.is_alive():
+            log.warning(
+                "Gave up ending the abandoned MLflow run of %s after %d s: the MLflow server does not "
+                "answer; the run stays RUNNING",
+                run_id,
+                self.SECONDS,
+            )
+
+    def _end_run(self, run_id: str | None) -> None:
         try:
             # MLflow's client only: the DAG processor, where this runs, need not import torch
             from mlops_tasks.tracking import end_abandoned_runs
 
             cfg = load_pipeline(self.pipeline)
             tracking_uri = MlflowHook(cfg.mlflow.connection_id).get_addresses()[0]
-            end_abandoned_runs(tracking_uri, cfg.experiment_name, training_run_name(cfg, context["run_id"]))
+            end_abandoned_runs(tracking_uri, cfg.experiment_name, training_run_name(cfg, run_id or ""))
         except Exception as exc:  # the MLflow server down too: the run stays RUNNING, nothing else to do
-            log.warning("Could not end the abandoned MLflow run of %s: %s", context.get("run_id"), exc)
+            log.warning("Could not end the abandoned MLflow run of %s: %s", run_id, exc)
 
 
 class ExportModelOperator(_DataVersionInput):

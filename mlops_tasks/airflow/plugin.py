@@ -4,16 +4,46 @@ listed in the Airflow UI navigation.
 It ships with the package: Airflow loads it from the ``airflow.plugins`` entry point (pyproject.toml),
 so an image or a git-synced dags/ folder needs no plugins/ folder for it.
 
-Importing this module is cheap: the app is built on its first request, in the API server only.
+Importing this module is cheap: every Airflow process imports plugins (a task process too, when it
+builds its template context), but only the API server serves the app, which is imported and built
+on its first request (FastAPI, the app and Airflow's API security module: a third of a second and
+more in each task otherwise).
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
 from airflow.plugins_manager import AirflowPlugin
 
-from mlops_tasks.ui.app import app
-
 UI_PREFIX = "/mlops"
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+
+def _build_app() -> Any:
+    from mlops_tasks.ui.app import build_app
+
+    return build_app()
+
+
+class LazyApp:
+    """ASGI app that imports and builds the real one on its first request."""
+
+    def __init__(self, factory: Callable[[], Any] = _build_app) -> None:
+        self._factory = factory
+        self._app: Any = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._app is None:
+            self._app = self._factory()
+        await self._app(scope, receive, send)
+
+
+app = LazyApp()
 
 
 class MlopsPlugin(AirflowPlugin):

@@ -20,7 +20,7 @@ their Airflow connections, exactly as the DAGs use them. Connection secrets neve
 from __future__ import annotations
 
 import threading
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -256,28 +256,3 @@ def build_app(sources: Sources | None = None) -> FastAPI:
         return Response(body, media_type=ref.media_type, headers=headers)
 
     return app
-
-
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-
-
-class LazyApp:
-    """ASGI app that builds the real one on its first request.
-
-    Every Airflow component imports plugins, but only the API server serves them; building lazily keeps
-    Airflow's API security module (seconds of imports) out of the scheduler, workers and dag-processor.
-    """
-
-    def __init__(self, factory: Callable[[], Any] = build_app) -> None:
-        self._factory = factory
-        self._app: Any = None
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self._app is None:
-            self._app = self._factory()
-        await self._app(scope, receive, send)
-
-
-app = LazyApp()
