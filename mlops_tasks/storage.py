@@ -148,6 +148,9 @@ class S3Settings:
     aws_access_key_id: str | None = field(default=None, repr=False)
     aws_secret_access_key: str | None = field(default=None, repr=False)
     aws_session_token: str | None = field(default=None, repr=False)  # temporary (STS) credentials
+    # TLS certificate check: True, False (a test endpoint only), or the path of a CA bundle (an
+    # endpoint with a private CA, e.g. MinIO behind a company certificate)
+    verify: bool | str = True
     max_attempts: int = 8
     connect_timeout: float = 5.0
     read_timeout: float = 60.0
@@ -215,6 +218,7 @@ class ObjectStore:
                 aws_access_key_id=self.settings.aws_access_key_id,
                 aws_secret_access_key=self.settings.aws_secret_access_key,
                 aws_session_token=self.settings.aws_session_token,
+                verify=self.settings.verify,
                 config=Config(
                     retries={"max_attempts": self.settings.max_attempts, "mode": "standard"},
                     connect_timeout=self.settings.connect_timeout,

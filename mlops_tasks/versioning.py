@@ -454,13 +454,14 @@ def dvc_repo(store: ObjectStore) -> Iterator[tuple[Path, Repo]]:
         "access_key_id": s.aws_access_key_id,
         "secret_access_key": s.aws_secret_access_key,
         "session_token": s.aws_session_token,
+        "ssl_verify": s.verify if s.verify is not True else None,
     }
     with tempfile.TemporaryDirectory(prefix="mlops-dvc-") as tmp:
         root = Path(tmp)
         Repo.init(str(root), no_scm=True).close()
         config = {
             "core": {"remote": DVC_REMOTE, "analytics": False, "site_cache_dir": str(root / ".dvc" / "site")},
-            "remote": {DVC_REMOTE: {k: v for k, v in remote.items() if v}},
+            "remote": {DVC_REMOTE: {k: v for k, v in remote.items() if v is not None and v != ""}},
         }
         repo = Repo(str(root), config=config)
         try:

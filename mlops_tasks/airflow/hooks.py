@@ -48,12 +48,36 @@ def connection_url(conn: Connection, bare_scheme: str) -> str:
     return f"{scheme}://{host}{port}/{path}" if path else f"{scheme}://{host}{port}"
 
 
+# Extras of Airflow's Amazon connection that choose another identity or client setup.
+_UNSUPPORTED_AWS_EXTRAS = {
+    "role_arn",
+    "assume_role_method",
+    "assume_role_kwargs",
+    "profile_name",
+    "config_kwargs",
+    "service_config",
+}
+
+
+def _verify(value: Any, conn_id: str) -> bool | str:
+    """The connection's ``verify`` extra as boto3 takes it: a boolean (JSON or text), or a CA bundle path."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip()
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    if not text:
+        raise ConnectionSetupError(f"Airflow connection '{conn_id}': extra 'verify' is empty")
+    return text
+
+
 class ObjectStoreHook(BaseHook):
     """S3-compatible object store from an ``aws`` connection.
 
     login / password: access key id / secret key (empty: boto3's default chain, e.g. an IAM role);
     extra ``endpoint_url`` for MinIO or the local stack, ``region_name`` (default us-east-1),
-    ``aws_session_token`` with temporary (STS) credentials.
+    ``aws_session_token`` with temporary (STS) credentials, ``verify``: false, or the path of the CA
+    bundle of an endpoint with a private certificate authority.
 
     :param conn_id: Airflow connection id (``storage.connection_id`` of the pipeline config).
     :param bucket: bucket to work in.
@@ -74,6 +98,16 @@ class ObjectStoreHook(BaseHook):
 
         conn = self.get_connection(self.conn_id)
         extra: dict[str, Any] = conn.extra_dejson or {}
+        unsupported = sorted(set(extra) & _UNSUPPORTED_AWS_EXTRAS)
+        if unsupported:
+            # Ignored, they would run the tasks as the worker's own identity, not the one they name.
+            raise ConnectionSetupError(
+                f"Airflow connection '{self.conn_id}': extra {', '.join(map(repr, unsupported))} is not "
+                "supported by the mlops_tasks object store, which reads login/password, "
+                "aws_session_token, endpoint_url, region_name and verify. Leave login empty to use the "
+                "worker's AWS identity (instance or pod role, web identity, AWS_PROFILE, AWS_* variables), "
+                "which boto3 and DVC resolve as usual."
+            )
         return S3Settings(
             bucket=self.bucket,
             endpoint_url=extra.get("endpoint_url") or extra.get("host") or None,
@@ -81,6 +115,7 @@ class ObjectStoreHook(BaseHook):
             aws_access_key_id=conn.login or extra.get("aws_access_key_id"),
             aws_secret_access_key=conn.password or extra.get("aws_secret_access_key"),
             aws_session_token=extra.get("aws_session_token") or None,
+            verify=_verify(extra.get("verify", True), self.conn_id),
         )
 
     def get_store(self) -> ObjectStore:

@@ -109,3 +109,40 @@ def test_temporary_credentials_reach_the_store_client_with_their_session_token(m
     credentials = store.client._request_signer._credentials
     assert (credentials.access_key, credentials.token) == ("ASIAEXAMPLE", "token-of-the-session")
     assert "token-of-the-session" not in repr(store.settings)
+
+
+@pytest.mark.parametrize(
+    ("verify", "expected"),
+    [(None, True), (False, False), ("false", False), ("/etc/ssl/company-ca.pem", "/etc/ssl/company-ca.pem")],
+)
+def test_the_connections_verify_extra_reaches_the_store_client_and_dvc(monkeypatch, verify, expected) -> None:
+    """MinIO behind a certificate of a private CA: its bundle, as Airflow's Amazon connection names it."""
+    import json
+
+    from mlops_tasks.airflow.hooks import ObjectStoreHook
+    from mlops_tasks.versioning import DVC_REMOTE, dvc_repo
+
+    extra = {"endpoint_url": "https://minio.internal:9000"} | ({} if verify is None else {"verify": verify})
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_TLS_S3", json.dumps({"conn_type": "aws", "login": "k", "password": "s", "extra": extra})
+    )
+    store = ObjectStoreHook("tls_s3", bucket="b").get_store()
+    assert store.settings.verify == expected
+    assert store.client._endpoint.http_session._verify == expected
+    with dvc_repo(store) as (_, repo):
+        assert repo.config["remote"][DVC_REMOTE].get("ssl_verify", True) == expected
+
+
+@pytest.mark.parametrize("extra", ["role_arn", "profile_name"])
+def test_amazon_connection_extras_that_choose_another_identity_are_refused_naming_them(
+    monkeypatch, extra
+) -> None:
+    """Ignored, they would run the tasks as the worker's own identity instead of the one they name."""
+    import json
+
+    from mlops_tasks.airflow.hooks import ConnectionSetupError, ObjectStoreHook
+
+    connection = {"conn_type": "aws", "extra": {extra: "arn:aws:iam::1:role/x", "region_name": "eu-west-1"}}
+    monkeypatch.setenv("AIRFLOW_CONN_ROLE_S3", json.dumps(connection))
+    with pytest.raises(ConnectionSetupError, match=f"extra '{extra}' is not supported .* Leave login empty"):
+        ObjectStoreHook("role_s3", bucket="b").get_store()
