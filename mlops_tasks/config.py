@@ -635,23 +635,26 @@ class DriftSpec(_Strict):
         0.05,
         gt=0,
         lt=1,
-        description="Small samples (<= 1000 reference values): drift when the p-value is at or below this "
-        "(Kolmogorov-Smirnov, numeric columns) or below it (chi-squared / z, categorical columns).",
+        description="Columns compared by a test (the smaller side, reference or current window, has at "
+        "most 1000 rows; a categorical column at most 30 rows per distinct value, or 1000): drift when "
+        "the p-value is at or below this (Kolmogorov-Smirnov, numeric columns) or below it (chi-squared "
+        "/ z, categorical columns). The model's score follows the same rule.",
     )
     wasserstein_threshold: float = Field(
         0.1,
         gt=0,
-        description="Numeric columns of more than 5 distinct values: drift when Wasserstein distance / "
-        "reference std >= this. Also the model's "
-        "score (prediction drift: the champion's scores of the window vs of its training data), which alone "
-        "requests a retrain, whatever drift_share_threshold.",
+        description="Numeric columns of more than 5 distinct values, when both sides have more than 1000 "
+        "rows (else column_p_value decides): drift when Wasserstein distance / reference std >= this. "
+        "Also the model's score (prediction drift: the champion's scores of the window vs of its training "
+        "data), which alone requests a retrain, whatever drift_share_threshold.",
     )
     jensenshannon_threshold: float = Field(
         0.1,
         gt=0,
         le=1,
-        description="Categorical columns, and numeric ones of at most 5 distinct values: drift when "
-        "Jensen-Shannon distance >= this.",
+        description="Categorical columns, and numeric ones of at most 5 distinct values, when both sides "
+        "have more than 1000 rows and more than 30 per distinct value (else column_p_value decides: the "
+        "distance's noise on fewer rows reads as drift): drift when Jensen-Shannon distance >= this.",
     )
     max_metric_drop: float = Field(
         0.05, ge=0, description="Retrain when the live primary metric (labels arrived) drops more than this."
@@ -762,8 +765,8 @@ class PipelineConfig(_Strict):
         360,
         ge=1,
         description="Longest any task of this pipeline may run: a hung task (a stalled connection, a "
-        "stuck training) then fails and is retried instead of holding its worker slot, and training "
-        "runs one at a time, forever.",
+        "stuck training) then fails and is retried. Without a limit it would hold its worker slot forever "
+        "and, as training runs one run at a time, stop every later training run of the pipeline.",
     )
     storage: StorageSpec = StorageSpec()
     mlflow: MlflowSpec = MlflowSpec()
@@ -1250,6 +1253,10 @@ def _type_name(prop: dict[str, Any]) -> str:
         return " \\| ".join(_type_name(p) for p in prop["anyOf"])
     if prop.get("type") == "array":
         return f"list[{_type_name(prop.get('items', {}))}]"
+    if prop.get("format") in ("date", "date-time"):
+        return prop["format"].replace("-", " ")
+    if prop.get("pattern") in _PATTERN_WORDS:
+        return f"string: {_PATTERN_WORDS[prop['pattern']]}"
     return str(prop.get("type", "any")) + _limits(prop)
 
 
