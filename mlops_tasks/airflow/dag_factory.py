@@ -37,6 +37,7 @@ from airflow.sdk import (
     BaseOperator,
     CronDataIntervalTimetable,
     CronTriggerTimetable,
+    Param,
     XComArg,
 )
 from airflow.sdk.exceptions import AirflowFailException
@@ -104,9 +105,28 @@ def _schedule(timetable: Any, asset: Asset) -> Any:
     return AssetOrTimeSchedule(timetable=timetable, assets=asset) if timetable else asset
 
 
+def _params(kind: str) -> dict[str, Param]:
+    """The trigger form's fields ("Trigger DAG" in the UI, or conf={...} through the REST API):
+    empty by default, so scheduled and asset-triggered runs go by their dates and events as ever."""
+    if kind == "training":
+        name, meaning = (
+            "window_end",
+            "Last day of the training window (default: the day before the run's date).",
+        )
+    else:
+        name = "day"
+        meaning = (
+            "Day to score (default: the run's date)."
+            if kind == "batch_inference"
+            else "Last day of the window to check (default: the run's date, or the predictions event's)."
+        )
+    return {name: Param(None, type=["null", "string"], format="date", description=meaning)}
+
+
 def _dag(cfg: PipelineConfig, kind: str, schedule: Any, doc: str, on_failure: Any = None) -> DAG:
     notifier = MlopsNotifier(pipeline=cfg.name)
     return DAG(
+        params=_params(kind),
         dag_id=cfg.dag_id(kind),  # type: ignore[arg-type]
         schedule=schedule,
         start_date=dt.datetime.combine(cfg.start_date, dt.time(), tzinfo=dt.UTC),

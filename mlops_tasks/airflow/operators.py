@@ -76,6 +76,13 @@ def run_day(day: str | dt.date | None, context: Context) -> dt.date:
     """
     if day:
         return as_date(day)
+    asked = (context.get("params") or {}).get("day")
+    if asked:  # the trigger form's "day" (DAG params)
+        day = as_date(asked)
+        _refuse_unfinished_day(
+            context, day, "this run's day parameter is", "Trigger it with a day that is over, e.g. {last}"
+        )
+        return day
     logical = context.get("logical_date")
     if logical is None:
         raise AirflowFailException(
@@ -141,6 +148,16 @@ def retrain_window_end(context: Context) -> tuple[dt.date, str]:
         )
         reason = extra.get("reason", "asset event")
         return window_end, f"asset:{extra.get('source', 'external')}: {reason}"
+    asked = (context.get("params") or {}).get("window_end")
+    if asked:  # the trigger form's "window_end" (DAG params)
+        window_end = as_date(asked)
+        _refuse_unfinished_day(
+            context,
+            window_end,
+            "this run's window_end parameter is",
+            "Trigger it with the last complete day as window_end, e.g. {last}",
+        )
+        return window_end, "manual: window_end parameter"
     # Asset-triggered and manual runs without a logical date have neither of the first two.
     interval_end = (
         context.get("data_interval_end") or context.get("logical_date") or context["dag_run"].run_after
@@ -258,13 +275,18 @@ class PlanIngestionOperator(PipelineOperator):
                 ", ".join(change["changed"]) or "none",
             )
         _warn_kept(self.log, plan)
-        if trigger.startswith("asset:") and not plan.todo and not plan.curated:
-            # Asked for by an event (a typo in window_end, a day before the data starts): skipping
-            # would end the run green with no model and no alert.
+        if not plan.todo and not plan.curated:
+            # A typo in an event's window_end, a feed that stopped landing files: skipping would end
+            # the run green with no model and no alert.
+            asked = (
+                "the retrain event asks for"
+                if trigger.startswith("asset:")
+                else f"this run ({trigger}) trains on"
+            )
             raise AirflowFailException(
-                f"the retrain event asks for the window {days[0]}..{days[-1]}, which holds no landed or "
-                f"curated day of '{cfg.name}' (its data starts {cfg.start_date}): nothing to train on. "
-                "Send the event with a window_end inside the landed data."
+                f"{asked} the window {days[0]}..{days[-1]}, which holds no landed or curated day of "
+                f"'{cfg.name}' (its data starts {cfg.start_date}): nothing to train on. Land the "
+                "window's data (is the feed delivering?), or ask for a window_end inside the landed data."
             )
         todo = mappable(
             [d.isoformat() for d in plan.todo],
@@ -717,6 +739,12 @@ class PlanScoringOperator(PipelineOperator):
         day = run_day(self.day, context)
         units = plan_parts(self.store, self.config, day)
         if not units:
+            # The run ends green (an empty day is not an error), so the skip is also announced: a
+            # feed that stopped delivering shows as days without predictions, not as failures.
+            message = f"no data landed for {day}: nothing scored, no predictions published for the day"
+            announce(
+                self.pipeline, "no_data", message, {"day": day.isoformat()}, key=alert_key(context, "no_data")
+            )
             raise AirflowSkipException(f"No curated data for {day}: nothing to score.")
         self.log.info("%d work unit(s) for %s", len(units), day)
         return mappable(
@@ -909,6 +937,8 @@ class DriftCheckOperator(PipelineOperator):
     def _day(self, context: Context) -> dt.date:
         if self.day:
             return as_date(self.day)
+        if (context.get("params") or {}).get("day"):
+            return run_day(None, context)  # the trigger form's day
         events = context.get("triggering_asset_events") or {}
         days = [e.extra["day"] for evs in events.values() for e in evs if (e.extra or {}).get("day")]
         if days:

@@ -102,12 +102,21 @@ def test_lifecycle_from_landing_to_a_retrain_request(
         ("shadow_report", -1): "skipped",
         ("shadow_settled", -1): "skipped",
     }
-    run = run_dag("flights_delay_batch_inference", day.isoformat())
+    # the second run asks for the day through the trigger form's "day" (DAG params), as a user would
+    run = run_dag("flights_delay_batch_inference", "2013-02-01", conf={"day": day.isoformat()})
+    assert run.state == "success"
     second = read_predictions(store, cfg, day)
     # A new Airflow run differs only by its run id; rows are replaced, never duplicated.
     assert second.drop(columns="run_id").equals(first.drop(columns="run_id"))
     listed = {p["key"] for p in store.read_manifest(partition)["parts"]} | {partition + MANIFEST_NAME}
     assert {o.key for o in store.list(partition)} == listed
+
+    # A day with no data: a clear skip (the run is green, nothing is published), and an alert.
+    empty = run_dag("flights_delay_batch_inference", "2013-01-20")
+    states = {ti.task_id: ti.state for ti in empty.get_task_instances()}
+    assert empty.state == "success" and states["plan_parts"] == states["served"] == "skipped"
+    assert store.read_manifest(partition_prefix(cfg.prefix, "predictions", dt.date(2013, 1, 20))) is None
+    assert [a["details"] for a in webhook if a["event"] == "no_data"] == [{"day": "2013-01-20"}]
 
     # Shadow scoring: with a challenger alias the run also scores the day into predictions_shadow and
     # writes the agreement report; the published predictions stay the champion's.

@@ -119,6 +119,27 @@ def test_a_retrain_event_for_a_window_without_data_fails_instead_of_training_not
     assert operator.execute(context) == ["1999-02-27"]  # some data: the run goes on
 
 
+def test_a_scheduled_training_run_whose_window_holds_no_data_fails_instead_of_ending_green(
+    store: ObjectStore, example_config: PipelineConfig
+) -> None:
+    """A feed that stopped landing files: skipped, the run ended green with no model and no alert."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    operator = PlanIngestionOperator(task_id="plan_ingestion", pipeline="flights_delay")
+    operator.__dict__["store"] = store
+    context: Any = {
+        "data_interval_end": dt.datetime(1998, 3, 1, tzinfo=dt.UTC),
+        "dag_run": SimpleNamespace(run_after=dt.datetime(1998, 3, 1, tzinfo=dt.UTC), run_type="scheduled"),
+        "ti": SimpleNamespace(xcom_push=lambda key, value: None),
+    }
+    with pytest.raises(
+        AirflowFailException,
+        match=r"this run \(schedule\) trains on the window 1998-01-01\.\.1998-02-28, which holds no landed "
+        r"or curated day .* \(is the feed delivering\?\)",
+    ):
+        operator.execute(context)
+
+
 def test_the_retrain_event_goes_out_once_per_run_and_is_marked_sent_only_once_it_exists(
     store: ObjectStore, example_config: PipelineConfig
 ) -> None:

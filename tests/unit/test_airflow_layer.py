@@ -161,6 +161,43 @@ def test_a_run_is_refused_a_day_that_had_not_ended_when_it_was_created() -> None
     assert run_day("2026-12-04", context(now, now)) == dt.date(2026, 12, 4)  # an explicit day is the user's
 
 
+def test_the_trigger_forms_day_and_window_end_choose_what_a_run_works_on() -> None:
+    """Each DAG has a form field (DAG params): empty, runs go by their dates and events; given, it
+    wins over the logical date but not over an asset event's window, and a day not over is refused."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from mlops_tasks.airflow.dag_factory import build_dags
+    from mlops_tasks.airflow.operators import retrain_window_end, run_day
+    from mlops_tasks.config import load_config
+
+    dags = build_dags(load_config(REPO / "configs" / "flights_delay.yaml"))
+    assert {dag_id: dict(dag.params) for dag_id, dag in dags.items()} == {
+        "flights_delay_training": {"window_end": None},
+        "flights_delay_batch_inference": {"day": None},
+        "flights_delay_drift_monitor": {"day": None},
+    }
+    now = dt.datetime(2026, 12, 4, 5, 40, tzinfo=dt.UTC)
+    run = SimpleNamespace(run_after=now, run_type="manual")
+
+    def context(**params: str | None) -> dict:
+        return {"logical_date": now, "dag_run": run, "params": params, "data_interval_end": now}
+
+    assert run_day(None, context(day="2013-06-01")) == dt.date(2013, 6, 1)
+    assert run_day("2013-07-01", context(day="2013-06-01")) == dt.date(2013, 7, 1)  # the task's own day
+    with pytest.raises(AirflowFailException, match="day parameter is 2026-12-04, a day that had not ended"):
+        run_day(None, context(day="2026-12-04"))
+    assert retrain_window_end(context(window_end="2013-06-30")) == (
+        dt.date(2013, 6, 30),
+        "manual: window_end parameter",
+    )
+    assert retrain_window_end(context(window_end=None)) == (dt.date(2026, 12, 3), "manual")
+    event = SimpleNamespace(extra={"window_end": "2013-03-31", "source": "drift_monitor"})
+    asked = context(window_end="2013-06-30") | {"triggering_asset_events": {"retrain": [event]}}
+    assert retrain_window_end(asked)[0] == dt.date(2013, 3, 31)
+    with pytest.raises(AirflowFailException, match="window_end parameter is 2026-12-05"):
+        retrain_window_end(context(window_end="2026-12-05"))
+
+
 def test_the_shadow_report_waits_for_both_published_days(dags) -> None:
     report = dags["flights_delay_batch_inference"].get_task("shadow_report")
     assert {"publish", "publish_shadow"} <= report.upstream_task_ids
