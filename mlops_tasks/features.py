@@ -24,7 +24,7 @@ ONNX model contract 2 (written by :mod:`mlops_tasks.export`, read by evaluation,
 
 Contract 1 (models exported by mlops_tasks 0.1) took the categoricals as one string tensor
 ``categorical`` ``[N, m]``: converting N x m Python strings into onnxruntime strings and looking
-each up cost about a third of scoring time (docs/benchmarks.md). Such models still score:
+each up made scoring 1.6-1.75x slower than contract 2 (docs/benchmarks.md). Such models still score:
 :func:`session_inputs` hands them the strings they expect.
 
 Because preprocessing lives in the graph and the inputs are raw columns, serving cannot skew from

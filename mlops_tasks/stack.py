@@ -400,7 +400,7 @@ class LocalStack:
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
             "MALLOC_ARENA_MAX": "2",  # as the image sets it (Dockerfile: bounded memory of scoring)
             # Tasks spend much of their time waiting on S3, MLflow and the Airflow API, not on the CPU:
-            # four at a time keep two cores busy (docs/benchmarks.md, make demo).
+            # four at a time keep two cores busy (make demo).
             "AIRFLOW__CORE__PARALLELISM": "4",
             **PRELOAD_SETTINGS,
             # A task's supervisor can notice the task's exit up to this interval late (it sleeps in
@@ -423,7 +423,7 @@ class LocalStack:
             "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "10",
             "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
             # Waiting OpenMP threads sleep instead of spinning: on a busy 2-core worker spinning made a
-            # torch training step ~70x slower (docs/benchmarks.md).
+            # torch training step ~75x slower (~1.5 s instead of ~20 ms, docs/benchmarks.md).
             "OMP_WAIT_POLICY": "PASSIVE",
             **self.airflow_overrides,
         }

@@ -70,7 +70,7 @@ SINGLE_PUT_BYTES = 64 * 2**20
 # Snappy, parquet's usual default: curated data is written once and read by every training, drift
 # and inference run, and pyarrow decodes snappy in 0.6x the CPU of zstd (it builds a new zstd
 # context for every page it decompresses, and another for every page it compresses), for files
-# about a quarter bigger (docs/benchmarks.md, batch inference). Files written with zstd by earlier
+# about a quarter bigger (the example's curated rows in 64Ki-row groups: 7.3 vs 5.8 MB). Files written with zstd by earlier
 # releases read as before: the codec is recorded per column chunk.
 PARQUET_COMPRESSION = "snappy"
 # Rows per row group of curated parquet. The row group is what batch inference plans, fetches and
