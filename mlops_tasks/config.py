@@ -14,6 +14,7 @@ import json
 import math
 import os
 import re
+import zoneinfo
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
@@ -757,6 +758,13 @@ class PipelineConfig(_Strict):
         "runs included; asset-triggered runs carry no date and still run (a retrain request with "
         "window_end trains on any window).",
     )
+    timezone: str = Field(
+        "UTC",
+        description="IANA time zone of the pipeline's days (e.g. America/New_York): the days of its "
+        "date= partitions, of start_date and end_date, and of its schedules. A daily run of a day then "
+        "starts when that day is over there, and works on that local day. UTC unless your partitions are "
+        "local days.",
+    )
     owner: str = Field("mlops", description="The DAGs' owner in Airflow.")
     retries: int = Field(
         2, ge=0, le=10, description="Retries of a task that failed for an infrastructure reason."
@@ -900,6 +908,23 @@ class PipelineConfig(_Strict):
                 + ", ".join(m for m in get_args(MetricName) if m not in ("rmse", "mae")),
             )
         return self
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"'{value}' is not a time zone name of the IANA database (e.g. UTC, America/New_York, "
+                "Europe/Berlin)"
+            ) from None
+        return value
+
+    @property
+    def zone(self) -> zoneinfo.ZoneInfo:
+        """The pipeline's time zone (``timezone``)."""
+        return zoneinfo.ZoneInfo(self.timezone)
 
     # Derived names, in one place so DAGs, CLI and UI agree.
     @property

@@ -96,9 +96,10 @@ def retrain_asset(cfg: PipelineConfig) -> Asset:
     return Asset(name=f"{cfg.name}_retrain", uri=f"mlops://{cfg.name}/retrain")
 
 
-def _after_each_day(cron: str | None) -> CronDataIntervalTimetable | None:
-    """Runs whose logical date is the start of the interval they process, started at its end."""
-    return CronDataIntervalTimetable(PRESET_CRONS.get(cron, cron), timezone="UTC") if cron else None
+def _after_each_day(cron: str | None, cfg: PipelineConfig) -> CronDataIntervalTimetable | None:
+    """Runs whose logical date is the start of the interval they process, started at its end; in
+    the pipeline's time zone, where its days begin and end."""
+    return CronDataIntervalTimetable(PRESET_CRONS.get(cron, cron), timezone=cfg.timezone) if cron else None
 
 
 def _schedule(timetable: Any, asset: Asset) -> Any:
@@ -129,9 +130,9 @@ def _dag(cfg: PipelineConfig, kind: str, schedule: Any, doc: str, on_failure: An
         params=_params(kind),
         dag_id=cfg.dag_id(kind),  # type: ignore[arg-type]
         schedule=schedule,
-        start_date=dt.datetime.combine(cfg.start_date, dt.time(), tzinfo=dt.UTC),
+        start_date=dt.datetime.combine(cfg.start_date, dt.time(), tzinfo=cfg.zone),
         # The end of the day: a cron firing later than midnight (0 3 * * *) runs its last day too.
-        end_date=dt.datetime.combine(cfg.end_date, dt.time.max, tzinfo=dt.UTC) if cfg.end_date else None,
+        end_date=dt.datetime.combine(cfg.end_date, dt.time.max, tzinfo=cfg.zone) if cfg.end_date else None,
         # Each scoring run is one day of its own; training trains on a window and the drift monitor
         # checks one up to its day, so their latest run covers the days missed.
         catchup=cfg.inference.catchup if kind == "batch_inference" else False,
@@ -166,7 +167,7 @@ def build_training_dag(cfg: PipelineConfig) -> DAG:
         _schedule(
             cfg.training.schedule
             and CronTriggerTimetable(
-                PRESET_CRONS.get(cfg.training.schedule, cfg.training.schedule), timezone="UTC"
+                PRESET_CRONS.get(cfg.training.schedule, cfg.training.schedule), timezone=cfg.timezone
             ),
             retrain_asset(cfg),
         ),
@@ -220,7 +221,7 @@ def build_batch_inference_dag(cfg: PipelineConfig) -> DAG:
     with _dag(
         cfg,
         "batch_inference",
-        _after_each_day(cfg.inference.schedule),
+        _after_each_day(cfg.inference.schedule, cfg),
         "Score the day's validated data with the champion ONNX model; publish atomically.",
     ) as dag:
         models = ResolveChampionOperator(task_id="resolve_champion", **common)
@@ -282,7 +283,7 @@ def build_drift_dag(cfg: PipelineConfig) -> DAG:
     with _dag(
         cfg,
         "drift_monitor",
-        _schedule(_after_each_day(cfg.drift.schedule), predictions_asset(cfg)),
+        _schedule(_after_each_day(cfg.drift.schedule, cfg), predictions_asset(cfg)),
         "Compare scored inputs with the champion's training data; request retraining on drift.",
     ) as dag:
         # One check at a time across all runs, backfills included (they ignore max_active_runs): two

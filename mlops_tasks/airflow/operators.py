@@ -49,18 +49,20 @@ _Item = TypeVar("_Item")
 log = logging.getLogger(__name__)
 
 
-def as_date(value: str | dt.date | dt.datetime) -> dt.date:
+def as_date(value: str | dt.date | dt.datetime, zone: dt.tzinfo = dt.UTC) -> dt.date:
     """A day from a date, a datetime or ISO text (a rendered template, an asset event's extra): a
-    whole date or datetime, the day of a datetime with an offset taken in UTC, as Airflow's logical
-    dates are. Other text (``2013-01-05garbage``) fails the task at once: a retry would render or
+    whole date or datetime, the day of a datetime with an offset taken in ``zone`` (the pipeline's
+    time zone). Other text (``2013-01-05garbage``) fails the task at once: a retry would render or
     receive the same text."""
     if isinstance(value, dt.datetime):
-        return (value.astimezone(dt.UTC) if value.tzinfo else value).date()
+        return (value.astimezone(zone) if value.tzinfo else value).date()
     if isinstance(value, dt.date):
         return value
     text = str(value).strip()
     try:
-        return dt.date.fromisoformat(text) if len(text) == 10 else as_date(dt.datetime.fromisoformat(text))
+        return (
+            dt.date.fromisoformat(text) if len(text) == 10 else as_date(dt.datetime.fromisoformat(text), zone)
+        )
     except ValueError:
         raise AirflowFailException(
             f"{str(value)[:100]!r} is not a date (YYYY-MM-DD): check the task's day/window_end argument, "
@@ -68,19 +70,24 @@ def as_date(value: str | dt.date | dt.datetime) -> dt.date:
         ) from None
 
 
-def run_day(day: str | dt.date | None, context: Context) -> dt.date:
-    """The day a task works on: its ``day`` argument, else the run's logical date.
+def run_day(day: str | dt.date | None, context: Context, zone: dt.tzinfo = dt.UTC) -> dt.date:
+    """The day a task works on: its ``day`` argument, else the trigger form's, else the run's logical
+    date: its day in ``zone``, the pipeline's time zone.
 
     Not ``{{ ds }}`` as a default: asset-triggered runs have no logical date, and the template would
     fail to render before the task could say what is wrong.
     """
     if day:
-        return as_date(day)
+        return as_date(day, zone)
     asked = (context.get("params") or {}).get("day")
     if asked:  # the trigger form's "day" (DAG params)
-        day = as_date(asked)
+        day = as_date(asked, zone)
         _refuse_unfinished_day(
-            context, day, "this run's day parameter is", "Trigger it with a day that is over, e.g. {last}"
+            context,
+            day,
+            "this run's day parameter is",
+            "Trigger it with a day that is over, e.g. {last}",
+            zone,
         )
         return day
     logical = context.get("logical_date")
@@ -89,25 +96,29 @@ def run_day(day: str | dt.date | None, context: Context) -> dt.date:
             "this run has no logical date (asset-triggered) and the task was given no 'day': "
             "pass day=... or trigger the DAG with a logical date"
         )
-    day = as_date(logical)
+    day = as_date(logical, zone)
     # A scheduled run starts after its day ends. Airflow's trigger form fills in the current time as
     # the logical date, which would score (and announce to the drift monitor) a day still arriving.
     _refuse_unfinished_day(
         context,
         day,
         f"this run's logical date {logical.isoformat()} is on",
-        "Trigger the run with the logical date of the day to process, e.g. {last}T00:00:00Z",
+        "Trigger the run with the logical date of the day to process, e.g. {last}T00:00:00"
+        + ("Z" if zone == dt.UTC else f" in {zone}"),
+        zone,
     )
     return day
 
 
-def _refuse_unfinished_day(context: Context, day: dt.date, asked: str, fix: str) -> None:
-    """AirflowFailException when ``day`` had not ended when the run was created: its data may still
-    be arriving. ``asked`` says what names the day; ``fix`` how to ask instead (``{last}`` = the last
-    complete day then)."""
+def _refuse_unfinished_day(
+    context: Context, day: dt.date, asked: str, fix: str, zone: dt.tzinfo = dt.UTC
+) -> None:
+    """AirflowFailException when ``day`` had not ended in ``zone`` when the run was created: its
+    data may still be arriving. ``asked`` says what names the day; ``fix`` how to ask instead
+    (``{last}`` = the last complete day then)."""
     run_after = getattr(context.get("dag_run"), "run_after", None)
-    if run_after is not None and day >= as_date(run_after):
-        created = as_date(run_after)
+    if run_after is not None and day >= as_date(run_after, zone):
+        created = as_date(run_after, zone)
         raise AirflowFailException(
             f"{asked} {day}, a day that had not ended when the run was created ({created}): its data "
             f"may still be arriving. {fix.format(last=created - dt.timedelta(days=1))}"
@@ -120,7 +131,7 @@ def window_days(cfg: PipelineConfig, window_end: dt.date) -> list[dt.date]:
     return [start + dt.timedelta(days=i) for i in range(cfg.training.window_days)]
 
 
-def retrain_window_end(context: Context) -> tuple[dt.date, str]:
+def retrain_window_end(context: Context, zone: dt.tzinfo = dt.UTC) -> tuple[dt.date, str]:
     """End of the training window and what started the run.
 
     A drift (or external) retrain event carries ``window_end`` in its extra: the example's data is
@@ -131,7 +142,7 @@ def retrain_window_end(context: Context) -> tuple[dt.date, str]:
     # A run may take in several events (drift, a late backfill request, an external one): it trains
     # up to the latest window asked for, whatever order they came in.
     requests = [
-        (as_date(extra["window_end"]), extra)
+        (as_date(extra["window_end"], zone), extra)
         for asset_events in events.values()
         for extra in (event.extra or {} for event in asset_events)
         if extra.get("window_end")
@@ -145,17 +156,19 @@ def retrain_window_end(context: Context) -> tuple[dt.date, str]:
             window_end,
             "the retrain event asks for a window ending",
             "Send the event with the last complete day as window_end, e.g. {last}",
+            zone,
         )
         reason = extra.get("reason", "asset event")
         return window_end, f"asset:{extra.get('source', 'external')}: {reason}"
     asked = (context.get("params") or {}).get("window_end")
     if asked:  # the trigger form's "window_end" (DAG params)
-        window_end = as_date(asked)
+        window_end = as_date(asked, zone)
         _refuse_unfinished_day(
             context,
             window_end,
             "this run's window_end parameter is",
             "Trigger it with the last complete day as window_end, e.g. {last}",
+            zone,
         )
         return window_end, "manual: window_end parameter"
     # Asset-triggered and manual runs without a logical date have neither of the first two.
@@ -165,7 +178,7 @@ def retrain_window_end(context: Context) -> tuple[dt.date, str]:
     run_type = context["dag_run"].run_type
     run_type = str(getattr(run_type, "value", run_type))
     trigger = "schedule" if run_type == "scheduled" else run_type
-    return as_date(interval_end) - dt.timedelta(days=1), trigger
+    return as_date(interval_end, zone) - dt.timedelta(days=1), trigger
 
 
 def _fail_on_data_errors(execute: Callable[..., Any]) -> Callable[..., Any]:
@@ -252,7 +265,9 @@ class PlanIngestionOperator(PipelineOperator):
 
         cfg = self.config
         end, trigger = (
-            (as_date(self.window_end), "manual") if self.window_end else retrain_window_end(context)
+            (as_date(self.window_end, cfg.zone), "manual")
+            if self.window_end
+            else retrain_window_end(context, cfg.zone)
         )
         days = window_days(cfg, end)
         plan = plan_ingestion(self.store, cfg, days)
@@ -351,7 +366,7 @@ class IngestDayOperator(PipelineOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         from mlops_tasks.ingestion import ingest_day, plan_ingestion
 
-        day = run_day(self.day, context)
+        day = run_day(self.day, context, self.config.zone)
         if self.only_if_needed:
             plan = plan_ingestion(self.store, self.config, [day])
             if day in plan.curated:
@@ -403,7 +418,11 @@ class ValidateDayOperator(PipelineOperator):
             raise AirflowSkipException(
                 f"No data landed for {self.ingest_result['date']}: nothing to validate."
             )
-        day = as_date(self.ingest_result["date"]) if self.ingest_result else run_day(self.day, context)
+        day = (
+            as_date(self.ingest_result["date"])
+            if self.ingest_result
+            else run_day(self.day, context, self.config.zone)
+        )
         try:
             result = validate_day(self.store, self.config, day)
         except ValidationGateError as exc:
@@ -736,7 +755,7 @@ class PlanScoringOperator(PipelineOperator):
     def execute(self, context: Context) -> list[dict[str, Any]]:
         from mlops_tasks.inference import plan_parts
 
-        day = run_day(self.day, context)
+        day = run_day(self.day, context, self.config.zone)
         units = plan_parts(self.store, self.config, day)
         if not units:
             # The run ends green (an empty day is not an error), so the skip is also announced: a
@@ -864,7 +883,7 @@ class PublishPredictionsOperator(PipelineOperator):
         model = self.models.get(self.role)
         if model is None:
             raise AirflowSkipException(f"No '{self.role}' model: nothing to publish.")
-        day = run_day(self.day, context)
+        day = run_day(self.day, context, self.config.zone)
         result = publish_predictions(
             self.store,
             self.config,
@@ -908,7 +927,11 @@ class ShadowReportOperator(PipelineOperator):
             for role in ("champion", "challenger")
         )
         report = shadow_report(
-            self.store, self.config, run_day(self.day, context), champion=champion, challenger=challenger
+            self.store,
+            self.config,
+            run_day(self.day, context, self.config.zone),
+            champion=champion,
+            challenger=challenger,
         )
         self.log.info("Shadow report: %s", report)
         return report
@@ -936,15 +959,15 @@ class DriftCheckOperator(PipelineOperator):
 
     def _day(self, context: Context) -> dt.date:
         if self.day:
-            return as_date(self.day)
+            return as_date(self.day, self.config.zone)
         if (context.get("params") or {}).get("day"):
-            return run_day(None, context)  # the trigger form's day
+            return run_day(None, context, self.config.zone)  # the trigger form's day
         events = context.get("triggering_asset_events") or {}
         days = [e.extra["day"] for evs in events.values() for e in evs if (e.extra or {}).get("day")]
         if days:
-            return as_date(max(days))
+            return as_date(max(days), self.config.zone)
         if context.get("logical_date") is not None:
-            return run_day(None, context)
+            return run_day(None, context, self.config.zone)
         # An event without `day` (posted by hand or through the REST API): the newest published day.
         from mlops_tasks.storage import partition_prefix
 

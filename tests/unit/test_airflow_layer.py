@@ -141,6 +141,60 @@ def test_every_day_up_to_end_date_is_scored_whatever_hour_the_cron_fires(cron: s
     assert (days[0], days[-1], len(days)) == (cfg.start_date, cfg.end_date, 365)
 
 
+@pytest.mark.parametrize("zone", ["America/New_York", "Europe/Berlin", "Asia/Tokyo"])
+def test_a_pipeline_in_another_time_zone_scores_each_local_day_once_it_is_over_there(zone: str) -> None:
+    """Partitions of local days (the flights of a New York day): with UTC days a daily run scored
+    the day at 19:00 New York time, its evening's flights still to come; east of UTC the logical
+    date's UTC day was the day before."""
+    from zoneinfo import ZoneInfo
+
+    from airflow.sdk.exceptions import AirflowFailException
+    from airflow.serialization.serialized_objects import DagSerialization
+    from airflow.timetables.base import TimeRestriction
+
+    from mlops_tasks.airflow.dag_factory import build_dags
+    from mlops_tasks.airflow.operators import retrain_window_end, run_day
+    from mlops_tasks.config import load_pipeline
+
+    cfg = load_pipeline("flights_delay").model_copy(update={"timezone": zone})
+    local = ZoneInfo(zone)
+    built = build_dags(cfg)
+    scoring = DagSerialization.from_dict(DagSerialization.to_dict(built["flights_delay_batch_inference"]))
+    restriction = TimeRestriction(scoring.start_date, scoring.end_date, catchup=True)
+    first = scoring.timetable.next_dagrun_info(last_automated_data_interval=None, restriction=restriction)
+    assert first.logical_date == dt.datetime(2013, 1, 1, tzinfo=local)
+    assert first.run_after == dt.datetime(2013, 1, 2, tzinfo=local)  # the local day is over
+    run = SimpleNamespace(run_after=first.run_after, run_type="scheduled")
+    context = {"logical_date": first.logical_date, "dag_run": run, "data_interval_end": first.run_after}
+    assert run_day(None, context, cfg.zone) == dt.date(2013, 1, 1)
+    assert retrain_window_end(context, cfg.zone)[0] == dt.date(2013, 1, 1)
+    # a manual run created late on a local day may not score that day
+    late = dt.datetime(2013, 1, 1, 23, 30, tzinfo=local)
+    manual = {"logical_date": late, "dag_run": SimpleNamespace(run_after=late, run_type="manual")}
+    with pytest.raises(
+        AirflowFailException, match=f"a day that had not ended .* e\\.g\\. 2012-12-31T00:00:00 in {zone}"
+    ):
+        run_day(None, manual, cfg.zone)
+    training = DagSerialization.from_dict(DagSerialization.to_dict(built["flights_delay_training"]))
+    monthly = training.timetable.next_dagrun_info(
+        last_automated_data_interval=None,
+        restriction=TimeRestriction(training.start_date, training.end_date, catchup=True),
+    )
+    assert monthly.run_after == dt.datetime(2013, 1, 1, tzinfo=local)
+
+
+def test_a_time_zone_outside_the_iana_database_is_refused_naming_it(tmp_path: Path) -> None:
+    from mlops_tasks.config import ConfigError, load_config
+
+    config = tmp_path / "zoned.yaml"
+    text = (REPO / "configs" / "flights_delay.yaml").read_text()
+    config.write_text(text.replace("name: flights_delay", "name: flights_delay\ntimezone: New_York", 1))
+    with pytest.raises(
+        ConfigError, match="timezone.*'New_York' is not a time zone name of the IANA database"
+    ):
+        load_config(config)
+
+
 def test_a_run_is_refused_a_day_that_had_not_ended_when_it_was_created() -> None:
     from airflow.sdk.exceptions import AirflowFailException
 
