@@ -756,7 +756,8 @@ class PipelineConfig(_Strict):
         description="Last date the DAGs run on (a finite data set, like the example's 2013). As with any "
         "Airflow end_date, a run dated after it runs no task at all (Airflow marks it successful), manual "
         "runs included; asset-triggered runs carry no date and still run (a retrain request with "
-        "window_end trains on any window).",
+        "window_end trains on any window). Scheduled training runs once more, at its first fire time after "
+        "end_date, so that its window holds the last days.",
     )
     timezone: str = Field(
         "UTC",

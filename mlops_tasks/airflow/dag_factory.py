@@ -124,6 +124,21 @@ def _params(kind: str) -> dict[str, Param]:
     return {name: Param(None, type=["null", "string"], format="date", description=meaning)}
 
 
+def _end(cfg: PipelineConfig, kind: str) -> dt.datetime | None:
+    """The DAG's end_date: the end of ``end_date``'s day (a cron firing later than midnight, 0 3 * * *,
+    runs its last day too). Training trains on the days before each of its fire times, so it runs
+    once more: at its first fire time after that day, whose window holds the last days."""
+    if cfg.end_date is None:
+        return None
+    last_day = dt.datetime.combine(cfg.end_date, dt.time.max, tzinfo=cfg.zone)
+    if kind != "training" or not cfg.training.schedule:
+        return last_day
+    from croniter import croniter
+
+    cron = PRESET_CRONS.get(cfg.training.schedule, cfg.training.schedule)
+    return croniter(cron, last_day).get_next(dt.datetime)
+
+
 def _dag(cfg: PipelineConfig, kind: str, schedule: Any, doc: str, on_failure: Any = None) -> DAG:
     notifier = MlopsNotifier(pipeline=cfg.name)
     return DAG(
@@ -131,8 +146,7 @@ def _dag(cfg: PipelineConfig, kind: str, schedule: Any, doc: str, on_failure: An
         dag_id=cfg.dag_id(kind),  # type: ignore[arg-type]
         schedule=schedule,
         start_date=dt.datetime.combine(cfg.start_date, dt.time(), tzinfo=cfg.zone),
-        # The end of the day: a cron firing later than midnight (0 3 * * *) runs its last day too.
-        end_date=dt.datetime.combine(cfg.end_date, dt.time.max, tzinfo=cfg.zone) if cfg.end_date else None,
+        end_date=_end(cfg, kind),
         # Each scoring run is one day of its own; training trains on a window and the drift monitor
         # checks one up to its day, so their latest run covers the days missed.
         catchup=cfg.inference.catchup if kind == "batch_inference" else False,

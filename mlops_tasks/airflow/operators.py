@@ -290,6 +290,11 @@ class PlanIngestionOperator(PipelineOperator):
                 ", ".join(change["changed"]) or "none",
             )
         _warn_kept(self.log, plan)
+        if not plan.todo and not plan.curated and trigger == "schedule" and days[-1] < cfg.start_date:
+            raise AirflowSkipException(
+                f"The window {days[0]}..{days[-1]} ends before the pipeline's data starts "
+                f"({cfg.start_date}): nothing to train on yet."
+            )
         if not plan.todo and not plan.curated:
             # A typo in an event's window_end, a feed that stopped landing files: skipping would end
             # the run green with no model and no alert.

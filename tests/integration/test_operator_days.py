@@ -128,15 +128,33 @@ def test_a_scheduled_training_run_whose_window_holds_no_data_fails_instead_of_en
     operator = PlanIngestionOperator(task_id="plan_ingestion", pipeline="flights_delay")
     operator.__dict__["store"] = store
     context: Any = {
-        "data_interval_end": dt.datetime(1998, 3, 1, tzinfo=dt.UTC),
-        "dag_run": SimpleNamespace(run_after=dt.datetime(1998, 3, 1, tzinfo=dt.UTC), run_type="scheduled"),
+        "data_interval_end": dt.datetime(2013, 10, 1, tzinfo=dt.UTC),
+        "dag_run": SimpleNamespace(run_after=dt.datetime(2013, 10, 1, tzinfo=dt.UTC), run_type="scheduled"),
         "ti": SimpleNamespace(xcom_push=lambda key, value: None),
     }
     with pytest.raises(
         AirflowFailException,
-        match=r"this run \(schedule\) trains on the window 1998-01-01\.\.1998-02-28, which holds no landed "
+        match=r"this run \(schedule\) trains on the window 2013-08-03\.\.2013-09-30, which holds no landed "
         r"or curated day .* \(is the feed delivering\?\)",
     ):
+        operator.execute(context)
+
+
+def test_a_scheduled_training_run_before_the_pipelines_data_starts_skips(
+    store: ObjectStore, example_config: PipelineConfig
+) -> None:
+    """The first fire time of a new pipeline's schedule: its window ends before start_date."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    operator = PlanIngestionOperator(task_id="plan_ingestion", pipeline="flights_delay")
+    operator.__dict__["store"] = store
+    start = dt.datetime(2013, 1, 1, tzinfo=dt.UTC)
+    context: Any = {
+        "data_interval_end": start,
+        "dag_run": SimpleNamespace(run_after=start, run_type="scheduled"),
+        "ti": SimpleNamespace(xcom_push=lambda key, value: None),
+    }
+    with pytest.raises(AirflowSkipException, match=r"ends before the pipeline's data starts \(2013-01-01\)"):
         operator.execute(context)
 
 

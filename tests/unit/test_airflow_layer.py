@@ -195,6 +195,32 @@ def test_a_time_zone_outside_the_iana_database_is_refused_naming_it(tmp_path: Pa
         load_config(config)
 
 
+@pytest.mark.parametrize("cron", ["@monthly", "0 6 * * 1"])
+def test_the_last_scheduled_training_trains_on_the_days_up_to_end_date(cron: str) -> None:
+    """Training trains on the days before its fire time: ending the DAG with end_date's day left the
+    last days (December for the example) to no scheduled run."""
+    from airflow.serialization.serialized_objects import DagSerialization
+    from airflow.timetables.base import TimeRestriction
+
+    from mlops_tasks.airflow.dag_factory import build_training_dag
+    from mlops_tasks.airflow.operators import retrain_window_end
+    from mlops_tasks.config import load_pipeline
+
+    cfg = load_pipeline("flights_delay")
+    cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update={"schedule": cron})})
+    dag = DagSerialization.from_dict(DagSerialization.to_dict(build_training_dag(cfg)))
+    restriction = TimeRestriction(dag.start_date, dag.end_date, catchup=True)
+    last, interval = None, None
+    while info := dag.timetable.next_dagrun_info(
+        last_automated_data_interval=interval, restriction=restriction
+    ):
+        last, interval = info, info.data_interval
+    run = SimpleNamespace(run_after=last.run_after, run_type="scheduled")
+    context = {"logical_date": last.logical_date, "data_interval_end": last.data_interval.end, "dag_run": run}
+    window_end = retrain_window_end(context)[0]
+    assert cfg.end_date <= window_end < cfg.end_date + dt.timedelta(days=7)
+
+
 def test_a_run_is_refused_a_day_that_had_not_ended_when_it_was_created() -> None:
     from airflow.sdk.exceptions import AirflowFailException
 
