@@ -79,17 +79,9 @@ def run_day(day: str | dt.date | None, context: Context, zone: dt.tzinfo = dt.UT
     """
     if day:
         return as_date(day, zone)
-    asked = (context.get("params") or {}).get("day")
-    if asked:  # the trigger form's "day" (DAG params)
-        day = as_date(asked, zone)
-        _refuse_unfinished_day(
-            context,
-            day,
-            "this run's day parameter is",
-            "Trigger it with a day that is over, e.g. {last}",
-            zone,
-        )
-        return day
+    asked = _form_day(context, "day", zone)
+    if asked:
+        return asked
     logical = context.get("logical_date")
     if logical is None:
         raise AirflowFailException(
@@ -107,6 +99,18 @@ def run_day(day: str | dt.date | None, context: Context, zone: dt.tzinfo = dt.UT
         + ("Z" if zone == dt.UTC else f" in {zone}"),
         zone,
     )
+    return day
+
+
+def _form_day(context: Context, name: str, zone: dt.tzinfo) -> dt.date | None:
+    """The day the trigger form's field ``name`` (the DAG's params) asks for, or None; refused when it
+    had not ended when the run was created, as a logical date is."""
+    asked = (context.get("params") or {}).get(name)
+    if not asked:
+        return None
+    day = as_date(asked, zone)
+    fix = f"Trigger it with a {name} that is over, e.g. {{last}}"
+    _refuse_unfinished_day(context, day, f"this run's {name} parameter is", fix, zone)
     return day
 
 
@@ -160,17 +164,9 @@ def retrain_window_end(context: Context, zone: dt.tzinfo = dt.UTC) -> tuple[dt.d
         )
         reason = extra.get("reason", "asset event")
         return window_end, f"asset:{extra.get('source', 'external')}: {reason}"
-    asked = (context.get("params") or {}).get("window_end")
-    if asked:  # the trigger form's "window_end" (DAG params)
-        window_end = as_date(asked, zone)
-        _refuse_unfinished_day(
-            context,
-            window_end,
-            "this run's window_end parameter is",
-            "Trigger it with the last complete day as window_end, e.g. {last}",
-            zone,
-        )
-        return window_end, "manual: window_end parameter"
+    asked = _form_day(context, "window_end", zone)
+    if asked:
+        return asked, "manual: window_end parameter"
     # Asset-triggered and manual runs without a logical date have neither of the first two.
     interval_end = (
         context.get("data_interval_end") or context.get("logical_date") or context["dag_run"].run_after
