@@ -680,6 +680,19 @@ def mark_sent(state: dict | None, day: dt.date, check_run_id: str | None) -> dic
     return new
 
 
+def forget_unsent(state: dict | None, run_id: str) -> dict[str, Any]:
+    """``state`` without the triggers of run ``run_id`` whose retrain event never went out: that run
+    ended without sending it, and they would hold the cooldown for a retrain that never happens."""
+    new = dict(state or {})
+    new["triggers"] = [t for t in _triggers(state) if t["run_id"] != run_id or t.get("sent")]
+    return new
+
+
+def has_trigger(state: dict | None, day: dt.date, run_id: str) -> bool:
+    """Whether run ``run_id``'s trigger of ``day`` is in ``state``."""
+    return any((t["day"], t["run_id"]) == (day.isoformat(), run_id) for t in _triggers(state))
+
+
 def _blocking_trigger(
     state: dict | None, day: dt.date, cooldown_days: int, check_run_id: str | None
 ) -> dict[str, Any] | None:

@@ -271,6 +271,22 @@ def record_retrain_sent(store: ObjectStore, cfg: PipelineConfig, day: dt.date, c
     drift.update_state(store, state_key(cfg), lambda state: drift.mark_sent(state, day, check_run_id))
 
 
+def forget_abandoned_trigger(store: ObjectStore, cfg: PipelineConfig, check_run_id: str) -> None:
+    """Drop the unsent retrain triggers of run ``check_run_id``, which ended without sending its
+    event (:func:`drift.forget_unsent`): the next check near its day decides afresh."""
+    drift.update_state(store, state_key(cfg), lambda state: drift.forget_unsent(state, check_run_id))
+
+
+def trigger_stands(store: ObjectStore, cfg: PipelineConfig, day: dt.date, check_run_id: str) -> bool:
+    """Whether run ``check_run_id``'s retrain trigger of ``day`` is still in the cooldown state (not
+    taken over by a later check after the run had ended without sending its event)."""
+    try:
+        state = store.get_json(state_key(cfg))
+    except FileNotFoundError:
+        return False
+    return drift.has_trigger(state, day, check_run_id)
+
+
 def run_drift_monitor(
     store: ObjectStore, cfg: PipelineConfig, day: dt.date, *, tracking_uri: str, check_run_id: str | None
 ) -> dict[str, Any]:

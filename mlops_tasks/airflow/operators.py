@@ -986,7 +986,12 @@ class DriftCheckOperator(PipelineOperator):
         return day
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from mlops_tasks.monitoring import DayTrainedOn, record_retrain_sent, run_drift_monitor
+        from mlops_tasks.monitoring import (
+            DayTrainedOn,
+            forget_abandoned_trigger,
+            record_retrain_sent,
+            run_drift_monitor,
+        )
 
         day = self._day(context)
         sent = _retrain_event_of_this_run(self, context)
@@ -995,19 +1000,34 @@ class DriftCheckOperator(PipelineOperator):
             # check decides now, so that the cooldown holds (see TriggerRetrainingOperator).
             sent_day = as_date((sent.extra or {}).get("window_end") or day)
             record_retrain_sent(self.store, self.config, sent_day, _check_identity(context))
-        # the run id tells a retry of the run that requested retraining (which may decide again) from
-        # another run checking the same day (which must not request it twice)
-        try:
-            result = run_drift_monitor(
-                self.store,
-                self.config,
-                day,
-                tracking_uri=self.tracking_uri,
-                check_run_id=_check_identity(context),
-            )
-        except DayTrainedOn as exc:
-            raise AirflowSkipException(str(exc)) from None
+
+        def check() -> dict[str, Any]:
+            # the run id tells a retry of the run that requested retraining (which may decide again)
+            # from another run checking the same day (which must not request it twice)
+            try:
+                return run_drift_monitor(
+                    self.store,
+                    self.config,
+                    day,
+                    tracking_uri=self.tracking_uri,
+                    check_run_id=_check_identity(context),
+                )
+            except DayTrainedOn as exc:
+                raise AirflowSkipException(str(exc)) from None
+
+        result = check()
         pending = _unsent_request(self, context, result)
+        if pending and _run_ended(context, result["requested_by"]):
+            # That run is over and never sent its event: its trigger would hold the cooldown for a
+            # retrain that never happens. Dropped, so this check decides as if it had not been.
+            self.log.warning(
+                "The run %s ended without sending the retrain it requested: its request is dropped and "
+                "this check decides again",
+                result["requested_by"],
+            )
+            forget_abandoned_trigger(self.store, self.config, result["requested_by"])
+            result = check()
+            pending = _unsent_request(self, context, result)
         if pending:
             self.log.warning(pending)
             result["request_pending"] = True
@@ -1034,7 +1054,7 @@ class TriggerRetrainingOperator(PipelineOperator):
         self.decision = decision
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from mlops_tasks.monitoring import record_retrain_sent
+        from mlops_tasks.monitoring import record_retrain_sent, trigger_stands
 
         if not self.decision.get("retrain"):
             raise AirflowSkipException(f"No retraining: {self.decision.get('status')}.")
@@ -1047,13 +1067,20 @@ class TriggerRetrainingOperator(PipelineOperator):
                 f"{self.pipeline}/retrain) as both outlet and inlet, then clear it."
             )
         sent = _retrain_event_of_this_run(self, context)
+        day, checker = as_date(self.decision["day"]), _check_identity(context)
+        if sent is None and not trigger_stands(self.store, self.config, day, checker):
+            # This run ended without sending its event once (a failed try, then cleared), and a later
+            # check near its day took the request over (DriftCheckOperator): no second retrain.
+            raise AirflowSkipException(
+                f"This run's retrain request for {day} is no longer in the drift state: a later check "
+                "took it over after this run had ended without sending it. One drift episode, one "
+                "retraining."
+            )
         if sent is not None:
             # Marked only now that the event is known to exist: marking before it went out (Airflow
             # emits it when the task succeeds) would lose the retrain of a task that died after the
             # mark, as the run's cleared drift check would then find it "already requested".
-            record_retrain_sent(
-                self.store, self.config, as_date(self.decision["day"]), _check_identity(context)
-            )
+            record_retrain_sent(self.store, self.config, day, checker)
             raise AirflowSkipException(
                 f"This run already requested retraining (event of {sent.timestamp}): one drift episode, "
                 "one retraining."
@@ -1100,6 +1127,23 @@ def _retrain_event_of(task: BaseOperator, context: Context, check_identity: str)
             if not slash and event.source_run_id == check_identity:
                 return event
     return None
+
+
+def _run_ended(context: Context, check_identity: str) -> bool:
+    """Whether the DAG run ``<dag_id>/<run_id>`` is over (success or failed), as the API server says.
+    Unknown (a trigger of an older release names no DAG, the server cannot be asked): not over, and
+    its trigger stays."""
+    dag_id, slash, run_id = check_identity.partition("/")
+    if not slash:
+        return False
+    try:
+        state = context["ti"].get_dagrun_state(dag_id=dag_id, run_id=run_id)
+    except Exception as exc:  # the run's state is advice here: without it nothing is dropped
+        log.warning(
+            "Could not read the state of the run %s (%s): its retrain request stays", check_identity, exc
+        )
+        return False
+    return str(getattr(state, "value", state)) in ("success", "failed")
 
 
 def _unsent_request(task: BaseOperator, context: Context, decision: dict[str, Any]) -> str | None:

@@ -758,3 +758,73 @@ def test_a_day_the_champion_trained_on_is_not_checked_and_requests_nothing(
     with pytest.raises(AirflowSkipException, match="days up to 2013-01-02"):
         operator.execute(context)
     assert not world.exists(state_key(cfg))
+
+
+@pytest.mark.parametrize("requester_state", ["failed", "running"])
+def test_a_retrain_request_whose_run_ended_without_sending_it_is_taken_over_by_the_next_check(
+    world: ObjectStore, cfg: PipelineConfig, champion: Champion, mlflow_server: str, requester_state: str
+) -> None:
+    """A run that requested a retrain and failed before its event went out held the cooldown of every
+    check near its day until someone cleared it. Once that run is over, the next check drops its
+    request and decides again; a cleared retrain task of the ended run then sends nothing. While it
+    runs, its request stands (its event may still go out)."""
+    from collections import defaultdict
+
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from mlops_tasks.airflow.dag_factory import retrain_asset
+    from mlops_tasks.airflow.operators import DriftCheckOperator, TriggerRetrainingOperator
+
+    publish_window(world, cfg, champion, change=warmer)  # drifts
+    dag_id = cfg.dag_id("drift_monitor")
+    requester, taker = "scheduled__2013-03-04T00:00:00+00:00", "manual__2013-03-05T08:00:00+00:00"
+    first = run_drift_monitor(
+        world, cfg, DAY, tracking_uri=mlflow_server, check_run_id=f"{dag_id}/{requester}"
+    )
+    assert first["retrain"] is True  # ... and its run failed before request_retraining sent the event
+    asset = retrain_asset(cfg)
+    asked: list[tuple[str, str]] = []
+
+    def context(run_id: str) -> dict:
+        def dagrun_state(dag_id: str, run_id: str) -> str:  # the Task SDK's call to the API server
+            asked.append((dag_id, run_id))
+            return requester_state
+
+        ti = SimpleNamespace(
+            dag_id=dag_id,
+            task_id="t",
+            map_index=-1,
+            try_number=1,
+            xcom_push=lambda key, value: None,
+            get_dagrun_state=dagrun_state,
+        )
+        return {
+            "run_id": run_id,
+            "ti": ti,
+            "inlet_events": {asset: []},
+            "outlet_events": defaultdict(SimpleNamespace),
+        }
+
+    check = DriftCheckOperator(task_id="drift_check", pipeline=cfg.name, day=DAY.isoformat(), inlets=[asset])
+    check.__dict__.update(config=cfg, store=world, _mlflow_addresses=(mlflow_server, mlflow_server))
+    result = check.execute(context(taker))
+
+    assert asked == [(dag_id, requester)]
+    triggers = [(t["day"], t["run_id"]) for t in world.get_json(state_key(cfg))["triggers"]]
+    if requester_state == "running":
+        assert (result["status"], result["requested_by"], result["request_pending"]) == (
+            "already_requested",
+            f"{dag_id}/{requester}",
+            True,
+        )
+        assert triggers == [(DAY.isoformat(), f"{dag_id}/{requester}")]
+        return
+    assert (result["status"], result["retrain"]) == ("drift", True)
+    assert triggers == [(DAY.isoformat(), f"{dag_id}/{taker}")]
+    # the ended run's retrain task, cleared: its request was taken over, so it sends nothing
+    cleared = TriggerRetrainingOperator(
+        task_id="request_retraining", pipeline=cfg.name, decision=first, outlets=[asset], inlets=[asset]
+    )
+    cleared.__dict__.update(config=cfg, store=world)
+    with pytest.raises(AirflowSkipException, match="a later check took it over"):
+        cleared.execute(context(requester))
