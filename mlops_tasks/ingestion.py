@@ -211,7 +211,7 @@ def ingest_day(store: ObjectStore, cfg: PipelineConfig, day: dt.date) -> dict[st
         malformed_lines=len(found.malformed),
         malformed_part=malformed_key,
         warnings=found.warnings,
-        landing_files=_fingerprints(listed, cfg),
+        landing_files=_fingerprints(listed, cfg, rejected={r["key"] for r in found.rejected}),
     )
     return {
         "date": day.isoformat(),
@@ -253,11 +253,14 @@ def _join(cfg: PipelineConfig, name: str) -> JoinSpec:
 # -- days to (re-)ingest ----------------------------------------------------------------------------
 
 
-def _fingerprints(objects: list[ObjectInfo], cfg: PipelineConfig) -> list[dict[str, Any]]:
+def _fingerprints(
+    objects: list[ObjectInfo], cfg: PipelineConfig, rejected: set[str] = frozenset()
+) -> list[dict[str, Any]]:
     """What a day is ingested from: each landing file a ``file_pattern`` routes, with its size and
-    ETag (S3 gives an object replaced by other bytes another ETag; no download needed to compare)."""
+    ETag (S3 gives an object replaced by other bytes another ETag; no download needed to compare),
+    and ``"rejected": true`` for the ``rejected`` ones, which gave no rows."""
     return [
-        {"key": o.key, "size": o.size, "etag": o.etag}
+        {"key": o.key, "size": o.size, "etag": o.etag} | ({"rejected": True} if o.key in rejected else {})
         for o in objects
         if not o.key.endswith("/") and _route(o.key.rsplit("/", 1)[-1], cfg) is not None  # not folders
     ]
@@ -267,17 +270,20 @@ def landing_changes(
     store: ObjectStore, cfg: PipelineConfig, day: dt.date, recorded: list[dict[str, Any]] | None
 ) -> dict[str, list[str]] | None:
     """How ``day``'s landing files differ from ``recorded`` (the ``landing_files`` of its curated
-    manifest): keys ``added``, ``changed`` (another size or ETag) and ``removed``. None when nothing
-    was recorded (a day curated before this was recorded: its files cannot be compared)."""
+    manifest): keys ``added``, ``changed`` (another size or ETag) and ``removed`` (files that gave
+    rows: a rejected file removed, say renamed to the extension the rejection asked for, takes no
+    rows away). None when nothing was recorded (a day curated before this was recorded: its files
+    cannot be compared)."""
     if recorded is None:
         return None
     landing = partition_prefix(cfg.prefix, "landing", day)
     now = {f["key"]: (f["size"], f["etag"]) for f in _fingerprints(store.list(landing), cfg)}
     before = {f["key"]: (f["size"], f["etag"]) for f in recorded}
+    gave_rows = {f["key"] for f in recorded if not f.get("rejected")}
     return {
         "added": sorted(now.keys() - before.keys()),
         "changed": sorted(k for k in now.keys() & before.keys() if now[k] != before[k]),
-        "removed": sorted(before.keys() - now.keys()),
+        "removed": sorted((before.keys() - now.keys()) & gave_rows),
     }
 
 
@@ -600,6 +606,19 @@ def _parse_csv(
             record, reason = None, f"unparseable CSV ({exc}); parsing resumed on the next line"
         else:
             reason = f"{len(record)} fields, the header has {len(header)}"
+            spanned = lines.lines[first : lines.position]
+            if len(spanned) > 1 and (
+                len(record) != len(header) or _records_of_their_own(spanned[1:-1], delimiter, len(header))
+            ):
+                # A quote opened on this line and closed lines later: the lines between are records
+                # of their own (each with the header's fields), not the text of one quoted field.
+                # Only this line is malformed: parsing resumes on the next one, as after a csv.Error.
+                lines.position = first + 1
+                record = None
+                reason = (
+                    f"a quote opened on this line is closed {len(spanned) - 1} line(s) later, over lines "
+                    "that are records of their own; parsing resumed on the next line"
+                )
         if record is not None and len(record) == len(header):
             records.append(record)
             numbers.append(first + 1)
@@ -611,6 +630,17 @@ def _parse_csv(
     columns = list(zip(*records, strict=True)) if records else [()] * len(header)
     frame = pd.DataFrame({h: np.array(col, dtype=object) for h, col in zip(header, columns, strict=True)})
     return frame, np.array(numbers, dtype=np.int64), malformed
+
+
+def _records_of_their_own(lines: list[str], delimiter: str, fields: int) -> bool:
+    """Whether ``lines`` (the inner lines of a record spanning several) each parse alone as a record
+    of ``fields`` fields: lines a stray quote swallowed, not the text of a multi-line quoted field."""
+    if not lines:
+        return False
+    try:
+        return all(len(next(csv.reader([line], delimiter=delimiter), [])) == fields for line in lines)
+    except csv.Error:
+        return False
 
 
 class _Lines:

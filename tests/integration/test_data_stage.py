@@ -190,6 +190,25 @@ def test_a_stray_quote_costs_its_own_line_and_the_lines_after_it_still_ingest(st
     assert ingested["malformed_lines"] == 2 and validated["passed"]
 
 
+def test_a_stray_quote_pair_costs_the_opening_line_and_splices_no_rows(store, cfg):
+    """A quote opened in one line's field and closed in a field lines later: read as one quoted
+    field, the lines between vanished into a column the config drops, and the record took the
+    closing line's values (a flight with another flight's origin and time)."""
+    rows = [g + ",n" for g in GOOD] + ["5,1,AA,EWR,2013-01-01T10:00:00Z,n"]
+    rows[1] = GOOD[1] + ',"N14228'  # opened, in the undeclared note column
+    rows[4] = '5,1,AA,EWR,2013-01-01T10:00:00Z,N24211"'  # closed, three lines later
+    land(store, cfg, "flights.csv", csv(*rows, header=HEADER + ",note"))
+
+    ingested, validated = run(store, cfg)
+
+    [line] = malformed_lines(store, cfg).to_dict("records")
+    assert (line["line"], line["raw"]) == (3, rows[1])
+    assert line["reason"].startswith("a quote opened on this line is closed 3 line(s) later")
+    got = curated(store, cfg)
+    assert got["id"].tolist() == [1, 3, 4, 5] and got["_source_line"].tolist() == [2, 4, 5, 6]
+    assert ingested["malformed_lines"] == 1 and validated["passed"]
+
+
 def test_quoted_fields_may_hold_delimiters_and_newlines(store, cfg):
     rows = [g + ',""' for g in GOOD]
     rows[1] = GOOD[1] + ',"a note, on\ntwo lines"'
@@ -969,6 +988,24 @@ def test_training_plans_again_a_curated_day_whose_landing_files_were_added_or_re
     kept = plan()
     assert kept.todo == [day_before] and kept.curated == [DAY]
     assert kept.kept == [{"day": DAY, "added": [], "changed": [corrected], "removed": [late]}]
+
+
+def test_a_rejected_file_replaced_under_another_name_gets_its_day_ingested_again(store, cfg):
+    """The rejection says what to fix; the fixed file lands under a new name and the rejected one
+    goes. The removed file gave no rows, so ingesting again loses none: the day is not "kept"."""
+    land(store, cfg, "flights.csv", csv(*GOOD[:2]))
+    rejected = land(store, cfg, "flights_late.csv", csv(*GOOD[2:], header=HEADER.upper()))
+    ingested, _ = run(store, cfg)
+    assert [r["key"] for r in ingested["rejected_files"]] == [rejected]
+    assert sorted(curated(store, cfg)["id"]) == [1, 2]
+
+    fixed = land(store, cfg, "flights_late_fixed.csv", csv(*GOOD[2:]))
+    store.delete([rejected])
+    plan = ingestion.plan_ingestion(store, cfg, [DAY])
+    assert (plan.todo, plan.kept) == ([DAY], [])
+    assert plan.changed == [{"day": DAY, "added": [fixed], "changed": []}]
+    run(store, cfg)
+    assert sorted(curated(store, cfg)["id"]) == [1, 2, 3, 4]
 
 
 def test_folder_markers_in_landing_are_not_files_even_for_a_catch_all_pattern(store, cfg):
