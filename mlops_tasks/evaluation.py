@@ -165,9 +165,10 @@ def _metrics(
             "pr_auc": _defined(skm.average_precision_score, y, score) if both else None,
             "log_loss": _defined(skm.log_loss, y, np.clip(score, _EPS, 1 - _EPS), labels=[0, 1]),
             "accuracy": float(np.mean(predicted == y)),
-            # Undefined (None) without a positive row or prediction: 0/0, not a score of 0 that a
-            # perfect model on a window of negatives gets, and that ties with any champion's.
-            "f1": _defined(skm.f1_score, y, predicted, zero_division=np.nan),
+            # Undefined (None) without a positive row, for every model alike: a perfect model on a
+            # window of negatives would otherwise score 0 or 0/0 and a sloppy one 0.0, which beat it.
+            # With positive rows, a model predicting none of them scores 0 (it finds none).
+            "f1": _defined(skm.f1_score, y, predicted, zero_division=0.0) if y.any() else None,
         }
     if probabilities is None:
         raise ValueError("multiclass metrics need the probabilities output")
@@ -263,15 +264,23 @@ class OnnxModel:
         return float(np.percentile(times, 95))
 
     def assess(self, frame: pd.DataFrame, label: pd.Series, cfg: PipelineConfig) -> dict[str, Any]:
-        """Metrics on ``frame``'s rows, the ONNX file's size and the p95 batch latency."""
+        """Metrics on ``frame``'s rows, how many of them the model gave no finite score, the ONNX
+        file's size and the p95 batch latency."""
+        metrics, nonfinite = self._scored_metrics(frame, label, cfg)
         return {
-            "metrics": self.metrics(frame, label, cfg),
+            "metrics": metrics,
+            "nonfinite_rows": nonfinite,
             "onnx_bytes": self.bytes,
             "p95_batch_latency_ms": round(self.p95_batch_latency_ms(frame, cfg.gate.latency_batch_rows), 3),
             "rows": len(frame),
         }
 
     def metrics(self, frame: pd.DataFrame, label: pd.Series, cfg: PipelineConfig) -> dict[str, float | None]:
+        return self._scored_metrics(frame, label, cfg)[0]
+
+    def _scored_metrics(
+        self, frame: pd.DataFrame, label: pd.Series, cfg: PipelineConfig
+    ) -> tuple[dict[str, float | None], int]:
         if self.task == "binary":
             unknown, known = labels_outside(label, self.classes or [])
             if unknown:
@@ -284,7 +293,11 @@ class OnnxModel:
                     "multiclass."
                 )
         score, proba = self.score(frame)
-        return compute_metrics(self.task, label_targets(label, self.task, self.classes), score, proba)
+        finite = np.isfinite(np.asarray(score, dtype=np.float64))
+        if proba is not None:
+            finite &= np.isfinite(np.asarray(proba, dtype=np.float64)).all(axis=1)
+        metrics = compute_metrics(self.task, label_targets(label, self.task, self.classes), score, proba)
+        return metrics, int((~finite).sum())
 
 
 # -- the gate -----------------------------------------------------------------------------------------
@@ -327,7 +340,7 @@ def gate_checks(
         # The champion trained on some evaluation days: both are compared on the other days' rows.
         value = _finite(champion["challenger_metrics"].get(name))
     # Without both values there is no comparison: passing would promote blind.
-    no_comparison = None
+    no_comparison = broken_champion = None
     if champion is not None and "trained_on_days" in champion and champion["rows"] == 0:
         no_comparison = (
             f"champion v{champion['version']} trained on every evaluation day "
@@ -335,6 +348,16 @@ def gate_checks(
             "new data and this model cannot be shown to beat it. This happens when training runs "
             "for an earlier window than the champion's (a backfill); train for a window that ends "
             "after the champion's to replace it"
+        )
+    elif (
+        champion is not None and champ_value is None and value is not None and champion.get("nonfinite_rows")
+    ):
+        # The champion breaks on some rows (NaN or inf scores), this model scores every one: better,
+        # whatever the champion's metric on the rest. Refusing the comparison instead would keep a
+        # broken champion serving for good, every retrain rejected.
+        broken_champion = (
+            f"champion v{champion['version']} gives no finite score for {champion['nonfinite_rows']} "
+            f"of the {_compared_rows(champion)}; this model scores every one of them"
         )
     elif champion is not None and (champ_value is None or value is None):
         whose = f"champion v{champion['version']}'s" if champ_value is None else "this model's"
@@ -344,6 +367,8 @@ def gate_checks(
         )
     if no_comparison is not None:
         checks.append(_check("beats_champion", False, None, gate.min_improvement, no_comparison))
+    elif broken_champion is not None:
+        checks.append(_check("beats_champion", True, None, gate.min_improvement, broken_champion))
     elif champion is not None:
         improvement = value - champ_value if higher else champ_value - value
         ok = improvement > 0 and improvement >= gate.min_improvement

@@ -294,10 +294,31 @@ def test_label_targets_match_classes_however_the_model_s_metadata_writes_them() 
     assert evaluation.label_targets(labels, "multiclass", [0.0, 1.0]).tolist() == [1, 0, 1]
 
 
-def test_binary_f1_is_undefined_without_a_positive_row_or_prediction() -> None:
+def test_binary_f1_is_undefined_without_a_positive_row_for_every_model_alike() -> None:
     """0/0, not 0.0: a perfect model on a window of negatives scored f1 0 (failing a min_value, and
-    tying with any champion)."""
+    tying with any champion); and a sloppy model's 0.0 beside a perfect model's undefined f1 made the
+    gate prefer the sloppy one."""
     perfect = evaluation.compute_metrics("binary", np.zeros(5), np.full(5, 0.1))
     wrong = evaluation.compute_metrics("binary", np.zeros(5), np.full(5, 0.9))
     assert (perfect["accuracy"], perfect["f1"]) == (1.0, None)
-    assert (wrong["accuracy"], wrong["f1"]) == (0.0, 0.0)  # positives predicted, none there: 0
+    assert (wrong["accuracy"], wrong["f1"]) == (0.0, None)
+    # with positive rows, a model predicting none of them finds none: 0
+    silent = evaluation.compute_metrics("binary", np.array([0, 0, 1, 1]), np.full(4, 0.1))
+    assert silent["f1"] == 0.0
+
+
+def test_a_champion_giving_no_finite_score_on_some_rows_is_beaten_by_a_model_scoring_them_all(
+    example_config: PipelineConfig,
+) -> None:
+    """Its metrics are undefined there: refusing the comparison kept a broken champion serving for
+    good, every retrain rejected. A champion undefined for another reason still blocks."""
+    cfg = gated(example_config)
+    broken = {**candidate("roc_auc", None, version="3"), "nonfinite_rows": 2, "rows": 5000}
+    checks = evaluation.gate_checks(cfg, candidate("roc_auc", 0.7), broken)
+    (beats,) = [c for c in checks if c["name"] == "beats_champion"]
+    assert beats["passed"] and failed(checks) == []
+    assert beats["detail"] == (
+        "champion v3 gives no finite score for 2 of the evaluation rows; this model scores every one of them"
+    )
+    undefined = {**broken, "nonfinite_rows": 0}
+    assert failed(evaluation.gate_checks(cfg, candidate("roc_auc", 0.7), undefined)) == ["beats_champion"]
