@@ -663,7 +663,12 @@ class DriftSpec(_Strict):
         "distance's noise on fewer rows reads as drift): drift when Jensen-Shannon distance >= this.",
     )
     max_metric_drop: float = Field(
-        0.05, ge=0, description="Retrain when the live primary metric (labels arrived) drops more than this."
+        0.05,
+        ge=0,
+        description="Retrain when the live primary metric (labels arrived) is worse than the champion's "
+        "gate value by more than this, in the metric's own units: right for roc_auc, pr_auc, accuracy "
+        "and f1; for rmse or mae set it in the label's units, above the metric's week-to-week noise, or "
+        "every check of an unchanged model may request a retrain.",
     )
     retrain_after_new_rows: int | None = Field(
         None, ge=1, description="Retrain when this many validated rows arrived since the champion's window."
