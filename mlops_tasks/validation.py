@@ -328,7 +328,19 @@ def _gx_view(frame: pd.DataFrame, columns: tuple[str, ...] | None, *, ints_as_fl
     ]
     if ints:
         view = view.assign(**{c: view[c].to_numpy(dtype="float64", na_value=np.nan) for c in ints})
+    if not ints_as_float:
+        view = view.assign(
+            **{c: _as_objects(view[c]) for c in present if isinstance(view[c].dtype, pd.StringDtype)}
+        )
     return view
+
+
+def _as_objects(column: pd.Series) -> pd.Series:
+    """A text column as Python strings for rules that read values as text: GX's regex and length
+    metrics call ``astype(str)``, which on an arrow-backed column builds a numpy array of fixed-width
+    strings of the longest value (rows x longest x 4 bytes: one 20 MB value among 842 rows asked for
+    60 GiB). On Python strings it is a no-op."""
+    return column.astype(object)
 
 
 # Rules that compare values as numbers, which a float64 copy of an int column answers the same way
@@ -394,7 +406,7 @@ def _between(col: pd.Series, kw: dict[str, Any]) -> np.ndarray:
 
 
 def _regex(col: pd.Series, kw: dict[str, Any]) -> np.ndarray:
-    return col.astype(str).str.contains(kw["regex"]).to_numpy(dtype=bool)
+    return _as_objects(col).astype(str).str.contains(kw["regex"]).to_numpy(dtype=bool)
 
 
 def _compound_unique(frame: pd.DataFrame, kw: dict[str, Any]) -> np.ndarray:

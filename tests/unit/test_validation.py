@@ -70,6 +70,19 @@ def test_rules_reading_an_int_column_as_text_see_its_digits(rule: Rule):
     assert result.result["unexpected_count"] == 1 == int(bad_row_mask(FRAME, rule).sum())
 
 
+@pytest.mark.parametrize(
+    "rule", [r for r in RULES if r.name in ("s regex", "s length (GX fallback)")], ids=str
+)
+def test_a_very_long_text_value_is_one_bad_row_not_a_memory_error(rule: Rule):
+    """On arrow-backed strings GX's astype(str) built a numpy array of rows x the longest value: a
+    20 MB value among 842 rows asked for 60 GiB and the whole gate failed naming no row."""
+    long = pd.DataFrame({"s": pd.array(["AA"] * 800 + ["b" * 20_000_000], dtype=pd.StringDtype("pyarrow"))})
+    [result] = run_gx(long, [rule])
+    assert gx_error(result) is None
+    mask = bad_row_mask(long, rule)
+    assert result.result["unexpected_count"] == 1 == int(mask.sum()) and mask[-1]
+
+
 def with_expectations(cfg: PipelineConfig, *expectations: dict) -> PipelineConfig:
     return cfg.model_copy(
         update={"validation": cfg.validation.model_validate({"expectations": list(expectations)})}
