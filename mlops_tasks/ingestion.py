@@ -54,6 +54,7 @@ from mlops_tasks.features import category_strings
 from mlops_tasks.storage import (
     PARQUET_COMPRESSION,
     ObjectInfo,
+    ObjectNotFoundError,
     ObjectStore,
     partition_prefix,
     publish_manifest,
@@ -90,6 +91,10 @@ _DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _AWARE_TIMESTAMP = r"[T ]\d.*[-+A-Z]"
 # The column name pandas gives an index level without a name.
 _UNNAMED_INDEX = re.compile(r"__index_level_\d+__")
+
+
+class LandingChangedError(RuntimeError):
+    """A landing file disappeared between listing and reading (retryable: the next attempt lists again)."""
 
 
 class RejectedFileError(DataError):
@@ -150,7 +155,14 @@ def ingest_day(store: ObjectStore, cfg: PipelineConfig, day: dt.date) -> dict[st
             continue
         columns = cfg.data.columns if target == "" else _join(cfg, target).columns
         required = _required_columns(cfg, target)
-        data = store.get_bytes(key)
+        try:
+            data = store.get_bytes(key)
+        except ObjectNotFoundError:
+            # Not a DataError: the task's retry lists the landing area again.
+            raise LandingChangedError(
+                f"{store.uri(key)} was listed but removed before it could be read: the day's landing "
+                "files changed while they were ingested. Nothing was staged; a retry lists them again."
+            ) from None
         try:
             frame, malformed = _read_file(key, data, columns, required, cfg, found.warnings)
         except RejectedFileError as exc:

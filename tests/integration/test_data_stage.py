@@ -15,6 +15,7 @@ import pytest
 
 from mlops_tasks import example, inference, ingestion, validation
 from mlops_tasks.config import PipelineConfig
+from mlops_tasks.errors import DataError
 from mlops_tasks.ingestion import ingest_day
 from mlops_tasks.storage import ObjectStore, partition_prefix
 from mlops_tasks.validation import StagedDataMissingError, ValidationGateError, validate_day
@@ -1006,6 +1007,25 @@ def test_a_rejected_file_replaced_under_another_name_gets_its_day_ingested_again
     assert plan.changed == [{"day": DAY, "added": [fixed], "changed": []}]
     run(store, cfg)
     assert sorted(curated(store, cfg)["id"]) == [1, 2, 3, 4]
+
+
+def test_a_landing_file_removed_between_listing_and_reading_is_a_retryable_error_saying_so(store, cfg):
+    """Another process (retention, a re-upload) removes a file after the day was listed."""
+    removed = land(store, cfg, "flights_b.csv", csv(GOOD[1]))
+    land(store, cfg, "flights.csv", csv(GOOD[0]))
+
+    class RemovedMeanwhile(type(store)):
+        def list(self, prefix: str) -> list:
+            listed = super().list(prefix)
+            if prefix.endswith("/landing/date=2013-01-01/") and self.exists(removed):
+                self.delete([removed])
+            return listed
+
+    meanwhile = RemovedMeanwhile(store.settings)
+    with pytest.raises(ingestion.LandingChangedError, match="flights_b.csv was listed but removed before"):
+        ingestion.ingest_day(meanwhile, cfg, DAY)
+    assert not isinstance(ingestion.LandingChangedError("x"), DataError)  # the task retries it
+    assert ingestion.ingest_day(store, cfg, DAY)["rows"] == 1  # the retry lists the day again
 
 
 def test_folder_markers_in_landing_are_not_files_even_for_a_catch_all_pattern(store, cfg):
