@@ -1028,7 +1028,18 @@ def _left_join(
         side = _disagreeing_copies_marked(side, join, added, warnings)
         side = side[~duplicated]
     side = side[join.keys + added + ["_ingest_error"]].rename(columns={"_ingest_error": "_join_error"})
-    merged = frame.merge(side, on=join.keys, how="left", validate="many_to_one", sort=False)
+    merged = frame.merge(side, on=join.keys, how="left", validate="many_to_one", sort=False, indicator=True)
+    matched = int((merged.pop("_merge") == "both").sum())
+    if frames and len(frame) and matched < len(frame):
+        # Keys that differ in case, time zone or spelling join nothing, and every side column is
+        # null where they do not: said here, or the day passes with its side values silently empty.
+        unused = len(side) - side.merge(frame[join.keys].drop_duplicates(), on=join.keys).shape[0]
+        warnings.append(
+            f"join '{join.name}': {matched} of {len(frame)} rows found a {join.name} row on "
+            f"{'+'.join(join.keys)}; the others get null {join.name} columns. {unused} of the "
+            f"{len(side)} {join.name} rows matched no row"
+            + (": compare the key values of both files (case, time zone, format)." if not matched else ".")
+        )
     # The side's errors are already labelled with the join's name (_type_frame).
     merged["_ingest_error"] = (
         (merged["_ingest_error"] + "; " + merged["_join_error"])

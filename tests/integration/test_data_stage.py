@@ -838,6 +838,22 @@ def test_weather_rows_repeating_a_key_and_its_values_join_once(store, cfg):
     assert curated(store, cfg)["temp"].tolist()[:2] == [39.0, 38.5] and validated["bad_rows"] == 0
 
 
+def test_a_join_that_matches_few_or_no_rows_says_so_in_the_warnings(store, cfg):
+    """Weather keys in lower case (another export): every flight got null weather and the day
+    passed without a word."""
+    land(store, cfg, "flights.csv", csv(*GOOD))
+    land(store, cfg, "weather.csv", WEATHER.replace("EWR", "ewr").replace("JFK", "jfk"))
+    ingested, validated = run(store, cfg)
+    assert (
+        "join 'weather': 0 of 4 rows found a weather row on origin+time_hour; the others get null weather "
+        "columns. 2 of the 2 weather rows matched no row: compare the key values of both files (case, "
+        "time zone, format)."
+    ) in ingested["warnings"]
+    assert curated(store, cfg)["temp"].isna().all() and validated["passed"]
+    land(store, cfg, "weather.csv", WEATHER)
+    assert any("2 of 4 rows found a weather row" in w for w in run(store, cfg)[0]["warnings"])
+
+
 def test_weather_copies_of_a_key_that_disagree_quarantine_the_rows_they_join(store, cfg):
     """Which of 39.0 and 99.0 was EWR's temperature at 10:00 is unknown (a correction file beside
     the original, a broken export): the flight joining it is quarantined, naming both copies,
