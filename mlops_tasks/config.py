@@ -773,8 +773,9 @@ class PipelineConfig(_Strict):
         "UTC",
         description="IANA time zone of the pipeline's days (e.g. America/New_York): the days of its "
         "date= partitions, of start_date and end_date, and of its schedules. A daily run of a day then "
-        "starts when that day is over there, and works on that local day. UTC unless your partitions are "
-        "local days.",
+        "starts when that day is over there, and works on that local day. Timestamps in landing files "
+        "without an offset are times in this zone (a local time a daylight-saving change skips or "
+        "repeats is a bad value). UTC unless your partitions are local days.",
     )
     owner: str = Field("mlops", description="The DAGs' owner in Airflow.")
     retries: int = Field(

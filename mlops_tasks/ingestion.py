@@ -181,7 +181,7 @@ def ingest_day(store: ObjectStore, cfg: PipelineConfig, day: dt.date) -> dict[st
             continue
         table = main if target == "" else joins[target]
         # Typed per file: a value's outcome must not depend on the other files of the day.
-        typed = _type_frame(frame, columns, day, label=f"{target}: " if target else "")
+        typed = _type_frame(frame, columns, day, label=f"{target}: " if target else "", zone=cfg.zone)
         source = {
             "key": key,
             "sha256": sha256_bytes(data),
@@ -676,13 +676,16 @@ class _Lines:
 # -- typing -------------------------------------------------------------------------------------
 
 
-def _type_frame(raw: pd.DataFrame, columns: list[ColumnSpec], day: dt.date, label: str = "") -> pd.DataFrame:
+def _type_frame(
+    raw: pd.DataFrame, columns: list[ColumnSpec], day: dt.date, label: str = "", zone: dt.tzinfo = dt.UTC
+) -> pd.DataFrame:
     """Convert every declared column of one file's raw frame to its type and add the lineage.
-    ``label`` goes before each column name in ``_ingest_error`` (``weather: `` for a join's file)."""
+    ``label`` goes before each column name in ``_ingest_error`` (``weather: `` for a join's file);
+    naive timestamps are times in ``zone``, the pipeline's time zone."""
     out = pd.DataFrame(index=raw.index)
     errors: list[list[str]] = [[] for _ in range(len(raw))]
     for spec in columns:
-        typed, bad, reason = convert_column(raw[spec.name], spec.type)
+        typed, bad, reason = convert_column(raw[spec.name], spec.type, zone)
         for i in np.flatnonzero(bad):
             errors[i].append(f"{label}{spec.name}: {_show(raw[spec.name].iloc[i])} {reason}")
         out[spec.name] = typed
@@ -712,14 +715,14 @@ def _show(value: object) -> str:
     return text if len(text) <= 40 else text[:37] + "...'"
 
 
-def convert_column(raw: pd.Series, kind: str) -> tuple[pd.Series, np.ndarray, str]:
+def convert_column(raw: pd.Series, kind: str, zone: dt.tzinfo = dt.UTC) -> tuple[pd.Series, np.ndarray, str]:
     """``raw`` (strings from CSV, or one parquet file's typed values) as the config type ``kind``.
 
     Returns the typed series (unconvertible values become null), the boolean mask of values that
     were present but unconvertible, and the reason to report for them. Text is parsed; typed values
     are converted without a detour through text or float, and a typed value that cannot be of
     ``kind`` (a number for a timestamp, whose unit is unknown) is flagged like unparseable text.
-    Never raises on values.
+    Timestamps without an offset are times in ``zone``. Never raises on values.
     """
     family = _family(raw.dtype)
     if family != "text":
@@ -746,7 +749,7 @@ def convert_column(raw: pd.Series, kind: str) -> tuple[pd.Series, np.ndarray, st
         return _to_float(values, missing, family)
     if kind == "bool":
         return _to_bool(values, missing, family)
-    return _to_timestamp(values, missing, family)
+    return _to_timestamp(values, missing, family, zone)
 
 
 def _trimmed(text: pd.Series) -> pd.Series:
@@ -891,21 +894,30 @@ def _to_bool(values: pd.Series, missing: np.ndarray, family: str) -> tuple[pd.Se
     return typed, (typed.isna().to_numpy() & ~missing), reason
 
 
-def _to_timestamp(values: pd.Series, missing: np.ndarray, family: str) -> tuple[pd.Series, np.ndarray, str]:
-    """Naive values are taken as UTC; the result is nanoseconds, so values outside 1677-2262 are
-    flagged rather than wrapped."""
+def _to_timestamp(
+    values: pd.Series, missing: np.ndarray, family: str, zone: dt.tzinfo = dt.UTC
+) -> tuple[pd.Series, np.ndarray, str]:
+    """Naive values are times in ``zone`` (the pipeline's); the result is UTC nanoseconds, so values
+    outside 1677-2262 are flagged rather than wrapped, and so is a naive local time that a
+    daylight-saving change skips or repeats (which instant it was is unknown)."""
+    local = zone is not dt.UTC and str(zone) != "UTC"
     if family == "text":
         # RFC 3339 allows a lower-case t and z; pandas parses upper case only.
         values = values.str.upper()
         # Parsed in two groups: pandas 2.3 gives a naive value the offset of an aware one before it.
         aware = values.str.contains(_AWARE_TIMESTAMP, regex=True).fillna(False).to_numpy(dtype=bool)
         typed = pd.Series(pd.NaT, index=values.index, dtype=TIMESTAMP_DTYPE)
-        for group in (aware, ~aware):
-            if group.any():
-                typed[group] = pd.to_datetime(values[group], utc=True, errors="coerce", format="ISO8601")
+        if aware.any():
+            typed[aware] = pd.to_datetime(values[aware], utc=True, errors="coerce", format="ISO8601")
+        if (~aware).any():
+            naive = pd.to_datetime(values[~aware], utc=not local, errors="coerce", format="ISO8601")
+            typed[~aware] = _localized(naive, zone) if local else naive
         # Out-of-range values fail the same parse: 9999-12-31 ("no end") is valid ISO 8601.
-        return typed, (typed.isna().to_numpy() & ~missing), TEXT_TIMESTAMP_RULE
+        reason = TEXT_TIMESTAMP_RULE + (f" (a time in {zone} that exists once)" if local else "")
+        return typed, (typed.isna().to_numpy() & ~missing), reason
     if family == "timestamp":
+        if values.dt.tz is None and local:
+            values = _localized(values, zone)
         utc = values.dt.tz_localize("UTC") if values.dt.tz is None else values.dt.tz_convert("UTC")
         in_range = (utc >= TIMESTAMP_MIN) & (utc <= TIMESTAMP_MAX)
         typed = utc.where(in_range).astype(TIMESTAMP_DTYPE)
@@ -919,6 +931,12 @@ def _to_timestamp(values: pd.Series, missing: np.ndarray, family: str) -> tuple[
     else:
         reason = "is not a timestamp"
     return _wrong_family(values, missing, TIMESTAMP_DTYPE, reason)
+
+
+def _localized(naive: pd.Series, zone: dt.tzinfo) -> pd.Series:
+    """Naive times as times in ``zone``, in UTC; NaT where a daylight-saving change skips or repeats
+    the time (flagged by the caller, never guessed)."""
+    return naive.dt.tz_localize(zone, ambiguous="NaT", nonexistent="NaT").dt.tz_convert("UTC")
 
 
 # -- joins --------------------------------------------------------------------------------------

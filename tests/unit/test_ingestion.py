@@ -54,6 +54,20 @@ def test_timestamps_become_utc_and_naive_ones_are_taken_as_utc():
     assert typed.iloc[0] == typed.iloc[1] == typed.iloc[2] and bad.tolist() == [False, False, False, True]
 
 
+def test_naive_timestamps_are_times_in_the_pipelines_zone_and_a_dst_gap_or_repeat_is_flagged():
+    """Weather exported in New York local time joined the flights of another hour (5 hours off)."""
+    from zoneinfo import ZoneInfo
+
+    new_york = ZoneInfo("America/New_York")
+    text = raw("2013-01-01 05:00", "2013-01-01T10:00:00Z", "2013-11-03 01:30", "2013-03-10 02:30", "x")
+    typed, bad, reason = convert_column(text, "timestamp", new_york)
+    assert typed.iloc[0] == typed.iloc[1] == pd.Timestamp("2013-01-01T10:00:00Z")
+    assert bad.tolist() == [False, False, True, True, True]  # 01:30 twice that night, 02:30 never
+    assert reason.endswith("(a time in America/New_York that exists once)")
+    parquet = pd.Series(pd.to_datetime(["2013-01-01 05:00"]))  # a naive timestamp column
+    assert convert_column(parquet, "timestamp", new_york)[0].iloc[0] == pd.Timestamp("2013-01-01T10:00:00Z")
+
+
 @pytest.mark.parametrize("order", [1, -1], ids=["aware first", "naive first"])
 def test_hour_only_offsets_are_aware_and_do_not_shift_naive_values_in_the_same_column(order: int):
     # PostgreSQL writes "+05"; a date alone ends in "-02" but is naive; RFC 3339 allows a lower-case z.
