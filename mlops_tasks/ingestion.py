@@ -372,13 +372,9 @@ def _rejected_lines(key: str, data: bytes, encoding: str, delimiter: str) -> int
             return pq.ParquetFile(io.BytesIO(data)).metadata.num_rows
         except (pa.ArrowException, OSError):
             return 1
-    if not lower.endswith(GZIP_SUFFIXES + CSV_SUFFIXES):
-        return 1
-    if lower.endswith(GZIP_SUFFIXES) or data.startswith(GZIP_MAGIC):
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error):
-            return 1
+    if data.startswith(GZIP_MAGIC):
+        data = _gunzipped_prefix(data)
+    encoding = _UTF16_BOMS.get(data[:2], encoding)
     try:
         text = data.decode(encoding).removeprefix("\ufeff")
         csv.field_size_limit(max(csv.field_size_limit(), len(text)))
@@ -390,6 +386,19 @@ def _rejected_lines(key: str, data: bytes, encoding: str, delimiter: str) -> int
     except (UnicodeDecodeError, csv.Error):
         records = sum(1 for line in data.splitlines() if line.strip())
     return max(records - 1, 0)
+
+
+# A byte order mark that says a file is UTF-16, whatever encoding the config expects.
+_UTF16_BOMS = {b"\xff\xfe": "utf-16", b"\xfe\xff": "utf-16"}
+
+
+def _gunzipped_prefix(data: bytes) -> bytes:
+    """What a gzip file's bytes decompress to, as far as they go: a truncated upload's rows still count
+    as lost rows (decompressing it whole fails, and it once counted as 1)."""
+    try:
+        return zlib.decompressobj(zlib.MAX_WBITS | 16).decompress(data)
+    except zlib.error:
+        return b""
 
 
 def rejected_copy_name(key: str) -> str:
@@ -419,7 +428,7 @@ def _read_file(
     if lower.endswith(PARQUET_SUFFIXES):
         names, raw, lines = _read_parquet(key, data, declared)
     elif lower.endswith(GZIP_SUFFIXES + CSV_SUFFIXES):
-        if lower.endswith(GZIP_SUFFIXES):
+        if lower.endswith(GZIP_SUFFIXES) or data.startswith(GZIP_MAGIC):  # gzip, whatever its name
             try:
                 data = gzip.decompress(data)
             except (OSError, EOFError, zlib.error) as exc:
@@ -575,6 +584,11 @@ def _parse_csv(
     try:
         text = data.decode(encoding)
     except UnicodeDecodeError as exc:
+        if data[:2] in _UTF16_BOMS and encoding.replace("-", "").lower() != "utf16":
+            raise RejectedFileError(
+                f"{key} is UTF-16 text (its byte order mark says so), not {encoding}: export it as "
+                f"{encoding}, or set data.source.encoding: utf-16 for this pipeline's files."
+            ) from None
         line = data[: exc.start].count(b"\n") + 1
         raise RejectedFileError(
             f"{key} is not valid {encoding}: byte {exc.start} (line {line}) cannot be decoded."

@@ -672,6 +672,27 @@ def test_a_rejected_file_counts_its_rows_as_the_reader_would_split_them(store, c
     assert f"1 rejected file(s) with {lines} line(s): {name} ({lines})" in str(failure.value)
 
 
+def test_truncated_utf16_or_misnamed_rejected_files_count_their_rows_and_say_what_they_are(store, cfg):
+    """A truncated upload counted as 1 lost row (a day missing half its rows passed), a UTF-16 export
+    as every byte pair's line, and its reason did not say it was UTF-16."""
+    rows = [f"{i},1,AA,EWR,2013-01-01T10:00:00Z" for i in range(10, 310)]
+    whole = gzip.compress(csv(*rows).encode(), mtime=0)
+    land(store, cfg, "flights.csv", csv(*GOOD))
+    land(store, cfg, "flights_cut.csv.gz", whole[: len(whole) * 6 // 10])
+    land(store, cfg, "flights_utf16.csv", csv(*rows[:20]).encode("utf-16"))
+    land(store, cfg, "flights_named.txt", csv(*rows[:7]))
+    ingested = ingest_day(store, cfg, DAY)
+
+    reasons = {r["key"].rsplit("/", 1)[-1]: r["reason"] for r in ingested["rejected_files"]}
+    assert "is UTF-16 text (its byte order mark says so), not utf-8" in reasons["flights_utf16.csv"]
+    manifest = store.read_manifest(partition_prefix(cfg.prefix, "staging", DAY))
+    lines = {r["key"].rsplit("/", 1)[-1]: r["lines"] for r in manifest["rejected_files"]}
+    assert (lines["flights_utf16.csv"], lines["flights_named.txt"]) == (20, 7)
+    assert 100 < lines["flights_cut.csv.gz"] < 300  # the rows the cut file still holds
+    with pytest.raises(ValidationGateError):
+        validate_day(store, cfg, DAY)
+
+
 def test_a_rejected_file_whose_quoted_fields_span_lines_counts_its_records(store, cfg):
     """Counted by physical lines, 2 records with multi-line comments were 5 bad rows: a day that
     should pass failed the gate."""
