@@ -233,7 +233,10 @@ class SourceSpec(_Strict):
     file_pattern: str = Field("*", description="Glob matched against file names in a landing partition.")
     csv_delimiter: str = Field(",", min_length=1, max_length=1, description="Field separator of CSV files.")
     encoding: str = Field(
-        "utf-8", description="Text encoding of CSV files (a Python codec: utf-8, latin-1, ...)."
+        "utf-8",
+        description="Text encoding of CSV files (a Python codec: utf-8, latin-1, ...). With utf-8, a byte that does "
+        "not decode costs only its value (its row is quarantined where a declared column holds it); with "
+        "another codec, the file is rejected.",
     )
 
     @field_validator("csv_delimiter")

@@ -29,6 +29,7 @@ order, and no wall-clock time is written, so a rerun publishes byte-identical pa
 
 from __future__ import annotations
 
+import codecs
 import csv
 import datetime as dt
 import fnmatch
@@ -581,6 +582,7 @@ def _parse_csv(
     """All fields as strings, the 1-based line number where each record starts, and the records
     whose field count differs from the header's (kept verbatim); of a column the header repeats
     (not a declared one, see :func:`_repeated`), the last."""
+    lossy = False
     try:
         text = data.decode(encoding)
     except UnicodeDecodeError as exc:
@@ -589,10 +591,14 @@ def _parse_csv(
                 f"{key} is UTF-16 text (its byte order mark says so), not {encoding}: export it as "
                 f"{encoding}, or set data.source.encoding: utf-16 for this pipeline's files."
             ) from None
-        line = data[: exc.start].count(b"\n") + 1
-        raise RejectedFileError(
-            f"{key} is not valid {encoding}: byte {exc.start} (line {line}) cannot be decoded."
-        ) from None
+        if codecs.lookup(encoding).name != "utf-8":
+            line = data[: exc.start].count(b"\n") + 1
+            raise RejectedFileError(
+                f"{key} is not valid {encoding}: byte {exc.start} (line {line}) cannot be decoded."
+            ) from None
+        # A stray byte (a Windows-1252 quote in a free-text field) costs its value, not the file:
+        # kept as it is, flagged where a declared column holds it, dropped with undeclared columns.
+        text, lossy = data.decode(encoding, errors="surrogateescape"), True
     # Excel's byte order mark goes before parsing: after it, a quoted first name keeps its quotes.
     text = text.removeprefix("\ufeff")
     if not text.strip():
@@ -654,8 +660,22 @@ def _parse_csv(
             continue  # a blank line, or one of only spaces or tabs ("," is a malformed line)
         malformed.append({"source_file": key, "line": first + 1, "raw": raw, "reason": reason})
     columns = list(zip(*records, strict=True)) if records else [()] * len(header)
+    if lossy:  # undecodable bytes back as bytes: typing flags them as text that is not UTF-8
+        columns = [
+            [_undecoded(v) for v in col] if name in declared else col
+            for name, col in zip(header, columns, strict=True)
+        ]
     frame = pd.DataFrame({h: np.array(col, dtype=object) for h, col in zip(header, columns, strict=True)})
     return frame, np.array(numbers, dtype=np.int64), malformed
+
+
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")  # a byte surrogateescape kept
+
+
+def _undecoded(value: str) -> str | bytes:
+    """A field decoded with surrogateescape: the bytes it was read from if one of them did not
+    decode, else the text."""
+    return value.encode("utf-8", "surrogateescape") if _ESCAPED_BYTE.search(value) else value
 
 
 def _records_of_their_own(lines: list[str], delimiter: str, fields: int) -> bool:

@@ -485,12 +485,17 @@ def test_parquet_string_column_with_non_utf8_bytes_is_rejected_naming_the_column
     assert_rejected(store, cfg, ingested, key, data, key, "column 'carrier'", "not valid UTF-8", "row 2")
 
 
-def test_non_utf8_file_is_rejected_with_the_byte_position(store, cfg):
+def test_a_value_that_is_not_utf8_is_quarantined_naming_its_line_and_column(store, cfg):
     land(store, cfg, "flights_a.csv", csv(*GOOD))
-    data = csv("9,1,AA,EWR,2013-01-01T10:00:00Z").encode() + "10,1,AA,Zürich,x\n".encode("latin-1")
+    data = csv("9,1,AA,EWR,2013-01-01T10:00:00Z").encode() + "10,1,AA,Zürich,2013-01-01T10:00:00Z\n".encode(
+        "latin-1"
+    )
     key = land(store, cfg, "flights_b.csv", data)
     ingested, _ = run(store, cfg)
-    assert_rejected(store, cfg, ingested, key, data, "not valid utf-8", "(line 3)")
+    assert ingested["rejected_files"] == []
+    [row] = quarantined(store, cfg).to_dict("records")
+    assert (row["_source_file"], row["_source_line"]) == (key, 3)
+    assert row["_ingest_error"] == "origin: b'Z\\xfcrich' is not valid UTF-8 text"
 
 
 def test_ten_times_larger_day_fails_the_gate_with_a_clear_message(store, cfg):
@@ -635,8 +640,8 @@ def test_malformed_lines_count_as_bad_records_in_the_gate(store, cfg):
 
 def test_the_lines_of_a_rejected_file_count_as_bad_records_in_the_gate(store, cfg):
     land(store, cfg, "flights_a.csv", csv(*GOOD))
-    rows = [f"{i},1,AA,EWR,2013-01-01T10:00:00Z" for i in range(10, 14)]
-    land(store, cfg, "flights_b.csv", csv(*rows).encode() + "15,1,AA,Zürich,x\n".encode("latin-1"))
+    rows = [f"{i},1,AA,EWR" for i in range(10, 15)]
+    land(store, cfg, "flights_b.csv", csv(*rows, header="id,delay,carrier,origin"))  # no time_hour
     ingest_day(store, cfg, DAY)
 
     with pytest.raises(ValidationGateError) as failure:
@@ -691,6 +696,23 @@ def test_truncated_utf16_or_misnamed_rejected_files_count_their_rows_and_say_wha
     assert 100 < lines["flights_cut.csv.gz"] < 300  # the rows the cut file still holds
     with pytest.raises(ValidationGateError):
         validate_day(store, cfg, DAY)
+
+
+def test_a_byte_that_is_not_utf8_costs_its_value_not_the_whole_file(store, cfg):
+    """A Windows-1252 quote (0x92) in one field rejected all of the file's rows; in a column the
+    config drops it costs nothing, in a declared one only its row."""
+    rows = [g + ",ok" for g in GOOD]
+    text = csv(*rows, header=HEADER + ",note").encode()
+    text = text.replace(b"2,0,UA,JFK,2013-01-01T10:00:00Z,ok", b"2,0,UA,JFK,2013-01-01T10:00:00Z,crew\x92s")
+    text = text.replace(b"3,25,AA,", b"3,25,A\x92,")
+    land(store, cfg, "flights.csv", text)
+
+    ingested, validated = run(store, cfg)
+
+    assert ingested["rejected_files"] == [] and validated["passed"]
+    assert curated(store, cfg)["id"].tolist() == [1, 2, 4]
+    [reason] = quarantined(store, cfg)["_ingest_error"].tolist()
+    assert reason.startswith("carrier: ") and reason.endswith("is not valid UTF-8 text")
 
 
 def test_a_rejected_file_whose_quoted_fields_span_lines_counts_its_records(store, cfg):
