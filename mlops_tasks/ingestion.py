@@ -198,7 +198,7 @@ def ingest_day(store: ObjectStore, cfg: PipelineConfig, day: dt.date) -> dict[st
         table.frames.append(typed)
         table.sources.append(source)
 
-    frame = _stack(main.frames, cfg.data.columns, day)
+    frame = _identical_copies_dropped(_stack(main.frames, cfg.data.columns, day), cfg, found.warnings)
     for join in cfg.data.joins:
         rejected = [r["key"] for r in found.rejected if _route(r["key"].rsplit("/", 1)[-1], cfg) == join.name]
         frame = _left_join(frame, join, joins[join.name].frames, day, rejected, found.warnings)
@@ -1005,6 +1005,26 @@ def _split_unjoinable(
         "quarantined with the malformed lines"
     )
     return typed[~no_key], entries
+
+
+def _identical_copies_dropped(frame: pd.DataFrame, cfg: PipelineConfig, warnings: list[str]) -> pd.DataFrame:
+    """``frame`` less the rows repeating an earlier row's key and every value (an overlapping extract
+    sent again, a file landed twice): kept once, counted in ``warnings``, as a join's identical copies
+    are. Quarantined by the key rule instead, every copy was lost though they agree. Copies that
+    disagree stay for that rule: which is right is unknown."""
+    keys = list(cfg.data.key)
+    if not keys or frame.empty:
+        return frame
+    values = [c.name for c in cfg.data.columns]
+    repeated = frame.duplicated([*values, "_ingest_error"], keep="first") & frame[keys].notna().all(axis=1)
+    if not repeated.any():
+        return frame
+    files = sorted(set(frame.loc[repeated, "_source_file"]))
+    warnings.append(
+        f"{int(repeated.sum())} row(s) repeating another row's key {keys} and every value were kept once "
+        f"(the repeats in {', '.join(files[:3])}{', ...' if len(files) > 3 else ''})"
+    )
+    return frame[~repeated.to_numpy()].reset_index(drop=True)
 
 
 def _disagreeing_copies_marked(

@@ -342,6 +342,23 @@ def test_duplicate_keys_quarantine_every_copy(store, cfg):
     assert curated(store, cfg)["id"].tolist() == [1, 2, 3]
 
 
+def test_identical_copies_of_rows_are_kept_once_and_disagreeing_ones_quarantined(store, cfg):
+    """An overlapping extract sent again: its copies agree, so they are one row (all of them were
+    quarantined, and the rows lost); copies that disagree still go to quarantine."""
+    land(store, cfg, "flights_a.csv", csv(*GOOD[:3]))
+    land(store, cfg, "flights_b.csv", csv(*GOOD[1:], "3,99,AA,EWR,2013-01-01T11:00:00Z"))
+
+    ingested, validated = run(store, cfg)
+
+    assert curated(store, cfg)["id"].tolist() == [1, 2, 4]
+    assert quarantined(store, cfg)["id"].tolist() == [3, 3]  # 25 or 99 minutes late: unknown
+    assert any(
+        w.startswith("2 row(s) repeating another row's key ['id'] and every value were kept once")
+        for w in ingested["warnings"]
+    )
+    assert validated["passed"]
+
+
 def test_gx_counts_equal_the_row_split_for_every_row_rule(store, cfg):
     rows = [
         "1,abc,AA,EWR,2013-01-01T10:00:00Z",
