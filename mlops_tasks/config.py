@@ -489,9 +489,9 @@ class TrainingSpec(_Strict):
         0.1,
         gt=0,
         lt=0.5,
-        description="Share of training rows used for early stopping: whole training days, drawn at "
-        "random (seeded) until they hold about this share (rows of one day share its weather and "
-        "events, so rows drawn from every day would judge the model on days it trains on).",
+        description="Share of training rows used for early stopping: the latest whole training days "
+        "holding about this share (rows of one day share its weather and events, so rows drawn at "
+        "random from every day would judge the model on days it trains on).",
     )
     max_rows: int | None = Field(None, ge=1, description="Cap on training rows (seeded sample).")
 

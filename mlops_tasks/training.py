@@ -128,19 +128,17 @@ class TabularNet(nn.Module):
 def validation_split(
     rows: pd.DataFrame, fraction: float, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Positions of the early-stopping rows and of the rows to fit: whole days, drawn at random
-    (seeded) until they hold about ``fraction`` of the rows. Rows of one day share its weather and
-    events: split within days, the validation loss kept falling while the model learnt the days
-    themselves, so early stopping hardly ever stopped. Days drawn from the whole window, not the
-    latest ones: those are the most like the days the model will score, and held out they cost it
-    (bench_model_quality.py). Rows of fewer than two days (or without ``_day``) are split at random."""
+    """Positions of the early-stopping rows and of the rows to fit: the latest whole days holding
+    about ``fraction`` of the rows, as the gate holds out whole days. Rows of one day share its
+    weather and events: split within days, the validation loss kept falling while the model learnt
+    the days themselves, so early stopping hardly ever stopped. Rows of fewer than two days (or
+    without ``_day``) are split at random."""
     want = max(1, round(len(rows) * fraction))
     days = pd.to_datetime(rows[DAY_COLUMN], errors="coerce") if DAY_COLUMN in rows else None
     if days is None or days.isna().any() or days.nunique() < 2:
         order = rng.permutation(len(rows))
         return np.sort(order[:want]), np.sort(order[want:])
-    per_day = days.value_counts().sort_index()
-    per_day = per_day.iloc[rng.permutation(len(per_day))]
+    per_day = days.value_counts().sort_index(ascending=False)  # the latest day first
     held_days = min(int(np.searchsorted(per_day.cumsum().to_numpy(), want)) + 1, len(per_day) - 1)
     held = days.isin(per_day.index[:held_days]).to_numpy()
     return np.flatnonzero(held), np.flatnonzero(~held)
