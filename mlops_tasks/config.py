@@ -486,12 +486,7 @@ class TrainingSpec(_Strict):
         "of the window that has data (days without data at the window's end do not shorten it).",
     )
     validation_fraction: float = Field(
-        0.1,
-        gt=0,
-        lt=0.5,
-        description="Share of training rows used for early stopping: the latest whole training days "
-        "holding about this share (rows of one day share its weather and events, so rows drawn at "
-        "random from every day would judge the model on days it trains on).",
+        0.1, gt=0, lt=0.5, description="Share of training rows used for early stopping."
     )
     max_rows: int | None = Field(None, ge=1, description="Cap on training rows (seeded sample).")
 

@@ -125,25 +125,6 @@ class TabularNet(nn.Module):
 # -- data -------------------------------------------------------------------------------------------
 
 
-def validation_split(
-    rows: pd.DataFrame, fraction: float, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """Positions of the early-stopping rows and of the rows to fit: the latest whole days holding
-    about ``fraction`` of the rows, as the gate holds out whole days. Rows of one day share its
-    weather and events: split within days, the validation loss kept falling while the model learnt
-    the days themselves, so early stopping hardly ever stopped. Rows of fewer than two days (or
-    without ``_day``) are split at random."""
-    want = max(1, round(len(rows) * fraction))
-    days = pd.to_datetime(rows[DAY_COLUMN], errors="coerce") if DAY_COLUMN in rows else None
-    if days is None or days.isna().any() or days.nunique() < 2:
-        order = rng.permutation(len(rows))
-        return np.sort(order[:want]), np.sort(order[want:])
-    per_day = days.value_counts().sort_index(ascending=False)  # the latest day first
-    held_days = min(int(np.searchsorted(per_day.cumsum().to_numpy(), want)) + 1, len(per_day) - 1)
-    held = days.isin(per_day.index[:held_days]).to_numpy()
-    return np.flatnonzero(held), np.flatnonzero(~held)
-
-
 def split_window(frame: pd.DataFrame, cfg: PipelineConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Temporal split by ``_day``: the last ``evaluation_days`` calendar days are the evaluation rows.
 
@@ -441,7 +422,9 @@ def train(
     if cfg.training.max_rows and len(rows) > cfg.training.max_rows:
         keep = np.sort(rng.choice(len(rows), cfg.training.max_rows, replace=False))
         rows, label = rows.iloc[keep], label.iloc[keep]
-    val_idx, fit_idx = validation_split(rows, cfg.training.validation_fraction, rng)
+    order = rng.permutation(len(rows))
+    val_n = max(1, round(len(rows) * cfg.training.validation_fraction))
+    val_idx, fit_idx = np.sort(order[:val_n]), np.sort(order[val_n:])
     fit_rows, fit_label = rows.iloc[fit_idx], label.iloc[fit_idx]
     val_rows, val_label = rows.iloc[val_idx], label.iloc[val_idx]
     _check_labels(fit_label, cfg, "training rows (after the validation split)")

@@ -276,23 +276,3 @@ def test_training_stops_early_and_keeps_the_weights_of_its_best_epoch(
         saved = float(training._loss_fn(spec.task)(net(x_num, x_cat), training._targets(val[1], spec)))
     assert saved == pytest.approx(history[result["best_epoch"]], rel=1e-5)
     assert history[result["epochs_run"]] > saved
-
-
-def test_early_stopping_holds_out_the_latest_whole_days_not_rows_of_every_day() -> None:
-    """Rows of one day share its weather and events: drawn at random from every day, the validation
-    rows were days the model trained on, and the validation loss kept falling."""
-    import numpy as np
-
-    days = pd.Series(pd.date_range("2013-01-01", periods=10).repeat(100).date)
-    rows = pd.DataFrame({"_day": days.astype(str), "x": range(1000)})
-    rng = np.random.default_rng(0)
-
-    held, fit = training.validation_split(rows, 0.1, rng)
-    assert set(rows["_day"].iloc[held]) == {"2013-01-10"} and len(held) == 100
-    assert set(rows["_day"].iloc[fit]).isdisjoint(rows["_day"].iloc[held])
-    held, fit = training.validation_split(rows, 0.25, rng)
-    assert sorted(set(rows["_day"].iloc[held])) == ["2013-01-08", "2013-01-09", "2013-01-10"]
-    assert len(training.validation_split(rows, 0.49, rng)[1]) >= 100  # a day or more is left to fit on
-    one_day = rows[rows["_day"] == "2013-01-01"]
-    held, fit = training.validation_split(one_day, 0.1, rng)  # a single day: rows at random
-    assert (len(held), len(fit)) == (10, 90)
