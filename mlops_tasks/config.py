@@ -486,7 +486,13 @@ class TrainingSpec(_Strict):
         "of the window that has data (days without data at the window's end do not shorten it).",
     )
     validation_fraction: float = Field(
-        0.1, gt=0, lt=0.5, description="Share of training rows used for early stopping."
+        0.1,
+        gt=0,
+        lt=0.5,
+        description="Share of training rows used for early stopping: whole training days, drawn at "
+        "random (seeded) until they hold about this share, when that comes to 3 days or more (rows of "
+        "one day share its weather and events, so rows drawn from every day would judge the model on "
+        "days it trains on); rows at random in a shorter window.",
     )
     max_rows: int | None = Field(None, ge=1, description="Cap on training rows (seeded sample).")
 

@@ -125,6 +125,36 @@ class TabularNet(nn.Module):
 # -- data -------------------------------------------------------------------------------------------
 
 
+MIN_HELD_OUT_DAYS = 3
+
+
+def validation_split(
+    rows: pd.DataFrame, fraction: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of the early-stopping rows and of the rows to fit.
+
+    Whole days, drawn at random (seeded) until they hold about ``fraction`` of the rows, when that
+    comes to at least ``MIN_HELD_OUT_DAYS`` days. Rows of one day share its weather and events: split
+    within days, the validation loss kept falling while the model learnt the days themselves, so early
+    stopping hardly ever stopped. Days from the whole window, not the latest ones: those are the most
+    like the days the model will score, and held out they cost it (bench_model_quality.py).
+
+    A shorter window (or rows without ``_day``) is split by rows at random: the loss of one or two
+    held-out days is too noisy to stop on (it stopped short windows' training after an epoch or two,
+    giving models the gate rejected).
+    """
+    want = max(1, round(len(rows) * fraction))
+    days = pd.to_datetime(rows[DAY_COLUMN], errors="coerce") if DAY_COLUMN in rows else None
+    if days is None or days.isna().any() or days.nunique() * fraction < MIN_HELD_OUT_DAYS:
+        order = rng.permutation(len(rows))
+        return np.sort(order[:want]), np.sort(order[want:])
+    per_day = days.value_counts().sort_index()
+    per_day = per_day.iloc[rng.permutation(len(per_day))]
+    held_days = min(int(np.searchsorted(per_day.cumsum().to_numpy(), want)) + 1, len(per_day) - 1)
+    held = days.isin(per_day.index[:held_days]).to_numpy()
+    return np.flatnonzero(held), np.flatnonzero(~held)
+
+
 def split_window(frame: pd.DataFrame, cfg: PipelineConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Temporal split by ``_day``: the last ``evaluation_days`` calendar days are the evaluation rows.
 
@@ -422,9 +452,7 @@ def train(
     if cfg.training.max_rows and len(rows) > cfg.training.max_rows:
         keep = np.sort(rng.choice(len(rows), cfg.training.max_rows, replace=False))
         rows, label = rows.iloc[keep], label.iloc[keep]
-    order = rng.permutation(len(rows))
-    val_n = max(1, round(len(rows) * cfg.training.validation_fraction))
-    val_idx, fit_idx = np.sort(order[:val_n]), np.sort(order[val_n:])
+    val_idx, fit_idx = validation_split(rows, cfg.training.validation_fraction, rng)
     fit_rows, fit_label = rows.iloc[fit_idx], label.iloc[fit_idx]
     val_rows, val_label = rows.iloc[val_idx], label.iloc[val_idx]
     _check_labels(fit_label, cfg, "training rows (after the validation split)")

@@ -282,16 +282,15 @@ def test_a_class_only_the_validation_split_holds_does_not_fail_multiclass_traini
         features=FeatureSpec(numeric=["distance", "hour", "temp"], categorical=["origin", "dest"]),
     )
     train_rows = split[0].reset_index(drop=True)
-    first_validation_row = np.random.default_rng(cfg.model.seed).permutation(len(train_rows))[0]
-    train_rows.loc[first_validation_row, "carrier"] = "ZZ"
+    rng = np.random.default_rng(cfg.model.seed)
+    held = training.validation_split(train_rows, cfg.training.validation_fraction, rng)[0]
+    train_rows.loc[held[0], "carrier"] = "ZZ"
 
     run = training.train(cfg, train_rows, tracking_uri=mlflow_server, data_version="dv1", trigger="test")
 
     finished = tracking.client(mlflow_server).get_run(run["run_id"])
     assert finished.info.status == "FINISHED" and "ZZ" not in finished.data.params["classes"]
-    assert (
-        int(finished.data.params["val_rows"]) == round(len(train_rows) * cfg.training.validation_fraction) - 1
-    )
+    assert int(finished.data.params["val_rows"]) == len(held) - 1
 
 
 def test_quantized_export_is_kept_only_within_the_metric_tolerance(

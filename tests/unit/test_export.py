@@ -142,7 +142,7 @@ def test_the_graph_scores_an_infinite_value_as_missing_and_ignores_a_constant_fe
     example_config: PipelineConfig, network: tuple
 ) -> None:
     """Training fitted +-inf as missing and zeroed the weights of features constant in its rows
-    (``month``; ``wind_gust`` is empty): serving must agree, whatever those columns hold now."""
+    (``precip``; ``wind_gust`` is empty): serving must agree, whatever those columns hold now."""
     net, spec = network
     scorer = session(export.build_onnx(net, spec))
     rows = awkward_rows()
@@ -152,5 +152,5 @@ def test_the_graph_scores_an_infinite_value_as_missing_and_ignores_a_constant_fe
 
     base = scores(rows.assign(temp=np.nan))
     np.testing.assert_array_equal(scores(rows.assign(temp=np.inf)), base)
-    np.testing.assert_array_equal(scores(rows.assign(temp=-np.inf, month=7, wind_gust=45.0)), base)
+    np.testing.assert_array_equal(scores(rows.assign(temp=-np.inf, precip=0.4, wind_gust=45.0)), base)
     assert np.isfinite(base).all()

@@ -20,7 +20,6 @@ def tiny_rows(n: int = 200, days: int = 10, seed: int = 0) -> pd.DataFrame:
     start = dt.date(2013, 3, 1)
     return pd.DataFrame(
         {
-            "month": 3,
             "day": rng.integers(1, 28, n),
             "hour": rng.integers(5, 23, n),
             "minute": rng.integers(0, 59, n),
@@ -31,7 +30,7 @@ def tiny_rows(n: int = 200, days: int = 10, seed: int = 0) -> pd.DataFrame:
             "wind_dir": rng.uniform(0, 360, n),
             "wind_speed": rng.uniform(0, 30, n),
             "wind_gust": np.nan,
-            "precip": rng.uniform(0, 0.3, n),
+            "precip": 0.0,
             "pressure": rng.normal(1015, 8, n),
             "visib": rng.uniform(1, 10, n),
             "carrier": rng.choice(["UA", "AA", "DL"], n),
@@ -63,9 +62,9 @@ def test_constant_feature_is_not_scaled_and_empty_feature_is_imputed_with_zero(
     rows, label = training.labelled_rows(rows, example_config)
     with caplog.at_level(logging.WARNING, logger="mlops_tasks.training"):
         spec = training.fit_spec(rows, label, example_config)
-    month, gust = spec.numeric.index("month"), spec.numeric.index("wind_gust")
-    assert (spec.std[month], spec.median[gust], spec.std[gust]) == (1.0, 0.0, 1.0)
-    assert "'month' is constant" in caplog.text and "'wind_gust' is empty" in caplog.text
+    precip, gust = spec.numeric.index("precip"), spec.numeric.index("wind_gust")
+    assert (spec.std[precip], spec.median[gust], spec.std[gust]) == (1.0, 0.0, 1.0)
+    assert "'precip' is constant" in caplog.text and "'wind_gust' is empty" in caplog.text
 
 
 def test_a_feature_whose_spread_has_no_float32_reciprocal_is_treated_as_constant(
@@ -182,15 +181,15 @@ def test_a_constant_or_empty_feature_gets_zero_weights_so_its_value_does_not_mov
 ) -> None:
     """Its random first-layer weights would get no gradient in training (its centred value is always
     0) and, when the feed varies again at serving, move the scores by chance."""
-    rows = tiny_rows()  # month is constant, wind_gust all NaN
+    rows = tiny_rows()  # precip is constant, wind_gust all NaN
     spec = training.fit_spec(*training.labelled_rows(rows, example_config), example_config)
     net = training.TabularNet(spec)
-    month, gust = spec.numeric.index("month"), spec.numeric.index("wind_gust")
+    precip, gust = spec.numeric.index("precip"), spec.numeric.index("wind_gust")
 
-    assert spec.constant == ["month", "wind_gust"]
-    assert not net.mlp[0].weight[:, [month, gust]].any() and net.mlp[0].weight[:, month + 1].all()
+    assert spec.constant == ["wind_gust", "precip"]
+    assert not net.mlp[0].weight[:, [precip, gust]].any() and net.mlp[0].weight[:, precip + 1].all()
     score, _ = training.predict(net, spec, rows)
-    varied, _ = training.predict(net, spec, rows.assign(month=np.arange(len(rows)) % 12, wind_gust=30.0))
+    varied, _ = training.predict(net, spec, rows.assign(precip=np.arange(len(rows)) % 3 / 10, wind_gust=30.0))
     np.testing.assert_array_equal(score, varied)
 
 
@@ -276,3 +275,35 @@ def test_training_stops_early_and_keeps_the_weights_of_its_best_epoch(
         saved = float(training._loss_fn(spec.task)(net(x_num, x_cat), training._targets(val[1], spec)))
     assert saved == pytest.approx(history[result["best_epoch"]], rel=1e-5)
     assert history[result["epochs_run"]] > saved
+
+
+def test_early_stopping_holds_out_whole_days_not_rows_of_every_day() -> None:
+    """Rows of one day share its weather and events: drawn at random from every day, the validation
+    rows were days the model trained on, and the validation loss kept falling."""
+    import numpy as np
+
+    days = pd.Series(pd.date_range("2013-01-01", periods=40).repeat(100).date)
+    rows = pd.DataFrame({"_day": days.astype(str), "x": range(4000)})
+
+    held, fit = training.validation_split(rows, 0.1, np.random.default_rng(0))
+    assert len(held) == 400 and rows["_day"].iloc[held].nunique() == 4  # four whole days
+    assert set(rows["_day"].iloc[fit]).isdisjoint(rows["_day"].iloc[held])
+    again, _ = training.validation_split(rows, 0.1, np.random.default_rng(0))
+    assert again.tolist() == held.tolist()  # seeded
+    other, _ = training.validation_split(rows, 0.1, np.random.default_rng(1))
+    assert other.tolist() != held.tolist()  # drawn at random, not the latest days
+    held, fit = training.validation_split(rows, 0.25, np.random.default_rng(1))
+    assert rows["_day"].iloc[held].nunique() == 10 and len(held) + len(fit) == 4000
+
+
+def test_a_window_too_short_to_hold_out_three_days_splits_rows_at_random() -> None:
+    """One or two held-out days are too noisy a loss to stop on: short windows split by rows."""
+    import numpy as np
+
+    days = pd.Series(pd.date_range("2013-01-01", periods=20).repeat(50).date)
+    rows = pd.DataFrame({"_day": days.astype(str), "x": range(1000)})
+
+    held, fit = training.validation_split(rows, 0.1, np.random.default_rng(0))
+    assert (len(held), len(fit)) == (100, 900)
+    assert rows["_day"].iloc[held].nunique() > 3  # rows from many days, not two whole days
+    assert np.array_equal(np.sort(np.concatenate([held, fit])), np.arange(1000))
