@@ -603,7 +603,11 @@ def _parse_csv(
     text = text.removeprefix("\ufeff")
     if not text.strip():
         raise RejectedFileError(f"{key} is empty: it has no header line.")
-    lines = _Lines(list(io.StringIO(text, newline="")))
+    # Lines end at LF (or CRLF), as editors, `wc -l` and `grep -n` number them: a CR alone inside a
+    # line (pasted from an old Mac note) stays in it, one malformed line instead of two fragments
+    # that shifted every later line number. A file without any LF ends its lines with CR (classic
+    # Mac OS).
+    lines = _Lines(list(io.StringIO(text, newline="\n" if "\n" in text else "")))
     # The csv module refuses fields over 128 KiB (a global limit); no field is longer than the file,
     # which is already in memory.
     csv.field_size_limit(max(csv.field_size_limit(), len(text)))
@@ -635,7 +639,10 @@ def _parse_csv(
             # Only the record's first line is malformed: the lines a broken quote ran over are
             # records of their own, so parsing resumes on the next line.
             lines.position = first + 1
-            record, reason = None, f"unparseable CSV ({exc}); parsing resumed on the next line"
+            why = (
+                "a carriage return (CR) inside an unquoted field" if "new-line character" in str(exc) else exc
+            )
+            record, reason = None, f"unparseable CSV ({why}); parsing resumed on the next line"
         else:
             reason = f"{len(record)} fields, the header has {len(header)}"
             spanned = lines.lines[first : lines.position]

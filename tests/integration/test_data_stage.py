@@ -210,6 +210,31 @@ def test_a_stray_quote_pair_costs_the_opening_line_and_splices_no_rows(store, cf
     assert ingested["malformed_lines"] == 1 and validated["passed"]
 
 
+def test_a_carriage_return_inside_a_line_costs_that_line_and_shifts_no_line_numbers(store, cfg):
+    """Lines are numbered as editors and `grep -n` number them (by LF): a bare CR used to split its
+    line into two malformed fragments and move every later row's line number by one."""
+    rows = [GOOD[0], GOOD[1] + "\rpasted", GOOD[2], GOOD[3]]
+    land(store, cfg, "flights.csv", csv(*rows).replace("\n", "\r\n"))
+
+    ingested, _ = run(store, cfg)
+
+    [line] = malformed_lines(store, cfg).to_dict("records")
+    assert (line["line"], line["raw"]) == (3, rows[1])
+    assert "a carriage return (CR) inside an unquoted field" in line["reason"]
+    got = curated(store, cfg)
+    assert got["id"].tolist() == [1, 3, 4] and got["_source_line"].tolist() == [2, 4, 5]
+    assert ingested["malformed_lines"] == 1
+
+
+def test_a_file_whose_lines_end_in_a_bare_carriage_return_ingests(store, cfg):
+    land(store, cfg, "flights.csv", csv(*GOOD).replace("\n", "\r"))
+
+    ingested, _ = run(store, cfg)
+
+    assert ingested["malformed_lines"] == 0
+    assert curated(store, cfg)["_source_line"].tolist() == [2, 3, 4, 5]
+
+
 def test_quoted_fields_may_hold_delimiters_and_newlines(store, cfg):
     rows = [g + ',""' for g in GOOD]
     rows[1] = GOOD[1] + ',"a note, on\ntwo lines"'
