@@ -645,26 +645,28 @@ class DriftSpec(_Strict):
         0.05,
         gt=0,
         lt=1,
-        description="Columns compared by a test (the smaller side, reference or current window, has at "
-        "most 1000 rows; a categorical column at most 30 rows per distinct value, or 1000): drift when "
-        "the p-value is at or below this (Kolmogorov-Smirnov, numeric columns) or below it (chi-squared "
-        "/ z, categorical columns). The model's score follows the same rule.",
+        description="Columns compared by a test (the reference has at most 1000 values of the column; a "
+        "categorical column also when the smaller side has at most 30 values per distinct value): drift "
+        "when the p-value is at or below this (Kolmogorov-Smirnov, numeric columns) or below it "
+        "(chi-squared / z, categorical columns). The model's score follows the same rule.",
     )
     wasserstein_threshold: float = Field(
         0.1,
         gt=0,
-        description="Numeric columns of more than 5 distinct values, when both sides have more than 1000 "
-        "rows (else column_p_value decides): drift when Wasserstein distance / reference std >= this. "
-        "Also the model's score (prediction drift: the champion's scores of the window vs of its training "
-        "data), which alone requests a retrain, whatever drift_share_threshold.",
+        description="Numeric columns of more than 5 distinct values, when the reference has more than "
+        "1000 values (else column_p_value decides), however small the current window: drift when "
+        "Wasserstein distance / reference std >= this. Also the model's score (prediction drift: the "
+        "champion's scores of the window vs of its training data), which alone requests a retrain, "
+        "whatever drift_share_threshold.",
     )
     jensenshannon_threshold: float = Field(
         0.1,
         gt=0,
         le=1,
-        description="Categorical columns, and numeric ones of at most 5 distinct values, when both sides "
-        "have more than 1000 rows and more than 30 per distinct value (else column_p_value decides: the "
-        "distance's noise on fewer rows reads as drift): drift when Jensen-Shannon distance >= this.",
+        description="Categorical columns, and numeric ones of at most 5 distinct values, when the "
+        "reference has more than 1000 values and both sides more than 30 per distinct value (else "
+        "column_p_value decides: the distance's noise on fewer rows reads as drift): drift when "
+        "Jensen-Shannon distance >= this.",
     )
     max_metric_drop: float = Field(
         0.05,

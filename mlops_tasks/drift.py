@@ -18,14 +18,19 @@ Statistical test per column (Evidently's defaults, reproduced so that both layer
 once from the decision sample (``drift.sample_rows``) and reused by the report, whose smaller sample
 could otherwise fall on the other side of the 1000-values switch for a sparse column:
 
-* more than 1000 non-missing values on each side (the normal case; Evidently looks at the reference
-  only), and for a categorical column more than 30 per distinct value: numeric columns use the
-  Wasserstein distance normalised by the reference standard deviation, categorical columns (and
-  numeric columns with at most 5 distinct values, which are compared as categories) use the
+* more than 1000 non-missing reference values (the normal case; Evidently's own switch), and for a
+  categorical column more than 30 values per distinct value on the smaller side: numeric columns
+  use the Wasserstein distance normalised by the reference standard deviation, categorical columns
+  (and numeric columns with at most 5 distinct values, which are compared as categories) use the
   Jensen-Shannon distance. Distances, unlike p-values, do not turn every tiny difference into
-  "drift" when samples are large. Drift when the distance >= its threshold. A small current window
-  gets the p-value tests instead: the distance between two samples of one distribution shrinks
-  only with their size, and 1,000 rows over 100 categories read as drifted every time.
+  "drift" when samples are large. Drift when the distance >= its threshold. A categorical column of
+  a small current window gets the p-value test instead: the Jensen-Shannon distance between two
+  samples of one distribution shrinks only with their size, and 1,000 rows over 100 categories read
+  as drifted every time. A numeric column keeps its distance however small the current window: the
+  sampling noise of a distance in reference standard deviations is a few hundredths at a few
+  hundred rows, while a p-value test would judge one day's rows as if they were independent - all
+  of a day's flights share its weather, so the first check after a promotion, which sees only the
+  day the new champion scored, found temperature "drifted" in every month of the example.
 * otherwise: Kolmogorov-Smirnov (numeric), chi-squared (categorical, > 2
   values) or a two-proportion z-test (2 values); drift when the p-value is below
   ``drift.column_p_value`` (KS: at or below, as in Evidently). The chi-squared test is the
@@ -290,16 +295,15 @@ class _Plan:
 
 
 def _plan(cfg: PipelineConfig, kind: str, ref: pd.Series, cur: pd.Series) -> _Plan:
-    """Evidently's default test choice for this column, judged on the smaller side (see module
-    docstring), with our thresholds."""
+    """Evidently's default test choice for this column (judged on the reference), categorical columns
+    of a small current window excepted (see module docstring), with our thresholds."""
     n_values = pd.concat([ref, cur], ignore_index=True).nunique()
     kind = "categorical" if n_values <= FEW_VALUES else kind
-    smaller = min(len(ref), len(cur))
-    enough = DISTANCE_ROWS_PER_VALUE * n_values if kind == "categorical" else 0
-    if smaller > max(SMALL_SAMPLE_ROWS, enough):
+    if len(ref) > SMALL_SAMPLE_ROWS:
         if kind == "numeric":
             return _Plan(kind, "wasserstein", cfg.drift.wasserstein_threshold)
-        return _Plan(kind, "jensenshannon", cfg.drift.jensenshannon_threshold)
+        if min(len(ref), len(cur)) > DISTANCE_ROWS_PER_VALUE * n_values:
+            return _Plan(kind, "jensenshannon", cfg.drift.jensenshannon_threshold)
     if kind == "numeric":
         return _Plan(kind, "ks", cfg.drift.column_p_value)
     return _Plan(kind, CHISQUARE if n_values > 2 else "z", cfg.drift.column_p_value)

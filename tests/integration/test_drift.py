@@ -85,13 +85,19 @@ def test_evidently_report_agrees_with_the_fast_comparison_column_by_column(cfg, 
         c: e["drifted"] for c, e in fast["columns"].items()
     }
 
-    # what each test judges on: a distance, or a p-value (KS for the sparse wind_gust: the July week
-    # holds fewer than 1,000 of its values)
+    # what each test judges on: a distance, or a p-value
     def judged(columns: dict) -> dict:
         return {c: e["statistic"] if e["p_value"] is None else e["p_value"] for c, e in columns.items()}
 
-    assert fast["columns"]["wind_gust"]["stat_test"] == "ks"
+    # the sparse wind_gust: fewer than 1,000 values in the July week, thousands in the reference
+    assert fast["columns"]["wind_gust"]["stat_test"] == "wasserstein"
     assert judged(summary["columns"]) == pytest.approx(judged(fast["columns"]), abs=1e-5)
+    # a reference of 900 rows: the p-value tests, on which Evidently agrees too
+    small = winter.sample(900, random_state=0)
+    _, small_summary = drift.evidently_report(cfg, small, july, day=dt.date(2013, 7, 14))
+    small_fast = drift.compare(cfg, small, july)
+    assert {e["stat_test"] for e in small_fast["columns"].values()} >= {"ks", drift.CHISQUARE}
+    assert judged(small_summary["columns"]) == pytest.approx(judged(small_fast["columns"]), abs=1e-5)
 
 
 def test_the_report_tests_each_column_as_the_decision_does_on_its_smaller_sample(

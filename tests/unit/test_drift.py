@@ -83,6 +83,25 @@ def test_small_reference_uses_p_value_tests():
     assert result["columns"]["c"]["drifted"] is False
 
 
+def test_a_numeric_column_of_a_small_window_keeps_its_distance_test() -> None:
+    """~900 flights of one day against a two-month reference: they share that day's weather, a
+    narrow slice of the reference. Judged as independent draws by a p-value test, the first check
+    after every promotion (one day scored by the new champion) found temperature drifted; a slice
+    half a standard deviation off the reference mean is no drift by the distance."""
+    cfg = make_config(wasserstein_threshold=1.0, sample_rows=20_000)
+    reference = frame(20_000, 1)
+    one_day = frame(900, 2).assign(x=np.random.default_rng(3).normal(0.5, 0.3, 900))
+
+    x = drift.compare(cfg, reference, one_day)["columns"]["x"]
+
+    assert (x["stat_test"], x["drifted"]) == ("wasserstein", False) and 0.3 < x["statistic"] < 0.8
+    shifted = drift.compare(cfg, reference, one_day.assign(x=one_day["x"] + 1.5))["columns"]["x"]
+    assert (shifted["stat_test"], shifted["drifted"]) == ("wasserstein", True)
+    # 3 categories in 900 rows: enough values per category for a distance (see the airports test)
+    c = drift.compare(cfg, reference, one_day)["columns"]["c"]
+    assert (c["stat_test"], c["drifted"]) == ("jensenshannon", False)
+
+
 def test_small_sample_tests_judge_on_drift_column_p_value() -> None:
     """One small shift: its KS p-value lies between the two settings, so they decide oppositely."""
     reference, current = frame(500, 1), frame(500, 2, x_shift=0.2)
