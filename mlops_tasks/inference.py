@@ -56,6 +56,7 @@ from mlops_tasks.storage import (
     ObjectNotFoundError,
     ObjectStore,
     RangedObject,
+    content_id,
     partition_prefix,
     publish_manifest,
     read_published,
@@ -329,9 +330,11 @@ def plan_parts(store: ObjectStore, cfg: PipelineConfig, day: dt.date) -> list[di
     and published as any other, its empty predictions replace those of the day's earlier rows."""
     manifest = store.read_manifest(partition_prefix(cfg.prefix, "curated", day))
     parts = manifest["parts"] if manifest else []
+    # The curated content the plan was made from: publishing refuses results of other content.
+    curated = content_id(manifest)
     units: list[dict[str, Any]] = []
     if parts and not any(part["rows"] for part in parts):
-        return [{**_unit(day, 0, parts[0], [], 0, 0), "units": 1}]
+        return [{**_unit(day, 0, parts[0], [], 0, 0), "units": 1, "curated": curated}]
     for part in parts:
         if part["rows"] == 0:
             continue
@@ -356,7 +359,7 @@ def plan_parts(store: ObjectStore, cfg: PipelineConfig, day: dt.date) -> list[di
             )
     # Each unit knows how many there are, and so does its result: publishing checks that none is
     # missing before it makes the day visible.
-    return [{**unit, "units": len(units)} for unit in units]
+    return [{**unit, "units": len(units), "curated": curated} for unit in units]
 
 
 # -- score ------------------------------------------------------------------------------------------
@@ -581,6 +584,7 @@ def score_part(
         "part": part,
         "part_index": unit["part_index"],
         "units": unit.get("units"),
+        "curated": unit.get("curated"),
         "rows": rows,
         "model_version": str(model_version),
         "run_id": run_id,
@@ -918,6 +922,7 @@ def publish_predictions(
             "planned have no result, so publishing would make a partial day visible; the published "
             "day is left as it is. Re-run the inference run (its failed or skipped score tasks)."
         )
+    curated = _scored_content(store, cfg, day, part_results, partition)
 
     def may_replace(published: dict[str, Any]) -> None:
         theirs = published.get("model_version")
@@ -942,6 +947,7 @@ def publish_predictions(
         model_name=model_name,
         model_version=str(model_version),
         run_id=run_id,
+        **({"curated": curated} if curated else {}),
     )
     return {
         "uri": store.uri(partition),
@@ -949,6 +955,34 @@ def publish_predictions(
         "parts": len(manifest["parts"]),
         "model_version": str(model_version),
     }
+
+
+def _scored_content(
+    store: ObjectStore, cfg: PipelineConfig, day: dt.date, part_results: list[dict[str, Any]], partition: str
+) -> str | None:
+    """The id of the curated content the results scored (:func:`storage.content_id`), checked to be
+    the day's curated content now. The day curated again since planning (a late file, a replaced
+    rejected one) means these predictions are of rows that are no longer the day's: published late
+    (a retry, a slow run) they would replace the predictions of a run that scored the new rows, and
+    the new rows would go unscored. None for results of an older release, which carry no id."""
+    scored = {r.get("curated") for r in part_results} - {None}
+    if len(scored) > 1:
+        raise PredictionsError(
+            f"{store.uri(partition)}: the results come from plans of different curated data; re-run the "
+            "whole inference run"
+        )
+    if not scored:
+        return None
+    planned = scored.pop()
+    curated = partition_prefix(cfg.prefix, "curated", day)
+    if content_id(store.read_manifest(curated)) != planned:
+        raise PredictionsError(
+            f"{store.uri(partition)}: not published. The day's curated data at {store.uri(curated)} "
+            "changed after this run planned its scoring (the day was validated again: a late or "
+            "replaced landing file), so these predictions are of rows that are no longer the day's. "
+            "The published day is left as it is; re-run the inference run to score the new rows."
+        )
+    return planned
 
 
 def read_predictions(

@@ -637,6 +637,15 @@ of a concurrent run of the same partition that has not published yet (longer tha
 scoring or staging takes)."""
 
 
+def content_id(manifest: dict[str, Any] | None) -> str | None:
+    """A short id of what a published manifest lists (each part's key and sha256): two manifests of
+    one id make the same partition content. None when nothing is published."""
+    if manifest is None:
+        return None
+    listed = sorted((part["key"], part.get("sha256")) for part in manifest.get("parts", []))
+    return sha256_bytes(_json_bytes(listed))[:16]
+
+
 class PartsMissingError(StorageError, DataError):
     """Parts to publish are gone from the store (another publish of the partition replaced them)."""
 

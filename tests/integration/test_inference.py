@@ -17,7 +17,14 @@ import pytest
 
 from mlops_tasks import inference, storage
 from mlops_tasks.config import PipelineConfig
-from mlops_tasks.storage import ObjectStore, partition_prefix, publish_manifest, sha256_bytes, write_part
+from mlops_tasks.storage import (
+    ObjectStore,
+    content_id,
+    partition_prefix,
+    publish_manifest,
+    sha256_bytes,
+    write_part,
+)
 from tests.conftest import tune
 
 from .onnx_fixtures import (
@@ -201,17 +208,17 @@ def test_a_multiclass_day_is_written_with_its_class_labels_and_one_float_column_
 def test_a_row_the_model_gives_no_finite_score_is_published_without_a_class(
     store: ObjectStore, cfg: PipelineConfig, tmp_path: Path, task: str
 ) -> None:
-    """An absurd finite input (a temperature of 3e38, past validation's reach here) overflows the
-    network to NaN. NaN is below the threshold and argmax of a NaN row is 0: the row read as a real
-    class, and two models failing on it agreed."""
+    """Absurd finite inputs (temperature, dew point and pressure of 3e38, past validation's reach
+    here) overflow the network to NaN. NaN is below the threshold and argmax of a NaN row is 0: the
+    row read as a real class, and two models failing on it agreed."""
     classes = [0.0, 1.0] if task == "binary" else ["early", "on_time", "late"]
     cfg = cfg if task == "binary" else multiclass(cfg)
     params = random_params(
         cfg.features, EXAMPLE_VOCAB, [8], outputs=len(classes) - (task == "binary"), seed=3
     )
     model = str(build_model(tmp_path / "m.onnx", cfg.features, params, task, classes))
-    frame = curated_frame(DAY, 6).astype({"temp": float})
-    frame.loc[[1, 4], "temp"] = 3e38
+    frame = curated_frame(DAY, 6).astype({"temp": float, "dewp": float, "pressure": float})
+    frame.loc[[1, 4], ["temp", "dewp", "pressure"]] = 3e38
     publish_curated(store, cfg, DAY, [frame], row_group_size=100)
 
     score_day(store, cfg, model)
@@ -440,6 +447,34 @@ def test_a_unit_planned_on_a_day_validated_again_since_fails_without_retrying(
 
     with pytest.raises(inference.InferenceInputError, match=r"s3://.*/curated/.*planned on is gone.*Re-run"):
         inference.score_part(store, cfg, unit, model_path=mlp_path, **IDENTITY)
+
+
+def test_predictions_of_a_day_curated_again_after_planning_are_not_published(
+    store: ObjectStore, cfg: PipelineConfig, mlp_path: str
+) -> None:
+    """Run A scores 950 rows; a late file makes the day 1,200 rows and run B publishes them; A's
+    publish comes last (a retry, a slow run). It replaced B's day with predictions of rows that are
+    no longer the day's, and the new rows went unscored."""
+    two_parts(store, cfg)
+    late = [
+        inference.score_part(store, cfg, unit, model_path=mlp_path, **IDENTITY)
+        for unit in inference.plan_parts(store, cfg, DAY)
+    ]
+    publish_curated(store, cfg, DAY, [curated_frame(DAY, 1200, seed=5)], row_group_size=200)
+    newer = score_day(store, cfg, mlp_path, run_id="B")
+    published = contents(store, partition_prefix(cfg.prefix, "predictions", DAY))
+
+    with pytest.raises(
+        inference.PredictionsError, match=r"curated data at s3://.*changed after this run planned"
+    ):
+        inference.publish_predictions(store, cfg, DAY, late, **IDENTITY)
+
+    assert contents(store, partition_prefix(cfg.prefix, "predictions", DAY)) == published
+    manifest = store.read_manifest(partition_prefix(cfg.prefix, "predictions", DAY))
+    assert newer["rows"] == manifest["rows"] == 1200
+    assert manifest["curated"] == content_id(
+        store.read_manifest(partition_prefix(cfg.prefix, "curated", DAY))
+    )
 
 
 def test_two_runs_of_one_day_publishing_in_turn_leave_the_last_runs_whole_day(
