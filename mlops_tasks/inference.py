@@ -275,12 +275,12 @@ def _parquet_metadata(
     """A parquet object's footer, read with ranged GETs instead of downloading the object: one GET
     of ``footer_bytes`` (known from the plan) or of a guess, and a second one if the guess fell
     short."""
-    data = store.get_tail(key, min(size, footer_bytes or _FOOTER_GUESS))
+    data = store.get_tail(key, min(size, footer_bytes or _FOOTER_GUESS), size=size)
     if size < 12 or data[-4:] != b"PAR1":
         raise InferenceInputError(f"{store.uri(key)}: not a parquet file (no PAR1 footer)")
     footer_len = struct.unpack("<I", data[-8:-4])[0]
     if footer_len + 8 > len(data):
-        data = store.get_tail(key, footer_len + 8)
+        data = store.get_tail(key, footer_len + 8, size=size)
     return pq.read_metadata(pa.BufferReader(b"PAR1" + data[-footer_len - 8 :]))
 
 
@@ -1119,7 +1119,7 @@ def shadow_report(
         store.uri(partition_prefix(cfg.prefix, "predictions", day)),
     )
     curated = partition_prefix(cfg.prefix, "curated", day)
-    truth, _ = _read_published(store, curated, [*keys, cfg.target.column])
+    truth, _ = _read_published(store, curated, list(dict.fromkeys([*keys, cfg.target.column])))
     truth[_LABEL] = F.derive_label(truth, cfg.target)
     truth = truth.dropna(subset=keys)
     labelled = _join_on_keys(both, truth[[*keys, _LABEL]], keys, "one_to_one", store.uri(curated)).dropna(

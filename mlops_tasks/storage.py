@@ -377,9 +377,19 @@ class ObjectStore:
     def get_bytes(self, key: str) -> bytes:
         return self._get(key)["Body"]
 
-    def get_tail(self, key: str, nbytes: int) -> bytes:
-        """The last ``nbytes`` of an object (one ranged GET), e.g. a parquet footer."""
-        return self._get(key, Range=f"bytes=-{nbytes}")["Body"]
+    def get_tail(self, key: str, nbytes: int, size: int | None = None) -> bytes:
+        """The last ``nbytes`` of an object (one ranged GET), e.g. a parquet footer. Given ``size``
+        (what a manifest recorded), an object of another size is a :class:`CorruptObjectError`: its
+        tail is not the tail of the bytes the manifest describes."""
+        response = self._get(key, Range=f"bytes=-{nbytes}")
+        total = str(response.get("ContentRange") or "").rpartition("/")[2]
+        if size is not None and total.isdigit() and int(total) != size:
+            raise CorruptObjectError(
+                f"{self.uri(key)} is {int(total)} bytes, but its partition's manifest recorded {size}: "
+                "the object was replaced after it was published (published parts are never written "
+                "again under the same key). Publish the partition again."
+            )
+        return response["Body"]
 
     def get_range(self, key: str, start: int, length: int) -> bytes:
         """``length`` bytes from ``start`` (one ranged GET; none for no bytes: S3 answers the range

@@ -85,6 +85,9 @@ UNIT_LABEL = "part {{ task.unit['part_index'] }}: {{ '{:,}'.format(task.unit['ro
 # default sums the tasks downstream, so a training run's many mapped ingest/validate tasks came
 # before the day's scoring): serving, then the drift check, then training.
 PRIORITY = {"batch_inference": 3, "drift_monitor": 2, "training": 1}
+# The shadow branch of batch inference serves nobody: its tasks queue after the champion's scoring,
+# as the drift check's do, so a challenger's units never delay the published day.
+SHADOW_PRIORITY = PRIORITY["drift_monitor"]
 
 
 def predictions_asset(cfg: PipelineConfig) -> Asset:
@@ -257,15 +260,19 @@ def build_batch_inference_dag(cfg: PipelineConfig) -> DAG:
         )
         # Without a challenger the whole shadow branch is skipped here, before the mapped task
         # expands: one skipped task instance, not one per work unit, each taking a worker slot.
+        shadowing = {**common, "priority_weight": SHADOW_PRIORITY}
         has_challenger = ShortCircuitOperator(
-            task_id="has_challenger", python_callable=_has_challenger, op_args=[models.output]
+            task_id="has_challenger",
+            python_callable=_has_challenger,
+            op_args=[models.output],
+            priority_weight=SHADOW_PRIORITY,
         )
         shadow = ScorePartOperator.partial(
             task_id="shadow_score",
             models=models.output,
             role="challenger",
             map_index_template=UNIT_LABEL,
-            **common,
+            **shadowing,
         ).expand(unit=plan.output)
         has_challenger >> shadow
         publish_shadow = PublishPredictionsOperator(
@@ -273,17 +280,19 @@ def build_batch_inference_dag(cfg: PipelineConfig) -> DAG:
             part_results=shadow.output,
             models=models.output,
             role="challenger",
-            **common,
+            **shadowing,
         )
         # The report reads both published days.
-        report = ShadowReportOperator(task_id="shadow_report", models=models.output, **common)
+        report = ShadowReportOperator(task_id="shadow_report", models=models.output, **shadowing)
         [publish, publish_shadow] >> report
         # Airflow judges a run by its leaf tasks. The run's state follows serving alone: `served`
         # fails the run when publishing did not succeed, while `shadow_settled` succeeds however the
         # shadow branch ended. A challenger that cannot be scored fails its own tasks (red in the grid,
         # alerted) but not the day whose predictions were published and announced.
         publish >> EmptyOperator(task_id="served")
-        report >> EmptyOperator(task_id="shadow_settled", trigger_rule=ALL_DONE)
+        report >> EmptyOperator(
+            task_id="shadow_settled", trigger_rule=ALL_DONE, priority_weight=SHADOW_PRIORITY
+        )
     return dag
 
 

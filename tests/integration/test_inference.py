@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from mlops_tasks import inference, storage
-from mlops_tasks.config import PipelineConfig
+from mlops_tasks.config import PipelineConfig, TargetSpec
 from mlops_tasks.storage import (
     ObjectStore,
     content_id,
@@ -296,7 +296,9 @@ def test_a_unit_is_read_with_one_get_for_the_footer_and_one_for_its_rows_fetched
     for method in ("get_tail", "get_range", "get_bytes"):
         real = getattr(store, method)
         monkeypatch.setattr(
-            store, method, lambda *a, real=real, method=method: requests.append((method, *a)) or real(*a)
+            store,
+            method,
+            lambda *a, real=real, method=method, **kw: requests.append((method, *a)) or real(*a, **kw),
         )
 
     result = inference.score_part(store, cfg, unit, model_path=mlp_path, **IDENTITY)
@@ -475,6 +477,28 @@ def test_predictions_of_a_day_curated_again_after_planning_are_not_published(
     assert manifest["curated"] == content_id(
         store.read_manifest(partition_prefix(cfg.prefix, "curated", DAY))
     )
+
+
+def test_a_curated_part_replaced_under_its_key_is_refused_by_planning_and_by_scoring(
+    store: ObjectStore, cfg: PipelineConfig, mlp_path: str
+) -> None:
+    """Ranged reads trust the object at the key: other rows written over a published part were
+    scored and published with valid checksums of their own."""
+    two_parts(store, cfg)
+    unit = inference.plan_parts(store, cfg, DAY)[0]
+    other = io.BytesIO()
+    pq.write_table(pa.Table.from_pandas(curated_frame(DAY, 720, seed=9), preserve_index=False), other)
+    store.put_bytes(unit["source_key"], other.getvalue())
+
+    for step in (
+        lambda: inference.plan_parts(store, cfg, DAY),
+        lambda: inference.score_part(store, cfg, unit, model_path=mlp_path, **IDENTITY),
+    ):
+        with pytest.raises(
+            storage.CorruptObjectError,
+            match=r"s3://.*/curated/.* bytes, but its partition's manifest recorded",
+        ):
+            step()
 
 
 def test_two_runs_of_one_day_publishing_in_turn_leave_the_last_runs_whole_day(
@@ -728,6 +752,31 @@ def test_shadow_report_pairs_no_rows_without_a_key_and_refuses_repeated_keys(
             {"prediction": [1, 1, 1], "score": [0.8, 0.8, 0.8]},
             [30.0, 30.0, 0.0],
         )
+
+
+def test_a_target_that_is_also_a_key_column_labels_the_shadow_metrics(
+    store: ObjectStore, cfg: PipelineConfig
+) -> None:
+    """The curated rows were read with the column named twice, and the label derived from a frame."""
+    cfg = cfg.model_copy(
+        update={
+            "data": cfg.data.model_copy(update={"key": ["flight", "carrier"]}),
+            "target": TargetSpec(task="multiclass", column="carrier"),
+        }
+    )
+    keys = {"flight": [1, 2, 3], "carrier": ["AA", "UA", "AA"]}
+    publish_frame(store, cfg, "curated", pd.DataFrame(keys))
+    for area, predicted, version in (("predictions", "UA", "1"), ("predictions_shadow", "AA", "2")):
+        frame = pd.DataFrame({**keys, "prediction": ["AA", "UA", predicted], "score": [0.9, 0.8, 0.6]})
+        publish_frame(store, cfg, area, frame, model_version=version)
+
+    report = inference.shadow_report(
+        store, cfg, DAY, champion={"model_version": "1"}, challenger={"model_version": "2"}
+    )
+
+    assert report["rows"]["measured"] == 3 and report["agreement_rate"] == pytest.approx(2 / 3)
+    assert report["metrics"]["champion"]["accuracy"] == pytest.approx(2 / 3)
+    assert report["metrics"]["challenger"]["accuracy"] == 1.0
 
 
 def test_shadow_metrics_compare_both_models_on_the_rows_both_scored(

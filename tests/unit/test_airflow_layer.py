@@ -699,10 +699,14 @@ def test_serving_comes_first_when_tasks_of_several_dags_queue_together() -> None
         for kind in ("batch_inference", "drift_monitor", "training")
     }
     assert weights == {
-        "batch_inference": {("absolute", 3)},
+        "batch_inference": {("absolute", 3), ("absolute", 2)},
         "drift_monitor": {("absolute", 2)},
         "training": {("absolute", 1)},
     }
+    shadow = {"has_challenger", "shadow_score", "publish_shadow", "shadow_report", "shadow_settled"}
+    assert {
+        task.task_id for task in dags["flights_delay_batch_inference"].tasks if task.priority_weight == 2
+    } == shadow  # the challenger's units queue after the champion's
 
 
 def test_the_mlflow_connection_test_button_asks_the_server(mlflow_server: str, monkeypatch) -> None:
