@@ -44,7 +44,7 @@ def config() -> PipelineConfig:
 
 
 def model_config(name: str) -> PipelineConfig:
-    """The example with a small network (3 epochs), 2 evaluation days, and experiment and registered
+    """The example with a small network (4 epochs), 2 evaluation days, and experiment and registered
     model ``name`` (one per test: the MLflow server outlives the tests)."""
     from tests.model_frames import small_config
 
