@@ -668,6 +668,16 @@ class DriftSpec(_Strict):
         "column_p_value decides: the distance's noise on fewer rows reads as drift): drift when "
         "Jensen-Shannon distance >= this.",
     )
+    max_missing_share_increase: float = Field(
+        0.2,
+        gt=0,
+        le=1,
+        description="A monitored column whose share of missing values in the window exceeds the "
+        "reference's by more than this (0.2: 20 percentage points; a column the window has no value of "
+        "at all included) is a data-quality problem, not drift: the check's status is data_quality, it "
+        "alerts (event data_quality) and requests no retrain, whatever else drifted - a model retrained "
+        "on a window whose feed broke would learn the breakage. The values present are compared as usual.",
+    )
     max_metric_drop: float = Field(
         0.05,
         ge=0,

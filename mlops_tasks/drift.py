@@ -406,8 +406,10 @@ def _num(value: float | None) -> float | None:
 
 def _untestable(kind: str, ref: pd.Series, cur: pd.Series, names: dict[str, str]) -> dict | None:
     """The entry of a column without values on a side (None when both have values): never tested.
-    Values on one side only is drift; on neither, nothing changed (e.g. a column the source never
-    fills), which must not request a retrain every cooldown."""
+    Values in the current window only is drift. None in the window is a data-quality problem when
+    the reference had them (``missing_values``, see :func:`_compare_column`), not drift: retrained
+    on it, the model would learn the broken feed. On neither side, nothing changed (e.g. a column
+    the source never fills), which must not request a retrain every cooldown."""
     empty = [
         f"{side} ({names[side]})" for side, values in (("reference", ref), ("current", cur)) if values.empty
     ]
@@ -420,18 +422,32 @@ def _untestable(kind: str, ref: pd.Series, cur: pd.Series, names: dict[str, str]
         "statistic": None,
         "p_value": None,
         "threshold": None,
-        "drifted": len(empty) == 1,
+        "drifted": ref.empty and not cur.empty,
         "reason": reason if len(empty) == 1 else f"{reason}: nothing to compare, not drift",
     }
+
+
+def _missing_share(values: pd.Series) -> float | None:
+    return _num(values.isna().mean()) if len(values) else None
 
 
 def _compare_column(
     cfg: PipelineConfig, kind: str, ref: pd.Series, cur: pd.Series, names: dict[str, str]
 ) -> dict:
+    # How much is missing is compared apart from the values present: a feed that stops filling a
+    # column leaves the rest of its values looking like the reference, so the drift tests below
+    # never see it (90% of a column gone read as no drift, 100% as drift and a retrain).
+    missing = {"reference": _missing_share(ref), "current": _missing_share(cur)}
+    quality = {
+        "missing": missing,
+        "missing_values": missing["reference"] is not None
+        and missing["current"] is not None
+        and missing["current"] - missing["reference"] > cfg.drift.max_missing_share_increase,
+    }
     ref, cur = ref.dropna(), cur.dropna()
     untestable = _untestable(kind, ref, cur, names)
     if untestable:
-        return untestable
+        return untestable | quality
     plan = _plan(cfg, kind, ref, cur)
     statistic, p_value = _TESTS[plan.stat_test](ref, cur)
     return {
@@ -442,6 +458,7 @@ def _compare_column(
         "threshold": plan.threshold,
         "drifted": bool(_drifted(plan, statistic, p_value)),
         "reason": None,
+        **quality,
     }
 
 
@@ -456,6 +473,7 @@ def _summary(
         "share_drifted": _num(len(drifted) / len(monitored)),
         "drifted_columns": drifted,
         "drifted_critical": [c for c in cfg.drift.critical_columns if columns[c]["drifted"]],
+        "missing_values_columns": [c for c in monitored if columns[c].get("missing_values")],
         "prediction_drift": columns.get(PREDICTION_COLUMN) if data.has_scores else None,
         "rows": data.rows,
         "sources": data.names,
@@ -468,11 +486,13 @@ def compare(
 ) -> dict[str, Any]:
     """Fast per-column drift of ``current`` against ``reference`` on seeded samples (module docstring).
 
-    Returns ``columns`` ({column: {kind, stat_test, statistic, p_value, threshold, drifted, reason}}),
-    ``share_drifted``, ``drifted_columns``, ``drifted_critical``, ``prediction_drift`` (the score
-    column's entry, or None without scores), ``rows`` (input and compared counts), ``sources`` and
-    ``sample``. A column with no values on one side is reported as drifted, on neither side as not
-    drifted, both with the reason. ``sides``: see :class:`Sides`.
+    Returns ``columns`` ({column: {kind, stat_test, statistic, p_value, threshold, drifted, reason,
+    missing: {reference, current} (shares of missing values), missing_values}}), ``share_drifted``,
+    ``drifted_columns``, ``drifted_critical``, ``missing_values_columns`` (the monitored columns whose
+    missing share rose by more than ``drift.max_missing_share_increase``), ``prediction_drift`` (the
+    score column's entry, or None without scores), ``rows`` (input and compared counts), ``sources``
+    and ``sample``. A column with values in the current window only is reported as drifted; with none
+    there, or on neither side, as not drifted; each with the reason. ``sides``: see :class:`Sides`.
     """
     limit = cfg.drift.sample_rows
     data = _prepare(cfg, reference, current, limit, **sides)
@@ -520,7 +540,13 @@ def _with_decision(
         f"{comparison['share_drifted']:.3f}; drift.drift_share_threshold "
         f"{cfg.drift.drift_share_threshold}): {names(drifted)}. Critical columns drifted: "
         f"{names(comparison['drifted_critical'])}."
-        + (f" Prediction drift: {'yes' if prediction['drifted'] else 'no'}." if prediction else ""),
+        + (f" Prediction drift: {'yes' if prediction['drifted'] else 'no'}." if prediction else "")
+        + (
+            f" Columns far more often missing than in the reference (a data-quality problem: no "
+            f"retrain): {names(comparison['missing_values_columns'])}."
+            if comparison.get("missing_values_columns")
+            else ""
+        ),
         f"Decided on samples of up to {cfg.drift.sample_rows:,} rows per side; the Evidently report "
         f"below renders up to {shown:,} rows per side with the same tests and thresholds, and its "
         "dataset share counts only the columns it could test, so its verdicts may differ near a "
@@ -644,6 +670,8 @@ def evidently_report(
             "threshold": plan.threshold,
             "drifted": col in failed,
             "reason": None,
+            # the decision's own figures: missing shares are not something the report's sample tests
+            **{k: decided[col][k] for k in ("missing", "missing_values") if k in decided[col]},
         }
     html = _stable_ids(_escape_data(snapshot.get_html_str(as_iframe=False)))
     return _with_decision(html, comparison, cfg, day, limit), _summary(cfg, data, columns, "evidently", limit)
@@ -802,7 +830,9 @@ def decide(
     score distribution drifted, the live primary metric dropped by more than ``max_metric_drop``
     (``live_metric_drop`` = champion's metric minus live metric, oriented so that positive is worse),
     or ``new_rows_since_training`` reached ``retrain_after_new_rows``. Fewer than ``drift.min_rows``
-    rows on a side: "insufficient_data", no trigger. Reasons to retrain but another run's trigger (per
+    rows on a side: "insufficient_data", no trigger. A monitored column missing much more often than
+    in the reference (``missing_values_columns``): "data_quality", no trigger, whatever drifted.
+    Reasons to retrain but another run's trigger (per
     ``state``) on ``day``: "already_requested"; on another day less than ``drift.cooldown_days``
     before or after ``day``: "cooldown" (``cooldown_until``); both name the trigger's run
     (``requested_by``, None if unknown), report the reasons and do not trigger. ``check_run_id`` identifies
@@ -834,6 +864,23 @@ def decide(
         return {**base, **undecided, "retrain": False, "status": "insufficient_data", "reasons": too_few}
 
     columns = comparison["columns"]
+    broken = comparison.get("missing_values_columns") or []
+    if broken:
+        # Not a retrain: the window's data is broken, and a model retrained on it would learn that.
+        reasons = [
+            f"column {c}: {columns[c]['missing']['current']:.0%} of its values missing, against "
+            f"{columns[c]['missing']['reference']:.0%} in the reference (drift.max_missing_share_increase "
+            f"{drift.max_missing_share_increase:.0%})"
+            for c in broken
+        ]
+        log.warning("drift check of %s: data quality, no retrain: %s", day, "; ".join(reasons))
+        return {
+            **base,
+            "retrain": False,
+            "status": "data_quality",
+            "reasons": reasons,
+            "missing_values_columns": broken,
+        }
     reasons = []
     if comparison["share_drifted"] >= drift.drift_share_threshold:
         reasons.append(

@@ -1031,6 +1031,19 @@ class DriftCheckOperator(PipelineOperator):
         if pending:
             self.log.warning(pending)
             result["request_pending"] = True
+        if result["status"] == "data_quality":
+            # No retrain, so no retrain alert: a feed that broke is announced here.
+            announce(
+                self.pipeline,
+                "data_quality",
+                f"drift check of {day}: " + "; ".join(result["reasons"]),
+                {
+                    "day": day.isoformat(),
+                    "columns": result["missing_values_columns"],
+                    "report": result.get("report_html_uri"),
+                },
+                key=alert_key(context, "data_quality"),
+            )
         DriftReportLink.persist(context, report_url(result.get("report_html_uri")))
         emit("drift", result, pipeline=self.pipeline)
         self.log.info("Drift check for %s: %s", day, result)

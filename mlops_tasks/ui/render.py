@@ -34,6 +34,7 @@ _PILL = {
     "cooldown": "warn",
     "already_requested": "warn",
     "insufficient_data": "none",
+    "data_quality": "bad",
 }
 
 

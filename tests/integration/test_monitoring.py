@@ -559,24 +559,47 @@ def test_a_config_without_data_key_stops_the_monitor_naming_the_field(
         monitor(world, keyless, mlflow_server)
 
 
-def test_all_missing_columns_in_the_window_are_reported_drifted_with_their_reason(
-    world: ObjectStore, cfg: PipelineConfig, champion: Champion, mlflow_server: str
+def test_columns_the_window_has_no_value_of_are_a_data_quality_problem_with_their_reason(
+    world: ObjectStore, cfg: PipelineConfig, champion: Champion, mlflow_server: str, webhook: list[dict]
 ) -> None:
+    """A feed that broke (the weather join found nothing) is not drift to retrain on: a model trained
+    on the window would learn the breakage. The check says which columns, and requests nothing."""
     # temp: all-NaN doubles (critical); dest: all-null strings (a parquet column of type null).
     publish_window(world, cfg, champion, change=lambda f: f.assign(temp=np.nan, dest=None))
 
     result = monitor(world, cfg, mlflow_server)
 
     reason = f"all values are missing in current (scored rows {min(SCORED)}..{DAY})"
-    assert result["retrain"] is True and result["drifted_critical"][0] == "temp"
-    assert {"temp", "dest"} <= set(result["drifted_columns"])
-    assert f"critical column 'temp' ({reason}) drifted" in result["reasons"]
+    assert (result["status"], result["retrain"]) == ("data_quality", False)
+    assert set(result["missing_values_columns"]) == {"temp", "dest"}
+    assert any(r.startswith("column temp: 100% of its values missing, against 0%") for r in result["reasons"])
     stored = world.get_json(f"{cfg.prefix}/{REPORTS}drift.json")
     for summary in (stored["comparison"], stored["evidently"]):
         for column in ("temp", "dest"):
             entry = summary["columns"][column]
-            assert (entry["drifted"], entry["stat_test"], entry["reason"]) == (True, None, reason)
+            assert (entry["drifted"], entry["missing_values"], entry["stat_test"], entry["reason"]) == (
+                False,
+                True,
+                None,
+                reason,
+            )
     assert world.exists(f"{cfg.prefix}/{REPORTS}drift.html")
+
+    # The check's task announces it: no retrain alert will.
+    from mlops_tasks.airflow.operators import DriftCheckOperator
+
+    operator = DriftCheckOperator(task_id="drift_check", pipeline=cfg.name, day=DAY.isoformat())
+    operator.__dict__.update(store=world, config=cfg, _mlflow_addresses=(mlflow_server, mlflow_server))
+    ti = SimpleNamespace(dag_id="p_drift_monitor", task_id="drift_check", map_index=-1, try_number=1)
+    ti.xcom_push = lambda key, value: None
+    assert operator.execute({"run_id": RUN, "ti": ti, "inlet_events": {}})["status"] == "data_quality"
+    [alert] = webhook
+    assert (alert["event"], alert["key"]) == (
+        "data_quality",
+        f"p_drift_monitor/{RUN}/drift_check/data_quality",
+    )
+    assert set(alert["details"]["columns"]) == {"temp", "dest"} and alert["details"]["day"] == DAY.isoformat()
+    assert "column temp: 100% of its values missing" in alert["message"]
 
 
 def test_monitored_column_missing_from_the_reference_names_column_and_data_version(

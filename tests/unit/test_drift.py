@@ -153,14 +153,51 @@ def test_numeric_column_with_few_values_is_compared_as_categories():
     assert (column["kind"], column["stat_test"]) == ("categorical", "jensenshannon")
 
 
-def test_all_missing_column_in_current_is_reported_as_drifted_with_reason():
-    current = frame(3000, 2)
+def test_a_column_the_window_has_no_value_of_is_a_data_quality_problem_not_drift():
+    """Retraining on a window whose feed broke would teach the model the breakage: the check says
+    so and requests nothing, however many other columns drifted (x, critical, did here)."""
+    cfg = make_config()
+    current = frame(3000, 2, x_shift=1.0)
     current["y"] = np.nan
-    result = drift.compare(make_config(), frame(3000, 1), current, current_name="s3://b/p/predictions/x")
+    result = drift.compare(cfg, frame(3000, 1), current, current_name="s3://b/p/predictions/x")
     y = result["columns"]["y"]
-    assert y["drifted"] is True
-    assert y["stat_test"] is None
+    assert (y["drifted"], y["stat_test"], y["missing_values"]) == (False, None, True)
+    assert y["missing"] == {"reference": 0.0, "current": 1.0}
     assert "all values are missing in current (s3://b/p/predictions/x)" == y["reason"]
+    assert result["missing_values_columns"] == ["y"] and result["drifted_critical"] == ["x"]
+
+    decision = drift.decide(cfg, result, day=DAY, state=None)
+
+    assert (decision["status"], decision["retrain"]) == ("data_quality", False)
+    assert decision["reasons"] == [
+        "column y: 100% of its values missing, against 0% in the reference "
+        "(drift.max_missing_share_increase 20%)"
+    ]
+
+
+@pytest.mark.parametrize(("missing", "flagged"), [(0.9, True), (0.5, True), (0.15, False)])
+def test_a_column_mostly_missing_in_the_window_is_a_data_quality_problem(
+    missing: float, flagged: bool
+) -> None:
+    """The values left look like the reference's: the drift tests never saw a feed going away."""
+    cfg = make_config(critical_columns=[])
+    current = frame(3000, 2)
+    current.loc[: int(3000 * missing) - 1, "y"] = np.nan
+    result = drift.compare(cfg, frame(3000, 1), current)
+    y = result["columns"]["y"]
+    assert y["drifted"] is False and y["stat_test"] == "wasserstein"
+    assert (y["missing_values"], result["missing_values_columns"]) == (flagged, ["y"] if flagged else [])
+    status = drift.decide(cfg, result, day=DAY, state=None)["status"]
+    assert status == ("data_quality" if flagged else "no_drift")
+    _, summary = drift.evidently_report(cfg, frame(3000, 1), current, day=DAY, comparison=result)
+    assert summary["missing_values_columns"] == result["missing_values_columns"]
+
+
+def test_values_the_reference_lacked_appearing_in_the_window_are_drift() -> None:
+    reference = frame(3000, 1)
+    reference["y"] = np.nan
+    y = drift.compare(make_config(), reference, frame(3000, 2))["columns"]["y"]
+    assert (y["drifted"], y["missing_values"]) == (True, False)
 
 
 def test_a_column_empty_on_both_sides_is_not_drift_and_requests_no_retrain():
@@ -334,11 +371,11 @@ def test_a_column_name_with_markup_stays_data_in_the_evidently_report():
 
 
 def test_the_report_states_the_decision_the_monitor_acts_on_above_evidently_s_verdict():
-    """y has no value in the current window: drifted for the decision (1 of 3 columns with x), but
+    """y has no value in the reference: drifted for the decision (1 of 3 columns with x), but
     Evidently cannot test it, and its own share (1 of 2) read "drift" where the decision's did not."""
     cfg = make_config(sample_rows=3000, report_rows=1000, drift_share_threshold=0.5, critical_columns=[])
     ref, cur = frame(3000, 1), frame(3000, 2, x_shift=1.0)
-    cur["y"] = np.nan
+    ref["y"] = np.nan
     comparison = drift.compare(cfg, ref, cur)
     html, _ = drift.evidently_report(cfg, ref, cur, day=DAY, comparison=comparison)
     assert comparison["drifted_columns"] == ["x", "y"]
@@ -346,6 +383,11 @@ def test_the_report_states_the_decision_the_monitor_acts_on_above_evidently_s_ve
     banner = banner[: banner.index("</div>")]
     assert html.index("<body>") < html.index('<div id="mlops-drift-decision"')
     assert "2 of 3 monitored columns drifted (share 0.667; drift.drift_share_threshold 0.5): x, y" in banner
+    assert "more often missing" not in banner
+    cur["c"] = None  # the categorical feed breaks too
+    missing = drift.compare(cfg, ref, cur)
+    html, _ = drift.evidently_report(cfg, ref, cur, day=DAY, comparison=missing)
+    assert "far more often missing than in the reference (a data-quality problem: no retrain): c." in html
     assert "samples of up to 3,000 rows per side" in banner and "up to 1,000 rows per side" in banner
 
 
