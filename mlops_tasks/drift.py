@@ -473,7 +473,10 @@ def _summary(
         "share_drifted": _num(len(drifted) / len(monitored)),
         "drifted_columns": drifted,
         "drifted_critical": [c for c in cfg.drift.critical_columns if columns[c]["drifted"]],
-        "missing_values_columns": [c for c in monitored if columns[c].get("missing_values")],
+        # the score too: a champion that stops giving finite scores is announced, not retrained on
+        "missing_values_columns": [
+            c for c in [*monitored, PREDICTION_COLUMN] if c in columns and columns[c].get("missing_values")
+        ],
         "prediction_drift": columns.get(PREDICTION_COLUMN) if data.has_scores else None,
         "rows": data.rows,
         "sources": data.names,
@@ -488,8 +491,8 @@ def compare(
 
     Returns ``columns`` ({column: {kind, stat_test, statistic, p_value, threshold, drifted, reason,
     missing: {reference, current} (shares of missing values), missing_values}}), ``share_drifted``,
-    ``drifted_columns``, ``drifted_critical``, ``missing_values_columns`` (the monitored columns whose
-    missing share rose by more than ``drift.max_missing_share_increase``), ``prediction_drift`` (the
+    ``drifted_columns``, ``drifted_critical``, ``missing_values_columns`` (the monitored columns, and
+    the score, whose missing share rose by more than ``drift.max_missing_share_increase``), ``prediction_drift`` (the
     score column's entry, or None without scores), ``rows`` (input and compared counts), ``sources``
     and ``sample``. A column with values in the current window only is reported as drifted; with none
     there, or on neither side, as not drifted; each with the reason. ``sides``: see :class:`Sides`.
@@ -867,9 +870,10 @@ def decide(
     broken = comparison.get("missing_values_columns") or []
     if broken:
         # Not a retrain: the window's data is broken, and a model retrained on it would learn that.
+        shares = {c: (columns.get(c) or prediction)["missing"] for c in broken}
         reasons = [
-            f"column {c}: {columns[c]['missing']['current']:.0%} of its values missing, against "
-            f"{columns[c]['missing']['reference']:.0%} in the reference (drift.max_missing_share_increase "
+            f"column {c}: {shares[c]['current']:.0%} of its values missing, against "
+            f"{shares[c]['reference']:.0%} in the reference (drift.max_missing_share_increase "
             f"{drift.max_missing_share_increase:.0%})"
             for c in broken
         ]

@@ -178,13 +178,12 @@ def test_a_later_check_of_the_day_keeps_the_page_its_retrain_links(
 def test_a_check_whose_report_cannot_be_rendered_stores_no_trigger(
     store: ObjectStore, cfg, winter, flights_weather
 ):
-    # No monitored value in the window: every column "drifted" (no values), nothing for Evidently.
-    # The report is rendered before the state is written, so the failed check requested nothing.
+    # No monitored value in the window: a data-quality problem, and nothing for Evidently. The report
+    # is rendered before the state is written, so the failed check stored nothing.
     july = days(flights_weather, "2013-07-08", "2013-07-14")
     empty = july.assign(**dict.fromkeys(drift.monitored_columns(cfg), np.nan))
-    assert drift.decide(cfg, drift.compare(cfg, winter, empty), day=dt.date(2013, 7, 14), state=None)[
-        "retrain"
-    ]
+    decision = drift.decide(cfg, drift.compare(cfg, winter, empty), day=dt.date(2013, 7, 14), state=None)
+    assert (decision["status"], decision["retrain"]) == ("data_quality", False)
 
     with pytest.raises(drift.DriftInputError, match="nothing for Evidently to compare"):
         drift.run_check(store, cfg, dt.date(2013, 7, 14), reference=winter, current=empty, state_key=STATE)

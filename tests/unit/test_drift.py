@@ -193,6 +193,14 @@ def test_a_column_mostly_missing_in_the_window_is_a_data_quality_problem(
     assert summary["missing_values_columns"] == result["missing_values_columns"]
 
 
+def test_a_champion_giving_no_finite_score_for_the_window_is_a_data_quality_problem() -> None:
+    reference, current = frame(3000, 1), frame(3000, 2)
+    scores = {"reference_scores": np.full(3000, 0.3), "current_scores": np.full(3000, np.nan)}
+    result = drift.compare(make_config(), reference, current, **scores)
+    assert result["missing_values_columns"] == [drift.PREDICTION_COLUMN]
+    assert drift.decide(make_config(), result, day=DAY, state=None)["status"] == "data_quality"
+
+
 def test_values_the_reference_lacked_appearing_in_the_window_are_drift() -> None:
     reference = frame(3000, 1)
     reference["y"] = np.nan
