@@ -71,11 +71,15 @@ def _window_parts(
     *,
     model_version: str,
     outputs: list[str],
+    trained_until: dt.date,
 ) -> tuple[list[drift.Part], list[dict[str, Any]], list[dict[str, Any]]]:
-    """The predictions parts the champion (``model_version``) published for the window's days: the
-    scored rows are the current side; the days another version published, which are skipped (an
-    earlier champion's scores would blend its prediction drift and metric into this one's); and the
-    scored days whose curated rows were withdrawn since, skipped too.
+    """The predictions parts the champion (``model_version``) published for the window's days after
+    ``trained_until`` (the last day of its training data: the days up to it are its reference, and
+    the window's current side must not hold them too, which would dilute drift and flatter the live
+    metric with rows it was trained on): the scored rows are the current side; the days another
+    version published, which are skipped (an earlier champion's scores would blend its prediction
+    drift and metric into this one's); and the scored days whose curated rows were withdrawn since,
+    skipped too.
 
     Each part loads its keys and ``outputs`` joined with the day's curated columns (in predictions
     order, so sampling positions are stable); a day's curated rows are read once, one day at a time."""
@@ -87,6 +91,8 @@ def _window_parts(
     skipped: list[dict[str, Any]] = []
     uncurated: list[dict[str, Any]] = []
     for d in monitored_days(cfg, day):
+        if d <= trained_until:
+            continue
         scored = store.read_manifest(partition_prefix(cfg.prefix, "predictions", d))
         if scored is None:
             continue
@@ -341,7 +347,13 @@ def run_drift_monitor(
     for attempt in range(1, _WINDOW_READS + 1):
         try:
             parts, skipped, uncurated = _window_parts(
-                store, cfg, day, window_columns, model_version=champion["version"], outputs=outputs
+                store,
+                cfg,
+                day,
+                window_columns,
+                model_version=champion["version"],
+                outputs=outputs,
+                trained_until=training_end,
             )
             current, current_rows = drift.sample_parts(parts, cfg.drift.sample_rows, cfg.drift.seed)
             break

@@ -760,6 +760,23 @@ def test_multiclass_champion_s_live_metric_uses_its_published_class_probabilitie
     assert result["status"] != "insufficient_data"
 
 
+def test_the_window_leaves_out_the_days_the_champion_trained_on(
+    world: ObjectStore, cfg: PipelineConfig, champion: Champion, mlflow_server: str
+) -> None:
+    """The days up to the end of its training data are the champion's reference. Scored (again), they
+    joined the window's current side too: drift diluted by the reference itself, and a live metric
+    flattered by rows the model was trained on."""
+    trained_days = sorted(REFERENCE)
+    later = {trained_days[-1] + dt.timedelta(days=1): [400], trained_days[-1] + dt.timedelta(days=2): [500]}
+    publish(world, cfg, make_frames(later))
+    score(world, cfg, champion, [*trained_days, *sorted(later)])
+
+    result = run_drift_monitor(world, cfg, max(later), tracking_uri=mlflow_server, check_run_id=RUN)
+
+    assert result["rows"]["current"] == 900  # the two later days only
+    assert result["skipped_predictions"] == [] and result["uncurated_days"] == []
+
+
 @pytest.mark.parametrize("day", [dt.date(2013, 1, 1), dt.date(2013, 1, 2)], ids=["inside", "last day"])
 def test_a_day_the_champion_trained_on_is_not_checked_and_requests_nothing(
     world: ObjectStore, cfg: PipelineConfig, champion: Champion, mlflow_server: str, day: dt.date
