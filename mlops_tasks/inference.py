@@ -999,12 +999,31 @@ def read_predictions(
 
 
 def _read_published(
-    store: ObjectStore, partition: str, columns: list[str] | None
+    store: ObjectStore,
+    partition: str,
+    columns: list[str] | None,
+    keep: Callable[[pa.Table], pa.Table] | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
-    table, manifest = read_published(store, partition, columns)
+    table, manifest = read_published(store, partition, columns, keep)
     if manifest is None:
         raise FileNotFoundError(f"{store.uri(partition)}: nothing is published there (no manifest)")
     return (table.to_pandas() if table is not None else pd.DataFrame(columns=columns)), manifest
+
+
+def _key_sample(keys: list[str], fraction: float) -> Callable[[pa.Table], pa.Table]:
+    """A filter keeping the rows whose key hashes into the first ``fraction`` of the hash range:
+    the same keys on every side (predictions copy the curated key columns, so their types match),
+    and the same sample on every run. Hashed ``DECODE_ROWS`` rows at a time."""
+    limit = np.uint64(min(int(fraction * 2**64), 2**64 - 1))
+
+    def keep(table: pa.Table) -> pa.Table:
+        masks = [
+            pd.util.hash_pandas_object(batch.select(keys).to_pandas(), index=False).to_numpy() <= limit
+            for batch in table.to_batches(DECODE_ROWS)
+        ]
+        return table.filter(pa.array(np.concatenate(masks) if masks else np.zeros(0, bool)))
+
+    return keep
 
 
 # -- shadow -----------------------------------------------------------------------------------------
@@ -1092,23 +1111,32 @@ def shadow_report(
     keys = list(cfg.data.key)
     if not keys:
         raise PredictionsError(f"pipeline '{cfg.name}': shadow comparison joins on data.key, which is empty")
-    sides = {}
-    for role, area, described in (
-        ("champion", "predictions", champion),
-        ("challenger", "predictions_shadow", challenger),
-    ):
-        frame, manifest = _read_published(
-            store, partition_prefix(cfg.prefix, area, day), [*keys, "prediction", "score"]
-        )
+    areas = {"champion": ("predictions", champion), "challenger": ("predictions_shadow", challenger)}
+    manifests = {}
+    for role, (area, described) in areas.items():
+        manifest = store.read_manifest(partition_prefix(cfg.prefix, area, day))
+        if manifest is None:
+            raise FileNotFoundError(
+                f"{store.uri(partition_prefix(cfg.prefix, area, day))}: nothing is published there (no manifest)"
+            )
         for field in ("model_name", "model_version"):
             if field in described and str(described[field]) != str(manifest.get(field)):
                 raise PredictionsError(
                     f"{store.uri(manifest['partition'])}: published by {field} {manifest.get(field)!r}, "
                     f"but the {role} is {described[field]!r}"
                 )
-        sides[role] = frame
+        manifests[role] = manifest
+    published = {role: int(manifest["rows"]) for role, manifest in manifests.items()}
+    # A big day is compared on a sample of its keys, read part by part: memory bounded by the sample.
+    fraction = min(1.0, cfg.inference.shadow_sample_rows / max(*published.values(), 1))
+    keep = _key_sample(keys, fraction) if fraction < 1 else None
+    sides = {
+        role: _read_published(
+            store, partition_prefix(cfg.prefix, area, day), [*keys, "prediction", "score"], keep
+        )[0]
+        for role, (area, _) in areas.items()
+    }
     # A row without a whole key pairs with no row: pandas would join null keys to each other.
-    published = {role: len(frame) for role, frame in sides.items()}
     unkeyed = {role: int(frame[keys].isna().any(axis=1).sum()) for role, frame in sides.items()}
     sides = {role: frame.dropna(subset=keys) for role, frame in sides.items()}
     both = _join_on_keys(
@@ -1119,7 +1147,7 @@ def shadow_report(
         store.uri(partition_prefix(cfg.prefix, "predictions", day)),
     )
     curated = partition_prefix(cfg.prefix, "curated", day)
-    truth, _ = _read_published(store, curated, list(dict.fromkeys([*keys, cfg.target.column])))
+    truth, _ = _read_published(store, curated, list(dict.fromkeys([*keys, cfg.target.column])), keep)
     truth[_LABEL] = F.derive_label(truth, cfg.target)
     truth = truth.dropna(subset=keys)
     labelled = _join_on_keys(both, truth[[*keys, _LABEL]], keys, "one_to_one", store.uri(curated)).dropna(
@@ -1153,6 +1181,8 @@ def shadow_report(
             "labelled": len(labelled),
             "measured": len(measured),  # labelled rows both models scored: the metrics' rows
             "without_key": unkeyed,
+            # the share of keys compared (1: every row); the counts above but the first two are of it
+            "sampled_fraction": round(fraction, 6),
         },
         # Classes agree or not; regression predictions are numbers that never quite agree: compare
         # them by score_correlation and mean_abs_score_difference.

@@ -855,10 +855,14 @@ class ManifestMismatchError(StorageError, DataError):
 
 
 def read_published(
-    store: ObjectStore, partition: str, columns: list[str] | None = None
+    store: ObjectStore,
+    partition: str,
+    columns: list[str] | None = None,
+    keep: Callable[[pa.Table], pa.Table] | None = None,
 ) -> tuple[pa.Table | None, dict[str, Any] | None]:
     """The parquet parts a partition's manifest lists, checksums verified, as one table, with the
     manifest; ``(None, None)`` if nothing is published there, ``(None, manifest)`` for an empty one.
+    ``keep`` filters each part as it is read (e.g. a sample), so only one whole part is in memory.
 
     A rerun that publishes the partition while it is read deletes the parts it replaces: the read
     then starts again from the new manifest, so it returns one whole publication or the other."""
@@ -868,7 +872,7 @@ def read_published(
     while manifest is not None:
         try:
             tables = [
-                read_part(store, part, columns)
+                (keep or _whole)(read_part(store, part, columns))
                 for part in manifest["parts"]
                 if part["key"].endswith(".parquet")
             ]
@@ -880,6 +884,10 @@ def read_published(
             continue
         return (pa.concat_tables(tables) if tables else None), manifest
     return None, None
+
+
+def _whole(table: pa.Table) -> pa.Table:
+    return table
 
 
 def read_part(store: ObjectStore, part: dict[str, Any], columns: list[str] | None = None) -> pa.Table:
