@@ -36,7 +36,6 @@ from mlops_tasks.config import PipelineConfig, load_config
 from mlops_tasks.example import seed_landing
 from mlops_tasks.stack import LocalStack, airflow_health
 from mlops_tasks.storage import MANIFEST_NAME, partition_prefix
-from tests.conftest import tune
 from tests.e2e.conftest import small_config
 
 pytestmark = pytest.mark.slow
@@ -180,12 +179,15 @@ def assert_complete_predictions(env: Env, day: dt.date, model_path: str) -> None
     curated = store.read_manifest(partition_prefix(env.cfg.prefix, "curated", day))
     assert len(on_stack) == manifest["rows"] == curated["rows"]
 
-    # The reference run publishes under another prefix.
-    cfg = tune(env.cfg, "storage", {"prefix": "reference"})
+    # The reference run publishes to an area of its own.
+    cfg, area = env.cfg, "predictions_reference"
     identity = {"model_name": cfg.registered_model_name, "model_version": env.version, "run_id": "reference"}
-    results = [inference.score_part(store, cfg, unit, model_path=model_path, **identity) for unit in units]
-    inference.publish_predictions(store, cfg, day, results, **identity)
-    reference = inference.read_predictions(store, cfg, day)
+    results = [
+        inference.score_part(store, cfg, unit, model_path=model_path, output_area=area, **identity)
+        for unit in units
+    ]
+    inference.publish_predictions(store, cfg, day, results, output_area=area, **identity)
+    reference = inference.read_predictions(store, cfg, day, area)
     assert on_stack.drop(columns="run_id").equals(reference.drop(columns="run_id"))
 
 
