@@ -179,8 +179,8 @@ def assert_complete_predictions(env: Env, day: dt.date, model_path: str) -> None
     curated = store.read_manifest(partition_prefix(env.cfg.prefix, "curated", day))
     assert len(on_stack) == manifest["rows"] == curated["rows"]
 
-    # The reference run publishes to an area of its own.
-    cfg, area = env.cfg, "predictions_reference"
+    # The reference run publishes to the shadow area, which nothing else writes here (no challenger).
+    cfg, area = env.cfg, "predictions_shadow"
     identity = {"model_name": cfg.registered_model_name, "model_version": env.version, "run_id": "reference"}
     results = [
         inference.score_part(store, cfg, unit, model_path=model_path, output_area=area, **identity)
