@@ -347,12 +347,13 @@ def plan_parts(store: ObjectStore, cfg: PipelineConfig, day: dt.date) -> list[di
         group_rows = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
         present = set(meta.schema.to_arrow_schema().names)
         columns = [c for c in _scored_columns(cfg) if c in present]  # a missing one fails in scoring
+        chunk_indices = _chunk_indices(meta, columns)
         for groups, offset, rows in split_row_groups(group_rows, cfg.inference.part_rows):
             units.append(
                 _unit(day, len(units), part, groups, offset, rows)
                 | {
                     "footer_bytes": meta.serialized_size + 8,  # + length and magic
-                    "first_block": _block([_row_group_span(meta, g, columns) for g in groups])
+                    "first_block": _block([_row_group_span(meta, g, chunk_indices) for g in groups])
                     if columns
                     else None,
                 }
@@ -396,11 +397,34 @@ def _check_schema(schema: pa.Schema, cfg: PipelineConfig, where: str) -> None:
                 )
 
 
-def _row_group_span(metadata: pq.FileMetaData, group: int, columns: list[str]) -> tuple[int, int]:
-    """(first byte, end byte) of the row group's chunks of ``columns``."""
+def _chunk_indices(metadata: pq.FileMetaData, columns: list[str]) -> list[int]:
+    """The column chunks of ``columns`` in each row group, counted off the schema's fields in order
+    (a field has one chunk per leaf): not matched by the name before a path's first dot, as a name
+    may hold dots ("a.b" is one column, not a field of "a")."""
+    indices, first = [], 0
+    for field in metadata.schema.to_arrow_schema():
+        leaves = _leaf_count(field.type)
+        if field.name in columns:
+            indices += range(first, first + leaves)
+        first += leaves
+    return indices
+
+
+def _leaf_count(kind: pa.DataType) -> int:
+    """Parquet column chunks of an arrow type: one per leaf of its nesting."""
+    if pa.types.is_struct(kind):
+        return sum(_leaf_count(kind.field(i).type) for i in range(kind.num_fields))
+    if pa.types.is_map(kind):
+        return _leaf_count(kind.key_type) + _leaf_count(kind.item_type)
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+        return _leaf_count(kind.value_type)
+    return 1
+
+
+def _row_group_span(metadata: pq.FileMetaData, group: int, chunk_indices: list[int]) -> tuple[int, int]:
+    """(first byte, end byte) of the row group's chunks ``chunk_indices`` (see :func:`_chunk_indices`)."""
     row_group = metadata.row_group(group)
-    chunks = [row_group.column(i) for i in range(row_group.num_columns)]
-    chunks = [c for c in chunks if c.path_in_schema.split(".")[0] in columns]
+    chunks = [row_group.column(i) for i in chunk_indices]
     starts = [
         c.dictionary_page_offset if c.has_dictionary_page and c.dictionary_page_offset else c.data_page_offset
         for c in chunks
@@ -441,7 +465,8 @@ def _unit_batches(
     read) is used as it is."""
     start, stop = unit["row_offset"], unit["row_offset"] + unit["rows"]
     position = 0
-    spans = [_row_group_span(parquet.metadata, g, columns) for g in unit["row_groups"]]
+    chunk_indices = _chunk_indices(parquet.metadata, columns)
+    spans = [_row_group_span(parquet.metadata, g, chunk_indices) for g in unit["row_groups"]]
     ahead: tuple[list[int], Future] | None = None  # the next block and its GET
     for index, group in enumerate(unit["row_groups"]):
         if not source.holds(*spans[index]):

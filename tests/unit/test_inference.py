@@ -339,3 +339,25 @@ def test_binary_shadow_metrics_know_the_positive_class_when_no_row_reaches_the_t
     assert metrics["roc_auc"] == 1.0
     assert metrics["log_loss"] == pytest.approx(-np.mean(np.log([0.4, 0.9, 0.3, 0.8])))
     assert metrics["accuracy"] == 0.5
+
+
+def test_a_column_name_with_dots_is_one_column_when_reading_byte_ranges() -> None:
+    """Chunks were matched by the name before the first dot: the config's column "a.b" matched no
+    chunk (planning failed on an empty min()) and "a" also read the chunks of "a.b"."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    flat = pa.table({"a.b": [1, 2, 3], "a": [4.0, 5.0, 6.0], "c": ["x", "y", "z"]})
+    nested = flat.add_column(1, "s", pa.array([{"x": 1, "y": [2, 3]}] * 3))
+    for table in (flat, nested):
+        data = io.BytesIO()
+        pq.write_table(table, data)
+        meta = pq.read_metadata(pa.BufferReader(data.getvalue()))
+        shift = 2 if table is nested else 0  # the struct's two leaves come second
+        assert inference._chunk_indices(meta, ["a.b"]) == [0]
+        assert inference._chunk_indices(meta, ["a", "c"]) == [1 + shift, 2 + shift]
+        chunk = meta.row_group(0).column(0)
+        start = chunk.dictionary_page_offset if chunk.has_dictionary_page else chunk.data_page_offset
+        assert inference._row_group_span(meta, 0, [0]) == (start, start + chunk.total_compressed_size)
+    assert inference._chunk_indices(meta, ["s"]) == [1, 2]
