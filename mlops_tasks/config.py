@@ -681,11 +681,12 @@ class DriftSpec(_Strict):
         0.2,
         gt=0,
         le=1,
-        description="A monitored column whose share of missing values in the window exceeds the "
-        "reference's by more than this (0.2: 20 percentage points; a column the window has no value of "
-        "at all included) is a data-quality problem, not drift: the check's status is data_quality, it "
-        "alerts (event data_quality) and requests no retrain, whatever else drifted - a model retrained "
-        "on a window whose feed broke would learn the breakage. The values present are compared as usual.",
+        description="A monitored column (or the model's score) whose share of missing values in the "
+        "window exceeds the reference's by more than this (0.2: 20 percentage points; a column the "
+        "window has no value of at all included) is a data-quality finding, not drift: the check alerts "
+        "(event data_quality) and lists it, and its status is data_quality when nothing asks for a "
+        "retrain. It never requests a retrain by itself (a feed that broke is fixed at the feed), nor "
+        "holds back one that drift requests. The values present are compared as usual.",
     )
     max_metric_drop: float = Field(
         0.05,

@@ -833,8 +833,9 @@ def decide(
     score distribution drifted, the live primary metric dropped by more than ``max_metric_drop``
     (``live_metric_drop`` = champion's metric minus live metric, oriented so that positive is worse),
     or ``new_rows_since_training`` reached ``retrain_after_new_rows``. Fewer than ``drift.min_rows``
-    rows on a side: "insufficient_data", no trigger. A monitored column missing much more often than
-    in the reference (``missing_values_columns``): "data_quality", no trigger, whatever drifted.
+    rows on a side: "insufficient_data", no trigger. Monitored columns missing much more often than in
+    the reference are listed (``missing_values_columns``, described in ``data_quality``) whatever the
+    status; without a reason to retrain, the status is "data_quality" instead of "no_drift".
     Reasons to retrain but another run's trigger (per
     ``state``) on ``day``: "already_requested"; on another day less than ``drift.cooldown_days``
     before or after ``day``: "cooldown" (``cooldown_until``); both name the trigger's run
@@ -863,28 +864,26 @@ def decide(
             "drifted_columns": [],
             "drifted_critical": [],
             "prediction_drift": False,
+            "missing_values_columns": [],
+            "data_quality": [],
         }
         return {**base, **undecided, "retrain": False, "status": "insufficient_data", "reasons": too_few}
 
     columns = comparison["columns"]
+    # Reported, alerted, never a retrain by itself: a feed that broke is fixed at the feed. Real data
+    # has seasons of missing values too (the example's pressure: 12% missing in winter, 57% on a July
+    # day), so it does not hold back the retrain that drift asks for either.
     broken = comparison.get("missing_values_columns") or []
+    shares = {c: (columns.get(c) or prediction)["missing"] for c in broken}
+    base["missing_values_columns"] = broken
+    base["data_quality"] = [
+        f"column {c}: {shares[c]['current']:.0%} of its values missing, against "
+        f"{shares[c]['reference']:.0%} in the reference (drift.max_missing_share_increase "
+        f"{drift.max_missing_share_increase:.0%})"
+        for c in broken
+    ]
     if broken:
-        # Not a retrain: the window's data is broken, and a model retrained on it would learn that.
-        shares = {c: (columns.get(c) or prediction)["missing"] for c in broken}
-        reasons = [
-            f"column {c}: {shares[c]['current']:.0%} of its values missing, against "
-            f"{shares[c]['reference']:.0%} in the reference (drift.max_missing_share_increase "
-            f"{drift.max_missing_share_increase:.0%})"
-            for c in broken
-        ]
-        log.warning("drift check of %s: data quality, no retrain: %s", day, "; ".join(reasons))
-        return {
-            **base,
-            "retrain": False,
-            "status": "data_quality",
-            "reasons": reasons,
-            "missing_values_columns": broken,
-        }
+        log.warning("drift check of %s: data quality: %s", day, "; ".join(base["data_quality"]))
     reasons = []
     if comparison["share_drifted"] >= drift.drift_share_threshold:
         reasons.append(
@@ -908,7 +907,8 @@ def decide(
 
     blocker = _blocking_trigger(state, day, drift.cooldown_days, check_run_id) if reasons else None
     if not reasons:
-        decision = {**base, "retrain": False, "status": "no_drift", "reasons": []}
+        quiet = "data_quality" if broken else "no_drift"
+        decision = {**base, "retrain": False, "status": quiet, "reasons": base["data_quality"]}
     elif blocker is not None and blocker["day"] == day.isoformat():
         decision = {
             **base,

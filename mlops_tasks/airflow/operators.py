@@ -1031,12 +1031,12 @@ class DriftCheckOperator(PipelineOperator):
         if pending:
             self.log.warning(pending)
             result["request_pending"] = True
-        if result["status"] == "data_quality":
-            # No retrain, so no retrain alert: a feed that broke is announced here.
+        if result.get("missing_values_columns"):
+            # A feed that broke (or a season of missing values) is announced whatever is decided.
             announce(
                 self.pipeline,
                 "data_quality",
-                f"drift check of {day}: " + "; ".join(result["reasons"]),
+                f"drift check of {day}: " + "; ".join(result["data_quality"]),
                 {
                     "day": day.isoformat(),
                     "columns": result["missing_values_columns"],

@@ -153,9 +153,9 @@ def test_numeric_column_with_few_values_is_compared_as_categories():
     assert (column["kind"], column["stat_test"]) == ("categorical", "jensenshannon")
 
 
-def test_a_column_the_window_has_no_value_of_is_a_data_quality_problem_not_drift():
-    """Retraining on a window whose feed broke would teach the model the breakage: the check says
-    so and requests nothing, however many other columns drifted (x, critical, did here)."""
+def test_a_column_the_window_has_no_value_of_is_a_data_quality_finding_not_drift():
+    """Not drift (retrained on, the model would learn the broken feed), and reported whatever the
+    check decides: here x, critical, drifted too, and that retrain still goes ahead."""
     cfg = make_config()
     current = frame(3000, 2, x_shift=1.0)
     current["y"] = np.nan
@@ -164,15 +164,27 @@ def test_a_column_the_window_has_no_value_of_is_a_data_quality_problem_not_drift
     assert (y["drifted"], y["stat_test"], y["missing_values"]) == (False, None, True)
     assert y["missing"] == {"reference": 0.0, "current": 1.0}
     assert "all values are missing in current (s3://b/p/predictions/x)" == y["reason"]
-    assert result["missing_values_columns"] == ["y"] and result["drifted_critical"] == ["x"]
+    assert result["missing_values_columns"] == ["y"] and result["drifted_columns"] == ["x"]
 
     decision = drift.decide(cfg, result, day=DAY, state=None)
 
-    assert (decision["status"], decision["retrain"]) == ("data_quality", False)
-    assert decision["reasons"] == [
+    assert (decision["status"], decision["retrain"], decision["missing_values_columns"]) == (
+        "drift",
+        True,
+        ["y"],
+    )
+    assert decision["data_quality"] == [
         "column y: 100% of its values missing, against 0% in the reference "
         "(drift.max_missing_share_increase 20%)"
     ]
+    alone = drift.decide(
+        cfg, drift.compare(cfg, frame(3000, 1), current.assign(x=frame(3000, 3)["x"])), day=DAY, state=None
+    )
+    assert (alone["status"], alone["retrain"], alone["reasons"]) == (
+        "data_quality",
+        False,
+        decision["data_quality"],
+    )
 
 
 @pytest.mark.parametrize(("missing", "flagged"), [(0.9, True), (0.5, True), (0.15, False)])
