@@ -48,4 +48,4 @@ bench: install
 	@for b in tests/bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) .stack .demo .pytest_cache .ruff_cache
+	rm -rf $(VENV) .stack .demo .demo.lock .pytest_cache .ruff_cache

@@ -15,9 +15,11 @@ Exit code 0 only if every step of the lifecycle happened.
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
+import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from mlops_tasks.airflow_client import AirflowApi
 from mlops_tasks.config import load_pipeline
@@ -173,7 +175,34 @@ def summary(demo: Demo, seconds: float) -> str:
     return "\n".join(lines)
 
 
+def fresh_state(state_dir: Path) -> IO[str]:
+    """Empty ``state_dir`` for a new demo and return the lock that keeps it the demo's until closed.
+
+    Every demo starts from nothing: a second run met the first's Airflow database (its manual runs
+    of the same dates: HTTP 409) and registry. A demo still running there (``--keep-running`` in
+    another terminal) holds the lock: its state is left alone and this demo fails saying so."""
+    lock = open(state_dir.with_name(state_dir.name + ".lock"), "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise DemoFailed(
+            f"another demo is running on {state_dir} (mlops-tasks demo --keep-running?): stop it first"
+        ) from None
+    shutil.rmtree(state_dir, ignore_errors=True)
+    return lock
+
+
 def run_demo(state_dir: Path, keep_running: bool = False) -> int:
+
+    lock = fresh_state(state_dir)
+    try:
+        return _run_demo(state_dir, keep_running)
+    finally:
+        lock.close()
+
+
+def _run_demo(state_dir: Path, keep_running: bool) -> int:
     from mlops_tasks.example import seed_landing
     from mlops_tasks.stack import LocalStack
 
