@@ -545,8 +545,8 @@ def _with_decision(
         f"{names(comparison['drifted_critical'])}."
         + (f" Prediction drift: {'yes' if prediction['drifted'] else 'no'}." if prediction else "")
         + (
-            f" Columns far more often missing than in the reference (a data-quality problem: no "
-            f"retrain): {names(comparison['missing_values_columns'])}."
+            f" Columns far more often missing than in the reference (a data-quality finding, not "
+            f"drift): {names(comparison['missing_values_columns'])}."
             if comparison.get("missing_values_columns")
             else ""
         ),

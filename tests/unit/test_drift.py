@@ -407,7 +407,7 @@ def test_the_report_states_the_decision_the_monitor_acts_on_above_evidently_s_ve
     cur["c"] = None  # the categorical feed breaks too
     missing = drift.compare(cfg, ref, cur)
     html, _ = drift.evidently_report(cfg, ref, cur, day=DAY, comparison=missing)
-    assert "far more often missing than in the reference (a data-quality problem: no retrain): c." in html
+    assert "far more often missing than in the reference (a data-quality finding, not drift): c." in html
     assert "samples of up to 3,000 rows per side" in banner and "up to 1,000 rows per side" in banner
 
 
